@@ -1,0 +1,1 @@
+"""Code that runs inside the SageMaker containers (training and inference)."""

@@ -1,0 +1,1 @@
+"""Training container: ``preprocess``, ``train`` and ``evaluate`` entry points."""

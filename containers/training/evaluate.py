@@ -1,0 +1,145 @@
+"""Evaluate step: accuracy in clear, in FHE simulation and in real FHE execution, FHE latency, key and
+ciphertext sizes and the circuit's PBS count, written as ``evaluation.json`` in SageMaker's model quality
+metrics shape (``multiclass_classification_metrics.<name>.value``).
+
+The real FHE part uses exactly the deployment path: ``client.zip`` makes keys and ciphertexts,
+``server.zip`` evaluates them, the client decrypts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.archives import extract_tar
+from common.versions import VersionsRecord
+from containers.contract import StepInputError, container_path, run_entry_point
+from containers.training import artifacts
+from containers.training.models import TrainingSettings
+from containers.training.train import load_split
+
+METRICS_GROUP = "multiclass_classification_metrics"
+
+
+def metric(value: float) -> dict[str, Any]:
+    return {"value": value, "standard_deviation": "NaN"}
+
+
+def unpack_model(model_input: Path, destination: Path) -> Path:
+    archives = sorted(model_input.glob("*.tar.gz")) if model_input.is_dir() else [model_input]
+    if not archives:
+        raise StepInputError(f"no model.tar.gz in the model input ({model_input})")
+    extract_tar(archives[0], destination)
+    for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP, artifacts.MODEL_JSON, artifacts.VERSIONS_JSON):
+        if not (destination / name).exists():
+            raise StepInputError(f"model.tar.gz lacks {name}")
+    record = VersionsRecord.from_dict(json.loads((destination / artifacts.VERSIONS_JSON).read_text()))
+    VersionsRecord.current().check_compatible(record, what="the model")
+    return destination
+
+
+def run_fhe_sample(model_files: Path, x: np.ndarray) -> dict[str, Any]:  # type: ignore[type-arg]
+    """Keygen, encrypt, ``FHEModelServer.run``, decrypt, one sample at a time; returns outputs and sizes."""
+    from concrete.ml.deployment import FHEModelClient, FHEModelServer
+
+    with tempfile.TemporaryDirectory() as key_dir:
+        client = FHEModelClient(path_dir=str(model_files), key_dir=key_dir)
+        client.generate_private_and_evaluation_keys()
+        evaluation_keys = client.get_serialized_evaluation_keys()
+        server = FHEModelServer(path_dir=str(model_files))
+        server.load()
+        outputs, latencies, in_sizes, out_sizes = [], [], [], []
+        for row in x:
+            query = client.quantize_encrypt_serialize(row[None, :])
+            started = time.perf_counter()
+            result = server.run(query, evaluation_keys)
+            latencies.append(time.perf_counter() - started)
+            in_sizes.append(len(query))
+            out_sizes.append(len(result))
+            outputs.append(client.deserialize_decrypt_dequantize(result)[0])
+    return {
+        "scores": np.asarray(outputs),
+        "latency_seconds": latencies,
+        "evaluation_key_bytes": len(evaluation_keys),
+        "input_bytes": in_sizes,
+        "output_bytes": out_sizes,
+    }
+
+
+def predict_classes(scores: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    return scores.argmax(axis=1) if scores.ndim == 2 and scores.shape[1] > 1 else (scores.ravel() > 0.5).astype(int)
+
+
+def evaluate(model_input: Path, train_dir: Path, test_dir: Path, output: Path, fhe_samples: int) -> dict[str, Any]:
+    from concrete.ml.common.serialization.loaders import loads
+
+    if fhe_samples < 1:
+        raise StepInputError(f"the FHE sample size must be at least 1, got {fhe_samples}")
+    x_train, _ = load_split(train_dir, "train")
+    x_test, y_test = load_split(test_dir, "test")
+    with tempfile.TemporaryDirectory() as scratch:
+        files = unpack_model(model_input, Path(scratch))
+        training = json.loads((files / artifacts.TRAINING_JSON).read_text())
+        settings = TrainingSettings(**training["settings"])
+        model = loads((files / artifacts.MODEL_JSON).read_text())
+        # Same data, same options as Train: the same circuit as server.zip, here for simulation.
+        circuit = model.compile(x_train, **settings.compile_options())
+
+        float_model = getattr(model, "sklearn_model", None)
+        clear = float_model.predict(x_test) if float_model is not None else model.predict(x_test)
+        quantized = model.predict(x_test, fhe="disable")
+        simulated = model.predict(x_test, fhe="simulate")
+
+        sample = x_test[: min(fhe_samples, len(x_test))]
+        fhe = run_fhe_sample(files, sample)
+    fhe_pred = predict_classes(fhe["scores"])
+    n = len(sample)
+    accuracy_clear = float((clear == y_test).mean())
+    accuracy_simulated = float((simulated == y_test).mean())
+    values = {
+        "accuracy": accuracy_clear,
+        "accuracy_quantized_clear": float((quantized == y_test).mean()),
+        "accuracy_fhe_simulation": accuracy_simulated,
+        "accuracy_fhe": float((fhe_pred == y_test[:n]).mean()),
+        "accuracy_gap_clear_vs_fhe": accuracy_clear - accuracy_simulated,
+        "fhe_agreement_with_simulation": float((fhe_pred == simulated[:n]).mean()),
+        "fhe_latency_seconds_per_sample": float(np.mean(fhe["latency_seconds"])),
+        "evaluation_key_bytes": float(fhe["evaluation_key_bytes"]),
+        "input_ciphertext_bytes_per_sample": float(np.mean(fhe["input_bytes"])),
+        "output_ciphertext_bytes_per_sample": float(np.mean(fhe["output_bytes"])),
+        "programmable_bootstrap_count": float(circuit.statistics.get("programmable_bootstrap_count", 0)),
+    }
+    report = {
+        METRICS_GROUP: {name: metric(value) for name, value in values.items()},
+        "model_type": settings.model_type,
+        "test_rows": len(y_test),
+        "fhe_sample_size": n,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "evaluation.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({"evaluation": values}), flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__)
+    parser.add_argument("--model", default="/opt/ml/processing/model")
+    parser.add_argument("--train", default="/opt/ml/processing/train")
+    parser.add_argument("--test", default="/opt/ml/processing/test")
+    parser.add_argument("--output", default="/opt/ml/processing/evaluation")
+    parser.add_argument("--fhe-samples", type=int, default=5, help="test rows run in real FHE (default 5)")
+    args = parser.parse_args(argv)
+    run_entry_point("processing", lambda: evaluate(
+        container_path(args.model), container_path(args.train), container_path(args.test),
+        container_path(args.output), args.fhe_samples,
+    ))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Train step: fit a quantized Concrete ML model, compile it to an FHE circuit and save the deployment files.
+
+Reads the ``train`` and ``preprocessing`` channels and the hyperparameters; writes into the model folder
+(which SageMaker packs as ``model.tar.gz``): ``client.zip``, ``server.zip``, ``model.json``,
+``preprocessing.json``, ``versions.json`` and ``training.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.preprocessing import PreprocessingRecord
+from common.versions import VersionsRecord
+from containers.contract import StepInputError, channel_dir, hyperparameters, model_dir, run_entry_point
+from containers.training import artifacts
+from containers.training.models import TrainingSettings
+
+
+def load_split(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    path = folder / f"{name}.npz"
+    if not path.exists():
+        raise StepInputError(f"the {name} channel has no {name}.npz (found: {sorted(p.name for p in folder.glob('*'))})")
+    with np.load(path, allow_pickle=False) as data:
+        return data["x"].astype(np.float32), data["y"].astype(np.int64)
+
+
+def compile_statistics(circuit: Any) -> dict[str, Any]:
+    stats = circuit.statistics
+    keys = ("programmable_bootstrap_count", "key_switch_count", "size_of_inputs", "size_of_outputs",
+            "size_of_bootstrap_keys", "size_of_keyswitch_keys", "p_error", "global_p_error", "complexity")
+    return {k: stats[k] for k in keys if k in stats}
+
+
+def train(settings: TrainingSettings, train_dir: Path, preprocessing_dir: Path, output: Path) -> dict[str, Any]:
+    from concrete.ml.deployment import FHEModelDev
+
+    x, y = load_split(train_dir, "train")
+    record = PreprocessingRecord.load(preprocessing_dir / artifacts.PREPROCESSING_JSON)
+    if x.shape[1] != record.n_features:
+        raise StepInputError(f"train data has {x.shape[1]} features but the schema records {record.n_features}")
+
+    model = settings.build_model()
+    started = time.perf_counter()
+    model.fit(x, y)
+    fit_seconds = time.perf_counter() - started
+    train_accuracy = float((model.predict(x) == y).mean())
+
+    started = time.perf_counter()
+    circuit = model.compile(x, **settings.compile_options())
+    compile_seconds = time.perf_counter() - started
+
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        FHEModelDev(path_dir=scratch, model=model).save()
+        for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP):
+            shutil.move(str(Path(scratch) / name), output / name)
+    (output / artifacts.MODEL_JSON).write_text(model.dumps())
+    record.save(output / artifacts.PREPROCESSING_JSON)
+    (output / artifacts.VERSIONS_JSON).write_text(json.dumps(VersionsRecord.current().to_dict(), indent=2))
+    summary = {
+        "settings": settings.to_dict(),
+        "effective_n_bits": settings.effective_n_bits,
+        "train_rows": len(y),
+        "train_accuracy_clear": train_accuracy,
+        "fit_seconds": fit_seconds,
+        "compile_seconds": compile_seconds,
+        "circuit": compile_statistics(circuit),
+    }
+    (output / artifacts.TRAINING_JSON).write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps({"train": {k: v for k, v in summary.items() if k != "settings"}}, default=str), flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="train", description=__doc__)
+    parser.parse_args(argv)  # everything comes from the SageMaker contract; --help still works
+
+    def job() -> None:
+        settings = TrainingSettings.from_hyperparameters(hyperparameters())
+        train(settings, channel_dir("train"), channel_dir("preprocessing"), model_dir())
+
+    run_entry_point("training", job)
+
+
+if __name__ == "__main__":
+    main()

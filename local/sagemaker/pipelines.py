@@ -1,0 +1,506 @@
+"""Pipelines and their executions: the API operations, and the runner that executes a definition.
+
+An execution snapshots the definition and its parameters when it starts. Its runner walks the step graph in
+definition order as dependencies allow (``Steps.X`` references, ``DependsOn``, condition branches), records
+every step transition in the store, and resumes unfinished executions after a restart: finished steps keep
+their results, the step that was running starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.s3uri import S3Uri
+from local.sagemaker.errors import ApiError, ResourceNotFound, ValidationError, required
+from local.sagemaker.expressions import Context, ExpressionError, evaluate_condition, resolve, step_references
+from local.sagemaker.jobs import JobFailed, run_processing_job, run_training_job
+from local.sagemaker.registry import Registry
+from local.sagemaker.store import Store
+
+log = logging.getLogger("local.sagemaker")
+
+TERMINAL = ("Succeeded", "Failed", "Stopped")
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Pipelines:
+    def __init__(self, store: Store, registry: Registry, state_dir: Path, arn_prefix: str,
+                 s3_client: Callable[[], Any]) -> None:
+        self.store = store
+        self.registry = registry
+        self.state_dir = state_dir
+        self.arn_prefix = arn_prefix
+        self.s3_client = s3_client
+        self._threads: dict[str, threading.Thread] = {}
+        self._stop_requested: set[str] = set()
+
+    # ---- pipelines -------------------------------------------------------------------------------
+
+    def _definition_text(self, body: dict[str, Any]) -> str:
+        if "PipelineDefinition" in body:
+            text = body["PipelineDefinition"]
+        elif "PipelineDefinitionS3Location" in body:
+            location = body["PipelineDefinitionS3Location"]
+            obj = self.s3_client().get_object(Bucket=location["Bucket"], Key=location["ObjectKey"])
+            text = obj["Body"].read().decode()
+        else:
+            raise ValidationError("Either PipelineDefinition or PipelineDefinitionS3Location must be provided")
+        try:
+            definition = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValidationError(f"PipelineDefinition is not valid JSON: {error}") from None
+        if not isinstance(definition, dict) or not isinstance(definition.get("Steps"), list):
+            raise ValidationError("PipelineDefinition must be an object with a Steps list")
+        return str(text)
+
+    def create_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        name = required(body, "PipelineName")
+        required(body, "RoleArn")
+        text = self._definition_text(body)
+        with self.store.transaction():
+            if self.store.get("pipeline", name):
+                raise ValidationError(
+                    f"Pipeline names must be unique within an AWS account and region. Pipeline with name ({name}) "
+                    "already exists."
+                )
+            now = _now()
+            pipeline = {
+                "PipelineName": name,
+                "PipelineArn": f"{self.arn_prefix}:pipeline/{name.lower()}",
+                "PipelineDisplayName": body.get("PipelineDisplayName", name),
+                "PipelineDescription": body.get("PipelineDescription", ""),
+                "PipelineDefinition": text,
+                "RoleArn": body["RoleArn"],
+                "PipelineStatus": "Active",
+                "CreationTime": now,
+                "LastModifiedTime": now,
+                "CreatedBy": caller,
+                "LastModifiedBy": caller,
+                "PipelineVersionId": 1,
+            }
+            self.store.put("pipeline", name, pipeline)
+        return {"PipelineArn": pipeline["PipelineArn"]}
+
+    def update_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        with self.store.transaction():
+            pipeline = self._pipeline(required(body, "PipelineName"))
+            if "PipelineDefinition" in body or "PipelineDefinitionS3Location" in body:
+                pipeline["PipelineDefinition"] = self._definition_text(body)
+            for key in ("PipelineDisplayName", "PipelineDescription", "RoleArn"):
+                if key in body:
+                    pipeline[key] = body[key]
+            pipeline["LastModifiedTime"] = _now()
+            pipeline["LastModifiedBy"] = caller
+            pipeline["PipelineVersionId"] = int(pipeline.get("PipelineVersionId", 1)) + 1
+            self.store.put("pipeline", pipeline["PipelineName"], pipeline)
+        return {"PipelineArn": pipeline["PipelineArn"], "PipelineVersionId": pipeline["PipelineVersionId"]}
+
+    def describe_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        return self._pipeline(required(body, "PipelineName"))
+
+    def list_pipelines(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        keys = ("PipelineArn", "PipelineName", "PipelineDisplayName", "PipelineDescription", "RoleArn",
+                "CreationTime", "LastModifiedTime")
+        pipelines = self.store.list("pipeline")
+        if body.get("PipelineNamePrefix"):
+            pipelines = [p for p in pipelines if p["PipelineName"].startswith(body["PipelineNamePrefix"])]
+        return {"PipelineSummaries": [{k: p[k] for k in keys if k in p} for p in pipelines]}
+
+    def delete_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        pipeline = self._pipeline(required(body, "PipelineName"))
+        self.store.delete("pipeline", pipeline["PipelineName"])
+        return {"PipelineArn": pipeline["PipelineArn"]}
+
+    def _pipeline(self, name_or_arn: str) -> dict[str, Any]:
+        if name_or_arn.startswith("arn:"):
+            for pipeline in self.store.list("pipeline"):
+                if pipeline["PipelineArn"] == name_or_arn:
+                    return pipeline
+        else:
+            found = self.store.get("pipeline", name_or_arn)
+            if found:
+                return found
+        raise ResourceNotFound(f"Pipeline '{name_or_arn}' does not exist.")
+
+    # ---- executions ------------------------------------------------------------------------------
+
+    def start_pipeline_execution(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        pipeline = self._pipeline(required(body, "PipelineName"))
+        token = body.get("ClientRequestToken")
+        if token:
+            for execution in self.store.list("execution", parent=pipeline["PipelineName"]):
+                if execution.get("ClientRequestToken") == token:
+                    return {"PipelineExecutionArn": execution["PipelineExecutionArn"]}
+        definition = json.loads(pipeline["PipelineDefinition"])
+        parameters = typed_parameters(definition.get("Parameters", []), body.get("PipelineParameters", []))
+        execution_id = secrets.token_hex(6)
+        arn = f"{pipeline['PipelineArn']}/execution/{execution_id}"
+        now = _now()
+        execution = {
+            "PipelineArn": pipeline["PipelineArn"],
+            "PipelineName": pipeline["PipelineName"],
+            "PipelineExecutionArn": arn,
+            "PipelineExecutionId": execution_id,
+            "PipelineExecutionDisplayName": body.get("PipelineExecutionDisplayName", f"execution-{execution_id}"),
+            "PipelineExecutionDescription": body.get("PipelineExecutionDescription", ""),
+            "PipelineExecutionStatus": "Executing",
+            "PipelineDefinition": pipeline["PipelineDefinition"],
+            "PipelineVersionId": pipeline.get("PipelineVersionId", 1),
+            "Parameters": parameters,
+            "ClientRequestToken": token,
+            "CreationTime": now,
+            "StartTime": now,
+            "LastModifiedTime": now,
+            "CreatedBy": caller,
+            "LastModifiedBy": caller,
+        }
+        self.store.put("execution", arn, execution, parent=pipeline["PipelineName"])
+        self.run_in_background(arn)
+        return {"PipelineExecutionArn": arn}
+
+    def describe_pipeline_execution(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        execution = self._execution(required(body, "PipelineExecutionArn"))
+        keys = ("PipelineArn", "PipelineExecutionArn", "PipelineExecutionDisplayName", "PipelineExecutionStatus",
+                "PipelineExecutionDescription", "FailureReason", "CreationTime", "LastModifiedTime", "CreatedBy",
+                "LastModifiedBy", "PipelineVersionId")
+        return {k: execution[k] for k in keys if execution.get(k) is not None}
+
+    def list_pipeline_executions(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        pipeline = self._pipeline(required(body, "PipelineName"))
+        executions = self.store.list("execution", parent=pipeline["PipelineName"])
+        if body.get("CreatedAfter") is not None:
+            executions = [e for e in executions if e["CreationTime"] > float(body["CreatedAfter"])]
+        if body.get("CreatedBefore") is not None:
+            executions = [e for e in executions if e["CreationTime"] < float(body["CreatedBefore"])]
+        if body.get("SortOrder", "Descending") == "Descending":
+            executions.reverse()
+        summaries = [{
+            "PipelineExecutionArn": e["PipelineExecutionArn"],
+            "StartTime": e["StartTime"],
+            "PipelineExecutionStatus": e["PipelineExecutionStatus"],
+            "PipelineExecutionDisplayName": e["PipelineExecutionDisplayName"],
+            **({"PipelineExecutionFailureReason": e["FailureReason"]} if e.get("FailureReason") else {}),
+        } for e in executions]
+        return {"PipelineExecutionSummaries": summaries[: int(body.get("MaxResults", 100))]}
+
+    def list_pipeline_execution_steps(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        execution = self._execution(required(body, "PipelineExecutionArn"))
+        steps = self.store.list("step", parent=execution["PipelineExecutionArn"])
+        steps.sort(key=lambda s: s["StartTime"], reverse=body.get("SortOrder", "Descending") == "Descending")
+        keys = ("StepName", "StepDisplayName", "StepDescription", "StartTime", "EndTime", "StepStatus",
+                "FailureReason", "Metadata", "AttemptCount")
+        return {"PipelineExecutionSteps": [{k: s[k] for k in keys if s.get(k) is not None} for s in steps]}
+
+    def list_pipeline_parameters_for_execution(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        execution = self._execution(required(body, "PipelineExecutionArn"))
+        return {"PipelineParameters": [{"Name": k, "Value": _text(v)} for k, v in execution["Parameters"].items()]}
+
+    def stop_pipeline_execution(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        execution = self._execution(required(body, "PipelineExecutionArn"))
+        if execution["PipelineExecutionStatus"] in TERMINAL:
+            raise ValidationError(f"Pipeline execution is already {execution['PipelineExecutionStatus']}")
+        self._stop_requested.add(execution["PipelineExecutionArn"])
+        self._update_execution(execution["PipelineExecutionArn"], PipelineExecutionStatus="Stopping")
+        return {"PipelineExecutionArn": execution["PipelineExecutionArn"]}
+
+    def describe_job(self, kind: str, name: str) -> dict[str, Any]:
+        job = self.store.get(kind, name)
+        if job is None:
+            raise ValidationError(f"Could not find job {name!r}")
+        return job
+
+    def _execution(self, arn: str) -> dict[str, Any]:
+        execution = self.store.get("execution", arn)
+        if execution is None:
+            raise ResourceNotFound(f"Pipeline execution '{arn}' does not exist.")
+        return execution
+
+    def _update_execution(self, arn: str, **changes: Any) -> dict[str, Any]:
+        with self.store.transaction():
+            execution = self._execution(arn)
+            execution.update(changes, LastModifiedTime=_now())
+            self.store.put("execution", arn, execution, parent=execution["PipelineName"])
+        return execution
+
+    # ---- the runner ------------------------------------------------------------------------------
+
+    def resume_unfinished(self) -> list[str]:
+        resumed = []
+        for execution in self.store.list("execution"):
+            if execution["PipelineExecutionStatus"] in ("Executing", "Stopping"):
+                self.run_in_background(execution["PipelineExecutionArn"])
+                resumed.append(execution["PipelineExecutionArn"])
+        return resumed
+
+    def run_in_background(self, arn: str) -> None:
+        thread = threading.Thread(target=self._run_safely, args=(arn,), name=f"execution-{arn[-12:]}", daemon=True)
+        self._threads[arn] = thread
+        thread.start()
+
+    def wait_idle(self, timeout: float) -> None:
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+
+    def _run_safely(self, arn: str) -> None:
+        try:
+            self._run(arn)
+        except Exception as error:  # an execution must never stay Executing because of a runner bug
+            log.exception("execution %s crashed", arn)
+            self._update_execution(arn, PipelineExecutionStatus="Failed",
+                                   FailureReason=f"local SageMaker error: {type(error).__name__}: {error}")
+
+    def _run(self, arn: str) -> None:
+        execution = self._execution(arn)
+        definition = json.loads(execution["PipelineDefinition"])
+        graph = StepGraph(definition["Steps"])
+        # A step that was running when the server stopped runs again; finished steps keep their results.
+        records = {
+            s["StepName"]: s for s in self.store.list("step", parent=arn) if s["StepStatus"] not in ("Executing",)
+        }
+
+        while True:
+            if arn in self._stop_requested:
+                self._update_execution(arn, PipelineExecutionStatus="Stopped")
+                return
+            failed = [r for r in records.values() if r["StepStatus"] == "Failed"]
+            if failed:
+                first = failed[0]
+                reason = first.get("FailureReason", "")
+                if graph.steps[first["StepName"]]["Type"] != "Fail":
+                    reason = f"Step failure: step {first['StepName']} failed: {reason}"
+                self._update_execution(arn, PipelineExecutionStatus="Failed", FailureReason=reason)
+                return
+            ready = graph.ready(records)
+            if not ready:
+                self._update_execution(arn, PipelineExecutionStatus="Succeeded")
+                return
+            name = ready[0]
+            records[name] = self._run_step(execution, graph.steps[name], records)
+
+    def _context(self, execution: dict[str, Any], records: dict[str, dict[str, Any]]) -> Context:
+        properties = {n: r.get("Properties", {}) for n, r in records.items() if r["StepStatus"] == "Succeeded"}
+        files: dict[str, dict[str, Any]] = {}
+        for name, record in records.items():
+            for file_name, content in record.get("PropertyFiles", {}).items():
+                files[f"{name}.{file_name}"] = content
+        return Context(
+            parameters=execution["Parameters"],
+            execution={
+                "PipelineExecutionId": execution["PipelineExecutionId"],
+                "PipelineExecutionArn": execution["PipelineExecutionArn"],
+                "PipelineName": execution["PipelineName"],
+                "PipelineArn": execution["PipelineArn"],
+                "StartDateTime": execution["StartTime"],
+                "CurrentDateTime": _now(),
+            },
+            step_properties=properties,
+            property_files=files,
+            read_s3_json=self._read_s3_json,
+        )
+
+    def _read_s3_json(self, uri: str) -> Any:
+        location = S3Uri.parse(uri)
+        return json.loads(self.s3_client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read())
+
+    def _run_step(self, execution: dict[str, Any], step: dict[str, Any],
+                  records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        arn = execution["PipelineExecutionArn"]
+        name = step["Name"]
+        previous = self.store.get("step", f"{arn}#{name}")
+        record: dict[str, Any] = {
+            "StepName": name,
+            "StepDisplayName": step.get("DisplayName", name),
+            "StepDescription": step.get("Description"),
+            "StepType": step["Type"],
+            "StartTime": _now(),
+            "StepStatus": "Executing",
+            "AttemptCount": (previous or {}).get("AttemptCount", 0) + 1,
+            "Metadata": {},
+        }
+        self.store.put("step", f"{arn}#{name}", record, parent=arn)
+        log.info("execution %s: step %s (%s) started", execution["PipelineExecutionId"], name, step["Type"])
+        context = self._context(execution, records)
+        try:
+            outcome = self._perform(execution, step, context, record)
+            record.update(outcome)
+            record["StepStatus"] = outcome.get("StepStatus", "Succeeded")
+        except (JobFailed, ExpressionError, ApiError, StepFailed) as error:
+            record.update(StepStatus="Failed", FailureReason=str(error)[:1024])
+        except Exception as error:
+            log.exception("step %s crashed", name)
+            record.update(StepStatus="Failed", FailureReason=f"{type(error).__name__}: {error}"[:1024])
+        record["EndTime"] = _now()
+        self.store.put("step", f"{arn}#{name}", record, parent=arn)
+        log.info("execution %s: step %s %s %s", execution["PipelineExecutionId"], name, record["StepStatus"],
+                 record.get("FailureReason", ""))
+        return record
+
+    def _perform(self, execution: dict[str, Any], step: dict[str, Any], context: Context,
+                 record: dict[str, Any]) -> dict[str, Any]:
+        kind = step["Type"]
+        if kind == "Condition":
+            conditions = step["Arguments"].get("Conditions", [])
+            outcome = all(evaluate_condition(c, context) for c in conditions)
+            return {"Metadata": {"Condition": {"Outcome": "True" if outcome else "False"}}}
+        if kind == "Fail":
+            message = _text(resolve(step.get("Arguments", {}).get("ErrorMessage", ""), context))
+            return {"StepStatus": "Failed", "FailureReason": message, "Metadata": {"Fail": {"ErrorMessage": message}}}
+        if kind == "RegisterModel":
+            request = resolve(step["Arguments"], context)
+            request = {k: v for k, v in request.items() if v not in ({}, None)}
+            if "ModelMetrics" in request:
+                request["ModelMetrics"] = {k: v for k, v in request["ModelMetrics"].items() if v}
+            group = str(request.get("ModelPackageGroupName", ""))
+            if group and self.store.get("model-package-group", group) is None:
+                # SageMaker's RegisterModel step creates a missing group, unlike the bare API call.
+                self.registry.create_model_package_group({"ModelPackageGroupName": group})
+            created = self.registry.create_model_package(request, created_by=execution.get("CreatedBy"))
+            return {"Metadata": {"RegisterModel": {"Arn": created["ModelPackageArn"]}},
+                    "Properties": {"ModelPackageArn": created["ModelPackageArn"]}}
+        if kind in ("Processing", "Training"):
+            return self._run_job(execution, step, context, record)
+        raise StepFailed(f"step type {kind!r} is not supported by the local SageMaker")
+
+    def _run_job(self, execution: dict[str, Any], step: dict[str, Any], context: Context,
+                 record: dict[str, Any]) -> dict[str, Any]:
+        kind = step["Type"]
+        request = resolve(step["Arguments"], context)
+        job_name = f"pipelines-{execution['PipelineExecutionId']}-{step['Name']}".lower()[:63]
+        resource = "processing-job" if kind == "Processing" else "training-job"
+        job_arn = f"{self.arn_prefix}:{resource}/{job_name}"
+        metadata_key = "ProcessingJob" if kind == "Processing" else "TrainingJob"
+        record["Metadata"] = {metadata_key: {"Arn": job_arn}}
+        self.store.put("step", f"{execution['PipelineExecutionArn']}#{step['Name']}", record,
+                       parent=execution["PipelineExecutionArn"])
+        root = self.state_dir / "jobs" / job_name
+        if root.exists():
+            shutil.rmtree(root)  # a rerun after a restart starts from a clean container
+        root.mkdir(parents=True)
+        started = _now()
+        job = {**request, "Status": "InProgress", "CreationTime": started}
+        self.store.put(resource, job_name, job)
+        try:
+            runner = run_processing_job if kind == "Processing" else run_training_job
+            result = runner(self.s3_client(), job_name, request, root, job_arn)
+        except JobFailed as error:
+            status_key = "ProcessingJobStatus" if kind == "Processing" else "TrainingJobStatus"
+            self.store.put(resource, job_name, {**job, status_key: "Failed", "FailureReason": str(error),
+                                                "ProcessingEndTime" if kind == "Processing" else
+                                                "TrainingEndTime": _now()})
+            raise
+        self.store.put(resource, job_name, {**result.properties, "CreationTime": started})
+        outcome: dict[str, Any] = {"Properties": result.properties}
+        files = {}
+        for spec in step.get("PropertyFiles", []):
+            folder = result.local_outputs.get(spec["OutputName"])
+            if folder is None:
+                raise StepFailed(f"property file {spec['PropertyFileName']}: no output named {spec['OutputName']!r}")
+            path = (folder / spec["FilePath"]).resolve()
+            if not path.is_relative_to(folder.resolve()) or not path.is_file():
+                raise StepFailed(f"property file {spec['PropertyFileName']}: {spec['FilePath']} was not written")
+            try:
+                files[spec["PropertyFileName"]] = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise StepFailed(f"property file {spec['PropertyFileName']} is not valid JSON: {error}") from None
+        outcome["PropertyFiles"] = files
+        return outcome
+
+
+class StepFailed(Exception):
+    """A step that cannot complete for a reason the local SageMaker itself found."""
+
+
+class StepGraph:
+    """Steps by name, their dependencies, and which condition branch (if any) each belongs to."""
+
+    def __init__(self, top_level: list[dict[str, Any]]) -> None:
+        self.steps: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []
+        self.branch: dict[str, tuple[str, str]] = {}
+        self._add(top_level, None)
+        self.dependencies: dict[str, set[str]] = {}
+        for name, step in self.steps.items():
+            arguments = step.get("Arguments", {})
+            if step["Type"] == "Condition":
+                arguments = {"Conditions": arguments.get("Conditions", [])}
+            deps = step_references(arguments) | set(step.get("DependsOn", []))
+            if name in self.branch:
+                deps.add(self.branch[name][0])
+            unknown = deps - set(self.steps)
+            if unknown:
+                raise ExpressionError(f"step {name} refers to unknown step(s): {', '.join(sorted(unknown))}")
+            self.dependencies[name] = deps - {name}
+
+    def _add(self, steps: list[dict[str, Any]], parent: tuple[str, str] | None) -> None:
+        for step in steps:
+            name = step["Name"]
+            if name in self.steps:
+                raise ExpressionError(f"step name {name!r} is used twice")
+            self.steps[name] = step
+            self.order.append(name)
+            if parent:
+                self.branch[name] = parent
+            if step["Type"] == "Condition":
+                self._add(step["Arguments"].get("IfSteps", []), (name, "True"))
+                self._add(step["Arguments"].get("ElseSteps", []), (name, "False"))
+
+    def ready(self, records: dict[str, dict[str, Any]]) -> list[str]:
+        ready = []
+        for name in self.order:
+            if name in records:
+                continue
+            if any(records.get(d, {}).get("StepStatus") != "Succeeded" for d in self.dependencies[name]):
+                continue
+            if name in self.branch:
+                condition, outcome = self.branch[name]
+                if records[condition]["Metadata"]["Condition"]["Outcome"] != outcome:
+                    continue
+            ready.append(name)
+        return ready
+
+
+def typed_parameters(declared: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    types = {p["Name"]: p for p in declared}
+    values: dict[str, Any] = {p["Name"]: p.get("DefaultValue") for p in declared}
+    for item in overrides:
+        name = item.get("Name")
+        if name not in types:
+            raise ValidationError(f"Parameter '{name}' is not defined in the pipeline definition")
+        values[name] = item.get("Value")
+    typed: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = types[name]
+        if value is None:
+            raise ValidationError(f"Parameter '{name}' has no default value and was not provided")
+        kind = spec.get("Type", "String")
+        try:
+            if kind == "Integer":
+                typed[name] = int(value)
+            elif kind == "Float":
+                typed[name] = float(value)
+            elif kind == "Boolean":
+                typed[name] = value if isinstance(value, bool) else str(value).lower() == "true"
+            else:
+                typed[name] = str(value)
+        except ValueError:
+            raise ValidationError(f"Parameter '{name}' value {value!r} is not a valid {kind}") from None
+        if spec.get("EnumValues") and typed[name] not in spec["EnumValues"]:
+            raise ValidationError(
+                f"Parameter '{name}' value {typed[name]!r} is not one of: {', '.join(spec['EnumValues'])}"
+            )
+    return typed
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else str(value)

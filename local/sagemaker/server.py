@@ -1,0 +1,159 @@
+"""HTTP front of the local SageMaker: SageMaker's JSON protocol (``X-Amz-Target: SageMaker.<Operation>``).
+
+    fhe-local-sagemaker --port 4599 --state-dir .local-stack/sagemaker
+
+Binds to loopback only. An operation it does not implement answers ``UnknownOperationException``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import re
+import signal
+import sys
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from common import aws
+from local.sagemaker.errors import ApiError, UnknownOperation, ValidationError
+from local.sagemaker.pipelines import Pipelines
+from local.sagemaker.registry import Registry
+from local.sagemaker.store import Store
+
+log = logging.getLogger("local.sagemaker")
+ACCOUNT_ID = "000000000000"
+_ACCESS_KEY = re.compile(r"Credential=([^/]+)/")
+
+Operation = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+class LocalSageMaker:
+    """The operations, by name, over one store."""
+
+    def __init__(self, state_dir: Path, region: str = aws.DEFAULT_REGION) -> None:
+        self.state_dir = state_dir
+        self.store = Store(state_dir / "sagemaker.sqlite3")
+        arn_prefix = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
+        self.registry = Registry(self.store, arn_prefix)
+        self.pipelines = Pipelines(self.store, self.registry, state_dir, arn_prefix, lambda: aws.client("s3"))
+        p, r = self.pipelines, self.registry
+        self.operations: dict[str, Operation] = {
+            "CreatePipeline": p.create_pipeline,
+            "UpdatePipeline": p.update_pipeline,
+            "DescribePipeline": p.describe_pipeline,
+            "ListPipelines": p.list_pipelines,
+            "DeletePipeline": p.delete_pipeline,
+            "StartPipelineExecution": p.start_pipeline_execution,
+            "DescribePipelineExecution": p.describe_pipeline_execution,
+            "ListPipelineExecutions": p.list_pipeline_executions,
+            "ListPipelineExecutionSteps": p.list_pipeline_execution_steps,
+            "ListPipelineParametersForExecution": p.list_pipeline_parameters_for_execution,
+            "StopPipelineExecution": p.stop_pipeline_execution,
+            "DescribeProcessingJob": lambda b, c: p.describe_job("processing-job", b.get("ProcessingJobName", "")),
+            "DescribeTrainingJob": lambda b, c: p.describe_job("training-job", b.get("TrainingJobName", "")),
+            "CreateModelPackageGroup": lambda b, c: r.create_model_package_group(b),
+            "DescribeModelPackageGroup": lambda b, c: r.describe_model_package_group(b),
+            "ListModelPackageGroups": lambda b, c: r.list_model_package_groups(b),
+            "CreateModelPackage": lambda b, c: r.create_model_package(b, created_by=c),
+            "DescribeModelPackage": lambda b, c: r.describe_model_package(b),
+            "ListModelPackages": lambda b, c: r.list_model_packages(b),
+            "UpdateModelPackage": lambda b, c: r.update_model_package(b),
+        }
+
+    def call(self, operation: str, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        handler = self.operations.get(operation)
+        if handler is None:
+            raise UnknownOperation(f"The local SageMaker does not implement {operation}")
+        return handler(body, caller)
+
+
+def _caller(authorization: str) -> dict[str, Any]:
+    match = _ACCESS_KEY.search(authorization or "")
+    key = match.group(1) if match else "anonymous"
+    return {"IamIdentity": {"Arn": f"arn:aws:iam::{ACCOUNT_ID}:user/{key}", "PrincipalId": key}}
+
+
+def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            log.debug("%s " + format, self.client_address[0], *args)
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload, default=str).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-amzn-RequestId", "local")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            if self.path.rstrip("/") in ("", "/health", "/ping"):
+                self._send(200, {"status": "running", "service": "local-sagemaker"})
+            else:
+                self._send(404, {"__type": "NotFound", "message": self.path})
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            target = self.headers.get("X-Amz-Target", "")
+            service_name, _, operation = target.partition(".")
+            try:
+                if service_name != "SageMaker":
+                    raise UnknownOperation(f"unknown target {target!r}")
+                try:
+                    body = json.loads(raw or b"{}")
+                except json.JSONDecodeError:
+                    raise ValidationError("request body is not JSON") from None
+                result = service.call(operation, body, _caller(self.headers.get("Authorization", "")))
+                self._send(200, result)
+            except ApiError as error:
+                self._send(error.status, {"__type": error.code, "message": error.message})
+            except Exception as error:
+                log.exception("%s failed", operation)
+                self._send(500, {"__type": "InternalFailure", "message": f"{type(error).__name__}: {error}"})
+
+    return Handler
+
+
+def serve(host: str, port: int, state_dir: Path) -> None:
+    if not ipaddress.ip_address(host).is_loopback:
+        raise SystemExit(f"the local SageMaker binds to loopback addresses only, not {host}")
+    service = LocalSageMaker(state_dir)
+    resumed = service.pipelines.resume_unfinished()
+    server = ThreadingHTTPServer((host, port), make_handler(service))
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    log.info("local SageMaker on http://%s:%d (state in %s); resumed %d execution(s)", host, port, state_dir,
+             len(resumed))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        service.store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fhe-local-sagemaker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4599)
+    parser.add_argument("--state-dir", type=Path, default=Path(".local-stack/sagemaker"))
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve(args.host, args.port, args.state_dir)
+
+
+if __name__ == "__main__":
+    main()

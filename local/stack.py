@@ -1,0 +1,204 @@
+"""Lifecycle of the local stack: the local AWS (ministack, in its own virtual environment) and the local
+SageMaker, both bound to 127.0.0.1, with their state under ``.local-stack/`` so a restart loses nothing.
+
+    fhe-local up        start both (installs ministack on first use), print the environment to use them
+    fhe-local status    is each one running and healthy
+    fhe-local env       print the environment variables that point clients at the local stack
+    fhe-local down      stop both
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+MINISTACK_VERSION = "1.5.33"
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 90.0
+
+
+def stack_dir() -> Path:
+    return Path(os.environ.get("FHE_LOCAL_STACK_DIR", Path.cwd() / ".local-stack")).resolve()
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int
+    health_path: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return stack_dir() / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return stack_dir() / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + self.health_path, timeout=2) as response:  # noqa: S310 - loopback
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+def local_aws() -> Service:
+    return Service("local-aws", int(os.environ.get("FHE_LOCAL_AWS_PORT", "4566")), "/_ministack/health")
+
+
+def local_sagemaker() -> Service:
+    return Service("local-sagemaker", int(os.environ.get("FHE_LOCAL_SAGEMAKER_PORT", "4599")), "/health")
+
+
+def client_environment() -> dict[str, str]:
+    """What a client needs to talk to the local stack instead of AWS: endpoints and dummy credentials."""
+    return {
+        "AWS_ENDPOINT_URL": local_aws().url,
+        "AWS_ENDPOINT_URL_SAGEMAKER": local_sagemaker().url,
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": local_sagemaker().url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",  # noqa: S105 - the local stack's dummy credential
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+
+
+def _ministack_python() -> Path:
+    venv = stack_dir() / "ministack-venv"
+    python = venv / "bin" / "python"
+    marker = venv / f".ministack-{MINISTACK_VERSION}"
+    if not marker.exists():
+        print(f"installing ministack {MINISTACK_VERSION} into {venv} (first use only)…", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"ministack=={MINISTACK_VERSION}"],
+                       check=True)
+        marker.touch()
+    return python
+
+
+def _spawn(service: Service, command: list[str], environment: dict[str, str]) -> None:
+    stack_dir().mkdir(parents=True, exist_ok=True)
+    with service.log_file.open("ab") as log:
+        process = subprocess.Popen(command, env={**os.environ, **environment}, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    service.pid_file.write_text(str(process.pid))
+
+
+def _wait_healthy(service: Service) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.healthy():
+            return
+        if service.pid() is None:
+            break
+        time.sleep(0.3)
+    tail = service.log_file.read_text(errors="replace").splitlines()[-15:] if service.log_file.exists() else []
+    raise RuntimeError(f"{service.name} did not become healthy on {service.url}; its log ends:\n" + "\n".join(tail))
+
+
+def up() -> dict[str, str]:
+    """Start whatever is not running yet; idempotent. Returns the client environment."""
+    base = stack_dir()
+    aws, sagemaker = local_aws(), local_sagemaker()
+    if not aws.healthy():
+        python = _ministack_python()
+        _spawn(aws, [str(python), "-m", "ministack"], {
+            "BIND_HOST": HOST,
+            "GATEWAY_PORT": str(aws.port),
+            "PERSIST_STATE": "1",
+            "STATE_DIR": str(base / "ministack" / "state"),
+            "S3_PERSIST": "1",
+            "S3_DATA_DIR": str(base / "ministack" / "s3"),
+            "LOG_LEVEL": "WARNING",
+        })
+        _wait_healthy(aws)
+    if not sagemaker.healthy():
+        _spawn(sagemaker, [sys.executable, "-m", "local.sagemaker.server", "--host", HOST, "--port",
+                           str(sagemaker.port), "--state-dir", str(base / "sagemaker")], client_environment())
+        _wait_healthy(sagemaker)
+    return client_environment()
+
+
+def _stop(service: Service, timeout: float = 15.0) -> bool:
+    pid = service.pid()
+    if pid is None:
+        service.pid_file.unlink(missing_ok=True)
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and service.pid() is not None:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+            if waited == pid:
+                break
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    if service.pid() is not None:
+        os.killpg(pid, signal.SIGKILL)
+    service.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def down() -> None:
+    for service in (local_sagemaker(), local_aws()):
+        stopped = _stop(service)
+        print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
+
+
+def status() -> bool:
+    all_ok = True
+    for service in (local_aws(), local_sagemaker()):
+        pid, healthy = service.pid(), service.healthy()
+        all_ok &= healthy
+        state = "healthy" if healthy else ("running, not answering" if pid else "stopped")
+        print(f"{service.name:16} {service.url:24} {state}" + (f" (pid {pid})" if pid else ""))
+    return all_ok
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fhe-local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("up", "down", "status", "env"))
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        environment = up()
+        status()
+        print("\n# to use it from a shell:")
+        print("\n".join(f"export {k}={v}" for k, v in environment.items()))
+    elif args.command == "down":
+        down()
+    elif args.command == "env":
+        print("\n".join(f"export {k}={v}" for k, v in client_environment().items()))
+    else:
+        raise SystemExit(0 if status() else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The training pipeline (SageMaker Pipeline definition) and its command line."""

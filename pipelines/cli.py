@@ -1,0 +1,215 @@
+"""Command line for the training pipeline.
+
+    fhe-pipeline definition                 print the definition JSON (offline, no credentials needed)
+    fhe-pipeline upsert                     create or update the pipeline (and its model package group)
+    fhe-pipeline start [--dataset D] [--param Name=Value …] [--wait]
+    fhe-pipeline run   [--dataset D] [--param Name=Value …]    upsert, start, follow, print the outcome
+
+Where it runs is decided only by the AWS configuration (``AWS_ENDPOINT_URL*`` for the local stack).
+``--dataset`` takes a bundled data set (``breast_cancer``, ``digits``) or a local CSV / NPY file; it is
+uploaded under ``s3://<artifact bucket>/datasets/`` and passed as ``InputDataUri``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import aws
+from common.s3uri import S3Uri, ensure_bucket
+from pipelines.pipeline import MODEL_PACKAGE_GROUP, PIPELINE_NAME, PipelineSettings, build_pipeline
+
+TERMINAL = ("Succeeded", "Failed", "Stopped")
+POLL_SECONDS = 2.0
+
+
+def settings_from(args: argparse.Namespace) -> PipelineSettings:
+    return PipelineSettings(
+        role_arn=args.role_arn,
+        artifact_bucket=args.artifact_bucket,
+        training_image=args.training_image,
+        inference_image=args.inference_image,
+        region=args.region,
+        pipeline_name=args.pipeline_name,
+    )
+
+
+def definition_json(settings: PipelineSettings) -> str:
+    for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve", "sagemaker.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")
+    definition = str(build_pipeline(settings).definition())
+    # Importing the SDK turns the root logger to INFO; put it back so the CLI prints only its own progress.
+    logging.getLogger().setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+    return definition
+
+
+def upsert(settings: PipelineSettings, package_group: str = MODEL_PACKAGE_GROUP) -> str:
+    sagemaker = aws.client("sagemaker")
+    definition = definition_json(settings)
+    try:
+        arn = sagemaker.create_pipeline(PipelineName=settings.pipeline_name, PipelineDefinition=definition,
+                                        RoleArn=settings.role_arn)["PipelineArn"]
+        print(f"created pipeline {settings.pipeline_name}")
+    except sagemaker.exceptions.ClientError as error:
+        code = error.response["Error"]["Code"]
+        message = error.response["Error"].get("Message", "")
+        if code not in ("ValidationException", "ResourceInUse") or "already exists" not in message:
+            raise
+        arn = sagemaker.update_pipeline(PipelineName=settings.pipeline_name, PipelineDefinition=definition,
+                                        RoleArn=settings.role_arn)["PipelineArn"]
+        print(f"updated pipeline {settings.pipeline_name}")
+    try:
+        sagemaker.describe_model_package_group(ModelPackageGroupName=package_group)
+    except sagemaker.exceptions.ClientError:
+        sagemaker.create_model_package_group(
+            ModelPackageGroupName=package_group,
+            ModelPackageGroupDescription="Concrete ML models trained by the FHE training pipeline",
+        )
+        print(f"created model package group {package_group}")
+    return str(arn)
+
+
+def stage_dataset(settings: PipelineSettings, dataset: str) -> str:
+    """Upload a bundled data set or a local file; returns its S3 URI for ``InputDataUri``."""
+    if dataset.startswith("s3://"):
+        return dataset
+    s3 = aws.client("s3")
+    ensure_bucket(s3, settings.artifact_bucket)
+    path = Path(dataset)
+    with tempfile.TemporaryDirectory() as scratch:
+        if not path.exists():
+            from containers.training.data import BUILTIN_DATASETS, builtin_dataset_csv
+
+            if dataset not in BUILTIN_DATASETS:
+                raise SystemExit(f"--dataset {dataset!r} is neither a file nor a bundled data set "
+                                 f"({', '.join(BUILTIN_DATASETS)})")
+            path = builtin_dataset_csv(dataset, Path(scratch) / f"{dataset}.csv")
+        name = path.stem.replace(" ", "_")
+        target = S3Uri(settings.artifact_bucket, f"datasets/{name}/{path.name}")
+        s3.upload_file(str(path), target.bucket, target.key)
+    return str(target)
+
+
+def parse_parameters(items: list[str]) -> list[dict[str, str]]:
+    parameters = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param takes Name=Value, got {item!r}")
+        parameters.append({"Name": name, "Value": value})
+    return parameters
+
+
+def start(settings: PipelineSettings, parameters: list[dict[str, str]], display_name: str | None = None) -> str:
+    request: dict[str, Any] = {"PipelineName": settings.pipeline_name, "PipelineParameters": parameters}
+    if display_name:
+        request["PipelineExecutionDisplayName"] = display_name
+    return str(aws.client("sagemaker").start_pipeline_execution(**request)["PipelineExecutionArn"])
+
+
+def follow(execution_arn: str, timeout: float, out: Any = sys.stdout) -> dict[str, Any]:
+    """Print each step's transitions until the execution ends; returns the final description."""
+    sagemaker = aws.client("sagemaker")
+    started = time.monotonic()
+    seen: dict[str, str] = {}
+    while True:
+        steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=execution_arn,
+                                                        SortOrder="Ascending")["PipelineExecutionSteps"]
+        for step in steps:
+            if seen.get(step["StepName"]) != step["StepStatus"]:
+                seen[step["StepName"]] = step["StepStatus"]
+                reason = f" — {step['FailureReason']}" if step.get("FailureReason") else ""
+                print(f"[{time.monotonic() - started:6.0f}s] {step['StepName']:14} {step['StepStatus']}{reason}",
+                      file=out, flush=True)
+        execution = sagemaker.describe_pipeline_execution(PipelineExecutionArn=execution_arn)
+        if execution["PipelineExecutionStatus"] in TERMINAL:
+            return dict(execution)
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"execution {execution_arn} still {execution['PipelineExecutionStatus']} after "
+                             f"{timeout:.0f}s")
+        time.sleep(POLL_SECONDS)
+
+
+def outcome(execution_arn: str) -> dict[str, Any]:
+    """The execution's result as data: status, steps, and the model package it registered with its metrics."""
+    sagemaker = aws.client("sagemaker")
+    execution = sagemaker.describe_pipeline_execution(PipelineExecutionArn=execution_arn)
+    steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=execution_arn,
+                                                    SortOrder="Ascending")["PipelineExecutionSteps"]
+    result: dict[str, Any] = {
+        "execution": execution_arn,
+        "status": execution["PipelineExecutionStatus"],
+        "failure_reason": execution.get("FailureReason"),
+        "steps": [{
+            "name": s["StepName"], "status": s["StepStatus"],
+            "seconds": round((s["EndTime"] - s["StartTime"]).total_seconds(), 1) if s.get("EndTime") else None,
+            **({"failure_reason": s["FailureReason"]} if s.get("FailureReason") else {}),
+        } for s in steps],
+    }
+    for step in steps:
+        package_arn = step.get("Metadata", {}).get("RegisterModel", {}).get("Arn")
+        if package_arn:
+            package = sagemaker.describe_model_package(ModelPackageName=package_arn)
+            result["model_package"] = {"arn": package_arn, "status": package["ModelApprovalStatus"]}
+            statistics = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {})
+            if statistics.get("S3Uri"):
+                uri = S3Uri.parse(statistics["S3Uri"])
+                report = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+                result["metrics"] = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fhe-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("definition", "upsert", "start", "run"))
+    parser.add_argument("--pipeline-name", default=os.environ.get("FHE_PIPELINE_NAME", PIPELINE_NAME))
+    parser.add_argument("--role-arn", default=os.environ.get(
+        "FHE_PIPELINE_ROLE_ARN", "arn:aws:iam::000000000000:role/fhe-pipeline"))
+    parser.add_argument("--artifact-bucket", default=os.environ.get("FHE_ARTIFACT_BUCKET", "fhe-artifacts"))
+    parser.add_argument("--training-image", default=os.environ.get("FHE_TRAINING_IMAGE", "fhe-training:latest"))
+    parser.add_argument("--inference-image", default=os.environ.get("FHE_INFERENCE_IMAGE", "fhe-inference:latest"))
+    parser.add_argument("--region", default=aws.region())
+    parser.add_argument("--dataset", help="bundled data set name, local CSV/NPY file, or s3:// URI")
+    parser.add_argument("--param", action="append", default=[], metavar="Name=Value",
+                        help="pipeline parameter override (repeatable)")
+    parser.add_argument("--wait", action="store_true", help="with start: follow the execution to its end")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow an execution")
+    args = parser.parse_args(argv)
+    settings = settings_from(args)
+
+    if args.command == "definition":
+        print(definition_json(settings))
+        return
+    if args.command in ("upsert", "run"):
+        upsert(settings)
+    if args.command == "upsert":
+        return
+    parameters = parse_parameters(args.param)
+    if args.dataset:
+        parameters = [p for p in parameters if p["Name"] != "InputDataUri"]
+        parameters.append({"Name": "InputDataUri", "Value": stage_dataset(settings, args.dataset)})
+    elif args.command == "run" and not any(p["Name"] == "InputDataUri" for p in parameters):
+        stage_dataset(settings, "breast_cancer")  # the definition's default InputDataUri
+    execution_arn = start(settings, parameters)
+    print(f"started {execution_arn}", flush=True)
+    if args.command == "start" and not args.wait:
+        return
+    follow(execution_arn, args.timeout)
+    result = outcome(execution_arn)
+    print(json.dumps(result, indent=2, default=str))
+    raise SystemExit(0 if result["status"] == "Succeeded" else 1)
+
+
+if __name__ == "__main__":
+    main()

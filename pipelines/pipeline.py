@@ -1,0 +1,227 @@
+"""The FHE training pipeline: Preprocess → Train → Evaluate → CheckQuality → Register | Fail.
+
+This module only assembles steps; each step's work lives in ``containers/training``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PIPELINE_NAME = "fhe-training"
+MODEL_PACKAGE_GROUP = "fhe-models"
+TRAINING_ENTRYPOINT = ["python", "-m", "containers.training"]
+EVALUATION_FILE = "evaluation.json"
+METRIC_PATH = "multiclass_classification_metrics.{}.value"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Where the pipeline runs: account-specific values, not per-execution parameters."""
+
+    role_arn: str
+    artifact_bucket: str
+    training_image: str
+    inference_image: str
+    region: str = "us-east-1"
+    pipeline_name: str = PIPELINE_NAME
+    instance_type: str = "ml.c7i.4xlarge"
+    default_input_data: str = ""
+
+    @property
+    def data_uri(self) -> str:
+        return self.default_input_data or f"s3://{self.artifact_bucket}/datasets/breast_cancer/breast_cancer.csv"
+
+
+def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) -> Any:
+    """The pipeline object; ``.definition()`` gives the JSON that SageMaker (or the local SageMaker) runs."""
+    import os
+
+    # The SDK creates a SageMaker client while it is imported, which needs a region even offline.
+    os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
+    # Building a definition must work offline; SageMaker itself checks the role when the pipeline is upserted.
+    os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
+    import boto3
+    from sagemaker.core.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.core.processing import Processor
+    from sagemaker.core.shapes import (
+        OutputDataConfig,
+        ProcessingInput,
+        ProcessingOutput,
+        ProcessingS3Input,
+        ProcessingS3Output,
+    )
+    from sagemaker.core.workflow import (
+        ConditionGreaterThanOrEqualTo,
+        ConditionLessThanOrEqualTo,
+        Join,
+        JsonGet,
+        ParameterFloat,
+        ParameterInteger,
+        ParameterString,
+        PropertyFile,
+    )
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.fail_step import FailStep
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep
+    from sagemaker.serve.model_builder import ModelBuilder
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.configs import Compute, InputData
+
+    session = sagemaker_session or PipelineSession(
+        boto_session=boto3.Session(region_name=settings.region), default_bucket=settings.artifact_bucket
+    )
+
+    input_data = ParameterString("InputDataUri", default_value=settings.data_uri)
+    label_column = ParameterString("LabelColumn", default_value="label")
+    model_type = ParameterString(
+        "ModelType", default_value="logistic_regression",
+        enum_values=["logistic_regression", "decision_tree", "xgboost", "neural_network"],
+    )
+    n_bits = ParameterInteger("NBits", default_value=0)  # 0: the model type's default
+    n_w_bits = ParameterInteger("NetworkWeightBits", default_value=4)
+    n_a_bits = ParameterInteger("NetworkActivationBits", default_value=4)
+    n_accum_bits = ParameterInteger("NetworkAccumulatorBits", default_value=8)
+    p_error = ParameterFloat("PError", default_value=0.0)  # 0: Concrete's default
+    accuracy_threshold = ParameterFloat("AccuracyThreshold", default_value=0.85)
+    max_gap = ParameterFloat("MaxAccuracyGap", default_value=0.03)
+    fhe_samples = ParameterInteger("FheSampleSize", default_value=5)
+    package_group = ParameterString("ModelPackageGroupName", default_value=MODEL_PACKAGE_GROUP)
+
+    run_prefix = Join(on="/", values=[f"s3://{settings.artifact_bucket}", "pipelines", settings.pipeline_name,
+                                      ExecutionVariables.PIPELINE_EXECUTION_ID])
+
+    def processor(job: str) -> Processor:
+        return Processor(
+            role=settings.role_arn,
+            image_uri=settings.training_image,
+            entrypoint=[*TRAINING_ENTRYPOINT, job],
+            instance_count=1,
+            instance_type=settings.instance_type,
+            base_job_name=f"fhe-{job}",
+            sagemaker_session=session,
+        )
+
+    def s3_input(name: str, source: Any, local_path: str) -> ProcessingInput:
+        return ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
+            s3_uri=source, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File"))
+
+    def s3_output(name: str, local_path: str) -> ProcessingOutput:
+        return ProcessingOutput(output_name=name, s3_output=ProcessingS3Output(
+            s3_uri=Join(on="/", values=[run_prefix, name]), local_path=local_path, s3_upload_mode="EndOfJob"))
+
+    preprocess = ProcessingStep(
+        name="Preprocess",
+        step_args=processor("preprocess").run(
+            inputs=[s3_input("data", input_data, "/opt/ml/processing/input/data")],
+            outputs=[
+                s3_output("train", "/opt/ml/processing/output/train"),
+                s3_output("test", "/opt/ml/processing/output/test"),
+                s3_output("preprocessing", "/opt/ml/processing/output/preprocessing"),
+            ],
+            arguments=["--label-column", label_column],
+        ),
+    )
+
+    def preprocess_output(name: str) -> Any:
+        return preprocess.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri
+
+    trainer = ModelTrainer(
+        training_image=settings.training_image,
+        role=settings.role_arn,
+        compute=Compute(instance_type=settings.instance_type, instance_count=1),
+        base_job_name="fhe-train",
+        sagemaker_session=session,
+        output_data_config=OutputDataConfig(s3_output_path=Join(on="/", values=[run_prefix, "model"])),
+        hyperparameters={
+            "model_type": model_type,
+            "n_bits": n_bits,
+            "module__n_w_bits": n_w_bits,
+            "module__n_a_bits": n_a_bits,
+            "module__n_accum_bits": n_accum_bits,
+            "p_error": p_error,
+        },
+        input_data_config=[
+            InputData(channel_name="train", data_source=preprocess_output("train")),
+            InputData(channel_name="preprocessing", data_source=preprocess_output("preprocessing")),
+        ],
+    )
+    train = TrainingStep(name="Train", step_args=trainer.train())
+    model_artifacts = train.properties.ModelArtifacts.S3ModelArtifacts
+
+    evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path=EVALUATION_FILE)
+    evaluate = ProcessingStep(
+        name="Evaluate",
+        step_args=processor("evaluate").run(
+            inputs=[
+                s3_input("model", model_artifacts, "/opt/ml/processing/model"),
+                s3_input("train", preprocess_output("train"), "/opt/ml/processing/train"),
+                s3_input("test", preprocess_output("test"), "/opt/ml/processing/test"),
+            ],
+            outputs=[s3_output("evaluation", "/opt/ml/processing/evaluation")],
+            arguments=["--fhe-samples", fhe_samples.to_string()],
+        ),
+        property_files=[evaluation_report],
+    )
+
+    def evaluation_metric(name: str) -> Any:
+        return JsonGet(step_name=evaluate.name, property_file=evaluation_report, json_path=METRIC_PATH.format(name))
+
+    fhe_accuracy = evaluation_metric("accuracy_fhe_simulation")
+    accuracy_gap = evaluation_metric("accuracy_gap_clear_vs_fhe")
+
+    evaluation_uri = Join(on="/", values=[
+        evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, EVALUATION_FILE])
+    model_builder = ModelBuilder(
+        s3_model_data_url=model_artifacts,
+        image_uri=settings.inference_image,
+        role_arn=settings.role_arn,
+        sagemaker_session=session,
+    )
+    # Without a bucket the builder asks S3 for the session's default bucket, which needs credentials.
+    model_builder.bucket = settings.artifact_bucket
+    register = ModelStep(
+        name="Register",
+        step_args=model_builder.register(
+            model_package_group_name=package_group,
+            content_types=["application/json"],
+            response_types=["application/octet-stream"],
+            inference_instances=[settings.instance_type],
+            transform_instances=[settings.instance_type],
+            model_metrics=ModelMetrics(
+                model_statistics=MetricsSource(content_type="application/json", s3_uri=evaluation_uri)
+            ),
+            approval_status="PendingManualApproval",
+            customer_metadata_properties={"model_type": model_type, "pipeline_execution": run_prefix},
+            skip_model_validation="None",
+        ),
+    )
+    fail = FailStep(
+        name="QualityTooLow",
+        error_message=Join(on="", values=[
+            "Model quality below the bar: FHE-simulated accuracy ", fhe_accuracy,
+            " (required >= ", accuracy_threshold, "), clear-vs-FHE accuracy gap ", accuracy_gap,
+            " (allowed <= ", max_gap, ")",
+        ]),
+    )
+    check_quality = ConditionStep(
+        name="CheckQuality",
+        conditions=[
+            ConditionGreaterThanOrEqualTo(left=fhe_accuracy, right=accuracy_threshold),
+            ConditionLessThanOrEqualTo(left=accuracy_gap, right=max_gap),
+        ],
+        if_steps=[register],
+        else_steps=[fail],
+    )
+
+    return Pipeline(
+        name=settings.pipeline_name,
+        parameters=[input_data, label_column, model_type, n_bits, n_w_bits, n_a_bits, n_accum_bits, p_error,
+                    accuracy_threshold, max_gap, fhe_samples, package_group],
+        steps=[preprocess, train, evaluate, check_quality],
+        sagemaker_session=session,
+    )
