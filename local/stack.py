@@ -90,7 +90,8 @@ def client_environment() -> dict[str, str]:
 
 
 def _ministack_python() -> Path:
-    venv = stack_dir() / "ministack-venv"
+    # The venv may be shared between stacks (tests use a fresh state folder but one installation).
+    venv = Path(os.environ.get("FHE_MINISTACK_VENV", stack_dir() / "ministack-venv"))
     python = venv / "bin" / "python"
     marker = venv / f".ministack-{MINISTACK_VERSION}"
     if not marker.exists():

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def definition_json(settings: PipelineSettings) -> str:
     for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve", "sagemaker.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")
-    definition = str(build_pipeline(settings).definition())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Running within a PipelineSession…" is expected here
+        definition = str(build_pipeline(settings).definition())
     # Importing the SDK turns the root logger to INFO; put it back so the CLI prints only its own progress.
     logging.getLogger().setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:

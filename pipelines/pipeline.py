@@ -78,10 +78,8 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
 
     input_data = ParameterString("InputDataUri", default_value=settings.data_uri)
     label_column = ParameterString("LabelColumn", default_value="label")
-    model_type = ParameterString(
-        "ModelType", default_value="logistic_regression",
-        enum_values=["logistic_regression", "decision_tree", "xgboost", "neural_network"],
-    )
+    # No enum here: the Train step checks the model type and names the allowed ones in its FailureReason.
+    model_type = ParameterString("ModelType", default_value="logistic_regression")
     n_bits = ParameterInteger("NBits", default_value=0)  # 0: the model type's default
     n_w_bits = ParameterInteger("NetworkWeightBits", default_value=4)
     n_a_bits = ParameterInteger("NetworkActivationBits", default_value=4)

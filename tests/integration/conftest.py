@@ -1,0 +1,44 @@
+"""The local stack for integration tests: started once per session on free loopback ports, stopped after."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local import stack
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    state = tmp_path_factory.mktemp("local-stack")
+    overrides = {
+        "FHE_LOCAL_STACK_DIR": str(state),
+        "FHE_MINISTACK_VENV": os.environ.get("FHE_MINISTACK_VENV", str(PROJECT / ".local-stack" / "ministack-venv")),
+        "FHE_LOCAL_AWS_PORT": str(_free_port()),
+        "FHE_LOCAL_SAGEMAKER_PORT": str(_free_port()),
+    }
+    saved = {k: os.environ.get(k) for k in [*overrides, *stack.client_environment()]}
+    os.environ.update(overrides)
+    try:
+        environment = stack.up()
+        os.environ.update(environment)
+        yield environment
+    finally:
+        stack.down()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

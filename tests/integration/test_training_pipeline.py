@@ -1,0 +1,212 @@
+"""The training pipeline on the local stack, from the SDK's definition to a registered, usable FHE model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from common import aws
+from common.archives import extract_tar
+from common.preprocessing import PreprocessingRecord
+from common.s3uri import S3Uri
+from local import stack
+from pipelines import cli
+from pipelines.pipeline import MODEL_PACKAGE_GROUP, PipelineSettings
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = PipelineSettings(
+    role_arn="arn:aws:iam::000000000000:role/fhe-pipeline",
+    artifact_bucket="fhe-artifacts",
+    training_image="fhe-training:latest",
+    inference_image="fhe-inference:latest",
+)
+STEP_TIMEOUT = 900.0
+
+
+def run_execution(parameters: list[dict[str, str]]) -> str:
+    arn = cli.start(SETTINGS, parameters)
+    cli.follow(arn, STEP_TIMEOUT, out=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    return arn
+
+
+def steps_of(arn: str) -> dict[str, dict[str, Any]]:
+    steps = aws.client("sagemaker").list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]
+    return {s["StepName"]: s for s in steps}
+
+
+def packages() -> list[dict[str, Any]]:
+    return list(aws.client("sagemaker").list_model_packages(
+        ModelPackageGroupName=MODEL_PACKAGE_GROUP)["ModelPackageSummaryList"])
+
+
+@pytest.fixture(scope="module")
+def pipeline(local_stack: dict[str, str]) -> PipelineSettings:
+    cli.upsert(SETTINGS)
+    cli.stage_dataset(SETTINGS, "breast_cancer")
+    return SETTINGS
+
+
+@pytest.fixture(scope="module")
+def succeeded(pipeline: PipelineSettings) -> str:
+    return run_execution([])
+
+
+def test_execution_succeeds_and_lists_every_step(succeeded: str) -> None:
+    execution = aws.client("sagemaker").describe_pipeline_execution(PipelineExecutionArn=succeeded)
+    assert execution["PipelineExecutionStatus"] == "Succeeded"
+    steps = steps_of(succeeded)
+    assert set(steps) == {"Preprocess", "Train", "Evaluate", "CheckQuality", "Register"}
+    assert all(s["StepStatus"] == "Succeeded" for s in steps.values())
+    assert steps["CheckQuality"]["Metadata"]["Condition"]["Outcome"] == "True"
+    assert steps["Train"]["Metadata"]["TrainingJob"]["Arn"].startswith("arn:aws:sagemaker:")
+    assert all(s["EndTime"] >= s["StartTime"] for s in steps.values())
+
+
+def test_model_package_is_registered_with_metrics_pending_approval(succeeded: str) -> None:
+    sagemaker = aws.client("sagemaker")
+    package_arn = steps_of(succeeded)["Register"]["Metadata"]["RegisterModel"]["Arn"]
+    assert package_arn in [p["ModelPackageArn"] for p in packages()]
+    package = sagemaker.describe_model_package(ModelPackageName=package_arn)
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    report_uri = S3Uri.parse(package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"])
+    report = json.loads(aws.client("s3").get_object(Bucket=report_uri.bucket, Key=report_uri.key)["Body"].read())
+    metrics = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
+    assert metrics["accuracy"] > 0.9
+    assert metrics["accuracy_fhe_simulation"] > 0.9
+    assert metrics["accuracy_fhe"] > 0.5
+    assert metrics["evaluation_key_bytes"] > 0
+    assert metrics["input_ciphertext_bytes_per_sample"] > 0
+    assert metrics["fhe_latency_seconds_per_sample"] > 0
+
+
+def test_registered_model_runs_in_real_fhe(succeeded: str) -> None:
+    """client.zip + server.zip from the registered model.tar.gz: keygen, encrypt, server run, decrypt."""
+    from concrete.ml.common.serialization.loaders import loads
+    from concrete.ml.deployment import FHEModelClient, FHEModelServer
+    from sklearn.datasets import load_breast_cancer
+
+    sagemaker = aws.client("sagemaker")
+    package_arn = steps_of(succeeded)["Register"]["Metadata"]["RegisterModel"]["Arn"]
+    package = sagemaker.describe_model_package(ModelPackageName=package_arn)
+    model_uri = S3Uri.parse(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = Path(scratch) / "model.tar.gz"
+        aws.client("s3").download_file(model_uri.bucket, model_uri.key, str(archive))
+        files = Path(scratch) / "model"
+        extract_tar(archive, files)
+        record = PreprocessingRecord.load(files / "preprocessing.json")
+        x_raw, _ = load_breast_cancer(return_X_y=True)
+        x = record.transform(np.random.default_rng(7).permutation(x_raw)[:40])
+
+        client = FHEModelClient(path_dir=str(files), key_dir=str(Path(scratch) / "keys"))
+        client.generate_private_and_evaluation_keys()
+        evaluation_keys = client.get_serialized_evaluation_keys()
+        server = FHEModelServer(path_dir=str(files))
+        server.load()
+        decrypted = []
+        for row in x:
+            encrypted = client.quantize_encrypt_serialize(row[None, :])
+            result = server.run(encrypted, evaluation_keys)
+            assert isinstance(result, bytes) and result != encrypted
+            decrypted.append(client.deserialize_decrypt_dequantize(result)[0])
+        fhe_predictions = np.asarray(decrypted).argmax(axis=1)
+        clear_model = loads((files / "model.json").read_text())
+        clear_predictions = clear_model.sklearn_model.predict(x)
+    agreement = float((fhe_predictions == clear_predictions).mean())
+    assert agreement >= 0.95, f"FHE agrees with the clear model on only {agreement:.0%} of samples"
+
+
+def test_local_sagemaker_runs_exactly_the_sdk_definition(pipeline: PipelineSettings) -> None:
+    stored = aws.client("sagemaker").describe_pipeline(PipelineName=pipeline.pipeline_name)["PipelineDefinition"]
+    expected = cli.definition_json(pipeline)
+    assert json.loads(stored) == json.loads(expected)
+    assert {s["Name"] for s in json.loads(stored)["Steps"]} == {"Preprocess", "Train", "Evaluate", "CheckQuality"}
+
+
+def test_threshold_above_reach_fails_with_reason_and_registers_nothing(pipeline: PipelineSettings) -> None:
+    before = len(packages())
+    arn = run_execution([{"Name": "AccuracyThreshold", "Value": "1.01"}])
+    execution = aws.client("sagemaker").describe_pipeline_execution(PipelineExecutionArn=arn)
+    assert execution["PipelineExecutionStatus"] == "Failed"
+    steps = steps_of(arn)
+    assert "Register" not in steps
+    assert steps["CheckQuality"]["Metadata"]["Condition"]["Outcome"] == "False"
+    reason = steps["QualityTooLow"]["FailureReason"]
+    assert "required >= 1.01" in reason and "FHE-simulated accuracy 0." in reason
+    assert steps["QualityTooLow"]["StepStatus"] == "Failed"
+    assert len(packages()) == before
+
+
+def _put_text(key: str, text: str) -> str:
+    aws.client("s3").put_object(Bucket=SETTINGS.artifact_bucket, Key=key, Body=text.encode())
+    return f"s3://{SETTINGS.artifact_bucket}/{key}"
+
+
+BAD_INPUTS = {
+    "unknown model type": (
+        [{"Name": "ModelType", "Value": "random_forest_deluxe"}], "Train",
+        "unknown model type 'random_forest_deluxe'",
+    ),
+    "no label column": (
+        [{"Name": "InputDataUri", "Value": "bad/nolabel.csv"}], "Preprocess", "label column 'label' not found",
+    ),
+    "non-numeric feature": (
+        [{"Name": "InputDataUri", "Value": "bad/text.csv"}], "Preprocess",
+        "feature column 'b' has the non-numeric value 'seven'",
+    ),
+    "empty file": ([{"Name": "InputDataUri", "Value": "bad/empty.csv"}], "Preprocess", "is empty"),
+}
+
+
+def test_bad_input_fails_the_step_with_a_reason_and_the_stack_keeps_running(pipeline: PipelineSettings) -> None:
+    rows = "\n".join(f"{i},{i % 3},{i % 2}" for i in range(40))
+    files = {
+        "bad/nolabel.csv": "a,b,c\n" + rows + "\n",
+        "bad/text.csv": "a,b,label\n" + rows + "\n1,seven,0\n",
+        "bad/empty.csv": "",
+    }
+    uris = {key: _put_text(key, text) for key, text in files.items()}
+    started = {}
+    for case, (parameters, _, _) in BAD_INPUTS.items():
+        resolved = [{"Name": p["Name"], "Value": uris.get(p["Value"], p["Value"])} for p in parameters]
+        started[case] = cli.start(SETTINGS, resolved)
+    for case, (_, step_name, phrase) in BAD_INPUTS.items():
+        cli.follow(started[case], STEP_TIMEOUT, out=open(os.devnull, "w"))  # noqa: SIM115
+        steps = steps_of(started[case])
+        assert steps[step_name]["StepStatus"] == "Failed", case
+        assert phrase in steps[step_name]["FailureReason"], (case, steps[step_name]["FailureReason"])
+        execution = aws.client("sagemaker").describe_pipeline_execution(PipelineExecutionArn=started[case])
+        assert execution["PipelineExecutionStatus"] == "Failed"
+        assert phrase in execution["FailureReason"]
+    assert stack.local_sagemaker().healthy() and stack.local_aws().healthy()
+
+
+def test_kill_and_restart_keeps_pipelines_executions_and_packages(succeeded: str) -> None:
+    sagemaker = aws.client("sagemaker")
+    executions_before = sagemaker.list_pipeline_executions(PipelineName=SETTINGS.pipeline_name)
+    packages_before = packages()
+    service = stack.local_sagemaker()
+    pid = service.pid()
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while service.healthy() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not service.healthy()
+    stack.up()
+    sagemaker = aws.client("sagemaker")
+    assert sagemaker.describe_pipeline(PipelineName=SETTINGS.pipeline_name)["PipelineStatus"] == "Active"
+    executions_after = sagemaker.list_pipeline_executions(PipelineName=SETTINGS.pipeline_name)
+    assert [e["PipelineExecutionArn"] for e in executions_after["PipelineExecutionSummaries"]] == \
+        [e["PipelineExecutionArn"] for e in executions_before["PipelineExecutionSummaries"]]
+    assert packages() == packages_before
+    assert set(steps_of(succeeded)) == {"Preprocess", "Train", "Evaluate", "CheckQuality", "Register"}
