@@ -28,4 +28,4 @@ def session() -> boto3.Session:
 
 def client(service: str) -> Any:
     """A boto3 client with adaptive retries; the endpoint is whatever botocore's configuration says."""
-    return session().client(service, config=_RETRIES)  # type: ignore[call-overload]
+    return session().client(service, config=_RETRIES)

@@ -39,7 +39,11 @@ class PreprocessingRecord:
 
     @classmethod
     def fit(
-        cls, x: npt.NDArray[np.floating[Any]], feature_names: list[str], label_column: str, classes: list[str],
+        cls,
+        x: npt.NDArray[np.floating[Any]],
+        feature_names: list[str],
+        label_column: str,
+        classes: list[str],
         source: dict[str, Any] | None = None,
     ) -> PreprocessingRecord:
         return cls(

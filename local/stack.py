@@ -83,7 +83,7 @@ def client_environment() -> dict[str, str]:
         "AWS_ENDPOINT_URL_SAGEMAKER": local_sagemaker().url,
         "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": local_sagemaker().url,
         "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",  # noqa: S105 - the local stack's dummy credential
+        "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
     }
@@ -97,8 +97,7 @@ def _ministack_python() -> Path:
     if not marker.exists():
         print(f"installing ministack {MINISTACK_VERSION} into {venv} (first use only)…", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"ministack=={MINISTACK_VERSION}"],
-                       check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"ministack=={MINISTACK_VERSION}"], check=True)
         marker.touch()
     return python
 
@@ -106,8 +105,14 @@ def _ministack_python() -> Path:
 def _spawn(service: Service, command: list[str], environment: dict[str, str]) -> None:
     stack_dir().mkdir(parents=True, exist_ok=True)
     with service.log_file.open("ab") as log:
-        process = subprocess.Popen(command, env={**os.environ, **environment}, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **environment},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     service.pid_file.write_text(str(process.pid))
 
 
@@ -129,19 +134,36 @@ def up() -> dict[str, str]:
     aws, sagemaker = local_aws(), local_sagemaker()
     if not aws.healthy():
         python = _ministack_python()
-        _spawn(aws, [str(python), "-m", "ministack"], {
-            "BIND_HOST": HOST,
-            "GATEWAY_PORT": str(aws.port),
-            "PERSIST_STATE": "1",
-            "STATE_DIR": str(base / "ministack" / "state"),
-            "S3_PERSIST": "1",
-            "S3_DATA_DIR": str(base / "ministack" / "s3"),
-            "LOG_LEVEL": "WARNING",
-        })
+        _spawn(
+            aws,
+            [str(python), "-m", "ministack"],
+            {
+                "BIND_HOST": HOST,
+                "GATEWAY_PORT": str(aws.port),
+                "PERSIST_STATE": "1",
+                "STATE_DIR": str(base / "ministack" / "state"),
+                "S3_PERSIST": "1",
+                "S3_DATA_DIR": str(base / "ministack" / "s3"),
+                "LOG_LEVEL": "WARNING",
+            },
+        )
         _wait_healthy(aws)
     if not sagemaker.healthy():
-        _spawn(sagemaker, [sys.executable, "-m", "local.sagemaker.server", "--host", HOST, "--port",
-                           str(sagemaker.port), "--state-dir", str(base / "sagemaker")], client_environment())
+        _spawn(
+            sagemaker,
+            [
+                sys.executable,
+                "-m",
+                "local.sagemaker.server",
+                "--host",
+                HOST,
+                "--port",
+                str(sagemaker.port),
+                "--state-dir",
+                str(base / "sagemaker"),
+            ],
+            client_environment(),
+        )
         _wait_healthy(sagemaker)
     return client_environment()
 
@@ -184,8 +206,9 @@ def status() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fhe-local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fhe-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("up", "down", "status", "env"))
     args = parser.parse_args(argv)
     if args.command == "up":

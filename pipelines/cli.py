@@ -60,16 +60,18 @@ def upsert(settings: PipelineSettings, package_group: str = MODEL_PACKAGE_GROUP)
     sagemaker = aws.client("sagemaker")
     definition = definition_json(settings)
     try:
-        arn = sagemaker.create_pipeline(PipelineName=settings.pipeline_name, PipelineDefinition=definition,
-                                        RoleArn=settings.role_arn)["PipelineArn"]
+        arn = sagemaker.create_pipeline(
+            PipelineName=settings.pipeline_name, PipelineDefinition=definition, RoleArn=settings.role_arn
+        )["PipelineArn"]
         print(f"created pipeline {settings.pipeline_name}")
     except sagemaker.exceptions.ClientError as error:
         code = error.response["Error"]["Code"]
         message = error.response["Error"].get("Message", "")
         if code not in ("ValidationException", "ResourceInUse") or "already exists" not in message:
             raise
-        arn = sagemaker.update_pipeline(PipelineName=settings.pipeline_name, PipelineDefinition=definition,
-                                        RoleArn=settings.role_arn)["PipelineArn"]
+        arn = sagemaker.update_pipeline(
+            PipelineName=settings.pipeline_name, PipelineDefinition=definition, RoleArn=settings.role_arn
+        )["PipelineArn"]
         print(f"updated pipeline {settings.pipeline_name}")
     try:
         sagemaker.describe_model_package_group(ModelPackageGroupName=package_group)
@@ -94,8 +96,9 @@ def stage_dataset(settings: PipelineSettings, dataset: str) -> str:
             from containers.training.data import BUILTIN_DATASETS, builtin_dataset_csv
 
             if dataset not in BUILTIN_DATASETS:
-                raise SystemExit(f"--dataset {dataset!r} is neither a file nor a bundled data set "
-                                 f"({', '.join(BUILTIN_DATASETS)})")
+                raise SystemExit(
+                    f"--dataset {dataset!r} is neither a file nor a bundled data set ({', '.join(BUILTIN_DATASETS)})"
+                )
             path = builtin_dataset_csv(dataset, Path(scratch) / f"{dataset}.csv")
         name = path.stem.replace(" ", "_")
         target = S3Uri(settings.artifact_bucket, f"datasets/{name}/{path.name}")
@@ -126,20 +129,25 @@ def follow(execution_arn: str, timeout: float, out: Any = sys.stdout) -> dict[st
     started = time.monotonic()
     seen: dict[str, str] = {}
     while True:
-        steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=execution_arn,
-                                                        SortOrder="Ascending")["PipelineExecutionSteps"]
+        steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=execution_arn, SortOrder="Ascending")[
+            "PipelineExecutionSteps"
+        ]
         for step in steps:
             if seen.get(step["StepName"]) != step["StepStatus"]:
                 seen[step["StepName"]] = step["StepStatus"]
                 reason = f" — {step['FailureReason']}" if step.get("FailureReason") else ""
-                print(f"[{time.monotonic() - started:6.0f}s] {step['StepName']:14} {step['StepStatus']}{reason}",
-                      file=out, flush=True)
+                print(
+                    f"[{time.monotonic() - started:6.0f}s] {step['StepName']:14} {step['StepStatus']}{reason}",
+                    file=out,
+                    flush=True,
+                )
         execution = sagemaker.describe_pipeline_execution(PipelineExecutionArn=execution_arn)
         if execution["PipelineExecutionStatus"] in TERMINAL:
             return dict(execution)
         if time.monotonic() - started > timeout:
-            raise SystemExit(f"execution {execution_arn} still {execution['PipelineExecutionStatus']} after "
-                             f"{timeout:.0f}s")
+            raise SystemExit(
+                f"execution {execution_arn} still {execution['PipelineExecutionStatus']} after {timeout:.0f}s"
+            )
         time.sleep(POLL_SECONDS)
 
 
@@ -147,17 +155,22 @@ def outcome(execution_arn: str) -> dict[str, Any]:
     """The execution's result as data: status, steps, and the model package it registered with its metrics."""
     sagemaker = aws.client("sagemaker")
     execution = sagemaker.describe_pipeline_execution(PipelineExecutionArn=execution_arn)
-    steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=execution_arn,
-                                                    SortOrder="Ascending")["PipelineExecutionSteps"]
+    steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=execution_arn, SortOrder="Ascending")[
+        "PipelineExecutionSteps"
+    ]
     result: dict[str, Any] = {
         "execution": execution_arn,
         "status": execution["PipelineExecutionStatus"],
         "failure_reason": execution.get("FailureReason"),
-        "steps": [{
-            "name": s["StepName"], "status": s["StepStatus"],
-            "seconds": round((s["EndTime"] - s["StartTime"]).total_seconds(), 1) if s.get("EndTime") else None,
-            **({"failure_reason": s["FailureReason"]} if s.get("FailureReason") else {}),
-        } for s in steps],
+        "steps": [
+            {
+                "name": s["StepName"],
+                "status": s["StepStatus"],
+                "seconds": round((s["EndTime"] - s["StartTime"]).total_seconds(), 1) if s.get("EndTime") else None,
+                **({"failure_reason": s["FailureReason"]} if s.get("FailureReason") else {}),
+            }
+            for s in steps
+        ],
     }
     for step in steps:
         package_arn = step.get("Metadata", {}).get("RegisterModel", {}).get("Arn")
@@ -173,19 +186,22 @@ def outcome(execution_arn: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fhe-pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fhe-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("definition", "upsert", "start", "run"))
     parser.add_argument("--pipeline-name", default=os.environ.get("FHE_PIPELINE_NAME", PIPELINE_NAME))
-    parser.add_argument("--role-arn", default=os.environ.get(
-        "FHE_PIPELINE_ROLE_ARN", "arn:aws:iam::000000000000:role/fhe-pipeline"))
+    parser.add_argument(
+        "--role-arn", default=os.environ.get("FHE_PIPELINE_ROLE_ARN", "arn:aws:iam::000000000000:role/fhe-pipeline")
+    )
     parser.add_argument("--artifact-bucket", default=os.environ.get("FHE_ARTIFACT_BUCKET", "fhe-artifacts"))
     parser.add_argument("--training-image", default=os.environ.get("FHE_TRAINING_IMAGE", "fhe-training:latest"))
     parser.add_argument("--inference-image", default=os.environ.get("FHE_INFERENCE_IMAGE", "fhe-inference:latest"))
     parser.add_argument("--region", default=aws.region())
     parser.add_argument("--dataset", help="bundled data set name, local CSV/NPY file, or s3:// URI")
-    parser.add_argument("--param", action="append", default=[], metavar="Name=Value",
-                        help="pipeline parameter override (repeatable)")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="Name=Value", help="pipeline parameter override (repeatable)"
+    )
     parser.add_argument("--wait", action="store_true", help="with start: follow the execution to its end")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow an execution")
     args = parser.parse_args(argv)

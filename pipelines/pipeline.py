@@ -90,8 +90,15 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     fhe_samples = ParameterInteger("FheSampleSize", default_value=5)
     package_group = ParameterString("ModelPackageGroupName", default_value=MODEL_PACKAGE_GROUP)
 
-    run_prefix = Join(on="/", values=[f"s3://{settings.artifact_bucket}", "pipelines", settings.pipeline_name,
-                                      ExecutionVariables.PIPELINE_EXECUTION_ID])
+    run_prefix = Join(
+        on="/",
+        values=[
+            f"s3://{settings.artifact_bucket}",
+            "pipelines",
+            settings.pipeline_name,
+            ExecutionVariables.PIPELINE_EXECUTION_ID,
+        ],
+    )
 
     def processor(job: str) -> Processor:
         return Processor(
@@ -105,12 +112,20 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
         )
 
     def s3_input(name: str, source: Any, local_path: str) -> ProcessingInput:
-        return ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
-            s3_uri=source, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File"))
+        return ProcessingInput(
+            input_name=name,
+            s3_input=ProcessingS3Input(
+                s3_uri=source, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File"
+            ),
+        )
 
     def s3_output(name: str, local_path: str) -> ProcessingOutput:
-        return ProcessingOutput(output_name=name, s3_output=ProcessingS3Output(
-            s3_uri=Join(on="/", values=[run_prefix, name]), local_path=local_path, s3_upload_mode="EndOfJob"))
+        return ProcessingOutput(
+            output_name=name,
+            s3_output=ProcessingS3Output(
+                s3_uri=Join(on="/", values=[run_prefix, name]), local_path=local_path, s3_upload_mode="EndOfJob"
+            ),
+        )
 
     preprocess = ProcessingStep(
         name="Preprocess",
@@ -172,8 +187,10 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     fhe_accuracy = evaluation_metric("accuracy_fhe_simulation")
     accuracy_gap = evaluation_metric("accuracy_gap_clear_vs_fhe")
 
-    evaluation_uri = Join(on="/", values=[
-        evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, EVALUATION_FILE])
+    evaluation_uri = Join(
+        on="/",
+        values=[evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, EVALUATION_FILE],
+    )
     model_builder = ModelBuilder(
         s3_model_data_url=model_artifacts,
         image_uri=settings.inference_image,
@@ -200,11 +217,20 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     )
     fail = FailStep(
         name="QualityTooLow",
-        error_message=Join(on="", values=[
-            "Model quality below the bar: FHE-simulated accuracy ", fhe_accuracy,
-            " (required >= ", accuracy_threshold, "), clear-vs-FHE accuracy gap ", accuracy_gap,
-            " (allowed <= ", max_gap, ")",
-        ]),
+        error_message=Join(
+            on="",
+            values=[
+                "Model quality below the bar: FHE-simulated accuracy ",
+                fhe_accuracy,
+                " (required >= ",
+                accuracy_threshold,
+                "), clear-vs-FHE accuracy gap ",
+                accuracy_gap,
+                " (allowed <= ",
+                max_gap,
+                ")",
+            ],
+        ),
     )
     check_quality = ConditionStep(
         name="CheckQuality",
@@ -218,8 +244,20 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
 
     return Pipeline(
         name=settings.pipeline_name,
-        parameters=[input_data, label_column, model_type, n_bits, n_w_bits, n_a_bits, n_accum_bits, p_error,
-                    accuracy_threshold, max_gap, fhe_samples, package_group],
+        parameters=[
+            input_data,
+            label_column,
+            model_type,
+            n_bits,
+            n_w_bits,
+            n_a_bits,
+            n_accum_bits,
+            p_error,
+            accuracy_threshold,
+            max_gap,
+            fhe_samples,
+            package_group,
+        ],
         steps=[preprocess, train, evaluate, check_quality],
         sagemaker_session=session,
     )

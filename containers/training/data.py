@@ -51,9 +51,7 @@ def find_input_file(location: Path) -> Path:
         found = ", ".join(p.name for p in files) or "nothing"
         raise StepInputError(f"no .csv or .npy data file in the input (found {found})")
     if len(data_files) > 1:
-        raise StepInputError(
-            "more than one data file in the input: " + ", ".join(p.name for p in data_files)
-        )
+        raise StepInputError("more than one data file in the input: " + ", ".join(p.name for p in data_files))
     return data_files[0]
 
 
@@ -107,8 +105,7 @@ def _load_npy(path: Path, label_column: str) -> Table:
         raise StepInputError(f"{path.name} is not a numeric NPY array: {error}") from None
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] < 2:
         raise StepInputError(
-            f"{path.name} must be a 2-D array of rows with at least one feature and the label; got shape "
-            f"{array.shape}"
+            f"{path.name} must be a 2-D array of rows with at least one feature and the label; got shape {array.shape}"
         )
     if not np.issubdtype(array.dtype, np.number):
         raise StepInputError(f"{path.name} holds {array.dtype} values; features must be numbers")

@@ -135,10 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="/opt/ml/processing/evaluation")
     parser.add_argument("--fhe-samples", type=int, default=5, help="test rows run in real FHE (default 5)")
     args = parser.parse_args(argv)
-    run_entry_point("processing", lambda: evaluate(
-        container_path(args.model), container_path(args.train), container_path(args.test),
-        container_path(args.output), args.fhe_samples,
-    ))
+    run_entry_point(
+        "processing",
+        lambda: evaluate(
+            container_path(args.model),
+            container_path(args.train),
+            container_path(args.test),
+            container_path(args.output),
+            args.fhe_samples,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -84,8 +84,11 @@ class TrainingSettings:
             )
         if self.model_type == "xgboost":
             return cml.XGBClassifier(
-                n_bits=self.effective_n_bits, max_depth=self.max_depth, n_estimators=self.n_estimators,
-                random_state=self.seed, n_jobs=1,
+                n_bits=self.effective_n_bits,
+                max_depth=self.max_depth,
+                n_estimators=self.n_estimators,
+                random_state=self.seed,
+                n_jobs=1,
             )
         import torch
 

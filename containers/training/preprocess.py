@@ -62,11 +62,12 @@ def preprocess(input_path: Path, output: Path, label_column: str, test_size: flo
     if n_test < len(classes) or len(y) - n_test < len(classes):
         raise StepInputError(f"{len(y)} rows are too few to split into train and test sets for {len(classes)} classes")
 
-    x_train, x_test, y_train, y_test = train_test_split(
-        table.x, y, test_size=test_size, random_state=seed, stratify=y
-    )
+    x_train, x_test, y_train, y_test = train_test_split(table.x, y, test_size=test_size, random_state=seed, stratify=y)
     record = PreprocessingRecord.fit(
-        x_train, table.feature_names, table.label_column, classes,
+        x_train,
+        table.feature_names,
+        table.label_column,
+        classes,
         source={"file": source.name, "rows": len(y), "test_size": test_size, "seed": seed},
     )
     for name, x, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
@@ -76,8 +77,11 @@ def preprocess(input_path: Path, output: Path, label_column: str, test_size: flo
     (output / "preprocessing").mkdir(parents=True, exist_ok=True)
     record.save(output / "preprocessing" / "preprocessing.json")
     summary = {
-        "rows": len(y), "features": record.n_features, "classes": classes,
-        "train_rows": len(y_train), "test_rows": len(y_test),
+        "rows": len(y),
+        "features": record.n_features,
+        "classes": classes,
+        "train_rows": len(y_train),
+        "test_rows": len(y_test),
     }
     print(json.dumps({"preprocess": summary}), flush=True)
     return summary
@@ -87,14 +91,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="preprocess", description=__doc__)
     parser.add_argument("--input", default="/opt/ml/processing/input/data", help="container folder or file")
     parser.add_argument("--output", default="/opt/ml/processing/output", help="container folder")
-    parser.add_argument("--label-column", default=DEFAULT_LABEL_COLUMN,
-                        help="CSV column name, or NPY column index (default: 'label'; last column for NPY)")
+    parser.add_argument(
+        "--label-column",
+        default=DEFAULT_LABEL_COLUMN,
+        help="CSV column name, or NPY column index (default: 'label'; last column for NPY)",
+    )
     parser.add_argument("--test-size", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    run_entry_point("processing", lambda: preprocess(
-        container_path(args.input), container_path(args.output), args.label_column, args.test_size, args.seed
-    ))
+    run_entry_point(
+        "processing",
+        lambda: preprocess(
+            container_path(args.input), container_path(args.output), args.label_column, args.test_size, args.seed
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,25 @@ from containers.training.models import TrainingSettings
 def load_split(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
     path = folder / f"{name}.npz"
     if not path.exists():
-        raise StepInputError(f"the {name} channel has no {name}.npz (found: {sorted(p.name for p in folder.glob('*'))})")
+        found = sorted(p.name for p in folder.glob("*"))
+        raise StepInputError(f"the {name} channel has no {name}.npz (found: {found})")
     with np.load(path, allow_pickle=False) as data:
         return data["x"].astype(np.float32), data["y"].astype(np.int64)
 
 
 def compile_statistics(circuit: Any) -> dict[str, Any]:
     stats = circuit.statistics
-    keys = ("programmable_bootstrap_count", "key_switch_count", "size_of_inputs", "size_of_outputs",
-            "size_of_bootstrap_keys", "size_of_keyswitch_keys", "p_error", "global_p_error", "complexity")
+    keys = (
+        "programmable_bootstrap_count",
+        "key_switch_count",
+        "size_of_inputs",
+        "size_of_outputs",
+        "size_of_bootstrap_keys",
+        "size_of_keyswitch_keys",
+        "p_error",
+        "global_p_error",
+        "complexity",
+    )
     return {k: stats[k] for k in keys if k in stats}
 
 

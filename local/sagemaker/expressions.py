@@ -152,7 +152,7 @@ _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def _comparable(a: Any, b: Any) -> tuple[Any, Any]:
-    if isinstance(a, int | float) and isinstance(b, str) or isinstance(b, int | float) and isinstance(a, str):
+    if (isinstance(a, int | float) and isinstance(b, str)) or (isinstance(b, int | float) and isinstance(a, str)):
         try:
             return float(a), float(b)
         except ValueError:

@@ -67,8 +67,9 @@ def _run(command: list[str], root: Path, environment: dict[str, str], failure_fi
     log_path = root / "job.log"
     env = {**os.environ, **environment, "SAGEMAKER_CONTAINER_ROOT": str(root)}
     with log_path.open("wb") as log:
-        completed = subprocess.run(_local_command(command), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   check=False)
+        completed = subprocess.run(
+            _local_command(command), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
     if completed.returncode != 0:
         reason_file = root / "opt/ml/output" / failure_file
         if reason_file.exists() and reason_file.read_text().strip():

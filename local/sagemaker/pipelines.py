@@ -35,8 +35,9 @@ def _now() -> float:
 
 
 class Pipelines:
-    def __init__(self, store: Store, registry: Registry, state_dir: Path, arn_prefix: str,
-                 s3_client: Callable[[], Any]) -> None:
+    def __init__(
+        self, store: Store, registry: Registry, state_dir: Path, arn_prefix: str, s3_client: Callable[[], Any]
+    ) -> None:
         self.store = store
         self.registry = registry
         self.state_dir = state_dir
@@ -110,8 +111,15 @@ class Pipelines:
         return self._pipeline(required(body, "PipelineName"))
 
     def list_pipelines(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
-        keys = ("PipelineArn", "PipelineName", "PipelineDisplayName", "PipelineDescription", "RoleArn",
-                "CreationTime", "LastModifiedTime")
+        keys = (
+            "PipelineArn",
+            "PipelineName",
+            "PipelineDisplayName",
+            "PipelineDescription",
+            "RoleArn",
+            "CreationTime",
+            "LastModifiedTime",
+        )
         pipelines = self.store.list("pipeline")
         if body.get("PipelineNamePrefix"):
             pipelines = [p for p in pipelines if p["PipelineName"].startswith(body["PipelineNamePrefix"])]
@@ -171,9 +179,19 @@ class Pipelines:
 
     def describe_pipeline_execution(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
         execution = self._execution(required(body, "PipelineExecutionArn"))
-        keys = ("PipelineArn", "PipelineExecutionArn", "PipelineExecutionDisplayName", "PipelineExecutionStatus",
-                "PipelineExecutionDescription", "FailureReason", "CreationTime", "LastModifiedTime", "CreatedBy",
-                "LastModifiedBy", "PipelineVersionId")
+        keys = (
+            "PipelineArn",
+            "PipelineExecutionArn",
+            "PipelineExecutionDisplayName",
+            "PipelineExecutionStatus",
+            "PipelineExecutionDescription",
+            "FailureReason",
+            "CreationTime",
+            "LastModifiedTime",
+            "CreatedBy",
+            "LastModifiedBy",
+            "PipelineVersionId",
+        )
         return {k: execution[k] for k in keys if execution.get(k) is not None}
 
     def list_pipeline_executions(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
@@ -185,21 +203,33 @@ class Pipelines:
             executions = [e for e in executions if e["CreationTime"] < float(body["CreatedBefore"])]
         if body.get("SortOrder", "Descending") == "Descending":
             executions.reverse()
-        summaries = [{
-            "PipelineExecutionArn": e["PipelineExecutionArn"],
-            "StartTime": e["StartTime"],
-            "PipelineExecutionStatus": e["PipelineExecutionStatus"],
-            "PipelineExecutionDisplayName": e["PipelineExecutionDisplayName"],
-            **({"PipelineExecutionFailureReason": e["FailureReason"]} if e.get("FailureReason") else {}),
-        } for e in executions]
+        summaries = [
+            {
+                "PipelineExecutionArn": e["PipelineExecutionArn"],
+                "StartTime": e["StartTime"],
+                "PipelineExecutionStatus": e["PipelineExecutionStatus"],
+                "PipelineExecutionDisplayName": e["PipelineExecutionDisplayName"],
+                **({"PipelineExecutionFailureReason": e["FailureReason"]} if e.get("FailureReason") else {}),
+            }
+            for e in executions
+        ]
         return {"PipelineExecutionSummaries": summaries[: int(body.get("MaxResults", 100))]}
 
     def list_pipeline_execution_steps(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
         execution = self._execution(required(body, "PipelineExecutionArn"))
         steps = self.store.list("step", parent=execution["PipelineExecutionArn"])
         steps.sort(key=lambda s: s["StartTime"], reverse=body.get("SortOrder", "Descending") == "Descending")
-        keys = ("StepName", "StepDisplayName", "StepDescription", "StartTime", "EndTime", "StepStatus",
-                "FailureReason", "Metadata", "AttemptCount")
+        keys = (
+            "StepName",
+            "StepDisplayName",
+            "StepDescription",
+            "StartTime",
+            "EndTime",
+            "StepStatus",
+            "FailureReason",
+            "Metadata",
+            "AttemptCount",
+        )
         return {"PipelineExecutionSteps": [{k: s[k] for k in keys if s.get(k) is not None} for s in steps]}
 
     def list_pipeline_parameters_for_execution(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
@@ -257,8 +287,11 @@ class Pipelines:
             self._run(arn)
         except Exception as error:  # an execution must never stay Executing because of a runner bug
             log.exception("execution %s crashed", arn)
-            self._update_execution(arn, PipelineExecutionStatus="Failed",
-                                   FailureReason=f"local SageMaker error: {type(error).__name__}: {error}")
+            self._update_execution(
+                arn,
+                PipelineExecutionStatus="Failed",
+                FailureReason=f"local SageMaker error: {type(error).__name__}: {error}",
+            )
 
     def _run(self, arn: str) -> None:
         execution = self._execution(arn)
@@ -313,8 +346,9 @@ class Pipelines:
         location = S3Uri.parse(uri)
         return json.loads(self.s3_client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read())
 
-    def _run_step(self, execution: dict[str, Any], step: dict[str, Any],
-                  records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _run_step(
+        self, execution: dict[str, Any], step: dict[str, Any], records: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
         arn = execution["PipelineExecutionArn"]
         name = step["Name"]
         previous = self.store.get("step", f"{arn}#{name}")
@@ -342,12 +376,18 @@ class Pipelines:
             record.update(StepStatus="Failed", FailureReason=f"{type(error).__name__}: {error}"[:1024])
         record["EndTime"] = _now()
         self.store.put("step", f"{arn}#{name}", record, parent=arn)
-        log.info("execution %s: step %s %s %s", execution["PipelineExecutionId"], name, record["StepStatus"],
-                 record.get("FailureReason", ""))
+        log.info(
+            "execution %s: step %s %s %s",
+            execution["PipelineExecutionId"],
+            name,
+            record["StepStatus"],
+            record.get("FailureReason", ""),
+        )
         return record
 
-    def _perform(self, execution: dict[str, Any], step: dict[str, Any], context: Context,
-                 record: dict[str, Any]) -> dict[str, Any]:
+    def _perform(
+        self, execution: dict[str, Any], step: dict[str, Any], context: Context, record: dict[str, Any]
+    ) -> dict[str, Any]:
         kind = step["Type"]
         if kind == "Condition":
             conditions = step["Arguments"].get("Conditions", [])
@@ -366,14 +406,17 @@ class Pipelines:
                 # SageMaker's RegisterModel step creates a missing group, unlike the bare API call.
                 self.registry.create_model_package_group({"ModelPackageGroupName": group})
             created = self.registry.create_model_package(request, created_by=execution.get("CreatedBy"))
-            return {"Metadata": {"RegisterModel": {"Arn": created["ModelPackageArn"]}},
-                    "Properties": {"ModelPackageArn": created["ModelPackageArn"]}}
+            return {
+                "Metadata": {"RegisterModel": {"Arn": created["ModelPackageArn"]}},
+                "Properties": {"ModelPackageArn": created["ModelPackageArn"]},
+            }
         if kind in ("Processing", "Training"):
             return self._run_job(execution, step, context, record)
         raise StepFailed(f"step type {kind!r} is not supported by the local SageMaker")
 
-    def _run_job(self, execution: dict[str, Any], step: dict[str, Any], context: Context,
-                 record: dict[str, Any]) -> dict[str, Any]:
+    def _run_job(
+        self, execution: dict[str, Any], step: dict[str, Any], context: Context, record: dict[str, Any]
+    ) -> dict[str, Any]:
         kind = step["Type"]
         request = resolve(step["Arguments"], context)
         job_name = f"pipelines-{execution['PipelineExecutionId']}-{step['Name']}".lower()[:63]
@@ -381,8 +424,12 @@ class Pipelines:
         job_arn = f"{self.arn_prefix}:{resource}/{job_name}"
         metadata_key = "ProcessingJob" if kind == "Processing" else "TrainingJob"
         record["Metadata"] = {metadata_key: {"Arn": job_arn}}
-        self.store.put("step", f"{execution['PipelineExecutionArn']}#{step['Name']}", record,
-                       parent=execution["PipelineExecutionArn"])
+        self.store.put(
+            "step",
+            f"{execution['PipelineExecutionArn']}#{step['Name']}",
+            record,
+            parent=execution["PipelineExecutionArn"],
+        )
         root = self.state_dir / "jobs" / job_name
         if root.exists():
             shutil.rmtree(root)  # a rerun after a restart starts from a clean container
@@ -395,9 +442,16 @@ class Pipelines:
             result = runner(self.s3_client(), job_name, request, root, job_arn)
         except JobFailed as error:
             status_key = "ProcessingJobStatus" if kind == "Processing" else "TrainingJobStatus"
-            self.store.put(resource, job_name, {**job, status_key: "Failed", "FailureReason": str(error),
-                                                "ProcessingEndTime" if kind == "Processing" else
-                                                "TrainingEndTime": _now()})
+            self.store.put(
+                resource,
+                job_name,
+                {
+                    **job,
+                    status_key: "Failed",
+                    "FailureReason": str(error),
+                    "ProcessingEndTime" if kind == "Processing" else "TrainingEndTime": _now(),
+                },
+            )
             raise
         self.store.put(resource, job_name, {**result.properties, "CreationTime": started})
         outcome: dict[str, Any] = {"Properties": result.properties}
@@ -474,7 +528,7 @@ def typed_parameters(declared: list[dict[str, Any]], overrides: list[dict[str, A
     types = {p["Name"]: p for p in declared}
     values: dict[str, Any] = {p["Name"]: p.get("DefaultValue") for p in declared}
     for item in overrides:
-        name = item.get("Name")
+        name = str(item.get("Name"))
         if name not in types:
             raise ValidationError(f"Parameter '{name}' is not defined in the pipeline definition")
         values[name] = item.get("Value")

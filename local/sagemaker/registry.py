@@ -90,14 +90,24 @@ class Registry:
 
     def list_model_packages(self, body: dict[str, Any]) -> dict[str, Any]:
         group = body.get("ModelPackageGroupName")
-        packages = self.store.list("model-package", parent=self._group(group)["ModelPackageGroupName"]) if group \
+        packages = (
+            self.store.list("model-package", parent=self._group(group)["ModelPackageGroupName"])
+            if group
             else self.store.list("model-package")
+        )
         if body.get("ModelApprovalStatus"):
             packages = [p for p in packages if p["ModelApprovalStatus"] == body["ModelApprovalStatus"]]
         if body.get("SortOrder", "Ascending") == "Descending":
             packages.reverse()
-        keys = ("ModelPackageGroupName", "ModelPackageVersion", "ModelPackageArn", "ModelPackageDescription",
-                "CreationTime", "ModelPackageStatus", "ModelApprovalStatus")
+        keys = (
+            "ModelPackageGroupName",
+            "ModelPackageVersion",
+            "ModelPackageArn",
+            "ModelPackageDescription",
+            "CreationTime",
+            "ModelPackageStatus",
+            "ModelApprovalStatus",
+        )
         summaries = [{k: p[k] for k in keys if k in p} for p in packages]
         limit = int(body.get("MaxResults", 100))
         return {"ModelPackageSummaryList": summaries[:limit]}

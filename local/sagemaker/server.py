@@ -82,7 +82,7 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.client_address[0], *args)
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
@@ -94,13 +94,13 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        def do_GET(self) -> None:
             if self.path.rstrip("/") in ("", "/health", "/ping"):
                 self._send(200, {"status": "running", "service": "local-sagemaker"})
             else:
                 self._send(404, {"__type": "NotFound", "message": self.path})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b"{}"
             target = self.headers.get("X-Amz-Target", "")
@@ -131,8 +131,9 @@ def serve(host: str, port: int, state_dir: Path) -> None:
     server = ThreadingHTTPServer((host, port), make_handler(service))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    log.info("local SageMaker on http://%s:%d (state in %s); resumed %d execution(s)", host, port, state_dir,
-             len(resumed))
+    log.info(
+        "local SageMaker on http://%s:%d (state in %s); resumed %d execution(s)", host, port, state_dir, len(resumed)
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -143,15 +144,17 @@ def serve(host: str, port: int, state_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fhe-local-sagemaker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fhe-local-sagemaker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4599)
     parser.add_argument("--state-dir", type=Path, default=Path(".local-stack/sagemaker"))
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     serve(args.host, args.port, args.state_dir)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ STEP_TIMEOUT = 900.0
 
 def run_execution(parameters: list[dict[str, str]]) -> str:
     arn = cli.start(SETTINGS, parameters)
-    cli.follow(arn, STEP_TIMEOUT, out=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    cli.follow(arn, STEP_TIMEOUT, out=io.StringIO())
     return arn
 
 
@@ -44,8 +45,11 @@ def steps_of(arn: str) -> dict[str, dict[str, Any]]:
 
 
 def packages() -> list[dict[str, Any]]:
-    return list(aws.client("sagemaker").list_model_packages(
-        ModelPackageGroupName=MODEL_PACKAGE_GROUP)["ModelPackageSummaryList"])
+    return list(
+        aws.client("sagemaker").list_model_packages(ModelPackageGroupName=MODEL_PACKAGE_GROUP)[
+            "ModelPackageSummaryList"
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +157,18 @@ def _put_text(key: str, text: str) -> str:
 
 BAD_INPUTS = {
     "unknown model type": (
-        [{"Name": "ModelType", "Value": "random_forest_deluxe"}], "Train",
+        [{"Name": "ModelType", "Value": "random_forest_deluxe"}],
+        "Train",
         "unknown model type 'random_forest_deluxe'",
     ),
     "no label column": (
-        [{"Name": "InputDataUri", "Value": "bad/nolabel.csv"}], "Preprocess", "label column 'label' not found",
+        [{"Name": "InputDataUri", "Value": "bad/nolabel.csv"}],
+        "Preprocess",
+        "label column 'label' not found",
     ),
     "non-numeric feature": (
-        [{"Name": "InputDataUri", "Value": "bad/text.csv"}], "Preprocess",
+        [{"Name": "InputDataUri", "Value": "bad/text.csv"}],
+        "Preprocess",
         "feature column 'b' has the non-numeric value 'seven'",
     ),
     "empty file": ([{"Name": "InputDataUri", "Value": "bad/empty.csv"}], "Preprocess", "is empty"),
@@ -180,7 +188,7 @@ def test_bad_input_fails_the_step_with_a_reason_and_the_stack_keeps_running(pipe
         resolved = [{"Name": p["Name"], "Value": uris.get(p["Value"], p["Value"])} for p in parameters]
         started[case] = cli.start(SETTINGS, resolved)
     for case, (_, step_name, phrase) in BAD_INPUTS.items():
-        cli.follow(started[case], STEP_TIMEOUT, out=open(os.devnull, "w"))  # noqa: SIM115
+        cli.follow(started[case], STEP_TIMEOUT, out=io.StringIO())
         steps = steps_of(started[case])
         assert steps[step_name]["StepStatus"] == "Failed", case
         assert phrase in steps[step_name]["FailureReason"], (case, steps[step_name]["FailureReason"])
@@ -206,7 +214,8 @@ def test_kill_and_restart_keeps_pipelines_executions_and_packages(succeeded: str
     sagemaker = aws.client("sagemaker")
     assert sagemaker.describe_pipeline(PipelineName=SETTINGS.pipeline_name)["PipelineStatus"] == "Active"
     executions_after = sagemaker.list_pipeline_executions(PipelineName=SETTINGS.pipeline_name)
-    assert [e["PipelineExecutionArn"] for e in executions_after["PipelineExecutionSummaries"]] == \
-        [e["PipelineExecutionArn"] for e in executions_before["PipelineExecutionSummaries"]]
+    assert [e["PipelineExecutionArn"] for e in executions_after["PipelineExecutionSummaries"]] == [
+        e["PipelineExecutionArn"] for e in executions_before["PipelineExecutionSummaries"]
+    ]
     assert packages() == packages_before
     assert set(steps_of(succeeded)) == {"Preprocess", "Train", "Evaluate", "CheckQuality", "Register"}

@@ -1,0 +1,40 @@
+# Two commands for a fresh machine:  make demo  (set up + train and register on the local stack)
+#                                     make test  (set up + lint + type-check + all tests)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: setup demo test lint local-up local-down local-status clean
+
+setup: $(VENV)/.installed
+
+# concrete-ml pins torch 2.3.1 (a large download): installed once, then reused until pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(PY) -m local.stack up
+	eval "$$($(PY) -m local.stack env)" && $(PY) -m pipelines.cli run
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+
+test: lint
+	$(PY) -m pytest
+
+local-up: setup
+	$(PY) -m local.stack up
+
+local-down: setup
+	$(PY) -m local.stack down
+
+local-status: setup
+	$(PY) -m local.stack status
+
+clean: local-down
+	rm -rf .local-stack

@@ -1,0 +1,104 @@
+"""The local SageMaker's API through boto3, served in-process (no S3 needed for these operations)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from local.sagemaker.server import LocalSageMaker, make_handler
+
+
+@pytest.fixture
+def sagemaker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    service = LocalSageMaker(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(service))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client(
+        "sagemaker", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{server.server_address[1]}"
+    )
+    yield client
+    server.shutdown()
+    service.store.close()
+
+
+ROLE = "arn:aws:iam::000000000000:role/fhe-pipeline"
+DEFINITION = {
+    "Version": "2020-12-01",
+    "Parameters": [{"Name": "Message", "Type": "String", "DefaultValue": "no"}],
+    "Steps": [
+        {
+            "Name": "Stop",
+            "Type": "Fail",
+            "Arguments": {
+                "ErrorMessage": {"Std:Join": {"On": " ", "Values": ["because", {"Get": "Parameters.Message"}]}}
+            },
+        }
+    ],
+}
+
+
+def test_unknown_operation_has_sagemakers_error_shape(sagemaker: Any) -> None:
+    with pytest.raises(ClientError) as raised:
+        sagemaker.list_domains()
+    assert raised.value.response["Error"]["Code"] == "UnknownOperationException"
+
+
+def test_pipeline_lifecycle_and_fail_step(sagemaker: Any) -> None:
+    sagemaker.create_pipeline(PipelineName="p", PipelineDefinition=json.dumps(DEFINITION), RoleArn=ROLE)
+    with pytest.raises(ClientError, match="already exists"):
+        sagemaker.create_pipeline(PipelineName="p", PipelineDefinition=json.dumps(DEFINITION), RoleArn=ROLE)
+    with pytest.raises(ClientError, match="not valid JSON"):
+        sagemaker.update_pipeline(PipelineName="p", PipelineDefinition="{", RoleArn=ROLE)
+    arn = sagemaker.start_pipeline_execution(
+        PipelineName="p", PipelineParameters=[{"Name": "Message", "Value": "it must"}]
+    )["PipelineExecutionArn"]
+    waiter_deadline = 50
+    for _ in range(waiter_deadline):
+        status = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)
+        if status["PipelineExecutionStatus"] != "Executing":
+            break
+        threading.Event().wait(0.1)
+    assert status["PipelineExecutionStatus"] == "Failed"
+    assert status["FailureReason"] == "because it must"
+    step = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"][0]
+    assert step["StepName"] == "Stop" and step["FailureReason"] == "because it must"
+    params = sagemaker.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
+    assert params == [{"Name": "Message", "Value": "it must"}]
+    with pytest.raises(ClientError) as raised:
+        sagemaker.describe_pipeline(PipelineName="missing")
+    assert raised.value.response["Error"]["Code"] == "ResourceNotFound"
+
+
+def test_model_registry_versions_and_approval(sagemaker: Any) -> None:
+    sagemaker.create_model_package_group(ModelPackageGroupName="g")
+    spec = {
+        "Containers": [{"Image": "fhe-inference:latest", "ModelDataUrl": "s3://b/m.tar.gz"}],
+        "SupportedContentTypes": ["application/json"],
+        "SupportedResponseMIMETypes": ["application/json"],
+    }
+    first = sagemaker.create_model_package(ModelPackageGroupName="g", InferenceSpecification=spec)["ModelPackageArn"]
+    second = sagemaker.create_model_package(ModelPackageGroupName="g", InferenceSpecification=spec)["ModelPackageArn"]
+    assert first.endswith("/g/1") and second.endswith("/g/2")
+    sagemaker.update_model_package(
+        ModelPackageArn=second, ModelApprovalStatus="Approved", ApprovalDescription="checked by ops"
+    )
+    approved = sagemaker.list_model_packages(
+        ModelPackageGroupName="g", ModelApprovalStatus="Approved", SortBy="CreationTime", SortOrder="Descending"
+    )["ModelPackageSummaryList"]
+    assert [p["ModelPackageArn"] for p in approved] == [second]
+    described = sagemaker.describe_model_package(ModelPackageName=second)
+    assert described["ModelApprovalStatus"] == "Approved"
+    with pytest.raises(ClientError, match="ModelApprovalStatus must be one of"):
+        sagemaker.update_model_package(ModelPackageArn=first, ModelApprovalStatus="Maybe")
+    with pytest.raises(ClientError, match="does not exist"):
+        sagemaker.create_model_package(ModelPackageGroupName="nope", InferenceSpecification=spec)
