@@ -103,6 +103,8 @@ class TrainingSettings:
             max_epochs=self.max_epochs,
             lr=self.lr,
             verbose=0,
+            # skorch callbacks cannot be serialized, and model.json must be.
+            callbacks="disable",
         )
 
     def compile_options(self) -> dict[str, Any]:

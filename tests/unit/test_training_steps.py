@@ -1,0 +1,59 @@
+"""Train and Evaluate for every model type, on a small slice of breast cancer, with real FHE on one sample."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from containers.training import artifacts
+from containers.training.data import builtin_dataset_csv
+from containers.training.evaluate import evaluate
+from containers.training.models import TrainingSettings
+from containers.training.preprocess import preprocess
+from containers.training.train import train
+
+SMALL = {
+    "logistic_regression": TrainingSettings(model_type="logistic_regression"),
+    "decision_tree": TrainingSettings(model_type="decision_tree", n_bits=3, max_depth=2),
+    "xgboost": TrainingSettings(model_type="xgboost", n_bits=3, max_depth=2, n_estimators=2),
+    "neural_network": TrainingSettings(model_type="neural_network", module__n_layers=2, module__n_w_bits=3,
+                                       module__n_a_bits=3, module__n_accum_bits=8,
+                                       module__n_hidden_neurons_multiplier=0.5, max_epochs=5),
+}
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    source = builtin_dataset_csv("breast_cancer", root / "in" / "bc.csv")
+    preprocess(source.parent, root / "out", "label", 0.25, 3)
+    return root / "out"
+
+
+@pytest.mark.parametrize("model_type", list(SMALL))
+def test_train_then_evaluate(model_type: str, splits: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    summary = train(SMALL[model_type], splits / "train", splits / "preprocessing", model_dir)
+    assert summary["train_accuracy_clear"] > 0.8
+    for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP, artifacts.MODEL_JSON, artifacts.PREPROCESSING_JSON,
+                 artifacts.VERSIONS_JSON, artifacts.TRAINING_JSON):
+        assert (model_dir / name).stat().st_size > 0, name
+    versions = json.loads((model_dir / artifacts.VERSIONS_JSON).read_text())
+    assert versions["concrete_ml"] == "1.9.0"
+
+    model_input = tmp_path / "model-input"
+    model_input.mkdir()
+    with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
+        for path in model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
+    metrics = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
+    assert metrics["accuracy_fhe_simulation"] > 0.8
+    assert metrics["fhe_agreement_with_simulation"] == 1.0
+    assert metrics["evaluation_key_bytes"] > 0 and metrics["fhe_latency_seconds_per_sample"] > 0
+    assert (tmp_path / "evaluation" / "evaluation.json").exists()
+    if model_type != "logistic_regression":
+        assert metrics["programmable_bootstrap_count"] > 0
