@@ -19,9 +19,16 @@ SMALL = {
     "logistic_regression": TrainingSettings(model_type="logistic_regression"),
     "decision_tree": TrainingSettings(model_type="decision_tree", n_bits=3, max_depth=2),
     "xgboost": TrainingSettings(model_type="xgboost", n_bits=3, max_depth=2, n_estimators=2),
-    "neural_network": TrainingSettings(model_type="neural_network", module__n_layers=2, module__n_w_bits=3,
-                                       module__n_a_bits=3, module__n_accum_bits=8,
-                                       module__n_hidden_neurons_multiplier=0.5, max_epochs=5),
+    "neural_network": TrainingSettings(
+        model_type="neural_network",
+        module__n_layers=2,
+        module__n_w_bits=3,
+        module__n_a_bits=3,
+        module__n_accum_bits=8,
+        module__n_hidden_neurons_multiplier=1,
+        max_epochs=30,
+        lr=0.05,
+    ),
 }
 
 
@@ -38,8 +45,14 @@ def test_train_then_evaluate(model_type: str, splits: Path, tmp_path: Path) -> N
     model_dir = tmp_path / "model"
     summary = train(SMALL[model_type], splits / "train", splits / "preprocessing", model_dir)
     assert summary["train_accuracy_clear"] > 0.8
-    for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP, artifacts.MODEL_JSON, artifacts.PREPROCESSING_JSON,
-                 artifacts.VERSIONS_JSON, artifacts.TRAINING_JSON):
+    for name in (
+        artifacts.CLIENT_ZIP,
+        artifacts.SERVER_ZIP,
+        artifacts.MODEL_JSON,
+        artifacts.PREPROCESSING_JSON,
+        artifacts.VERSIONS_JSON,
+        artifacts.TRAINING_JSON,
+    ):
         assert (model_dir / name).stat().st_size > 0, name
     versions = json.loads((model_dir / artifacts.VERSIONS_JSON).read_text())
     assert versions["concrete_ml"] == "1.9.0"
