@@ -27,9 +27,6 @@ def container_path(path: str | Path) -> Path:
     return root / Path(path).as_posix().lstrip("/")
 
 
-OPT_ML = "/opt/ml"
-
-
 def model_dir() -> Path:
     return Path(os.environ["SM_MODEL_DIR"]) if "SM_MODEL_DIR" in os.environ else container_path("/opt/ml/model")
 
