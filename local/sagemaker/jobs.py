@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -62,8 +63,6 @@ def _inside(root: Path, container_path: str) -> Path:
 
 
 def _run(command: list[str], root: Path, environment: dict[str, str], failure_file: str) -> None:
-    import subprocess
-
     log_path = root / "job.log"
     env = {**os.environ, **environment, "SAGEMAKER_CONTAINER_ROOT": str(root)}
     with log_path.open("wb") as log:

@@ -441,17 +441,9 @@ class Pipelines:
             runner = run_processing_job if kind == "Processing" else run_training_job
             result = runner(self.s3_client(), job_name, request, root, job_arn)
         except JobFailed as error:
-            status_key = "ProcessingJobStatus" if kind == "Processing" else "TrainingJobStatus"
-            self.store.put(
-                resource,
-                job_name,
-                {
-                    **job,
-                    status_key: "Failed",
-                    "FailureReason": str(error),
-                    "ProcessingEndTime" if kind == "Processing" else "TrainingEndTime": _now(),
-                },
-            )
+            prefix = "ProcessingJob" if kind == "Processing" else "TrainingJob"
+            failed = {f"{prefix}Status": "Failed", "FailureReason": str(error), "EndTime": _now()}
+            self.store.put(resource, job_name, {**job, **failed})
             raise
         self.store.put(resource, job_name, {**result.properties, "CreationTime": started})
         outcome: dict[str, Any] = {"Properties": result.properties}
