@@ -1,0 +1,200 @@
+"""Where bundles live in S3 and the moves every role makes with them.
+
+    s3://<bucket>/keys/<sha256>.ekey                   evaluation keys, addressed by content, uploaded once
+    s3://<bucket>/inbox/<bundle id>/shards/00000.fhe   request shards, then
+    s3://<bucket>/inbox/<bundle id>/manifest.json      the request manifest, written last: the commit point
+    s3://<bucket>/outbox/<bundle id>/shards/00000.out  result shards (written by the endpoint), then
+    s3://<bucket>/outbox/<bundle id>/manifest.json     the result manifest, written last
+    s3://<bucket>/quarantine/<bundle id>/reason.json   why a bundle could not be processed
+
+No concrete import here: the Lambdas, the client and the container all use it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common.bundle import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    BundleError,
+    Manifest,
+    ShardEntry,
+    ShardResult,
+    check_object,
+    check_relative_key,
+    parse_manifest,
+    sha256_hex,
+    utc_now,
+)
+from common.s3uri import S3Uri
+
+KEYS_PREFIX = "keys"
+INBOX_PREFIX = "inbox"
+OUTBOX_PREFIX = "outbox"
+QUARANTINE_PREFIX = "quarantine"
+REASON_NAME = "reason.json"
+EVALUATION_KEY_SUFFIX = ".ekey"
+
+
+@dataclass(frozen=True)
+class BundleLayout:
+    bucket: str
+
+    def evaluation_key(self, sha256: str) -> S3Uri:
+        return S3Uri(self.bucket, f"{KEYS_PREFIX}/{sha256}{EVALUATION_KEY_SUFFIX}")
+
+    def request_prefix(self, bundle_id: str) -> S3Uri:
+        return S3Uri(self.bucket, f"{INBOX_PREFIX}/{bundle_id}")
+
+    def result_prefix(self, bundle_id: str) -> S3Uri:
+        return S3Uri(self.bucket, f"{OUTBOX_PREFIX}/{bundle_id}")
+
+    def quarantine_reason(self, bundle_id: str) -> S3Uri:
+        return S3Uri(self.bucket, f"{QUARANTINE_PREFIX}/{bundle_id}/{REASON_NAME}")
+
+    def request_manifest(self, bundle_id: str) -> S3Uri:
+        return self.request_prefix(bundle_id).join(MANIFEST_NAME)
+
+    def result_manifest(self, bundle_id: str) -> S3Uri:
+        return self.result_prefix(bundle_id).join(MANIFEST_NAME)
+
+
+def bundle_prefix(manifest_uri: S3Uri) -> S3Uri:
+    """The prefix a manifest's relative shard keys hang from."""
+    if not manifest_uri.key.endswith("/" + MANIFEST_NAME):
+        raise BundleError("manifest_uri", f"{manifest_uri} does not end in /{MANIFEST_NAME}")
+    return S3Uri(manifest_uri.bucket, manifest_uri.key[: -len(MANIFEST_NAME) - 1])
+
+
+def object_exists(s3: Any, uri: S3Uri) -> bool:
+    try:
+        s3.head_object(Bucket=uri.bucket, Key=uri.key)
+    except s3.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def get_bytes(s3: Any, uri: S3Uri, *, field: str, limit: int | None = None) -> bytes:
+    """Read one object; a missing object is a BundleError naming ``field``."""
+    try:
+        if limit is not None:
+            head = s3.head_object(Bucket=uri.bucket, Key=uri.key)
+            if head["ContentLength"] > limit:
+                raise BundleError(field, f"{uri} is {head['ContentLength']} bytes, more than {limit}", "too_large")
+        body: bytes = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    except s3.exceptions.ClientError as error:
+        code = error.response.get("Error", {}).get("Code")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            raise BundleError(field, f"{uri} does not exist", "missing_object") from None
+        raise
+    return body
+
+
+def read_manifest(s3: Any, uri: S3Uri, *, field: str = "manifest") -> tuple[Manifest, str]:
+    """The validated manifest at ``uri`` and the sha256 of its bytes."""
+    data = get_bytes(s3, uri, field=field, limit=MAX_MANIFEST_BYTES)
+    return parse_manifest(data), sha256_hex(data)
+
+
+def read_shard(s3: Any, manifest_uri: S3Uri, entry: ShardEntry) -> bytes:
+    """A shard's bytes, checked against the size and sha256 the manifest recorded."""
+    field = f"shards[{entry.index}]"
+    uri = bundle_prefix(manifest_uri).join(check_relative_key(entry.key, f"{field}.key"))
+    data = get_bytes(s3, uri, field=field, limit=entry.size)
+    check_object(data, size=entry.size, sha256=entry.sha256, field=field)
+    return data
+
+
+def read_evaluation_key(s3: Any, manifest: Manifest) -> bytes:
+    data = get_bytes(
+        s3, S3Uri.parse(manifest.evaluation_key.uri), field="evaluation_key", limit=manifest.evaluation_key.size
+    )
+    check_object(data, size=manifest.evaluation_key.size, sha256=manifest.evaluation_key.sha256, field="evaluation_key")
+    return data
+
+
+def put_bundle(
+    s3: Any,
+    prefix: S3Uri,
+    manifest: Manifest,
+    shard_bytes: Callable[[ShardEntry], bytes],
+    progress: Callable[[int], None] | None = None,
+) -> S3Uri:
+    """Upload the shards, then the manifest: a manifest in S3 means the whole bundle is there."""
+    for entry in manifest.shards:
+        data = shard_bytes(entry)
+        check_object(data, size=entry.size, sha256=entry.sha256, field=f"shards[{entry.index}]")
+        s3.put_object(Bucket=prefix.bucket, Key=prefix.join(entry.key).key, Body=data)
+        if progress:
+            progress(len(data))
+    manifest_uri = prefix.join(MANIFEST_NAME)
+    s3.put_object(
+        Bucket=manifest_uri.bucket, Key=manifest_uri.key, Body=manifest.to_json(), ContentType="application/json"
+    )
+    return manifest_uri
+
+
+def result_manifest(
+    request: Manifest, request_sha256: str, result_prefix: S3Uri, results: Sequence[ShardResult]
+) -> Manifest:
+    """The result manifest answering ``request``: one result shard per request shard, same samples."""
+    by_index: dict[int, ShardResult] = {}
+    for result in results:
+        field = f"results[{result.shard_index}]"
+        if result.bundle_id != request.bundle_id:
+            raise BundleError(field, f"answers bundle {result.bundle_id}, not {request.bundle_id}")
+        if result.shard_index in by_index:
+            raise BundleError(field, "appears twice")
+        by_index[result.shard_index] = result
+    shards = []
+    for entry in request.shards:
+        field = f"results[{entry.index}]"
+        if entry.index not in by_index:
+            raise BundleError(field, "is missing: every request shard needs its result", "missing_result")
+        result = by_index[entry.index]
+        if result.samples != entry.samples:
+            raise BundleError(field, f"holds {result.samples} samples, the request shard {entry.samples}")
+        uri = S3Uri.parse(result.result_uri)
+        if uri.bucket != result_prefix.bucket or not uri.key.startswith(result_prefix.key + "/"):
+            raise BundleError(f"{field}.result_uri", f"{uri} is not under {result_prefix}", "escapes_prefix")
+        key = check_relative_key(uri.key[len(result_prefix.key) + 1 :], f"{field}.result_uri")
+        shards.append(ShardEntry(entry.index, key, result.samples, result.sha256, result.size))
+    if len(by_index) != len(request.shards):
+        raise BundleError("results", f"{len(by_index)} results for {len(request.shards)} shards")
+    return Manifest(
+        kind="result",
+        bundle_id=request.bundle_id,
+        created_at=utc_now(),
+        model=request.model,
+        versions=dict(request.versions),
+        evaluation_key=request.evaluation_key,
+        shards=tuple(shards),
+        request_manifest_sha256=request_sha256,
+    )
+
+
+def write_result_manifest(s3: Any, layout: BundleLayout, manifest: Manifest) -> S3Uri:
+    """Write the result manifest after checking that every result shard it lists is in place."""
+    prefix = layout.result_prefix(manifest.bundle_id)
+    for entry in manifest.shards:
+        head = s3.head_object(Bucket=prefix.bucket, Key=prefix.join(entry.key).key)
+        if head["ContentLength"] != entry.size:
+            raise BundleError(
+                f"shards[{entry.index}]", f"result object is {head['ContentLength']} bytes, not {entry.size}"
+            )
+    uri = layout.result_manifest(manifest.bundle_id)
+    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=manifest.to_json(), ContentType="application/json")
+    return uri
+
+
+def write_quarantine_reason(s3: Any, layout: BundleLayout, bundle_id: str, reason: dict[str, Any]) -> S3Uri:
+    uri = layout.quarantine_reason(bundle_id)
+    body = json.dumps({"bundle_id": bundle_id, "quarantined_at": utc_now(), **reason}, indent=2, sort_keys=True)
+    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body.encode(), ContentType="application/json")
+    return uri

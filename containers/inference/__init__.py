@@ -1,0 +1,1 @@
+"""The inference container: SageMaker serving contract over the compiled FHE circuit."""

@@ -1,0 +1,52 @@
+"""``serve``: what SageMaker runs in the inference image (``docker run <image> serve``).
+
+gunicorn runs one worker process (so the circuit and the key cache are loaded once) with a few request
+threads; the FHE work itself runs on the engine's own thread per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+DEFAULT_PORT = 8080
+
+
+def serve(host: str, port: int, threads: int, timeout: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from containers.inference.app import create_app
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", 1)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", threads)
+            self.cfg.set("timeout", timeout)
+            self.cfg.set("accesslog", "-")
+
+        def load(self) -> object:
+            return create_app()
+
+    Server().run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fhe-inference-container", description=__doc__)
+    parser.add_argument("command", choices=["serve"])
+    # Inside the container SageMaker needs every interface; the local SageMaker passes 127.0.0.1.
+    parser.add_argument("--host", default=os.environ.get("FHE_BIND_HOST", "0.0.0.0"))  # noqa: S104
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT)))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("FHE_REQUEST_THREADS", "4")))
+    # A shard may take minutes; SageMaker's async invocation timeout is the real bound.
+    parser.add_argument("--timeout", type=int, default=int(os.environ.get("FHE_REQUEST_TIMEOUT_S", "3600")))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve(args.host, args.port, args.threads, args.timeout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""What ``POST /invocations`` does, for each kind of request it accepts.
+
+- A shard request (``{"fhe_request": "fhe-shard", ...}``, see ``common.bundle``): read and validate the
+  manifest, check model and versions, fetch the evaluation key (checked against its hash, cached), fetch the
+  shard (checked against its size and hash), evaluate every ciphertext, write the result shard to
+  ``result_uri`` and answer where it is.
+- The reference request (``{"evaluation_keys_uri": "s3://…", "encrypted_query_uri": "s3://…"}``): one
+  serialized query, answered with the encrypted prediction bytes.
+
+Every problem with the request is a ``BundleError`` naming the field; the app turns it into a 400.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from common.bundle import (
+    BundleError,
+    ShardResult,
+    check_model,
+    check_s3_uri,
+    check_versions,
+    encode_shard,
+    parse_shard,
+    parse_shard_request,
+    sha256_hex,
+)
+from common.bundle_store import get_bytes, read_evaluation_key, read_manifest, read_shard
+from common.s3uri import S3Uri
+from containers.inference.engine import InferenceEngine
+
+log = logging.getLogger("containers.inference")
+
+MAX_REFERENCE_KEY_BYTES = 2 * 1024**3
+MAX_REFERENCE_QUERY_BYTES = 64 * 1024**2
+REFERENCE_FIELDS = ("evaluation_keys_uri", "encrypted_query_uri")
+
+
+@dataclass(frozen=True)
+class Response:
+    body: bytes
+    content_type: str
+
+
+class Handlers:
+    def __init__(self, engine: InferenceEngine, s3: Any, package_arn: str | None) -> None:
+        self.engine = engine
+        self.s3 = s3
+        self.package_arn = package_arn
+
+    def handle(self, request: dict[str, Any]) -> Response:
+        if "fhe_request" in request:
+            return self.shard(request)
+        if any(field in request for field in REFERENCE_FIELDS):
+            return self.reference(request)
+        raise BundleError(
+            "request", "is neither a shard request (fhe_request) nor a reference request (evaluation_keys_uri)"
+        )
+
+    def shard(self, raw: dict[str, Any]) -> Response:
+        started = time.perf_counter()
+        request = parse_shard_request(raw)
+        if not self.package_arn:
+            raise RuntimeError("the endpoint's model lacks FHE_MODEL_PACKAGE_ARN; redeploy it with `deploy`")
+        manifest_uri = S3Uri.parse(request.manifest_uri)
+        manifest, _ = read_manifest(self.s3, manifest_uri)
+        if manifest.kind != "request":
+            raise BundleError("kind", "the endpoint evaluates request bundles only")
+        check_model(manifest, self.package_arn)
+        check_versions(manifest, self.engine.versions.to_dict())
+        entry = manifest.shard(request.shard_index)
+        keys = self.engine.evaluation_keys(
+            manifest.evaluation_key.sha256, lambda: read_evaluation_key(self.s3, manifest)
+        )
+        data = read_shard(self.s3, manifest_uri, entry)
+        field = f"shards[{entry.index}]"
+        ciphertexts = parse_shard(data, expected_samples=entry.samples, field=field)
+        outputs = self.engine.run_many(ciphertexts, keys, field=field)
+        result = encode_shard(outputs, kind="results")
+        result_uri = S3Uri.parse(request.result_uri)
+        self.s3.put_object(Bucket=result_uri.bucket, Key=result_uri.key, Body=result)
+        answer = ShardResult(
+            bundle_id=manifest.bundle_id,
+            shard_index=entry.index,
+            result_uri=str(result_uri),
+            samples=len(outputs),
+            sha256=sha256_hex(result),
+            size=len(result),
+        )
+        log.info(
+            "shard evaluated: bundle %s shard %d, %d samples in %.3f s on %d workers",
+            manifest.bundle_id,
+            entry.index,
+            len(outputs),
+            time.perf_counter() - started,
+            self.engine.workers,
+        )
+        return Response(answer.to_json(), "application/json")
+
+    def reference(self, request: dict[str, Any]) -> Response:
+        unknown = sorted(set(request) - set(REFERENCE_FIELDS))
+        if unknown:
+            raise BundleError(unknown[0], "is not a field of the reference request")
+        uris = {}
+        for field in REFERENCE_FIELDS:
+            value = request.get(field)
+            if not isinstance(value, str):
+                raise BundleError(field, "is missing or not a string", "missing_field")
+            uris[field] = S3Uri.parse(check_s3_uri(value, field))
+        key_bytes = get_bytes(
+            self.s3, uris["evaluation_keys_uri"], field="evaluation_keys_uri", limit=MAX_REFERENCE_KEY_BYTES
+        )
+        query = get_bytes(
+            self.s3, uris["encrypted_query_uri"], field="encrypted_query_uri", limit=MAX_REFERENCE_QUERY_BYTES
+        )
+        keys = self.engine.evaluation_keys(sha256_hex(key_bytes), lambda: key_bytes)
+        prediction = self.engine.run_one(query, keys, field="encrypted_query_uri")
+        log.info("reference query evaluated: %d output bytes", len(prediction))
+        return Response(prediction, "application/octet-stream")
