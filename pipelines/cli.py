@@ -4,6 +4,8 @@
     fhe-pipeline upsert                     create or update the pipeline (and its model package group)
     fhe-pipeline start [--dataset D] [--param Name=Value …] [--wait]
     fhe-pipeline run   [--dataset D] [--param Name=Value …]    upsert, start, follow, print the outcome
+    fhe-pipeline approve [--package-arn ARN] [--reject] [--note TEXT]   approve (or reject) a model package
+    fhe-pipeline deploy [--endpoint-name N]  deploy the newest Approved package to an async endpoint
 
 Where it runs is decided only by the AWS configuration (``AWS_ENDPOINT_URL*`` for the local stack).
 ``--dataset`` takes a bundled data set (``breast_cancer``, ``digits``) or a local CSV / NPY file; it is
@@ -25,6 +27,7 @@ from typing import Any
 
 from common import aws
 from common.s3uri import S3Uri, ensure_bucket
+from pipelines.deploy import DeploySettings, approve, deploy
 from pipelines.pipeline import MODEL_PACKAGE_GROUP, PIPELINE_NAME, PipelineSettings, build_pipeline
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="fhe-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("definition", "upsert", "start", "run"))
+    parser.add_argument("command", choices=("definition", "upsert", "start", "run", "approve", "deploy"))
     parser.add_argument("--pipeline-name", default=os.environ.get("FHE_PIPELINE_NAME", PIPELINE_NAME))
     parser.add_argument(
         "--role-arn", default=os.environ.get("FHE_PIPELINE_ROLE_ARN", "arn:aws:iam::000000000000:role/fhe-pipeline")
@@ -204,8 +207,36 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--wait", action="store_true", help="with start: follow the execution to its end")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow an execution")
+    parser.add_argument("--package-group", default=os.environ.get("FHE_MODEL_PACKAGE_GROUP", MODEL_PACKAGE_GROUP))
+    parser.add_argument("--package-arn", help="approve: this package (default: the newest pending one)")
+    parser.add_argument("--reject", action="store_true", help="approve: reject the package instead")
+    parser.add_argument("--note", default="", help="approve: the approval description (who, why)")
+    parser.add_argument("--endpoint-name", default=os.environ.get("FHE_ENDPOINT_NAME", "fhe-inference"))
+    parser.add_argument("--instance-type", default=os.environ.get("FHE_INSTANCE_TYPE", "ml.c6i.4xlarge"))
+    parser.add_argument("--max-concurrent-invocations", type=int, default=2, help="deploy: per instance")
+    parser.add_argument("--success-topic-arn", default=os.environ.get("FHE_SUCCESS_TOPIC_ARN"))
+    parser.add_argument("--error-topic-arn", default=os.environ.get("FHE_ERROR_TOPIC_ARN"))
     args = parser.parse_args(argv)
     settings = settings_from(args)
+
+    if args.command == "approve":
+        decision = "Rejected" if args.reject else "Approved"
+        print(json.dumps(approve(args.package_arn, args.package_group, decision, args.note), indent=2))
+        return
+    if args.command == "deploy":
+        deployment = DeploySettings(
+            package_group=args.package_group,
+            artifact_bucket=args.artifact_bucket,
+            role_arn=args.role_arn,
+            endpoint_name=args.endpoint_name,
+            instance_type=args.instance_type,
+            max_concurrent_invocations=args.max_concurrent_invocations,
+            success_topic_arn=args.success_topic_arn,
+            error_topic_arn=args.error_topic_arn,
+        )
+        print(f"deploying the newest Approved package of {args.package_group} to {args.endpoint_name}…", flush=True)
+        print(json.dumps(deploy(deployment, wait_seconds=args.timeout), indent=2))
+        return
 
     if args.command == "definition":
         print(definition_json(settings))

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.artifacts import CLIENT_ARTIFACTS_PROPERTY
+
 PIPELINE_NAME = "fhe-training"
 MODEL_PACKAGE_GROUP = "fhe-models"
 TRAINING_ENTRYPOINT = ["python", "-m", "containers.training"]
@@ -175,7 +177,10 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
                 s3_input("train", preprocess_output("train"), "/opt/ml/processing/train"),
                 s3_input("test", preprocess_output("test"), "/opt/ml/processing/test"),
             ],
-            outputs=[s3_output("evaluation", "/opt/ml/processing/evaluation")],
+            outputs=[
+                s3_output("evaluation", "/opt/ml/processing/evaluation"),
+                s3_output("client", "/opt/ml/processing/client"),
+            ],
             arguments=["--fhe-samples", fhe_samples.to_string()],
         ),
         property_files=[evaluation_report],
@@ -211,7 +216,12 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
                 model_statistics=MetricsSource(content_type="application/json", s3_uri=evaluation_uri)
             ),
             approval_status="PendingManualApproval",
-            customer_metadata_properties={"model_type": model_type, "pipeline_execution": run_prefix},
+            customer_metadata_properties={
+                "model_type": model_type,
+                "pipeline_execution": run_prefix,
+                # Where batch owners fetch client.zip without touching model.tar.gz (and so server.zip).
+                CLIENT_ARTIFACTS_PROPERTY: evaluate.properties.ProcessingOutputConfig.Outputs["client"].S3Output.S3Uri,
+            },
             skip_model_validation="None",
         ),
     )

@@ -11,13 +11,14 @@ from typing import Any
 from flask import Flask, Response, request
 
 from common import aws
+from common.artifacts import PACKAGE_ARN_VARIABLE
 from common.bundle import BundleError
 from containers.contract import model_dir
 from containers.inference.engine import DEFAULT_KEY_CACHE_BYTES, InferenceEngine
 from containers.inference.handlers import Handlers
 
 log = logging.getLogger("containers.inference")
-PACKAGE_ARN_VARIABLE = "FHE_MODEL_PACKAGE_ARN"
+
 MAX_REQUEST_BYTES = 64 * 1024
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from common import artifacts
 from common.bundle import BundleError
 from common.versions import VersionsRecord
-from containers.training import artifacts
 
 DEFAULT_KEY_CACHE_BYTES = 2 * 1024**3
 

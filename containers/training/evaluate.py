@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from common import artifacts
 from common.archives import extract_tar
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, container_path, run_entry_point
-from containers.training import artifacts
 from containers.training.models import TrainingSettings
 from containers.training.train import load_split
 
@@ -76,7 +77,14 @@ def predict_classes(scores: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
     return scores.argmax(axis=1) if scores.ndim == 2 and scores.shape[1] > 1 else (scores.ravel() > 0.5).astype(int)
 
 
-def evaluate(model_input: Path, train_dir: Path, test_dir: Path, output: Path, fhe_samples: int) -> dict[str, Any]:
+def evaluate(
+    model_input: Path,
+    train_dir: Path,
+    test_dir: Path,
+    output: Path,
+    fhe_samples: int,
+    client_output: Path | None = None,
+) -> dict[str, Any]:
     from concrete.ml.common.serialization.loaders import loads
 
     if fhe_samples < 1:
@@ -98,6 +106,10 @@ def evaluate(model_input: Path, train_dir: Path, test_dir: Path, output: Path, f
 
         sample = x_test[: min(fhe_samples, len(x_test))]
         fhe = run_fhe_sample(files, sample)
+        if client_output is not None:
+            client_output.mkdir(parents=True, exist_ok=True)
+            for name in artifacts.CLIENT_ARTIFACTS:
+                shutil.copyfile(files / name, client_output / name)
     fhe_pred = predict_classes(fhe["scores"])
     n = len(sample)
     accuracy_clear = float((clear == y_test).mean())
@@ -133,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", default="/opt/ml/processing/train")
     parser.add_argument("--test", default="/opt/ml/processing/test")
     parser.add_argument("--output", default="/opt/ml/processing/evaluation")
+    parser.add_argument("--client-output", default="/opt/ml/processing/client")
     parser.add_argument("--fhe-samples", type=int, default=5, help="test rows run in real FHE (default 5)")
     args = parser.parse_args(argv)
     run_entry_point(
@@ -143,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             container_path(args.test),
             container_path(args.output),
             args.fhe_samples,
+            container_path(args.client_output),
         ),
     )
 

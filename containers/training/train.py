@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from common import artifacts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, channel_dir, hyperparameters, model_dir, run_entry_point
-from containers.training import artifacts
 from containers.training.models import TrainingSettings
 
 

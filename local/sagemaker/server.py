@@ -14,12 +14,14 @@ import logging
 import re
 import signal
 import sys
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from common import aws
+from local.sagemaker.endpoints import Endpoints
 from local.sagemaker.errors import ApiError, UnknownOperation, ValidationError
 from local.sagemaker.pipelines import Pipelines
 from local.sagemaker.registry import Registry
@@ -28,6 +30,7 @@ from local.sagemaker.store import Store
 log = logging.getLogger("local.sagemaker")
 ACCOUNT_ID = "000000000000"
 _ACCESS_KEY = re.compile(r"Credential=([^/]+)/")
+_ASYNC_INVOCATION = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations$")
 
 Operation = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
@@ -41,7 +44,16 @@ class LocalSageMaker:
         arn_prefix = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
         self.registry = Registry(self.store, arn_prefix)
         self.pipelines = Pipelines(self.store, self.registry, state_dir, arn_prefix, lambda: aws.client("s3"))
-        p, r = self.pipelines, self.registry
+        self.endpoints = Endpoints(
+            self.store,
+            self.registry,
+            state_dir,
+            arn_prefix,
+            region,
+            lambda: aws.client("s3"),
+            lambda: aws.client("sns"),
+        )
+        p, r, e = self.pipelines, self.registry, self.endpoints
         self.operations: dict[str, Operation] = {
             "CreatePipeline": p.create_pipeline,
             "UpdatePipeline": p.update_pipeline,
@@ -63,6 +75,17 @@ class LocalSageMaker:
             "DescribeModelPackage": lambda b, c: r.describe_model_package(b),
             "ListModelPackages": lambda b, c: r.list_model_packages(b),
             "UpdateModelPackage": lambda b, c: r.update_model_package(b),
+            "CreateModel": lambda b, c: e.create_model(b),
+            "DescribeModel": lambda b, c: e.describe_model(b),
+            "DeleteModel": lambda b, c: e.delete_model(b),
+            "CreateEndpointConfig": lambda b, c: e.create_endpoint_config(b),
+            "DescribeEndpointConfig": lambda b, c: e.describe_endpoint_config(b),
+            "DeleteEndpointConfig": lambda b, c: e.delete_endpoint_config(b),
+            "CreateEndpoint": lambda b, c: e.create_endpoint(b),
+            "UpdateEndpoint": lambda b, c: e.update_endpoint(b),
+            "DescribeEndpoint": lambda b, c: e.describe_endpoint(b),
+            "ListEndpoints": lambda b, c: e.list_endpoints(b),
+            "DeleteEndpoint": lambda b, c: e.delete_endpoint(b),
         }
 
     def call(self, operation: str, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
@@ -85,14 +108,30 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.client_address[0], *args)
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
+        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload, default=str).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/x-amz-json-1.1")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("x-amzn-RequestId", "local")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+
+        def _runtime(self, path: str) -> None:
+            """sagemaker-runtime (REST-JSON): ``POST /endpoints/<name>/async-invocations``."""
+            match = _ASYNC_INVOCATION.match(path)
+            try:
+                if not match:
+                    raise UnknownOperation(f"the local SageMaker runtime does not implement {path}")
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                result, extra = service.endpoints.invoke_endpoint_async(urllib.parse.unquote(match["name"]), headers)
+                self._send(202, result, extra)
+            except ApiError as error:
+                # REST-JSON names the error in a header; the runtime calls its client errors ValidationError.
+                code = "ValidationError" if error.code == "ValidationException" else error.code
+                self._send(error.status, {"message": error.message}, {"X-Amzn-ErrorType": code})
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") in ("", "/health", "/ping"):
@@ -103,6 +142,10 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b"{}"
+            path = self.path.split("?", 1)[0]
+            if path.startswith("/endpoints/"):
+                self._runtime(path)
+                return
             target = self.headers.get("X-Amz-Target", "")
             service_name, _, operation = target.partition(".")
             try:
@@ -128,11 +171,17 @@ def serve(host: str, port: int, state_dir: Path) -> None:
         raise SystemExit(f"the local SageMaker binds to loopback addresses only, not {host}")
     service = LocalSageMaker(state_dir)
     resumed = service.pipelines.resume_unfinished()
+    hosted = service.endpoints.resume()
     server = ThreadingHTTPServer((host, port), make_handler(service))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     log.info(
-        "local SageMaker on http://%s:%d (state in %s); resumed %d execution(s)", host, port, state_dir, len(resumed)
+        "local SageMaker on http://%s:%d (state in %s); resumed %d execution(s), %d endpoint(s)",
+        host,
+        port,
+        state_dir,
+        len(resumed),
+        len(hosted),
     )
     try:
         server.serve_forever()
@@ -140,6 +189,7 @@ def serve(host: str, port: int, state_dir: Path) -> None:
         pass
     finally:
         server.server_close()
+        service.endpoints.shutdown()
         service.store.close()
 
 

@@ -331,6 +331,14 @@ def test_fuzz_malformed_shards_are_refused(data: bytes) -> None:
     assert raised.value.field.startswith("shards[0]")
 
 
+def _not_all_valid(request: dict[str, Any]) -> bool:
+    return not (
+        request["manifest_uri"].startswith("s3://bucket-1/")
+        and 0 <= request["shard_index"] <= 3
+        and request["result_uri"].startswith("s3://bucket-1/")
+    )
+
+
 @settings(max_examples=500, deadline=1000, suppress_health_check=list(HealthCheck), database=None)
 @given(
     st.fixed_dictionaries(
@@ -341,15 +349,7 @@ def test_fuzz_malformed_shards_are_refused(data: bytes) -> None:
             "shard_index": st.integers(0, 3) | ABSURD_INTS,
             "result_uri": st.just("s3://bucket-1/outbox/b-1/shards/00000.out") | CLIMBING_KEYS.map("s3://b-1/".__add__),
         }
-    ).filter(
-        lambda r: (
-            not (
-                r["manifest_uri"].startswith("s3://bucket-1/")
-                and 0 <= r["shard_index"] <= 3
-                and r["result_uri"].startswith("s3://bucket-1/")
-            )
-        )
-    )
+    ).filter(_not_all_valid)
 )
 def test_fuzz_malformed_shard_requests_are_refused(request: dict[str, Any]) -> None:
     EXAMPLES["shard_request"] += 1

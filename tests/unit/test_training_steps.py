@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.training import artifacts
+from common import artifacts
 from containers.training.data import builtin_dataset_csv
 from containers.training.evaluate import evaluate
 from containers.training.models import TrainingSettings

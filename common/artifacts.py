@@ -8,3 +8,10 @@ MODEL_JSON = "model.json"  # the fitted Concrete ML model (clear reference, simu
 PREPROCESSING_JSON = "preprocessing.json"
 VERSIONS_JSON = "versions.json"
 TRAINING_JSON = "training.json"  # hyperparameters and training statistics
+
+# What a batch owner fetches from a registered model: enough to make keys, encrypt and decrypt, and nothing
+# of the server side. The Evaluate step publishes these next to the model (customer metadata "client_artifacts").
+CLIENT_ARTIFACTS = (CLIENT_ZIP, PREPROCESSING_JSON, VERSIONS_JSON)
+CLIENT_ARTIFACTS_PROPERTY = "client_artifacts"
+# The model's environment names its package; the endpoint refuses bundles made for another package.
+PACKAGE_ARN_VARIABLE = "FHE_MODEL_PACKAGE_ARN"

@@ -1,0 +1,48 @@
+"""Model packages as the client and the deployment see them: the newest approved one of a group, and where
+its client artifacts are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.artifacts import CLIENT_ARTIFACTS_PROPERTY
+from common.s3uri import S3Uri
+
+
+class ModelPackageError(LookupError):
+    """No usable model package: none approved, or one without what the caller needs."""
+
+
+def newest_approved(sagemaker: Any, group: str) -> dict[str, Any]:
+    """The full description of the newest Approved package in ``group``."""
+    paginator = sagemaker.get_paginator("list_model_packages")
+    approved = [
+        summary
+        for page in paginator.paginate(ModelPackageGroupName=group, ModelApprovalStatus="Approved")
+        for summary in page.get("ModelPackageSummaryList", [])
+    ]
+    if not approved:
+        raise ModelPackageError(f"model package group {group!r} has no Approved package; approve one first")
+    newest = max(approved, key=lambda s: int(s.get("ModelPackageVersion", 0)))
+    return describe(sagemaker, newest["ModelPackageArn"])
+
+
+def describe(sagemaker: Any, package_arn: str) -> dict[str, Any]:
+    package: dict[str, Any] = sagemaker.describe_model_package(ModelPackageName=package_arn)
+    return package
+
+
+def require_approved(package: dict[str, Any]) -> None:
+    if package.get("ModelApprovalStatus") != "Approved":
+        raise ModelPackageError(f"{package['ModelPackageArn']} is {package.get('ModelApprovalStatus')}, not Approved")
+
+
+def client_artifacts_uri(package: dict[str, Any]) -> S3Uri:
+    """The S3 prefix holding ``client.zip``, ``preprocessing.json`` and ``versions.json`` of ``package``."""
+    value = (package.get("CustomerMetadataProperties") or {}).get(CLIENT_ARTIFACTS_PROPERTY)
+    if not value:
+        raise ModelPackageError(
+            f"{package['ModelPackageArn']} does not record its client artifacts ({CLIENT_ARTIFACTS_PROPERTY}); "
+            "it was registered by an older pipeline: retrain it"
+        )
+    return S3Uri.parse(value)
