@@ -1,0 +1,181 @@
+"""Command line for batch owners.
+
+    fhe-client keys                      fetch the approved model's client.zip, make keys, upload the evaluation key
+    fhe-client encrypt INPUT --out DIR   CSV/NPY rows → a bundle folder (manifest + ciphertext shards)
+    fhe-client submit DIR                upload the bundle to the inbox (manifest last)
+    fhe-client wait BUNDLE_ID            until its result bundle (or its quarantine record) appears
+    fhe-client decrypt BUNDLE_ID --out predictions.csv
+    fhe-client run INPUT --out predictions.csv     all of the above
+
+Settings come from options or the environment: FHE_BUCKET (where bundles go), FHE_MODEL_PACKAGE_GROUP,
+FHE_CLIENT_HOME (keys and model files, default ~/.fhe-batch). The private key never leaves FHE_CLIENT_HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from client.decrypt import decrypt_result, write_predictions
+from client.encrypt import DEFAULT_SHARD_SIZE, encrypt_rows, read_rows
+from client.errors import ClientError
+from client.model import ClientModel, ensure_evaluation_key_uploaded, ensure_keys, fetch_model, upload_evaluation_key
+from client.transfer import download_result, submit, wait
+from common import aws
+from common.bundle import BundleError
+from common.bundle_store import BundleLayout
+from common.model_package import ModelPackageError
+from common.s3uri import S3Uri
+from common.versions import VersionMismatchError
+
+DEFAULT_BUCKET = "fhe-batches"
+DEFAULT_GROUP = "fhe-models"
+
+
+def _model(args: argparse.Namespace) -> ClientModel:
+    if args.package_arn:
+        return ClientModel.for_package(args.package_arn, args.home)
+    return ClientModel.current(args.home)
+
+
+def cmd_keys(args: argparse.Namespace) -> dict[str, Any]:
+    model = fetch_model(
+        aws.client("sagemaker"), aws.client("s3"), group=args.group, package_arn=args.package_arn, home=args.home
+    )
+    evaluation_key = ensure_keys(model)
+    ref, uploaded = upload_evaluation_key(aws.client("s3"), BundleLayout(args.bucket), model, evaluation_key)
+    return {
+        "model_package": model.ref.package_arn,
+        "keys": str(model.keys_folder),
+        "evaluation_key": ref.uri,
+        "evaluation_key_bytes": ref.size,
+        "uploaded": uploaded,
+    }
+
+
+def cmd_encrypt(args: argparse.Namespace) -> dict[str, Any]:
+    model = _model(args)
+    x = read_rows(args.input, model.preprocessing.feature_names)
+    manifest = encrypt_rows(
+        model, x, args.out, shard_size=args.shard_size, bundle_id=args.bundle_id, progress=not args.quiet
+    )
+    return {
+        "bundle_id": manifest.bundle_id,
+        "folder": str(args.out),
+        "samples": manifest.total_samples,
+        "shards": len(manifest.shards),
+    }
+
+
+def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
+    s3 = aws.client("s3")
+    model = _model(args)
+    ensure_evaluation_key_uploaded(s3, model)
+    uri = submit(s3, BundleLayout(args.bucket), args.folder, progress=not args.quiet)
+    return {"manifest": str(uri)}
+
+
+def cmd_wait(args: argparse.Namespace) -> dict[str, Any]:
+    uri = wait(
+        aws.client("s3"), BundleLayout(args.bucket), args.bundle_id, timeout=args.timeout, progress=not args.quiet
+    )
+    return {"result": str(uri)}
+
+
+def _decrypt(args: argparse.Namespace, manifest_uri: S3Uri, out: Path) -> dict[str, Any]:
+    manifest, shards = download_result(aws.client("s3"), manifest_uri)
+    model = ClientModel.for_package(manifest.model.package_arn, args.home)
+    probabilities = decrypt_result(model, manifest, shards, progress=not args.quiet)
+    write_predictions(out, model.preprocessing.classes, probabilities)
+    return {"bundle_id": manifest.bundle_id, "predictions": str(out), "rows": len(probabilities)}
+
+
+def cmd_decrypt(args: argparse.Namespace) -> dict[str, Any]:
+    return _decrypt(args, BundleLayout(args.bucket).result_manifest(args.bundle_id), args.out)
+
+
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    keys = cmd_keys(args)
+    args.package_arn = keys["model_package"]
+    with tempfile.TemporaryDirectory(prefix="fhe-bundle-") as scratch:
+        args.out, predictions = Path(scratch) / "bundle", args.out
+        encrypted = cmd_encrypt(args)
+        args.folder = args.out
+        submitted = cmd_submit(args)
+    result = wait(
+        aws.client("s3"),
+        BundleLayout(args.bucket),
+        encrypted["bundle_id"],
+        timeout=args.timeout,
+        progress=not args.quiet,
+    )
+    return {**encrypted, **submitted, **_decrypt(args, result, predictions), "keys": keys}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="fhe-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--bucket", default=os.environ.get("FHE_BUCKET", DEFAULT_BUCKET), help="bucket of inbox/, outbox/, keys/"
+    )
+    common.add_argument(
+        "--group", default=os.environ.get("FHE_MODEL_PACKAGE_GROUP", DEFAULT_GROUP), help="model package group"
+    )
+    common.add_argument("--package-arn", help="a specific Approved model package (default: the newest)")
+    common.add_argument("--home", type=Path, default=None, help="client home (default FHE_CLIENT_HOME or ~/.fhe-batch)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("keys", parents=[common], help="fetch client.zip, make keys, upload the evaluation key")
+    encrypt = commands.add_parser("encrypt", parents=[common], help="CSV/NPY → bundle folder")
+    encrypt.add_argument("input", type=Path)
+    encrypt.add_argument("--out", type=Path, required=True, help="an empty folder for the bundle")
+    encrypt.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"rows per shard (default {DEFAULT_SHARD_SIZE})"
+    )
+    encrypt.add_argument("--bundle-id", help="default: a timestamp and a random suffix")
+    submit_parser = commands.add_parser("submit", parents=[common], help="upload a bundle folder")
+    submit_parser.add_argument("folder", type=Path)
+    wait_parser = commands.add_parser("wait", parents=[common], help="wait for a bundle's result")
+    wait_parser.add_argument("bundle_id")
+    wait_parser.add_argument("--timeout", type=float, default=3600.0)
+    decrypt = commands.add_parser("decrypt", parents=[common], help="result bundle → predictions CSV")
+    decrypt.add_argument("bundle_id")
+    decrypt.add_argument("--out", type=Path, required=True)
+    run = commands.add_parser("run", parents=[common], help="keys, encrypt, submit, wait, decrypt")
+    run.add_argument("input", type=Path)
+    run.add_argument("--out", type=Path, required=True, help="the predictions CSV")
+    run.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
+    run.add_argument("--bundle-id")
+    run.add_argument("--timeout", type=float, default=3600.0)
+    return top
+
+
+COMMANDS = {
+    "keys": cmd_keys,
+    "encrypt": cmd_encrypt,
+    "submit": cmd_submit,
+    "wait": cmd_wait,
+    "decrypt": cmd_decrypt,
+    "run": cmd_run,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except (ClientError, BundleError, ModelPackageError, VersionMismatchError) as error:
+        print(f"fhe-client {args.command}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

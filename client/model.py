@@ -1,0 +1,163 @@
+"""The client's copy of a model: its client artifacts (never ``server.zip``) and its keys, in the client home.
+
+<home>/models/<group>-v<version>/
+    package.json           the model package ARN, group, version
+    client.zip, preprocessing.json, versions.json
+    keys/                  the private key set (owner-only: 0700 folder, 0600 files)
+    evaluation_key.json    sha256, size and S3 URI of the uploaded evaluation key
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from client.errors import ClientError
+from common import artifacts
+from common.bundle import KeyRef, ModelRef, package_ref, sha256_hex
+from common.bundle_store import BundleLayout, object_exists
+from common.model_package import client_artifacts_uri, describe, newest_approved, require_approved
+from common.preprocessing import PreprocessingRecord
+from common.s3uri import S3Uri
+from common.versions import VersionsRecord
+
+HOME_VARIABLE = "FHE_CLIENT_HOME"
+PACKAGE_JSON = "package.json"
+EVALUATION_KEY_JSON = "evaluation_key.json"
+KEYS_FOLDER = "keys"
+CURRENT = "current"  # names the model folder `keys` fetched last: the default for encrypt and run
+
+
+def client_home() -> Path:
+    return Path(os.environ.get(HOME_VARIABLE) or Path.home() / ".fhe-batch").expanduser()
+
+
+def _private_folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(stat.S_IRWXU)
+    return path
+
+
+@dataclass(frozen=True)
+class ClientModel:
+    folder: Path
+    ref: ModelRef
+
+    @classmethod
+    def open(cls, folder: Path) -> ClientModel:
+        try:
+            data = json.loads((folder / PACKAGE_JSON).read_text())
+        except FileNotFoundError:
+            raise ClientError(f"{folder} holds no model; run `fhe-client keys` first") from None
+        return cls(folder, package_ref(data["package_arn"]))
+
+    @classmethod
+    def for_package(cls, package_arn: str, home: Path | None = None) -> ClientModel:
+        ref = package_ref(package_arn)
+        return cls.open((home or client_home()) / "models" / f"{ref.package_group}-v{ref.package_version}")
+
+    @classmethod
+    def current(cls, home: Path | None = None) -> ClientModel:
+        models = (home or client_home()) / "models"
+        try:
+            name = (models / CURRENT).read_text().strip()
+        except FileNotFoundError:
+            raise ClientError("no model fetched yet; run `fhe-client keys` first") from None
+        return cls.open(models / name)
+
+    @cached_property
+    def preprocessing(self) -> PreprocessingRecord:
+        return PreprocessingRecord.load(self.folder / artifacts.PREPROCESSING_JSON)
+
+    @cached_property
+    def versions(self) -> VersionsRecord:
+        return VersionsRecord.from_dict(json.loads((self.folder / artifacts.VERSIONS_JSON).read_text()))
+
+    @property
+    def keys_folder(self) -> Path:
+        return self.folder / KEYS_FOLDER
+
+    def fhe_client(self) -> Any:
+        """concrete-ml's client over this model's ``client.zip`` and key folder (keys loaded if present)."""
+        from concrete.ml.deployment import FHEModelClient
+
+        VersionsRecord.current().check_compatible(self.versions, what=f"model {self.ref.package_arn}")
+        return FHEModelClient(path_dir=str(self.folder), key_dir=str(_private_folder(self.keys_folder)))
+
+    def evaluation_key(self) -> KeyRef:
+        try:
+            data = json.loads((self.folder / EVALUATION_KEY_JSON).read_text())
+        except FileNotFoundError:
+            raise ClientError(f"no evaluation key recorded for {self.ref.package_arn}; run `fhe-client keys`") from None
+        return KeyRef(data["sha256"], data["uri"], int(data["size"]))
+
+
+def fetch_model(
+    sagemaker: Any, s3: Any, *, group: str, package_arn: str | None = None, home: Path | None = None
+) -> ClientModel:
+    """Download the client artifacts of an Approved package (the newest of ``group`` by default)."""
+    package = describe(sagemaker, package_arn) if package_arn else newest_approved(sagemaker, group)
+    require_approved(package)
+    ref = package_ref(package["ModelPackageArn"])
+    folder = _private_folder((home or client_home()) / "models" / f"{ref.package_group}-v{ref.package_version}")
+    source = client_artifacts_uri(package)
+    for name in artifacts.CLIENT_ARTIFACTS:
+        target = folder / name
+        if not target.exists():
+            uri = source.join(name)
+            s3.download_file(uri.bucket, uri.key, str(target))
+    (folder / PACKAGE_JSON).write_text(
+        json.dumps({"package_arn": ref.package_arn, "client_artifacts": str(source)}, indent=2)
+    )
+    (folder.parent / CURRENT).write_text(folder.name)
+    model = ClientModel(folder, ref)
+    VersionsRecord.current().check_compatible(model.versions, what=f"model {ref.package_arn}")
+    return model
+
+
+def ensure_keys(model: ClientModel) -> bytes:
+    """Generate the key set once (reused afterwards); returns the serialized evaluation key."""
+    previous = os.umask(0o077)  # every file concrete writes for the key set is owner-only
+    try:
+        client = model.fhe_client()
+        client.generate_private_and_evaluation_keys(force=False)
+        evaluation_key: bytes = client.get_serialized_evaluation_keys()
+    finally:
+        os.umask(previous)
+    for path in model.keys_folder.rglob("*"):
+        path.chmod(stat.S_IRWXU if path.is_dir() else stat.S_IRUSR | stat.S_IWUSR)
+    return evaluation_key
+
+
+def upload_evaluation_key(
+    s3: Any, layout: BundleLayout, model: ClientModel, evaluation_key: bytes
+) -> tuple[KeyRef, bool]:
+    """Put the evaluation key under its content hash unless that object exists; returns (ref, uploaded)."""
+    digest = sha256_hex(evaluation_key)
+    uri = layout.evaluation_key(digest)
+    uploaded = False
+    if not object_exists(s3, uri):
+        s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=evaluation_key)
+        uploaded = True
+    ref = KeyRef(digest, str(uri), len(evaluation_key))
+    (model.folder / EVALUATION_KEY_JSON).write_text(
+        json.dumps({"sha256": digest, "uri": str(uri), "size": len(evaluation_key)})
+    )
+    return ref, uploaded
+
+
+def ensure_evaluation_key_uploaded(s3: Any, model: ClientModel) -> KeyRef:
+    """Before a submit: the recorded key must be in S3 (it is uploaded again from the key set if not)."""
+    ref = model.evaluation_key()
+    uri = S3Uri.parse(ref.uri)
+    if not object_exists(s3, uri):
+        key = ensure_keys(model)
+        if sha256_hex(key) != ref.sha256:
+            raise ClientError("the key set changed since its evaluation key was recorded; run `fhe-client keys`")
+        s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=key)
+    return ref

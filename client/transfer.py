@@ -1,0 +1,77 @@
+"""Moving bundles: submit (shards first, manifest last), wait for the result or the quarantine record,
+download a result bundle."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from client.errors import BundleQuarantined, ClientError, WaitTimeout
+from common.bundle import MANIFEST_NAME, Manifest, check_relative_key, parse_manifest
+from common.bundle_store import (
+    BundleLayout,
+    get_bytes,
+    object_exists,
+    put_bundle,
+    read_manifest,
+    read_shard,
+)
+from common.s3uri import S3Uri
+
+
+def load_local_bundle(folder: Path) -> Manifest:
+    try:
+        return parse_manifest((folder / MANIFEST_NAME).read_bytes())
+    except FileNotFoundError:
+        raise ClientError(f"{folder} holds no {MANIFEST_NAME}; make one with `fhe-client encrypt`") from None
+
+
+def submit(s3: Any, layout: BundleLayout, folder: Path, *, progress: bool = True) -> S3Uri:
+    """Upload a local bundle under ``inbox/<bundle id>/``; the manifest goes last and commits it."""
+    manifest = load_local_bundle(folder)
+    if not object_exists(s3, S3Uri.parse(manifest.evaluation_key.uri)):
+        raise ClientError(f"the evaluation key {manifest.evaluation_key.uri} is not in S3; run `fhe-client keys`")
+    prefix = layout.request_prefix(manifest.bundle_id)
+    if object_exists(s3, prefix.join(MANIFEST_NAME)):
+        raise ClientError(f"bundle {manifest.bundle_id} was already submitted ({prefix.join(MANIFEST_NAME)})")
+    total = sum(entry.size for entry in manifest.shards)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=not progress) as bar:
+        return put_bundle(
+            s3,
+            prefix,
+            manifest,
+            lambda entry: (folder / check_relative_key(entry.key, f"shards[{entry.index}].key")).read_bytes(),
+            bar.update,
+        )
+
+
+def wait(s3: Any, layout: BundleLayout, bundle_id: str, *, timeout: float, progress: bool = True) -> S3Uri:
+    """Until the result manifest or a quarantine record appears; returns the result manifest's URI."""
+    result = layout.result_manifest(bundle_id)
+    quarantine = layout.quarantine_reason(bundle_id)
+    deadline = time.monotonic() + timeout
+    delay = 1.0
+    with tqdm(desc=f"waiting for {bundle_id}", unit="s", disable=not progress, bar_format="{desc}: {elapsed}") as bar:
+        while True:
+            if object_exists(s3, result):
+                return result
+            if object_exists(s3, quarantine):
+                reason = json.loads(get_bytes(s3, quarantine, field="quarantine", limit=1024 * 1024))
+                raise BundleQuarantined(bundle_id, reason)
+            if time.monotonic() + delay > deadline:
+                raise WaitTimeout(f"no result for bundle {bundle_id} after {timeout:.0f} s (looked for {result})")
+            time.sleep(delay)
+            bar.update(0)
+            delay = min(delay * 1.5, 10.0)
+
+
+def download_result(s3: Any, manifest_uri: S3Uri) -> tuple[Manifest, dict[int, bytes]]:
+    """The result manifest and every result shard, each checked against its size and sha256."""
+    manifest, _ = read_manifest(s3, manifest_uri)
+    if manifest.kind != "result":
+        raise ClientError(f"{manifest_uri} is a {manifest.kind} manifest, not a result")
+    return manifest, {entry.index: read_shard(s3, manifest_uri, entry) for entry in manifest.shards}
