@@ -302,13 +302,11 @@ def test_reference_request_with_bare_concrete_client(deployment: Deployment, tmp
         assert int(np.argmax(scores[0])) == int(clear_model.predict(row[None, :], fhe="disable")[0])
 
 
-def _tampered(batch: Batch, bundle_id: str, change: Any) -> Manifest:
-    """Upload the batch's first shard under a new bundle id with ``change`` applied to manifest or shard."""
-    original = batch.manifest
-    shard = (batch.folder / original.shards[0].key).read_bytes()
-    entry = original.shards[0]
-    manifest = replace(original, bundle_id=bundle_id, shards=(entry,))
-    manifest, shard = change(manifest, shard)
+def _resubmit(batch: Batch, bundle_id: str) -> Manifest:
+    """The batch's first shard again, as a valid one-shard bundle under a new id."""
+    entry = batch.manifest.shards[0]
+    manifest = replace(batch.manifest, bundle_id=bundle_id, shards=(entry,))
+    shard = (batch.folder / entry.key).read_bytes()
     put_bundle(aws.client("s3"), BundleLayout(BUCKET).request_prefix(bundle_id), manifest, lambda _: shard)
     return manifest
 
@@ -375,7 +373,7 @@ def test_bad_bundles_fail_with_a_named_reason_and_the_endpoint_keeps_serving(
         assert failure["error"]["code"] == code, (name, failure)
         assert failure["error"]["field"] in notification["failureReason"], name
         # The next valid request is served.
-        good = _tampered(batch, f"good-after-{name}", lambda m, s: (m, s))
+        good = _resubmit(batch, f"good-after-{name}")
         assert _invoke_shards(deployment, good, [0])[0]["invocationStatus"] == "Completed", name
 
 
@@ -443,5 +441,5 @@ def test_endpoint_survives_a_local_sagemaker_restart(deployment: Deployment, bat
     while sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] != "InService":
         assert time.monotonic() < deadline
         time.sleep(1)
-    good = _tampered(batch, "good-after-restart", lambda m, s: (m, s))
+    good = _resubmit(batch, "good-after-restart")
     assert _invoke_shards(deployment, good, [0])[0]["invocationStatus"] == "Completed"
