@@ -102,3 +102,27 @@ def test_model_registry_versions_and_approval(sagemaker: Any) -> None:
         sagemaker.update_model_package(ModelPackageArn=first, ModelApprovalStatus="Maybe")
     with pytest.raises(ClientError, match="does not exist"):
         sagemaker.create_model_package(ModelPackageGroupName="nope", InferenceSpecification=spec)
+
+
+def test_endpoint_api_validates_before_hosting(sagemaker: Any) -> None:
+    with pytest.raises(ClientError, match="Could not find model"):
+        sagemaker.create_endpoint_config(
+            EndpointConfigName="c1",
+            ProductionVariants=[{"VariantName": "v", "ModelName": "missing", "InstanceType": "ml.m5.large"}],
+        )
+    with pytest.raises(ClientError, match="PrimaryContainer"):
+        sagemaker.create_model(ModelName="m1", ExecutionRoleArn=ROLE)
+    with pytest.raises(ClientError, match="does not exist"):
+        sagemaker.create_model(
+            ModelName="m2", ExecutionRoleArn=ROLE, PrimaryContainer={"ModelPackageName": "arn:nothing/1"}
+        )
+    with pytest.raises(ClientError, match="Could not find endpoint"):
+        sagemaker.describe_endpoint(EndpointName="nowhere")
+
+
+def test_invoke_endpoint_async_on_a_missing_endpoint_is_a_validation_error(sagemaker: Any) -> None:
+    runtime = boto3.client("sagemaker-runtime", region_name="us-east-1", endpoint_url=sagemaker.meta.endpoint_url)
+    with pytest.raises(ClientError) as raised:
+        runtime.invoke_endpoint_async(EndpointName="nowhere", InputLocation="s3://bucket-1/in.json")
+    assert raised.value.response["Error"]["Code"] == "ValidationError"
+    assert "nowhere" in raised.value.response["Error"]["Message"]
