@@ -29,6 +29,10 @@ def stack_dir() -> Path:
     return Path(os.environ.get("FHE_LOCAL_STACK_DIR", Path.cwd() / ".local-stack")).resolve()
 
 
+def sagemaker_state_dir() -> Path:
+    return stack_dir() / "sagemaker"
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -160,7 +164,7 @@ def up() -> dict[str, str]:
                 "--port",
                 str(sagemaker.port),
                 "--state-dir",
-                str(base / "sagemaker"),
+                str(sagemaker_state_dir()),
             ],
             client_environment(),
         )
@@ -193,6 +197,10 @@ def down() -> None:
     for service in (local_sagemaker(), local_aws()):
         stopped = _stop(service)
         print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
+    # A local SageMaker that was killed cannot stop the endpoints it hosted; their pids are on record.
+    from local.sagemaker.endpoints import stop_orphaned_containers
+
+    stop_orphaned_containers(sagemaker_state_dir())
 
 
 def status() -> bool:

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,7 @@ DEFAULT_CONCURRENCY = 4
 # Fault injection for tests of the workflow: {"<endpoint>": {"fail_first": n}} fails each input's first n
 # attempts with a 500 before the container sees them, as a crashed or throttled instance would.
 FAULTS_VARIABLE = "LOCAL_SAGEMAKER_FAULTS"
+PID_FILE = "container.pid"
 
 
 def _now() -> float:
@@ -234,8 +236,13 @@ class Endpoints:
         self.store.delete("endpoint", name)
         return {}
 
+    def stop_orphans(self) -> list[int]:
+        """Stop serving processes left by a local SageMaker that was killed (they would hold ports forever)."""
+        return stop_orphaned_containers(self.state_dir)
+
     def resume(self) -> list[str]:
         """After a restart: host again every endpoint that was in service or on its way there."""
+        self.stop_orphans()
         resumed = []
         for endpoint in self.store.list("endpoint"):
             if endpoint["EndpointStatus"] in ("InService", "Creating", "Updating"):
@@ -319,6 +326,7 @@ class Endpoints:
             [*command, "serve"], cwd=root, env=environment, stdout=log_file, stderr=subprocess.STDOUT
         )
         log_file.close()
+        (root / PID_FILE).write_text(str(process.pid))
         host = Host(name, generation, process, port, root, config)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -379,6 +387,7 @@ class Endpoints:
             host.process.kill()
             host.process.wait()
         shutil.rmtree(host.root / "opt/ml/model", ignore_errors=True)
+        (host.root / PID_FILE).unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- InvokeEndpointAsync
 
@@ -561,3 +570,20 @@ class Endpoints:
             self._sns().publish(TopicArn=topic, Message=json.dumps(message))
         self.store.put("invocation", invocation["InferenceId"], invocation, parent=host.endpoint)
         log.info("invocation %s on %s: %s", invocation["InferenceId"], host.endpoint, invocation["Status"])
+
+
+def stop_orphaned_containers(state_dir: Path) -> list[int]:
+    """Terminate every serving process recorded under ``state_dir`` that is still alive; returns their pids."""
+    stopped = []
+    for pid_file in sorted((state_dir / "endpoints").glob(f"*/*/{PID_FILE}")):
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+        pid_file.unlink(missing_ok=True)
+        shutil.rmtree(pid_file.parent / "opt/ml/model", ignore_errors=True)
+    if stopped:
+        log.warning("stopped %d serving process(es) left by an earlier run: %s", len(stopped), stopped)
+    return stopped

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -480,11 +481,23 @@ def test_no_private_key_or_plaintext_leaves_the_client(deployment: Deployment, b
         assert not leaked, f"plaintext {leaked[:3]} in {name}"
 
 
-def test_endpoint_survives_a_local_sagemaker_restart(deployment: Deployment, batch: Batch) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its killed parent) counts as gone.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def test_endpoint_survives_a_killed_local_sagemaker(deployment: Deployment, batch: Batch) -> None:
     service = stack.local_sagemaker()
     pid = service.pid()
     assert pid is not None
-    os.kill(pid, 15)
+    containers = [int(p.read_text()) for p in stack.sagemaker_state_dir().glob("endpoints/*/*/container.pid")]
+    assert containers and all(_alive(c) for c in containers)
+    os.kill(pid, signal.SIGKILL)  # no chance to stop its serving processes
     deadline = time.monotonic() + 30
     while service.pid() is not None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -494,5 +507,9 @@ def test_endpoint_survives_a_local_sagemaker_restart(deployment: Deployment, bat
     while sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] != "InService":
         assert time.monotonic() < deadline
         time.sleep(1)
+    deadline = time.monotonic() + 30
+    while any(_alive(c) for c in containers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(c) for c in containers), "the killed server's serving processes must be stopped"
     good = _resubmit(batch, "good-after-restart")
     assert _invoke_shards(deployment, good, [0])[0]["invocationStatus"] == "Completed"
