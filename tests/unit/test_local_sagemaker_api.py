@@ -126,3 +126,25 @@ def test_invoke_endpoint_async_on_a_missing_endpoint_is_a_validation_error(sagem
         runtime.invoke_endpoint_async(EndpointName="nowhere", InputLocation="s3://bucket-1/in.json")
     assert raised.value.response["Error"]["Code"] == "ValidationError"
     assert "nowhere" in raised.value.response["Error"]["Message"]
+
+
+def test_approve_and_reject_with_a_note(sagemaker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.deploy import DeploymentError, approve
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", sagemaker.meta.endpoint_url)
+    with pytest.raises(ClientError):
+        approve(None, "nothing-here", "Approved", "")
+    sagemaker.create_model_package_group(ModelPackageGroupName="g1")
+    spec = {"Containers": [{"Image": "fhe-inference:latest", "ModelDataUrl": "s3://bucket-1/model.tar.gz"}]}
+    for _ in range(2):
+        sagemaker.create_model_package(ModelPackageGroupName="g1", InferenceSpecification=spec)
+    newest = approve(None, "g1", "Approved", "metrics reviewed")
+    assert newest["arn"].endswith("/g1/2") and newest["status"] == "Approved"
+    rejected = approve(newest["arn"].replace("/2", "/1"), "g1", "Rejected", "gap too large")
+    assert rejected == {"arn": newest["arn"].replace("/2", "/1"), "status": "Rejected", "note": "gap too large"}
+    with pytest.raises(DeploymentError, match="no package pending"):
+        approve(None, "g1", "Approved", "")
+    with pytest.raises(DeploymentError, match="decision"):
+        approve(None, "g1", "Maybe", "")
+    history = sagemaker.describe_model_package(ModelPackageName=rejected["arn"])["ApprovalDescription"]
+    assert history == "gap too large"
