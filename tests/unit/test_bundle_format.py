@@ -281,7 +281,7 @@ def _assert_refused(value: Any, field_prefix: str) -> None:
     assert raised.value.field.startswith(field_prefix), (raised.value.field, field_prefix)
 
 
-FUZZ = settings(max_examples=6000, deadline=1000, suppress_health_check=list(HealthCheck), database=None)
+FUZZ = settings(max_examples=6000, deadline=5000, suppress_health_check=list(HealthCheck), database=None)
 
 
 @FUZZ
@@ -292,7 +292,7 @@ def test_fuzz_malformed_manifests_are_refused(case: tuple[bytes | dict[str, Any]
     _assert_refused(copy.deepcopy(value), field_prefix)
 
 
-@settings(max_examples=1500, deadline=1000, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=1500, deadline=5000, suppress_health_check=list(HealthCheck), database=None)
 @given(st.binary(max_size=300) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 def test_fuzz_arbitrary_bytes_are_refused_as_manifests(raw: bytes) -> None:
     EXAMPLES["raw"] += 1
@@ -322,7 +322,7 @@ def malformed_shards(draw: st.DrawFn) -> bytes:
     return data if data != SHARD else data[:-1]
 
 
-@settings(max_examples=4000, deadline=1000, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=4000, deadline=5000, suppress_health_check=list(HealthCheck), database=None)
 @given(malformed_shards())
 def test_fuzz_malformed_shards_are_refused(data: bytes) -> None:
     EXAMPLES["shard"] += 1
@@ -339,7 +339,7 @@ def _not_all_valid(request: dict[str, Any]) -> bool:
     )
 
 
-@settings(max_examples=500, deadline=1000, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=500, deadline=5000, suppress_health_check=list(HealthCheck), database=None)
 @given(
     st.fixed_dictionaries(
         {
