@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
+from common.versions import LABELS, VersionsRecord
+
 FORMAT = "fhe-batch-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -430,19 +432,12 @@ def check_model(manifest: Manifest, package_arn: str) -> None:
         )
 
 
-def check_versions(manifest: Manifest, serving: Mapping[str, str]) -> None:
-    """concrete releases must match exactly, Python in major.minor (as ``VersionsRecord.check_compatible``)."""
-    for name in ("concrete_python", "concrete_ml"):
-        if manifest.versions[name] != serving.get(name):
-            raise BundleError(
-                f"versions.{name}",
-                f"the bundle was made with {manifest.versions[name]}, the endpoint runs {serving.get(name)}",
-                "version_mismatch",
-            )
-    if manifest.versions["python"].split(".")[:2] != str(serving.get("python", "")).split(".")[:2]:
+def check_versions(manifest: Manifest, serving: VersionsRecord) -> None:
+    """The bundle's releases against the endpoint's, by the rule of ``VersionsRecord.mismatches``."""
+    for name, theirs, ours in serving.mismatches(VersionsRecord.from_dict(manifest.versions)):
         raise BundleError(
-            "versions.python",
-            f"the bundle was made with Python {manifest.versions['python']}, the endpoint runs {serving.get('python')}",
+            f"versions.{name}",
+            f"the bundle was made with {LABELS[name]} {theirs}, the endpoint runs {ours}",
             "version_mismatch",
         )
 

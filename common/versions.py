@@ -44,18 +44,25 @@ class VersionsRecord:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
-    def check_compatible(self, other: VersionsRecord, *, what: str) -> None:
-        """Raise when ``other`` (the artifact's record) cannot be used by ``self`` (this process).
+    def mismatches(self, other: VersionsRecord) -> list[tuple[str, str, str]]:
+        """``(component, other's release, this release)`` for each component that makes ``other`` unusable here.
 
-        concrete-python and concrete-ml must match exactly; Python only in major.minor, since the
-        serialized circuits do not depend on the patch release.
+        concrete-python and concrete-ml must match exactly; Python only in major.minor, since the serialized
+        circuits do not depend on the patch release.
         """
-        problems = []
-        if self.concrete_python != other.concrete_python:
-            problems.append(f"concrete-python {other.concrete_python} (here {self.concrete_python})")
-        if self.concrete_ml != other.concrete_ml:
-            problems.append(f"concrete-ml {other.concrete_ml} (here {self.concrete_ml})")
+        found = []
+        for name in ("concrete_python", "concrete_ml"):
+            if getattr(self, name) != getattr(other, name):
+                found.append((name, getattr(other, name), getattr(self, name)))
         if self.python.split(".")[:2] != other.python.split(".")[:2]:
-            problems.append(f"Python {other.python} (here {self.python})")
+            found.append(("python", other.python, self.python))
+        return found
+
+    def check_compatible(self, other: VersionsRecord, *, what: str) -> None:
+        """Raise when ``other`` (the artifact's record) cannot be used by ``self`` (this process)."""
+        problems = [f"{LABELS[name]} {theirs} (here {ours})" for name, theirs, ours in self.mismatches(other)]
         if problems:
             raise VersionMismatchError(f"{what} was made with " + ", ".join(problems))
+
+
+LABELS = {"python": "Python", "concrete_python": "concrete-python", "concrete_ml": "concrete-ml"}

@@ -70,7 +70,7 @@ class Handlers:
         if manifest.kind != "request":
             raise BundleError("kind", "the endpoint evaluates request bundles only")
         check_model(manifest, self.package_arn)
-        check_versions(manifest, self.engine.versions.to_dict())
+        check_versions(manifest, self.engine.versions)
         entry = manifest.shard(request.shard_index)
         keys = self.engine.evaluation_keys(
             manifest.evaluation_key.sha256, lambda: read_evaluation_key(self.s3, manifest)

@@ -27,6 +27,7 @@ from common.bundle import (
     parse_shard_request,
     sha256_hex,
 )
+from common.versions import VersionsRecord
 
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/fhe-models/3"
 SAMPLES = [b"ciphertext-%d" % i * (i + 1) for i in range(3)]
@@ -144,10 +145,10 @@ def test_object_checks_name_the_problem() -> None:
 def test_version_mismatch_names_the_component() -> None:
     manifest = parse_manifest(valid_manifest())
     with pytest.raises(BundleError) as raised:
-        check_versions(manifest, {"python": "3.11.9", "concrete_python": "2.9.0", "concrete_ml": "1.9.0"})
+        check_versions(manifest, VersionsRecord("3.11.9", "2.9.0", "1.9.0"))
     assert raised.value.field == "versions.concrete_python"
     assert raised.value.code == "version_mismatch"
-    check_versions(manifest, {"python": "3.11.9", "concrete_python": "2.10.0", "concrete_ml": "1.9.0"})
+    check_versions(manifest, VersionsRecord("3.11.9", "2.10.0", "1.9.0"))
 
 
 # --------------------------------------------------------------------------------------------------------
