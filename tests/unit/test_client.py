@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from moto import mock_aws
 
 from client.decrypt import write_predictions
 from client.errors import BundleQuarantined, ClientError, InputError, WaitTimeout
 from client.transfer import submit, wait
-from common import aws
 from common.bundle import KeyRef, Manifest, ShardEntry, encode_shard, package_ref, sha256_hex, shard_key, utc_now
 from common.bundle_store import BundleLayout, write_quarantine_reason
+from tests.unit.conftest import UNIT_BUCKET
 
 FEATURES = ["radius", "texture", "area"]
-BUCKET = "fhe-batches-unit"
+BUCKET = UNIT_BUCKET
 
 
 def test_csv_columns_are_found_by_name_and_others_ignored(tmp_path: Path) -> None:
@@ -72,18 +70,6 @@ def test_predictions_keep_input_order(tmp_path: Path) -> None:
     ]
     with pytest.raises(ClientError, match="3 classes"):
         write_predictions(out, ["a", "b", "c"], np.array([[0.9, 0.1]]))
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    with mock_aws():
-        client = aws.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 def local_bundle(folder: Path, bundle_id: str, key_uri: str) -> Manifest:

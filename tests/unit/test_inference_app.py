@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from moto import mock_aws
 
-from common import artifacts, aws
+from common import artifacts
 from common.bundle import (
     KeyRef,
     Manifest,
@@ -36,9 +35,10 @@ from containers.training.data import builtin_dataset_csv
 from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
 from containers.training.train import train
+from tests.unit.conftest import UNIT_BUCKET
 
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/fhe-models/1"
-BUCKET = "fhe-batches-unit"
+BUCKET = UNIT_BUCKET
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +62,6 @@ def client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     fhe_client = FHEModelClient(path_dir=str(model_dir), key_dir=str(tmp_path_factory.mktemp("keys")))
     fhe_client.generate_private_and_evaluation_keys()
     return fhe_client
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    with mock_aws():
-        s3 = aws.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        yield s3
 
 
 @pytest.fixture(scope="module")
