@@ -69,10 +69,6 @@ class InferenceEngine:
             self._keys[sha256] = _CachedKeys(keys, len(data))
         return keys
 
-    @property
-    def cached_keys(self) -> int:
-        return len(self._keys)
-
     def run_one(self, ciphertext: bytes, keys: Any, field: str = "query") -> bytes:
         try:
             result: bytes = self.server.run(ciphertext, keys)

@@ -236,13 +236,10 @@ class Endpoints:
         self.store.delete("endpoint", name)
         return {}
 
-    def stop_orphans(self) -> list[int]:
-        """Stop serving processes left by a local SageMaker that was killed (they would hold ports forever)."""
-        return stop_orphaned_containers(self.state_dir)
-
     def resume(self) -> list[str]:
         """After a restart: host again every endpoint that was in service or on its way there."""
-        self.stop_orphans()
+        # Serving processes of a local SageMaker that was killed would hold their ports forever.
+        stop_orphaned_containers(self.state_dir)
         resumed = []
         for endpoint in self.store.list("endpoint"):
             if endpoint["EndpointStatus"] in ("InService", "Creating", "Updating"):
