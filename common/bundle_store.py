@@ -6,6 +6,7 @@
     s3://<bucket>/outbox/<bundle id>/shards/00000.out  result shards (written by the endpoint), then
     s3://<bucket>/outbox/<bundle id>/manifest.json     the result manifest, written last
     s3://<bucket>/quarantine/<bundle id>/reason.json   why a bundle could not be processed
+    s3://<bucket>/requests/<bundle id>/00000.json      the workflow's shard request to the endpoint (one per shard)
 
 No concrete import here: the Lambdas, the client and the container all use it.
 """
@@ -23,11 +24,13 @@ from common.bundle import (
     BundleError,
     Manifest,
     ShardEntry,
+    ShardRequest,
     ShardResult,
     check_object,
     check_relative_key,
     parse_manifest,
     sha256_hex,
+    shard_key,
     utc_now,
 )
 from common.s3uri import S3Uri
@@ -36,6 +39,7 @@ KEYS_PREFIX = "keys"
 INBOX_PREFIX = "inbox"
 OUTBOX_PREFIX = "outbox"
 QUARANTINE_PREFIX = "quarantine"
+REQUESTS_PREFIX = "requests"
 REASON_NAME = "reason.json"
 EVALUATION_KEY_SUFFIX = ".ekey"
 
@@ -61,6 +65,15 @@ class BundleLayout:
 
     def result_manifest(self, bundle_id: str) -> S3Uri:
         return self.result_prefix(bundle_id).join(MANIFEST_NAME)
+
+    def shard_request_object(self, bundle_id: str, index: int) -> S3Uri:
+        # One fixed key per shard: a retried shard sends the same request, and results overwrite in place.
+        return S3Uri(self.bucket, f"{REQUESTS_PREFIX}/{bundle_id}/{index:05d}.json")
+
+    def shard_request(self, bundle_id: str, index: int) -> ShardRequest:
+        """What the endpoint is asked for shard ``index``: read it from the inbox, write its result to the outbox."""
+        result_uri = self.result_prefix(bundle_id).join(shard_key(index, "results"))
+        return ShardRequest(str(self.request_manifest(bundle_id)), index, str(result_uri))
 
 
 def bundle_prefix(manifest_uri: S3Uri) -> S3Uri:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.artifacts import CLIENT_ARTIFACTS_PROPERTY
+from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE
 from common.s3uri import S3Uri
 
 
@@ -46,3 +46,15 @@ def client_artifacts_uri(package: dict[str, Any]) -> S3Uri:
             "it was registered by an older pipeline: retrain it"
         )
     return S3Uri.parse(value)
+
+
+def served_package(sagemaker: Any, endpoint_name: str) -> tuple[str, str]:
+    """``(endpoint status, ARN of the model package it serves)``, read from the endpoint's model."""
+    endpoint = sagemaker.describe_endpoint(EndpointName=endpoint_name)
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    container = model.get("PrimaryContainer") or {}
+    package_arn = (container.get("Environment") or {}).get(PACKAGE_ARN_VARIABLE) or container.get("ModelPackageName")
+    if not package_arn:
+        raise ModelPackageError(f"endpoint {endpoint_name} serves a model that names no model package")
+    return str(endpoint["EndpointStatus"]), str(package_arn)

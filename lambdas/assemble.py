@@ -1,0 +1,61 @@
+"""Assemble the result bundle: every shard's result checked, then the result manifest under ``outbox/`` (written
+last, the commit point the client waits for), then a "Bundle Completed" event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from common.bundle import BundleError, parse_shard_result
+from common.bundle_store import BundleLayout, get_bytes, read_manifest, result_manifest, write_result_manifest
+from common.s3uri import S3Uri
+from lambdas.events import BundleRef, EventError
+from lambdas.runtime import BundleRejected, client, logger, metrics, publish, tracer, transient_aws_errors
+
+STAGE = "assemble"
+
+
+def assemble(bundle: BundleRef, plan: dict[str, Any], results: list[dict[str, Any]], execution: str) -> dict[str, Any]:
+    s3, layout = client("s3"), BundleLayout(bundle.bucket)
+    try:
+        with transient_aws_errors():
+            request, request_sha256 = read_manifest(s3, bundle.manifest_uri)
+            if request_sha256 != plan.get("request_sha256"):
+                raise BundleError("manifest", "changed while the bundle was running", "manifest_changed")
+            shard_results = [
+                parse_shard_result(
+                    get_bytes(s3, S3Uri.parse(str(r["output_location"])), field=f"results[{r['shard_index']}]")
+                )
+                for r in results
+            ]
+            answer = result_manifest(request, request_sha256, layout.result_prefix(bundle.bundle_id), shard_results)
+            uri = write_result_manifest(s3, layout, answer)
+    except BundleError as error:
+        raise BundleRejected(STAGE, error.code, str(error), field=error.field) from None
+    except (KeyError, ValueError) as error:
+        raise BundleRejected(STAGE, "bad_result", f"an endpoint answer is unusable: {error}") from None
+    detail = {
+        "bundle_id": bundle.bundle_id,
+        "execution": execution,
+        "model_package_arn": request.model.package_arn,
+        "samples": answer.total_samples,
+        "shards": len(answer.shards),
+        "result_manifest": str(uri),
+    }
+    publish("Bundle Completed", detail)
+    logger.info("bundle delivered", extra=detail)
+    metrics.add_metric(name="BundlesCompleted", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="SamplesCompleted", unit=MetricUnit.Count, value=answer.total_samples)
+    return {"result_manifest": str(uri), "samples": answer.total_samples, "shards": len(answer.shards)}
+
+
+@logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    results, plan = event.get("results"), event.get("plan")
+    if not isinstance(results, list) or not isinstance(plan, dict):
+        raise EventError("assemble takes the plan (an object) and the shard results (a list)")
+    return assemble(BundleRef.from_dict(event.get("bundle")), plan, results, str(event.get("execution") or ""))

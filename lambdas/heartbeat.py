@@ -1,0 +1,72 @@
+"""Heartbeats for the shards the endpoint is working on (run on a schedule).
+
+An asynchronous endpoint says nothing until it answers, so the shard wait's HeartbeatSeconds is kept alive here
+while the endpoint serving the shard is in service; a shard whose endpoint is gone or failed is failed at once
+(``EndpointUnavailable``) instead of waiting for its timeout."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+
+from lambdas.invoke import INFERENCE_ITEM_PREFIX
+from lambdas.runtime import client, logger, metrics, setting, tracer
+
+_ALIVE = frozenset({"InService", "Updating", "SystemUpdating"})
+
+
+def waiting_shards(table: str) -> list[dict[str, Any]]:
+    paginator = client("dynamodb").get_paginator("scan")
+    pages = paginator.paginate(
+        TableName=table,
+        FilterExpression="begins_with(id, :prefix)",
+        ExpressionAttributeValues={":prefix": {"S": INFERENCE_ITEM_PREFIX}},
+    )
+    return [item for page in pages for item in page.get("Items", [])]
+
+
+def endpoint_status(endpoint: str) -> str:
+    try:
+        return str(client("sagemaker").describe_endpoint(EndpointName=endpoint)["EndpointStatus"])
+    except ClientError as error:
+        return f"unavailable ({error.response.get('Error', {}).get('Code', 'error')})"
+
+
+def beat(table: str) -> dict[str, int]:
+    sfn, dynamodb = client("stepfunctions"), client("dynamodb")
+    counts = {"heartbeats": 0, "failed": 0, "stale": 0}
+    statuses: dict[str, str] = {}
+    for item in waiting_shards(table):
+        endpoint, token = item["endpoint"]["S"], item["task_token"]["S"]
+        status = statuses.setdefault(endpoint, endpoint_status(endpoint))
+        try:
+            if status in _ALIVE:
+                sfn.send_task_heartbeat(taskToken=token)
+                counts["heartbeats"] += 1
+                continue
+            cause = {
+                "stage": "infer",
+                "shard": int(item["shard_index"]["N"]),
+                "code": "endpoint_unavailable",
+                "field": None,
+                "message": f"endpoint {endpoint} is {status}",
+            }
+            sfn.send_task_failure(taskToken=token, error="EndpointUnavailable", cause=json.dumps(cause))
+            counts["failed"] += 1
+        except (sfn.exceptions.TaskTimedOut, sfn.exceptions.TaskDoesNotExist, sfn.exceptions.InvalidToken):
+            counts["stale"] += 1
+        dynamodb.delete_item(TableName=table, Key={"id": item["id"]})
+    logger.info("heartbeat round", extra=counts)
+    metrics.add_metric(name="ShardHeartbeats", unit=MetricUnit.Count, value=counts["heartbeats"])
+    return counts
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    return beat(setting("WORKFLOW_TABLE"))

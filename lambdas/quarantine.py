@@ -1,0 +1,91 @@
+"""Quarantine a bundle that could not be processed: a reason record naming the stage and shard under
+``quarantine/<bundle id>/reason.json``, then a "Bundle Quarantined" event. The inbox objects stay where they are:
+nothing is deleted, so the batch owner (or an operator) can inspect, fix and drop again."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from common.bundle_store import BundleLayout, write_quarantine_reason
+from lambdas.events import Failure
+from lambdas.runtime import client, logger, metrics, publish, tracer, transient_aws_errors
+
+MAX_MESSAGE = 4000
+_CODES = {"States.Timeout": "timeout", "States.HeartbeatTimeout": "heartbeat_timeout", "ShardFailed": "endpoint_failed"}
+
+
+def _as_dict(text: Any) -> dict[str, Any] | None:
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def reason_of(failure: Failure) -> dict[str, Any]:
+    """Unwrap what Step Functions hands over (a Lambda error payload, the Map iteration's wrapper naming the
+    shard, our own reason record) into one flat reason."""
+    reason: dict[str, Any] = {
+        "stage": failure.stage,
+        "shard": None,
+        "error": failure.error,
+        "code": _CODES.get(failure.error, failure.error.lower()),
+        "field": None,
+        "message": failure.cause[:MAX_MESSAGE],
+    }
+    layer = _as_dict(failure.cause)
+    for _ in range(4):  # the nesting is at most: Map wrapper → Lambda error payload → reason record
+        if layer is None:
+            break
+        if "errorMessage" in layer:  # a Lambda function's error
+            reason["error"] = str(layer.get("errorType") or reason["error"])
+            reason["code"] = _CODES.get(reason["error"], reason["error"].lower())
+            reason["message"] = str(layer["errorMessage"])[:MAX_MESSAGE]
+            layer = _as_dict(layer["errorMessage"])
+        elif "error" in layer and "cause" in layer:  # a failed Map iteration, named by its shard
+            reason.update(
+                shard=layer.get("shard"), error=str(layer["error"]), message=str(layer["cause"])[:MAX_MESSAGE]
+            )
+            reason["code"] = _CODES.get(reason["error"], reason["error"].lower())
+            layer = _as_dict(layer["cause"])
+        else:  # a reason record of this workflow's own
+            reason.update(
+                {
+                    k: layer[k]
+                    for k in ("error", "stage", "shard", "code", "field", "message", "inference_id")
+                    if layer.get(k) is not None
+                }
+            )
+            break
+    return reason
+
+
+def quarantine(failure: Failure) -> dict[str, Any]:
+    s3, bundle = client("s3"), failure.bundle
+    layout = BundleLayout(bundle.bucket)
+    prefix = layout.request_prefix(bundle.bundle_id)
+    with transient_aws_errors():
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bundle.bucket, Prefix=prefix.key + "/")
+        kept = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        reason = reason_of(failure)
+        record = {**reason, "execution": failure.execution, "manifest": str(bundle.manifest_uri), "inbox_objects": kept}
+        uri = write_quarantine_reason(s3, layout, bundle.bundle_id, record)
+    detail = {"bundle_id": bundle.bundle_id, "execution": failure.execution, "reason_uri": str(uri)}
+    detail.update({k: reason[k] for k in ("stage", "shard", "code")})
+    publish("Bundle Quarantined", detail)
+    logger.warning("bundle quarantined", extra=detail)
+    metrics.add_metric(name="BundlesQuarantined", unit=MetricUnit.Count, value=1)
+    return detail
+
+
+@logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return quarantine(Failure.from_dict(event))

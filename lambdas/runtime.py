@@ -1,0 +1,109 @@
+"""What every handler shares: Powertools logger/metrics/tracer, settings, AWS clients, workflow errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from botocore.exceptions import ClientError
+
+from common import aws
+
+SERVICE = "fhe-batch-workflow"
+EVENT_SOURCE = "fhe.batch-inference"  # the source of the completion and failure events this workflow publishes
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace="FheBatchInference", service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+# AWS error codes that say "try again later": the state machine retries these with backoff.
+_TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+    }
+)
+
+
+def setting(name: str) -> str:
+    """A required environment setting of the function (the template sets them all)."""
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"the function's environment lacks {name}; redeploy the workflow stack")
+    return value
+
+
+@cache
+def client(service: str) -> Any:
+    return aws.client(service)
+
+
+class WorkflowError(Exception):
+    """A bundle that cannot be processed. The message is the machine-readable reason (JSON) that the
+    Quarantine step records; the exception's class name is the error name the state machine sees."""
+
+    def __init__(
+        self, stage: str, code: str, message: str, *, field: str | None = None, shard: int | None = None
+    ) -> None:
+        # The error name too: some runtimes report every function error under one generic name.
+        self.reason = {
+            "error": type(self).__name__,
+            "stage": stage,
+            "code": code,
+            "message": message,
+            "field": field,
+            "shard": shard,
+        }
+        super().__init__(json.dumps(self.reason, sort_keys=True))
+
+
+class BundleRejected(WorkflowError):
+    """The bundle itself is at fault (format, model, versions, missing objects): retrying cannot help."""
+
+
+class TransientError(Exception):
+    """An AWS service said "later" more often than the client's own retries allow: the state machine retries."""
+
+
+@contextmanager
+def transient_aws_errors() -> Iterator[None]:
+    """Re-raise throttling and service-side faults as TransientError, which the state machine retries."""
+    try:
+        yield
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _TRANSIENT_CODES or status >= 500:
+            raise TransientError(f"{error.operation_name}: {code}") from error
+        raise
+
+
+def publish(detail_type: str, detail: dict[str, Any]) -> None:
+    """An event on the workflow's bus for whoever follows bundles (the batch owner, the audit trail)."""
+    with transient_aws_errors():
+        response = client("events").put_events(
+            Entries=[
+                {
+                    "Source": EVENT_SOURCE,
+                    "DetailType": detail_type,
+                    "Detail": json.dumps(detail, sort_keys=True),
+                    "EventBusName": os.environ.get("EVENT_BUS_NAME", "default"),
+                }
+            ]
+        )
+    if response.get("FailedEntryCount"):
+        raise TransientError(f"EventBridge refused the {detail_type} event: {response['Entries']}")

@@ -1,0 +1,86 @@
+"""Start one workflow execution per dropped manifest: S3 ObjectCreated → EventBridge → SQS → this function.
+
+Idempotent twice over: Powertools idempotency keyed on bundle id + manifest ETag (a replayed or duplicated event
+returns the first answer), and an execution name made of the same two (Step Functions refuses a second one)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from common.bundle_store import BundleLayout, object_exists
+from lambdas.events import BundleRef, EventError, bundle_id_of
+from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
+
+processor = BatchProcessor(event_type=EventType.SQS)
+idempotency = IdempotencyConfig(event_key_jmespath="[bundle_id, etag]", expires_after_seconds=7 * 24 * 3600)
+persistence = DynamoDBPersistenceLayer(table_name=setting("WORKFLOW_TABLE"))
+
+
+def bundle_of(event: dict[str, Any]) -> BundleRef | None:
+    """The bundle an S3 "Object Created" event announces, or None when the object is not an inbox manifest."""
+    s3_event = S3EventBridgeNotificationEvent(event)
+    if s3_event.detail_type != "Object Created":
+        raise EventError(f"not an S3 Object Created event: {s3_event.detail_type!r}")
+    key = s3_event.detail.object.key
+    bundle_id = bundle_id_of(key)
+    if bundle_id is None:
+        return None
+    return BundleRef(s3_event.detail.bucket.name, bundle_id, key, s3_event.detail.object.etag.strip('"'))
+
+
+def _start_bundle(bundle: dict[str, str]) -> dict[str, Any]:
+    ref = BundleRef.from_dict(bundle)
+    sfn = client("stepfunctions")
+    if object_exists(client("s3"), BundleLayout(ref.bucket).result_manifest(ref.bundle_id)):
+        logger.warning("bundle already has a result; not started again", extra={"bundle_id": ref.bundle_id})
+        return {"bundle_id": ref.bundle_id, "started": False, "reason": "already_delivered"}
+    with transient_aws_errors():
+        try:
+            execution = sfn.start_execution(
+                stateMachineArn=setting("STATE_MACHINE_ARN"),
+                name=ref.execution_name,
+                input=json.dumps({"bundle": ref.to_dict()}),
+            )["executionArn"]
+            started = True
+        except sfn.exceptions.ExecutionAlreadyExists:
+            execution, started = None, False
+    logger.info("bundle execution", extra={"bundle_id": ref.bundle_id, "execution": execution, "started": started})
+    if started:
+        metrics.add_metric(name="BundlesStarted", unit=MetricUnit.Count, value=1)
+    return {"bundle_id": ref.bundle_id, "execution_arn": execution, "started": started}
+
+
+start_bundle: Callable[..., dict[str, Any]] = idempotent_function(
+    _start_bundle, data_keyword_argument="bundle", persistence_store=persistence, config=idempotency
+)
+
+
+def record_handler(record: SQSRecord) -> dict[str, Any] | None:
+    bundle = bundle_of(json.loads(record.body))
+    if bundle is None:
+        logger.debug("not an inbox manifest; ignored")
+        return None
+    logger.append_keys(bundle_id=bundle.bundle_id)
+    return dict(start_bundle(bundle=bundle.to_dict()))
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
+    # A record that fails goes back to the queue (and after maxReceiveCount to its dead-letter queue).
+    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor))

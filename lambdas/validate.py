@@ -1,0 +1,152 @@
+"""Validate a dropped bundle before any endpoint work, and plan its shards.
+
+Checks, in order: the manifest (format, limits, bundle id), the model package (registered and Approved), the
+endpoint (in service, serving that very package), the releases (the bundle's concrete versions against the
+served model's versions record), the evaluation key and every shard object (present, of the recorded size).
+A failed check raises BundleRejected naming the field (and shard): the bundle is quarantined, nothing invoked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+
+from common.artifacts import VERSIONS_JSON
+from common.bundle import BundleError, Manifest, check_model, check_relative_key, check_versions
+from common.bundle_store import bundle_prefix, get_bytes, read_manifest
+from common.model_package import ModelPackageError, client_artifacts_uri, require_approved, served_package
+from common.s3uri import S3Uri
+from common.versions import VersionsRecord
+from lambdas.events import BundleRef
+from lambdas.runtime import (
+    BundleRejected,
+    TransientError,
+    WorkflowError,
+    client,
+    logger,
+    metrics,
+    setting,
+    tracer,
+    transient_aws_errors,
+)
+
+STAGE = "validate"
+_SHARD_FIELD = re.compile(r"^shards\[(\d+)\]")
+_SETTLING = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack"})
+
+
+def rejected(error: BundleError) -> BundleRejected:
+    match = _SHARD_FIELD.match(error.field)
+    shard = int(match[1]) if match else None
+    return BundleRejected(STAGE, error.code, str(error), field=error.field, shard=shard)
+
+
+def _missing(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    return code in ("404", "NoSuchKey", "NotFound", "ValidationException", "ResourceNotFound")
+
+
+def approved_package(manifest: Manifest) -> dict[str, Any]:
+    sagemaker = client("sagemaker")
+    try:
+        with transient_aws_errors():
+            package: dict[str, Any] = sagemaker.describe_model_package(ModelPackageName=manifest.model.package_arn)
+    except ClientError as error:
+        if _missing(error):
+            raise BundleRejected(
+                STAGE,
+                "unknown_model",
+                f"model package {manifest.model.package_arn} is not registered",
+                field="model.package_arn",
+            ) from None
+        raise
+    try:
+        require_approved(package)
+    except ModelPackageError as error:
+        raise BundleRejected(STAGE, "model_not_approved", str(error), field="model.package_arn") from None
+    return package
+
+
+def check_endpoint(manifest: Manifest, endpoint: str) -> None:
+    try:
+        with transient_aws_errors():
+            status, package_arn = served_package(client("sagemaker"), endpoint)
+    except (ClientError, ModelPackageError) as error:
+        raise WorkflowError(STAGE, "endpoint_unavailable", f"endpoint {endpoint}: {error}") from None
+    if status in _SETTLING:
+        raise TransientError(f"endpoint {endpoint} is {status}")
+    if status != "InService":
+        raise WorkflowError(STAGE, "endpoint_unavailable", f"endpoint {endpoint} is {status}, not InService")
+    try:
+        check_model(manifest, package_arn)
+    except BundleError as error:
+        raise rejected(error) from None
+
+
+def check_releases(manifest: Manifest, package: dict[str, Any]) -> None:
+    s3 = client("s3")
+    uri = client_artifacts_uri(package).join(VERSIONS_JSON)
+    serving = VersionsRecord.from_dict(json.loads(get_bytes(s3, uri, field="model.versions", limit=64 * 1024)))
+    try:
+        check_versions(manifest, serving)
+    except BundleError as error:
+        raise rejected(error) from None
+
+
+def check_object_size(uri: S3Uri, size: int, field: str) -> None:
+    try:
+        with transient_aws_errors():
+            head = client("s3").head_object(Bucket=uri.bucket, Key=uri.key)
+    except ClientError as error:
+        if _missing(error):
+            raise rejected(BundleError(field, f"{uri} does not exist", "missing_object")) from None
+        raise
+    if head["ContentLength"] != size:
+        problem = f"{uri} is {head['ContentLength']} bytes, the manifest says {size}"
+        raise rejected(BundleError(field, problem, "size_mismatch"))
+
+
+def validate(bundle: BundleRef, endpoint: str) -> dict[str, Any]:
+    try:
+        with transient_aws_errors():
+            manifest, manifest_sha256 = read_manifest(client("s3"), bundle.manifest_uri)
+        if manifest.kind != "request":
+            raise BundleError("kind", f"the inbox takes request manifests, this one is {manifest.kind!r}")
+        if manifest.bundle_id != bundle.bundle_id:
+            problem = f"the manifest says {manifest.bundle_id!r}, it lies under {bundle.bundle_id!r}"
+            raise BundleError("bundle_id", problem, "bundle_id_mismatch")
+    except BundleError as error:
+        raise rejected(error) from None
+    package = approved_package(manifest)
+    check_endpoint(manifest, endpoint)
+    check_releases(manifest, package)
+    check_object_size(S3Uri.parse(manifest.evaluation_key.uri), manifest.evaluation_key.size, "evaluation_key")
+    prefix = bundle_prefix(bundle.manifest_uri)
+    for entry in manifest.shards:
+        field = f"shards[{entry.index}]"
+        try:
+            key = check_relative_key(entry.key, f"{field}.key")
+        except BundleError as error:
+            raise rejected(error) from None
+        check_object_size(prefix.join(key), entry.size, field)
+    logger.info("bundle valid", extra={"shards": len(manifest.shards), "samples": manifest.total_samples})
+    metrics.add_metric(name="BundlesValidated", unit=MetricUnit.Count, value=1)
+    return {
+        "endpoint": endpoint,
+        "model_package_arn": manifest.model.package_arn,
+        "request_sha256": manifest_sha256,
+        "samples": manifest.total_samples,
+        "shards": [entry.index for entry in manifest.shards],
+    }
+
+
+@logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return validate(BundleRef.from_dict(event.get("bundle")), setting("ENDPOINT_NAME"))
