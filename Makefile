@@ -1,4 +1,4 @@
-# Two commands for a fresh machine:  make demo  (set up + train and register on the local stack)
+# Two commands for a fresh machine:  make demo  (set up + the whole chain on the local stack, with a summary)
 #                                     make test  (set up + lint + type-check + all tests)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(PY) -m local.stack up
-	eval "$$($(PY) -m local.stack env)" && $(PY) -m pipelines.cli run
+	eval "$$($(PY) -m local.stack env)" && $(PY) -m local.demo
 
 lint: setup
 	$(PY) -m ruff check .

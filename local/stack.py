@@ -151,6 +151,10 @@ def up() -> dict[str, str]:
                 "S3_PERSIST": "1",
                 "S3_DATA_DIR": str(base / "ministack" / "s3"),
                 "LOG_LEVEL": "WARNING",
+                # The Lambda functions run under this process and inherit its environment: their SageMaker
+                # calls go to the local SageMaker, as their other calls go to the local AWS.
+                "AWS_ENDPOINT_URL_SAGEMAKER": sagemaker.url,
+                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": sagemaker.url,
             },
         )
         _wait_healthy(aws)

@@ -42,9 +42,10 @@ log = logging.getLogger("local.sagemaker.endpoints")
 START_TIMEOUT_S = float(os.environ.get("LOCAL_SAGEMAKER_ENDPOINT_START_TIMEOUT_S", "300"))
 DEFAULT_INVOCATION_TIMEOUT_S = 900
 DEFAULT_CONCURRENCY = 4
-# Fault injection for tests of the workflow: {"<endpoint>": {"fail_first": n}} fails each input's first n
-# attempts with a 500 before the container sees them, as a crashed or throttled instance would.
-FAULTS_VARIABLE = "LOCAL_SAGEMAKER_FAULTS"
+# Fault injection for tests of the workflow: <state dir>/faults.json holds {"<endpoint>": [{"input_contains":
+# "...", "fail_first": n}, ...]}; an input matching a rule fails its first n attempts before the container sees
+# it, as a crashed instance would. Read at each invocation, so a test can change it while the server runs.
+FAULTS_FILE = "faults.json"
 PID_FILE = "container.pid"
 
 
@@ -504,14 +505,17 @@ class Endpoints:
                 self._start_in_background(host.endpoint, self._endpoint(host.endpoint)["EndpointConfigName"])
 
     def _inject_fault(self, endpoint: str, input_location: str) -> bool:
-        faults = json.loads(os.environ.get(FAULTS_VARIABLE) or "{}").get(endpoint) or {}
-        pattern = faults.get("input_contains", "")
-        if pattern and pattern not in input_location:
+        try:
+            rules = json.loads((self.state_dir / FAULTS_FILE).read_text()).get(endpoint) or []
+        except FileNotFoundError:
+            return False
+        rule = next((r for r in rules if r.get("input_contains", "") in input_location), None)
+        if rule is None:
             return False
         with self._lock:
             attempt = self._attempts.get(input_location, 0) + 1
             self._attempts[input_location] = attempt
-        return attempt <= int(faults.get("fail_first", 0))
+        return attempt <= int(rule.get("fail_first", 0))
 
     def _finish(
         self,

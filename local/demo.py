@@ -1,0 +1,257 @@
+"""The whole product end to end, on whatever backend the AWS configuration points at (the local stack by default):
+
+    train → register → approve → deploy (workflow stack + async endpoint) → client keys, encrypt, drop →
+    Step Functions workflow → result bundle → decrypt → agreement with the clear model, time per stage.
+
+    python -m local.demo [--samples 100] [--shard-size 25]
+
+The ML-ops parts use the pipeline and deploy modules, the batch owner's parts the ``fhe-client`` commands; the
+clear-model comparison at the end downloads ``model.tar.gz`` as ML ops would (a batch owner never sees it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from client import cli as client_cli
+from client.model import ClientModel
+from common import artifacts, aws
+from common.archives import extract_tar
+from common.model_package import describe
+from common.s3uri import S3Uri
+from infrastructure.workflow import WorkflowSettings
+from infrastructure.workflow import deploy as deploy_workflow
+from pipelines import cli as pipeline_cli
+from pipelines.deploy import DeploySettings, approve, deploy
+from pipelines.pipeline import PipelineSettings
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    package_group: str = "fhe-models"
+    bundle_bucket: str = "fhe-batches"
+    artifact_bucket: str = "fhe-artifacts"
+    endpoint_name: str = "fhe-inference"
+    stack_name: str = "fhe-batch-workflow"
+    role_arn: str = "arn:aws:iam::000000000000:role/fhe-pipeline"
+    samples: int = 100
+    shard_size: int = 25
+
+    @property
+    def pipeline(self) -> PipelineSettings:
+        return PipelineSettings(
+            role_arn=self.role_arn,
+            artifact_bucket=self.artifact_bucket,
+            training_image="fhe-training:latest",
+            inference_image="fhe-inference:latest",
+            region=aws.region(),
+        )
+
+
+@dataclass
+class Timings:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        print(f"\n== {name}", flush=True)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.monotonic() - started, 1)
+
+
+def train_and_register(settings: DemoSettings, timeout: float = 1800.0) -> str:
+    """Run the training pipeline; returns the ARN of the model package it registered."""
+    pipeline_cli.upsert(settings.pipeline, settings.package_group)
+    pipeline_cli.stage_dataset(settings.pipeline, "breast_cancer")
+    execution = pipeline_cli.start(
+        settings.pipeline, [{"Name": "ModelPackageGroupName", "Value": settings.package_group}]
+    )
+    pipeline_cli.follow(execution, timeout)
+    result = pipeline_cli.outcome(execution)
+    if result["status"] != "Succeeded" or "model_package" not in result:
+        raise RuntimeError(f"the training pipeline ended {result['status']}: {result.get('failure_reason')}")
+    return str(result["model_package"]["arn"])
+
+
+def deploy_serving(settings: DemoSettings, *, function_concurrency: int = 4) -> dict[str, str]:
+    """The workflow stack, then the endpoint wired to the stack's notification topics; returns the stack outputs."""
+    stack = deploy_workflow(
+        WorkflowSettings(
+            endpoint_name=settings.endpoint_name,
+            bundle_bucket=settings.bundle_bucket,
+            code_bucket=settings.artifact_bucket,
+            stack_name=settings.stack_name,
+            function_concurrency=function_concurrency,
+        ),
+        report=lambda line: None,
+    )
+    endpoint = deploy(
+        DeploySettings(
+            package_group=settings.package_group,
+            artifact_bucket=settings.artifact_bucket,
+            role_arn=settings.role_arn,
+            endpoint_name=settings.endpoint_name,
+            success_topic_arn=stack["EndpointSuccessTopicArn"],
+            error_topic_arn=stack["EndpointErrorTopicArn"],
+        )
+    )
+    if endpoint["status"] != "InService":
+        raise RuntimeError(f"endpoint {settings.endpoint_name} is {endpoint['status']}")
+    return stack
+
+
+def bundle_execution(state_machine_arn: str, bundle_id: str) -> dict[str, Any] | None:
+    """The Step Functions execution of a bundle (its name is the bundle id and an ETag digest)."""
+    sfn = aws.client("stepfunctions")
+    for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn):
+        for execution in page["executions"]:
+            if execution["name"].rsplit("-", 1)[0] == bundle_id:
+                return dict(sfn.describe_execution(executionArn=execution["executionArn"]))
+    return None
+
+
+def executed_states(execution_arn: str) -> list[str]:
+    """The states the execution entered, in order, each once (the Map's iterations repeat theirs)."""
+    sfn = aws.client("stepfunctions")
+    names: list[str] = []
+    pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    for event in (e for page in pages for e in page["events"]):
+        name = event.get("stateEnteredEventDetails", {}).get("name")
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+def clear_classes(package_arn: str, x: npt.NDArray[np.float64]) -> list[str]:
+    """The clear (quantized) model's class names for ``x``: what FHE must reproduce."""
+    from concrete.ml.common.serialization.loaders import loads
+
+    from common.preprocessing import PreprocessingRecord
+
+    package = describe(aws.client("sagemaker"), package_arn)
+    uri = S3Uri.parse(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+    with tempfile.TemporaryDirectory(prefix="fhe-model-") as scratch:
+        folder = Path(scratch)
+        aws.client("s3").download_file(uri.bucket, uri.key, str(folder / "model.tar.gz"))
+        extract_tar(folder / "model.tar.gz", folder)
+        model = loads((folder / artifacts.MODEL_JSON).read_text())
+        record = PreprocessingRecord.from_json((folder / artifacts.PREPROCESSING_JSON).read_text())
+        return [record.classes[int(c)] for c in model.predict(record.transform(x), fhe="disable")]
+
+
+def sample_rows(samples: int) -> npt.NDArray[np.float64]:
+    """Records of the bundled breast-cancer data set, as a batch owner would hold them."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer().data
+    rows = np.random.default_rng(7).permutation(len(data))[:samples]
+    return np.asarray(data[rows], dtype=np.float64)
+
+
+def write_csv(path: Path, feature_names: list[str], x: npt.NDArray[np.float64]) -> None:
+    lines = [",".join(feature_names), *(",".join(repr(float(v)) for v in row) for row in x)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _client(argv: list[str]) -> dict[str, Any]:
+    """One ``fhe-client`` command; its JSON answer."""
+    captured = io.StringIO()
+    with redirect_stdout(captured):
+        client_cli.main(argv)
+    answer: dict[str, Any] = json.loads(captured.getvalue())
+    return answer
+
+
+def run(settings: DemoSettings) -> dict[str, Any]:
+    timings = Timings()
+    with timings.stage("train and register (SageMaker pipeline)"):
+        package_arn = train_and_register(settings)
+    with timings.stage("approve"):
+        print(json.dumps(approve(package_arn, settings.package_group, "Approved", "demo: metrics reviewed")))
+    with timings.stage("deploy workflow stack and endpoint"):
+        stack = deploy_serving(settings)
+        print(json.dumps(stack, indent=2))
+    with tempfile.TemporaryDirectory(prefix="fhe-demo-") as scratch:
+        work = Path(scratch)
+        x, source = sample_rows(settings.samples), work / "records.csv"
+        common = ["--bucket", settings.bundle_bucket, "--group", settings.package_group, "--home", str(work / "home")]
+        with timings.stage("client: keys, encrypt, drop"):
+            keys = _client(["keys", *common, "--quiet"])
+            model = ClientModel.for_package(keys["model_package"], work / "home")
+            write_csv(source, model.preprocessing.feature_names, x)
+            bundle = _client(
+                [
+                    "encrypt",
+                    str(source),
+                    "--out",
+                    str(work / "bundle"),
+                    "--shard-size",
+                    str(settings.shard_size),
+                    "--package-arn",
+                    keys["model_package"],
+                    *common,
+                    "--quiet",
+                ]
+            )
+            _client(["submit", str(work / "bundle"), "--package-arn", keys["model_package"], *common, "--quiet"])
+        with timings.stage("workflow (Step Functions → async endpoint → outbox)"):
+            _client(["wait", bundle["bundle_id"], "--timeout", "1800", *common, "--quiet"])
+        with timings.stage("client: decrypt"):
+            _client(["decrypt", bundle["bundle_id"], "--out", str(work / "predictions.csv"), *common, "--quiet"])
+            lines = (work / "predictions.csv").read_text().splitlines()[1:]
+            predicted = [line.split(",")[1] for line in lines]
+        expected = clear_classes(package_arn, x)
+    agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
+    execution = bundle_execution(stack["StateMachineArn"], bundle["bundle_id"]) or {}
+    return {
+        "model_package": package_arn,
+        "bundle_id": bundle["bundle_id"],
+        "samples": len(predicted),
+        "shards": bundle["shards"],
+        "agreement_with_clear_model": round(agreement, 4),
+        "execution": execution.get("executionArn"),
+        "execution_status": execution.get("status"),
+        "states": executed_states(execution["executionArn"]) if execution else [],
+        "seconds_per_stage": timings.stages,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m local.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=DemoSettings.samples)
+    parser.add_argument("--shard-size", type=int, default=DemoSettings.shard_size)
+    args = parser.parse_args(argv)
+    # The SageMaker SDK turns the root logger to INFO on import; the demo prints its own progress.
+    logging.basicConfig(level=logging.WARNING, force=True)
+    summary = run(DemoSettings(samples=args.samples, shard_size=args.shard_size))
+    print("\n== summary")
+    print(f"  samples            {summary['samples']} in {summary['shards']} shards (bundle {summary['bundle_id']})")
+    print(f"  agreement          {summary['agreement_with_clear_model']:.2%} with the clear model")
+    print(f"  execution          {summary['execution_status']}: {' → '.join(summary['states'])}")
+    for stage, seconds in summary["seconds_per_stage"].items():
+        print(f"  {seconds:8.1f} s        {stage}")
+    print(json.dumps(summary, indent=2))
+    ok = summary["execution_status"] == "SUCCEEDED" and summary["agreement_with_clear_model"] >= 0.99
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
