@@ -162,6 +162,31 @@ def _wait(cloudformation: Any, name: str, timeout: float, report: Callable[[str]
         time.sleep(1.0)
 
 
+def check_reserved_concurrency(
+    stack_name: str, parameters: dict[str, str], report: Callable[[str], None] = print
+) -> dict[str, int]:
+    """Every function's reserved concurrency as the template declares it, applied where the backend left it out
+    (the local stack's CloudFormation ignores the property); on AWS this only confirms. Returns name → limit."""
+    resources = template()["Resources"]
+    lambda_ = aws.client("lambda")
+    applied = {}
+    pages = aws.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=stack_name)
+    for summary in (r for page in pages for r in page["StackResourceSummaries"]):
+        declared = resources.get(summary["LogicalResourceId"], {}).get("Properties", {})
+        value = (
+            declared.get("ReservedConcurrentExecutions") if summary["ResourceType"] == "AWS::Lambda::Function" else None
+        )
+        if value is None:
+            continue
+        limit = int(parameters[value["Ref"]] if isinstance(value, dict) else value)
+        name = summary["PhysicalResourceId"]
+        if lambda_.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions") != limit:
+            report(f"{summary['LogicalResourceId']:28} reserved concurrency set to {limit}")
+            lambda_.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=limit)
+        applied[name] = limit
+    return applied
+
+
 def outputs(stack_name: str = DEFAULT_STACK) -> dict[str, str]:
     stack = _stack(aws.client("cloudformation"), stack_name)
     if stack is None:
@@ -193,6 +218,7 @@ def deploy(settings: WorkflowSettings, timeout: float = 600.0, report: Callable[
                 raise
             report(f"stack {settings.stack_name} is up to date")
     _wait(cloudformation, settings.stack_name, timeout, report)
+    check_reserved_concurrency(settings.stack_name, planned["parameters"], report)
     return outputs(settings.stack_name)
 
 

@@ -1,4 +1,7 @@
-"""Send one shard to the asynchronous endpoint and park the state machine's task token until it answers.
+"""Send shards to the asynchronous endpoint and park each shard's task token until the endpoint answers.
+
+The state machine queues each shard (SQS, with its task token); this function takes them from the queue at its
+reserved concurrency, so a burst of bundles waits in the queue instead of being throttled away.
 
 The task token is far longer than the 1024 characters of CustomAttributes, so it is kept in the workflow table
 under the InferenceId this function chooses; ``notify`` finds it there when the endpoint's SNS notification
@@ -6,16 +9,22 @@ arrives. The item is written before the invocation, so a fast answer cannot miss
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
 
 from common.bundle_store import BundleLayout
 from lambdas.events import ShardTask
-from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
+from lambdas.runtime import TransientError, client, logger, metrics, setting, tracer, transient_aws_errors
+
+processor = BatchProcessor(event_type=EventType.SQS)
 
 INFERENCE_ITEM_PREFIX = "inference#"
 # The endpoint's own deadlines: an invocation that cannot start in time or run in time fails with a notification.
@@ -64,8 +73,32 @@ def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
     return {"shard_index": task.shard_index, "inference_id": invocation}
 
 
-@logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")
+def record_handler(record: SQSRecord) -> dict[str, Any] | None:
+    task = ShardTask.from_dict(json.loads(record.body))
+    logger.append_keys(bundle_id=task.bundle.bundle_id, shard=task.shard_index)
+    try:
+        return invoke_shard(task, setting("WORKFLOW_TABLE"))
+    except TransientError:
+        raise  # the record goes back to the queue and is tried again
+    except ClientError as error:
+        # A refusal that retrying the same call cannot fix: fail the shard's wait now (this function holds its
+        # token) so the state machine's own retry and quarantine take over, instead of waiting for a timeout.
+        cause = {
+            "stage": "infer",
+            "shard": task.shard_index,
+            "code": "invocation_refused",
+            "field": None,
+            "message": str(error)[:4000],
+        }
+        client("stepfunctions").send_task_failure(
+            taskToken=task.task_token, error="ShardFailed", cause=json.dumps(cause, sort_keys=True)
+        )
+        logger.warning("shard invocation refused", extra={"error": str(error)})
+        return None
+
+
+@logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return invoke_shard(ShardTask.from_dict(event), setting("WORKFLOW_TABLE"))
+    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor))

@@ -1,0 +1,99 @@
+"""The workflow's definitions: the ASL passes statelint, the template passes cfn-lint, the two agree on every
+substitution, and the functions' package holds what the handlers import (and no concrete-ml)."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from infrastructure import workflow
+
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9]+)\}")
+
+
+def _filled(definition: str) -> str:
+    return PLACEHOLDER.sub(lambda m: f"arn:aws:lambda:us-east-1:123456789012:function:{m[1]}", definition)
+
+
+def _statelint(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "statelint", str(path)], capture_output=True, text=True)
+
+
+def test_state_machine_passes_statelint(tmp_path: Path) -> None:
+    path = tmp_path / "batch_inference.asl.json"
+    path.write_text(_filled(workflow.STATE_MACHINE.read_text()))
+    result = _statelint(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_statelint_rejects_a_broken_definition(tmp_path: Path) -> None:
+    definition = json.loads(_filled(workflow.STATE_MACHINE.read_text()))
+    del definition["States"]["Validate"]["Next"]  # a Task that neither ends nor goes on
+    path = tmp_path / "broken.asl.json"
+    path.write_text(json.dumps(definition))
+    assert _statelint(path).returncode != 0
+
+
+def test_template_passes_cfn_lint() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(workflow.TEMPLATE)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_template_fills_every_placeholder_of_the_state_machine() -> None:
+    placeholders = set(PLACEHOLDER.findall(workflow.STATE_MACHINE.read_text()))
+    machine = workflow.template()["Resources"]["BatchStateMachine"]["Properties"]
+    assert placeholders and placeholders == set(machine["DefinitionSubstitutions"])
+    assert "arn:aws:lambda" not in workflow.STATE_MACHINE.read_text(), "ARNs come from substitutions only"
+
+
+def test_every_function_has_a_reservation_and_a_handler_that_exists() -> None:
+    resources = workflow.template()["Resources"]
+    functions = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
+    assert len(functions) == 7
+    for name, properties in functions.items():
+        assert properties.get("ReservedConcurrentExecutions") is not None, name
+        module, _, attribute = properties["Handler"].rpartition(".")
+        source = workflow.ROOT / (module.replace(".", "/") + ".py")
+        tree = ast.parse(source.read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == attribute for n in tree.body), properties["Handler"]
+
+
+def test_function_package_holds_the_handlers_and_no_fhe_code() -> None:
+    with zipfile.ZipFile(io.BytesIO(workflow.functions_zip())) as archive:
+        names = set(archive.namelist())
+        sources = {name: archive.read(name).decode() for name in names if name.startswith("lambdas/")}
+    assert {"lambdas/start.py", "common/bundle.py", "common/bundle_store.py"} <= names
+    for name, source in sources.items():
+        imported = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(str(node.module))
+        assert not any(m.startswith(("concrete", "numpy", "sklearn", "torch")) for m in imported), (name, imported)
+    assert workflow.functions_zip() == workflow.functions_zip(), "one source, one package (stable hash)"
+
+
+def test_layer_carries_powertools_under_python() -> None:
+    with zipfile.ZipFile(io.BytesIO(workflow.powertools_layer_zip())) as archive:
+        names = archive.namelist()
+    assert "python/aws_lambda_powertools/__init__.py" in names
+    assert all(name.startswith("python/") and "__pycache__" not in name for name in names)
+
+
+def test_dry_run_lists_every_resource(capsys: pytest.CaptureFixture[str]) -> None:
+    workflow.main(["deploy", "--endpoint", "fhe-inference", "--dry-run"])
+    planned = json.loads(capsys.readouterr().out)
+    assert set(planned["resources"]) == set(workflow.template()["Resources"])
+    assert planned["parameters"]["EndpointName"] == "fhe-inference"
+    assert all(uri.startswith("s3://fhe-artifacts/workflow/") for uri in planned["uploads"].values())
