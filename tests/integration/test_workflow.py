@@ -368,3 +368,21 @@ def test_workflow_logs_and_records_carry_no_plaintext(workflow: Workflow) -> Non
     values = {repr(float(v)) for v in workflow.x.ravel()} | {f"{v:g}" for v in workflow.x.ravel()}
     leaked = [v for v in values if len(v) >= 6 and v in blob]
     assert not leaked, leaked[:5]
+
+
+def test_heartbeat_function_runs_on_its_schedule(workflow: Workflow) -> None:
+    function = next(f for f in workflow.stack["FunctionNames"].split(",") if "Heartbeat" in f)
+    logs = aws.client("logs")
+    deadline = time.monotonic() + 150  # the rule fires every minute
+    while True:
+        try:
+            pages = logs.get_paginator("filter_log_events").paginate(logGroupName=f"/aws/lambda/{function}")
+            messages = [e["message"] for page in pages for e in page.get("events", [])]
+        except logs.exceptions.ResourceNotFoundException:
+            messages = []
+        rounds = [m for m in messages if "heartbeat round" in m]
+        if rounds or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert rounds, "the scheduled heartbeat never ran"
+    assert not any("Traceback" in m for m in messages), messages[-5:]
