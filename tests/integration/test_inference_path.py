@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -377,58 +376,6 @@ def test_bad_bundles_fail_with_a_named_reason_and_the_endpoint_keeps_serving(
         # The next valid request is served.
         good = _resubmit(batch, f"good-after-{name}")
         assert _invoke_shards(deployment, good, [0])[0]["invocationStatus"] == "Completed", name
-
-
-def _stand_in_workflow(deployment: Deployment, known: set[str], stop: threading.Event) -> None:
-    """Until the batch workflow exists: what it will do for each new manifest in the inbox."""
-    s3, layout = aws.client("s3"), BundleLayout(BUCKET)
-    while not stop.is_set():
-        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="inbox/").get("Contents", [])
-        for obj in listed:
-            bundle_id = obj["Key"].split("/")[1]
-            if obj["Key"].endswith("/" + MANIFEST_NAME) and bundle_id not in known:
-                known.add(bundle_id)
-                data = _read(f"s3://{BUCKET}/{obj['Key']}")
-                manifest = parse_manifest(data)
-                notifications = _invoke_shards(deployment, manifest)
-                results = [
-                    parse_shard_result(_read(n["responseParameters"]["outputLocation"])) for n in notifications.values()
-                ]
-                answer = result_manifest(manifest, sha256_hex(data), layout.result_prefix(bundle_id), results)
-                write_result_manifest(s3, layout, answer)
-        stop.wait(0.5)
-
-
-def test_client_cli_run_from_csv_to_predictions(
-    deployment: Deployment, batch: Batch, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from client import cli as client_cli
-
-    record = batch.model.preprocessing
-    rows = 30
-    source = tmp_path / "patients.csv"
-    header = ["label", *reversed(record.feature_names)]  # column order does not matter, extra columns are ignored
-    lines = [",".join(header)]
-    for row in batch.x[:rows]:
-        lines.append(",".join(["?", *(repr(float(v)) for v in reversed(row.tolist()))]))
-    source.write_text("\n".join(lines) + "\n")
-    listed = aws.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="inbox/").get("Contents", [])
-    known = {obj["Key"].split("/")[1] for obj in listed}
-    stop = threading.Event()
-    worker = threading.Thread(target=_stand_in_workflow, args=(deployment, known, stop), daemon=True)
-    worker.start()
-    try:
-        out = tmp_path / "predictions.csv"
-        arguments = ["--bucket", BUCKET, "--group", GROUP, "--home", str(home), "--quiet", "--timeout", "300"]
-        client_cli.main(["run", str(source), "--out", str(out), "--shard-size", "8", *arguments])
-    finally:
-        stop.set()
-        worker.join(timeout=60)
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["samples"] == rows and summary["shards"] == 4 and summary["keys"]["uploaded"] is False
-    predicted = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
-    expected = [record.classes[i] for i in batch.probabilities[:rows].argmax(axis=1)]
-    assert predicted == expected
 
 
 def _private_key_fragments(model: ClientModel, evaluation_key: bytes) -> list[bytes]:

@@ -192,6 +192,39 @@ def test_bundle_runs_through_the_workflow_and_decrypts_to_the_clear_predictions(
     assert not object_exists(s3, BundleLayout(SETTINGS.bundle_bucket).quarantine_reason("first-bundle"))
 
 
+def test_client_cli_run_from_csv_to_predictions_through_the_workflow(
+    workflow: Workflow, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client import cli as client_cli
+
+    rows = 12
+    source = tmp_path / "patients.csv"
+    names = workflow.model.preprocessing.feature_names
+    header = ["label", *reversed(names)]  # column order does not matter, extra columns are ignored
+    lines = [
+        ",".join(header),
+        *(",".join(["?", *(repr(float(v)) for v in reversed(row.tolist()))]) for row in workflow.x[:rows]),
+    ]
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "predictions.csv"
+    arguments = [
+        "--bucket",
+        SETTINGS.bundle_bucket,
+        "--group",
+        SETTINGS.package_group,
+        "--home",
+        str(workflow.model.folder.parents[1]),
+    ]
+    client_cli.main(
+        ["run", str(source), "--out", str(out), "--shard-size", "4", "--quiet", "--timeout", "300", *arguments]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["samples"] == rows and summary["shards"] == 3 and summary["keys"]["uploaded"] is False
+    predicted = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
+    assert predicted == workflow.expected[:rows]
+    assert _settle(workflow, summary["bundle_id"])["status"] == "SUCCEEDED"
+
+
 def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: Workflow) -> None:
     _receive(workflow.s3_events_queue)  # earlier bundles' events
     _drop(workflow, "dropped-twice", slice(0, 8), shard_size=4)
