@@ -97,7 +97,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any] | None:
         return None
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)  # keys appended per record must not leak into the next
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
