@@ -59,6 +59,11 @@ class BundleRef:
         digest = hashlib.sha256(self.etag.encode()).hexdigest()[:12]
         return f"{self.bundle_id}-{digest}"
 
+    @staticmethod
+    def bundle_of_execution(execution_name: str) -> str:
+        """The bundle id an execution name (``execution_name``) stands for."""
+        return execution_name.rsplit("-", 1)[0]
+
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 

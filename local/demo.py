@@ -34,6 +34,7 @@ from common.model_package import describe
 from common.s3uri import S3Uri
 from infrastructure.workflow import WorkflowSettings
 from infrastructure.workflow import deploy as deploy_workflow
+from lambdas.events import BundleRef
 from pipelines import cli as pipeline_cli
 from pipelines.deploy import DeploySettings, approve, deploy
 from pipelines.pipeline import PipelineSettings
@@ -116,14 +117,21 @@ def deploy_serving(settings: DemoSettings, *, function_concurrency: int = 4) -> 
     return stack
 
 
+def bundle_executions(state_machine_arn: str, bundle_id: str) -> list[str]:
+    """The ARNs of a bundle's Step Functions executions (each named by the bundle id and an ETag digest)."""
+    pages = aws.client("stepfunctions").get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn)
+    return [
+        e["executionArn"]
+        for page in pages
+        for e in page["executions"]
+        if BundleRef.bundle_of_execution(e["name"]) == bundle_id
+    ]
+
+
 def bundle_execution(state_machine_arn: str, bundle_id: str) -> dict[str, Any] | None:
-    """The Step Functions execution of a bundle (its name is the bundle id and an ETag digest)."""
-    sfn = aws.client("stepfunctions")
-    for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn):
-        for execution in page["executions"]:
-            if execution["name"].rsplit("-", 1)[0] == bundle_id:
-                return dict(sfn.describe_execution(executionArn=execution["executionArn"]))
-    return None
+    """The description of a bundle's execution, if it has started."""
+    arns = bundle_executions(state_machine_arn, bundle_id)
+    return dict(aws.client("stepfunctions").describe_execution(executionArn=arns[0])) if arns else None
 
 
 def executed_states(execution_arn: str) -> list[str]:

@@ -27,6 +27,7 @@ from local import stack
 from local.demo import (
     DemoSettings,
     bundle_execution,
+    bundle_executions,
     clear_classes,
     deploy_serving,
     executed_states,
@@ -113,12 +114,6 @@ def _settle(w: Workflow, bundle_id: str, timeout: float = SETTLE_TIMEOUT) -> dic
             return execution
         assert time.monotonic() < deadline, f"bundle {bundle_id}: {execution and execution['status']} after {timeout} s"
         time.sleep(1.0)
-
-
-def _executions(w: Workflow, bundle_id: str) -> list[str]:
-    sfn = aws.client("stepfunctions")
-    pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=w.stack["StateMachineArn"])
-    return [e["executionArn"] for p in pages for e in p["executions"] if e["name"].rsplit("-", 1)[0] == bundle_id]
 
 
 def _history(execution_arn: str) -> list[dict[str, Any]]:
@@ -254,7 +249,7 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
             break
         time.sleep(0.5)
     time.sleep(3.0)
-    assert len(_executions(workflow, "dropped-twice")) == 1
+    assert len(bundle_executions(workflow.stack["StateMachineArn"], "dropped-twice")) == 1
     assert len(_events(workflow, "dropped-twice", "Bundle Completed")) == 1
     outbox = s3.list_objects_v2(Bucket=SETTINGS.bundle_bucket, Prefix="outbox/dropped-twice/")["Contents"]
     assert [o["Key"] for o in outbox].count(f"outbox/dropped-twice/{MANIFEST_NAME}") == 1
@@ -343,12 +338,20 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+def _log_events(function: str) -> list[dict[str, Any]]:
+    """Every event of the function's log group (none before its first invocation)."""
+    logs = aws.client("logs")
+    try:
+        pages = logs.get_paginator("filter_log_events").paginate(logGroupName=f"/aws/lambda/{function}")
+        return [event for page in pages for event in page.get("events", [])]
+    except logs.exceptions.ResourceNotFoundException:
+        return []
+
+
 def _invocations(function: str) -> list[tuple[float, float]]:
     """(start, end) in ms of each invocation, from the REPORT lines of the function's log group."""
-    logs = aws.client("logs")
     intervals = []
-    pages = logs.get_paginator("filter_log_events").paginate(logGroupName=f"/aws/lambda/{function}")
-    for event in (e for page in pages for e in page.get("events", [])):
+    for event in _log_events(function):
         match = re.search(r"REPORT RequestId: \S+\s+Duration: ([0-9.]+) ms", event["message"])
         if match:
             intervals.append((event["timestamp"] - float(match[1]), float(event["timestamp"])))
@@ -387,11 +390,9 @@ def test_ten_bundles_at_once_complete_within_the_lambda_reservation(workflow: Wo
 
 
 def test_workflow_logs_and_records_carry_no_plaintext(workflow: Workflow) -> None:
-    logs = aws.client("logs")
     texts = []
     for function in workflow.stack["FunctionNames"].split(","):
-        pages = logs.get_paginator("filter_log_events").paginate(logGroupName=f"/aws/lambda/{function}")
-        texts += [e["message"] for page in pages for e in page.get("events", [])]
+        texts += [e["message"] for e in _log_events(function)]
     s3 = aws.client("s3")
     for prefix in ("quarantine/", "requests/"):
         listed = s3.list_objects_v2(Bucket=SETTINGS.bundle_bucket, Prefix=prefix).get("Contents", [])
@@ -405,14 +406,9 @@ def test_workflow_logs_and_records_carry_no_plaintext(workflow: Workflow) -> Non
 
 def test_heartbeat_function_runs_on_its_schedule(workflow: Workflow) -> None:
     function = next(f for f in workflow.stack["FunctionNames"].split(",") if "Heartbeat" in f)
-    logs = aws.client("logs")
     deadline = time.monotonic() + 150  # the rule fires every minute
     while True:
-        try:
-            pages = logs.get_paginator("filter_log_events").paginate(logGroupName=f"/aws/lambda/{function}")
-            messages = [e["message"] for page in pages for e in page.get("events", [])]
-        except logs.exceptions.ResourceNotFoundException:
-            messages = []
+        messages = [e["message"] for e in _log_events(function)]
         rounds = [m for m in messages if "heartbeat round" in m]
         if rounds or time.monotonic() > deadline:
             break

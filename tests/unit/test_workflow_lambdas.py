@@ -32,6 +32,7 @@ def test_bundle_ref_checks_its_fields_and_names_its_execution() -> None:
     assert ref.execution_name != BundleRef.from_dict({**BUNDLE, "etag": "abd"}).execution_name
     long = BundleRef.from_dict({**BUNDLE, "bundle_id": "x" * 64, "manifest_key": f"inbox/{'x' * 64}/manifest.json"})
     assert len(long.execution_name) <= 80  # the Step Functions limit
+    assert BundleRef.bundle_of_execution(long.execution_name) == "x" * 64
     with pytest.raises(EventError, match="not the manifest of bundle"):
         BundleRef.from_dict({**BUNDLE, "manifest_key": "inbox/other/manifest.json"})
     with pytest.raises(EventError, match="etag"):
