@@ -13,6 +13,7 @@ No concrete import here: the Lambdas, the client and the container all use it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -192,7 +193,20 @@ def result_manifest(
     )
 
 
-def write_result_manifest(s3: Any, layout: BundleLayout, manifest: Manifest) -> S3Uri:
+@dataclass(frozen=True)
+class WrittenRecord:
+    """A record object the workflow wrote, with the sha256 of its bytes (what the audit log keeps of it)."""
+
+    uri: S3Uri
+    sha256: str
+
+
+def _put_record(s3: Any, uri: S3Uri, body: bytes) -> WrittenRecord:
+    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType="application/json")
+    return WrittenRecord(uri, hashlib.sha256(body).hexdigest())
+
+
+def write_result_manifest(s3: Any, layout: BundleLayout, manifest: Manifest) -> WrittenRecord:
     """Write the result manifest after checking that every result shard it lists is in place."""
     prefix = layout.result_prefix(manifest.bundle_id)
     for entry in manifest.shards:
@@ -201,13 +215,9 @@ def write_result_manifest(s3: Any, layout: BundleLayout, manifest: Manifest) -> 
             raise BundleError(
                 f"shards[{entry.index}]", f"result object is {head['ContentLength']} bytes, not {entry.size}"
             )
-    uri = layout.result_manifest(manifest.bundle_id)
-    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=manifest.to_json(), ContentType="application/json")
-    return uri
+    return _put_record(s3, layout.result_manifest(manifest.bundle_id), manifest.to_json())
 
 
-def write_quarantine_reason(s3: Any, layout: BundleLayout, bundle_id: str, reason: dict[str, Any]) -> S3Uri:
-    uri = layout.quarantine_reason(bundle_id)
+def write_quarantine_reason(s3: Any, layout: BundleLayout, bundle_id: str, reason: dict[str, Any]) -> WrittenRecord:
     body = json.dumps({"bundle_id": bundle_id, "quarantined_at": utc_now(), **reason}, indent=2, sort_keys=True)
-    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body.encode(), ContentType="application/json")
-    return uri
+    return _put_record(s3, layout.quarantine_reason(bundle_id), body.encode())

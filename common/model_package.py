@@ -3,10 +3,13 @@ its client artifacts are."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE
+from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE, VERSIONS_JSON
+from common.bundle_store import get_bytes
 from common.s3uri import S3Uri
+from common.versions import VersionsRecord
 
 
 class ModelPackageError(LookupError):
@@ -58,3 +61,9 @@ def served_package(sagemaker: Any, endpoint_name: str) -> tuple[str, str]:
     if not package_arn:
         raise ModelPackageError(f"endpoint {endpoint_name} serves a model that names no model package")
     return str(endpoint["EndpointStatus"]), str(package_arn)
+
+
+def serving_versions(s3: Any, package: dict[str, Any]) -> VersionsRecord:
+    """The releases ``package`` was trained and compiled with (its ``versions.json``)."""
+    uri = client_artifacts_uri(package).join(VERSIONS_JSON)
+    return VersionsRecord.from_dict(json.loads(get_bytes(s3, uri, field="model.versions", limit=64 * 1024)))

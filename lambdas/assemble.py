@@ -31,7 +31,7 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], results: list[dict[str, An
                 for r in results
             ]
             answer = result_manifest(request, request_sha256, layout.result_prefix(bundle.bundle_id), shard_results)
-            uri = write_result_manifest(s3, layout, answer)
+            written = write_result_manifest(s3, layout, answer)
     except BundleError as error:
         raise BundleRejected(STAGE, error.code, str(error), field=error.field) from None
     except (KeyError, ValueError) as error:
@@ -42,13 +42,14 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], results: list[dict[str, An
         "model_package_arn": request.model.package_arn,
         "samples": answer.total_samples,
         "shards": len(answer.shards),
-        "result_manifest": str(uri),
+        "result_manifest": str(written.uri),
+        "result_manifest_sha256": written.sha256,
     }
     publish("Bundle Completed", detail)
     logger.info("bundle delivered", extra=detail)
     metrics.add_metric(name="BundlesCompleted", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="SamplesCompleted", unit=MetricUnit.Count, value=answer.total_samples)
-    return {"result_manifest": str(uri), "samples": answer.total_samples, "shards": len(answer.shards)}
+    return {"result_manifest": str(written.uri), "samples": answer.total_samples, "shards": len(answer.shards)}
 
 
 @logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")

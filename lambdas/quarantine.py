@@ -75,8 +75,13 @@ def quarantine(failure: Failure) -> dict[str, Any]:
         kept = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
         reason = reason_of(failure)
         record = {**reason, "execution": failure.execution, "manifest": str(bundle.manifest_uri), "inbox_objects": kept}
-        uri = write_quarantine_reason(s3, layout, bundle.bundle_id, record)
-    detail = {"bundle_id": bundle.bundle_id, "execution": failure.execution, "reason_uri": str(uri)}
+        written = write_quarantine_reason(s3, layout, bundle.bundle_id, record)
+    detail = {
+        "bundle_id": bundle.bundle_id,
+        "execution": failure.execution,
+        "reason_uri": str(written.uri),
+        "reason_sha256": written.sha256,
+    }
     detail.update({k: reason[k] for k in ("stage", "shard", "code")})
     publish("Bundle Quarantined", detail)
     logger.warning("bundle quarantined", extra=detail)

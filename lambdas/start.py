@@ -29,6 +29,16 @@ idempotency = IdempotencyConfig(event_key_jmespath="[bundle_id, etag]", expires_
 persistence = DynamoDBPersistenceLayer(table_name=setting("WORKFLOW_TABLE"))
 
 
+def submission_of(event: dict[str, Any]) -> dict[str, str]:
+    """Who dropped the manifest and when, as S3 reported it: the execution input keeps it for the audit trail."""
+    s3_event = S3EventBridgeNotificationEvent(event)
+    return {
+        "requester": str(s3_event.detail.get("requester") or ""),
+        "source_ip": s3_event.detail.source_ip_address or "",
+        "time": s3_event.time,
+    }
+
+
 def bundle_of(event: dict[str, Any]) -> BundleRef | None:
     """The bundle an S3 "Object Created" event announces, or None when the object is not an inbox manifest."""
     s3_event = S3EventBridgeNotificationEvent(event)
@@ -41,7 +51,7 @@ def bundle_of(event: dict[str, Any]) -> BundleRef | None:
     return BundleRef(s3_event.detail.bucket.name, bundle_id, key, s3_event.detail.object.etag.strip('"'))
 
 
-def _start_bundle(bundle: dict[str, str]) -> dict[str, Any]:
+def _start_bundle(bundle: dict[str, str], submitted: dict[str, str] | None = None) -> dict[str, Any]:
     ref = BundleRef.from_dict(bundle)
     sfn = client("stepfunctions")
     if object_exists(client("s3"), BundleLayout(ref.bucket).result_manifest(ref.bundle_id)):
@@ -52,7 +62,7 @@ def _start_bundle(bundle: dict[str, str]) -> dict[str, Any]:
             execution = sfn.start_execution(
                 stateMachineArn=setting("STATE_MACHINE_ARN"),
                 name=ref.execution_name,
-                input=json.dumps({"bundle": ref.to_dict()}),
+                input=json.dumps({"bundle": ref.to_dict(), "submitted": submitted or {}}),
             )["executionArn"]
             started = True
         except sfn.exceptions.ExecutionAlreadyExists:
@@ -69,12 +79,13 @@ start_bundle: Callable[..., dict[str, Any]] = idempotent_function(
 
 
 def record_handler(record: SQSRecord) -> dict[str, Any] | None:
-    bundle = bundle_of(json.loads(record.body))
+    event = json.loads(record.body)
+    bundle = bundle_of(event)
     if bundle is None:
         logger.debug("not an inbox manifest; ignored")
         return None
     logger.append_keys(bundle_id=bundle.bundle_id)
-    return dict(start_bundle(bundle=bundle.to_dict()))
+    return dict(start_bundle(bundle=bundle.to_dict(), submitted=submission_of(event)))
 
 
 @logger.inject_lambda_context(clear_state=True)  # keys appended per record must not leak into the next

@@ -8,7 +8,6 @@ A failed check raises BundleRejected naming the field (and shard): the bundle is
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -16,12 +15,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from common.artifacts import VERSIONS_JSON
 from common.bundle import BundleError, Manifest, check_model, check_relative_key, check_versions
-from common.bundle_store import bundle_prefix, get_bytes, read_manifest
-from common.model_package import ModelPackageError, client_artifacts_uri, require_approved, served_package
+from common.bundle_store import bundle_prefix, read_manifest
+from common.model_package import ModelPackageError, require_approved, served_package, serving_versions
 from common.s3uri import S3Uri
-from common.versions import VersionsRecord
 from lambdas.events import BundleRef
 from lambdas.runtime import (
     BundleRejected,
@@ -89,9 +86,7 @@ def check_endpoint(manifest: Manifest, endpoint: str) -> None:
 
 
 def check_releases(manifest: Manifest, package: dict[str, Any]) -> None:
-    s3 = client("s3")
-    uri = client_artifacts_uri(package).join(VERSIONS_JSON)
-    serving = VersionsRecord.from_dict(json.loads(get_bytes(s3, uri, field="model.versions", limit=64 * 1024)))
+    serving = serving_versions(client("s3"), package)
     try:
         check_versions(manifest, serving)
     except BundleError as error:

@@ -1,9 +1,10 @@
 """The whole product end to end, on whatever backend the AWS configuration points at (the local stack by default):
 
-    train → register → approve → deploy (workflow stack + async endpoint) → client keys, encrypt, drop →
-    Step Functions workflow → result bundle → decrypt → agreement with the clear model, time per stage.
+    deploy the workflow stack → train → register → approve → deploy the async endpoint → client keys, encrypt,
+    drop → Step Functions workflow → result bundle → decrypt → agreement with the clear model → audit report
+    (audit-report.html and .json), time per stage.
 
-    python -m local.demo [--samples 100] [--shard-size 25]
+    python -m local.demo [--samples 100] [--shard-size 25] [--report audit-report]
 
 The ML-ops parts use the pipeline and deploy modules, the batch owner's parts the ``fhe-client`` commands; the
 clear-model comparison at the end downloads ``model.tar.gz`` as ML ops would (a batch owner never sees it).
@@ -20,12 +21,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from audit import cli as audit_cli
+from audit.collect import Window
 from client import cli as client_cli
 from client.model import ClientModel
 from common import artifacts, aws
@@ -90,9 +94,9 @@ def train_and_register(settings: DemoSettings, timeout: float = 1800.0) -> str:
     return str(result["model_package"]["arn"])
 
 
-def deploy_serving(settings: DemoSettings, *, function_concurrency: int = 4) -> dict[str, str]:
-    """The workflow stack, then the endpoint wired to the stack's notification topics; returns the stack outputs."""
-    stack = deploy_workflow(
+def deploy_stack(settings: DemoSettings, *, function_concurrency: int = 4) -> dict[str, str]:
+    """The workflow stack (which also records approval decisions from then on); returns its outputs."""
+    return deploy_workflow(
         WorkflowSettings(
             endpoint_name=settings.endpoint_name,
             bundle_bucket=settings.bundle_bucket,
@@ -102,6 +106,10 @@ def deploy_serving(settings: DemoSettings, *, function_concurrency: int = 4) -> 
         ),
         report=lambda line: None,
     )
+
+
+def deploy_endpoint(settings: DemoSettings, stack: dict[str, str]) -> None:
+    """The newest approved model on the async endpoint, wired to the stack's notification topics."""
     endpoint = deploy(
         DeploySettings(
             package_group=settings.package_group,
@@ -114,6 +122,12 @@ def deploy_serving(settings: DemoSettings, *, function_concurrency: int = 4) -> 
     )
     if endpoint["status"] != "InService":
         raise RuntimeError(f"endpoint {settings.endpoint_name} is {endpoint['status']}")
+
+
+def deploy_serving(settings: DemoSettings, *, function_concurrency: int = 4) -> dict[str, str]:
+    """The workflow stack, then the endpoint; returns the stack outputs."""
+    stack = deploy_stack(settings, function_concurrency=function_concurrency)
+    deploy_endpoint(settings, stack)
     return stack
 
 
@@ -186,15 +200,18 @@ def _client(argv: list[str]) -> dict[str, Any]:
     return answer
 
 
-def run(settings: DemoSettings) -> dict[str, Any]:
+def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
     timings = Timings()
+    since = datetime.now(tz=UTC) - timedelta(seconds=1)
+    with timings.stage("deploy the workflow stack (bucket, queues, functions, state machine, audit log)"):
+        stack = deploy_stack(settings)
+        print(json.dumps(stack, indent=2))
     with timings.stage("train and register (SageMaker pipeline)"):
         package_arn = train_and_register(settings)
     with timings.stage("approve"):
         print(json.dumps(approve(package_arn, settings.package_group, "Approved", "demo: metrics reviewed")))
-    with timings.stage("deploy workflow stack and endpoint"):
-        stack = deploy_serving(settings)
-        print(json.dumps(stack, indent=2))
+    with timings.stage("deploy the endpoint"):
+        deploy_endpoint(settings, stack)
     with tempfile.TemporaryDirectory(prefix="fhe-demo-") as scratch:
         work = Path(scratch)
         x, source = sample_rows(settings.samples), work / "records.csv"
@@ -227,6 +244,14 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         expected = clear_classes(package_arn, x)
     agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
     execution = bundle_execution(stack["StateMachineArn"], bundle["bundle_id"]) or {}
+    with timings.stage("audit report"):
+        audit = audit_cli.run(
+            Window(since, datetime.now(tz=UTC) + timedelta(seconds=1)),
+            report,
+            stack_name=settings.stack_name,
+            pipeline_name=settings.pipeline.pipeline_name,
+            progress=lambda line: print(f"  {line}", flush=True),
+        )
     return {
         "model_package": package_arn,
         "bundle_id": bundle["bundle_id"],
@@ -236,6 +261,8 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         "execution": execution.get("executionArn"),
         "execution_status": execution.get("status"),
         "states": executed_states(execution["executionArn"]) if execution else [],
+        "audit_report": audit["files"],
+        "audit_checks": {c["name"]: "pass" if c["ok"] else c["failures"] for c in audit["checks"]},
         "seconds_per_stage": timings.stages,
     }
 
@@ -246,18 +273,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--samples", type=int, default=DemoSettings.samples)
     parser.add_argument("--shard-size", type=int, default=DemoSettings.shard_size)
+    parser.add_argument("--report", type=Path, default=Path("audit-report"), help="path prefix of the audit report")
     args = parser.parse_args(argv)
     # The SageMaker SDK turns the root logger to INFO on import; the demo prints its own progress.
     logging.basicConfig(level=logging.WARNING, force=True)
-    summary = run(DemoSettings(samples=args.samples, shard_size=args.shard_size))
+    summary = run(DemoSettings(samples=args.samples, shard_size=args.shard_size), args.report)
     print("\n== summary")
     print(f"  samples            {summary['samples']} in {summary['shards']} shards (bundle {summary['bundle_id']})")
     print(f"  agreement          {summary['agreement_with_clear_model']:.2%} with the clear model")
     print(f"  execution          {summary['execution_status']}: {' → '.join(summary['states'])}")
+    audit_ok = all(result == "pass" for result in summary["audit_checks"].values())
+    print(
+        f"  audit report       {summary['audit_report']['html']} (consistency checks {'pass' if audit_ok else 'FAIL'})"
+    )
     for stage, seconds in summary["seconds_per_stage"].items():
         print(f"  {seconds:8.1f} s        {stage}")
     print(json.dumps(summary, indent=2))
-    ok = summary["execution_status"] == "SUCCEEDED" and summary["agreement_with_clear_model"] >= 0.99
+    ok = summary["execution_status"] == "SUCCEEDED" and summary["agreement_with_clear_model"] >= 0.99 and audit_ok
     raise SystemExit(0 if ok else 1)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from common import aws
 from common.s3uri import S3Uri, ensure_bucket
 from pipelines.deploy import DeploySettings, approve, deploy
+from pipelines.executions import describe_run
 from pipelines.pipeline import MODEL_PACKAGE_GROUP, PIPELINE_NAME, PipelineSettings, build_pipeline
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
@@ -156,36 +157,7 @@ def follow(execution_arn: str, timeout: float, out: Any = sys.stdout) -> dict[st
 
 def outcome(execution_arn: str) -> dict[str, Any]:
     """The execution's result as data: status, steps, and the model package it registered with its metrics."""
-    sagemaker = aws.client("sagemaker")
-    execution = sagemaker.describe_pipeline_execution(PipelineExecutionArn=execution_arn)
-    steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=execution_arn, SortOrder="Ascending")[
-        "PipelineExecutionSteps"
-    ]
-    result: dict[str, Any] = {
-        "execution": execution_arn,
-        "status": execution["PipelineExecutionStatus"],
-        "failure_reason": execution.get("FailureReason"),
-        "steps": [
-            {
-                "name": s["StepName"],
-                "status": s["StepStatus"],
-                "seconds": round((s["EndTime"] - s["StartTime"]).total_seconds(), 1) if s.get("EndTime") else None,
-                **({"failure_reason": s["FailureReason"]} if s.get("FailureReason") else {}),
-            }
-            for s in steps
-        ],
-    }
-    for step in steps:
-        package_arn = step.get("Metadata", {}).get("RegisterModel", {}).get("Arn")
-        if package_arn:
-            package = sagemaker.describe_model_package(ModelPackageName=package_arn)
-            result["model_package"] = {"arn": package_arn, "status": package["ModelApprovalStatus"]}
-            statistics = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {})
-            if statistics.get("S3Uri"):
-                uri = S3Uri.parse(statistics["S3Uri"])
-                report = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
-                result["metrics"] = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
-    return result
+    return describe_run(aws.client("sagemaker"), aws.client("s3"), execution_arn)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,12 +9,14 @@ configuration. Names carry the package version and a timestamp so a redeploy nev
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from common import aws
 from common.artifacts import PACKAGE_ARN_VARIABLE
+from common.audit_log import APPROVAL_DECISION, APPROVAL_FIELDS, REGISTRY_EVENT_SOURCE
 from common.model_package import describe, newest_approved
 from common.s3uri import S3Uri
 
@@ -40,7 +42,30 @@ def approve(package_arn: str | None, group: str, decision: str, note: str) -> di
         package_arn = max(pending, key=lambda s: int(s["ModelPackageVersion"]))["ModelPackageArn"]
     sagemaker.update_model_package(ModelPackageArn=package_arn, ModelApprovalStatus=decision, ApprovalDescription=note)
     package = describe(sagemaker, package_arn)
+    publish_decision(package)
     return {"arn": package_arn, "status": package["ModelApprovalStatus"], "note": package.get("ApprovalDescription")}
+
+
+def publish_decision(package: dict[str, Any]) -> None:
+    """Announce an approval decision on the default event bus, where the audit log records it with who made it.
+
+    On AWS SageMaker also sends its own state change event for every decision, including those made elsewhere
+    (the console); this one adds the decider's identity as STS reports it.
+    """
+    detail = {k: package[k] for k in APPROVAL_FIELDS if k in package}
+    detail["decided_by"] = aws.client("sts").get_caller_identity()["Arn"]
+    response = aws.client("events").put_events(
+        Entries=[
+            {
+                "Source": REGISTRY_EVENT_SOURCE,
+                "DetailType": APPROVAL_DECISION,
+                "Detail": json.dumps(detail, default=str, sort_keys=True),
+                "Resources": [package["ModelPackageArn"]],
+            }
+        ]
+    )
+    if response.get("FailedEntryCount"):
+        raise DeploymentError(f"the approval was set but its event was refused: {response['Entries']}")
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,9 @@ START_TIMEOUT_S = float(os.environ.get("LOCAL_SAGEMAKER_ENDPOINT_START_TIMEOUT_S
 DEFAULT_INVOCATION_TIMEOUT_S = 900
 DEFAULT_CONCURRENCY = 4
 # Fault injection for tests of the workflow: <state dir>/faults.json holds {"<endpoint>": [{"input_contains":
-# "...", "fail_first": n}, ...]}; an input matching a rule fails its first n attempts before the container sees
-# it, as a crashed instance would. Read at each invocation, so a test can change it while the server runs.
+# "...", "fail_first": n, "delay_seconds": s}, ...]}; an input matching a rule waits s seconds (a slow instance),
+# then fails its first n attempts before the container sees it, as a crashed instance would. Read at each
+# invocation, so a test can change it while the server runs.
 FAULTS_FILE = "faults.json"
 PID_FILE = "container.pid"
 
@@ -512,6 +513,7 @@ class Endpoints:
         rule = next((r for r in rules if r.get("input_contains", "") in input_location), None)
         if rule is None:
             return False
+        time.sleep(float(rule.get("delay_seconds", 0)))
         with self._lock:
             attempt = self._attempts.get(input_location, 0) + 1
             self._attempts[input_location] = attempt

@@ -74,6 +74,7 @@ class Registry:
                 "CreationTime": now,
                 "LastModifiedTime": now,
                 "CreatedBy": created_by or {},
+                "LastModifiedBy": created_by or {},
                 "ApprovalHistory": [{"ModelApprovalStatus": status, "Time": now, "ApprovalDescription": ""}],
             }
             self.store.put("model-package", arn, package, parent=group["ModelPackageGroupName"])
@@ -112,7 +113,7 @@ class Registry:
         limit = int(body.get("MaxResults", 100))
         return {"ModelPackageSummaryList": summaries[:limit]}
 
-    def update_model_package(self, body: dict[str, Any]) -> dict[str, Any]:
+    def update_model_package(self, body: dict[str, Any], modified_by: dict[str, Any] | None = None) -> dict[str, Any]:
         arn = required(body, "ModelPackageArn")
         with self.store.transaction():
             package = self._package(arn)
@@ -130,6 +131,7 @@ class Registry:
                 if key in body:
                     package[key] = body[key]
             package["LastModifiedTime"] = now
+            package["LastModifiedBy"] = modified_by or {}
             self.store.put("model-package", arn, package, parent=package["ModelPackageGroupName"])
         return {"ModelPackageArn": arn}
 

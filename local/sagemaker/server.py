@@ -74,7 +74,7 @@ class LocalSageMaker:
             "CreateModelPackage": lambda b, c: r.create_model_package(b, created_by=c),
             "DescribeModelPackage": lambda b, c: r.describe_model_package(b),
             "ListModelPackages": lambda b, c: r.list_model_packages(b),
-            "UpdateModelPackage": lambda b, c: r.update_model_package(b),
+            "UpdateModelPackage": lambda b, c: r.update_model_package(b, modified_by=c),
             "CreateModel": lambda b, c: e.create_model(b),
             "DescribeModel": lambda b, c: e.describe_model(b),
             "DeleteModel": lambda b, c: e.delete_model(b),

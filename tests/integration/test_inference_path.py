@@ -207,7 +207,7 @@ def batch(deployment: Deployment, home: Path, tmp_path_factory: pytest.TempPathF
     layout = BundleLayout(BUCKET)
     request_bytes = _read(str(layout.request_manifest(manifest.bundle_id)))
     answer = result_manifest(manifest, sha256_hex(request_bytes), layout.result_prefix(manifest.bundle_id), results)
-    result_uri = write_result_manifest(s3, layout, answer)
+    result_uri = write_result_manifest(s3, layout, answer).uri
     downloaded, shards = download_result(s3, result_uri)
     probabilities = decrypt_result(model, downloaded, shards, progress=False)
     return Batch(model, x, manifest, folder, probabilities, counter.bytes)

@@ -128,9 +128,30 @@ def test_invoke_endpoint_async_on_a_missing_endpoint_is_a_validation_error(sagem
     assert "nowhere" in raised.value.response["Error"]["Message"]
 
 
-def test_approve_and_reject_with_a_note(sagemaker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def decisions(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The approval events on the default bus (moto for STS, EventBridge and SQS; SageMaker passes through)."""
+    from moto import mock_aws
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws(config={"core": {"passthrough": {"services": ["sagemaker"]}}}):
+        sqs, events = boto3.client("sqs", region_name="us-east-1"), boto3.client("events", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="decisions")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events.put_rule(Name="decisions", EventPattern=json.dumps({"source": ["fhe.model-registry"]}))
+        events.put_targets(Rule="decisions", Targets=[{"Id": "q", "Arn": arn}])
+
+        def received() -> list[dict[str, Any]]:
+            messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+            return [json.loads(m["Body"]) for m in messages]
+
+        yield received
+
+
+def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipelines.deploy import DeploymentError, approve
 
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", sagemaker.meta.endpoint_url)
     with pytest.raises(ClientError):
         approve(None, "nothing-here", "Approved", "")
@@ -148,3 +169,13 @@ def test_approve_and_reject_with_a_note(sagemaker: Any, monkeypatch: pytest.Monk
         approve(None, "g1", "Maybe", "")
     history = sagemaker.describe_model_package(ModelPackageName=rejected["arn"])["ApprovalDescription"]
     assert history == "gap too large"
+    # Each decision was announced for the audit log, with the decider as STS knows them.
+    events = decisions()
+    announced = [
+        (e["detail-type"], e["detail"]["ModelApprovalStatus"], e["detail"]["ApprovalDescription"]) for e in events
+    ]
+    assert announced == [
+        ("Model Package Approval", "Approved", "metrics reviewed"),
+        ("Model Package Approval", "Rejected", "gap too large"),
+    ]
+    assert all(e["detail"]["decided_by"].startswith("arn:aws:") for e in events)

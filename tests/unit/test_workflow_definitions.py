@@ -59,7 +59,7 @@ def test_template_fills_every_placeholder_of_the_state_machine() -> None:
 def test_every_function_has_a_reservation_and_a_handler_that_exists() -> None:
     resources = workflow.template()["Resources"]
     functions = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
-    assert len(functions) == 7
+    assert len(functions) == 8  # start, validate, invoke, notify, heartbeat, assemble, quarantine, record
     for name, properties in functions.items():
         assert properties.get("ReservedConcurrentExecutions") is not None, name
         module, _, attribute = properties["Handler"].rpartition(".")

@@ -1,0 +1,136 @@
+"""fhe-audit: what ran, on which model, with what outcome, for a time window, without any data.
+
+    fhe-audit [--since 2026-11-22T00:00Z] [--until 2026-11-23T00:00Z] [--out audit-report]
+              [--stack fhe-batch-workflow] [--pipeline-name fhe-training]
+
+Reads SageMaker (pipeline executions, steps, the model registry), Step Functions (executions and histories), the
+bundle bucket's inbox/outbox/quarantine records and the hash-chained audit log, then writes ``<out>.html``
+(tables and a timeline) and ``<out>.json`` (the same content). Exit status: 0 when every consistency check
+passes, 3 when one fails (the failures are printed), 2 for bad arguments or an unreachable service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from audit import collect, report
+from common import aws
+from infrastructure.workflow import DEFAULT_STACK, outputs
+from pipelines.pipeline import PIPELINE_NAME
+
+CHECKS_FAILED = 3
+
+
+def moment(text: str) -> datetime:
+    """An ISO 8601 time; one without a zone is UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-22T09:30:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def sources_for(stack_name: str, pipeline_name: str, progress: Any) -> collect.Sources:
+    stack = outputs(stack_name)
+    missing = [k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName") if k not in stack]
+    if missing:
+        raise RuntimeError(
+            f"stack {stack_name} lacks the outputs {', '.join(missing)}: redeploy it (fhe-workflow deploy)"
+        )
+    return collect.Sources(
+        sagemaker=aws.client("sagemaker"),
+        stepfunctions=aws.client("stepfunctions"),
+        s3=aws.client("s3"),
+        audit_table=aws.session().resource("dynamodb").Table(stack["AuditTableName"]),
+        state_machine_arn=stack["StateMachineArn"],
+        bundle_bucket=stack["BundleBucketName"],
+        pipeline_name=pipeline_name,
+        progress=progress,
+    )
+
+
+def write(data: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """``out``.json and ``out``.html; written next to each other, the JSON first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".html")
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    html_path.write_text(report.render_html(data))
+    return json_path, html_path
+
+
+def run(
+    window: collect.Window,
+    out: Path,
+    *,
+    stack_name: str = DEFAULT_STACK,
+    pipeline_name: str = PIPELINE_NAME,
+    settle: float = 30.0,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Build and write the report; returns its data (``data["ok"]`` says whether every check passed)."""
+    sources = sources_for(stack_name, pipeline_name, progress or (lambda line: None))
+    data = report.build(sources, window, settle=settle)
+    json_path, html_path = write(data, out)
+    data["files"] = {"json": str(json_path), "html": str(html_path)}
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fhe-audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--since", type=moment, help="window start, ISO 8601 (default: 24 hours before --until)")
+    parser.add_argument("--until", type=moment, help="window end, ISO 8601 (default: now)")
+    parser.add_argument("--out", type=Path, default=Path("audit-report"), help="path prefix of the .html and .json")
+    parser.add_argument("--stack", default=os.environ.get("FHE_WORKFLOW_STACK", DEFAULT_STACK))
+    parser.add_argument("--pipeline-name", default=os.environ.get("FHE_PIPELINE_NAME", PIPELINE_NAME))
+    parser.add_argument(
+        "--settle", type=float, default=30.0, help="seconds to wait for just-ended bundles to reach the audit log"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    until = args.until or datetime.now(tz=UTC)
+    since = args.since or until - timedelta(hours=24)
+    if since >= until:
+        parser.error(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(f"audit: {line}", file=sys.stderr, flush=True)
+
+    try:
+        data = run(
+            collect.Window(since, until),
+            args.out,
+            stack_name=args.stack,
+            pipeline_name=args.pipeline_name,
+            settle=args.settle,
+            progress=progress,
+        )
+    except RuntimeError as error:
+        print(f"fhe-audit: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    summary = {
+        "ok": data["ok"],
+        "files": data["files"],
+        "pipeline_executions": len(data["pipeline_executions"]),
+        "bundles": len(data["bundles"]),
+        "approvals": len(data["approvals"]),
+        "failed_checks": {c["name"]: c["failures"] for c in data["checks"] if not c["ok"]},
+    }
+    print(json.dumps(summary, indent=2))
+    if not data["ok"]:
+        for name, failures in summary["failed_checks"].items():
+            for failure in failures:
+                print(f"FAILED {name}: {failure}", file=sys.stderr)
+        raise SystemExit(CHECKS_FAILED)
+
+
+if __name__ == "__main__":
+    main()

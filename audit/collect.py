@@ -1,0 +1,297 @@
+"""Everything the audit report shows, read from the services' own APIs and records only: SageMaker (pipeline
+executions, steps, the model registry), Step Functions (executions and their histories), the bundle bucket's
+inbox, outbox and quarantine records, and the hash-chained audit log. Nothing here reads a key or decrypts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from common.audit_log import AuditRecord, read_chain
+from common.bundle import MANIFEST_NAME, Manifest, parse_manifest
+from common.bundle_store import INBOX_PREFIX, BundleLayout, bundle_prefix
+from common.s3uri import S3Uri
+from lambdas.events import BundleRef, bundle_id_of
+from pipelines.executions import describe_run, identity, iso, model_package_summary, runs_between, seconds_between
+
+STAGES = ("Validate", "InferShards", "Assemble", "Quarantine")  # the top-level states a bundle passes through
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime
+    until: datetime
+
+    def holds(self, moment: datetime) -> bool:
+        return self.since <= moment < self.until
+
+
+@dataclass
+class Sources:
+    """The clients the audit reads through, and where the product's resources are."""
+
+    sagemaker: Any
+    stepfunctions: Any
+    s3: Any
+    audit_table: Any  # a boto3 DynamoDB Table resource
+    state_machine_arn: str
+    bundle_bucket: str
+    pipeline_name: str
+    progress: Callable[[str], None] = field(default=lambda line: None)
+
+
+def sha256_of(s3: Any, uri: S3Uri) -> str | None:
+    """The sha256 of an object's bytes, streamed; None when it is not there."""
+    try:
+        body = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest_if_any(s3: Any, uri: S3Uri) -> Manifest | None:
+    try:
+        data = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    try:
+        return parse_manifest(data)
+    except ValueError:
+        return None  # a malformed manifest: the bundle's quarantine record says why
+
+
+def read_json_if_any(s3: Any, uri: S3Uri) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return data
+
+
+# ---- pipeline executions and the registry ------------------------------------------------------------------
+
+
+def pipeline_runs(sources: Sources, window: Window) -> list[dict[str, Any]]:
+    arns = runs_between(sources.sagemaker, sources.pipeline_name, window.since, window.until)
+    runs = []
+    for number, arn in enumerate(arns, 1):
+        sources.progress(f"pipeline execution {number}/{len(arns)}")
+        runs.append(describe_run(sources.sagemaker, sources.s3, arn))
+    return runs
+
+
+def audit_records(sources: Sources) -> list[AuditRecord]:
+    return list(read_chain(sources.audit_table))
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+def approvals(records: list[AuditRecord]) -> list[dict[str, Any]]:
+    """Every approval decision on record, oldest first."""
+    decisions = []
+    for record in records:
+        body = record.body
+        if body.get("kind") != "approval":
+            continue
+        detail = body.get("detail", {})
+        modified = detail.get("LastModifiedTime")
+        when = _when(modified) if isinstance(modified, str) and modified else _when(body["time"])
+        decided_by = detail.get("decided_by")
+        if not decided_by and isinstance(detail.get("LastModifiedBy"), dict):
+            decided_by = identity(detail["LastModifiedBy"])
+        decisions.append(
+            {
+                "seq": record.seq,
+                "time": when.isoformat(),
+                "package_arn": body.get("subject"),
+                "version": detail.get("ModelPackageVersion"),
+                "status": detail.get("ModelApprovalStatus"),
+                "note": detail.get("ApprovalDescription", ""),
+                "decided_by": decided_by or "unknown",
+                "source": body.get("source"),
+            }
+        )
+    return sorted(decisions, key=lambda d: d["time"])
+
+
+def packages(sources: Sources, arns: set[str]) -> dict[str, dict[str, Any]]:
+    """The registry's current view of each package named anywhere in the report."""
+    found = {}
+    for arn in sorted(arns):
+        try:
+            found[arn] = model_package_summary(sources.sagemaker, arn)
+        except ClientError as error:
+            found[arn] = {"arn": arn, "status": "unknown", "error": error.response.get("Error", {}).get("Message")}
+    return found
+
+
+# ---- bundles -------------------------------------------------------------------------------------------------
+
+
+def _history(sfn: Any, execution_arn: str) -> Iterator[dict[str, Any]]:
+    pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    for page in pages:
+        yield from page["events"]
+
+
+def stage_times(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """When each top-level state was entered and left (the Map's iterations have other names)."""
+    stages: dict[str, dict[str, Any]] = {}
+    for event in events:
+        entered = event.get("stateEnteredEventDetails", {}).get("name")
+        exited = event.get("stateExitedEventDetails", {}).get("name")
+        if entered in STAGES and entered not in stages:
+            stages[entered] = {"entered": event["timestamp"], "exited": None}
+        if exited in STAGES and exited in stages:
+            stages[exited]["exited"] = event["timestamp"]
+            if exited == "Validate":
+                stages[exited]["output"] = event["stateExitedEventDetails"].get("output")
+    return stages
+
+
+def object_digests(s3: Any, manifest_uri: S3Uri, manifest: Manifest | None) -> list[dict[str, Any]]:
+    """The manifest and each shard it lists: key, the sha256 the manifest declares, the sha256 of the bytes."""
+    objects = [{"uri": str(manifest_uri), "declared_sha256": None, "sha256": sha256_of(s3, manifest_uri)}]
+    if manifest is None:
+        return objects
+    prefix = bundle_prefix(manifest_uri)
+    for entry in manifest.shards:
+        uri = prefix.join(entry.key)
+        objects.append({"uri": str(uri), "declared_sha256": entry.sha256, "sha256": sha256_of(s3, uri)})
+    return objects
+
+
+def _outcome(execution: dict[str, Any]) -> str:
+    if execution["status"] == "SUCCEEDED":
+        return "delivered"
+    if execution["status"] == "FAILED" and execution.get("error") == "BundleQuarantined":
+        return "quarantined"
+    return str(execution["status"]).lower()
+
+
+def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
+    sfn, s3 = sources.stepfunctions, sources.s3
+    execution = sfn.describe_execution(executionArn=summary["executionArn"])
+    started = json.loads(execution.get("input") or "{}")
+    ref = BundleRef.from_dict(started.get("bundle"))
+    layout = BundleLayout(ref.bucket)
+    stages = stage_times(list(_history(sfn, summary["executionArn"])))
+    plan = json.loads(stages.get("Validate", {}).get("output") or "{}").get("plan", {})
+    request = read_manifest_if_any(s3, ref.manifest_uri)
+    result = read_manifest_if_any(s3, layout.result_manifest(ref.bundle_id))
+    outcome = _outcome(execution)
+    run: dict[str, Any] = {
+        "bundle_id": ref.bundle_id,
+        "execution": summary["executionArn"],
+        "status": execution["status"],
+        "outcome": outcome,
+        "started": iso(execution.get("startDate")),
+        "ended": iso(execution.get("stopDate")),
+        "seconds": seconds_between(execution.get("startDate"), execution.get("stopDate")),
+        "submitted_by": started.get("submitted", {}).get("requester") or "unknown",
+        "submitted_from": started.get("submitted", {}).get("source_ip") or "",
+        "model_package_arn": plan.get("model_package_arn") or (request.model.package_arn if request else None),
+        "model_package_version": None,
+        "shards": len(plan.get("shards", [])) if plan else (len(request.shards) if request else None),
+        "samples": plan.get("samples") if plan else (request.total_samples if request else None),
+        "stages": {
+            name: {
+                "started": iso(times["entered"]),
+                "ended": iso(times["exited"]),
+                "seconds": seconds_between(times["entered"], times["exited"]),
+            }
+            for name, times in stages.items()
+        },
+        "input_objects": object_digests(s3, ref.manifest_uri, request),
+        "output_objects": (
+            object_digests(s3, layout.result_manifest(ref.bundle_id), result) if outcome == "delivered" else []
+        ),
+        "result_versions": dict(result.versions) if result else None,
+        "result_model_package_arn": result.model.package_arn if result else None,
+    }
+    if run["model_package_arn"]:
+        run["model_package_version"] = int(str(run["model_package_arn"]).rsplit("/", 1)[-1])
+    if outcome == "quarantined":
+        reason_uri = layout.quarantine_reason(ref.bundle_id)
+        reason = read_json_if_any(s3, reason_uri) or {}
+        run["quarantine"] = {
+            k: reason.get(k)
+            for k in ("stage", "code", "field", "shard", "message", "error")
+            if reason.get(k) is not None
+        }
+        run["quarantine"]["record"] = str(reason_uri)
+    elif execution["status"] == "FAILED":
+        run["failure"] = {"error": execution.get("error"), "cause": (execution.get("cause") or "")[:500]}
+    return run
+
+
+def bundle_runs(sources: Sources, window: Window) -> list[dict[str, Any]]:
+    pages = sources.stepfunctions.get_paginator("list_executions").paginate(stateMachineArn=sources.state_machine_arn)
+    summaries = [e for page in pages for e in page["executions"] if window.holds(e["startDate"])]
+    summaries.sort(key=lambda e: e["startDate"])
+    runs = []
+    for number, summary in enumerate(summaries, 1):
+        sources.progress(f"bundle execution {number}/{len(summaries)}")
+        runs.append(bundle_run(sources, summary))
+    return runs
+
+
+def inbox_manifests(sources: Sources, window: Window) -> list[dict[str, Any]]:
+    """Every request manifest dropped in the window, with whether a result or a quarantine record answers it."""
+    s3, layout = sources.s3, BundleLayout(sources.bundle_bucket)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=sources.bundle_bucket, Prefix=f"{INBOX_PREFIX}/")
+    found = []
+    for obj in (o for page in pages for o in page.get("Contents", [])):
+        bundle_id = bundle_id_of(obj["Key"])
+        if bundle_id is None or not obj["Key"].endswith(MANIFEST_NAME) or not window.holds(obj["LastModified"]):
+            continue
+        found.append(
+            {
+                "bundle_id": bundle_id,
+                "dropped": iso(obj["LastModified"]),
+                "result": sha256_of(s3, layout.result_manifest(bundle_id)) is not None,
+                "quarantine": sha256_of(s3, layout.quarantine_reason(bundle_id)) is not None,
+            }
+        )
+    return found
+
+
+def current_record_digests(sources: Sources, bundle_ids: set[str]) -> dict[str, dict[str, str | None]]:
+    """The sha256 of each bundle's result manifest and quarantine record as they are now."""
+    layout = BundleLayout(sources.bundle_bucket)
+    return {
+        bundle_id: {
+            "result_manifest": sha256_of(sources.s3, layout.result_manifest(bundle_id)),
+            "quarantine_record": sha256_of(sources.s3, layout.quarantine_reason(bundle_id)),
+        }
+        for bundle_id in sorted(bundle_ids)
+    }
+
+
+def serving_versions_of(sources: Sources, package_arn: str) -> dict[str, str] | None:
+    from common.model_package import serving_versions
+
+    try:
+        package = sources.sagemaker.describe_model_package(ModelPackageName=package_arn)
+        return serving_versions(sources.s3, package).to_dict()
+    except (ClientError, ValueError):
+        return None

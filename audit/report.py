@@ -1,0 +1,158 @@
+"""The audit report for a time window: gathered once as plain data (written as JSON), rendered as HTML with the
+same content (tables and a timeline chart of pipeline and bundle runs)."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from audit import checks, collect
+from common.audit_log import AuditRecord
+
+TEMPLATE = "report.html.j2"
+
+
+def _records_settled(sources: collect.Sources, bundles: list[dict[str, Any]], settle: float) -> list[AuditRecord]:
+    """The audit log, once it holds a record of every ended bundle or ``settle`` seconds have passed (the
+    recorder runs a moment after a bundle ends)."""
+    deadline = time.monotonic() + settle
+    expected = {
+        ("bundle_completed" if b["outcome"] == "delivered" else "bundle_quarantined", b["bundle_id"])
+        for b in bundles
+        if b["outcome"] in ("delivered", "quarantined")
+    }
+    while True:
+        records = collect.audit_records(sources)
+        present = {(r.body.get("kind"), r.body.get("subject")) for r in records}
+        if expected <= present or time.monotonic() >= deadline:
+            return records
+        sources.progress(f"waiting for {len(expected - present)} bundle outcome(s) to reach the audit log")
+        time.sleep(2.0)
+
+
+def build(sources: collect.Sources, window: collect.Window, *, settle: float = 30.0) -> dict[str, Any]:
+    """Everything the report shows, as JSON-ready data."""
+    sources.progress("pipeline executions")
+    pipeline_runs = collect.pipeline_runs(sources, window)
+    sources.progress("bundle executions")
+    bundles = collect.bundle_runs(sources, window)
+    sources.progress("audit log")
+    records = _records_settled(sources, bundles, settle)
+    decisions = collect.approvals(records)
+    package_arns = {str(r["model_package"]["arn"]) for r in pipeline_runs if "model_package" in r}
+    package_arns |= {str(b["model_package_arn"]) for b in bundles if b.get("model_package_arn")}
+    package_arns |= {str(d["package_arn"]) for d in decisions}
+    registry = collect.packages(sources, package_arns)
+    sources.progress("inbox, outbox and quarantine records")
+    manifests = collect.inbox_manifests(sources, window)
+    current = collect.current_record_digests(sources, {b["bundle_id"] for b in bundles})
+    serving = {
+        arn: collect.serving_versions_of(sources, arn)
+        for arn in {str(b["model_package_arn"]) for b in bundles if b["outcome"] == "delivered"}
+    }
+    results = [
+        checks.inbox_accounted_for(manifests, bundles),
+        checks.served_while_approved(bundles, decisions, registry),
+        checks.result_versions_match_model(bundles, serving),
+        checks.objects_match_manifests(bundles),
+        checks.audit_log_unaltered(records, bundles, current),
+    ]
+    head = records[-1] if records else None
+    return {
+        "report": {
+            "generated_at": datetime.now(tz=UTC).isoformat(),
+            "window": {"since": window.since.isoformat(), "until": window.until.isoformat()},
+            "pipeline": sources.pipeline_name,
+            "state_machine": sources.state_machine_arn,
+            "bundle_bucket": sources.bundle_bucket,
+            "audit_log": {
+                "records": len(records),
+                "head_seq": head.seq if head else 0,
+                "head_digest": head.digest if head else None,
+                "integrity": "hash chain (sha256 over each record and its predecessor's digest)",
+            },
+        },
+        "ok": all(c.ok for c in results),
+        "checks": [c.to_dict() for c in results],
+        "pipeline_executions": pipeline_runs,
+        "model_packages": list(registry.values()),
+        "approvals": [d for d in decisions if window.holds(datetime.fromisoformat(d["time"]))],
+        "bundles": bundles,
+        "inbox": manifests,
+    }
+
+
+# ---- rendering -----------------------------------------------------------------------------------------------
+
+
+def _bars(report: dict[str, Any]) -> list[tuple[str, datetime, datetime, str]]:
+    """(label, start, end, outcome) for every pipeline and bundle run, in start order."""
+    now = datetime.fromisoformat(report["report"]["generated_at"])
+    bars = []
+    for run in report["pipeline_executions"]:
+        start = datetime.fromisoformat(run["started"])
+        end = datetime.fromisoformat(run["ended"]) if run.get("ended") else now
+        bars.append((f"pipeline {run['execution'].rsplit('/', 1)[-1]}", start, end, str(run["status"]).lower()))
+    for bundle in report["bundles"]:
+        start = datetime.fromisoformat(bundle["started"])
+        end = datetime.fromisoformat(bundle["ended"]) if bundle.get("ended") else now
+        bars.append((f"bundle {bundle['bundle_id']}", start, end, bundle["outcome"]))
+    return sorted(bars, key=lambda bar: bar[1])
+
+
+COLOURS = {
+    "succeeded": "#2e7d32",
+    "delivered": "#2e7d32",
+    "failed": "#c62828",
+    "quarantined": "#ef6c00",
+    "executing": "#1565c0",
+    "running": "#1565c0",
+}
+
+
+def timeline_svg(report: dict[str, Any]) -> str:
+    """The runs as horizontal bars on a time axis (an inline SVG; no script, no external resource)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = _bars(report)
+    origin = bars[0][1] if bars else datetime.fromisoformat(report["report"]["window"]["since"])
+    figure, axes = plt.subplots(figsize=(10, max(1.6, 0.35 * len(bars) + 1.0)))
+    try:
+        for row, (_, start, end, outcome) in enumerate(bars):
+            left = (start - origin).total_seconds()
+            width = max((end - start).total_seconds(), 0.5)  # an instant still shows
+            axes.barh(row, width, left=left, color=COLOURS.get(outcome, "#757575"), height=0.6)
+            axes.text(left, row, f" {outcome}", va="center", fontsize=7, color="black")
+        axes.set_yticks(range(len(bars)), [bar[0] for bar in bars], fontsize=8)
+        axes.invert_yaxis()
+        axes.set_xlabel(f"seconds after {origin.isoformat(timespec='seconds')}")
+        axes.set_title("Pipeline and bundle runs")
+        axes.grid(axis="x", alpha=0.3)
+        figure.tight_layout()
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg")
+    finally:
+        plt.close(figure)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]  # drop the XML prolog: the SVG sits inside the HTML page
+
+
+def render_html(report: dict[str, Any]) -> str:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    environment = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    from markupsafe import Markup
+
+    chart = Markup(timeline_svg(report))  # noqa: S704 (matplotlib's own SVG: no value from the report is markup)
+    return environment.get_template(TEMPLATE).render(r=report, chart=chart)
