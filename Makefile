@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test lint local-up local-down local-status clean
+.PHONY: setup browser demo test lint local-up local-down local-status clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,13 @@ lint: setup
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
 
-test: lint
+# The audit report's test renders it in headless Chromium (Debian's package; root installs it, others are told how).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "headless Chromium is needed for the tests: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: lint browser
 	$(PY) -m pytest
 
 local-up: setup

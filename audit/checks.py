@@ -4,6 +4,7 @@ every bundle, model package or record that breaks it, so a failure says where to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -108,7 +109,9 @@ def served_while_approved(
     return check
 
 
-def result_versions_match_model(bundles: list[dict[str, Any]], serving: dict[str, dict[str, str] | None]) -> Check:
+def result_versions_match_model(
+    bundles: list[dict[str, Any]], serving: Mapping[str, Mapping[str, str] | None]
+) -> Check:
     check = Check(
         "result_versions_match_model",
         "Every result records the model package that served it and the releases that model was built with.",

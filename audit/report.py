@@ -120,6 +120,7 @@ def timeline_svg(report: dict[str, Any]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text (searchable, small), not glyph outlines
     bars = _bars(report)
     origin = bars[0][1] if bars else datetime.fromisoformat(report["report"]["window"]["since"])
     figure, axes = plt.subplots(figsize=(10, max(1.6, 0.35 * len(bars) + 1.0)))

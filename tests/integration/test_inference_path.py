@@ -32,6 +32,7 @@ from local import stack
 from pipelines import cli
 from pipelines.deploy import DeploySettings, approve, deploy
 from pipelines.pipeline import PipelineSettings
+from tests.leaks import plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
 
@@ -378,28 +379,6 @@ def test_bad_bundles_fail_with_a_named_reason_and_the_endpoint_keeps_serving(
         assert _invoke_shards(deployment, good, [0])[0]["invocationStatus"] == "Completed", name
 
 
-def _private_key_fragments(model: ClientModel, evaluation_key: bytes) -> list[bytes]:
-    """256-byte windows of the stored secret keys (concrete stores binary coefficients as 64-bit words, so a
-    window is 32 coefficients: a pattern that no ciphertext or log line carries by chance)."""
-    fragments = []
-    for path in model.keys_folder.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            for start in range(128, max(128, len(data) - 256), 128):
-                window = data[start : start + 256]
-                if len(set(window)) >= 2 and window not in evaluation_key:
-                    fragments.append(window)
-    return fragments
-
-
-def _plaintext_fragments(x: np.ndarray, scaled: np.ndarray) -> list[bytes]:  # type: ignore[type-arg]
-    texts = {repr(float(v)) for v in x.ravel()} | {f"{v:g}" for v in x.ravel()}
-    fragments = [t.encode() for t in texts if len(t) >= 6]
-    fragments += [row.astype(np.float64).tobytes()[:24] for row in x]
-    fragments += [row.astype(np.float32).tobytes()[:16] for row in scaled]
-    return fragments
-
-
 def test_no_private_key_or_plaintext_leaves_the_client(deployment: Deployment, batch: Batch) -> None:
     s3 = aws.client("s3")
     blobs: dict[str, bytes] = {}
@@ -419,8 +398,8 @@ def test_no_private_key_or_plaintext_leaves_the_client(deployment: Deployment, b
     assert any("container.log" in name for name in blobs), "the endpoint's log must be scanned"
 
     evaluation_key = ensure_keys(batch.model)
-    secrets = _private_key_fragments(batch.model, evaluation_key)
-    plaintext = _plaintext_fragments(batch.x, batch.model.preprocessing.transform(batch.x))
+    secrets = private_key_fragments(batch.model, evaluation_key)
+    plaintext = plaintext_fragments(batch.x, batch.model.preprocessing.transform(batch.x))
     assert len(secrets) >= 50 and len(plaintext) > 1000, (len(secrets), len(plaintext))
     for name, blob in blobs.items():
         assert not any(fragment in blob for fragment in secrets), f"private key bytes in {name}"
