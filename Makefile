@@ -31,8 +31,10 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "headless Chromium is needed for the tests: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# The verdict comes from the JUnit report too: pytest's exit status alone has been seen to read 0 after a failure.
 test: lint browser
-	$(PY) -m pytest
+	rm -f .test-results.xml
+	$(PY) -m pytest --junitxml=.test-results.xml; status=$$?; $(PY) -m tests.verdict .test-results.xml && exit $$status
 
 local-up: setup
 	$(PY) -m local.stack up
