@@ -1,7 +1,7 @@
 """fhe-audit: what ran, on which model, with what outcome, for a time window, without any data.
 
     fhe-audit [--since 2026-11-22T00:00Z] [--until 2026-11-23T00:00Z] [--out audit-report]
-              [--stack fhe-batch-workflow] [--pipeline-name fhe-training]
+              [--stack fhe] [--pipeline-name fhe-training]
 
 Reads SageMaker (pipeline executions, steps, the model registry), Step Functions (executions and histories), the
 bundle bucket's inbox/outbox/quarantine records and the hash-chained audit log, then writes ``<out>.html``
@@ -21,7 +21,8 @@ from typing import Any
 
 from audit import collect, report
 from common import aws
-from infrastructure.workflow import DEFAULT_STACK, outputs
+from infrastructure.deploy import DEFAULT_PREFIX as DEFAULT_STACK
+from infrastructure.stacks import outputs
 from pipelines.pipeline import PIPELINE_NAME
 
 CHECKS_FAILED = 3
@@ -40,9 +41,7 @@ def sources_for(stack_name: str, pipeline_name: str, progress: Any) -> collect.S
     stack = outputs(stack_name)
     missing = [k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName") if k not in stack]
     if missing:
-        raise RuntimeError(
-            f"stack {stack_name} lacks the outputs {', '.join(missing)}: redeploy it (fhe-workflow deploy)"
-        )
+        raise RuntimeError(f"stack {stack_name} lacks the outputs {', '.join(missing)}: redeploy it (fhe-deploy up)")
     return collect.Sources(
         sagemaker=aws.client("sagemaker"),
         stepfunctions=aws.client("stepfunctions"),

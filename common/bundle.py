@@ -48,7 +48,9 @@ SHARD_KINDS = {"ciphertexts": 1, "results": 2}
 Kind = Literal["request", "result"]
 ShardKind = Literal["ciphertexts", "results"]
 
-_BUNDLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
+# "keys" names the folder of evaluation keys under inbox/ (common/bundle_store.py), never a bundle.
+BUNDLE_ID_PATTERN = r"(?!keys(?![A-Za-z0-9_-]))[A-Za-z0-9][A-Za-z0-9_-]{2,63}"
+_BUNDLE_ID = re.compile(rf"^{BUNDLE_ID_PATTERN}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9._/-]+$")
 _PACKAGE_ARN = re.compile(

@@ -1,12 +1,16 @@
 """Where bundles live in S3 and the moves every role makes with them.
 
-    s3://<bucket>/keys/<sha256>.ekey                   evaluation keys, addressed by content, uploaded once
+    s3://<bucket>/inbox/keys/<sha256>.ekey             evaluation keys, addressed by content, uploaded once
     s3://<bucket>/inbox/<bundle id>/shards/00000.fhe   request shards, then
     s3://<bucket>/inbox/<bundle id>/manifest.json      the request manifest, written last: the commit point
     s3://<bucket>/outbox/<bundle id>/shards/00000.out  result shards (written by the endpoint), then
     s3://<bucket>/outbox/<bundle id>/manifest.json     the result manifest, written last
     s3://<bucket>/quarantine/<bundle id>/reason.json   why a bundle could not be processed
     s3://<bucket>/requests/<bundle id>/00000.json      the workflow's shard request to the endpoint (one per shard)
+    s3://<bucket>/responses/<endpoint>/…               the asynchronous endpoint's own responses and failures
+
+A batch owner writes under inbox/ only (its evaluation key too) and reads outbox/ and its quarantine records: the
+deployment's client role grants exactly that (infrastructure/product.yaml).
 
 No concrete import here: the Lambdas, the client and the container all use it.
 """
@@ -36,8 +40,9 @@ from common.bundle import (
 )
 from common.s3uri import S3Uri
 
-KEYS_PREFIX = "keys"
 INBOX_PREFIX = "inbox"
+KEYS_PREFIX = f"{INBOX_PREFIX}/keys"  # "keys" is no bundle id: ids are generated, and start lists manifests only
+RESPONSES_PREFIX = "responses"
 OUTBOX_PREFIX = "outbox"
 QUARANTINE_PREFIX = "quarantine"
 REQUESTS_PREFIX = "requests"
@@ -85,13 +90,10 @@ def bundle_prefix(manifest_uri: S3Uri) -> S3Uri:
 
 
 def object_exists(s3: Any, uri: S3Uri) -> bool:
-    try:
-        s3.head_object(Bucket=uri.bucket, Key=uri.key)
-    except s3.exceptions.ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return True
+    """Whether the object exists, asked by listing its key: a role allowed to list a prefix but not to read what
+    is under it (a batch owner and its own evaluation key) gets an answer instead of AccessDenied."""
+    listed = s3.list_objects_v2(Bucket=uri.bucket, Prefix=uri.key, MaxKeys=1).get("Contents", [])
+    return bool(listed) and listed[0]["Key"] == uri.key
 
 
 def get_bytes(s3: Any, uri: S3Uri, *, field: str, limit: int | None = None) -> bytes:

@@ -7,11 +7,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.bundle import MANIFEST_NAME
+from common.bundle import BUNDLE_ID_PATTERN, MANIFEST_NAME
 from common.bundle_store import INBOX_PREFIX
 from common.s3uri import S3Uri
 
-_MANIFEST_KEY = re.compile(rf"^{INBOX_PREFIX}/(?P<bundle>[A-Za-z0-9][A-Za-z0-9_-]{{2,63}})/{re.escape(MANIFEST_NAME)}$")
+_MANIFEST_KEY = re.compile(rf"^{INBOX_PREFIX}/(?P<bundle>{BUNDLE_ID_PATTERN})/{re.escape(MANIFEST_NAME)}$")
 
 
 class EventError(ValueError):

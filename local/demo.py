@@ -1,8 +1,8 @@
 """The whole product end to end, on whatever backend the AWS configuration points at (the local stack by default):
 
-    deploy the workflow stack → train → register → approve → deploy the async endpoint → client keys, encrypt,
-    drop → Step Functions workflow → result bundle → decrypt → agreement with the clear model → audit report
-    (audit-report.html and .json), time per stage.
+    deploy (fhe-deploy up: both stacks, the pipeline) → train → register → approve → deploy the async endpoint →
+    client keys, encrypt, drop → Step Functions workflow → result bundle → decrypt → agreement with the clear
+    model → audit report (audit-report.html and .json), time per stage.
 
     python -m local.demo [--samples 100] [--shard-size 25] [--report audit-report]
 
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -36,34 +37,54 @@ from common import artifacts, aws
 from common.archives import extract_tar
 from common.model_package import describe
 from common.s3uri import S3Uri
-from infrastructure.workflow import WorkflowSettings
-from infrastructure.workflow import deploy as deploy_workflow
+from infrastructure.deploy import Deployment, pipeline_settings
+from infrastructure.deploy import outputs as deployment_outputs
+from infrastructure.deploy import up as deploy_up
 from lambdas.events import BundleRef
 from pipelines import cli as pipeline_cli
 from pipelines.deploy import DeploySettings, approve, deploy
-from pipelines.pipeline import PipelineSettings
+from pipelines.pipeline import PIPELINE_NAME, PipelineSettings
 
 
 @dataclass(frozen=True)
 class DemoSettings:
+    prefix: str = "fhe"
     package_group: str = "fhe-models"
-    bundle_bucket: str = "fhe-batches"
-    artifact_bucket: str = "fhe-artifacts"
     endpoint_name: str = "fhe-inference"
-    stack_name: str = "fhe-batch-workflow"
-    role_arn: str = "arn:aws:iam::000000000000:role/fhe-pipeline"
+    pipeline_name: str = PIPELINE_NAME
     samples: int = 100
     shard_size: int = 25
 
+    def deployment(self, *, function_concurrency: int = 4) -> Deployment:
+        return Deployment(
+            prefix=self.prefix,
+            endpoint_name=self.endpoint_name,
+            pipeline_name=self.pipeline_name,
+            package_group=self.package_group,
+            function_concurrency=function_concurrency,
+        )
+
+    @property
+    def stack_name(self) -> str:
+        return self.deployment().product_stack
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The deployment's outputs (it must have been deployed)."""
+        return _deployed(self.deployment())
+
+    @property
+    def bundle_bucket(self) -> str:
+        return self.outputs["BundleBucketName"]
+
     @property
     def pipeline(self) -> PipelineSettings:
-        return PipelineSettings(
-            role_arn=self.role_arn,
-            artifact_bucket=self.artifact_bucket,
-            training_image="fhe-training:latest",
-            inference_image="fhe-inference:latest",
-            region=aws.region(),
-        )
+        return pipeline_settings(self.deployment(), self.outputs)
+
+
+@cache
+def _deployed(deployment: Deployment) -> dict[str, str]:
+    return deployment_outputs(deployment)
 
 
 @dataclass
@@ -81,8 +102,7 @@ class Timings:
 
 
 def train_and_register(settings: DemoSettings, timeout: float = 1800.0) -> str:
-    """Run the training pipeline; returns the ARN of the model package it registered."""
-    pipeline_cli.upsert(settings.pipeline, settings.package_group)
+    """Run the deployment's training pipeline; returns the ARN of the model package it registered."""
     pipeline_cli.stage_dataset(settings.pipeline, "breast_cancer")
     execution = pipeline_cli.start(
         settings.pipeline, [{"Name": "ModelPackageGroupName", "Value": settings.package_group}]
@@ -95,17 +115,10 @@ def train_and_register(settings: DemoSettings, timeout: float = 1800.0) -> str:
 
 
 def deploy_stack(settings: DemoSettings, *, function_concurrency: int = 4) -> dict[str, str]:
-    """The workflow stack (which also records approval decisions from then on); returns its outputs."""
-    return deploy_workflow(
-        WorkflowSettings(
-            endpoint_name=settings.endpoint_name,
-            bundle_bucket=settings.bundle_bucket,
-            code_bucket=settings.artifact_bucket,
-            stack_name=settings.stack_name,
-            function_concurrency=function_concurrency,
-        ),
-        report=lambda line: None,
-    )
+    """The whole deployment (``fhe-deploy up``): both stacks and the pipeline. It records approval decisions from
+    then on. Returns its outputs."""
+    _deployed.cache_clear()
+    return deploy_up(settings.deployment(function_concurrency=function_concurrency), report=lambda line: None)
 
 
 def deploy_endpoint(settings: DemoSettings, stack: dict[str, str]) -> None:
@@ -113,8 +126,8 @@ def deploy_endpoint(settings: DemoSettings, stack: dict[str, str]) -> None:
     endpoint = deploy(
         DeploySettings(
             package_group=settings.package_group,
-            artifact_bucket=settings.artifact_bucket,
-            role_arn=settings.role_arn,
+            output_bucket=stack["BundleBucketName"],
+            role_arn=stack["EndpointRoleArn"],
             endpoint_name=settings.endpoint_name,
             success_topic_arn=stack["EndpointSuccessTopicArn"],
             error_topic_arn=stack["EndpointErrorTopicArn"],
@@ -122,13 +135,6 @@ def deploy_endpoint(settings: DemoSettings, stack: dict[str, str]) -> None:
     )
     if endpoint["status"] != "InService":
         raise RuntimeError(f"endpoint {settings.endpoint_name} is {endpoint['status']}")
-
-
-def deploy_serving(settings: DemoSettings, *, function_concurrency: int = 4) -> dict[str, str]:
-    """The workflow stack, then the endpoint; returns the stack outputs."""
-    stack = deploy_stack(settings, function_concurrency=function_concurrency)
-    deploy_endpoint(settings, stack)
-    return stack
 
 
 def bundle_executions(state_machine_arn: str, bundle_id: str) -> list[str]:
@@ -203,7 +209,7 @@ def _client(argv: list[str]) -> dict[str, Any]:
 def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
     timings = Timings()
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
-    with timings.stage("deploy the workflow stack (bucket, queues, functions, state machine, audit log)"):
+    with timings.stage("deploy (fhe-deploy up: key, buckets, roles, functions, state machine, schedule, pipeline)"):
         stack = deploy_stack(settings)
         print(json.dumps(stack, indent=2))
     with timings.stage("train and register (SageMaker pipeline)"):

@@ -9,7 +9,10 @@
 
 Where it runs is decided only by the AWS configuration (``AWS_ENDPOINT_URL*`` for the local stack).
 ``--dataset`` takes a bundled data set (``breast_cancer``, ``digits``) or a local CSV / NPY file; it is
-uploaded under ``s3://<artifact bucket>/datasets/`` and passed as ``InputDataUri``.
+uploaded under ``s3://<data bucket>/datasets/`` and passed as ``InputDataUri``.
+
+``--deployment PREFIX`` takes the role, buckets, images, topics and endpoint of a deployment made by
+``fhe-deploy up --prefix PREFIX`` from its stacks; without it they come from the options (or FHE_* variables).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +39,38 @@ TERMINAL = ("Succeeded", "Failed", "Stopped")
 POLL_SECONDS = 2.0
 
 
+def _deployment(args: argparse.Namespace) -> dict[str, str]:
+    """The outputs of the deployment named by --deployment (buckets, roles, topics, images); none without it."""
+    if not args.deployment:
+        return {}
+    from infrastructure.deploy import Deployment, outputs
+
+    return outputs(Deployment(prefix=args.deployment, pipeline_name=args.pipeline_name))
+
+
 def settings_from(args: argparse.Namespace) -> PipelineSettings:
+    deployed = _deployment(args)
     return PipelineSettings(
-        role_arn=args.role_arn,
-        artifact_bucket=args.artifact_bucket,
-        training_image=args.training_image,
-        inference_image=args.inference_image,
+        role_arn=deployed.get("ModelCreatorRoleArn", args.role_arn),
+        artifact_bucket=deployed.get("ModelBucketName", args.artifact_bucket),
+        data_bucket=deployed.get("DataBucketName", args.data_bucket),
+        training_image=deployed.get("TrainingImageUri", args.training_image),
+        inference_image=deployed.get("InferenceImageUri", args.inference_image),
         region=args.region,
         pipeline_name=args.pipeline_name,
     )
 
 
 def definition_json(settings: PipelineSettings) -> str:
-    for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve", "sagemaker.train"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")
+    os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
+    import sagemaker.mlops.workflow.pipeline  # noqa: F401 - imported first: it sets the levels put right below
+
+    for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve", "sagemaker.train", "botocore"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Running within a PipelineSession…" is expected here
         definition = str(build_pipeline(settings).definition())
@@ -60,14 +81,16 @@ def definition_json(settings: PipelineSettings) -> str:
     return definition
 
 
-def upsert(settings: PipelineSettings, package_group: str = MODEL_PACKAGE_GROUP) -> str:
+def upsert(
+    settings: PipelineSettings, package_group: str = MODEL_PACKAGE_GROUP, report: Callable[[str], None] = print
+) -> str:
     sagemaker = aws.client("sagemaker")
     definition = definition_json(settings)
     try:
         arn = sagemaker.create_pipeline(
             PipelineName=settings.pipeline_name, PipelineDefinition=definition, RoleArn=settings.role_arn
         )["PipelineArn"]
-        print(f"created pipeline {settings.pipeline_name}")
+        report(f"created pipeline {settings.pipeline_name}")
     except sagemaker.exceptions.ClientError as error:
         code = error.response["Error"]["Code"]
         message = error.response["Error"].get("Message", "")
@@ -76,7 +99,7 @@ def upsert(settings: PipelineSettings, package_group: str = MODEL_PACKAGE_GROUP)
         arn = sagemaker.update_pipeline(
             PipelineName=settings.pipeline_name, PipelineDefinition=definition, RoleArn=settings.role_arn
         )["PipelineArn"]
-        print(f"updated pipeline {settings.pipeline_name}")
+        report(f"updated pipeline {settings.pipeline_name}")
     try:
         sagemaker.describe_model_package_group(ModelPackageGroupName=package_group)
     except sagemaker.exceptions.ClientError:
@@ -84,7 +107,7 @@ def upsert(settings: PipelineSettings, package_group: str = MODEL_PACKAGE_GROUP)
             ModelPackageGroupName=package_group,
             ModelPackageGroupDescription="Concrete ML models trained by the FHE training pipeline",
         )
-        print(f"created model package group {package_group}")
+        report(f"created model package group {package_group}")
     return str(arn)
 
 
@@ -93,7 +116,7 @@ def stage_dataset(settings: PipelineSettings, dataset: str) -> str:
     if dataset.startswith("s3://"):
         return dataset
     s3 = aws.client("s3")
-    ensure_bucket(s3, settings.artifact_bucket)
+    ensure_bucket(s3, settings.data_bucket)
     path = Path(dataset)
     with tempfile.TemporaryDirectory() as scratch:
         if not path.exists():
@@ -105,7 +128,7 @@ def stage_dataset(settings: PipelineSettings, dataset: str) -> str:
                 )
             path = builtin_dataset_csv(dataset, Path(scratch) / f"{dataset}.csv")
         name = path.stem.replace(" ", "_")
-        target = S3Uri(settings.artifact_bucket, f"datasets/{name}/{path.name}")
+        target = S3Uri(settings.data_bucket, f"datasets/{name}/{path.name}")
         s3.upload_file(str(path), target.bucket, target.key)
     return str(target)
 
@@ -169,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--role-arn", default=os.environ.get("FHE_PIPELINE_ROLE_ARN", "arn:aws:iam::000000000000:role/fhe-pipeline")
     )
+    parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT"), help="fhe-deploy's --prefix")
     parser.add_argument("--artifact-bucket", default=os.environ.get("FHE_ARTIFACT_BUCKET", "fhe-artifacts"))
+    parser.add_argument("--data-bucket", default=os.environ.get("FHE_DATA_BUCKET", "fhe-data"))
+    parser.add_argument("--output-bucket", default=os.environ.get("FHE_OUTPUT_BUCKET", "fhe-batches"))
     parser.add_argument("--training-image", default=os.environ.get("FHE_TRAINING_IMAGE", "fhe-training:latest"))
     parser.add_argument("--inference-image", default=os.environ.get("FHE_INFERENCE_IMAGE", "fhe-inference:latest"))
     parser.add_argument("--region", default=aws.region())
@@ -196,17 +222,21 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(approve(args.package_arn, args.package_group, decision, args.note), indent=2))
         return
     if args.command == "deploy":
+        deployed = _deployment(args)
         deployment = DeploySettings(
-            package_group=args.package_group,
-            artifact_bucket=args.artifact_bucket,
-            role_arn=args.role_arn,
-            endpoint_name=args.endpoint_name,
+            package_group=deployed.get("ModelPackageGroup", args.package_group),
+            output_bucket=deployed.get("BundleBucketName", args.output_bucket),
+            role_arn=deployed.get("EndpointRoleArn", args.role_arn),
+            endpoint_name=deployed.get("EndpointName", args.endpoint_name),
             instance_type=args.instance_type,
             max_concurrent_invocations=args.max_concurrent_invocations,
-            success_topic_arn=args.success_topic_arn,
-            error_topic_arn=args.error_topic_arn,
+            success_topic_arn=deployed.get("EndpointSuccessTopicArn", args.success_topic_arn),
+            error_topic_arn=deployed.get("EndpointErrorTopicArn", args.error_topic_arn),
         )
-        print(f"deploying the newest Approved package of {args.package_group} to {args.endpoint_name}…", flush=True)
+        print(
+            f"deploying the newest Approved package of {deployment.package_group} to {deployment.endpoint_name}…",
+            flush=True,
+        )
         print(json.dumps(deploy(deployment, wait_seconds=args.timeout), indent=2))
         return
 

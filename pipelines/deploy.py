@@ -17,6 +17,7 @@ from typing import Any
 from common import aws
 from common.artifacts import PACKAGE_ARN_VARIABLE
 from common.audit_log import APPROVAL_DECISION, APPROVAL_FIELDS, REGISTRY_EVENT_SOURCE
+from common.bundle_store import RESPONSES_PREFIX
 from common.model_package import describe, newest_approved
 from common.s3uri import S3Uri
 
@@ -71,8 +72,8 @@ def publish_decision(package: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class DeploySettings:
     package_group: str
-    artifact_bucket: str
-    role_arn: str
+    output_bucket: str  # the bundle bucket: the endpoint's responses go under responses/<endpoint>/
+    role_arn: str  # the endpoint's role
     endpoint_name: str = ENDPOINT_NAME
     instance_type: str = "ml.c6i.4xlarge"  # FHE is CPU work: compute-optimized, many cores
     instance_count: int = 1
@@ -82,11 +83,11 @@ class DeploySettings:
 
     @property
     def output_path(self) -> S3Uri:
-        return S3Uri(self.artifact_bucket, f"async/{self.endpoint_name}/output")
+        return S3Uri(self.output_bucket, f"{RESPONSES_PREFIX}/{self.endpoint_name}/output")
 
     @property
     def failure_path(self) -> S3Uri:
-        return S3Uri(self.artifact_bucket, f"async/{self.endpoint_name}/failures")
+        return S3Uri(self.output_bucket, f"{RESPONSES_PREFIX}/{self.endpoint_name}/failures")
 
 
 def notification_topics(settings: DeploySettings) -> tuple[str, str]:

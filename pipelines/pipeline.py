@@ -22,7 +22,8 @@ class PipelineSettings:
     """Where the pipeline runs: account-specific values, not per-execution parameters."""
 
     role_arn: str
-    artifact_bucket: str
+    artifact_bucket: str  # the model bucket: every execution's outputs, under pipelines/<name>/<execution id>/
+    data_bucket: str  # training data sets, under datasets/ (read by the training role alone)
     training_image: str
     inference_image: str
     region: str = "us-east-1"
@@ -32,7 +33,7 @@ class PipelineSettings:
 
     @property
     def data_uri(self) -> str:
-        return self.default_input_data or f"s3://{self.artifact_bucket}/datasets/breast_cancer/breast_cancer.csv"
+        return self.default_input_data or f"s3://{self.data_bucket}/datasets/breast_cancer/breast_cancer.csv"
 
 
 def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) -> Any:

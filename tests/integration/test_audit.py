@@ -47,10 +47,10 @@ from tests.leaks import numbers_in_text, plaintext_fragments, private_key_fragme
 pytestmark = pytest.mark.integration
 
 SETTINGS = DemoSettings(
+    prefix="fhe-audit-test",
     package_group="fhe-audit-tests",
-    bundle_bucket="fhe-audit-test",
     endpoint_name="fhe-audit-test",
-    stack_name="fhe-audit-test",
+    pipeline_name="fhe-audit-test-training",
 )
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 SETTINGS = PipelineSettings(
     role_arn="arn:aws:iam::000000000000:role/fhe-pipeline",
     artifact_bucket="fhe-artifacts",
+    data_bucket="fhe-artifacts",
     training_image="fhe-training:latest",
     inference_image="fhe-inference:latest",
 )

@@ -29,7 +29,8 @@ from local.demo import (
     bundle_execution,
     bundle_executions,
     clear_classes,
-    deploy_serving,
+    deploy_endpoint,
+    deploy_stack,
     executed_states,
     sample_rows,
     train_and_register,
@@ -40,10 +41,10 @@ from pipelines.deploy import approve
 pytestmark = pytest.mark.integration
 
 SETTINGS = DemoSettings(
+    prefix="fhe-workflow-test",
     package_group="fhe-workflow-tests",
-    bundle_bucket="fhe-workflow-test",
     endpoint_name="fhe-workflow-test",
-    stack_name="fhe-workflow-test",
+    pipeline_name="fhe-workflow-test-training",
 )
 CONCURRENCY = 2  # reserved concurrency of each workflow function in these tests
 SETTLE_TIMEOUT = 600.0
@@ -74,9 +75,10 @@ def _queue(name: str, pattern: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Workflow:
+    outputs = deploy_stack(SETTINGS, function_concurrency=CONCURRENCY)
     package_arn = train_and_register(SETTINGS)
     approve(package_arn, SETTINGS.package_group, "Approved", "workflow tests")
-    outputs = deploy_serving(SETTINGS, function_concurrency=CONCURRENCY)
+    deploy_endpoint(SETTINGS, outputs)
     events_queue = _queue("fhe-workflow-test-events", {"source": ["fhe.batch-inference"]})
     s3_pattern = {"source": ["aws.s3"], "detail": {"bucket": {"name": [SETTINGS.bundle_bucket]}}}
     s3_events_queue = _queue("fhe-workflow-test-s3-events", s3_pattern)

@@ -1,0 +1,366 @@
+"""fhe-deploy: the whole product in one AWS account, or on the local stack; only the endpoint URLs and the
+credentials differ.
+
+    fhe-deploy up [--prefix fhe] [--endpoint fhe-inference] [--schedule "rate(7 days)"] [--build-images] [--dry-run]
+    fhe-deploy images [--prefix fhe]         build and push the training and inference images (needs Docker)
+    fhe-deploy outputs [--prefix fhe]        buckets, roles, topics, state machine, tables of a deployment
+    fhe-deploy down [--prefix fhe] [--delete-data]
+
+``up`` runs, in order: the bootstrap stack (infrastructure/bootstrap.yaml: the KMS key, the artifact bucket, the
+image repositories) → the images (with --build-images) → the functions, layer and state machine definition staged
+in the artifact bucket → the product stack (infrastructure/product.yaml) → reserved concurrency confirmed → the
+SageMaker pipeline upserted with the model creator's role. Every step is idempotent: run it again after a change.
+``--dry-run`` prints every resource it would create, the uploads, the image builds and the pipeline, and changes
+nothing.
+
+``down`` deletes the endpoint, the pipeline and both stacks. The data, model and bundle buckets, the audit table
+and the key are kept (the stacks mark them Retain) unless --delete-data is given; what is kept is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from common import aws
+from infrastructure import images, package, stacks
+from infrastructure.templates import BOOTSTRAP, PRODUCT, resources
+from pipelines.pipeline import MODEL_PACKAGE_GROUP, PIPELINE_NAME, PipelineSettings
+
+DEFAULT_PREFIX = "fhe"
+STACK_TIMEOUT_S = 1200.0
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment of the product: its names and the choices an operator makes."""
+
+    prefix: str = DEFAULT_PREFIX
+    endpoint_name: str = "fhe-inference"
+    pipeline_name: str = PIPELINE_NAME
+    package_group: str = MODEL_PACKAGE_GROUP
+    retraining_schedule: str = "rate(7 days)"
+    retraining_enabled: bool = True
+    function_concurrency: int = 4
+    bundle_retention_days: int = 30
+    quarantine_retention_days: int = 90
+    log_level: str = "INFO"
+    image_tag: str = ""  # empty: the content tag of this source tree
+    build_images: bool = False
+    instance_type: str = "ml.c7i.4xlarge"
+
+    @property
+    def bootstrap_stack(self) -> str:
+        return f"{self.prefix}-bootstrap"
+
+    @property
+    def product_stack(self) -> str:
+        return self.prefix
+
+    @property
+    def tag(self) -> str:
+        return self.image_tag or images.content_tag()
+
+    def bootstrap_parameters(self) -> dict[str, str]:
+        return {"Prefix": self.prefix}
+
+    def product_parameters(self, bootstrap: dict[str, str], staged: list[package.Upload]) -> dict[str, str]:
+        return {
+            "Prefix": self.prefix,
+            "KeyArn": bootstrap["KeyArn"],
+            "ArtifactBucket": bootstrap["ArtifactBucketName"],
+            **{upload.parameter: upload.key for upload in staged},
+            "TrainingRepositoryArn": bootstrap["TrainingRepositoryArn"],
+            "InferenceRepositoryArn": bootstrap["InferenceRepositoryArn"],
+            "EndpointName": self.endpoint_name,
+            "PipelineName": self.pipeline_name,
+            "ModelPackageGroup": self.package_group,
+            "RetrainingSchedule": self.retraining_schedule,
+            "RetrainingState": "ENABLED" if self.retraining_enabled else "DISABLED",
+            "FunctionConcurrency": str(self.function_concurrency),
+            "BundleRetentionDays": str(self.bundle_retention_days),
+            "QuarantineRetentionDays": str(self.quarantine_retention_days),
+            "LogLevel": self.log_level,
+        }
+
+
+def pipeline_settings(deployment: Deployment, outputs: dict[str, str]) -> PipelineSettings:
+    """The training pipeline as this deployment runs it: its role, buckets and images, from the stacks' outputs."""
+    return PipelineSettings(
+        role_arn=outputs["ModelCreatorRoleArn"],
+        artifact_bucket=outputs["ModelBucketName"],
+        data_bucket=outputs["DataBucketName"],
+        training_image=outputs["TrainingImageUri"],
+        inference_image=outputs["InferenceImageUri"],
+        region=aws.region(),
+        pipeline_name=deployment.pipeline_name,
+        instance_type=deployment.instance_type,
+    )
+
+
+def plan(deployment: Deployment) -> dict[str, Any]:
+    """Everything ``up`` would create, without calling AWS: values only known once the bootstrap stack exists
+    are shown as ``<bootstrap:Output>``."""
+    staged = package.uploads()
+    placeholders = {
+        "KeyArn": "<bootstrap:KeyArn>",
+        "ArtifactBucketName": "<bootstrap:ArtifactBucketName>",
+        "TrainingRepositoryArn": "<bootstrap:TrainingRepositoryArn>",
+        "InferenceRepositoryArn": "<bootstrap:InferenceRepositoryArn>",
+        "TrainingRepositoryUri": "<bootstrap:TrainingRepositoryUri>",
+        "InferenceRepositoryUri": "<bootstrap:InferenceRepositoryUri>",
+    }
+    wanted = images.images(placeholders, deployment.tag)
+    return {
+        "stacks": [
+            {
+                "name": deployment.bootstrap_stack,
+                "template": BOOTSTRAP.name,
+                "parameters": deployment.bootstrap_parameters(),
+                "resources": resources(BOOTSTRAP),
+            },
+            {
+                "name": deployment.product_stack,
+                "template": PRODUCT.name,
+                "parameters": deployment.product_parameters(placeholders, staged),
+                "resources": resources(PRODUCT),
+            },
+        ],
+        "uploads": {u.key: len(u.body) for u in staged},
+        "images": {
+            image.role: {"uri": image.uri, "build": deployment.build_images, "commands": image.commands()}
+            for image in wanted
+        },
+        "pipeline": {
+            "name": deployment.pipeline_name,
+            "role": "<product:ModelCreatorRoleArn>",
+            "model_package_group": deployment.package_group,
+            "schedule": deployment.retraining_schedule if deployment.retraining_enabled else "disabled",
+        },
+    }
+
+
+def describe_plan(planned: dict[str, Any]) -> str:
+    """The plan as a reader wants it: one line per resource."""
+    lines = []
+    for stack in planned["stacks"]:
+        lines.append(f"stack {stack['name']} ({stack['template']}), {len(stack['resources'])} resources:")
+        lines += [f"  {kind:40} {name}" for name, kind in stack["resources"].items()]
+    lines.append("uploads to the artifact bucket:")
+    lines += [f"  {key} ({size} bytes)" for key, size in planned["uploads"].items()]
+    lines.append("container images:")
+    for role, image in planned["images"].items():
+        lines.append(f"  {role:10} {image['uri']} ({'built and pushed' if image['build'] else 'expected to exist'})")
+    pipeline = planned["pipeline"]
+    lines.append(
+        f"SageMaker pipeline {pipeline['name']} (upsert), model package group {pipeline['model_package_group']}"
+    )
+    lines.append(f"  runs as {pipeline['role']}; retraining schedule: {pipeline['schedule']}")
+    return "\n".join(lines)
+
+
+def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
+    """Deploy or update everything; returns the deployment's outputs (both stacks, the images, the pipeline)."""
+    bootstrap = stacks.apply(
+        deployment.bootstrap_stack,
+        BOOTSTRAP,
+        deployment.bootstrap_parameters(),
+        timeout=STACK_TIMEOUT_S,
+        report=report,
+    )
+    wanted = images.images(bootstrap, deployment.tag)
+    if deployment.build_images:
+        images.build_and_push(wanted, report)
+    else:
+        report(f"images not built here; the deployment uses {', '.join(i.uri for i in wanted)}")
+    s3 = aws.client("s3")
+    staged = package.uploads()
+    for upload in staged:
+        s3.put_object(Bucket=bootstrap["ArtifactBucketName"], Key=upload.key, Body=upload.body)
+    report(f"staged {len(staged)} artifacts in s3://{bootstrap['ArtifactBucketName']}/workflow/")
+    parameters = deployment.product_parameters(bootstrap, staged)
+    product = stacks.apply(
+        deployment.product_stack,
+        PRODUCT,
+        parameters,
+        timeout=STACK_TIMEOUT_S,
+        report=report,
+        staging_bucket=bootstrap["ArtifactBucketName"],
+    )
+    stacks.check_reserved_concurrency(deployment.product_stack, PRODUCT, parameters, report)
+    outputs = {
+        **bootstrap,
+        **product,
+        **{f"{image.role.capitalize()}ImageUri": image.uri for image in wanted},
+    }
+    from pipelines import cli as pipeline_cli
+
+    outputs["PipelineArn"] = pipeline_cli.upsert(
+        pipeline_settings(deployment, outputs), deployment.package_group, report
+    )
+    return outputs
+
+
+def outputs(deployment: Deployment) -> dict[str, str]:
+    """The outputs of a deployment's two stacks, and the image URIs its pipeline uses."""
+    bootstrap, product = stacks.outputs(deployment.bootstrap_stack), stacks.outputs(deployment.product_stack)
+    wanted = images.images(bootstrap, deployment.tag)
+    return {**bootstrap, **product, **{f"{i.role.capitalize()}ImageUri": i.uri for i in wanted}}
+
+
+def _empty_bucket(s3: Any, bucket: str) -> int:
+    """Delete every version and delete marker of ``bucket``; returns how many."""
+    removed = 0
+    try:
+        pages = list(s3.get_paginator("list_object_versions").paginate(Bucket=bucket))
+    except s3.exceptions.NoSuchBucket:
+        return 0
+    for page in pages:
+        entries = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        for start in range(0, len(entries), 1000):
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": entries[start : start + 1000], "Quiet": True})
+        removed += len(entries)
+    return removed
+
+
+def _delete_endpoint(endpoint_name: str, report: Report) -> None:
+    sagemaker = aws.client("sagemaker")
+    try:
+        sagemaker.delete_endpoint(EndpointName=endpoint_name)
+        report(f"endpoint {endpoint_name}: deleted")
+    except sagemaker.exceptions.ClientError as error:
+        if "Could not find" not in str(error) and "does not exist" not in str(error):
+            raise
+
+
+def _delete_pipeline(pipeline_name: str, report: Report) -> None:
+    sagemaker = aws.client("sagemaker")
+    try:
+        sagemaker.delete_pipeline(PipelineName=pipeline_name, ClientRequestToken=f"teardown-{pipeline_name}")
+        report(f"pipeline {pipeline_name}: deleted")
+    except sagemaker.exceptions.ResourceNotFound:
+        pass
+
+
+def down(deployment: Deployment, *, delete_data: bool = False, report: Report = print) -> dict[str, list[str]]:
+    """Tear the deployment down; returns what was deleted and what was kept."""
+    kept: list[str] = []
+    known = {}
+    for name in (deployment.bootstrap_stack, deployment.product_stack):
+        if stacks.describe(name) is not None:
+            known.update(stacks.outputs(name))
+    _delete_endpoint(deployment.endpoint_name, report)
+    _delete_pipeline(deployment.pipeline_name, report)
+    s3 = aws.client("s3")
+    deleted = [
+        name for name in [deployment.product_stack] if stacks.delete(name, timeout=STACK_TIMEOUT_S, report=report)
+    ]
+    if "ArtifactBucketName" in known:
+        # Staged code only: emptied so the bucket goes with its stack.
+        _empty_bucket(s3, known["ArtifactBucketName"])
+    if stacks.delete(deployment.bootstrap_stack, timeout=STACK_TIMEOUT_S, report=report):
+        deleted.append(deployment.bootstrap_stack)
+    if "ArtifactBucketName" in known:
+        _delete_bucket(s3, known["ArtifactBucketName"])
+    data_buckets = [known[k] for k in ("DataBucketName", "ModelBucketName", "BundleBucketName") if k in known]
+    if delete_data:
+        for bucket in data_buckets:
+            report(f"bucket {bucket}: {_empty_bucket(s3, bucket)} object versions deleted")
+            _delete_bucket(s3, bucket)
+            deleted.append(bucket)
+        if "AuditTableName" in known:
+            aws.client("dynamodb").delete_table(TableName=known["AuditTableName"])
+            deleted.append(known["AuditTableName"])
+        if "KeyArn" in known:
+            aws.client("kms").schedule_key_deletion(KeyId=known["KeyArn"], PendingWindowInDays=7)
+            report(f"key {known['KeyArn']}: deletion scheduled in 7 days")
+    else:
+        kept = [*data_buckets, *(known[k] for k in ("AuditTableName", "KeyArn") if k in known)]
+        for name in kept:
+            report(f"kept {name} (fhe-deploy down --delete-data removes it)")
+    return {"deleted": deleted, "kept": kept}
+
+
+def _delete_bucket(s3: Any, bucket: str) -> None:
+    try:
+        s3.delete_bucket(Bucket=bucket)
+    except s3.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fhe-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("up", "images", "outputs", "down"))
+    defaults = Deployment()
+    parser.add_argument("--prefix", default=defaults.prefix, help="names the stacks and resources (%(default)s)")
+    parser.add_argument("--endpoint", default=defaults.endpoint_name, help="endpoint name (%(default)s)")
+    parser.add_argument("--pipeline-name", default=defaults.pipeline_name, help="(%(default)s)")
+    parser.add_argument("--package-group", default=defaults.package_group, help="model package group (%(default)s)")
+    parser.add_argument(
+        "--schedule",
+        default=defaults.retraining_schedule,
+        help="retraining cadence, an EventBridge Scheduler expression (%(default)s); 'off' disables it",
+    )
+    parser.add_argument("--concurrency", type=int, default=defaults.function_concurrency, help="per function")
+    parser.add_argument("--bundle-retention-days", type=int, default=defaults.bundle_retention_days)
+    parser.add_argument("--quarantine-retention-days", type=int, default=defaults.quarantine_retention_days)
+    parser.add_argument("--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--instance-type", default=defaults.instance_type, help="training and evaluation jobs")
+    parser.add_argument("--image-tag", default="", help="images already pushed (default: this source's content tag)")
+    parser.add_argument("--build-images", action="store_true", help="up: build and push the images (needs Docker)")
+    parser.add_argument("--dry-run", action="store_true", help="up: print what it would create, change nothing")
+    parser.add_argument("--json", action="store_true", help="up --dry-run: the plan as JSON")
+    parser.add_argument("--delete-data", action="store_true", help="down: also the buckets, audit table and key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    off = args.schedule.strip().lower() == "off"
+    deployment = Deployment(
+        prefix=args.prefix,
+        endpoint_name=args.endpoint,
+        pipeline_name=args.pipeline_name,
+        package_group=args.package_group,
+        retraining_schedule=Deployment.retraining_schedule if off else args.schedule,
+        retraining_enabled=not off,
+        function_concurrency=args.concurrency,
+        bundle_retention_days=args.bundle_retention_days,
+        quarantine_retention_days=args.quarantine_retention_days,
+        log_level=args.log_level,
+        image_tag=args.image_tag,
+        build_images=args.build_images,
+        instance_type=args.instance_type,
+    )
+    progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if args.command == "up" and args.dry_run:
+            planned = plan(deployment)
+            print(json.dumps(planned, indent=2) if args.json else describe_plan(planned))
+        elif args.command == "up":
+            print(json.dumps(up(deployment, progress), indent=2))
+        elif args.command == "images":
+            wanted = images.images(stacks.outputs(deployment.bootstrap_stack), deployment.tag)
+            images.build_and_push(wanted, progress)
+            print(json.dumps({i.role: i.uri for i in wanted}, indent=2))
+        elif args.command == "outputs":
+            print(json.dumps(outputs(deployment), indent=2))
+        else:
+            print(json.dumps(down(deployment, delete_data=args.delete_data, report=progress), indent=2))
+    except (stacks.StackError, images.ImageError) as error:
+        raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""What the product stack's functions are made of: a zip of ``lambdas/`` and ``common/``, a Powertools layer built
+from the installed distributions, and the state machine definition as it is. Each is staged in the artifact bucket
+under a key that carries its content hash, so a deploy that changes nothing replaces nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from infrastructure.templates import ROOT, STATE_MACHINE
+
+FUNCTION_PACKAGES = ("lambdas", "common")
+LAYER_DISTRIBUTIONS = ("aws-lambda-powertools", "aws-xray-sdk", "wrapt", "jmespath", "typing-extensions")
+_FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry a fixed time, so one source gives one hash
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One object to stage: the template parameter that names it, its key and its bytes."""
+
+    parameter: str
+    key: str
+    body: bytes
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            archive.writestr(zipfile.ZipInfo(name, _FIXED_TIME), files[name])
+    return buffer.getvalue()
+
+
+def functions_zip() -> bytes:
+    files = {}
+    for package in FUNCTION_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            files[path.relative_to(ROOT).as_posix()] = path.read_bytes()
+    return _zip(files)
+
+
+def powertools_layer_zip() -> bytes:
+    """The layer: each distribution's installed files under ``python/`` (no compiled caches, no scripts)."""
+    files = {}
+    for name in LAYER_DISTRIBUTIONS:
+        distribution = metadata.distribution(name)
+        for entry in distribution.files or []:
+            parts = entry.parts
+            if ".." in parts or entry.suffix == ".pyc" or "__pycache__" in parts or parts[0] == "bin":
+                continue
+            files[f"python/{entry.as_posix()}"] = Path(str(distribution.locate_file(entry))).read_bytes()
+    return _zip(files)
+
+
+def _upload(parameter: str, name: str, body: bytes, suffix: str) -> Upload:
+    return Upload(parameter, f"workflow/{name}-{hashlib.sha256(body).hexdigest()[:16]}{suffix}", body)
+
+
+def uploads() -> list[Upload]:
+    return [
+        _upload("FunctionsKey", "functions", functions_zip(), ".zip"),
+        _upload("PowertoolsLayerKey", "powertools-layer", powertools_layer_zip(), ".zip"),
+        _upload("StateMachineKey", "batch_inference", STATE_MACHINE.read_bytes(), ".asl.json"),
+    ]

@@ -1,0 +1,213 @@
+"""Least privilege, read from the templates as IAM evaluates them (tests/iam.py): who may read and write what in
+the data, model, bundle and artifact buckets, and what every bucket refuses whoever asks."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from infrastructure.templates import BOOTSTRAP, PRODUCT
+from tests.iam import ACCOUNT, PARAMETERS, REGION, Request, Template, decide
+
+PRODUCT_T = Template(PRODUCT)
+BOOTSTRAP_T = Template(BOOTSTRAP)
+DATA = f"arn:aws:s3:::fhe-data-{ACCOUNT}-{REGION}"
+MODELS = f"arn:aws:s3:::fhe-models-{ACCOUNT}-{REGION}"
+BUNDLES = f"arn:aws:s3:::fhe-bundles-{ACCOUNT}-{REGION}"
+ARTIFACTS = f"arn:aws:s3:::fhe-artifacts-{ACCOUNT}-{REGION}"
+RUN = "pipelines/fhe-training/exec-1"
+TRAINING_DATA = f"{DATA}/datasets/breast_cancer/breast_cancer.csv"
+TRAINING_SPLIT = f"{MODELS}/{RUN}/train/train.npz"
+MODEL_TAR = f"{MODELS}/{RUN}/model/fhe-train-1/output/model.tar.gz"
+SERVER_ZIPS = [f"{MODELS}/{RUN}/model/server.zip", f"{MODELS}/{RUN}/evaluation/server.zip", f"{ARTIFACTS}/server.zip"]
+CLIENT_ZIP = f"{MODELS}/{RUN}/client/client.zip"
+EVALUATION_KEY = f"{BUNDLES}/inbox/keys/{'a' * 64}.ekey"
+SHARD = f"{BUNDLES}/inbox/bundle-1/shards/00000.fhe"
+RESULT = f"{BUNDLES}/outbox/bundle-1/shards/00000.out"
+ADMIN = [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}]
+
+
+def can(role: str, action: str, resource: str, **context: str) -> bool:
+    """Whether ``role`` of the product stack may do ``action`` on ``resource``, its bucket's policy included."""
+    request = Request(PRODUCT_T.arn(role), action, resource, context)
+    return decide(request, PRODUCT_T.identity_policies(role), _bucket_policies(resource)) == "Allow"
+
+
+def _bucket_policies(resource: str) -> list[dict[str, Any]]:
+    for template in (PRODUCT_T, BOOTSTRAP_T):
+        for name in template.of_type("AWS::S3::Bucket"):
+            arn = template.arn(name)
+            if resource == arn or resource.startswith(arn + "/"):
+                return [template.bucket_policy(name)]
+    return []
+
+
+def roles(template: Template = PRODUCT_T) -> list[str]:
+    return list(template.of_type("AWS::IAM::Role"))
+
+
+def training_data_readers(template: Template) -> list[str]:
+    """The roles that can read a training data set or a training split."""
+    return [
+        role
+        for role in roles(template)
+        if any(
+            decide(Request(template.arn(role), "s3:GetObject", target), template.identity_policies(role)) == "Allow"
+            for target in (TRAINING_DATA, TRAINING_SPLIT)
+        )
+    ]
+
+
+def wildcard_actions_on_buckets(template: Template) -> list[str]:
+    """Statements granting a wildcard action (``s3:*``, ``s3:Get*``, ``*``) on a bucket or on every resource."""
+    buckets = [DATA, MODELS, BUNDLES, ARTIFACTS]
+    found = []
+    for role in roles(template):
+        for document in template.identity_policies(role):
+            for statement in document["Statement"]:
+                if statement["Effect"] != "Allow":
+                    continue
+                resources = statement.get("Resource", "*")
+                resources = resources if isinstance(resources, list) else [resources]
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                touches = any(r == "*" or any(r.startswith(b) for b in buckets) for r in resources)
+                wild = [a for a in actions if "*" in a and (a == "*" or a.lower().startswith("s3:") or touches)]
+                if (touches and wild) or (any(a.lower().startswith("s3:") for a in actions) and "*" in resources):
+                    found.append(f"{role}: {actions} on {resources}")
+    return found
+
+
+def test_no_wildcard_actions_on_data_buckets() -> None:
+    assert wildcard_actions_on_buckets(PRODUCT_T) == []
+
+
+def test_only_the_training_role_reads_training_data() -> None:
+    assert training_data_readers(PRODUCT_T) == ["ModelCreatorRole"]
+    assert can("ModelCreatorRole", "s3:GetObject", TRAINING_DATA)
+    # Whatever an identity policy grants, the bucket policy keeps anyone else out.
+    for target in (TRAINING_DATA, TRAINING_SPLIT):
+        administrator = Request(f"arn:aws:iam::{ACCOUNT}:role/Admin", "s3:GetObject", target)
+        assert decide(administrator, ADMIN, _bucket_policies(target)) == "Deny", target
+
+
+def test_the_checks_fail_on_a_role_that_breaks_them() -> None:
+    """The checks above can fail: a client role that can read training data, or holds s3:*, is caught."""
+    broken = Template(PRODUCT)
+    broken.resources = copy.deepcopy(broken.resources)
+    statements = broken.resources["ClientRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    statements.append({"Effect": "Allow", "Action": "s3:*", "Resource": f"{DATA}/*"})
+    assert "ClientRole" in training_data_readers(broken)
+    assert any(line.startswith("ClientRole") for line in wildcard_actions_on_buckets(broken))
+
+
+def test_client_writes_only_its_inbox_and_reads_only_its_results_and_client_artifacts() -> None:
+    assert can("ClientRole", "s3:PutObject", SHARD)
+    assert can("ClientRole", "s3:PutObject", EVALUATION_KEY)
+    assert can("ClientRole", "s3:PutObject", f"{BUNDLES}/inbox/bundle-1/manifest.json")
+    assert can("ClientRole", "s3:GetObject", RESULT)
+    assert can("ClientRole", "s3:GetObject", CLIENT_ZIP)
+    assert can("ClientRole", "s3:GetObject", f"{BUNDLES}/quarantine/bundle-1/reason.json")
+    assert can("ClientRole", "s3:ListBucket", BUNDLES, **{"s3:prefix": "inbox/keys/"})
+    for target in [TRAINING_DATA, TRAINING_SPLIT, MODEL_TAR, *SERVER_ZIPS, SHARD, EVALUATION_KEY]:
+        assert not can("ClientRole", "s3:GetObject", target), target
+    for target in [RESULT, f"{BUNDLES}/requests/bundle-1/00000.json", f"{BUNDLES}/quarantine/b/reason.json"]:
+        assert not can("ClientRole", "s3:PutObject", target), target
+    assert not can("ClientRole", "s3:PutObject", f"{MODELS}/{RUN}/client/client.zip")
+    assert not can("ClientRole", "s3:ListBucket", BUNDLES, **{"s3:prefix": "requests/"})
+    assert not can("ClientRole", "s3:ListBucket", DATA)
+
+
+def test_endpoint_reads_keys_and_shards_and_writes_results_only() -> None:
+    assert can("EndpointRole", "s3:GetObject", EVALUATION_KEY)
+    assert can("EndpointRole", "s3:GetObject", SHARD)
+    assert can("EndpointRole", "s3:GetObject", f"{BUNDLES}/requests/bundle-1/00000.json")
+    assert can("EndpointRole", "s3:GetObject", MODEL_TAR)  # SageMaker loads the model with the endpoint's role
+    assert can("EndpointRole", "s3:PutObject", RESULT)
+    for target in [SHARD, EVALUATION_KEY, f"{BUNDLES}/inbox/bundle-1/manifest.json", f"{BUNDLES}/quarantine/b/r"]:
+        assert not can("EndpointRole", "s3:PutObject", target), target
+    for target in [TRAINING_DATA, TRAINING_SPLIT, RESULT, CLIENT_ZIP, f"{BUNDLES}/quarantine/b/reason.json"]:
+        assert not can("EndpointRole", "s3:GetObject", target), target
+    assert not can("EndpointRole", "s3:ListBucket", BUNDLES)
+    assert not can("EndpointRole", "s3:DeleteObject", SHARD)
+
+
+def test_the_other_roles_stay_off_the_data_they_do_not_need() -> None:
+    for role in ("EndpointCreatorRole", "AuditorRole", "StartRole", "ValidateRole", "NotifyRole", "RetrainRole"):
+        for target in (TRAINING_DATA, MODEL_TAR, SERVER_ZIPS[0]):
+            assert not can(role, "s3:GetObject", target), (role, target)
+    assert not can("AuditorRole", "s3:PutObject", RESULT)
+    assert not can("RecordRole", "dynamodb:UpdateItem", PRODUCT_T.arn("AuditTable"))
+    assert can("RecordRole", "dynamodb:PutItem", PRODUCT_T.arn("AuditTable"))
+    assert can(
+        "EndpointCreatorRole",
+        "iam:PassRole",
+        PRODUCT_T.arn("EndpointRole"),
+        **{"iam:PassedToService": "sagemaker.amazonaws.com"},
+    )
+    assert not can(
+        "EndpointCreatorRole",
+        "iam:PassRole",
+        PRODUCT_T.arn("ModelCreatorRole"),
+        **{"iam:PassedToService": "sagemaker.amazonaws.com"},
+    )
+
+
+BUCKETS = [(PRODUCT_T, name) for name in PRODUCT_T.of_type("AWS::S3::Bucket")] + [
+    (BOOTSTRAP_T, name) for name in BOOTSTRAP_T.of_type("AWS::S3::Bucket")
+]
+
+
+@pytest.mark.parametrize(("template", "bucket"), BUCKETS, ids=[name for _, name in BUCKETS])
+def test_every_bucket_denies_plain_http(template: Template, bucket: str) -> None:
+    arn, policy = template.arn(bucket), [template.bucket_policy(bucket)]
+    administrator = f"arn:aws:iam::{ACCOUNT}:role/Admin"
+    for action, resource in (("s3:GetObject", f"{arn}/k"), ("s3:PutObject", f"{arn}/k"), ("s3:ListBucket", arn)):
+        plain = Request(administrator, action, resource, {"aws:SecureTransport": "false"})
+        assert decide(plain, ADMIN, policy) == "Deny", (action, resource)
+    tls = Request(administrator, "s3:PutObject", f"{arn}/k", {"aws:SecureTransport": "true"})
+    assert decide(tls, ADMIN, policy) == "Allow"
+
+
+@pytest.mark.parametrize(("template", "bucket"), BUCKETS, ids=[name for _, name in BUCKETS])
+def test_every_bucket_refuses_puts_not_encrypted_under_the_deployment_key(template: Template, bucket: str) -> None:
+    arn, policy = template.arn(bucket), [template.bucket_policy(bucket)]
+    key = PARAMETERS["KeyArn"] if template is PRODUCT_T else template.arn("Key")
+    administrator = f"arn:aws:iam::{ACCOUNT}:role/Admin"
+
+    def put(**headers: str) -> str:
+        return decide(Request(administrator, "s3:PutObject", f"{arn}/k", headers), ADMIN, policy)
+
+    assert put(**{"s3:x-amz-server-side-encryption": "AES256"}) == "Deny"
+    assert put(**{"s3:x-amz-server-side-encryption": "aws:kms"}) == "Allow"
+    other_key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/someone-elses"
+    assert (
+        put(
+            **{
+                "s3:x-amz-server-side-encryption": "aws:kms",
+                "s3:x-amz-server-side-encryption-aws-kms-key-id": other_key,
+            }
+        )
+        == "Deny"
+    )
+    assert (
+        put(**{"s3:x-amz-server-side-encryption": "aws:kms", "s3:x-amz-server-side-encryption-aws-kms-key-id": key})
+        == "Allow"
+    )
+    # A put that names no encryption is allowed and stored under the bucket's default: SSE-KMS with the
+    # deployment's key (asking for aws:kms without a key id would pick the account's aws/s3 key instead).
+    assert put() == "Allow"
+    properties = template.properties(bucket)
+    [rule] = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}
+    assert rule["BucketKeyEnabled"] is True
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert all(properties["PublicAccessBlockConfiguration"].values())
+    assert properties["LifecycleConfiguration"]["Rules"], "every bucket has lifecycle rules"
+
+
+def test_the_data_buckets_outlive_their_stack() -> None:
+    for name in ("DataBucket", "ModelBucket", "BundleBucket", "AuditTable"):
+        assert PRODUCT_T.resources[name].get("DeletionPolicy") == "Retain", name
+    assert BOOTSTRAP_T.resources["Key"].get("DeletionPolicy") == "Retain"
