@@ -7,14 +7,17 @@ credentials differ.
     fhe-deploy down [--prefix fhe] [--delete-data]
 
 ``up`` runs, in order: the bootstrap stack (infrastructure/bootstrap.yaml: the KMS key, the artifact bucket, the
-image repositories) → the images (with --build-images) → the functions, layer and state machine definition staged
-in the artifact bucket → the product stack (infrastructure/product.yaml) → reserved concurrency confirmed → the
-SageMaker pipeline upserted with the model creator's role. Every step is idempotent: run it again after a change.
+image repositories) → the data stack (infrastructure/data.yaml: the data, model and bundle buckets, the audit log)
+→ the images (with --build-images) → the functions, layer and state machine definition staged in the artifact
+bucket → the product stack (infrastructure/product.yaml: roles, functions, state machine, queues, topics,
+schedule) → bucket settings and reserved concurrency confirmed → the SageMaker pipeline upserted with the model
+creator's role. Every step is idempotent: run it again after a change.
 ``--dry-run`` prints every resource it would create, the uploads, the image builds and the pipeline, and changes
 nothing.
 
-``down`` deletes the endpoint, the pipeline and both stacks. The data, model and bundle buckets, the audit table
-and the key are kept (the stacks mark them Retain) unless --delete-data is given; what is kept is printed.
+``down`` deletes the endpoint, the pipeline and the product stack; the bootstrap and data stacks (the key, the
+buckets, the audit log) stay, so a later ``up`` finds everything again. ``down --delete-data`` removes them too,
+contents included, and schedules the key's deletion.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from typing import Any
 
 from common import aws
 from infrastructure import images, package, stacks
-from infrastructure.templates import BOOTSTRAP, PRODUCT, resources
+from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
 from pipelines.pipeline import MODEL_PACKAGE_GROUP, PIPELINE_NAME, PipelineSettings
 
 DEFAULT_PREFIX = "fhe"
 STACK_TIMEOUT_S = 1200.0
+DATA_OUTPUTS = ("DataBucketName", "ModelBucketName", "BundleBucketName", "AuditTableName")
 Report = Callable[[str], None]
 
 
@@ -59,6 +63,10 @@ class Deployment:
         return f"{self.prefix}-bootstrap"
 
     @property
+    def data_stack(self) -> str:
+        return f"{self.prefix}-data"
+
+    @property
     def product_stack(self) -> str:
         return self.prefix
 
@@ -69,11 +77,22 @@ class Deployment:
     def bootstrap_parameters(self) -> dict[str, str]:
         return {"Prefix": self.prefix}
 
-    def product_parameters(self, bootstrap: dict[str, str], staged: list[package.Upload]) -> dict[str, str]:
+    def data_parameters(self, bootstrap: dict[str, str]) -> dict[str, str]:
+        return {
+            "Prefix": self.prefix,
+            "KeyArn": bootstrap["KeyArn"],
+            "BundleRetentionDays": str(self.bundle_retention_days),
+            "QuarantineRetentionDays": str(self.quarantine_retention_days),
+        }
+
+    def product_parameters(
+        self, bootstrap: dict[str, str], data: dict[str, str], staged: list[package.Upload]
+    ) -> dict[str, str]:
         return {
             "Prefix": self.prefix,
             "KeyArn": bootstrap["KeyArn"],
             "ArtifactBucket": bootstrap["ArtifactBucketName"],
+            **{name: data[name] for name in DATA_OUTPUTS},
             **{upload.parameter: upload.key for upload in staged},
             "TrainingRepositoryArn": bootstrap["TrainingRepositoryArn"],
             "InferenceRepositoryArn": bootstrap["InferenceRepositoryArn"],
@@ -83,8 +102,6 @@ class Deployment:
             "RetrainingSchedule": self.retraining_schedule,
             "RetrainingState": "ENABLED" if self.retraining_enabled else "DISABLED",
             "FunctionConcurrency": str(self.function_concurrency),
-            "BundleRetentionDays": str(self.bundle_retention_days),
-            "QuarantineRetentionDays": str(self.quarantine_retention_days),
             "LogLevel": self.log_level,
         }
 
@@ -115,6 +132,7 @@ def plan(deployment: Deployment) -> dict[str, Any]:
         "TrainingRepositoryUri": "<bootstrap:TrainingRepositoryUri>",
         "InferenceRepositoryUri": "<bootstrap:InferenceRepositoryUri>",
     }
+    data = {name: f"<data:{name}>" for name in DATA_OUTPUTS}
     wanted = images.images(placeholders, deployment.tag)
     return {
         "stacks": [
@@ -125,9 +143,15 @@ def plan(deployment: Deployment) -> dict[str, Any]:
                 "resources": resources(BOOTSTRAP),
             },
             {
+                "name": deployment.data_stack,
+                "template": DATA.name,
+                "parameters": deployment.data_parameters(placeholders),
+                "resources": resources(DATA),
+            },
+            {
                 "name": deployment.product_stack,
                 "template": PRODUCT.name,
-                "parameters": deployment.product_parameters(placeholders, staged),
+                "parameters": deployment.product_parameters(placeholders, data, staged),
                 "resources": resources(PRODUCT),
             },
         ],
@@ -173,6 +197,13 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
         timeout=STACK_TIMEOUT_S,
         report=report,
     )
+    key = {"Key.Arn": bootstrap["KeyArn"]}
+    stacks.check_bucket_settings(
+        deployment.bootstrap_stack, BOOTSTRAP, {**deployment.bootstrap_parameters(), **key}, report
+    )
+    data_parameters = deployment.data_parameters(bootstrap)
+    data = stacks.apply(deployment.data_stack, DATA, data_parameters, timeout=STACK_TIMEOUT_S, report=report)
+    stacks.check_bucket_settings(deployment.data_stack, DATA, data_parameters, report)
     wanted = images.images(bootstrap, deployment.tag)
     if deployment.build_images:
         images.build_and_push(wanted, report)
@@ -183,7 +214,7 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     for upload in staged:
         s3.put_object(Bucket=bootstrap["ArtifactBucketName"], Key=upload.key, Body=upload.body)
     report(f"staged {len(staged)} artifacts in s3://{bootstrap['ArtifactBucketName']}/workflow/")
-    parameters = deployment.product_parameters(bootstrap, staged)
+    parameters = deployment.product_parameters(bootstrap, data, staged)
     product = stacks.apply(
         deployment.product_stack,
         PRODUCT,
@@ -195,6 +226,7 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     stacks.check_reserved_concurrency(deployment.product_stack, PRODUCT, parameters, report)
     outputs = {
         **bootstrap,
+        **data,
         **product,
         **{f"{image.role.capitalize()}ImageUri": image.uri for image in wanted},
     }
@@ -208,9 +240,10 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
 
 def outputs(deployment: Deployment) -> dict[str, str]:
     """The outputs of a deployment's two stacks, and the image URIs its pipeline uses."""
-    bootstrap, product = stacks.outputs(deployment.bootstrap_stack), stacks.outputs(deployment.product_stack)
+    bootstrap, data = stacks.outputs(deployment.bootstrap_stack), stacks.outputs(deployment.data_stack)
     wanted = images.images(bootstrap, deployment.tag)
-    return {**bootstrap, **product, **{f"{i.role.capitalize()}ImageUri": i.uri for i in wanted}}
+    product = stacks.outputs(deployment.product_stack)
+    return {**bootstrap, **data, **product, **{f"{i.role.capitalize()}ImageUri": i.uri for i in wanted}}
 
 
 def _empty_bucket(s3: Any, bucket: str) -> int:
@@ -251,42 +284,47 @@ def _delete_pipeline(pipeline_name: str, report: Report) -> None:
 
 
 def down(deployment: Deployment, *, delete_data: bool = False, report: Report = print) -> dict[str, list[str]]:
-    """Tear the deployment down; returns what was deleted and what was kept."""
-    kept: list[str] = []
-    known = {}
-    for name in (deployment.bootstrap_stack, deployment.product_stack):
+    """Tear the deployment down: the endpoint, the pipeline and the product stack. The bootstrap and data stacks
+    (key, artifact bucket, image repositories, buckets, audit log) stay, so a later ``up`` finds its data again,
+    unless ``delete_data``: then they go too, contents included, and the key is scheduled for deletion.
+    Returns what was deleted and what was kept."""
+    known: dict[str, str] = {}
+    for name in (deployment.bootstrap_stack, deployment.data_stack, deployment.product_stack):
         if stacks.describe(name) is not None:
             known.update(stacks.outputs(name))
     _delete_endpoint(deployment.endpoint_name, report)
     _delete_pipeline(deployment.pipeline_name, report)
+    deleted: list[str] = []
+    if stacks.delete(deployment.product_stack, timeout=STACK_TIMEOUT_S, report=report):
+        deleted.append(deployment.product_stack)
+    if not delete_data:
+        kept = [name for name in (deployment.bootstrap_stack, deployment.data_stack) if stacks.describe(name)]
+        report(f"kept {', '.join(kept)}: the key, buckets and audit log (fhe-deploy down --delete-data removes them)")
+        return {"deleted": deleted, "kept": kept}
     s3 = aws.client("s3")
-    deleted = [
-        name for name in [deployment.product_stack] if stacks.delete(name, timeout=STACK_TIMEOUT_S, report=report)
+    buckets = [
+        known[o] for o in ("DataBucketName", "ModelBucketName", "BundleBucketName", "ArtifactBucketName") if o in known
     ]
-    if "ArtifactBucketName" in known:
-        # Staged code only: emptied so the bucket goes with its stack.
-        _empty_bucket(s3, known["ArtifactBucketName"])
-    if stacks.delete(deployment.bootstrap_stack, timeout=STACK_TIMEOUT_S, report=report):
-        deleted.append(deployment.bootstrap_stack)
-    if "ArtifactBucketName" in known:
-        _delete_bucket(s3, known["ArtifactBucketName"])
-    data_buckets = [known[k] for k in ("DataBucketName", "ModelBucketName", "BundleBucketName") if k in known]
-    if delete_data:
-        for bucket in data_buckets:
-            report(f"bucket {bucket}: {_empty_bucket(s3, bucket)} object versions deleted")
-            _delete_bucket(s3, bucket)
-            deleted.append(bucket)
-        if "AuditTableName" in known:
-            aws.client("dynamodb").delete_table(TableName=known["AuditTableName"])
+    for bucket in buckets:  # a bucket must be empty to go, versions included
+        report(f"bucket {bucket}: {_empty_bucket(s3, bucket)} object versions deleted")
+    for stack_name in (deployment.data_stack, deployment.bootstrap_stack):
+        if stacks.delete(stack_name, timeout=STACK_TIMEOUT_S, report=report):
+            deleted.append(stack_name)
+    # The data buckets, the audit table and the key are Retain (a stack deleted by hand keeps them): deleted here.
+    for bucket in buckets:
+        _delete_bucket(s3, bucket)
+        deleted.append(bucket)
+    if "AuditTableName" in known:
+        dynamodb = aws.client("dynamodb")
+        try:
+            dynamodb.delete_table(TableName=known["AuditTableName"])
             deleted.append(known["AuditTableName"])
-        if "KeyArn" in known:
-            aws.client("kms").schedule_key_deletion(KeyId=known["KeyArn"], PendingWindowInDays=7)
-            report(f"key {known['KeyArn']}: deletion scheduled in 7 days")
-    else:
-        kept = [*data_buckets, *(known[k] for k in ("AuditTableName", "KeyArn") if k in known)]
-        for name in kept:
-            report(f"kept {name} (fhe-deploy down --delete-data removes it)")
-    return {"deleted": deleted, "kept": kept}
+        except dynamodb.exceptions.ResourceNotFoundException:
+            pass
+    if "KeyArn" in known:
+        aws.client("kms").schedule_key_deletion(KeyId=known["KeyArn"], PendingWindowInDays=7)
+        report(f"key {known['KeyArn']}: deletion scheduled in 7 days")
+    return {"deleted": deleted, "kept": []}
 
 
 def _delete_bucket(s3: Any, bucket: str) -> None:

@@ -10,6 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = ROOT / "infrastructure" / "bootstrap.yaml"
+DATA = ROOT / "infrastructure" / "data.yaml"
 PRODUCT = ROOT / "infrastructure" / "product.yaml"
 STATE_MACHINE = ROOT / "statemachines" / "batch_inference.asl.json"
 

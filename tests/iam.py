@@ -25,6 +25,10 @@ PARAMETERS = {
     "TrainingRepositoryArn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/fhe-training",
     "InferenceRepositoryArn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/fhe-inference",
     "EndpointName": "fhe-inference",
+    "DataBucketName": f"fhe-data-{ACCOUNT}-{REGION}",
+    "ModelBucketName": f"fhe-models-{ACCOUNT}-{REGION}",
+    "BundleBucketName": f"fhe-bundles-{ACCOUNT}-{REGION}",
+    "AuditTableName": "fhe-audit",
 }
 PSEUDO = {
     "AWS::Partition": "aws",

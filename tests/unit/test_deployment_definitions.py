@@ -43,7 +43,7 @@ def test_statelint_rejects_a_broken_definition(tmp_path: Path) -> None:
     assert _statelint(path).returncode != 0
 
 
-@pytest.mark.parametrize("template", [templates.BOOTSTRAP, templates.PRODUCT], ids=lambda p: p.name)
+@pytest.mark.parametrize("template", [templates.BOOTSTRAP, templates.DATA, templates.PRODUCT], ids=lambda p: p.name)
 def test_template_passes_cfn_lint(template: Path) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), str(template)], capture_output=True, text=True
@@ -105,10 +105,11 @@ def test_layer_carries_powertools_under_python() -> None:
 def test_dry_run_lists_every_resource(capsys: pytest.CaptureFixture[str]) -> None:
     deploy.main(["up", "--prefix", "acme", "--endpoint", "acme-inference", "--dry-run", "--json"])
     planned = json.loads(capsys.readouterr().out)
-    bootstrap, product = planned["stacks"]
+    bootstrap, data, product = planned["stacks"]
     assert bootstrap["resources"] == templates.resources(templates.BOOTSTRAP)
+    assert data["resources"] == templates.resources(templates.DATA)
     assert product["resources"] == templates.resources(templates.PRODUCT)
-    assert (bootstrap["name"], product["name"]) == ("acme-bootstrap", "acme")
+    assert (bootstrap["name"], data["name"], product["name"]) == ("acme-bootstrap", "acme-data", "acme")
     assert product["parameters"]["EndpointName"] == "acme-inference"
     # Every parameter the template declares without a default is given.
     declared = templates.load(templates.PRODUCT)["Parameters"]
@@ -125,7 +126,7 @@ def test_dry_run_lists_every_resource(capsys: pytest.CaptureFixture[str]) -> Non
 def test_dry_run_prints_one_line_per_resource(capsys: pytest.CaptureFixture[str]) -> None:
     deploy.main(["up", "--dry-run", "--schedule", "off"])
     text = capsys.readouterr().out
-    for template in (templates.BOOTSTRAP, templates.PRODUCT):
+    for template in (templates.BOOTSTRAP, templates.DATA, templates.PRODUCT):
         for name, kind in templates.resources(template).items():
             assert re.search(rf"^  {re.escape(kind)} +{name}$", text, re.MULTILINE), name
     assert "retraining schedule: disabled" in text

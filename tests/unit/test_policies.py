@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 
 from infrastructure.templates import BOOTSTRAP, PRODUCT
+from infrastructure.templates import DATA as DATA_TEMPLATE
 from tests.iam import ACCOUNT, PARAMETERS, REGION, Request, Template, decide
 
 PRODUCT_T = Template(PRODUCT)
+DATA_T = Template(DATA_TEMPLATE)
 BOOTSTRAP_T = Template(BOOTSTRAP)
+AUDIT_TABLE = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{PARAMETERS['AuditTableName']}"
 DATA = f"arn:aws:s3:::fhe-data-{ACCOUNT}-{REGION}"
 MODELS = f"arn:aws:s3:::fhe-models-{ACCOUNT}-{REGION}"
 BUNDLES = f"arn:aws:s3:::fhe-bundles-{ACCOUNT}-{REGION}"
@@ -36,7 +39,7 @@ def can(role: str, action: str, resource: str, **context: str) -> bool:
 
 
 def _bucket_policies(resource: str) -> list[dict[str, Any]]:
-    for template in (PRODUCT_T, BOOTSTRAP_T):
+    for template in (DATA_T, BOOTSTRAP_T):
         for name in template.of_type("AWS::S3::Bucket"):
             arn = template.arn(name)
             if resource == arn or resource.startswith(arn + "/"):
@@ -86,7 +89,7 @@ def test_no_wildcard_actions_on_data_buckets() -> None:
 def test_only_the_training_role_reads_training_data() -> None:
     assert training_data_readers(PRODUCT_T) == ["ModelCreatorRole"]
     assert can("ModelCreatorRole", "s3:GetObject", TRAINING_DATA)
-    # Whatever an identity policy grants, the bucket policy keeps anyone else out.
+    # Whatever an identity policy grants, the bucket policy keeps anyone else out, and lets the training role in.
     for target in (TRAINING_DATA, TRAINING_SPLIT):
         administrator = Request(f"arn:aws:iam::{ACCOUNT}:role/Admin", "s3:GetObject", target)
         assert decide(administrator, ADMIN, _bucket_policies(target)) == "Deny", target
@@ -138,8 +141,9 @@ def test_the_other_roles_stay_off_the_data_they_do_not_need() -> None:
         for target in (TRAINING_DATA, MODEL_TAR, SERVER_ZIPS[0]):
             assert not can(role, "s3:GetObject", target), (role, target)
     assert not can("AuditorRole", "s3:PutObject", RESULT)
-    assert not can("RecordRole", "dynamodb:UpdateItem", PRODUCT_T.arn("AuditTable"))
-    assert can("RecordRole", "dynamodb:PutItem", PRODUCT_T.arn("AuditTable"))
+    assert not can("RecordRole", "dynamodb:UpdateItem", AUDIT_TABLE)
+    assert not can("RecordRole", "dynamodb:DeleteItem", AUDIT_TABLE)
+    assert can("RecordRole", "dynamodb:PutItem", AUDIT_TABLE)
     assert can(
         "EndpointCreatorRole",
         "iam:PassRole",
@@ -154,7 +158,7 @@ def test_the_other_roles_stay_off_the_data_they_do_not_need() -> None:
     )
 
 
-BUCKETS = [(PRODUCT_T, name) for name in PRODUCT_T.of_type("AWS::S3::Bucket")] + [
+BUCKETS = [(DATA_T, name) for name in DATA_T.of_type("AWS::S3::Bucket")] + [
     (BOOTSTRAP_T, name) for name in BOOTSTRAP_T.of_type("AWS::S3::Bucket")
 ]
 
@@ -173,7 +177,7 @@ def test_every_bucket_denies_plain_http(template: Template, bucket: str) -> None
 @pytest.mark.parametrize(("template", "bucket"), BUCKETS, ids=[name for _, name in BUCKETS])
 def test_every_bucket_refuses_puts_not_encrypted_under_the_deployment_key(template: Template, bucket: str) -> None:
     arn, policy = template.arn(bucket), [template.bucket_policy(bucket)]
-    key = PARAMETERS["KeyArn"] if template is PRODUCT_T else template.arn("Key")
+    key = PARAMETERS["KeyArn"] if template is DATA_T else template.arn("Key")
     administrator = f"arn:aws:iam::{ACCOUNT}:role/Admin"
 
     def put(**headers: str) -> str:
@@ -209,5 +213,5 @@ def test_every_bucket_refuses_puts_not_encrypted_under_the_deployment_key(templa
 
 def test_the_data_buckets_outlive_their_stack() -> None:
     for name in ("DataBucket", "ModelBucket", "BundleBucket", "AuditTable"):
-        assert PRODUCT_T.resources[name].get("DeletionPolicy") == "Retain", name
+        assert DATA_T.resources[name].get("DeletionPolicy") == "Retain", name
     assert BOOTSTRAP_T.resources["Key"].get("DeletionPolicy") == "Retain"

@@ -1,0 +1,193 @@
+"""fhe-deploy on the local stack: both stacks hold exactly what the dry run listed, the buckets and roles are as
+the policy tests read them, the retraining schedule starts the pipeline and a round is skipped while a run is
+going, and teardown keeps the data unless told otherwise."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from common import aws
+from infrastructure import deploy, stacks
+from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
+from pipelines import cli as pipeline_cli
+
+pytestmark = pytest.mark.integration
+
+DEPLOYMENT = deploy.Deployment(
+    prefix="fhe-deploy-test",
+    endpoint_name="fhe-deploy-test",
+    pipeline_name="fhe-deploy-test-training",
+    package_group="fhe-deploy-tests",
+    retraining_schedule="rate(1 minute)",  # the shortest cadence, so the test sees it fire
+    function_concurrency=1,
+)
+SCHEDULED_TIMEOUT = 200.0  # the scheduler ticks every 10 s; the first round is due a minute after creation
+
+
+@pytest.fixture(scope="module")
+def deployed(local_stack: dict[str, str]) -> Iterator[dict[str, str]]:
+    outputs = deploy.up(DEPLOYMENT, report=lambda line: None)
+    yield outputs
+    deploy.down(DEPLOYMENT, delete_data=True, report=lambda line: None)
+
+
+def _executions() -> list[dict[str, Any]]:
+    response = aws.client("sagemaker").list_pipeline_executions(PipelineName=DEPLOYMENT.pipeline_name)
+    return list(response["PipelineExecutionSummaries"])
+
+
+def _wait_ended(arn: str, timeout: float = 600.0) -> str:
+    sagemaker, deadline = aws.client("sagemaker"), time.monotonic() + timeout
+    while (status := sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionStatus"]) in (
+        "Executing",
+        "Stopping",
+    ):
+        assert time.monotonic() < deadline, f"{arn} still {status}"
+        time.sleep(2.0)
+    return str(status)
+
+
+def test_the_stacks_hold_every_resource_the_dry_run_listed(deployed: dict[str, str]) -> None:
+    planned = {stack["name"]: stack["resources"] for stack in deploy.plan(DEPLOYMENT)["stacks"]}
+    cloudformation = aws.client("cloudformation")
+    for name, template in (
+        (DEPLOYMENT.bootstrap_stack, BOOTSTRAP),
+        (DEPLOYMENT.data_stack, DATA),
+        (DEPLOYMENT.product_stack, PRODUCT),
+    ):
+        pages = cloudformation.get_paginator("list_stack_resources").paginate(StackName=name)
+        live = {r["LogicalResourceId"]: r for page in pages for r in page["StackResourceSummaries"]}
+        assert {n: r["ResourceType"] for n, r in live.items()} == planned[name] == resources(template)
+        assert all(r["ResourceStatus"].endswith("_COMPLETE") for r in live.values())
+    assert deployed["PipelineArn"].endswith(f":pipeline/{DEPLOYMENT.pipeline_name}")
+    pipeline = aws.client("sagemaker").describe_pipeline(PipelineName=DEPLOYMENT.pipeline_name)
+    assert pipeline["RoleArn"] == deployed["ModelCreatorRoleArn"]
+    definition = json.loads(pipeline["PipelineDefinition"])
+    images = {step["Arguments"].get("AppSpecification", {}).get("ImageUri") for step in definition["Steps"]}
+    assert deployed["TrainingImageUri"] in images
+
+
+def test_every_bucket_is_encrypted_under_the_key_and_refuses_plain_http(deployed: dict[str, str]) -> None:
+    s3 = aws.client("s3")
+    buckets = [deployed[k] for k in ("ArtifactBucketName", "DataBucketName", "ModelBucketName", "BundleBucketName")]
+    for bucket in buckets:
+        [rule] = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        assert rule["ApplyServerSideEncryptionByDefault"] == {
+            "SSEAlgorithm": "aws:kms",
+            "KMSMasterKeyID": deployed["KeyArn"],
+        }
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+        assert s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        statements = {s["Sid"]: s for s in json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]}
+        assert statements["DenyInsecureTransport"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert {"DenyPutsNotUnderTheKey", "DenyPutsUnderAnotherKey"} <= set(statements)
+    # An object written without encryption headers is stored under the deployment's key.
+    s3.put_object(Bucket=deployed["BundleBucketName"], Key="inbox/probe/object", Body=b"ciphertext stand-in")
+    head = s3.head_object(Bucket=deployed["BundleBucketName"], Key="inbox/probe/object")
+    assert head.get("ServerSideEncryption") == "aws:kms"
+    assert head.get("SSEKMSKeyId") == deployed["KeyArn"]
+
+
+def _decisions(role_arn: str, action: str, resources: list[str]) -> dict[str, str]:
+    iam = aws.client("iam")
+    return {
+        resource: iam.simulate_principal_policy(
+            PolicySourceArn=role_arn, ActionNames=[action], ResourceArns=[resource]
+        )["EvaluationResults"][0]["EvalDecision"]
+        for resource in resources
+    }
+
+
+def test_the_deployed_roles_grant_what_the_policy_tests_expect(deployed: dict[str, str]) -> None:
+    """The same questions as tests/unit/test_policies.py, asked of IAM about the roles the stack created."""
+    data, models, bundles = (
+        f"arn:aws:s3:::{deployed[k]}" for k in ("DataBucketName", "ModelBucketName", "BundleBucketName")
+    )
+    run = "pipelines/fhe-deploy-test-training/e1"
+    client, endpoint = deployed["ClientRoleArn"], deployed["EndpointRoleArn"]
+    assert _decisions(
+        client, "s3:GetObject", [f"{bundles}/outbox/b/manifest.json", f"{models}/{run}/client/client.zip"]
+    ) == {
+        f"{bundles}/outbox/b/manifest.json": "allowed",
+        f"{models}/{run}/client/client.zip": "allowed",
+    }
+    refused = [
+        f"{data}/datasets/d.csv",
+        f"{models}/{run}/model/j/output/model.tar.gz",
+        f"{models}/{run}/model/server.zip",
+    ]
+    assert set(_decisions(client, "s3:GetObject", refused).values()) == {"implicitDeny"}
+    assert _decisions(client, "s3:PutObject", [f"{bundles}/inbox/b/manifest.json"]) == {
+        f"{bundles}/inbox/b/manifest.json": "allowed"
+    }
+    assert set(
+        _decisions(endpoint, "s3:PutObject", [f"{bundles}/inbox/b/s.fhe", f"{bundles}/inbox/keys/k.ekey"]).values()
+    ) == {"implicitDeny"}
+    assert set(_decisions(endpoint, "s3:PutObject", [f"{bundles}/outbox/b/shards/00000.out"]).values()) == {"allowed"}
+    assert set(_decisions(endpoint, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"implicitDeny"}
+    model_creator = deployed["ModelCreatorRoleArn"]
+    assert set(_decisions(model_creator, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"allowed"}
+
+
+def test_the_schedule_starts_the_pipeline(deployed: dict[str, str]) -> None:
+    schedule = aws.client("scheduler").get_schedule(Name=deployed["RetrainingScheduleName"])
+    assert (schedule["ScheduleExpression"], schedule["State"]) == ("rate(1 minute)", "ENABLED")
+    assert schedule["Target"]["Arn"].endswith(":function:fhe-deploy-test-retrain")
+    deadline = time.monotonic() + SCHEDULED_TIMEOUT
+    while not (
+        scheduled := [e for e in _executions() if e.get("PipelineExecutionDisplayName", "").startswith("schedule")]
+    ):
+        assert time.monotonic() < deadline, f"no scheduled execution after {SCHEDULED_TIMEOUT} s"
+        time.sleep(5.0)
+    assert scheduled[0]["PipelineExecutionDisplayName"] == "schedule-fhe-deploy-test-retraining"
+    for execution in scheduled:
+        _wait_ended(execution["PipelineExecutionArn"])
+
+
+def test_a_round_is_skipped_while_a_run_is_going(deployed: dict[str, str]) -> None:
+    settings = deploy.pipeline_settings(DEPLOYMENT, deployed)
+    pipeline_cli.stage_dataset(settings, "breast_cancer")
+    running = pipeline_cli.start(settings, [{"Name": "ModelPackageGroupName", "Value": DEPLOYMENT.package_group}])
+    response = aws.client("lambda").invoke(
+        FunctionName="fhe-deploy-test-retrain",
+        Payload=json.dumps({"pipeline_name": DEPLOYMENT.pipeline_name, "reason": "test"}).encode(),
+    )
+    answer = json.loads(response["Payload"].read())
+    assert "FunctionError" not in response, answer
+    assert answer["started"] is None and running in answer["skipped_because"], answer
+    assert _wait_ended(running) == "Succeeded"
+    # A request for another pipeline is refused by name, not attempted.
+    refused = aws.client("lambda").invoke(
+        FunctionName="fhe-deploy-test-retrain", Payload=json.dumps({"pipeline_name": "someone-elses"}).encode()
+    )
+    assert refused.get("FunctionError") and "is not this deployment" in refused["Payload"].read().decode()
+
+
+def test_teardown_keeps_the_data_unless_asked(deployed: dict[str, str]) -> None:
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv", Body=b"a,b\n1,2\n")
+    result = deploy.down(DEPLOYMENT, report=lambda line: None)
+    assert result == {
+        "deleted": [DEPLOYMENT.product_stack],
+        "kept": [DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack],
+    }
+    assert stacks.describe(DEPLOYMENT.product_stack) is None
+    assert s3.get_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv")["Body"].read() == b"a,b\n1,2\n"
+    with pytest.raises(aws.client("sagemaker").exceptions.ResourceNotFound):
+        aws.client("sagemaker").describe_pipeline(PipelineName=DEPLOYMENT.pipeline_name)
+    # A later up finds it all again.
+    again = deploy.up(DEPLOYMENT, report=lambda line: None)
+    assert again["DataBucketName"] == deployed["DataBucketName"] and again["KeyArn"] == deployed["KeyArn"]
+    assert s3.get_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv")["Body"].read() == b"a,b\n1,2\n"
+    result = deploy.down(DEPLOYMENT, delete_data=True, report=lambda line: None)
+    assert result["kept"] == [] and deployed["DataBucketName"] in result["deleted"]
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert not any(name.startswith(f"{DEPLOYMENT.prefix}-") for name in names), names
+    assert all(stacks.describe(s) is None for s in (DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack))
+    key = aws.client("kms").describe_key(KeyId=deployed["KeyArn"])["KeyMetadata"]
+    assert key["KeyState"] == "PendingDeletion"
