@@ -18,11 +18,12 @@ from typing import Any
 
 from common.s3uri import S3Uri, download_prefix, upload_directory
 
-# What each image runs, by repository name. Locally "python" is the interpreter of the project's venv,
-# where the containers' code is installed just as it is in the images.
+# What each image runs, by repository name: a deployment's repositories are "<prefix>-training" and
+# "<prefix>-inference" (infrastructure/bootstrap.yaml), so the suffix says which container it is. Locally "python"
+# is the interpreter of the project's venv, where the containers' code is installed just as it is in the images.
 DEFAULT_IMAGES: dict[str, list[str]] = {
-    "fhe-training": ["python", "-m", "containers.training"],
-    "fhe-inference": ["python", "-m", "containers.inference"],
+    "training": ["python", "-m", "containers.training"],
+    "inference": ["python", "-m", "containers.inference"],
 }
 FAILURE_TAIL_LINES = 5
 
@@ -46,6 +47,7 @@ def image_entrypoint(image_uri: str) -> list[str]:
     if os.environ.get("LOCAL_SAGEMAKER_IMAGES"):
         images.update(json.loads(os.environ["LOCAL_SAGEMAKER_IMAGES"]))
     name = image_name(image_uri)
+    name = next((known for known in images if name == known or name.endswith(f"-{known}")), name)
     if name not in images:
         raise JobFailed(f"image {image_uri} is not available to the local SageMaker (known: {', '.join(images)})")
     return list(images[name])
