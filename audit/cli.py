@@ -1,7 +1,7 @@
 """fhe-audit: what ran, on which model, with what outcome, for a time window, without any data.
 
     fhe-audit [--since 2026-11-22T00:00Z] [--until 2026-11-23T00:00Z] [--out audit-report]
-              [--stack fhe] [--pipeline-name fhe-training]
+              [--deployment fhe] [--pipeline-name fhe-training]
 
 Reads SageMaker (pipeline executions, steps, the model registry), Step Functions (executions and histories), the
 bundle bucket's inbox/outbox/quarantine records and the hash-chained audit log, then writes ``<out>.html``
@@ -21,8 +21,7 @@ from typing import Any
 
 from audit import collect, report
 from common import aws
-from infrastructure.deploy import DEFAULT_PREFIX as DEFAULT_STACK
-from infrastructure.stacks import outputs
+from infrastructure.deploy import DEFAULT_PREFIX, Deployment, outputs
 from pipelines.pipeline import PIPELINE_NAME
 
 CHECKS_FAILED = 3
@@ -37,11 +36,13 @@ def moment(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def sources_for(stack_name: str, pipeline_name: str, progress: Any) -> collect.Sources:
-    stack = outputs(stack_name)
+def sources_for(deployment: str, pipeline_name: str, progress: Any) -> collect.Sources:
+    stack = outputs(Deployment(prefix=deployment, pipeline_name=pipeline_name))
     missing = [k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName") if k not in stack]
     if missing:
-        raise RuntimeError(f"stack {stack_name} lacks the outputs {', '.join(missing)}: redeploy it (fhe-deploy up)")
+        raise RuntimeError(
+            f"deployment {deployment} lacks the outputs {', '.join(missing)}: redeploy it (fhe-deploy up)"
+        )
     return collect.Sources(
         sagemaker=aws.client("sagemaker"),
         stepfunctions=aws.client("stepfunctions"),
@@ -67,13 +68,13 @@ def run(
     window: collect.Window,
     out: Path,
     *,
-    stack_name: str = DEFAULT_STACK,
+    deployment: str = DEFAULT_PREFIX,
     pipeline_name: str = PIPELINE_NAME,
     settle: float = 30.0,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Build and write the report; returns its data (``data["ok"]`` says whether every check passed)."""
-    sources = sources_for(stack_name, pipeline_name, progress or (lambda line: None))
+    sources = sources_for(deployment, pipeline_name, progress or (lambda line: None))
     data = report.build(sources, window, settle=settle)
     json_path, html_path = write(data, out)
     data["files"] = {"json": str(json_path), "html": str(html_path)}
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--since", type=moment, help="window start, ISO 8601 (default: 24 hours before --until)")
     parser.add_argument("--until", type=moment, help="window end, ISO 8601 (default: now)")
     parser.add_argument("--out", type=Path, default=Path("audit-report"), help="path prefix of the .html and .json")
-    parser.add_argument("--stack", default=os.environ.get("FHE_WORKFLOW_STACK", DEFAULT_STACK))
+    parser.add_argument(
+        "--deployment",
+        default=os.environ.get("FHE_DEPLOYMENT", DEFAULT_PREFIX),
+        help="the deployment's prefix, as given to fhe-deploy (%(default)s)",
+    )
     parser.add_argument("--pipeline-name", default=os.environ.get("FHE_PIPELINE_NAME", PIPELINE_NAME))
     parser.add_argument(
         "--settle", type=float, default=30.0, help="seconds to wait for just-ended bundles to reach the audit log"
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         data = run(
             collect.Window(since, until),
             args.out,
-            stack_name=args.stack,
+            deployment=args.deployment,
             pipeline_name=args.pipeline_name,
             settle=args.settle,
             progress=progress,

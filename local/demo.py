@@ -254,7 +254,7 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         audit = audit_cli.run(
             Window(since, datetime.now(tz=UTC) + timedelta(seconds=1)),
             report,
-            stack_name=settings.stack_name,
+            deployment=settings.prefix,
             pipeline_name=settings.pipeline.pipeline_name,
             progress=lambda line: print(f"  {line}", flush=True),
         )

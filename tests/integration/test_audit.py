@@ -95,9 +95,7 @@ def _drop(model: ClientModel, x: npt.NDArray[np.float64], folder: Path, bundle_i
 
 def _audit(since: datetime, out: Path) -> dict[str, Any]:
     window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))
-    return audit_cli.run(
-        window, out, stack_name=SETTINGS.stack_name, pipeline_name=SETTINGS.pipeline.pipeline_name, settle=60.0
-    )
+    return audit_cli.run(window, out, deployment=SETTINGS.prefix, pipeline_name=SETTINGS.pipeline_name, settle=60.0)
 
 
 @pytest.fixture(scope="module")
@@ -281,8 +279,8 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
                     since.isoformat(),
                     "--out",
                     str(tmp_path / "cli"),
-                    "--stack",
-                    SETTINGS.stack_name,
+                    "--deployment",
+                    SETTINGS.prefix,
                     "--pipeline-name",
                     SETTINGS.pipeline.pipeline_name,
                     "--quiet",

@@ -141,6 +141,14 @@ def test_the_other_roles_stay_off_the_data_they_do_not_need() -> None:
         for target in (TRAINING_DATA, MODEL_TAR, SERVER_ZIPS[0]):
             assert not can(role, "s3:GetObject", target), (role, target)
     assert not can("AuditorRole", "s3:PutObject", RESULT)
+    for stack in ("fhe", "fhe-data", "fhe-bootstrap"):  # what fhe-audit reads the deployment's outputs from
+        assert can(
+            "AuditorRole", "cloudformation:DescribeStacks", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{stack}/1"
+        )
+    assert not can(
+        "AuditorRole", "cloudformation:DescribeStacks", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/other/1"
+    )
+    assert can("AuditorRole", "dynamodb:Query", AUDIT_TABLE)
     assert not can("RecordRole", "dynamodb:UpdateItem", AUDIT_TABLE)
     assert not can("RecordRole", "dynamodb:DeleteItem", AUDIT_TABLE)
     assert can("RecordRole", "dynamodb:PutItem", AUDIT_TABLE)

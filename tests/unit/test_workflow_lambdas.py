@@ -98,3 +98,17 @@ def test_reason_of_a_failed_map_iteration_names_the_shard() -> None:
     assert (timeout["shard"], timeout["code"]) == (4, "timeout")
     opaque = reason_of(_failure("assemble", "Lambda.Unknown", "not json"))
     assert (opaque["stage"], opaque["code"], opaque["message"]) == ("assemble", "lambda.unknown", "not json")
+
+
+def test_retraining_starts_only_this_deployments_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lambdas.retrain import RetrainEventError, RetrainRequest, display_name
+
+    monkeypatch.setenv("PIPELINE_NAME", "fhe-training")
+    assert RetrainRequest.from_event({}) == RetrainRequest("fhe-training", "schedule")
+    request = RetrainRequest.from_event({"pipeline_name": "fhe-training", "reason": "schedule fhe-retraining"})
+    assert display_name(request.reason) == "schedule-fhe-retraining"
+    assert display_name("!!!") == "schedule" and len(display_name("x" * 200)) == 82
+    with pytest.raises(RetrainEventError, match="not this deployment's fhe-training"):
+        RetrainRequest.from_event({"pipeline_name": "someone-elses"})
+    with pytest.raises(RetrainEventError, match="JSON object"):
+        RetrainRequest.from_event(["fhe-training"])
