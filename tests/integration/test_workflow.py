@@ -383,12 +383,12 @@ def test_ten_bundles_at_once_complete_within_the_lambda_reservation(workflow: Wo
     lambda_ = aws.client("lambda")
     for function in workflow.stack["FunctionNames"].split(","):
         reserved = lambda_.get_function_concurrency(FunctionName=function)["ReservedConcurrentExecutions"]
-        single = "Heartbeat" in function or "Record" in function  # one at a time by design
+        single = function.endswith(("-heartbeat", "-record", "-retrain"))  # one at a time by design
         assert reserved == (1 if single else CONCURRENCY)
         intervals = _invocations(function)
         assert _max_overlap(intervals) <= reserved, (function, _max_overlap(intervals), reserved)
-    for name in ("Start", "Validate", "InvokeShard", "Notify", "Assemble"):
-        function = next(f for f in workflow.stack["FunctionNames"].split(",") if name in f)
+    for name in ("start", "validate", "invoke-shard", "notify", "assemble"):
+        function = next(f for f in workflow.stack["FunctionNames"].split(",") if f.endswith(f"-{name}"))
         assert _invocations(function), f"{function} never ran"
 
 
@@ -408,7 +408,7 @@ def test_workflow_logs_and_records_carry_no_plaintext(workflow: Workflow) -> Non
 
 
 def test_heartbeat_function_runs_on_its_schedule(workflow: Workflow) -> None:
-    function = next(f for f in workflow.stack["FunctionNames"].split(",") if "Heartbeat" in f)
+    function = next(f for f in workflow.stack["FunctionNames"].split(",") if f.endswith("-heartbeat"))
     deadline = time.monotonic() + 150  # the rule fires every minute
     while True:
         messages = [e["message"] for e in _log_events(function)]

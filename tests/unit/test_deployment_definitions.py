@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure import deploy, package, templates
+from infrastructure import deploy, images, package, templates
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9]+)\}")
 
@@ -130,3 +130,19 @@ def test_dry_run_prints_one_line_per_resource(capsys: pytest.CaptureFixture[str]
         for name, kind in templates.resources(template).items():
             assert re.search(rf"^  {re.escape(kind)} +{name}$", text, re.MULTILINE), name
     assert "retraining schedule: disabled" in text
+
+
+def test_images_are_tagged_by_their_content_and_built_with_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = images.content_tag()
+    assert re.fullmatch(r"src-[0-9a-f]{16}", tag) and images.content_tag() == tag
+    outputs = {"TrainingRepositoryUri": "1.dkr.ecr.r.amazonaws.com/acme-training", "InferenceRepositoryUri": "x/i"}
+    training, inference = images.images(outputs, tag)
+    assert training.uri == f"1.dkr.ecr.r.amazonaws.com/acme-training:{tag}"
+    assert training.commands() == [
+        ["docker", "build", "-f", "containers/training/Dockerfile", "-t", training.uri, "."],
+        ["docker", "push", training.uri],
+    ]
+    assert (templates.ROOT / inference.dockerfile).is_file() and (templates.ROOT / training.dockerfile).is_file()
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(images.ImageError, match="needs Docker"):
+        images.build_and_push([training], report=lambda line: None)
