@@ -96,6 +96,7 @@ class Deployment:
             **{upload.parameter: upload.key for upload in staged},
             "TrainingRepositoryArn": bootstrap["TrainingRepositoryArn"],
             "InferenceRepositoryArn": bootstrap["InferenceRepositoryArn"],
+            "ImageTag": self.tag,
             "EndpointName": self.endpoint_name,
             "PipelineName": self.pipeline_name,
             "ModelPackageGroup": self.package_group,
@@ -241,8 +242,9 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
 def outputs(deployment: Deployment) -> dict[str, str]:
     """The outputs of a deployment's two stacks, and the image URIs its pipeline uses."""
     bootstrap, data = stacks.outputs(deployment.bootstrap_stack), stacks.outputs(deployment.data_stack)
-    wanted = images.images(bootstrap, deployment.tag)
     product = stacks.outputs(deployment.product_stack)
+    # The tag the deployment was made with, not this source tree's (which may have changed since).
+    wanted = images.images(bootstrap, deployment.image_tag or product.get("ImageTag") or deployment.tag)
     return {**bootstrap, **data, **product, **{f"{i.role.capitalize()}ImageUri": i.uri for i in wanted}}
 
 
@@ -292,8 +294,8 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
     for name in (deployment.bootstrap_stack, deployment.data_stack, deployment.product_stack):
         if stacks.describe(name) is not None:
             known.update(stacks.outputs(name))
-    _delete_endpoint(deployment.endpoint_name, report)
-    _delete_pipeline(deployment.pipeline_name, report)
+    _delete_endpoint(known.get("EndpointName", deployment.endpoint_name), report)
+    _delete_pipeline(known.get("PipelineName", deployment.pipeline_name), report)
     deleted: list[str] = []
     if stacks.delete(deployment.product_stack, timeout=STACK_TIMEOUT_S, report=report):
         deleted.append(deployment.product_stack)
