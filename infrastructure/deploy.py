@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,7 +280,7 @@ def _delete_endpoint(endpoint_name: str, report: Report) -> None:
 def _delete_pipeline(pipeline_name: str, report: Report) -> None:
     sagemaker = aws.client("sagemaker")
     try:
-        sagemaker.delete_pipeline(PipelineName=pipeline_name, ClientRequestToken=f"teardown-{pipeline_name}")
+        sagemaker.delete_pipeline(PipelineName=pipeline_name)
         report(f"pipeline {pipeline_name}: deleted")
     except sagemaker.exceptions.ResourceNotFound:
         pass
@@ -294,8 +295,14 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
     for name in (deployment.bootstrap_stack, deployment.data_stack, deployment.product_stack):
         if stacks.describe(name) is not None:
             known.update(stacks.outputs(name))
-    _delete_endpoint(known.get("EndpointName", deployment.endpoint_name), report)
-    _delete_pipeline(known.get("PipelineName", deployment.pipeline_name), report)
+    if not known:
+        report(f"no deployment {deployment.prefix}: none of its stacks exists")
+        return {"deleted": [], "kept": []}
+    # Only what the deployment itself names: a teardown never reaches for a default name of another one.
+    if "EndpointName" in known:
+        _delete_endpoint(known["EndpointName"], report)
+    if "PipelineName" in known:
+        _delete_pipeline(known["PipelineName"], report)
     deleted: list[str] = []
     if stacks.delete(deployment.product_stack, timeout=STACK_TIMEOUT_S, report=report):
         deleted.append(deployment.product_stack)
@@ -337,13 +344,27 @@ def _delete_bucket(s3: Any, bucket: str) -> None:
             raise
 
 
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # the templates' AllowedPattern for Prefix
+
+
+def prefix(text: str) -> str:
+    if not PREFIX_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a prefix is 2 to 21 lowercase letters, digits or hyphens, starting with a letter "
+            "(it names buckets, which allow nothing else)"
+        )
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhe-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=("up", "images", "outputs", "down"))
     defaults = Deployment()
-    parser.add_argument("--prefix", default=defaults.prefix, help="names the stacks and resources (%(default)s)")
+    parser.add_argument(
+        "--prefix", type=prefix, default=defaults.prefix, help="names the stacks and resources (%(default)s)"
+    )
     parser.add_argument("--endpoint", default=defaults.endpoint_name, help="endpoint name (%(default)s)")
     parser.add_argument("--pipeline-name", default=defaults.pipeline_name, help="(%(default)s)")
     parser.add_argument("--package-group", default=defaults.package_group, help="model package group (%(default)s)")

@@ -146,3 +146,15 @@ def test_images_are_tagged_by_their_content_and_built_with_docker(monkeypatch: p
     monkeypatch.setenv("PATH", "")
     with pytest.raises(images.ImageError, match="needs Docker"):
         images.build_and_push([training], report=lambda line: None)
+
+
+def test_a_prefix_that_cannot_name_a_bucket_is_refused_before_anything_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for bad in ("Bad_Prefix", "9lives", "x", "a" * 22):
+        with pytest.raises(SystemExit) as exited:
+            deploy.main(["up", "--prefix", bad, "--dry-run"])
+        assert exited.value.code == 2
+        assert "lowercase letters, digits or hyphens" in capsys.readouterr().err
+    declared = templates.load(templates.PRODUCT)["Parameters"]["Prefix"]["AllowedPattern"]
+    assert declared == deploy.PREFIX_PATTERN.pattern, "the CLI checks what the templates allow"
