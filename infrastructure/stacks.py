@@ -4,6 +4,7 @@ outputs, delete, and apply the functions' reserved concurrency where a backend's
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,7 +86,13 @@ def apply(
         # Path-style: the form CloudFormation accepts for every bucket name.
         arguments["TemplateURL"] = f"https://s3.{aws.region()}.amazonaws.com/{staging_bucket}/{key}"
     seen: set[str] = set()
-    if describe(name) is None:
+    existing = describe(name)
+    if existing is not None and existing["StackStatus"] == "ROLLBACK_COMPLETE":
+        # A first creation that failed leaves an empty stack that can only be deleted; its events said why.
+        report(f"{name}: its creation failed earlier; deleting what is left of it and creating it again")
+        delete(name, timeout=timeout, report=report)
+        existing = None
+    if existing is None:
         cloudformation.create_stack(**arguments)
     else:
         seen = _event_ids(name)
@@ -191,6 +198,20 @@ def _lifecycle_request(declared: dict[str, Any]) -> dict[str, Any]:
     return {"Rules": rules}
 
 
+def _rule_summary(rule: dict[str, Any]) -> str:
+    """What a lifecycle rule decides (its id, scope and days), in one comparable string."""
+    return json.dumps(
+        [
+            rule.get("ID"),
+            rule.get("Status"),
+            (rule.get("Filter") or {}).get("Prefix", rule.get("Prefix", "")),
+            (rule.get("Expiration") or {}).get("Days"),
+            (rule.get("NoncurrentVersionExpiration") or {}).get("NoncurrentDays"),
+            (rule.get("AbortIncompleteMultipartUpload") or {}).get("DaysAfterInitiation"),
+        ]
+    )
+
+
 def check_bucket_settings(
     name: str,
     template: Path,
@@ -227,7 +248,7 @@ def check_bucket_settings(
             if error.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
                 raise
             rules = []
-        if sorted(r["ID"] for r in rules) != sorted(r["ID"] for r in lifecycle["Rules"]):
+        if sorted(map(_rule_summary, rules)) != sorted(map(_rule_summary, lifecycle["Rules"])):
             report(f"{name}: {summary['LogicalResourceId']:28} lifecycle rules set")
             s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=lifecycle)
         settled[bucket] = {"encryption": encryption, "lifecycle": lifecycle}
