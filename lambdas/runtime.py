@@ -43,7 +43,7 @@ def setting(name: str) -> str:
     """A required environment setting of the function (the template sets them all)."""
     value = os.environ.get(name)
     if not value:
-        raise RuntimeError(f"the function's environment lacks {name}; redeploy the workflow stack")
+        raise RuntimeError(f"the function's environment lacks {name}; redeploy it (fhe-deploy up)")
     return value
 
 

@@ -1,4 +1,4 @@
-"""The batch workflow on the local stack, deployed from infrastructure/workflow.yaml: S3 drop → EventBridge →
+"""The batch workflow on the local stack, deployed by fhe-deploy from infrastructure/*.yaml: S3 drop → EventBridge →
 SQS → start → Step Functions (the real ASL) → the real Lambda handlers → the async endpoint (real FHE) → outbox,
 and every way a bundle can fail."""
 
