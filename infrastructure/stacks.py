@@ -129,6 +129,12 @@ def delete(name: str, *, timeout: float, report: Callable[[str], None]) -> bool:
     return True
 
 
+def _resources_of_type(name: str, kind: str) -> list[dict[str, Any]]:
+    """The stack's resource summaries of one type (logical id, physical id, status)."""
+    pages = aws.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=name)
+    return [r for page in pages for r in page["StackResourceSummaries"] if r["ResourceType"] == kind]
+
+
 def check_reserved_concurrency(
     name: str, template: Path, parameters: dict[str, str], report: Callable[[str], None] = print
 ) -> dict[str, int]:
@@ -137,12 +143,9 @@ def check_reserved_concurrency(
     declared_resources = load(template)["Resources"]
     lambda_ = aws.client("lambda")
     applied = {}
-    pages = aws.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=name)
-    for summary in (r for page in pages for r in page["StackResourceSummaries"]):
+    for summary in _resources_of_type(name, "AWS::Lambda::Function"):
         declared = declared_resources.get(summary["LogicalResourceId"], {}).get("Properties", {})
-        value = (
-            declared.get("ReservedConcurrentExecutions") if summary["ResourceType"] == "AWS::Lambda::Function" else None
-        )
+        value = declared.get("ReservedConcurrentExecutions")
         if value is None:
             continue
         limit = int(parameters[value["Ref"]] if isinstance(value, dict) else value)
@@ -228,10 +231,7 @@ def check_bucket_settings(
     values = {**defaults, **values}
     s3 = aws.client("s3")
     settled: dict[str, dict[str, Any]] = {}
-    pages = aws.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=name)
-    for summary in (r for page in pages for r in page["StackResourceSummaries"]):
-        if summary["ResourceType"] != "AWS::S3::Bucket":
-            continue
+    for summary in _resources_of_type(name, "AWS::S3::Bucket"):
         declared = _with_values(declared_resources[summary["LogicalResourceId"]]["Properties"], values)
         bucket = summary["PhysicalResourceId"]
         encryption = _encryption_request(declared["BucketEncryption"])
