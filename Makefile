@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser demo test lint local-up local-down local-status clean
+.PHONY: setup browser demo test lint bench local-up local-down local-status clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(PY) -m local.stack up
 	eval "$$($(PY) -m local.stack env)" && $(PY) -m local.demo
+
+# Benchmarks, not tests: they print tables, write bench/results/*.json and docs/benchmarks.md + .png.
+bench: setup
+	$(PY) bench/recipe.py
+	$(PY) -m local.stack up
+	eval "$$($(PY) -m local.stack env)" && $(PY) bench/workflow.py
+	$(PY) bench/report.py
 
 lint: setup
 	$(PY) -m ruff check .

@@ -101,12 +101,18 @@ class Timings:
             self.stages[name] = round(time.monotonic() - started, 1)
 
 
-def train_and_register(settings: DemoSettings, timeout: float = 1800.0) -> str:
-    """Run the deployment's training pipeline; returns the ARN of the model package it registered."""
-    pipeline_cli.stage_dataset(settings.pipeline, "breast_cancer")
-    execution = pipeline_cli.start(
-        settings.pipeline, [{"Name": "ModelPackageGroupName", "Value": settings.package_group}]
-    )
+def train_and_register(
+    settings: DemoSettings,
+    timeout: float = 1800.0,
+    *,
+    dataset: str = "breast_cancer",
+    parameters: dict[str, str] | None = None,
+) -> str:
+    """Run the deployment's training pipeline on a bundled data set; returns the ARN of the model package it
+    registered. ``parameters`` are pipeline parameters (``ModelType``, ``FheSampleSize``…)."""
+    data_uri = pipeline_cli.stage_dataset(settings.pipeline, dataset)
+    given = {"ModelPackageGroupName": settings.package_group, "InputDataUri": data_uri, **(parameters or {})}
+    execution = pipeline_cli.start(settings.pipeline, [{"Name": k, "Value": v} for k, v in given.items()])
     pipeline_cli.follow(execution, timeout)
     result = pipeline_cli.outcome(execution)
     if result["status"] != "Succeeded" or "model_package" not in result:
@@ -166,18 +172,25 @@ def executed_states(execution_arn: str) -> list[str]:
     return names
 
 
+def download_model(package_arn: str, folder: Path) -> Path:
+    """The model package's ``model.tar.gz``, extracted into ``folder`` (as ML ops would; a batch owner cannot)."""
+    package = describe(aws.client("sagemaker"), package_arn)
+    uri = S3Uri.parse(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+    folder.mkdir(parents=True, exist_ok=True)
+    aws.client("s3").download_file(uri.bucket, uri.key, str(folder / "model.tar.gz"))
+    extract_tar(folder / "model.tar.gz", folder)
+    (folder / "model.tar.gz").unlink()
+    return folder
+
+
 def clear_classes(package_arn: str, x: npt.NDArray[np.float64]) -> list[str]:
     """The clear (quantized) model's class names for ``x``: what FHE must reproduce."""
     from concrete.ml.common.serialization.loaders import loads
 
     from common.preprocessing import PreprocessingRecord
 
-    package = describe(aws.client("sagemaker"), package_arn)
-    uri = S3Uri.parse(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
     with tempfile.TemporaryDirectory(prefix="fhe-model-") as scratch:
-        folder = Path(scratch)
-        aws.client("s3").download_file(uri.bucket, uri.key, str(folder / "model.tar.gz"))
-        extract_tar(folder / "model.tar.gz", folder)
+        folder = download_model(package_arn, Path(scratch))
         model = loads((folder / artifacts.MODEL_JSON).read_text())
         record = PreprocessingRecord.from_json((folder / artifacts.PREPROCESSING_JSON).read_text())
         return [record.classes[int(c)] for c in model.predict(record.transform(x), fhe="disable")]

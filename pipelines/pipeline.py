@@ -86,8 +86,9 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     n_bits = ParameterInteger("NBits", default_value=0)  # 0: the model type's default
     n_w_bits = ParameterInteger("NetworkWeightBits", default_value=4)
     n_a_bits = ParameterInteger("NetworkActivationBits", default_value=4)
-    n_accum_bits = ParameterInteger("NetworkAccumulatorBits", default_value=8)
-    p_error = ParameterFloat("PError", default_value=0.0)  # 0: Concrete's default
+    n_accum_bits = ParameterInteger("NetworkAccumulatorBits", default_value=32)  # 32: unbounded
+    rounding = ParameterString("NetworkRounding", default_value="approximate")
+    p_error = ParameterFloat("PError", default_value=0.0)  # 0: the model type's default
     accuracy_threshold = ParameterFloat("AccuracyThreshold", default_value=0.85)
     max_gap = ParameterFloat("MaxAccuracyGap", default_value=0.03)
     fhe_samples = ParameterInteger("FheSampleSize", default_value=5)
@@ -159,6 +160,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             "module__n_w_bits": n_w_bits,
             "module__n_a_bits": n_a_bits,
             "module__n_accum_bits": n_accum_bits,
+            "rounding": rounding,
             "p_error": p_error,
         },
         input_data_config=[
@@ -263,6 +265,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             n_w_bits,
             n_a_bits,
             n_accum_bits,
+            rounding,
             p_error,
             accuracy_threshold,
             max_gap,

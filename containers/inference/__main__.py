@@ -1,7 +1,7 @@
 """``serve``: what SageMaker runs in the inference image (``docker run <image> serve``).
 
 gunicorn runs one worker process (so the circuit and the key cache are loaded once) with a few request
-threads; the FHE work itself runs on the engine's own thread per core.
+threads; the FHE work itself runs on the engine's own thread per core, each sample on one thread.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     # A shard may take minutes; SageMaker's async invocation timeout is the real bound.
     parser.add_argument("--timeout", type=int, default=int(os.environ.get("FHE_REQUEST_TIMEOUT_S", "3600")))
     args = parser.parse_args(argv)
+    # The engine evaluates one sample per core. Concrete's loop parallelism inside each sample would make
+    # the samples compete for the same cores, and each run has a serial part that only this way overlaps
+    # (docs/benchmarks.md: throughput). Set before Concrete's runtime is loaded.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(args.host, args.port, args.threads, args.timeout)
 

@@ -72,13 +72,25 @@ class Handlers:
         check_model(manifest, self.package_arn)
         check_versions(manifest, self.engine.versions)
         entry = manifest.shard(request.shard_index)
-        keys = self.engine.evaluation_keys(
-            manifest.evaluation_key.sha256, lambda: read_evaluation_key(self.s3, manifest)
-        )
+
+        def fetch_key() -> bytes:
+            # Logged so that key traffic can be counted: a cached key is fetched once per endpoint instance.
+            data = read_evaluation_key(self.s3, manifest)
+            log.info(
+                "evaluation key %s fetched for bundle %s: %d bytes",
+                manifest.evaluation_key.sha256[:16],
+                manifest.bundle_id,
+                len(data),
+            )
+            return data
+
+        keys = self.engine.evaluation_keys(manifest.evaluation_key.sha256, fetch_key)
         data = read_shard(self.s3, manifest_uri, entry)
         field = f"shards[{entry.index}]"
         ciphertexts = parse_shard(data, expected_samples=entry.samples, field=field)
+        fhe_started = time.perf_counter()
         outputs = self.engine.run_many(ciphertexts, keys, field=field)
+        fhe_seconds = time.perf_counter() - fhe_started
         result = encode_shard(outputs, kind="results")
         result_uri = S3Uri.parse(request.result_uri)
         self.s3.put_object(Bucket=result_uri.bucket, Key=result_uri.key, Body=result)
@@ -91,11 +103,12 @@ class Handlers:
             size=len(result),
         )
         log.info(
-            "shard evaluated: bundle %s shard %d, %d samples in %.3f s on %d workers",
+            "shard evaluated: bundle %s shard %d, %d samples in %.3f s (FHE %.3f s) on %d workers",
             manifest.bundle_id,
             entry.index,
             len(outputs),
             time.perf_counter() - started,
+            fhe_seconds,
             self.engine.workers,
         )
         return Response(answer.to_json(), "application/json")

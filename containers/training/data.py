@@ -11,7 +11,9 @@ import numpy.typing as npt
 
 from containers.contract import StepInputError
 
-BUILTIN_DATASETS = ("breast_cancer", "digits")
+# digits_28x28: scikit-learn's 8x8 digits upscaled bilinearly to 28x28, 784 features, MNIST's shape (MNIST
+# itself is a download, and the training image must work offline).
+BUILTIN_DATASETS = ("breast_cancer", "digits", "digits_28x28")
 DEFAULT_LABEL_COLUMN = "label"
 SUPPORTED_SUFFIXES = (".csv", ".npy")
 
@@ -28,15 +30,29 @@ def builtin_dataset_csv(name: str, destination: Path) -> Path:
     """Write one of scikit-learn's bundled data sets as a CSV with a ``label`` column."""
     from sklearn import datasets
 
-    loaders = {"breast_cancer": datasets.load_breast_cancer, "digits": datasets.load_digits}
-    if name not in loaders:
+    if name not in BUILTIN_DATASETS:
         raise StepInputError(f"unknown bundled data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
-    bunch = loaders[name](as_frame=True)
-    frame = bunch.frame.rename(columns={"target": DEFAULT_LABEL_COLUMN})
+    if name == "digits_28x28":
+        frame = _digits_28x28()
+    else:
+        loaders = {"breast_cancer": datasets.load_breast_cancer, "digits": datasets.load_digits}
+        frame = loaders[name](as_frame=True).frame.rename(columns={"target": DEFAULT_LABEL_COLUMN})
     frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
     destination.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(destination, index=False)
     return destination
+
+
+def _digits_28x28() -> Any:
+    import pandas as pd
+    from scipy.ndimage import zoom
+    from sklearn import datasets
+
+    images, labels = datasets.load_digits(return_X_y=True)
+    upscaled = np.stack([zoom(image.reshape(8, 8), 3.5, order=1) for image in images]).reshape(len(images), -1)
+    frame = pd.DataFrame(upscaled, columns=[f"pixel_{i}" for i in range(upscaled.shape[1])])
+    frame[DEFAULT_LABEL_COLUMN] = labels
+    return frame
 
 
 def find_input_file(location: Path) -> Path:

@@ -97,7 +97,7 @@ def evaluate(
         settings = TrainingSettings(**training["settings"])
         model = loads((files / artifacts.MODEL_JSON).read_text())
         # Same data, same options as Train: the same circuit as server.zip, here for simulation.
-        circuit = model.compile(x_train, **settings.compile_options())
+        circuit = settings.compile(model, x_train)
 
         float_model = getattr(model, "sklearn_model", None)
         clear = float_model.predict(x_test) if float_model is not None else model.predict(x_test)

@@ -6,6 +6,7 @@ checks names, types and ranges and says which one is wrong.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -15,6 +16,14 @@ MODEL_TYPES = ("logistic_regression", "decision_tree", "xgboost", "neural_networ
 
 # Reasonable FHE-friendly defaults per model type; 0 / empty values from the pipeline mean "use these".
 _DEFAULT_N_BITS = {"logistic_regression": 8, "decision_tree": 5, "xgboost": 5}
+# A 5% error probability per bootstrap lets the optimizer pick much smaller crypto parameters; for a network
+# whose rounded accumulators feed 4-bit activations it costs under a point of accuracy
+# (docs/benchmarks.md). Other model types keep Concrete's own default.
+_DEFAULT_P_ERROR = {"neural_network": 0.05}
+# How a network's accumulators are rounded down to the activation's bit width before each activation.
+# "exact" costs one bootstrap per removed bit per neuron; "approximate" folds the rounding into the
+# activation's own bootstrap (one per neuron), at the price of an occasional off-by-one.
+ROUNDING_METHODS = ("approximate", "exact")
 
 
 @dataclass(frozen=True)
@@ -31,9 +40,12 @@ class TrainingSettings:
     module__n_layers: int = 2
     module__n_w_bits: int = 4
     module__n_a_bits: int = 4
-    module__n_accum_bits: int = 8
-    module__n_hidden_neurons_multiplier: float = 1.0
+    # 32 leaves the accumulators unbounded: a bound makes the network prune each neuron's inputs to fit,
+    # which costs far more accuracy than the rounding below (docs/benchmarks.md).
+    module__n_accum_bits: int = 32
+    module__n_hidden_neurons_multiplier: float = 0.5
     module__n_prune_neurons_percentage: float = 0.0
+    rounding: str = "approximate"
     seed: int = 42
 
     @classmethod
@@ -57,6 +69,8 @@ class TrainingSettings:
             value = getattr(self, name)
             if value < 0 or value > 32:
                 raise StepInputError(f"hyperparameter {name} must be between 1 and 32 (0 = default), got {value}")
+        if self.rounding not in ROUNDING_METHODS:
+            raise StepInputError(f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDING_METHODS)}")
         if not 0.0 <= self.p_error < 1.0:
             raise StepInputError(f"hyperparameter p_error must be in [0, 1), got {self.p_error}")
         if not 0.0 <= self.module__n_prune_neurons_percentage < 1.0:
@@ -68,6 +82,11 @@ class TrainingSettings:
     @property
     def effective_n_bits(self) -> int:
         return self.n_bits or _DEFAULT_N_BITS.get(self.model_type, 0)
+
+    @property
+    def effective_p_error(self) -> float:
+        """The error probability per bootstrap; 0 leaves Concrete's default."""
+        return self.p_error or _DEFAULT_P_ERROR.get(self.model_type, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,8 +126,28 @@ class TrainingSettings:
             callbacks="disable",
         )
 
+    def compile(self, model: Any, x: Any) -> Any:
+        """Compile a fitted model to its FHE circuit: the same in Train and Evaluate, so both get one circuit."""
+        if self.model_type == "neural_network":
+            set_rounding(model, self.rounding)
+        # Concrete ML turns both compressions on whatever the configuration says, unless these variables
+        # say otherwise; they are its only switch.
+        switches = {
+            "USE_KEY_COMPRESSION": "1" if self.compress_evaluation_keys else "0",
+            "USE_INPUT_COMPRESSION": "1" if self.compress_input_ciphertexts else "0",
+        }
+        saved = {name: os.environ.get(name) for name in switches}
+        os.environ.update(switches)
+        try:
+            return model.compile(x, **self.compile_options())
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
     def compile_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.compile``: the same in Train and Evaluate, so both get one circuit."""
         from concrete.fhe import Configuration
 
         options: dict[str, Any] = {
@@ -117,9 +156,27 @@ class TrainingSettings:
                 compress_input_ciphertexts=self.compress_input_ciphertexts,
             )
         }
-        if self.p_error > 0:
-            options["p_error"] = self.p_error
+        if self.effective_p_error > 0:
+            options["p_error"] = self.effective_p_error
         return options
+
+
+def set_rounding(model: Any, method: str) -> None:
+    """Make the accumulator roundings of a fitted built-in network ``exact`` or ``approximate``.
+
+    Concrete ML inserts these roundings itself (power-of-two scaling) and always makes them exact; it offers
+    the choice only through ``compile_torch_model``. The choice is stored on the quantized operations, so
+    ``model.json`` keeps it and a model loaded from it compiles to the same circuit.
+    """
+    from concrete import fhe
+
+    exactness = fhe.Exactness.APPROXIMATE if method == "approximate" else fhe.Exactness.EXACT
+    for _, operation in model.quantized_module_.quant_layers_dict.values():
+        rounding = getattr(operation, "rounding_threshold_bits", None)
+        if isinstance(rounding, dict):
+            rounding = rounding.get("n_bits")
+        if isinstance(rounding, int):
+            operation.rounding_threshold_bits = {"n_bits": rounding, "method": exactness}
 
 
 def _parse(name: str, text: str, kind: Any) -> Any:

@@ -64,7 +64,7 @@ def train(settings: TrainingSettings, train_dir: Path, preprocessing_dir: Path, 
     train_accuracy = float((model.predict(x) == y).mean())
 
     started = time.perf_counter()
-    circuit = model.compile(x, **settings.compile_options())
+    circuit = settings.compile(model, x)
     compile_seconds = time.perf_counter() - started
 
     output.mkdir(parents=True, exist_ok=True)

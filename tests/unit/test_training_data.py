@@ -120,3 +120,12 @@ def test_training_settings_parse_sagemaker_strings() -> None:
     )
     assert settings.module__n_w_bits == 3 and settings.compress_evaluation_keys is False
     assert TrainingSettings().effective_n_bits == 8
+
+
+def test_digits_28x28_has_mnist_shape_and_the_digits_labels(tmp_path: Path) -> None:
+    table = load_table(builtin_dataset_csv("digits_28x28", tmp_path / "d.csv"))
+    small = load_table(builtin_dataset_csv("digits", tmp_path / "s.csv"))
+    assert table.x.shape == (1797, 784)
+    assert list(table.labels) == list(small.labels)
+    # Upscaling keeps each image: the corners of a 28x28 image are the corners of its 8x8 source.
+    assert np.allclose(table.x[:, [0, 27, 756, 783]], small.x[:, [0, 7, 56, 63]])

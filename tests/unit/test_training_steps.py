@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,50 @@ def test_train_then_evaluate(model_type: str, splits: Path, tmp_path: Path) -> N
     assert (tmp_path / "evaluation" / "evaluation.json").exists()
     if model_type != "logistic_regression":
         assert metrics["programmable_bootstrap_count"] > 0
+
+
+def test_approximate_rounding_needs_fewer_bootstraps_and_survives_model_json(splits: Path, tmp_path: Path) -> None:
+    """The rounding lever changes the circuit Train compiles, and Evaluate's reload compiles the same one."""
+    from concrete.ml.common.serialization.loaders import loads
+
+    from containers.training.train import load_split
+
+    network = {**SMALL["neural_network"].to_dict(), "module__n_accum_bits": 32, "p_error": 0.05}
+    counts = {}
+    for rounding in ("exact", "approximate"):
+        settings = TrainingSettings(**{**network, "rounding": rounding})
+        model_dir = tmp_path / rounding
+        summary = train(settings, splits / "train", splits / "preprocessing", model_dir)
+        counts[rounding] = summary["circuit"]["programmable_bootstrap_count"]
+        reloaded = loads((model_dir / artifacts.MODEL_JSON).read_text())
+        x_train, _ = load_split(splits / "train", "train")
+        again = settings.compile(reloaded, x_train).statistics["programmable_bootstrap_count"]
+        assert again == counts[rounding], rounding
+    # Exact rounding takes one bootstrap per removed bit on top of each activation's own.
+    assert 0 < counts["approximate"] < counts["exact"]
+
+
+def test_an_unknown_rounding_is_refused_by_name() -> None:
+    from containers.contract import StepInputError
+
+    with pytest.raises(StepInputError, match="unknown rounding 'fast'"):
+        TrainingSettings.from_hyperparameters({"model_type": "neural_network", "rounding": "fast"})
+
+
+def test_the_compression_hyperparameters_switch_compression(splits: Path) -> None:
+    """Concrete ML compresses whatever the configuration says unless told otherwise; the levers must tell it."""
+    from containers.training.train import load_split
+
+    x_train, _ = load_split(splits / "train", "train")
+    sizes = {}
+    for compress in (True, False):
+        settings = replace(
+            SMALL["decision_tree"], compress_evaluation_keys=compress, compress_input_ciphertexts=compress
+        )
+        model = settings.build_model()
+        model.fit(x_train, load_split(splits / "train", "train")[1])
+        circuit = settings.compile(model, x_train)
+        circuit.keygen()
+        encrypted = circuit.encrypt(model.quantize_input(x_train[:1]))
+        sizes[compress] = (len(circuit.keys.evaluation.serialize()), len(encrypted.serialize()))
+    assert sizes[True][0] < sizes[False][0] and sizes[True][1] < sizes[False][1], sizes

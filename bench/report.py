@@ -1,0 +1,240 @@
+"""Turn the benchmarks' JSON into ``docs/benchmarks.md`` (the measured part) and ``docs/benchmarks.png``.
+
+    .venv/bin/python bench/report.py [--results bench/results] [--doc docs/benchmarks.md]
+
+The document keeps its hand-written analysis; only the part between the two ``benchmarks:`` markers is
+rewritten, from ``recipe.json`` (bench/recipe.py) and ``workflow.json`` (bench/workflow.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+START = "<!-- benchmarks:start (written by bench/report.py) -->"
+END = "<!-- benchmarks:end -->"
+
+# The issue's targets, checked against the measurements.
+SPEED_UP_TARGET = 10.0
+ACCURACY_LOSS_TARGET = 0.01
+FLOOR_TARGET = 1.5
+SCALING_TARGET = 1.8
+OVERHEAD_TARGET = 0.05
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def recipe_section(recipe: dict[str, Any], title: str, *, targets: bool = True) -> list[str]:
+    rows = recipe["results"]
+    lines = [
+        title,
+        "",
+        f"`{recipe['command']}` ({recipe['machine']['cores']} cores)",
+        "",
+        "| data set | recipe | accuracy clear | simulated | FHE (rows) | PBS | s/sample | floor s | achieved ÷ floor "
+        "| evaluation key | ciphertext in | ciphertext out |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} ({r['features']} features) | {r['recipe']} | {r['accuracy_clear']:.1%} "
+            f"| {r['accuracy_simulated']:.1%} | {r['accuracy_fhe']:.0%} ({r['fhe_samples']}) "
+            f"| {r['programmable_bootstrap_count']} | {r['seconds_per_sample']:.3f} "
+            f"| {r['floor_seconds_per_sample']:.3f} | {r['achieved_over_floor']:.2f} "
+            f"| {r['evaluation_key_bytes'] / 1e6:.1f} MB | {r['input_bytes_per_sample'] / 1e3:.1f} kB "
+            f"| {r['output_bytes_per_sample'] / 1e3:.1f} kB |"
+        )
+    lines += [
+        "",
+        "Bootstraps by kind (key parameters: polynomial size, GLWE dimension, level; count), and the cost of one "
+        "bootstrap of the circuit's kind measured alone on one core:",
+        "",
+        "| data set | recipe | circuit's bootstraps | measured alone | ms per bootstrap | fixed ms per run |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        alone = r["bootstrap_alone"]
+        lines.append(
+            f"| {r['dataset']} | {r['recipe']} | {_kinds(r['bootstrap_parameters'])} "
+            f"| {alone['accumulator_bits']}-bit accumulator, {alone['removed_bits']} bits removed "
+            f"({alone['rounding']}): {_kinds(alone['parameters'])} | {alone['seconds_per_bootstrap'] * 1e3:.1f} "
+            f"| {alone['seconds_per_run_whatever_its_size'] * 1e3:.0f} |"
+        )
+    if not targets:
+        return lines
+    lines += ["", "Targets:", ""]
+    by_key = {(r["dataset"], r["recipe"]): r for r in rows}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        reference, tuned = by_key.get((dataset, "reference")), by_key.get((dataset, "tuned"))
+        if reference and tuned:
+            speed_up = reference["seconds_per_sample"] / tuned["seconds_per_sample"]
+            loss = reference["accuracy_simulated"] - tuned["accuracy_simulated"]
+            ok = speed_up >= SPEED_UP_TARGET and loss <= ACCURACY_LOSS_TARGET
+            lines.append(
+                f"- {dataset}: tuned is {speed_up:.1f}× faster per sample, simulated accuracy "
+                f"{-loss * 100:+.1f} points: {verdict(ok)} (target ≥ {SPEED_UP_TARGET:.0f}×, ≤ 1 point lost)."
+            )
+        if tuned:
+            ratio = tuned["achieved_over_floor"]
+            lines.append(
+                f"- {dataset}: tuned achieves {ratio:.2f}× its bootstrap floor: {verdict(ratio <= FLOOR_TARGET)} "
+                f"(target ≤ {FLOOR_TARGET}×)."
+            )
+    return lines
+
+
+def _kinds(parameters: list[dict[str, int]]) -> str:
+    return ", ".join(
+        f"{p['polynomial_size']}/{p['glwe_dimension']}/{p['level']}: {p['count']}"
+        for p in sorted(parameters, key=lambda p: p["polynomial_size"])
+    )
+
+
+def workflow_section(workflow: dict[str, Any]) -> list[str]:
+    lines = [
+        "### 3. Throughput, 4. orchestration overhead and 5. bytes per bundle",
+        "",
+        f"`{workflow['command']}` ({workflow['cores']} cores, on the local stack)",
+        "",
+        "| serving container | samples | seconds | samples per second |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in workflow["throughput"]:
+        lines.append(
+            f"| {t['workers']} FHE worker(s) × {t['threads_per_sample']} thread(s) per sample | {t['samples']} "
+            f"| {t['seconds']:.2f} | {t['samples_per_second']:.2f} |"
+        )
+    shipped = [t for t in workflow["throughput"] if t["threads_per_sample"] == 1]
+    one = next((t for t in shipped if t["workers"] == 1), None)
+    most = max(shipped, key=lambda t: t["workers"])
+    lines += [
+        "",
+        "| bundle | samples / shards | drop → result | container FHE | orchestration | share "
+        "| client put | key bytes fetched by the endpoint | ciphertext per sample |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, b in zip(("first", "second"), workflow["bundles"], strict=False):
+        lines.append(
+            f"| {name} | {b['samples']} / {b['shards']} | {b['wall_seconds_drop_to_result']:.1f} s "
+            f"| {b['container_fhe_seconds']:.1f} s | {b['orchestration_seconds']:.1f} s "
+            f"| {b['orchestration_share']:.1%} | {b['client_put_bytes'] / 1e6:.2f} MB "
+            f"| {b['evaluation_key_bytes_fetched_by_endpoint']:,} | {b['shard_bytes_per_sample'] / 1e3:.1f} kB |"
+        )
+    lines += ["", "Targets:", ""]
+    if one and most["workers"] > 1:
+        scaling = most["samples_per_second"] / one["samples_per_second"]
+        lines.append(
+            f"- {most['workers']} workers give {scaling:.2f}× the throughput of one: "
+            f"{verdict(scaling >= SCALING_TARGET)} (target ≥ {SCALING_TARGET}×)."
+        )
+    later = workflow["bundles"][1:]
+    share = max(b["orchestration_share"] for b in workflow["bundles"])
+    lines.append(
+        f"- Orchestration overhead of a {workflow['bundles'][0]['samples']}-sample bundle: at most {share:.1%}: "
+        f"{verdict(share < OVERHEAD_TARGET)} (target < {OVERHEAD_TARGET:.0%})."
+    )
+    if later:
+        moved = max(b["evaluation_key_bytes_fetched_by_endpoint"] for b in later)
+        lines.append(
+            f"- Evaluation-key bytes moved for a bundle after the first: {moved:,}: {verdict(moved == 0)} (target 0)."
+        )
+    return lines
+
+
+def chart(recipe: dict[str, Any] | None, workflow: dict[str, Any] | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (1 if recipe else 0) + (2 if workflow else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    column = 0
+    if recipe:
+        ax = axes[0][column]
+        rows = recipe["results"]
+        labels = [f"{r['dataset']}\n{r['recipe']}" for r in rows]
+        positions = range(len(rows))
+        ax.bar(positions, [r["seconds_per_sample"] for r in rows], color="#4878a8", label="achieved")
+        ax.scatter(
+            positions, [r["floor_seconds_per_sample"] for r in rows], color="#c44e52", zorder=3, label="PBS floor"
+        )
+        ax.set_yscale("log")
+        ax.set_xticks(list(positions), labels, fontsize=8)
+        ax.set_ylabel(f"seconds per sample ({recipe['machine']['cores']} cores)")
+        ax.set_title("Reference recipe vs tuned defaults")
+        ax.legend()
+        column += 1
+    if workflow:
+        ax = axes[0][column]
+        throughput = workflow["throughput"]
+        ax.bar(
+            [f"{t['workers']} worker(s)\n× {t['threads_per_sample']} thread(s)" for t in throughput],
+            [t["samples_per_second"] for t in throughput],
+            color="#55a868",
+        )
+        ax.set_ylabel("samples per second")
+        ax.set_title("Serving container throughput")
+        ax = axes[0][column + 1]
+        bundles = workflow["bundles"]
+        names = [f"bundle {i + 1}" for i in range(len(bundles))]
+        fhe = [b["container_fhe_seconds"] for b in bundles]
+        rest = [b["orchestration_seconds"] for b in bundles]
+        ax.bar(names, fhe, color="#4878a8", label="container FHE")
+        ax.bar(names, rest, bottom=fhe, color="#dd8452", label="orchestration")
+        ax.set_ylabel("seconds from drop to result")
+        ax.set_title(f"{bundles[0]['samples']}-sample bundle on the local stack")
+        ax.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args()
+    found = {
+        name: json.loads((args.results / f"{name}.json").read_text())
+        for name in ("recipe", "variants", "workflow")
+        if (args.results / f"{name}.json").exists()
+    }
+    recipe, variants, workflow = found.get("recipe"), found.get("variants"), found.get("workflow")
+    if not recipe and not workflow:
+        raise SystemExit(
+            f"no recipe.json or workflow.json under {args.results}; run bench/recipe.py or bench/workflow.py"
+        )
+    picture = args.doc.with_suffix(".png")
+    chart(recipe, workflow, picture)
+    body = [
+        START,
+        "",
+        f"![benchmarks]({picture.name})",
+        "",
+        "Chart: `python bench/report.py`, from the runs below.",
+        "",
+    ]
+    if recipe:
+        body += [*recipe_section(recipe, "### 1. Recipe, 2. floor and 5. ciphertext bytes"), ""]
+    if variants:
+        title = "### The tuned recipe with one lever changed"
+        body += [*recipe_section(variants, title, targets=False), ""]
+    if workflow:
+        body += [*workflow_section(workflow), ""]
+    body.append(END)
+    text = args.doc.read_text() if args.doc.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        raise SystemExit(f"{args.doc} lacks the markers {START} … {END}")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    args.doc.write_text(head + "\n".join(body) + tail)
+    print(f"wrote {args.doc} and {picture}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Through the whole product on the local stack: container throughput, orchestration overhead, bytes per bundle.
+
+    .venv/bin/python -m local.stack up && eval "$(.venv/bin/python -m local.stack env)"
+    .venv/bin/python bench/workflow.py [--samples 100] [--shard-size 25] [--throughput-samples 32]
+
+1. ``fhe-deploy up``, the pipeline trains the tuned network (the product's defaults) on the digits data set,
+   the package is approved and deployed on the async endpoint.
+2. The batch owner makes keys once, then drops two bundles of ``--samples`` digits rows. For each: the wall
+   time from the manifest's put (the drop) to the result manifest, the container's FHE time (from its log:
+   the union over shards of the time the engine spent evaluating), their difference as the orchestration
+   overhead, the bytes the client put, and the evaluation-key bytes the endpoint fetched.
+3. The serving container itself (``python -m containers.inference serve``, what the image runs) is started
+   with one FHE worker, then with one per core (one thread per sample, as shipped), then with one worker
+   whose samples use every core (Concrete's loop parallelism), and answers the same shard request of
+   ``--throughput-samples`` rows; samples per second for each (the better of two requests after a warm-up).
+
+Writes ``workflow.json`` under ``--out`` for ``bench/report.py``. A benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import artifacts, aws
+from common.bundle import ShardRequest, parse_manifest
+from common.bundle_store import BundleLayout, object_exists, put_bundle
+from common.s3uri import S3Uri
+from containers.training.data import builtin_dataset_csv, load_table
+from local import demo
+from local.stack import sagemaker_state_dir
+from pipelines.deploy import approve
+
+SHARD_LOG = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*shard evaluated: bundle (?P<bundle>\S+) shard (?P<shard>\d+), "
+    r"(?P<samples>\d+) samples in (?P<total>[\d.]+) s \(FHE (?P<fhe>[\d.]+) s\)"
+)
+KEY_LOG = re.compile(r"evaluation key \S+ fetched for bundle (?P<bundle>\S+): (?P<bytes>\d+) bytes")
+
+
+def digits_rows(samples: int) -> tuple[list[str], np.ndarray]:  # type: ignore[type-arg]
+    with tempfile.TemporaryDirectory() as scratch:
+        table = load_table(builtin_dataset_csv("digits", Path(scratch) / "digits.csv"))
+    rows = np.random.default_rng(7).permutation(len(table.x))[:samples]
+    return table.feature_names, table.x[rows]
+
+
+def container_logs(endpoint: str) -> str:
+    """Every log of the endpoint's serving containers (one per deployment), as the local SageMaker keeps them."""
+    logs = sorted((sagemaker_state_dir() / "endpoints" / endpoint).glob("*/container.log"))
+    if not logs:
+        raise SystemExit(f"no container log for endpoint {endpoint}")
+    return "\n".join(path.read_text(errors="replace") for path in logs)
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one interval: shards evaluated at once count once."""
+    covered, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            covered += stop - max(start, end)
+            end = stop
+    return covered
+
+
+def fhe_seconds(log_text: str, bundle_id: str) -> tuple[float, int]:
+    intervals = []
+    for line in log_text.splitlines():
+        match = SHARD_LOG.match(line)
+        if match and match["bundle"] == bundle_id:
+            finished = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            intervals.append((finished - float(match["fhe"]), finished))
+    return union_seconds(intervals), len(intervals)
+
+
+def run_bundle(
+    settings: demo.DemoSettings, work: Path, common: list[str], package_arn: str, name: str
+) -> dict[str, Any]:
+    s3 = aws.client("s3")
+    layout = BundleLayout(settings.bundle_bucket)
+    folder = work / name
+    demo._client(
+        ["encrypt", str(work / "records.csv"), "--out", str(folder), "--shard-size", str(settings.shard_size),
+         "--package-arn", package_arn, *common, "--quiet"]
+    )  # fmt: skip
+    manifest = parse_manifest((folder / "manifest.json").read_bytes())
+    put_bytes = sum(entry.size for entry in manifest.shards) + len((folder / "manifest.json").read_bytes())
+    demo._client(["submit", str(folder), "--package-arn", package_arn, *common, "--quiet"])
+    dropped = time.monotonic()
+    result = layout.result_manifest(manifest.bundle_id)
+    while not object_exists(s3, result):
+        if time.monotonic() - dropped > 1800:
+            raise SystemExit(f"bundle {manifest.bundle_id} gave no result in 30 minutes")
+        time.sleep(0.1)
+    wall = time.monotonic() - dropped
+    time.sleep(1)  # the container's last log line may trail the result by a moment
+    text = container_logs(settings.endpoint_name)
+    fhe, shards = fhe_seconds(text, manifest.bundle_id)
+    key_bytes = sum(int(m["bytes"]) for m in KEY_LOG.finditer(text) if m["bundle"] == manifest.bundle_id)
+    samples = sum(entry.samples for entry in manifest.shards)
+    return {
+        "bundle_id": manifest.bundle_id,
+        "samples": samples,
+        "shards": shards,
+        "wall_seconds_drop_to_result": wall,
+        "container_fhe_seconds": fhe,
+        "orchestration_seconds": wall - fhe,
+        "orchestration_share": (wall - fhe) / wall,
+        "client_put_bytes": put_bytes,
+        "shard_bytes_per_sample": sum(entry.size for entry in manifest.shards) / samples,
+        "evaluation_key_bytes_fetched_by_endpoint": key_bytes,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def container_throughput(package_arn: str, request: ShardRequest, workers: int, threads: int | None) -> dict[str, Any]:
+    """The serving container with ``workers`` FHE workers answering one shard request (after a warm-up one).
+
+    ``threads``: Concrete's threads per sample (OMP_NUM_THREADS); None leaves the container's own choice."""
+    with tempfile.TemporaryDirectory(prefix="fhe-container-") as scratch:
+        root = Path(scratch)
+        demo.download_model(package_arn, root / "opt/ml/model")
+        port = free_port()
+        environment = {
+            **os.environ,
+            "SAGEMAKER_CONTAINER_ROOT": str(root),
+            artifacts.PACKAGE_ARN_VARIABLE: package_arn,
+            "FHE_WORKERS": str(workers),
+        }
+        environment.pop("OMP_NUM_THREADS", None)
+        if threads is not None:
+            environment["OMP_NUM_THREADS"] = str(threads)
+        command = [sys.executable, "-m", "containers.inference", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        with (root / "container.log").open("wb") as log:
+            process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/ping", timeout=2):  # noqa: S310 - loopback
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise SystemExit((root / "container.log").read_text()[-2000:]) from None
+                    time.sleep(0.5)
+            timings = []
+            for _ in range(3):  # the first request also fetches and loads the evaluation key
+                invocation = urllib.request.Request(  # noqa: S310 - loopback
+                    url + "/invocations", data=request.to_json(), method="POST"
+                )
+                started = time.perf_counter()
+                with urllib.request.urlopen(invocation, timeout=3600) as response:  # noqa: S310 - loopback
+                    answer = json.loads(response.read())
+                timings.append(time.perf_counter() - started)
+        finally:
+            process.terminate()
+            process.wait(30)
+    return {
+        "workers": workers,
+        "threads_per_sample": threads or 1,
+        "samples": answer["samples"],
+        "seconds_first_request": timings[0],
+        "seconds": min(timings[1:]),  # the better of two: the other core is not always idle
+        "samples_per_second": answer["samples"] / min(timings[1:]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=100, help="rows per bundle")
+    parser.add_argument("--shard-size", type=int, default=25)
+    parser.add_argument("--throughput-samples", type=int, default=32, help="rows in the container's shard")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = demo.DemoSettings(samples=args.samples, shard_size=args.shard_size)
+    print("deploying, training the tuned network on digits, deploying the endpoint…", flush=True)
+    stack = demo.deploy_stack(settings)
+    package_arn = demo.train_and_register(
+        settings, dataset="digits", parameters={"ModelType": "neural_network", "FheSampleSize": "2"}
+    )
+    approve(package_arn, settings.package_group, "Approved", "benchmark")
+    demo.deploy_endpoint(settings, stack)
+    bundles = []
+    with tempfile.TemporaryDirectory(prefix="fhe-bench-") as scratch:
+        work = Path(scratch)
+        common = ["--bucket", settings.bundle_bucket, "--group", settings.package_group, "--home", str(work / "home")]
+        demo._client(["keys", *common, "--quiet"])
+        names, x = digits_rows(args.samples)
+        demo.write_csv(work / "records.csv", names, x)
+        for name in ("first", "second"):
+            bundle = run_bundle(settings, work, common, package_arn, name)
+            bundles.append(bundle)
+            print(
+                f"bundle {name}: {bundle['samples']} samples in {bundle['shards']} shards, "
+                f"{bundle['wall_seconds_drop_to_result']:.1f} s drop to result, "
+                f"FHE {bundle['container_fhe_seconds']:.1f} s, "
+                f"orchestration {bundle['orchestration_seconds']:.1f} s ({bundle['orchestration_share']:.1%}), "
+                f"key bytes fetched {bundle['evaluation_key_bytes_fetched_by_endpoint']}",
+                flush=True,
+            )
+        throughput_rows = work / "throughput"
+        demo.write_csv(work / "records.csv", names, x[: args.throughput_samples])
+        demo._client(
+            ["encrypt", str(work / "records.csv"), "--out", str(throughput_rows), "--shard-size",
+             str(args.throughput_samples), "--package-arn", package_arn, *common, "--quiet"]
+        )  # fmt: skip
+        # Put aside from the inbox, so that the workflow does not pick it up while the container is measured.
+        manifest = parse_manifest((throughput_rows / "manifest.json").read_bytes())
+        manifest_uri = put_bundle(
+            aws.client("s3"),
+            S3Uri(settings.bundle_bucket, f"bench/{manifest.bundle_id}"),
+            manifest,
+            lambda entry: (throughput_rows / entry.key).read_bytes(),
+        )
+        request = ShardRequest(
+            manifest_uri=str(manifest_uri),
+            shard_index=0,
+            result_uri=str(S3Uri(settings.bundle_bucket, f"bench/{manifest.bundle_id}/throughput.shard")),
+        )
+        cores = os.cpu_count() or 1
+        throughput = []
+        # The container as shipped (one thread per sample) with one worker and with one per core; then one
+        # worker whose samples use every core through Concrete's loop parallelism, the alternative.
+        for workers, threads in ((1, None), (cores, None), (1, cores)):
+            measured = container_throughput(package_arn, request, workers, threads)
+            throughput.append(measured)
+            print(
+                f"container, {workers} worker(s) x {measured['threads_per_sample']} thread(s): "
+                f"{measured['samples_per_second']:.2f} samples/s",
+                flush=True,
+            )
+    command = "python bench/workflow.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"
+    )
+    record = {"command": command, "cores": os.cpu_count(), "bundles": bundles, "throughput": throughput}
+    (args.out / "workflow.json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.out / 'workflow.json'}")
+
+
+if __name__ == "__main__":
+    main()
