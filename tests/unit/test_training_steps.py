@@ -29,6 +29,10 @@ SMALL = {
         module__n_hidden_neurons_multiplier=1,
         max_epochs=30,
         lr=0.05,
+        # Exact and all but error-free, so that real FHE must equal the simulation row for row; the tuned
+        # defaults draw their errors at random (test_approximate_rounding_... covers their circuit).
+        rounding="exact",
+        p_error=2.0**-40,
     ),
 }
 
