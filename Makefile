@@ -23,6 +23,11 @@ demo: setup
 # Benchmarks, not tests: they print tables, write bench/results/*.json and docs/benchmarks.md + .png.
 bench: setup
 	$(PY) bench/recipe.py
+	$(PY) bench/recipe.py --datasets digits --recipes tuned --fhe-samples 8 --name variants \
+	  --variant exact-rounding:rounding=exact --variant p_error-2^-40:p_error=9.094947017729282e-13 \
+	  --variant p_error-0.01:p_error=0.01 --variant prune-50%:module__n_prune_neurons_percentage=0.5 \
+	  --variant multiplier-0.25:module__n_hidden_neurons_multiplier=0.25 --variant accumulator-8:module__n_accum_bits=8 \
+	  --variant w3a3:module__n_w_bits=3,module__n_a_bits=3
 	$(PY) -m local.stack up
 	eval "$$($(PY) -m local.stack env)" && $(PY) bench/workflow.py
 	$(PY) bench/report.py
