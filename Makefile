@@ -4,7 +4,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser demo test lint bench local-up local-down local-status clean
+.PHONY: setup browser container-tools demo test lint bench local-up local-down local-status clean
+
+# The container images are built and run with podman, which needs no daemon. As root on a machine without kernel
+# overlay mounts, where crun and the default rlimits are refused (CI's machines), these settings make it work;
+# your own CONTAINERS_CONF / CONTAINERS_STORAGE_CONF / BUILDAH_ISOLATION win. See README, "Container images".
+ifeq ($(shell id -u),0)
+export CONTAINERS_CONF ?= $(CURDIR)/local/podman/containers.conf
+export CONTAINERS_STORAGE_CONF ?= $(CURDIR)/local/podman/storage.conf
+export BUILDAH_ISOLATION ?= chroot
+endif
+# Extra pytest arguments, e.g. PYTEST_ARGS='-m "not images"' to leave out the image builds.
+PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
@@ -43,10 +54,19 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "headless Chromium is needed for the tests: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# The image tests build with podman (Debian's package, with runc, fuse-overlayfs and debootstrap for the base).
+container-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v fuse-overlayfs >/dev/null \
+	  && command -v debootstrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    podman runc fuse-overlayfs debootstrap >/dev/null; \
+	  else echo "the image tests need podman: sudo apt-get install podman runc fuse-overlayfs debootstrap" \
+	    "(or run make test PYTEST_ARGS='-m \"not images\"')" >&2; exit 1; fi; }
+
 # The verdict comes from the JUnit report too: pytest's exit status alone has been seen to read 0 after a failure.
-test: lint browser
+test: lint browser container-tools
 	rm -f .test-results.xml
-	$(PY) -m pytest --junitxml=.test-results.xml; status=$$?; $(PY) -m tests.verdict .test-results.xml && exit $$status
+	$(PY) -m pytest --junitxml=.test-results.xml $(PYTEST_ARGS); status=$$?; $(PY) -m tests.verdict .test-results.xml && exit $$status
 
 local-up: setup
 	$(PY) -m local.stack up

@@ -30,8 +30,13 @@ def extract_tar(archive: Path, destination: Path) -> list[Path]:
             _check_member_name(member.name, archive)
             if not (member.isfile() or member.isdir()):
                 raise UnsafeArchiveError(f"{archive.name}: member {member.name!r} is not a plain file")
-        # The "data" filter re-checks the same rules inside the standard library.
-        tar.extractall(destination, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            # The "data" filter re-checks the same rules inside the standard library.
+            tar.extractall(destination, members=members, filter="data")
+        else:
+            # Pythons before 3.11.4 (Debian 12's 3.11.2, in the registry-free base image) have no filters:
+            # the checks above hold alone.
+            tar.extractall(destination, members=members)  # noqa: S202 - every member was checked above
         written = [destination / m.name for m in members if m.isfile()]
     return written
 

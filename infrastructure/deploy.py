@@ -2,7 +2,8 @@
 credentials differ.
 
     fhe-deploy up [--prefix fhe] [--endpoint fhe-inference] [--schedule "rate(7 days)"] [--build-images] [--dry-run]
-    fhe-deploy images [--prefix fhe]         build and push the training and inference images (needs Docker)
+    fhe-deploy images [--prefix fhe] [--engine docker|podman] [--base-image REF] [--no-push]
+                                             build (and push) the training and inference images
     fhe-deploy outputs [--prefix fhe]        buckets, roles, topics, state machine, tables of a deployment
     fhe-deploy down [--prefix fhe] [--delete-data]
 
@@ -27,7 +28,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common import aws
@@ -55,8 +56,11 @@ class Deployment:
     bundle_retention_days: int = 30
     quarantine_retention_days: int = 90
     log_level: str = "INFO"
-    image_tag: str = ""  # empty: the content tag of this source tree
+    image_tag: str = ""  # empty: each image's content tag (infrastructure/images.py)
     build_images: bool = False
+    image_engine: str = "auto"  # docker, podman, or the first that works
+    base_image: str = ""  # empty: the Dockerfiles' default, the official Python image
+    push_images: bool = True
     instance_type: str = "ml.c7i.4xlarge"
 
     @property
@@ -71,9 +75,13 @@ class Deployment:
     def product_stack(self) -> str:
         return self.prefix
 
-    @property
-    def tag(self) -> str:
-        return self.image_tag or images.content_tag()
+    def images(self, repositories: dict[str, str], recorded: dict[str, str] | None = None) -> list[images.Image]:
+        """The deployment's two images in the repositories the bootstrap stack names: ``--image-tag`` if given,
+        else the tags ``recorded`` in the product stack's outputs, else each image's content tag here."""
+        wanted = images.images(repositories, self.image_tag, self.base_image)
+        if self.image_tag or not recorded:
+            return wanted
+        return [replace(i, tag=recorded.get(f"{i.role.capitalize()}ImageTag") or i.tag) for i in wanted]
 
     def bootstrap_parameters(self) -> dict[str, str]:
         return {"Prefix": self.prefix}
@@ -97,7 +105,7 @@ class Deployment:
             **{upload.parameter: upload.key for upload in staged},
             "TrainingRepositoryArn": bootstrap["TrainingRepositoryArn"],
             "InferenceRepositoryArn": bootstrap["InferenceRepositoryArn"],
-            "ImageTag": self.tag,
+            **{f"{image.role.capitalize()}ImageTag": image.tag for image in self.images(bootstrap)},
             "EndpointName": self.endpoint_name,
             "PipelineName": self.pipeline_name,
             "ModelPackageGroup": self.package_group,
@@ -135,7 +143,7 @@ def plan(deployment: Deployment) -> dict[str, Any]:
         "InferenceRepositoryUri": "<bootstrap:InferenceRepositoryUri>",
     }
     data = {name: f"<data:{name}>" for name in DATA_OUTPUTS}
-    wanted = images.images(placeholders, deployment.tag)
+    wanted = deployment.images(placeholders)
     return {
         "stacks": [
             {
@@ -159,7 +167,12 @@ def plan(deployment: Deployment) -> dict[str, Any]:
         ],
         "uploads": {u.key: len(u.body) for u in staged},
         "images": {
-            image.role: {"uri": image.uri, "build": deployment.build_images, "commands": image.commands()}
+            image.role: {
+                "uri": image.uri,
+                "dockerfile": image.dockerfile,
+                "build": deployment.build_images,
+                "push": deployment.build_images and deployment.push_images,
+            }
             for image in wanted
         },
         "pipeline": {
@@ -181,7 +194,8 @@ def describe_plan(planned: dict[str, Any]) -> str:
     lines += [f"  {key} ({size} bytes)" for key, size in planned["uploads"].items()]
     lines.append("container images:")
     for role, image in planned["images"].items():
-        lines.append(f"  {role:10} {image['uri']} ({'built and pushed' if image['build'] else 'expected to exist'})")
+        fate = "built and pushed" if image["push"] else "built, not pushed" if image["build"] else "expected to exist"
+        lines.append(f"  {role:10} {image['uri']} ({fate}, {image['dockerfile']})")
     pipeline = planned["pipeline"]
     lines.append(
         f"SageMaker pipeline {pipeline['name']} (upsert), model package group {pipeline['model_package_group']}"
@@ -206,9 +220,9 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     data_parameters = deployment.data_parameters(bootstrap)
     data = stacks.apply(deployment.data_stack, DATA, data_parameters, timeout=STACK_TIMEOUT_S, report=report)
     stacks.check_bucket_settings(deployment.data_stack, DATA, data_parameters, report)
-    wanted = images.images(bootstrap, deployment.tag)
+    wanted = deployment.images(bootstrap)
     if deployment.build_images:
-        images.build_and_push(wanted, report)
+        build_images(deployment, wanted, report)
     else:
         report(f"images not built here; the deployment uses {', '.join(i.uri for i in wanted)}")
     s3 = aws.client("s3")
@@ -240,12 +254,18 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     return outputs
 
 
+def build_images(deployment: Deployment, wanted: list[images.Image], report: Report) -> None:
+    images.build_and_push(
+        wanted, report, engine=deployment.image_engine, base_image=deployment.base_image, push=deployment.push_images
+    )
+
+
 def outputs(deployment: Deployment) -> dict[str, str]:
     """The outputs of a deployment's two stacks, and the image URIs its pipeline uses."""
     bootstrap, data = stacks.outputs(deployment.bootstrap_stack), stacks.outputs(deployment.data_stack)
     product = stacks.outputs(deployment.product_stack)
-    # The tag the deployment was made with, not this source tree's (which may have changed since).
-    wanted = images.images(bootstrap, deployment.image_tag or product.get("ImageTag") or deployment.tag)
+    # The tags the deployment was made with, not this source tree's (which may have changed since).
+    wanted = deployment.images(bootstrap, product)
     return {**bootstrap, **data, **product, **{f"{i.role.capitalize()}ImageUri": i.uri for i in wanted}}
 
 
@@ -378,8 +398,15 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--quarantine-retention-days", type=int, default=defaults.quarantine_retention_days)
     parser.add_argument("--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--instance-type", default=defaults.instance_type, help="training and evaluation jobs")
-    parser.add_argument("--image-tag", default="", help="images already pushed (default: this source's content tag)")
-    parser.add_argument("--build-images", action="store_true", help="up: build and push the images (needs Docker)")
+    parser.add_argument(
+        "--image-tag", default="", help="images already pushed (default: each image's content tag, from this source)"
+    )
+    parser.add_argument("--build-images", action="store_true", help="up: build and push the images first")
+    parser.add_argument(
+        "--engine", default="auto", choices=("auto", *images.ENGINES), help="what builds the images (%(default)s)"
+    )
+    parser.add_argument("--base-image", default="", help="the images' base (default: the official Python image)")
+    parser.add_argument("--no-push", action="store_true", help="build the images into local storage only")
     parser.add_argument("--dry-run", action="store_true", help="up: print what it would create, change nothing")
     parser.add_argument("--json", action="store_true", help="up --dry-run: the plan as JSON")
     parser.add_argument("--delete-data", action="store_true", help="down: also the buckets, audit table and key")
@@ -402,6 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         image_tag=args.image_tag,
         build_images=args.build_images,
+        image_engine=args.engine,
+        base_image=args.base_image,
+        push_images=not args.no_push,
         instance_type=args.instance_type,
     )
     progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -412,8 +442,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "up":
             print(json.dumps(up(deployment, progress), indent=2))
         elif args.command == "images":
-            wanted = images.images(stacks.outputs(deployment.bootstrap_stack), deployment.tag)
-            images.build_and_push(wanted, progress)
+            wanted = deployment.images(stacks.outputs(deployment.bootstrap_stack))
+            build_images(deployment, wanted, progress)
             print(json.dumps({i.role: i.uri for i in wanted}, indent=2))
         elif args.command == "outputs":
             print(json.dumps(outputs(deployment), indent=2))

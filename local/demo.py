@@ -54,6 +54,10 @@ class DemoSettings:
     pipeline_name: str = PIPELINE_NAME
     samples: int = 100
     shard_size: int = 25
+    # With an engine (docker or podman), the deployment builds both images into its storage (nothing is pushed:
+    # the local SageMaker runs them from there), on ``base_image`` if given.
+    image_engine: str = ""
+    base_image: str = ""
 
     def deployment(self, *, function_concurrency: int = 4) -> Deployment:
         return Deployment(
@@ -62,6 +66,10 @@ class DemoSettings:
             pipeline_name=self.pipeline_name,
             package_group=self.package_group,
             function_concurrency=function_concurrency,
+            build_images=bool(self.image_engine),
+            image_engine=self.image_engine or "auto",
+            base_image=self.base_image,
+            push_images=False,
         )
 
     @property

@@ -2,6 +2,8 @@
 SageMaker, both bound to 127.0.0.1, with their state under ``.local-stack/`` so a restart loses nothing.
 
     fhe-local up        start both (installs ministack on first use), print the environment to use them
+                        --runtime podman|docker: the local SageMaker runs jobs and endpoints from the built
+                        images (``fhe-deploy images --no-push``) instead of the source tree
     fhe-local status    is each one running and healthy
     fhe-local env       print the environment variables that point clients at the local stack
     fhe-local down      stop both
@@ -10,6 +12,7 @@ SageMaker, both bound to 127.0.0.1, with their state under ``.local-stack/`` so 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +22,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from local.sagemaker.runtime import RUNTIMES
 
 MINISTACK_VERSION = "1.5.33"
 HOST = "127.0.0.1"
@@ -134,8 +139,18 @@ def _wait_healthy(service: Service) -> None:
     raise RuntimeError(f"{service.name} did not become healthy on {service.url}; its log ends:\n" + "\n".join(tail))
 
 
-def up() -> dict[str, str]:
-    """Start whatever is not running yet; idempotent. Returns the client environment."""
+def running_runtime(service: Service) -> str | None:
+    """The runtime a running local SageMaker uses (its health answer says), or None when it is not running."""
+    try:
+        with urllib.request.urlopen(service.url + service.health_path, timeout=2) as response:  # noqa: S310 - loopback
+            return str(json.loads(response.read()).get("runtime", "process"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def up(runtime: str = "process") -> dict[str, str]:
+    """Start whatever is not running yet; idempotent. Returns the client environment. ``runtime`` says how the
+    local SageMaker runs containers (``local/sagemaker/runtime.py``); a running one must already use it."""
     base = stack_dir()
     aws, sagemaker = local_aws(), local_sagemaker()
     if not aws.healthy():
@@ -158,7 +173,12 @@ def up() -> dict[str, str]:
             },
         )
         _wait_healthy(aws)
-    if not sagemaker.healthy():
+    running = running_runtime(sagemaker)
+    if running is not None and running != runtime:
+        raise RuntimeError(
+            f"the local SageMaker on {sagemaker.url} runs the {running} runtime, not {runtime}: `fhe-local down` first"
+        )
+    if running is None:
         _spawn(
             sagemaker,
             [
@@ -171,6 +191,8 @@ def up() -> dict[str, str]:
                 str(sagemaker.port),
                 "--state-dir",
                 str(sagemaker_state_dir()),
+                "--runtime",
+                runtime,
             ],
             client_environment(),
         )
@@ -224,9 +246,18 @@ def main(argv: list[str] | None = None) -> None:
         prog="fhe-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=("up", "down", "status", "env"))
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="process",
+        help="up: run the local SageMaker's jobs and endpoints from the source tree (process) or the built images",
+    )
     args = parser.parse_args(argv)
     if args.command == "up":
-        environment = up()
+        try:
+            environment = up(args.runtime)
+        except RuntimeError as error:
+            raise SystemExit(f"error: {error}") from None
         status()
         print("\n# to use it from a shell:")
         print("\n".join(f"export {k}={v}" for k, v in environment.items()))

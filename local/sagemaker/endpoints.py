@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -33,8 +32,8 @@ from typing import Any
 from common.archives import extract_tar
 from common.s3uri import S3Uri
 from local.sagemaker.errors import ResourceInUse, ValidationError, required
-from local.sagemaker.jobs import image_entrypoint
 from local.sagemaker.registry import Registry
+from local.sagemaker.runtime import Container, Runtime, aws_environment, runtime
 from local.sagemaker.store import Store
 
 log = logging.getLogger("local.sagemaker.endpoints")
@@ -48,6 +47,7 @@ DEFAULT_CONCURRENCY = 4
 # invocation, so a test can change it while the server runs.
 FAULTS_FILE = "faults.json"
 PID_FILE = "container.pid"
+CONTAINER_FILE = "container.json"  # which runtime runs it, under which container name
 
 
 def _now() -> float:
@@ -93,8 +93,10 @@ class Endpoints:
         region: str,
         s3: Callable[[], Any],
         sns: Callable[[], Any],
+        runtime: Runtime,
     ) -> None:
         self.store = store
+        self.runtime = runtime
         self.registry = registry
         self.state_dir = state_dir
         self.arn_prefix = arn_prefix
@@ -310,21 +312,21 @@ class Endpoints:
         extract_tar(archive, model_dir)
         archive.unlink()
         port = _free_port()
-        command = [
-            sys.executable if part in ("python", "python3") else part for part in image_entrypoint(container["Image"])
-        ]
+        # SageMaker serves on 8080; instances here share the host's network, so each gets its own port.
         environment = {
-            **os.environ,
+            **aws_environment(model.get("ExecutionRoleArn")),
             **{k: str(v) for k, v in (container.get("Environment") or {}).items()},
-            "SAGEMAKER_CONTAINER_ROOT": str(root),
             "SAGEMAKER_BIND_TO_PORT": str(port),
             "FHE_BIND_HOST": "127.0.0.1",
         }
+        serving = Container(f"{name}-{generation}", container["Image"], ["serve"], root, environment)
+        command, process_environment = self.runtime.command(serving)
         log_file = (root / "container.log").open("ab")
         process = subprocess.Popen(
-            [*command, "serve"], cwd=root, env=environment, stdout=log_file, stderr=subprocess.STDOUT
+            command, cwd=root, env=process_environment, stdout=log_file, stderr=subprocess.STDOUT
         )
         log_file.close()
+        (root / CONTAINER_FILE).write_text(json.dumps({"runtime": self.runtime.name, "name": serving.name}))
         (root / PID_FILE).write_text(str(process.pid))
         host = Host(name, generation, process, port, root, config)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -341,6 +343,7 @@ class Endpoints:
             time.sleep(0.5)
         else:
             process.kill()
+            self.runtime.remove(serving.name)
             raise RuntimeError(f"the serving container did not answer /ping within {START_TIMEOUT_S:.0f} s")
         async_config = config.get("AsyncInferenceConfig") or {}
         concurrency = int(
@@ -377,14 +380,14 @@ class Endpoints:
             host.invocations.put("")
         self._terminate(host)
 
-    @staticmethod
-    def _terminate(host: Host) -> None:
+    def _terminate(self, host: Host) -> None:
         host.process.terminate()
         try:
             host.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             host.process.kill()
             host.process.wait()
+        self.runtime.remove(f"{host.endpoint}-{host.generation}")
         shutil.rmtree(host.root / "opt/ml/model", ignore_errors=True)
         (host.root / PID_FILE).unlink(missing_ok=True)
 
@@ -576,7 +579,8 @@ class Endpoints:
 
 
 def stop_orphaned_containers(state_dir: Path) -> list[int]:
-    """Terminate every serving process recorded under ``state_dir`` that is still alive; returns their pids."""
+    """Terminate every serving process recorded under ``state_dir`` that is still alive, and remove the engine
+    containers they ran; returns their pids."""
     stopped = []
     for pid_file in sorted((state_dir / "endpoints").glob(f"*/*/{PID_FILE}")):
         try:
@@ -586,6 +590,12 @@ def stop_orphaned_containers(state_dir: Path) -> list[int]:
         except (ValueError, ProcessLookupError, PermissionError):
             pass
         pid_file.unlink(missing_ok=True)
+        record = pid_file.parent / CONTAINER_FILE
+        if record.exists():
+            recorded = json.loads(record.read_text())
+            if recorded["runtime"] != "process":
+                runtime(recorded["runtime"]).remove(recorded["name"])
+            record.unlink()
         shutil.rmtree(pid_file.parent / "opt/ml/model", ignore_errors=True)
     if stopped:
         log.warning("stopped %d serving process(es) left by an earlier run: %s", len(stopped), stopped)

@@ -1,30 +1,22 @@
-"""Processing and training jobs, run as subprocesses under the SageMaker container path contract.
+"""Processing and training jobs, run under the SageMaker container path contract.
 
 Each job gets its own root folder standing in for the container's ``/``: inputs are copied from S3 into
-``<root>/opt/ml/...`` as SageMaker would, the image's entry point runs with ``SAGEMAKER_CONTAINER_ROOT``
-pointing there, and outputs go back to S3 afterwards.
+``<root>/opt/ml/...`` as SageMaker would, the container runs (``runtime.py``: the source tree's entry point, or
+the built image with ``/opt/ml`` mounted), and outputs go back to S3 afterwards.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.s3uri import S3Uri, download_prefix, upload_directory
+from local.sagemaker.runtime import Container, ContainerError, Runtime, aws_environment, role_of
 
-# What each image runs, by repository name: a deployment's repositories are "<prefix>-training" and
-# "<prefix>-inference" (infrastructure/bootstrap.yaml), so the suffix says which container it is. Locally "python"
-# is the interpreter of the project's venv, where the containers' code is installed just as it is in the images.
-DEFAULT_IMAGES: dict[str, list[str]] = {
-    "training": ["python", "-m", "containers.training"],
-    "inference": ["python", "-m", "containers.inference"],
-}
 FAILURE_TAIL_LINES = 5
 
 
@@ -38,25 +30,6 @@ class JobResult:
     local_outputs: dict[str, Path]
 
 
-def image_name(image_uri: str) -> str:
-    return image_uri.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
-
-
-def image_entrypoint(image_uri: str) -> list[str]:
-    images = dict(DEFAULT_IMAGES)
-    if os.environ.get("LOCAL_SAGEMAKER_IMAGES"):
-        images.update(json.loads(os.environ["LOCAL_SAGEMAKER_IMAGES"]))
-    name = image_name(image_uri)
-    name = next((known for known in images if name == known or name.endswith(f"-{known}")), name)
-    if name not in images:
-        raise JobFailed(f"image {image_uri} is not available to the local SageMaker (known: {', '.join(images)})")
-    return list(images[name])
-
-
-def _local_command(command: list[str]) -> list[str]:
-    return [sys.executable if part in ("python", "python3") else part for part in command]
-
-
 def _inside(root: Path, container_path: str) -> Path:
     target = (root / container_path.lstrip("/")).resolve()
     if not target.is_relative_to(root.resolve()):
@@ -64,15 +37,18 @@ def _inside(root: Path, container_path: str) -> Path:
     return target
 
 
-def _run(command: list[str], root: Path, environment: dict[str, str], failure_file: str) -> None:
-    log_path = root / "job.log"
-    env = {**os.environ, **environment, "SAGEMAKER_CONTAINER_ROOT": str(root)}
+def _run(runtime: Runtime, container: Container, failure_file: str) -> None:
+    log_path = container.root / "job.log"
+    try:
+        command, environment = runtime.command(container)
+    except ContainerError as error:
+        raise JobFailed(str(error)) from None
     with log_path.open("wb") as log:
         completed = subprocess.run(
-            _local_command(command), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+            command, cwd=container.root, env=environment, stdout=log, stderr=subprocess.STDOUT, check=False
         )
     if completed.returncode != 0:
-        reason_file = root / "opt/ml/output" / failure_file
+        reason_file = container.root / "opt/ml/output" / failure_file
         if reason_file.exists() and reason_file.read_text().strip():
             reason = reason_file.read_text().strip()
         else:
@@ -81,10 +57,19 @@ def _run(command: list[str], root: Path, environment: dict[str, str], failure_fi
         raise JobFailed(reason[:1024])
 
 
-def run_processing_job(s3: Any, name: str, request: dict[str, Any], root: Path, arn: str) -> JobResult:
+def _environment(request: dict[str, Any]) -> dict[str, str]:
+    """The job's own environment and its role's AWS session, as SageMaker passes them."""
+    try:
+        session = aws_environment(role_of(request))
+    except ContainerError as error:
+        raise JobFailed(str(error)) from None
+    return {**session, **{k: str(v) for k, v in request.get("Environment", {}).items()}}
+
+
+def run_processing_job(
+    s3: Any, name: str, request: dict[str, Any], root: Path, arn: str, runtime: Runtime
+) -> JobResult:
     app = request["AppSpecification"]
-    command = list(app.get("ContainerEntrypoint") or image_entrypoint(app["ImageUri"]))
-    command += [str(a) for a in app.get("ContainerArguments", [])]
     for item in request.get("ProcessingInputs", []):
         s3_input = item.get("S3Input")
         if not s3_input:
@@ -96,8 +81,15 @@ def run_processing_job(s3: Any, name: str, request: dict[str, Any], root: Path, 
         folder = _inside(root, item["S3Output"]["LocalPath"])
         folder.mkdir(parents=True, exist_ok=True)
         local_outputs[item["OutputName"]] = folder
-    environment = {k: str(v) for k, v in request.get("Environment", {}).items()}
-    _run(command, root, environment, "message")
+    container = Container(
+        name=name,
+        image_uri=app["ImageUri"],
+        arguments=[str(a) for a in app.get("ContainerArguments", [])],
+        root=root,
+        environment=_environment(request),
+        entrypoint=app.get("ContainerEntrypoint"),
+    )
+    _run(runtime, container, "message")
     for item in outputs:
         upload_directory(s3, local_outputs[item["OutputName"]], S3Uri.parse(item["S3Output"]["S3Uri"]))
     properties = {
@@ -109,10 +101,8 @@ def run_processing_job(s3: Any, name: str, request: dict[str, Any], root: Path, 
     return JobResult(properties, local_outputs)
 
 
-def run_training_job(s3: Any, name: str, request: dict[str, Any], root: Path, arn: str) -> JobResult:
+def run_training_job(s3: Any, name: str, request: dict[str, Any], root: Path, arn: str, runtime: Runtime) -> JobResult:
     spec = request["AlgorithmSpecification"]
-    command = list(spec.get("ContainerEntrypoint") or image_entrypoint(spec["TrainingImage"]))
-    command += [str(a) for a in spec.get("ContainerArguments", ["train"])]
     config = root / "opt/ml/input/config"
     config.mkdir(parents=True, exist_ok=True)
     hyperparameters = {k: str(v) for k, v in request.get("HyperParameters", {}).items()}
@@ -128,8 +118,16 @@ def run_training_job(s3: Any, name: str, request: dict[str, Any], root: Path, ar
     (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
     model_folder = root / "opt/ml/model"
     model_folder.mkdir(parents=True, exist_ok=True)
-    environment = {k: str(v) for k, v in request.get("Environment", {}).items()}
-    _run(command, root, environment, "failure")
+    container = Container(
+        name=name,
+        image_uri=spec["TrainingImage"],
+        # SageMaker starts a training image as "<image> train" unless the job names its own entry point.
+        arguments=[str(a) for a in spec.get("ContainerArguments", ["train"])],
+        root=root,
+        environment=_environment(request),
+        entrypoint=spec.get("ContainerEntrypoint"),
+    )
+    _run(runtime, container, "failure")
 
     archive = root / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

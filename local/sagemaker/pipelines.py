@@ -23,6 +23,7 @@ from local.sagemaker.errors import ApiError, ResourceNotFound, ValidationError, 
 from local.sagemaker.expressions import Context, ExpressionError, evaluate_condition, resolve, step_references
 from local.sagemaker.jobs import JobFailed, run_processing_job, run_training_job
 from local.sagemaker.registry import Registry
+from local.sagemaker.runtime import Runtime
 from local.sagemaker.store import Store
 
 log = logging.getLogger("local.sagemaker")
@@ -36,9 +37,16 @@ def _now() -> float:
 
 class Pipelines:
     def __init__(
-        self, store: Store, registry: Registry, state_dir: Path, arn_prefix: str, s3_client: Callable[[], Any]
+        self,
+        store: Store,
+        registry: Registry,
+        state_dir: Path,
+        arn_prefix: str,
+        s3_client: Callable[[], Any],
+        runtime: Runtime,
     ) -> None:
         self.store = store
+        self.runtime = runtime
         self.registry = registry
         self.state_dir = state_dir
         self.arn_prefix = arn_prefix
@@ -439,7 +447,7 @@ class Pipelines:
         self.store.put(resource, job_name, job)
         try:
             runner = run_processing_job if kind == "Processing" else run_training_job
-            result = runner(self.s3_client(), job_name, request, root, job_arn)
+            result = runner(self.s3_client(), job_name, request, root, job_arn, self.runtime)
         except JobFailed as error:
             prefix = "ProcessingJob" if kind == "Processing" else "TrainingJob"
             failed = {f"{prefix}Status": "Failed", "FailureReason": str(error), "EndTime": _now()}

@@ -25,6 +25,7 @@ from local.sagemaker.endpoints import Endpoints
 from local.sagemaker.errors import ApiError, UnknownOperation, ValidationError
 from local.sagemaker.pipelines import Pipelines
 from local.sagemaker.registry import Registry
+from local.sagemaker.runtime import RUNTIMES, ContainerError, runtime
 from local.sagemaker.store import Store
 
 log = logging.getLogger("local.sagemaker")
@@ -38,12 +39,15 @@ Operation = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 class LocalSageMaker:
     """The operations, by name, over one store."""
 
-    def __init__(self, state_dir: Path, region: str = aws.DEFAULT_REGION) -> None:
+    def __init__(self, state_dir: Path, region: str = aws.DEFAULT_REGION, runtime_name: str = "process") -> None:
         self.state_dir = state_dir
+        self.runtime = runtime(runtime_name)
         self.store = Store(state_dir / "sagemaker.sqlite3")
         arn_prefix = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
         self.registry = Registry(self.store, arn_prefix)
-        self.pipelines = Pipelines(self.store, self.registry, state_dir, arn_prefix, lambda: aws.client("s3"))
+        self.pipelines = Pipelines(
+            self.store, self.registry, state_dir, arn_prefix, lambda: aws.client("s3"), self.runtime
+        )
         self.endpoints = Endpoints(
             self.store,
             self.registry,
@@ -52,6 +56,7 @@ class LocalSageMaker:
             region,
             lambda: aws.client("s3"),
             lambda: aws.client("sns"),
+            self.runtime,
         )
         p, r, e = self.pipelines, self.registry, self.endpoints
         self.operations: dict[str, Operation] = {
@@ -135,7 +140,7 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") in ("", "/health", "/ping"):
-                self._send(200, {"status": "running", "service": "local-sagemaker"})
+                self._send(200, {"status": "running", "service": "local-sagemaker", "runtime": service.runtime.name})
             else:
                 self._send(404, {"__type": "NotFound", "message": self.path})
 
@@ -166,10 +171,13 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int, state_dir: Path) -> None:
+def serve(host: str, port: int, state_dir: Path, runtime_name: str = "process") -> None:
     if not ipaddress.ip_address(host).is_loopback:
         raise SystemExit(f"the local SageMaker binds to loopback addresses only, not {host}")
-    service = LocalSageMaker(state_dir)
+    try:
+        service = LocalSageMaker(state_dir, runtime_name=runtime_name)
+    except ContainerError as error:
+        raise SystemExit(f"the local SageMaker cannot use the {runtime_name} runtime: {error}") from None
     resumed = service.pipelines.resume_unfinished()
     hosted = service.endpoints.resume()
     server = ThreadingHTTPServer((host, port), make_handler(service))
@@ -201,11 +209,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=4599)
     parser.add_argument("--state-dir", type=Path, default=Path(".local-stack/sagemaker"))
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="process",
+        help="how jobs and endpoints run: the source tree's entry points (process) or the built images",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    serve(args.host, args.port, args.state_dir)
+    serve(args.host, args.port, args.state_dir, args.runtime)
 
 
 if __name__ == "__main__":

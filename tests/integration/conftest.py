@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    state = tmp_path_factory.mktemp("local-stack")
+@contextmanager
+def running_stack(state: Path, runtime: str = "process") -> Iterator[dict[str, str]]:
+    """A local stack of its own (state folder, free ports, the local SageMaker's runtime), the environment
+    pointing at it while it runs, and everything as it was afterwards."""
     overrides = {
         "FHE_LOCAL_STACK_DIR": str(state),
         "FHE_MINISTACK_VENV": os.environ.get("FHE_MINISTACK_VENV", str(PROJECT / ".local-stack" / "ministack-venv")),
@@ -32,7 +34,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     saved = {k: os.environ.get(k) for k in [*overrides, *stack.client_environment()]}
     os.environ.update(overrides)
     try:
-        environment = stack.up()
+        environment = stack.up(runtime)
         os.environ.update(environment)
         yield environment
     finally:
@@ -42,3 +44,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    with running_stack(tmp_path_factory.mktemp("local-stack")) as environment:
+        yield environment

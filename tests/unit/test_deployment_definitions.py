@@ -120,6 +120,11 @@ def test_dry_run_lists_every_resource(capsys: pytest.CaptureFixture[str]) -> Non
         "training": False,
         "inference": False,
     }
+    # Each image under its own content tag, recorded by the product stack.
+    for role, image in planned["images"].items():
+        tag = images.content_tag(role)
+        assert image["uri"] == f"<bootstrap:{role.capitalize()}RepositoryUri>:{tag}"
+        assert product["parameters"][f"{role.capitalize()}ImageTag"] == tag
     assert planned["pipeline"]["schedule"] == "rate(7 days)"
 
 
@@ -130,22 +135,6 @@ def test_dry_run_prints_one_line_per_resource(capsys: pytest.CaptureFixture[str]
         for name, kind in templates.resources(template).items():
             assert re.search(rf"^  {re.escape(kind)} +{name}$", text, re.MULTILINE), name
     assert "retraining schedule: disabled" in text
-
-
-def test_images_are_tagged_by_their_content_and_built_with_docker(monkeypatch: pytest.MonkeyPatch) -> None:
-    tag = images.content_tag()
-    assert re.fullmatch(r"src-[0-9a-f]{16}", tag) and images.content_tag() == tag
-    outputs = {"TrainingRepositoryUri": "1.dkr.ecr.r.amazonaws.com/acme-training", "InferenceRepositoryUri": "x/i"}
-    training, inference = images.images(outputs, tag)
-    assert training.uri == f"1.dkr.ecr.r.amazonaws.com/acme-training:{tag}"
-    assert training.commands() == [
-        ["docker", "build", "-f", "containers/training/Dockerfile", "-t", training.uri, "."],
-        ["docker", "push", training.uri],
-    ]
-    assert (templates.ROOT / inference.dockerfile).is_file() and (templates.ROOT / training.dockerfile).is_file()
-    monkeypatch.setenv("PATH", "")
-    with pytest.raises(images.ImageError, match="needs Docker"):
-        images.build_and_push([training], report=lambda line: None)
 
 
 def test_a_prefix_that_cannot_name_a_bucket_is_refused_before_anything_runs(

@@ -1,0 +1,283 @@
+"""The real images, built here and run as SageMaker runs them: ``fhe-deploy up --build-images`` builds both with
+the container engine (podman on a machine without a daemon, on the registry-free base where the official one
+cannot be pulled), the local SageMaker runs the pipeline's jobs and the async endpoint from those images
+(``fhe-local up --runtime podman``), a bundle goes through the workflow, and the inference image is started
+as ``<image> serve`` with the registered model in ``/opt/ml/model`` and asked directly.
+
+Marked ``images`` (it builds two images of about 6 GB): ``pytest -m "not images"`` leaves it out.
+``FHE_IMAGE_ENGINE`` picks the engine (default: the first of Docker and podman that works); ``FHE_BASE_IMAGE``
+names a base to build on (default: the one ``local/base_image.py`` makes without a registry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from client.decrypt import decrypt_result
+from client.encrypt import encrypt_rows
+from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
+from client.transfer import download_result, submit
+from common import artifacts, aws
+from common.bundle import parse_shard_result, sha256_hex
+from common.bundle_store import BundleLayout, result_manifest, write_result_manifest
+from common.model_package import client_artifacts_uri
+from common.s3uri import S3Uri, download_prefix, ensure_bucket
+from infrastructure.images import ContainerEngine
+from local import stack
+from local.base_image import ensure_base_image
+from local.demo import (
+    DemoSettings,
+    bundle_execution,
+    clear_classes,
+    deploy_endpoint,
+    deploy_stack,
+    download_model,
+    sample_rows,
+    train_and_register,
+)
+from local.sagemaker.runtime import Container, EngineRuntime, aws_environment
+from pipelines.deploy import approve
+from tests.integration.conftest import _free_port, running_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.images]
+
+SAMPLES = 12
+SETTLE_TIMEOUT = 900.0
+PING_TIMEOUT = 300.0
+DIRECT_BUCKET = "fhe-image-test-direct"
+
+
+@dataclass
+class ImageStack:
+    settings: DemoSettings
+    engine: ContainerEngine
+    outputs: dict[str, str]
+    package_arn: str
+    pipeline_execution: str
+    model: ClientModel
+
+
+@pytest.fixture(scope="module")
+def image_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageStack]:
+    engine = ContainerEngine.find(os.environ.get("FHE_IMAGE_ENGINE", "auto"))
+    base = os.environ.get("FHE_BASE_IMAGE") or ensure_base_image(engine)
+    settings = DemoSettings(
+        prefix="fhe-image-test",
+        package_group="fhe-image-tests",
+        endpoint_name="fhe-image-test",
+        pipeline_name="fhe-image-test-training",
+        image_engine=engine.name,
+        base_image=base,
+    )
+    with running_stack(tmp_path_factory.mktemp("image-stack"), runtime=engine.name):
+        outputs = deploy_stack(settings)  # builds both images (layers cached after the first build)
+        package_arn = train_and_register(settings)
+        approve(package_arn, settings.package_group, "Approved", "image tests")
+        deploy_endpoint(settings, outputs)
+        s3 = aws.client("s3")
+        model = fetch_model(
+            aws.client("sagemaker"), s3, group=settings.package_group, home=tmp_path_factory.mktemp("home")
+        )
+        upload_evaluation_key(s3, BundleLayout(settings.bundle_bucket), model, ensure_keys(model))
+        executions = aws.client("sagemaker").list_pipeline_executions(PipelineName=settings.pipeline_name)
+        latest = executions["PipelineExecutionSummaries"][0]["PipelineExecutionArn"]
+        yield ImageStack(settings, engine, outputs, package_arn, latest, model)
+
+
+def test_the_local_sagemaker_runs_the_built_images(image_stack: ImageStack) -> None:
+    assert stack.running_runtime(stack.local_sagemaker()) == image_stack.engine.name
+    for role in ("Training", "Inference"):
+        uri = image_stack.outputs[f"{role}ImageUri"]
+        assert uri.startswith(image_stack.outputs[f"{role}RepositoryUri"] + ":src-")
+        assert image_stack.engine.has_image(uri), uri
+
+
+def test_pipeline_on_the_training_image_succeeds_with_model_and_evaluation(
+    image_stack: ImageStack, tmp_path: Path
+) -> None:
+    sagemaker = aws.client("sagemaker")
+    execution = sagemaker.describe_pipeline_execution(PipelineExecutionArn=image_stack.pipeline_execution)
+    assert execution["PipelineExecutionStatus"] == "Succeeded"
+    steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=image_stack.pipeline_execution)
+    by_name = {s["StepName"]: s for s in steps["PipelineExecutionSteps"]}
+    assert {by_name[name]["StepStatus"] for name in ("Preprocess", "Train", "Evaluate", "Register")} == {"Succeeded"}
+    training_job = sagemaker.describe_training_job(
+        TrainingJobName=by_name["Train"]["Metadata"]["TrainingJob"]["Arn"].rsplit("/", 1)[-1]
+    )
+    assert training_job["AlgorithmSpecification"]["TrainingImage"] == image_stack.outputs["TrainingImageUri"]
+
+    folder = download_model(image_stack.package_arn, tmp_path / "model")
+    for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP, artifacts.MODEL_JSON, artifacts.PREPROCESSING_JSON):
+        assert (folder / name).is_file(), name
+    evaluate = by_name["Evaluate"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1]
+    outputs = sagemaker.describe_processing_job(ProcessingJobName=evaluate)["ProcessingOutputConfig"]["Outputs"]
+    location = S3Uri.parse(next(o for o in outputs if o["OutputName"] == "evaluation")["S3Output"]["S3Uri"])
+    report = json.loads(
+        aws.client("s3").get_object(Bucket=location.bucket, Key=f"{location.key}/evaluation.json")["Body"].read()
+    )
+    metrics = report["multiclass_classification_metrics"]
+    assert metrics["accuracy_fhe_simulation"]["value"] >= 0.85
+    assert metrics["fhe_agreement_with_simulation"]["value"] == 1.0
+
+
+def test_bundle_through_the_workflow_on_the_inference_image_matches_the_clear_model(
+    image_stack: ImageStack, tmp_path: Path
+) -> None:
+    s3, layout = aws.client("s3"), BundleLayout(image_stack.settings.bundle_bucket)
+    x = sample_rows(SAMPLES)
+    manifest = encrypt_rows(image_stack.model, x, tmp_path / "bundle", shard_size=SAMPLES // 2, progress=False)
+    submit(s3, layout, tmp_path / "bundle", progress=False)
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        execution = bundle_execution(image_stack.outputs["StateMachineArn"], manifest.bundle_id)
+        if execution is not None and execution["status"] != "RUNNING":
+            break
+        assert time.monotonic() < deadline, f"bundle {manifest.bundle_id} still running after {SETTLE_TIMEOUT} s"
+        time.sleep(2.0)
+    assert execution["status"] == "SUCCEEDED", execution
+    downloaded, shards = download_result(s3, layout.result_manifest(manifest.bundle_id))
+    probabilities = decrypt_result(image_stack.model, downloaded, shards, progress=False)
+    classes = image_stack.model.preprocessing.classes
+    predicted = [classes[int(i)] for i in probabilities.argmax(axis=1)]
+    assert predicted == clear_classes(image_stack.package_arn, x)
+
+
+@dataclass
+class Serving:
+    url: str
+    seconds_to_healthy: float
+
+
+@pytest.fixture(scope="module")
+def serving(image_stack: ImageStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    """The inference image started as SageMaker starts it (``<image> serve``), the registered model extracted
+    into its ``/opt/ml/model``."""
+    root = tmp_path_factory.mktemp("serving")
+    download_model(image_stack.package_arn, root / "opt/ml/model")
+    port = _free_port()
+    container = Container(
+        "fhe-image-test-serve",
+        image_stack.outputs["InferenceImageUri"],
+        ["serve"],
+        root,
+        {
+            **aws_environment(image_stack.outputs["EndpointRoleArn"]),
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            artifacts.PACKAGE_ARN_VARIABLE: image_stack.package_arn,
+        },
+    )
+    runtime = EngineRuntime(image_stack.engine.name)
+    command, environment = runtime.command(container)
+    started = time.monotonic()
+    with (root / "serve.log").open("wb") as log:
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            assert process.poll() is None, (root / "serve.log").read_text()[-3000:]
+            assert time.monotonic() - started < PING_TIMEOUT, "no healthy /ping"
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=2) as answer:  # noqa: S310 - loopback
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        seconds = time.monotonic() - started
+        print(f"inference image: first healthy /ping {seconds:.1f} s after the container started")
+        yield Serving(url, seconds)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        finally:
+            runtime.remove(container.name)
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"})  # noqa: S310 - loopback
+    try:
+        with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310 - loopback
+            return int(answer.status), bytes(answer.read())
+    except urllib.error.HTTPError as error:
+        return int(error.code), bytes(error.read())
+
+
+def test_ping_is_healthy(serving: Serving) -> None:
+    with urllib.request.urlopen(serving.url + "/ping", timeout=5) as answer:  # noqa: S310 - loopback
+        assert answer.status == 200 and json.loads(answer.read())["status"] == "healthy"
+
+
+def test_shard_request_decrypts_to_the_clear_model(image_stack: ImageStack, serving: Serving, tmp_path: Path) -> None:
+    # A bucket of its own: the deployment's inbox would start the workflow on the same bundle.
+    s3, layout = aws.client("s3"), BundleLayout(DIRECT_BUCKET)
+    ensure_bucket(s3, DIRECT_BUCKET)
+    x = sample_rows(SAMPLES)
+    folder = tmp_path / "bundle"
+    manifest = encrypt_rows(image_stack.model, x, folder, shard_size=SAMPLES, bundle_id="direct", progress=False)
+    submit(s3, layout, folder, progress=False)
+    status, body = _post(serving.url, layout.shard_request(manifest.bundle_id, 0).to_json())
+    assert status == 200, body
+    request_uri = layout.request_manifest(manifest.bundle_id)
+    request_bytes = s3.get_object(Bucket=request_uri.bucket, Key=request_uri.key)["Body"].read()
+    prefix = layout.result_prefix(manifest.bundle_id)
+    answer = result_manifest(manifest, sha256_hex(request_bytes), prefix, [parse_shard_result(body)])
+    downloaded, shards = download_result(s3, write_result_manifest(s3, layout, answer).uri)
+    probabilities = decrypt_result(image_stack.model, downloaded, shards, progress=False)
+    classes = image_stack.model.preprocessing.classes
+    assert [classes[int(i)] for i in probabilities.argmax(axis=1)] == clear_classes(image_stack.package_arn, x)
+
+
+def test_reference_request_decrypts_to_the_clear_model(
+    image_stack: ImageStack, serving: Serving, tmp_path: Path
+) -> None:
+    from concrete.ml.deployment import FHEModelClient
+
+    s3, bucket = aws.client("s3"), DIRECT_BUCKET
+    ensure_bucket(s3, bucket)
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=image_stack.package_arn)
+    download_prefix(s3, client_artifacts_uri(package), tmp_path / "client")
+    client = FHEModelClient(path_dir=str(tmp_path / "client"), key_dir=str(tmp_path / "keys"))
+    client.generate_private_and_evaluation_keys()
+    x = sample_rows(2)
+    expected = clear_classes(image_stack.package_arn, x)
+    scaled = image_stack.model.preprocessing.transform(x)
+    s3.put_object(Bucket=bucket, Key="reference/keys.bin", Body=client.get_serialized_evaluation_keys())
+    for i, row in enumerate(scaled):
+        s3.put_object(
+            Bucket=bucket, Key=f"reference/query-{i}.bin", Body=client.quantize_encrypt_serialize(row[None, :])
+        )
+        body = {
+            "evaluation_keys_uri": f"s3://{bucket}/reference/keys.bin",
+            "encrypted_query_uri": f"s3://{bucket}/reference/query-{i}.bin",
+        }
+        status, answer = _post(serving.url, json.dumps(body).encode())
+        assert status == 200, answer[:500]
+        scores = client.deserialize_decrypt_dequantize(answer)
+        assert image_stack.model.preprocessing.classes[int(np.argmax(scores[0]))] == expected[i]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"not json", "not_json"), (json.dumps({"evaluation_keys_uri": "s3://x"}).encode(), None)],
+)
+def test_a_bad_request_gets_400_and_the_image_keeps_serving(serving: Serving, body: bytes, code: str | None) -> None:
+    status, answer = _post(serving.url, body)
+    assert status == 400, answer
+    error: dict[str, Any] = json.loads(answer)["error"]
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    with urllib.request.urlopen(serving.url + "/ping", timeout=5) as ping:  # noqa: S310 - loopback
+        assert ping.status == 200
