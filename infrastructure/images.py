@@ -49,22 +49,47 @@ class ImageError(RuntimeError):
     """An image could not be built, found or pushed."""
 
 
-def dockerfile(role: str) -> Path:
-    return ROOT / "containers" / role / "Dockerfile"
-
-
-def dockerfile_sources(path: Path) -> list[str]:
-    """The context paths the Dockerfile's COPY and ADD instructions take, in order."""
-    sources: list[str] = []
+def stage_instructions(role: str, dockerfile: Path | None = None) -> list[str]:
+    """The instructions that make the image of ``role``: the arguments before the first ``FROM``, then each stage
+    from the first one down to the stage named ``role`` (its ``FROM`` lines included)."""
+    path = dockerfile or ROOT / "containers" / "Dockerfile"
+    preamble: list[str] = []
+    stages: dict[str, tuple[str, list[str]]] = {}  # name: (what it is built FROM, its instructions)
+    current: list[str] | None = None
     for instruction in _instructions(path.read_text()):
+        words = instruction.split()
+        if words[0].upper() == "FROM":
+            name = words[3] if len(words) >= 4 and words[2].upper() == "AS" else f"#{len(stages)}"
+            current = [instruction]
+            stages[name] = (words[1], current)
+        elif current is None:
+            preamble.append(instruction)
+        else:
+            current.append(instruction)
+    if role not in stages:
+        raise ImageError(f"{path} has no stage {role!r} (stages: {', '.join(stages)})")
+    chain: list[str] = []
+    name = role
+    while name in stages:
+        parent, instructions = stages[name]
+        chain = instructions + chain
+        name = parent
+    return preamble + chain
+
+
+def dockerfile_sources(role: str, dockerfile: Path | None = None) -> list[str]:
+    """The context paths the image's ``COPY`` and ``ADD`` instructions take, in order."""
+    sources: list[str] = []
+    for instruction in stage_instructions(role, dockerfile):
         keyword, _, rest = instruction.partition(" ")
         if keyword.upper() not in ("COPY", "ADD"):
             continue
-        words = [w for w in shlex.split(rest) if not w.startswith("--")]
         if rest.lstrip().startswith("["):
-            words = [w for w in json.loads(rest) if not w.startswith("--")]
+            words = [str(w) for w in json.loads(rest)]
+        else:
+            words = [w for w in shlex.split(rest) if not w.startswith("--")]
         if len(words) < 2:
-            raise ImageError(f"{path}: cannot read the instruction {instruction!r}")
+            raise ImageError(f"cannot read the instruction {instruction!r}")
         sources += words[:-1]
     return sources
 
@@ -73,26 +98,26 @@ def _instructions(text: str) -> Iterator[str]:
     current = ""
     for line in text.splitlines():
         stripped = line.strip()
-        if not current and (not stripped or stripped.startswith("#")):
+        if not stripped or stripped.startswith("#"):
             continue
         if stripped.endswith("\\"):
             current += stripped[:-1] + " "
             continue
-        yield (current + stripped).strip()
+        yield current + stripped
         current = ""
     if current:
         yield current.strip()
 
 
 def content_tag(role: str, base_image: str = "") -> str:
-    """``src-`` and 16 hex digits of the sha256 over the image's inputs: its Dockerfile, the base image it is
-    built on (empty: the Dockerfile's default) and the files its COPY instructions take, by path and bytes."""
-    path = dockerfile(role)
-    digest = hashlib.sha256(path.read_bytes() + b"\0" + base_image.encode() + b"\0")
-    for source in dockerfile_sources(path):
+    """``src-`` and 16 hex digits of the sha256 over the image's inputs: the instructions that make it (not the
+    other image's stage), the base image given (empty: the Dockerfile's default) and the files its ``COPY``
+    instructions take, by path and bytes."""
+    digest = hashlib.sha256("\n".join(stage_instructions(role)).encode() + b"\0" + base_image.encode() + b"\0")
+    for source in dockerfile_sources(role):
         found = ROOT / source
         if not found.exists():
-            raise ImageError(f"{path.relative_to(ROOT)} copies {source}, which does not exist")
+            raise ImageError(f"the {role} image copies {source}, which does not exist")
         files = sorted(p for p in found.rglob("*") if p.is_file()) if found.is_dir() else [found]
         for file in files:
             if "__pycache__" in file.parts or file.suffix == ".pyc":
@@ -109,7 +134,7 @@ class Image:
 
     @property
     def dockerfile(self) -> str:
-        return dockerfile(self.role).relative_to(ROOT).as_posix()
+        return "containers/Dockerfile"
 
     @property
     def uri(self) -> str:
@@ -165,7 +190,8 @@ class ContainerEngine:
     def build(self, image: Image, report: Callable[[str], None], *, base_image: str = "") -> None:
         """Build one image from the repository root, tagged with its URI; the output goes to ``report``."""
         with build_secrets() as secrets:
-            arguments = ["build", "--platform", PLATFORM, "-f", image.dockerfile, "-t", image.uri]
+            arguments = ["build", "--platform", PLATFORM, "-f", image.dockerfile, "--target", image.role]
+            arguments += ["-t", image.uri]
             if base_image:
                 arguments += ["--build-arg", f"BASE_IMAGE={base_image}"]
             for name, path in secrets.items():

@@ -301,10 +301,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=DemoSettings.samples)
     parser.add_argument("--shard-size", type=int, default=DemoSettings.shard_size)
     parser.add_argument("--report", type=Path, default=Path("audit-report"), help="path prefix of the audit report")
+    parser.add_argument(
+        "--images",
+        choices=("podman", "docker"),
+        help="build both images with this engine and run the jobs and the endpoint from them (the local SageMaker "
+        "must run that runtime: fhe-local up --runtime ENGINE)",
+    )
+    parser.add_argument("--base-image", default="", help="with --images: the images' base (python -m local.base_image)")
     args = parser.parse_args(argv)
+    if args.images:
+        from local import stack
+
+        running = stack.running_runtime(stack.local_sagemaker())
+        if running != args.images:
+            parser.error(f"--images {args.images} needs `fhe-local up --runtime {args.images}` (it runs {running})")
     # The SageMaker SDK turns the root logger to INFO on import; the demo prints its own progress.
     logging.basicConfig(level=logging.WARNING, force=True)
-    summary = run(DemoSettings(samples=args.samples, shard_size=args.shard_size), args.report)
+    settings = DemoSettings(
+        samples=args.samples, shard_size=args.shard_size, image_engine=args.images or "", base_image=args.base_image
+    )
+    summary = run(settings, args.report)
     print("\n== summary")
     print(f"  samples            {summary['samples']} in {summary['shards']} shards (bundle {summary['bundle_id']})")
     print(f"  agreement          {summary['agreement_with_clear_model']:.2%} with the clear model")

@@ -16,7 +16,7 @@ import tomllib
 
 from infrastructure import images
 from infrastructure.templates import ROOT
-from local.sagemaker.runtime import Container, EngineRuntime
+from local.sagemaker.runtime import Container, ContainerError, EngineRuntime, ProcessRuntime, aws_environment
 
 PROJECT_PACKAGES = {"common", "containers", "pipelines", "local", "client", "lambdas", "infrastructure", "audit"}
 ENTRY_POINTS = {"training": "containers.training.__main__", "inference": "containers.inference.__main__"}
@@ -55,21 +55,27 @@ def _imported_project_files(entry_point: str) -> set[str]:
 
 @pytest.mark.parametrize("role", images.ROLES)
 def test_each_image_copies_exactly_the_modules_its_entry_point_imports(role: str) -> None:
-    copied = {s for s in images.dockerfile_sources(images.dockerfile(role)) if s.endswith(".py")}
+    copied = {s for s in images.dockerfile_sources(role) if s.endswith(".py")}
     assert copied == _imported_project_files(ENTRY_POINTS[role])
     assert not any(s.startswith(("local/", "pipelines/")) for s in copied)
 
 
-def _instructions(role: str) -> list[str]:
-    return list(images._instructions(images.dockerfile(role).read_text()))
+def test_both_images_stand_on_one_fhe_runtime_with_the_linker() -> None:
+    training, inference = images.stage_instructions("training"), images.stage_instructions("inference")
+    shared = training.index("FROM fhe-runtime AS training")
+    assert training[:shared] == inference[: inference.index("FROM fhe-runtime AS inference")]
+    runtime = training[:shared]
+    assert runtime[0] == "ARG BASE_IMAGE=python:3.11.7-slim-bookworm"
+    assert any("apt-get install" in line and "binutils" in line for line in runtime)
+    assert any("requirements/fhe.txt -c" in line for line in runtime)
+    # Each image's own stage adds its extras and code, nothing of the other's.
+    assert not any("inference" in line for line in training[shared:])
+    assert not any("training" in line for line in inference[shared:])
 
 
-def test_both_images_share_the_fhe_runtime_layers_and_install_the_linker() -> None:
-    training, inference = _instructions("training"), _instructions("inference")
-    shared = next(i for i, line in enumerate(training) if "requirements/fhe.txt -c" in line)
-    assert training[: shared + 1] == inference[: shared + 1], "the same lines, so the same cached layers"
-    assert any("apt-get install" in line and "binutils" in line for line in training[:shared])
-    assert training[0].startswith("ARG BASE_IMAGE=python:3.11.7-slim-bookworm")
+def test_an_unknown_stage_is_refused() -> None:
+    with pytest.raises(images.ImageError, match="no stage 'batch'"):
+        images.stage_instructions("batch")
 
 
 def _requirements(path: Path) -> set[str]:
@@ -122,16 +128,18 @@ def test_the_tag_covers_exactly_each_images_inputs(tree: Path) -> None:
     _append(tree / "containers/training/train.py")
     third = _tags()
     assert third["training"] != second["training"] and third["inference"] == second["inference"]
-    _append(tree / "containers/inference/Dockerfile", "LABEL changed=yes\n")
-    assert _tags()["inference"] != third["inference"]
+    _append(tree / "containers/Dockerfile", "# a comment is no input\n")
+    assert _tags() == third
+    _append(tree / "containers/Dockerfile", "LABEL changed=yes\n")  # the last stage: inference
+    fourth = _tags()
+    assert fourth["training"] == third["training"] and fourth["inference"] != third["inference"]
     assert _tags("localhost/other-base:1") != _tags(), "the base image is an input"
 
 
 def test_a_dockerfile_that_copies_a_missing_file_is_refused(tree: Path) -> None:
-    dockerfile = tree / "containers/training/Dockerfile"
-    dockerfile.write_text(dockerfile.read_text() + "COPY nowhere.py containers/\n")
-    with pytest.raises(images.ImageError, match=r"copies nowhere\.py, which does not exist"):
-        images.content_tag("training")
+    _append(tree / "containers/Dockerfile", "COPY nowhere.py containers/\n")
+    with pytest.raises(images.ImageError, match=r"the inference image copies nowhere\.py, which does not exist"):
+        images.content_tag("inference")
 
 
 def _fake_engine(folder: Path, name: str = "podman") -> Path:
@@ -162,12 +170,14 @@ def test_the_build_passes_the_base_the_platform_and_the_hosts_ca_and_index_as_se
     image = images.Image("training", "1.dkr.ecr.r.amazonaws.com/acme-training", "src-0123456789abcdef")
     engine.build(image, report=lambda line: None, base_image="localhost/fhe-python-base:3.11-bookworm")
     arguments = (tmp_path / "bin/args").read_text().splitlines()
-    assert arguments[:7] == [
+    assert arguments[:9] == [
         "build",
         "--platform",
         "linux/amd64",
         "-f",
-        "containers/training/Dockerfile",
+        "containers/Dockerfile",
+        "--target",
+        "training",
         "-t",
         image.uri,
     ]
@@ -211,3 +221,26 @@ def test_the_engine_runtime_runs_the_image_as_sagemaker_does(tmp_path: Path, mon
     # Variables by name only: their values reach the container through the engine's environment.
     assert "AWS_SECRET_ACCESS_KEY" in command and not any("secret-value" in part for part in command)
     assert environment["AWS_SECRET_ACCESS_KEY"] == "secret-value"
+
+
+def test_a_job_gets_its_roles_session_not_the_servers_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto import mock_aws
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "server-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-secret")
+    with mock_aws():
+        session = aws_environment("arn:aws:iam::123456789012:role/acme-model-creator")
+        both = ProcessRuntime().command(
+            Container("job", "acme-training:1", ["train"], tmp_path, {**session, "SM_EXTRA": "1"})
+        )
+    command, environment = both
+    assert session["AWS_ACCESS_KEY_ID"] != "server-key" and session["AWS_SESSION_TOKEN"]
+    assert environment["AWS_ACCESS_KEY_ID"] == session["AWS_ACCESS_KEY_ID"]
+    assert environment["SAGEMAKER_CONTAINER_ROOT"] == str(tmp_path) and environment["SM_EXTRA"] == "1"
+    assert command[1:] == ["-m", "containers.training", "train"]
+    with pytest.raises(ContainerError, match="not available to the local SageMaker"):
+        ProcessRuntime().command(Container("job", "acme-unknown:1", [], tmp_path))
