@@ -114,11 +114,15 @@ def _ministack_python() -> Path:
 
 
 def _spawn(service: Service, command: list[str], environment: dict[str, str]) -> None:
+    """Start a service with this process's environment, less any AWS endpoint it points at: the local AWS
+    passes that environment on to its Lambda functions, which must call this stack, not whatever stack (or AWS
+    service) the caller was pointed at; the service gets only the endpoints ``environment`` names."""
     stack_dir().mkdir(parents=True, exist_ok=True)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
     with service.log_file.open("ab") as log:
         process = subprocess.Popen(
             command,
-            env={**os.environ, **environment},
+            env={**inherited, **environment},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
