@@ -1,5 +1,5 @@
-"""The training and inference container images: what goes into each (its Dockerfile says), a tag from exactly
-that content, and the build, login and push steps with Docker or podman.
+"""The training and inference container images: what goes into each (its stage of ``containers/Dockerfile``
+says), a tag from exactly that content, and the build, login and push steps with Docker or podman.
 
 The build takes the host's CA bundle and network pip settings as build secrets, so it works behind a
 TLS-intercepting proxy or with a private index, and neither ends up in a layer.
@@ -24,11 +24,12 @@ from pathlib import Path
 from common import aws
 from infrastructure.templates import ROOT
 
-ROLES = ("training", "inference")
+ROLES = ("training", "inference")  # also the names of their stages in the Dockerfile
+DOCKERFILE = "containers/Dockerfile"
 ENGINES = ("docker", "podman")
 # SageMaker's CPU instances (ml.c7i, ml.c6i) are x86_64, whatever machine the image is built on.
 PLATFORM = "linux/amd64"
-# Where the Dockerfiles mount the build secrets (keep in step with them).
+# Where the Dockerfile mounts the CA bundle secret (keep in step with it).
 CA_BUNDLE_TARGET = "/etc/ssl/certs/build-ca-bundle.pem"
 # The host's pip settings that concern reaching an index; paths on the host (find-links, constraints) mean
 # nothing inside the build.
@@ -49,10 +50,10 @@ class ImageError(RuntimeError):
     """An image could not be built, found or pushed."""
 
 
-def stage_instructions(role: str, dockerfile: Path | None = None) -> list[str]:
+def stage_instructions(role: str) -> list[str]:
     """The instructions that make the image of ``role``: the arguments before the first ``FROM``, then each stage
     from the first one down to the stage named ``role`` (its ``FROM`` lines included)."""
-    path = dockerfile or ROOT / "containers" / "Dockerfile"
+    path = ROOT / DOCKERFILE
     preamble: list[str] = []
     stages: dict[str, tuple[str, list[str]]] = {}  # name: (what it is built FROM, its instructions)
     current: list[str] | None = None
@@ -77,10 +78,10 @@ def stage_instructions(role: str, dockerfile: Path | None = None) -> list[str]:
     return preamble + chain
 
 
-def dockerfile_sources(role: str, dockerfile: Path | None = None) -> list[str]:
+def dockerfile_sources(role: str) -> list[str]:
     """The context paths the image's ``COPY`` and ``ADD`` instructions take, in order."""
     sources: list[str] = []
-    for instruction in stage_instructions(role, dockerfile):
+    for instruction in stage_instructions(role):
         keyword, _, rest = instruction.partition(" ")
         if keyword.upper() not in ("COPY", "ADD"):
             continue
@@ -134,7 +135,7 @@ class Image:
 
     @property
     def dockerfile(self) -> str:
-        return "containers/Dockerfile"
+        return DOCKERFILE
 
     @property
     def uri(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.s3uri import S3Uri, download_prefix, upload_directory
-from local.sagemaker.runtime import Container, ContainerError, Runtime, aws_environment, role_of
+from local.sagemaker.runtime import Container, ContainerError, Runtime, aws_environment
 
 FAILURE_TAIL_LINES = 5
 
@@ -60,7 +60,7 @@ def _run(runtime: Runtime, container: Container, failure_file: str) -> None:
 def _environment(request: dict[str, Any]) -> dict[str, str]:
     """The job's own environment and its role's AWS session, as SageMaker passes them."""
     try:
-        session = aws_environment(role_of(request))
+        session = aws_environment(request.get("RoleArn"))
     except ContainerError as error:
         raise JobFailed(str(error)) from None
     return {**session, **{k: str(v) for k, v in request.get("Environment", {}).items()}}

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from common import aws
 
@@ -160,7 +160,3 @@ def runtime(name: str) -> Runtime:
     if name not in RUNTIMES:
         raise ContainerError(f"unknown runtime {name!r} (use {', '.join(RUNTIMES)})")
     return ProcessRuntime() if name == "process" else EngineRuntime(name)
-
-
-def role_of(request: dict[str, Any]) -> str | None:
-    return request.get("RoleArn") or request.get("ExecutionRoleArn")
