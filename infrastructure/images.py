@@ -186,7 +186,7 @@ class ContainerEngine:
 
     def import_image(self, archive: Path, reference: str, changes: list[str]) -> None:
         options = [option for change in changes for option in ("--change", change)]
-        _run(self.command("import", *options, str(archive), reference), print_progress)
+        run_command(self.command("import", *options, str(archive), reference), print_progress)
 
     def build(self, image: Image, report: Callable[[str], None], *, base_image: str = "") -> None:
         """Build one image from the repository root, tagged with its URI; the output goes to ``report``."""
@@ -197,13 +197,13 @@ class ContainerEngine:
                 arguments += ["--build-arg", f"BASE_IMAGE={base_image}"]
             for name, path in secrets.items():
                 arguments += ["--secret", f"id={name},src={path}"]
-            _run(self.command(*arguments, "."), report, environment={"DOCKER_BUILDKIT": "1"})
+            run_command(self.command(*arguments, "."), report, environment={"DOCKER_BUILDKIT": "1"})
 
     def login(self, registry: str, user: str, password: str, report: Callable[[str], None]) -> None:
-        _run(self.command("login", "--username", user, "--password-stdin", registry), report, stdin=password)
+        run_command(self.command("login", "--username", user, "--password-stdin", registry), report, stdin=password)
 
     def push(self, image: Image, report: Callable[[str], None]) -> None:
-        _run(self.command("push", image.uri), report)
+        run_command(self.command("push", image.uri), report)
 
 
 def host_ca_bundle() -> Path | None:
@@ -280,14 +280,15 @@ def print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _run(
+def run_command(
     command: list[str],
     report: Callable[[str], None],
     *,
     stdin: str | None = None,
     environment: dict[str, str] | None = None,
 ) -> None:
-    """Run an engine command from the repository root, its output passed on line by line as it comes."""
+    """Run a command of the image work from the repository root, its output passed on line by line as it comes;
+    a failure raises ImageError with the output's last lines."""
     shown = " ".join(command)
     report(f"$ {shown}")
     tail: list[str] = []

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from infrastructure.images import ContainerEngine, ImageError
+from infrastructure.images import ContainerEngine, ImageError, print_progress, run_command
 
 BASE_IMAGE = "localhost/fhe-python-base:3.11-bookworm"
 SUITE = "bookworm"  # the Debian release of the official python:3.11.7-slim-bookworm
@@ -40,23 +39,19 @@ def ensure_base_image(engine: ContainerEngine, image: str = BASE_IMAGE, *, mirro
     with tempfile.TemporaryDirectory(prefix="fhe-base-") as folder:
         root = Path(folder) / "root"
         print(f"making {image}: debootstrap {SUITE} with {', '.join(PACKAGES)}…", file=sys.stderr, flush=True)
-        _run([debootstrap, "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(root), mirror])
-        _run(["chroot", str(root), "python3", "-m", "venv", VENV])
+        run_command(
+            [debootstrap, "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(root), mirror],
+            print_progress,
+        )
+        run_command(["chroot", str(root), "python3", "-m", "venv", VENV], print_progress)
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for entry in (root / cache).glob("*"):
                 if entry.is_file():
                     entry.unlink()
         archive = Path(folder) / "root.tar"
-        _run(["tar", "-C", str(root), "-cf", str(archive), "."])
+        run_command(["tar", "-C", str(root), "-cf", str(archive), "."], print_progress)
         engine.import_image(archive, image, changes=[f"ENV PATH={PATH}", 'CMD ["python3"]'])
     return image
-
-
-def _run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-        raise ImageError(f"`{' '.join(command)}` failed ({result.returncode}):\n{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,6 +58,11 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def container_name(endpoint: str, generation: str) -> str:
+    """The engine's name for one generation of an endpoint's serving container."""
+    return f"{endpoint}-{generation}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,6 +86,10 @@ class Host:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def container_name(self) -> str:
+        return container_name(self.endpoint, self.generation)
 
 
 class Endpoints:
@@ -319,7 +328,7 @@ class Endpoints:
             "SAGEMAKER_BIND_TO_PORT": str(port),
             "FHE_BIND_HOST": "127.0.0.1",
         }
-        serving = Container(f"{name}-{generation}", container["Image"], ["serve"], root, environment)
+        serving = Container(container_name(name, generation), container["Image"], ["serve"], root, environment)
         command, process_environment = self.runtime.command(serving)
         log_file = (root / "container.log").open("ab")
         process = subprocess.Popen(
@@ -387,7 +396,7 @@ class Endpoints:
         except subprocess.TimeoutExpired:
             host.process.kill()
             host.process.wait()
-        self.runtime.remove(f"{host.endpoint}-{host.generation}")
+        self.runtime.remove(host.container_name)
         shutil.rmtree(host.root / "opt/ml/model", ignore_errors=True)
         (host.root / PID_FILE).unlink(missing_ok=True)
 

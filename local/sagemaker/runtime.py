@@ -78,7 +78,7 @@ def source_entrypoint(image_uri: str) -> list[str]:
     name = next((known for known in images if name == known or name.endswith(f"-{known}")), name)
     if name not in images:
         raise ContainerError(f"image {image_uri} is not available to the local SageMaker (known: {', '.join(images)})")
-    return [sys.executable if part in ("python", "python3") else part for part in images[name]]
+    return list(images[name])
 
 
 def aws_environment(role_arn: str | None) -> dict[str, str]:
