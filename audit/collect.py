@@ -15,7 +15,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from common.audit_log import AuditRecord, read_chain
-from common.bundle import MANIFEST_NAME, Manifest, parse_manifest
+from common.bundle.manifest import Manifest, parse_manifest
+from common.bundle.schema import MANIFEST_NAME
 from common.bundle_store import INBOX_PREFIX, BundleLayout, bundle_prefix
 from common.s3uri import S3Uri
 from lambdas.events import BundleRef, bundle_id_of

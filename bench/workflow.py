@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from common import artifacts, aws
-from common.bundle import ShardRequest, parse_manifest
+from common.bundle.manifest import parse_manifest
+from common.bundle.messages import ShardRequest
 from common.bundle_store import BundleLayout, object_exists, put_bundle
 from common.s3uri import S3Uri
 from containers.training.data import builtin_dataset_csv, load_table

@@ -27,7 +27,7 @@ from client.errors import ClientError
 from client.model import ClientModel, ensure_evaluation_key_uploaded, ensure_keys, fetch_model, upload_evaluation_key
 from client.transfer import download_result, submit, wait
 from common import aws
-from common.bundle import BundleError
+from common.bundle.schema import BundleError
 from common.bundle_store import BundleLayout
 from common.model_package import ModelPackageError
 from common.s3uri import S3Uri

@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 from client.errors import ClientError
 from client.model import ClientModel
-from common.bundle import BundleError, Manifest, parse_shard
+from common.bundle.manifest import Manifest
+from common.bundle.schema import BundleError
+from common.bundle.shards import parse_shard
 
 
 def decrypt_result(

@@ -14,16 +14,9 @@ from tqdm import tqdm
 
 from client.errors import InputError
 from client.model import ClientModel
-from common.bundle import (
-    MANIFEST_NAME,
-    MAX_SAMPLES_PER_SHARD,
-    Manifest,
-    ShardEntry,
-    encode_shard,
-    sha256_hex,
-    shard_key,
-    utc_now,
-)
+from common.bundle.manifest import Manifest, ShardEntry, shard_key
+from common.bundle.schema import MANIFEST_NAME, MAX_SAMPLES_PER_SHARD, sha256_hex, utc_now
+from common.bundle.shards import encode_shard
 from common.preprocessing import SchemaError
 
 DEFAULT_SHARD_SIZE = 100

@@ -19,7 +19,8 @@ from typing import Any
 
 from client.errors import ClientError
 from common import artifacts
-from common.bundle import KeyRef, ModelRef, package_ref, sha256_hex
+from common.bundle.manifest import KeyRef, ModelRef, package_ref
+from common.bundle.schema import sha256_hex
 from common.bundle_store import BundleLayout, object_exists
 from common.model_package import client_artifacts_uri, describe, newest_approved, require_approved
 from common.preprocessing import PreprocessingRecord

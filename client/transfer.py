@@ -11,7 +11,8 @@ from typing import Any
 from tqdm import tqdm
 
 from client.errors import BundleQuarantined, ClientError, WaitTimeout
-from common.bundle import MANIFEST_NAME, Manifest, check_relative_key, parse_manifest
+from common.bundle.manifest import Manifest, parse_manifest
+from common.bundle.schema import MANIFEST_NAME, check_relative_key
 from common.bundle_store import (
     BundleLayout,
     get_bytes,

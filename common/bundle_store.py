@@ -23,21 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.bundle import (
-    MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
-    BundleError,
-    Manifest,
-    ShardEntry,
-    ShardRequest,
-    ShardResult,
-    check_object,
-    check_relative_key,
-    parse_manifest,
-    sha256_hex,
-    shard_key,
-    utc_now,
-)
+from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, shard_key
+from common.bundle.messages import ShardRequest, ShardResult
+from common.bundle.schema import MANIFEST_NAME, MAX_MANIFEST_BYTES, BundleError, check_relative_key, sha256_hex, utc_now
+from common.bundle.shards import check_object
 from common.s3uri import S3Uri
 
 INBOX_PREFIX = "inbox"

@@ -7,7 +7,7 @@ records what it runs and checks it against the record of the artifact it loads, 
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from typing import Any
 
@@ -65,4 +65,5 @@ class VersionsRecord:
             raise VersionMismatchError(f"{what} was made with " + ", ".join(problems))
 
 
+VERSION_FIELDS = tuple(field.name for field in fields(VersionsRecord))  # as the manifest's "versions" names them
 LABELS = {"python": "Python", "concrete_python": "concrete-python", "concrete_ml": "concrete-ml"}

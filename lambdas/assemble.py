@@ -8,7 +8,8 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle import BundleError, parse_shard_result
+from common.bundle.messages import parse_shard_result
+from common.bundle.schema import BundleError
 from common.bundle_store import BundleLayout, get_bytes, read_manifest, result_manifest, write_result_manifest
 from common.s3uri import S3Uri
 from lambdas.events import BundleRef, EventError

@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.bundle import BUNDLE_ID_PATTERN, MANIFEST_NAME
+from common.bundle.schema import BUNDLE_ID_PATTERN, MANIFEST_NAME
 from common.bundle_store import INBOX_PREFIX
 from common.s3uri import S3Uri
 

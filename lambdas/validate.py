@@ -15,7 +15,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from common.bundle import BundleError, Manifest, check_model, check_relative_key, check_versions
+from common.bundle.manifest import Manifest
+from common.bundle.schema import BundleError, check_relative_key
+from common.bundle.serving import check_model, check_versions
 from common.bundle_store import bundle_prefix, read_manifest
 from common.model_package import ModelPackageError, require_approved, served_package, serving_versions
 from common.s3uri import S3Uri

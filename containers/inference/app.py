@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 
 from common import aws
 from common.artifacts import PACKAGE_ARN_VARIABLE
-from common.bundle import BundleError
+from common.bundle.schema import BundleError
 from containers.contract import model_dir
 from containers.inference.engine import DEFAULT_KEY_CACHE_BYTES, InferenceEngine
 from containers.inference.handlers import Handlers

@@ -17,7 +17,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from common import artifacts
-from common.bundle import BundleError
+from common.bundle.schema import BundleError
 from common.versions import VersionsRecord
 
 DEFAULT_KEY_CACHE_BYTES = 2 * 1024**3

@@ -27,7 +27,7 @@ from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluatio
 from client.transfer import submit
 from common import aws
 from common.audit_log import CHAIN
-from common.bundle import MANIFEST_NAME
+from common.bundle.schema import MANIFEST_NAME
 from common.bundle_store import BundleLayout
 from local import stack
 from local.demo import (

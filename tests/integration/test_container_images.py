@@ -30,7 +30,8 @@ from client.encrypt import encrypt_rows
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from client.transfer import download_result, submit
 from common import artifacts, aws
-from common.bundle import parse_shard_result, sha256_hex
+from common.bundle.messages import parse_shard_result
+from common.bundle.schema import sha256_hex
 from common.bundle_store import BundleLayout, result_manifest, write_result_manifest
 from common.model_package import client_artifacts_uri
 from common.s3uri import S3Uri, download_prefix, ensure_bucket

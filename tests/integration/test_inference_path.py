@@ -24,7 +24,9 @@ from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluatio
 from client.transfer import download_result, submit
 from common import artifacts, aws
 from common.archives import extract_tar
-from common.bundle import MANIFEST_NAME, Manifest, ShardRequest, parse_manifest, parse_shard_result, sha256_hex
+from common.bundle.manifest import Manifest, parse_manifest
+from common.bundle.messages import ShardRequest, parse_shard_result
+from common.bundle.schema import MANIFEST_NAME, sha256_hex
 from common.bundle_store import BundleLayout, put_bundle, result_manifest, write_result_manifest
 from common.model_package import client_artifacts_uri
 from common.s3uri import S3Uri, download_prefix, ensure_bucket

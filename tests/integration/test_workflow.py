@@ -21,7 +21,8 @@ from client.encrypt import encrypt_rows
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from client.transfer import download_result, submit
 from common import aws
-from common.bundle import MANIFEST_NAME, Manifest, ModelRef
+from common.bundle.manifest import Manifest, ModelRef
+from common.bundle.schema import MANIFEST_NAME
 from common.bundle_store import BundleLayout, object_exists
 from local import stack
 from local.demo import (

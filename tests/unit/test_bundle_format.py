@@ -13,20 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bundle import (
-    MAX_SAMPLES_PER_SHARD,
-    MAX_SHARD_BYTES,
-    MAX_SHARDS,
-    BundleError,
-    ShardEntry,
-    check_object,
-    check_versions,
-    encode_shard,
-    parse_manifest,
-    parse_shard,
-    parse_shard_request,
-    sha256_hex,
-)
+from common.bundle.manifest import ShardEntry, parse_manifest
+from common.bundle.messages import parse_shard_request
+from common.bundle.schema import MAX_SAMPLES_PER_SHARD, MAX_SHARD_BYTES, MAX_SHARDS, BundleError, sha256_hex
+from common.bundle.serving import check_versions
+from common.bundle.shards import check_object, encode_shard, parse_shard
 from common.versions import VersionsRecord
 
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/fhe-models/3"

@@ -12,7 +12,9 @@ import pytest
 from client.decrypt import write_predictions
 from client.errors import BundleQuarantined, ClientError, InputError, WaitTimeout
 from client.transfer import submit, wait
-from common.bundle import KeyRef, Manifest, ShardEntry, encode_shard, package_ref, sha256_hex, shard_key, utc_now
+from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
+from common.bundle.schema import sha256_hex, utc_now
+from common.bundle.shards import encode_shard
 from common.bundle_store import BundleLayout, write_quarantine_reason
 from tests.unit.conftest import UNIT_BUCKET
 

@@ -122,7 +122,7 @@ def test_the_tag_covers_exactly_each_images_inputs(tree: Path) -> None:
     _append(tree / "README.md")
     _append(tree / "local/stack.py")
     assert _tags() == first, "files no image copies"
-    _append(tree / "common/bundle.py")  # the serving app's only
+    _append(tree / "common/bundle/messages.py")  # the serving app's only
     second = _tags()
     assert second["training"] == first["training"] and second["inference"] != first["inference"]
     _append(tree / "containers/training/train.py")

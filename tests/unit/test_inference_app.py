@@ -12,19 +12,10 @@ import numpy as np
 import pytest
 
 from common import artifacts
-from common.bundle import (
-    KeyRef,
-    Manifest,
-    ShardEntry,
-    ShardRequest,
-    encode_shard,
-    package_ref,
-    parse_shard,
-    parse_shard_result,
-    sha256_hex,
-    shard_key,
-    utc_now,
-)
+from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
+from common.bundle.messages import ShardRequest, parse_shard_result
+from common.bundle.schema import sha256_hex, utc_now
+from common.bundle.shards import encode_shard, parse_shard
 from common.bundle_store import BundleLayout, put_bundle
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
