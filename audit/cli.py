@@ -17,12 +17,10 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from audit import collect, report
-from common import aws
-from infrastructure.deploy import DEFAULT_PREFIX, Deployment, outputs
-from pipelines.pipeline import PIPELINE_NAME
+from audit import collect
+from audit.report import run
+from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
 
 CHECKS_FAILED = 3
 
@@ -34,51 +32,6 @@ def moment(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-22T09:30:00Z)") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def sources_for(deployment: str, pipeline_name: str, progress: Any) -> collect.Sources:
-    stack = outputs(Deployment(prefix=deployment, pipeline_name=pipeline_name))
-    missing = [k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName") if k not in stack]
-    if missing:
-        raise RuntimeError(
-            f"deployment {deployment} lacks the outputs {', '.join(missing)}: redeploy it (fhe-deploy up)"
-        )
-    return collect.Sources(
-        sagemaker=aws.client("sagemaker"),
-        stepfunctions=aws.client("stepfunctions"),
-        s3=aws.client("s3"),
-        audit_table=aws.session().resource("dynamodb").Table(stack["AuditTableName"]),
-        state_machine_arn=stack["StateMachineArn"],
-        bundle_bucket=stack["BundleBucketName"],
-        pipeline_name=pipeline_name,
-        progress=progress,
-    )
-
-
-def write(data: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """``out``.json and ``out``.html; written next to each other, the JSON first."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".html")
-    json_path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    html_path.write_text(report.render_html(data))
-    return json_path, html_path
-
-
-def run(
-    window: collect.Window,
-    out: Path,
-    *,
-    deployment: str = DEFAULT_PREFIX,
-    pipeline_name: str = PIPELINE_NAME,
-    settle: float = 30.0,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Build and write the report; returns its data (``data["ok"]`` says whether every check passed)."""
-    sources = sources_for(deployment, pipeline_name, progress or (lambda line: None))
-    data = report.build(sources, window, settle=settle)
-    json_path, html_path = write(data, out)
-    data["files"] = {"json": str(json_path), "html": str(html_path)}
-    return data
 
 
 def main(argv: list[str] | None = None) -> None:

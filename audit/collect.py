@@ -15,11 +15,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from common.audit_log import AuditRecord, read_chain
+from common.aws import is_missing
 from common.bundle.manifest import Manifest, parse_manifest
 from common.bundle.schema import MANIFEST_NAME
 from common.bundle_store import INBOX_PREFIX, BundleLayout, bundle_prefix
 from common.s3uri import S3Uri
-from lambdas.events import BundleRef, bundle_id_of
+from common.workflow import BundleRef, bundle_id_of
 from pipelines.executions import describe_run, identity, iso, model_package_summary, runs_between, seconds_between
 
 STAGES = ("Validate", "InferShards", "Assemble", "Quarantine")  # the top-level states a bundle passes through
@@ -49,14 +50,20 @@ class Sources:
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
-def sha256_of(s3: Any, uri: S3Uri) -> str | None:
-    """The sha256 of an object's bytes, streamed; None when it is not there."""
+def _body_if_any(s3: Any, uri: S3Uri) -> Any:
+    """The object's streaming body; None when it is not there."""
     try:
-        body = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"]
+        return s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"]
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if is_missing(error):
             return None
         raise
+
+
+def sha256_of(s3: Any, uri: S3Uri) -> str | None:
+    """The sha256 of an object's bytes, streamed; None when it is not there."""
+    if (body := _body_if_any(s3, uri)) is None:
+        return None
     digest = hashlib.sha256()
     for chunk in iter(lambda: body.read(CHUNK), b""):
         digest.update(chunk)
@@ -64,25 +71,18 @@ def sha256_of(s3: Any, uri: S3Uri) -> str | None:
 
 
 def read_manifest_if_any(s3: Any, uri: S3Uri) -> Manifest | None:
+    if (body := _body_if_any(s3, uri)) is None:
+        return None
     try:
-        data = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
-    try:
-        return parse_manifest(data)
+        return parse_manifest(body.read())
     except ValueError:
         return None  # a malformed manifest: the bundle's quarantine record says why
 
 
 def read_json_if_any(s3: Any, uri: S3Uri) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
+    if (body := _body_if_any(s3, uri)) is None:
+        return None
+    data: dict[str, Any] = json.loads(body.read())
     return data
 
 

@@ -4,13 +4,17 @@ same content (tables and a timeline chart of pipeline and bundle runs)."""
 from __future__ import annotations
 
 import io
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from audit import checks, collect
+from common import aws
 from common.audit_log import AuditRecord
+from common.deployment import read_outputs
+from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
 
 TEMPLATE = "report.html.j2"
 
@@ -157,3 +161,48 @@ def render_html(report: dict[str, Any]) -> str:
 
     chart = Markup(timeline_svg(report))  # noqa: S704 (matplotlib's own SVG: no value from the report is markup)
     return environment.get_template(TEMPLATE).render(r=report, chart=chart)
+
+
+def sources_for(deployment: str, pipeline_name: str, progress: Any) -> collect.Sources:
+    stack = read_outputs(deployment)
+    missing = [k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName") if k not in stack]
+    if missing:
+        raise RuntimeError(
+            f"deployment {deployment} lacks the outputs {', '.join(missing)}: redeploy it (fhe-deploy up)"
+        )
+    return collect.Sources(
+        sagemaker=aws.client("sagemaker"),
+        stepfunctions=aws.client("stepfunctions"),
+        s3=aws.client("s3"),
+        audit_table=aws.session().resource("dynamodb").Table(stack["AuditTableName"]),
+        state_machine_arn=stack["StateMachineArn"],
+        bundle_bucket=stack["BundleBucketName"],
+        pipeline_name=pipeline_name,
+        progress=progress,
+    )
+
+
+def write(data: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """``out``.json and ``out``.html; written next to each other, the JSON first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".html")
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    html_path.write_text(render_html(data))
+    return json_path, html_path
+
+
+def run(
+    window: collect.Window,
+    out: Path,
+    *,
+    deployment: str = DEFAULT_PREFIX,
+    pipeline_name: str = PIPELINE_NAME,
+    settle: float = 30.0,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Build and write the report; returns its data (``data["ok"]`` says whether every check passed)."""
+    sources = sources_for(deployment, pipeline_name, progress or (lambda line: None))
+    data = build(sources, window, settle=settle)
+    json_path, html_path = write(data, out)
+    data["files"] = {"json": str(json_path), "html": str(html_path)}
+    return data

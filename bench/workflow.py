@@ -35,15 +35,20 @@ from typing import Any
 
 import numpy as np
 
+from client import cli as client_cli
 from common import artifacts, aws
 from common.bundle.manifest import parse_manifest
 from common.bundle.messages import ShardRequest
 from common.bundle_store import BundleLayout, object_exists, put_bundle
 from common.s3uri import S3Uri
-from containers.training.data import builtin_dataset_csv, load_table
-from local import demo
+from common.settings import EndpointSettings, from_outputs
+from containers.training.data import builtin_dataset_csv, load_table, write_records_csv
+from infrastructure.deployment import Deployment, up
 from local.stack import sagemaker_state_dir
-from pipelines.deploy import approve
+from pipelines.approval import approve
+from pipelines.endpoint import deploy_endpoint
+from pipelines.models import download_model
+from pipelines.runs import train_and_register
 
 SHARD_LOG = re.compile(
     r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*shard evaluated: bundle (?P<bundle>\S+) shard (?P<shard>\d+), "
@@ -88,18 +93,18 @@ def fhe_seconds(log_text: str, bundle_id: str) -> tuple[float, int]:
 
 
 def run_bundle(
-    settings: demo.DemoSettings, work: Path, common: list[str], package_arn: str, name: str
+    endpoint: EndpointSettings, shard_size: int, work: Path, common: list[str], package_arn: str, name: str
 ) -> dict[str, Any]:
     s3 = aws.client("s3")
-    layout = BundleLayout(settings.bundle_bucket)
+    layout = BundleLayout(endpoint.output_bucket)
     folder = work / name
-    demo._client(
-        ["encrypt", str(work / "records.csv"), "--out", str(folder), "--shard-size", str(settings.shard_size),
+    client_cli.answer(
+        ["encrypt", str(work / "records.csv"), "--out", str(folder), "--shard-size", str(shard_size),
          "--package-arn", package_arn, *common, "--quiet"]
     )  # fmt: skip
     manifest = parse_manifest((folder / "manifest.json").read_bytes())
     put_bytes = sum(entry.size for entry in manifest.shards) + len((folder / "manifest.json").read_bytes())
-    demo._client(["submit", str(folder), "--package-arn", package_arn, *common, "--quiet"])
+    client_cli.answer(["submit", str(folder), "--package-arn", package_arn, *common, "--quiet"])
     dropped = time.monotonic()
     result = layout.result_manifest(manifest.bundle_id)
     while not object_exists(s3, result):
@@ -108,7 +113,7 @@ def run_bundle(
         time.sleep(0.1)
     wall = time.monotonic() - dropped
     time.sleep(1)  # the container's last log line may trail the result by a moment
-    text = container_logs(settings.endpoint_name)
+    text = container_logs(endpoint.endpoint_name)
     fhe, shards = fhe_seconds(text, manifest.bundle_id)
     key_bytes = sum(int(m["bytes"]) for m in KEY_LOG.finditer(text) if m["bundle"] == manifest.bundle_id)
     samples = sum(entry.samples for entry in manifest.shards)
@@ -138,7 +143,7 @@ def container_throughput(package_arn: str, request: ShardRequest, workers: int, 
     ``threads``: Concrete's threads per sample (OMP_NUM_THREADS); None leaves the container's own choice."""
     with tempfile.TemporaryDirectory(prefix="fhe-container-") as scratch:
         root = Path(scratch)
-        demo.download_model(package_arn, root / "opt/ml/model")
+        download_model(package_arn, root / "opt/ml/model")
         port = free_port()
         environment = {
             **os.environ,
@@ -193,23 +198,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = demo.DemoSettings(samples=args.samples, shard_size=args.shard_size)
     print("deploying, training the tuned network on digits, deploying the endpoint…", flush=True)
-    stack = demo.deploy_stack(settings)
-    package_arn = demo.train_and_register(
-        settings, dataset="digits", parameters={"ModelType": "neural_network", "FheSampleSize": "2"}
+    deployed = from_outputs(up(Deployment(), report=lambda line: None), region=aws.region())
+    package_arn = train_and_register(
+        deployed.pipeline, dataset="digits", parameters={"ModelType": "neural_network", "FheSampleSize": "2"}
     )
-    approve(package_arn, settings.package_group, "Approved", "benchmark")
-    demo.deploy_endpoint(settings, stack)
+    approve(package_arn, deployed.pipeline.package_group, "Approved", "benchmark")
+    deploy_endpoint(deployed.endpoint)
+    bucket, group = deployed.endpoint.output_bucket, deployed.endpoint.package_group
     bundles = []
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as scratch:
         work = Path(scratch)
-        common = ["--bucket", settings.bundle_bucket, "--group", settings.package_group, "--home", str(work / "home")]
-        demo._client(["keys", *common, "--quiet"])
+        common = ["--bucket", bucket, "--group", group, "--home", str(work / "home")]
+        client_cli.answer(["keys", *common, "--quiet"])
         names, x = digits_rows(args.samples)
-        demo.write_csv(work / "records.csv", names, x)
+        write_records_csv(work / "records.csv", names, x)
         for name in ("first", "second"):
-            bundle = run_bundle(settings, work, common, package_arn, name)
+            bundle = run_bundle(deployed.endpoint, args.shard_size, work, common, package_arn, name)
             bundles.append(bundle)
             print(
                 f"bundle {name}: {bundle['samples']} samples in {bundle['shards']} shards, "
@@ -220,8 +225,8 @@ def main() -> None:
                 flush=True,
             )
         throughput_rows = work / "throughput"
-        demo.write_csv(work / "records.csv", names, x[: args.throughput_samples])
-        demo._client(
+        write_records_csv(work / "records.csv", names, x[: args.throughput_samples])
+        client_cli.answer(
             ["encrypt", str(work / "records.csv"), "--out", str(throughput_rows), "--shard-size",
              str(args.throughput_samples), "--package-arn", package_arn, *common, "--quiet"]
         )  # fmt: skip
@@ -229,14 +234,14 @@ def main() -> None:
         manifest = parse_manifest((throughput_rows / "manifest.json").read_bytes())
         manifest_uri = put_bundle(
             aws.client("s3"),
-            S3Uri(settings.bundle_bucket, f"bench/{manifest.bundle_id}"),
+            S3Uri(bucket, f"bench/{manifest.bundle_id}"),
             manifest,
             lambda entry: (throughput_rows / entry.key).read_bytes(),
         )
         request = ShardRequest(
             manifest_uri=str(manifest_uri),
             shard_index=0,
-            result_uri=str(S3Uri(settings.bundle_bucket, f"bench/{manifest.bundle_id}/throughput.shard")),
+            result_uri=str(S3Uri(bucket, f"bench/{manifest.bundle_id}/throughput.shard")),
         )
         cores = os.cpu_count() or 1
         throughput = []

@@ -23,7 +23,7 @@ from typing import Any
 
 from client.decrypt import decrypt_result, write_predictions
 from client.encrypt import DEFAULT_SHARD_SIZE, encrypt_rows, read_rows
-from client.errors import ClientError
+from client.errors import FheClientError
 from client.model import ClientModel, ensure_evaluation_key_uploaded, ensure_keys, fetch_model, upload_evaluation_key
 from client.transfer import download_result, submit, wait
 from common import aws
@@ -167,11 +167,18 @@ COMMANDS = {
 }
 
 
+def answer(argv: list[str]) -> dict[str, Any]:
+    """One command's answer as data, for what drives the client in-process (the demo, the benchmarks)."""
+    args = parser().parse_args(argv)
+    result: dict[str, Any] = COMMANDS[args.command](args)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except (ClientError, BundleError, ModelPackageError, VersionMismatchError) as error:
+    except (FheClientError, BundleError, ModelPackageError, VersionMismatchError) as error:
         print(f"fhe-client {args.command}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     print(json.dumps(result, indent=2))

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from client.errors import ClientError
+from client.errors import FheClientError
 from client.model import ClientModel
 from common.bundle.manifest import Manifest
 from common.bundle.schema import BundleError
@@ -22,11 +22,11 @@ def decrypt_result(
 ) -> npt.NDArray[np.float64]:
     """The class probabilities, one row per input row (shard order, then order within the shard)."""
     if manifest.model.package_arn != model.ref.package_arn:
-        raise ClientError(
+        raise FheClientError(
             f"the result is from {manifest.model.package_arn}, these keys are for {model.ref.package_arn}"
         )
     if manifest.evaluation_key.sha256 != model.evaluation_key().sha256:
-        raise ClientError(
+        raise FheClientError(
             "the result was computed under another evaluation key: it cannot be decrypted with these keys"
         )
     client = model.fhe_client()
@@ -54,7 +54,7 @@ def decrypt_result(
 
 def write_predictions(path: Path, classes: list[str], probabilities: npt.NDArray[np.float64]) -> None:
     if probabilities.shape[1] != len(classes):
-        raise ClientError(f"the model gives {probabilities.shape[1]} scores for {len(classes)} classes")
+        raise FheClientError(f"the model gives {probabilities.shape[1]} scores for {len(classes)} classes")
     predicted = probabilities.argmax(axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 
-class ClientError(Exception):
-    pass
+class FheClientError(Exception):
+    """Named apart from botocore's ClientError: this one is the batch owner's to act on."""
 
 
-class InputError(ClientError):
+class InputError(FheClientError):
     """The input file does not match the model's schema."""
 
 
-class BundleQuarantined(ClientError):
+class BundleQuarantined(FheClientError):
     """The service refused the bundle; ``reason`` is its quarantine record."""
 
     def __init__(self, bundle_id: str, reason: dict[str, object]) -> None:
@@ -20,5 +20,5 @@ class BundleQuarantined(ClientError):
         self.reason = reason
 
 
-class WaitTimeout(ClientError):
+class WaitTimeout(FheClientError):
     pass

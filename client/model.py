@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from client.errors import ClientError
+from client.errors import FheClientError
 from common import artifacts
 from common.bundle.manifest import KeyRef, ModelRef, package_ref
 from common.bundle.schema import sha256_hex
@@ -54,7 +54,7 @@ class ClientModel:
         try:
             data = json.loads((folder / PACKAGE_JSON).read_text())
         except FileNotFoundError:
-            raise ClientError(f"{folder} holds no model; run `fhe-client keys` first") from None
+            raise FheClientError(f"{folder} holds no model; run `fhe-client keys` first") from None
         return cls(folder, package_ref(data["package_arn"]))
 
     @classmethod
@@ -68,7 +68,7 @@ class ClientModel:
         try:
             name = (models / CURRENT).read_text().strip()
         except FileNotFoundError:
-            raise ClientError("no model fetched yet; run `fhe-client keys` first") from None
+            raise FheClientError("no model fetched yet; run `fhe-client keys` first") from None
         return cls.open(models / name)
 
     @cached_property
@@ -94,7 +94,9 @@ class ClientModel:
         try:
             data = json.loads((self.folder / EVALUATION_KEY_JSON).read_text())
         except FileNotFoundError:
-            raise ClientError(f"no evaluation key recorded for {self.ref.package_arn}; run `fhe-client keys`") from None
+            raise FheClientError(
+                f"no evaluation key recorded for {self.ref.package_arn}; run `fhe-client keys`"
+            ) from None
         return KeyRef(data["sha256"], data["uri"], int(data["size"]))
 
 
@@ -159,6 +161,6 @@ def ensure_evaluation_key_uploaded(s3: Any, model: ClientModel) -> KeyRef:
     if not object_exists(s3, uri):
         key = ensure_keys(model)
         if sha256_hex(key) != ref.sha256:
-            raise ClientError("the key set changed since its evaluation key was recorded; run `fhe-client keys`")
+            raise FheClientError("the key set changed since its evaluation key was recorded; run `fhe-client keys`")
         s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=key)
     return ref

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from client.errors import BundleQuarantined, ClientError, WaitTimeout
+from client.errors import BundleQuarantined, FheClientError, WaitTimeout
 from common.bundle.manifest import Manifest, parse_manifest
 from common.bundle.schema import MANIFEST_NAME, check_relative_key
 from common.bundle_store import (
@@ -28,17 +28,17 @@ def load_local_bundle(folder: Path) -> Manifest:
     try:
         return parse_manifest((folder / MANIFEST_NAME).read_bytes())
     except FileNotFoundError:
-        raise ClientError(f"{folder} holds no {MANIFEST_NAME}; make one with `fhe-client encrypt`") from None
+        raise FheClientError(f"{folder} holds no {MANIFEST_NAME}; make one with `fhe-client encrypt`") from None
 
 
 def submit(s3: Any, layout: BundleLayout, folder: Path, *, progress: bool = True) -> S3Uri:
     """Upload a local bundle under ``inbox/<bundle id>/``; the manifest goes last and commits it."""
     manifest = load_local_bundle(folder)
     if not object_exists(s3, S3Uri.parse(manifest.evaluation_key.uri)):
-        raise ClientError(f"the evaluation key {manifest.evaluation_key.uri} is not in S3; run `fhe-client keys`")
+        raise FheClientError(f"the evaluation key {manifest.evaluation_key.uri} is not in S3; run `fhe-client keys`")
     prefix = layout.request_prefix(manifest.bundle_id)
     if object_exists(s3, prefix.join(MANIFEST_NAME)):
-        raise ClientError(f"bundle {manifest.bundle_id} was already submitted ({prefix.join(MANIFEST_NAME)})")
+        raise FheClientError(f"bundle {manifest.bundle_id} was already submitted ({prefix.join(MANIFEST_NAME)})")
     total = sum(entry.size for entry in manifest.shards)
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=not progress) as bar:
         return put_bundle(
@@ -74,5 +74,5 @@ def download_result(s3: Any, manifest_uri: S3Uri) -> tuple[Manifest, dict[int, b
     """The result manifest and every result shard, each checked against its size and sha256."""
     manifest, _ = read_manifest(s3, manifest_uri)
     if manifest.kind != "result":
-        raise ClientError(f"{manifest_uri} is a {manifest.kind} manifest, not a result")
+        raise FheClientError(f"{manifest_uri} is a {manifest.kind} manifest, not a result")
     return manifest, {entry.index: read_shard(s3, manifest_uri, entry) for entry in manifest.shards}

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 DEFAULT_REGION = "us-east-1"
 
@@ -29,3 +30,15 @@ def session() -> boto3.Session:
 def client(service: str) -> Any:
     """A boto3 client with adaptive retries; the endpoint is whatever botocore's configuration says."""
     return session().client(service, config=_RETRIES)
+
+
+# How the services say "no such thing": S3 by code (HEAD answers a bare 404), the others by code or, for
+# SageMaker's model registry, a ValidationException that says it.
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "ResourceNotFound", "ResourceNotFoundException"})
+
+
+def is_missing(error: ClientError) -> bool:
+    """Whether an AWS error says the object or resource asked for does not exist."""
+    details = error.response.get("Error", {})
+    code, message = str(details.get("Code", "")), str(details.get("Message", ""))
+    return code in _MISSING_CODES or (code == "ValidationException" and "does not exist" in message)

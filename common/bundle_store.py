@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.aws import is_missing
 from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, shard_key
 from common.bundle.messages import ShardRequest, ShardResult
 from common.bundle.schema import MANIFEST_NAME, MAX_MANIFEST_BYTES, BundleError, check_relative_key, sha256_hex, utc_now
@@ -94,8 +95,7 @@ def get_bytes(s3: Any, uri: S3Uri, *, field: str, limit: int | None = None) -> b
                 raise BundleError(field, f"{uri} is {head['ContentLength']} bytes, more than {limit}", "too_large")
         body: bytes = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
     except s3.exceptions.ClientError as error:
-        code = error.response.get("Error", {}).get("Code")
-        if code in ("404", "NoSuchKey", "NotFound"):
+        if is_missing(error):
             raise BundleError(field, f"{uri} does not exist", "missing_object") from None
         raise
     return body

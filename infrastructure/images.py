@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import aws
+from common.deployment import IMAGE_ROLES, image_uri
 from infrastructure.templates import ROOT
 
-ROLES = ("training", "inference")  # also the names of their stages in the Dockerfile
+ROLES = IMAGE_ROLES  # also the names of their stages in the Dockerfile
 DOCKERFILE = "containers/Dockerfile"
 ENGINES = ("docker", "podman")
 # SageMaker's CPU instances (ml.c7i, ml.c6i) are x86_64, whatever machine the image is built on.
@@ -139,7 +140,7 @@ class Image:
 
     @property
     def uri(self) -> str:
-        return f"{self.repository_uri}:{self.tag}"
+        return image_uri(self.repository_uri, self.tag)
 
 
 def images(outputs: dict[str, str], tag: str = "", base_image: str = "") -> list[Image]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common import aws
+from common.deployment import describe_stack, stack_outputs
 from infrastructure.templates import load
 
 _TERMINAL_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
@@ -19,17 +20,6 @@ CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
 
 class StackError(RuntimeError):
     """A stack that does not exist, failed, or did not settle in time."""
-
-
-def describe(name: str) -> dict[str, Any] | None:
-    cloudformation = aws.client("cloudformation")
-    try:
-        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
-    except cloudformation.exceptions.ClientError as error:
-        if "does not exist" in str(error):
-            return None
-        raise
-    return stacks[0] if stacks else None
 
 
 def _event_ids(name: str) -> set[str]:
@@ -42,7 +32,7 @@ def _wait(name: str, timeout: float, report: Callable[[str], None], seen: set[st
     cloudformation = aws.client("cloudformation")
     deadline = time.monotonic() + timeout
     while True:
-        stack = describe(name)
+        stack = describe_stack(name)
         if stack is None:
             raise StackError(f"stack {name} disappeared")
         for event in reversed(cloudformation.describe_stack_events(StackName=name).get("StackEvents", [])):
@@ -86,7 +76,7 @@ def apply(
         # Path-style: the form CloudFormation accepts for every bucket name.
         arguments["TemplateURL"] = f"https://s3.{aws.region()}.amazonaws.com/{staging_bucket}/{key}"
     seen: set[str] = set()
-    existing = describe(name)
+    existing = describe_stack(name)
     if existing is not None and existing["StackStatus"] == "ROLLBACK_COMPLETE":
         # A first creation that failed leaves an empty stack that can only be deleted; its events said why.
         report(f"{name}: its creation failed earlier; deleting what is left of it and creating it again")
@@ -103,23 +93,16 @@ def apply(
                 raise
             report(f"{name}: up to date")
     _wait(name, timeout, report, seen)
-    return outputs(name)
-
-
-def outputs(name: str) -> dict[str, str]:
-    stack = describe(name)
-    if stack is None:
-        raise StackError(f"stack {name} does not exist; run `fhe-deploy up` first")
-    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    return stack_outputs(name)
 
 
 def delete(name: str, *, timeout: float, report: Callable[[str], None]) -> bool:
     """Delete the stack and wait; False when there was none. Resources marked Retain stay."""
-    if describe(name) is None:
+    if describe_stack(name) is None:
         return False
     aws.client("cloudformation").delete_stack(StackName=name)
     deadline = time.monotonic() + timeout
-    while (stack := describe(name)) is not None and stack["StackStatus"] != "DELETE_COMPLETE":
+    while (stack := describe_stack(name)) is not None and stack["StackStatus"] != "DELETE_COMPLETE":
         if stack["StackStatus"] == "DELETE_FAILED":
             raise StackError(f"stack {name} could not be deleted: {stack.get('StackStatusReason', '')}")
         if time.monotonic() > deadline:

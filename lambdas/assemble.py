@@ -12,7 +12,7 @@ from common.bundle.messages import parse_shard_result
 from common.bundle.schema import BundleError
 from common.bundle_store import BundleLayout, get_bytes, read_manifest, result_manifest, write_result_manifest
 from common.s3uri import S3Uri
-from lambdas.events import BundleRef, EventError
+from common.workflow import BundleRef, EventError
 from lambdas.runtime import BundleRejected, client, logger, metrics, publish, tracer, transient_aws_errors
 
 STAGE = "assemble"

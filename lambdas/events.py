@@ -2,70 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import asdict, dataclass
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from common.bundle.schema import BUNDLE_ID_PATTERN, MANIFEST_NAME
-from common.bundle_store import INBOX_PREFIX
-from common.s3uri import S3Uri
-
-_MANIFEST_KEY = re.compile(rf"^{INBOX_PREFIX}/(?P<bundle>{BUNDLE_ID_PATTERN})/{re.escape(MANIFEST_NAME)}$")
-
-
-class EventError(ValueError):
-    """An event or state input that does not have the shape this workflow produces."""
-
-
-def _text(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise EventError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def bundle_id_of(manifest_key: str) -> str | None:
-    """The bundle id of ``inbox/<bundle id>/manifest.json``; None for any other key."""
-    match = _MANIFEST_KEY.match(manifest_key)
-    return match["bundle"] if match else None
-
-
-@dataclass(frozen=True)
-class BundleRef:
-    """One dropped bundle: its manifest object and the ETag of the version that was dropped."""
-
-    bucket: str
-    bundle_id: str
-    manifest_key: str
-    etag: str
-
-    @classmethod
-    def from_dict(cls, data: Any) -> BundleRef:
-        if not isinstance(data, dict):
-            raise EventError(f"bundle must be an object, got {type(data).__name__}")
-        ref = cls(_text(data, "bucket"), _text(data, "bundle_id"), _text(data, "manifest_key"), _text(data, "etag"))
-        if bundle_id_of(ref.manifest_key) != ref.bundle_id:
-            raise EventError(f"{ref.manifest_key} is not the manifest of bundle {ref.bundle_id}")
-        return ref
-
-    @property
-    def manifest_uri(self) -> S3Uri:
-        return S3Uri(self.bucket, self.manifest_key)
-
-    @property
-    def execution_name(self) -> str:
-        """Step Functions refuses a second execution of one name: the name is the bundle + ETag."""
-        digest = hashlib.sha256(self.etag.encode()).hexdigest()[:12]
-        return f"{self.bundle_id}-{digest}"
-
-    @staticmethod
-    def bundle_of_execution(execution_name: str) -> str:
-        """The bundle id an execution name (``execution_name``) stands for."""
-        return execution_name.rsplit("-", 1)[0]
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+from common.workflow import BundleRef, EventError, text_field
 
 
 @dataclass(frozen=True)
@@ -84,7 +25,9 @@ class ShardTask:
         index = data.get("shard_index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise EventError(f"shard_index must be a non-negative integer, got {index!r}")
-        return cls(BundleRef.from_dict(data.get("bundle")), _text(data, "endpoint"), index, _text(data, "task_token"))
+        return cls(
+            BundleRef.from_dict(data.get("bundle")), text_field(data, "endpoint"), index, text_field(data, "task_token")
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +49,56 @@ class Failure:
             raise EventError("failure must be an object with Error and Cause")
         return cls(
             BundleRef.from_dict(data.get("bundle")),
-            _text(data, "stage"),
+            text_field(data, "stage"),
             str(failure.get("Error") or "States.Unknown"),
             str(failure.get("Cause") or ""),
             str(data.get("execution") or ""),
         )
+
+
+@dataclass(frozen=True)
+class WaitingShard:
+    """A shard the endpoint is working on, in the workflow table under its InferenceId: ``invoke`` writes it before
+    invoking, ``notify`` completes its task when the endpoint answers, ``heartbeat`` keeps its wait alive."""
+
+    inference_id: str
+    task_token: str
+    bundle_id: str
+    shard_index: int
+    endpoint: str
+    expiration: int  # epoch seconds; the table's TTL removes an item nobody answered
+
+    PREFIX: ClassVar[str] = "inference#"  # what sets these items apart from the idempotency records sharing the table
+
+    @staticmethod
+    def key_of(inference_id: str) -> dict[str, Any]:
+        return {"id": {"S": WaitingShard.PREFIX + inference_id}}
+
+    @classmethod
+    def for_task(cls, task: ShardTask, inference_id: str, ttl_seconds: int) -> WaitingShard:
+        expiration = int(time.time()) + ttl_seconds
+        return cls(inference_id, task.task_token, task.bundle.bundle_id, task.shard_index, task.endpoint, expiration)
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **self.key_of(self.inference_id),
+            "task_token": {"S": self.task_token},
+            "bundle_id": {"S": self.bundle_id},
+            "shard_index": {"N": str(self.shard_index)},
+            "endpoint": {"S": self.endpoint},
+            "expiration": {"N": str(self.expiration)},
+        }
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> WaitingShard:
+        try:
+            return cls(
+                inference_id=item["id"]["S"].removeprefix(cls.PREFIX),
+                task_token=item["task_token"]["S"],
+                bundle_id=item["bundle_id"]["S"],
+                shard_index=int(item["shard_index"]["N"]),
+                endpoint=item["endpoint"]["S"],
+                expiration=int(item["expiration"]["N"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise EventError(f"a waiting-shard item lacks or garbles {error}") from None

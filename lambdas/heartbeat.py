@@ -6,27 +6,27 @@ while the endpoint serving the shard is in service; a shard whose endpoint is go
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from lambdas.invoke import INFERENCE_ITEM_PREFIX
+from common.workflow import FailureReason
+from lambdas.events import WaitingShard
 from lambdas.runtime import client, logger, metrics, setting, tracer
 
 _ALIVE = frozenset({"InService", "Updating", "SystemUpdating"})
 
 
-def waiting_shards(table: str) -> list[dict[str, Any]]:
+def waiting_shards(table: str) -> list[WaitingShard]:
     paginator = client("dynamodb").get_paginator("scan")
     pages = paginator.paginate(
         TableName=table,
         FilterExpression="begins_with(id, :prefix)",
-        ExpressionAttributeValues={":prefix": {"S": INFERENCE_ITEM_PREFIX}},
+        ExpressionAttributeValues={":prefix": {"S": WaitingShard.PREFIX}},
     )
-    return [item for page in pages for item in page.get("Items", [])]
+    return [WaitingShard.from_item(item) for page in pages for item in page.get("Items", [])]
 
 
 def endpoint_status(endpoint: str) -> str:
@@ -40,26 +40,21 @@ def beat(table: str) -> dict[str, int]:
     sfn, dynamodb = client("stepfunctions"), client("dynamodb")
     counts = {"heartbeats": 0, "failed": 0, "stale": 0}
     statuses: dict[str, str] = {}
-    for item in waiting_shards(table):
-        endpoint, token = item["endpoint"]["S"], item["task_token"]["S"]
-        status = statuses.setdefault(endpoint, endpoint_status(endpoint))
+    for shard in waiting_shards(table):
+        token = shard.task_token
+        status = statuses.setdefault(shard.endpoint, endpoint_status(shard.endpoint))
         try:
             if status in _ALIVE:
                 sfn.send_task_heartbeat(taskToken=token)
                 counts["heartbeats"] += 1
                 continue
-            cause = {
-                "stage": "infer",
-                "shard": int(item["shard_index"]["N"]),
-                "code": "endpoint_unavailable",
-                "field": None,
-                "message": f"endpoint {endpoint} is {status}",
-            }
-            sfn.send_task_failure(taskToken=token, error="EndpointUnavailable", cause=json.dumps(cause))
+            message = f"endpoint {shard.endpoint} is {status}"
+            cause = FailureReason("infer", "endpoint_unavailable", message, shard=shard.shard_index)
+            sfn.send_task_failure(taskToken=token, error="EndpointUnavailable", cause=cause.to_json())
             counts["failed"] += 1
         except (sfn.exceptions.TaskTimedOut, sfn.exceptions.TaskDoesNotExist, sfn.exceptions.InvalidToken):
             counts["stale"] += 1
-        dynamodb.delete_item(TableName=table, Key={"id": item["id"]})
+        dynamodb.delete_item(TableName=table, Key=WaitingShard.key_of(shard.inference_id))
     logger.info("heartbeat round", extra=counts)
     metrics.add_metric(name="ShardHeartbeats", unit=MetricUnit.Count, value=counts["heartbeats"])
     return counts

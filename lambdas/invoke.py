@@ -10,7 +10,6 @@ arrives. The item is written before the invocation, so a fast answer cannot miss
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -21,12 +20,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from common.bundle_store import BundleLayout
-from lambdas.events import ShardTask
+from common.workflow import MAX_MESSAGE, FailureReason
+from lambdas.events import ShardTask, WaitingShard
 from lambdas.runtime import TransientError, client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
-INFERENCE_ITEM_PREFIX = "inference#"
 # The endpoint's own deadlines: an invocation that cannot start in time or run in time fails with a notification.
 REQUEST_TTL_SECONDS = 6 * 3600
 INVOCATION_TIMEOUT_SECONDS = 3600
@@ -35,17 +34,6 @@ INVOCATION_TIMEOUT_SECONDS = 3600
 def inference_id(task: ShardTask) -> str:
     """Unique per attempt (a retried shard is a new invocation), readable in the endpoint's records."""
     return f"{task.bundle.bundle_id[:40]}-{task.shard_index:05d}-{uuid.uuid4().hex[:12]}"
-
-
-def inference_item(task: ShardTask, invocation: str, ttl_seconds: int) -> dict[str, Any]:
-    return {
-        "id": {"S": INFERENCE_ITEM_PREFIX + invocation},
-        "task_token": {"S": task.task_token},
-        "bundle_id": {"S": task.bundle.bundle_id},
-        "shard_index": {"N": str(task.shard_index)},
-        "endpoint": {"S": task.endpoint},
-        "expiration": {"N": str(int(time.time()) + ttl_seconds)},
-    }
 
 
 def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
@@ -58,7 +46,8 @@ def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
             Bucket=request_uri.bucket, Key=request_uri.key, Body=request.to_json(), ContentType="application/json"
         )
         client("dynamodb").put_item(
-            TableName=table, Item=inference_item(task, invocation, REQUEST_TTL_SECONDS + INVOCATION_TIMEOUT_SECONDS)
+            TableName=table,
+            Item=WaitingShard.for_task(task, invocation, REQUEST_TTL_SECONDS + INVOCATION_TIMEOUT_SECONDS).to_item(),
         )
         client("sagemaker-runtime").invoke_endpoint_async(
             EndpointName=task.endpoint,
@@ -83,16 +72,8 @@ def record_handler(record: SQSRecord) -> dict[str, Any] | None:
     except ClientError as error:
         # A refusal that retrying the same call cannot fix: fail the shard's wait now (this function holds its
         # token) so the state machine's own retry and quarantine take over, instead of waiting for a timeout.
-        cause = {
-            "stage": "infer",
-            "shard": task.shard_index,
-            "code": "invocation_refused",
-            "field": None,
-            "message": str(error)[:4000],
-        }
-        client("stepfunctions").send_task_failure(
-            taskToken=task.task_token, error="ShardFailed", cause=json.dumps(cause, sort_keys=True)
-        )
+        cause = FailureReason("infer", "invocation_refused", str(error)[:MAX_MESSAGE], shard=task.shard_index)
+        client("stepfunctions").send_task_failure(taskToken=task.task_token, error="ShardFailed", cause=cause.to_json())
         logger.warning("shard invocation refused", extra={"error": str(error)})
         return None
 

@@ -7,7 +7,6 @@ otherwise (an instance fault, a timeout: the state machine retries with backoff)
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,15 +15,12 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.events import EventError
-from lambdas.invoke import INFERENCE_ITEM_PREFIX
+from common.workflow import MAX_MESSAGE, EventError, FailureReason
+from lambdas.events import WaitingShard
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
-_CONTAINER_ERROR = re.compile(r'\{\\?"error\\?":.*\}')
-_CODE = re.compile(r'\\?"code\\?":\s*\\?"(?P<code>[a-z_]+)\\?"')
-_FIELD = re.compile(r'\\?"field\\?":\s*\\?"(?P<field>[^"\\]+)\\?"')
-MAX_CAUSE = 4000
+_CONTAINER_ERROR = '{"error"'
 
 
 @dataclass(frozen=True)
@@ -54,32 +50,50 @@ class InferenceResult:
         )
 
 
-def failure_of(result: InferenceResult, shard: int) -> tuple[str, dict[str, Any]]:
-    """The error name and the machine-readable cause for a Failed notification."""
-    container_error = _CONTAINER_ERROR.search(result.failure_reason)
-    code = _CODE.search(container_error[0]) if container_error else None
-    field = _FIELD.search(container_error[0]) if container_error else None
-    cause = {
-        "stage": "infer",
-        "shard": shard,
-        "inference_id": result.inference_id,
-        "code": code["code"] if code else "endpoint_failed",
-        "field": field["field"] if field else None,
-        "message": result.failure_reason[:MAX_CAUSE],
-    }
-    return ("ShardRejected" if code else "ShardFailed"), cause
+def container_error(failure_reason: str) -> dict[str, Any]:
+    """The serving container's own error object (``{"error": {"code", "field", "message"}}``) inside SageMaker's
+    failure text, which quotes the container's answer, sometimes with its quotes escaped; empty when none."""
+    decoder = json.JSONDecoder()
+    for text in (failure_reason, failure_reason.replace('\\"', '"')):
+        start = text.find(_CONTAINER_ERROR)
+        while start != -1:
+            try:
+                value = decoder.raw_decode(text, start)[0]
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("error"), dict):
+                return dict(value["error"])
+            start = text.find(_CONTAINER_ERROR, start + 1)
+    return {}
+
+
+def failure_of(result: InferenceResult, shard: int) -> tuple[str, FailureReason]:
+    """The error name and the machine-readable cause for a Failed notification: a shard the container refused by
+    name is not retried, any other failure is."""
+    refused = container_error(result.failure_reason)
+    code, field = refused.get("code"), refused.get("field")
+    cause = FailureReason(
+        "infer",
+        code if isinstance(code, str) and code else "endpoint_failed",
+        result.failure_reason[:MAX_MESSAGE],
+        field=field if isinstance(field, str) else None,
+        shard=shard,
+        inference_id=result.inference_id,
+    )
+    return ("ShardRejected" if cause.code != "endpoint_failed" else "ShardFailed"), cause
 
 
 def complete(result: InferenceResult, table: str) -> str:
     dynamodb, sfn = client("dynamodb"), client("stepfunctions")
-    key = {"id": {"S": INFERENCE_ITEM_PREFIX + result.inference_id}}
+    key = WaitingShard.key_of(result.inference_id)
     with transient_aws_errors():
         item = dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
     if item is None:
         logger.warning("no waiting shard for this notification", extra={"inference_id": result.inference_id})
         return "unknown"
-    token, shard = item["task_token"]["S"], int(item["shard_index"]["N"])
-    logger.append_keys(bundle_id=item["bundle_id"]["S"], shard=shard, inference_id=result.inference_id)
+    waiting = WaitingShard.from_item(item)
+    token, shard = waiting.task_token, waiting.shard_index
+    logger.append_keys(bundle_id=waiting.bundle_id, shard=shard, inference_id=result.inference_id)
     try:
         with transient_aws_errors():
             if result.completed:
@@ -89,7 +103,7 @@ def complete(result: InferenceResult, table: str) -> str:
                 outcome = "completed"
             else:
                 error, cause = failure_of(result, shard)
-                sfn.send_task_failure(taskToken=token, error=error, cause=json.dumps(cause, sort_keys=True))
+                sfn.send_task_failure(taskToken=token, error=error, cause=cause.to_json())
                 outcome = error
     except (sfn.exceptions.TaskTimedOut, sfn.exceptions.TaskDoesNotExist, sfn.exceptions.InvalidToken):
         # The wait already ended (timed out, or the execution stopped): nothing is waiting for this answer.

@@ -5,16 +5,17 @@ nothing is deleted, so the batch owner (or an operator) can inspect, fix and dro
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle_store import BundleLayout, write_quarantine_reason
+from common.workflow import MAX_MESSAGE, FailureReason
 from lambdas.events import Failure
 from lambdas.runtime import client, logger, metrics, publish, tracer, transient_aws_errors
 
-MAX_MESSAGE = 4000
 _CODES = {"States.Timeout": "timeout", "States.HeartbeatTimeout": "heartbeat_timeout", "ShardFailed": "endpoint_failed"}
 
 
@@ -28,40 +29,33 @@ def _as_dict(text: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def reason_of(failure: Failure) -> dict[str, Any]:
+def _code(error: str) -> str:
+    return _CODES.get(error, error.lower())
+
+
+def reason_of(failure: Failure) -> FailureReason:
     """Unwrap what Step Functions hands over (a Lambda error payload, the Map iteration's wrapper naming the
     shard, our own reason record) into one flat reason."""
-    reason: dict[str, Any] = {
-        "stage": failure.stage,
-        "shard": None,
-        "error": failure.error,
-        "code": _CODES.get(failure.error, failure.error.lower()),
-        "field": None,
-        "message": failure.cause[:MAX_MESSAGE],
-    }
+    reason = FailureReason(
+        failure.stage, _code(failure.error), failure.cause[:MAX_MESSAGE], error=failure.error, field=None
+    )
     layer = _as_dict(failure.cause)
     for _ in range(4):  # the nesting is at most: Map wrapper → Lambda error payload → reason record
         if layer is None:
             break
         if "errorMessage" in layer:  # a Lambda function's error
-            reason["error"] = str(layer.get("errorType") or reason["error"])
-            reason["code"] = _CODES.get(reason["error"], reason["error"].lower())
-            reason["message"] = str(layer["errorMessage"])[:MAX_MESSAGE]
+            error = str(layer.get("errorType") or reason.error)
+            reason = replace(reason, error=error, code=_code(error), message=str(layer["errorMessage"])[:MAX_MESSAGE])
             layer = _as_dict(layer["errorMessage"])
         elif "error" in layer and "cause" in layer:  # a failed Map iteration, named by its shard
-            reason.update(
-                shard=layer.get("shard"), error=str(layer["error"]), message=str(layer["cause"])[:MAX_MESSAGE]
-            )
-            reason["code"] = _CODES.get(reason["error"], reason["error"].lower())
+            error, shard = str(layer["error"]), layer.get("shard")
+            message = str(layer["cause"])[:MAX_MESSAGE]
+            reason = replace(reason, error=error, code=_code(error), message=message, shard=shard)
             layer = _as_dict(layer["cause"])
-        else:  # a reason record of this workflow's own
-            reason.update(
-                {
-                    k: layer[k]
-                    for k in ("error", "stage", "shard", "code", "field", "message", "inference_id")
-                    if layer.get(k) is not None
-                }
-            )
+        else:  # a reason record of this workflow's own: what it says wins
+            own = FailureReason.from_dict(layer)
+            if own is not None:
+                reason = replace(reason, **{k: v for k, v in own.to_dict().items() if v is not None})
             break
     return reason
 
@@ -74,15 +68,20 @@ def quarantine(failure: Failure) -> dict[str, Any]:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bundle.bucket, Prefix=prefix.key + "/")
         kept = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
         reason = reason_of(failure)
-        record = {**reason, "execution": failure.execution, "manifest": str(bundle.manifest_uri), "inbox_objects": kept}
+        record = {
+            **reason.to_dict(),
+            "execution": failure.execution,
+            "manifest": str(bundle.manifest_uri),
+            "inbox_objects": kept,
+        }
         written = write_quarantine_reason(s3, layout, bundle.bundle_id, record)
-    detail = {
+    detail: dict[str, Any] = {
         "bundle_id": bundle.bundle_id,
         "execution": failure.execution,
         "reason_uri": str(written.uri),
         "reason_sha256": written.sha256,
     }
-    detail.update({k: reason[k] for k in ("stage", "shard", "code")})
+    detail.update({"stage": reason.stage, "shard": reason.shard, "code": reason.code})
     publish("Bundle Quarantined", detail)
     logger.warning("bundle quarantined", extra=detail)
     metrics.add_metric(name="BundlesQuarantined", unit=MetricUnit.Count, value=1)

@@ -35,7 +35,7 @@ from common.audit_log import (
     approval_body,
     last_record,
 )
-from lambdas.events import EventError
+from common.workflow import EventError
 from lambdas.runtime import TransientError, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)

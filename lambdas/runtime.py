@@ -13,6 +13,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from botocore.exceptions import ClientError
 
 from common import aws
+from common.workflow import FailureReason
 
 SERVICE = "fhe-batch-workflow"
 EVENT_SOURCE = "fhe.batch-inference"  # the source of the completion and failure events this workflow publishes
@@ -60,15 +61,8 @@ class WorkflowError(Exception):
         self, stage: str, code: str, message: str, *, field: str | None = None, shard: int | None = None
     ) -> None:
         # The error name too: some runtimes report every function error under one generic name.
-        self.reason = {
-            "error": type(self).__name__,
-            "stage": stage,
-            "code": code,
-            "message": message,
-            "field": field,
-            "shard": shard,
-        }
-        super().__init__(json.dumps(self.reason, sort_keys=True))
+        self.reason = FailureReason(stage, code, message, field=field, shard=shard, error=type(self).__name__)
+        super().__init__(self.reason.to_json())
 
 
 class BundleRejected(WorkflowError):

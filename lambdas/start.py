@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle_store import BundleLayout, object_exists
-from lambdas.events import BundleRef, EventError, bundle_id_of
+from common.workflow import BundleRef, EventError, bundle_id_of
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)

@@ -15,13 +15,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
+from common.aws import is_missing
 from common.bundle.manifest import Manifest
 from common.bundle.schema import BundleError, check_relative_key
 from common.bundle.serving import check_model, check_versions
 from common.bundle_store import bundle_prefix, read_manifest
 from common.model_package import ModelPackageError, require_approved, served_package, serving_versions
 from common.s3uri import S3Uri
-from lambdas.events import BundleRef
+from common.workflow import BundleRef
 from lambdas.runtime import (
     BundleRejected,
     TransientError,
@@ -45,18 +46,13 @@ def rejected(error: BundleError) -> BundleRejected:
     return BundleRejected(STAGE, error.code, str(error), field=error.field, shard=shard)
 
 
-def _missing(error: ClientError) -> bool:
-    code = error.response.get("Error", {}).get("Code", "")
-    return code in ("404", "NoSuchKey", "NotFound", "ValidationException", "ResourceNotFound")
-
-
 def approved_package(manifest: Manifest) -> dict[str, Any]:
     sagemaker = client("sagemaker")
     try:
         with transient_aws_errors():
             package: dict[str, Any] = sagemaker.describe_model_package(ModelPackageName=manifest.model.package_arn)
     except ClientError as error:
-        if _missing(error):
+        if is_missing(error):
             raise BundleRejected(
                 STAGE,
                 "unknown_model",
@@ -100,7 +96,7 @@ def check_object_size(uri: S3Uri, size: int, field: str) -> None:
         with transient_aws_errors():
             head = client("s3").head_object(Bucket=uri.bucket, Key=uri.key)
     except ClientError as error:
-        if _missing(error):
+        if is_missing(error):
             raise rejected(BundleError(field, f"{uri} does not exist", "missing_object")) from None
         raise
     if head["ContentLength"] != size:

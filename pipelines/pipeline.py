@@ -5,35 +5,14 @@ This module only assembles steps; each step's work lives in ``containers/trainin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from common.artifacts import CLIENT_ARTIFACTS_PROPERTY
+from common.settings import PipelineSettings
 
-PIPELINE_NAME = "fhe-training"
-MODEL_PACKAGE_GROUP = "fhe-models"
 TRAINING_ENTRYPOINT = ["python", "-m", "containers.training"]
 EVALUATION_FILE = "evaluation.json"
 METRIC_PATH = "multiclass_classification_metrics.{}.value"
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """Where the pipeline runs: account-specific values, not per-execution parameters."""
-
-    role_arn: str
-    artifact_bucket: str  # the model bucket: every execution's outputs, under pipelines/<name>/<execution id>/
-    data_bucket: str  # training data sets, under datasets/ (read by the training role alone)
-    training_image: str
-    inference_image: str
-    region: str = "us-east-1"
-    pipeline_name: str = PIPELINE_NAME
-    instance_type: str = "ml.c7i.4xlarge"
-    default_input_data: str = ""
-
-    @property
-    def data_uri(self) -> str:
-        return self.default_input_data or f"s3://{self.data_bucket}/datasets/breast_cancer/breast_cancer.csv"
 
 
 def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) -> Any:
@@ -92,7 +71,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     accuracy_threshold = ParameterFloat("AccuracyThreshold", default_value=0.85)
     max_gap = ParameterFloat("MaxAccuracyGap", default_value=0.03)
     fhe_samples = ParameterInteger("FheSampleSize", default_value=5)
-    package_group = ParameterString("ModelPackageGroupName", default_value=MODEL_PACKAGE_GROUP)
+    package_group = ParameterString("ModelPackageGroupName", default_value=settings.package_group)
 
     run_prefix = Join(
         on="/",
@@ -110,7 +89,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             image_uri=settings.training_image,
             entrypoint=[*TRAINING_ENTRYPOINT, job],
             instance_count=1,
-            instance_type=settings.instance_type,
+            instance_type=settings.job_instance_type,
             base_job_name=f"fhe-{job}",
             sagemaker_session=session,
         )
@@ -150,7 +129,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     trainer = ModelTrainer(
         training_image=settings.training_image,
         role=settings.role_arn,
-        compute=Compute(instance_type=settings.instance_type, instance_count=1),
+        compute=Compute(instance_type=settings.job_instance_type, instance_count=1),
         base_job_name="fhe-train",
         sagemaker_session=session,
         output_data_config=OutputDataConfig(s3_output_path=Join(on="/", values=[run_prefix, "model"])),
@@ -213,8 +192,8 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             model_package_group_name=package_group,
             content_types=["application/json"],
             response_types=["application/octet-stream"],
-            inference_instances=[settings.instance_type],
-            transform_instances=[settings.instance_type],
+            inference_instances=[settings.job_instance_type],
+            transform_instances=[settings.job_instance_type],
             model_metrics=ModelMetrics(
                 model_statistics=MetricsSource(content_type="application/json", s3_uri=evaluation_uri)
             ),

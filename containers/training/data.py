@@ -43,6 +43,22 @@ def builtin_dataset_csv(name: str, destination: Path) -> Path:
     return destination
 
 
+def sample_records(samples: int, seed: int = 7) -> npt.NDArray[np.float64]:
+    """``samples`` records of the bundled breast-cancer data set, features only, as a batch owner holds them."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer().data
+    rows = np.random.default_rng(seed).permutation(len(data))[:samples]
+    return np.asarray(data[rows], dtype=np.float64)
+
+
+def write_records_csv(path: Path, feature_names: list[str], x: npt.NDArray[np.float64]) -> Path:
+    """Records as a batch owner's CSV: a header of feature names, one row a record."""
+    lines = [",".join(feature_names), *(",".join(repr(float(v)) for v in row) for row in x)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _digits_28x28() -> Any:
     import pandas as pd
     from scipy.ndimage import zoom

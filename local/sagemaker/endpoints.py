@@ -16,7 +16,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 from common.archives import extract_tar
 from common.s3uri import S3Uri
+from local.ports import free_port
 from local.sagemaker.errors import ResourceInUse, ValidationError, required
 from local.sagemaker.registry import Registry
 from local.sagemaker.runtime import Container, Runtime, aws_environment, runtime
@@ -61,12 +61,6 @@ def _iso(timestamp: float) -> str:
 def container_name(endpoint: str, generation: str) -> str:
     """The engine's name for one generation of an endpoint's serving container."""
     return f"{endpoint}-{generation}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -320,7 +314,7 @@ class Endpoints:
         self._s3().download_file(source.bucket, source.key, str(archive))
         extract_tar(archive, model_dir)
         archive.unlink()
-        port = _free_port()
+        port = free_port()
         # SageMaker serves on 8080; instances here share the host's network, so each gets its own port.
         environment = {
             **aws_environment(model.get("ExecutionRoleArn")),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,14 +10,9 @@ from pathlib import Path
 import pytest
 
 from local import stack
+from local.ports import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -28,8 +22,8 @@ def running_stack(state: Path, runtime: str = "process") -> Iterator[dict[str, s
     overrides = {
         "FHE_LOCAL_STACK_DIR": str(state),
         "FHE_MINISTACK_VENV": os.environ.get("FHE_MINISTACK_VENV", str(PROJECT / ".local-stack" / "ministack-venv")),
-        "FHE_LOCAL_AWS_PORT": str(_free_port()),
-        "FHE_LOCAL_SAGEMAKER_PORT": str(_free_port()),
+        "FHE_LOCAL_AWS_PORT": str(free_port()),
+        "FHE_LOCAL_SAGEMAKER_PORT": str(free_port()),
     }
     saved = {k: os.environ.get(k) for k in [*overrides, *stack.client_environment()]}
     os.environ.update(overrides)

@@ -6,12 +6,12 @@ record is altered."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -21,37 +21,23 @@ import numpy.typing as npt
 import pytest
 
 from audit import cli as audit_cli
+from audit import report as audit_report
 from audit.collect import Window
-from client.encrypt import encrypt_rows
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
-from client.transfer import submit
 from common import aws
 from common.audit_log import CHAIN
-from common.bundle.schema import MANIFEST_NAME
 from common.bundle_store import BundleLayout
-from local import stack
-from local.demo import (
-    DemoSettings,
-    bundle_execution,
-    deploy_endpoint,
-    deploy_stack,
-    sample_rows,
-    train_and_register,
-)
-from local.sagemaker.endpoints import FAULTS_FILE
-from pipelines import cli as pipeline_cli
-from pipelines.deploy import approve
+from common.deployment import read_outputs
+from containers.training.data import sample_records
+from pipelines import runs
+from pipelines.approval import approve
 from pipelines.executions import runs_between
+from tests.integration.helpers import deploy_and_serve, deployment_for, drop, set_faults, settle
 from tests.leaks import numbers_in_text, plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = DemoSettings(
-    prefix="fhe-audit-test",
-    package_group="fhe-audit-tests",
-    endpoint_name="fhe-audit-test",
-    pipeline_name="fhe-audit-test-training",
-)
+DEPLOYMENT = deployment_for("audit", function_concurrency=2)
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -69,61 +55,47 @@ class Scenario:
     report_prefix: Path
 
 
-def _settle(state_machine_arn: str, bundle_id: str, timeout: float = 300.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        execution = bundle_execution(state_machine_arn, bundle_id)
-        if execution is not None and execution["status"] != "RUNNING":
-            return execution
-        assert time.monotonic() < deadline, f"bundle {bundle_id} did not end in {timeout} s"
-        time.sleep(1.0)
-
-
 def _drop(model: ClientModel, x: npt.NDArray[np.float64], folder: Path, bundle_id: str, *, skip_shard: bool) -> None:
     """A bundle of two shards; with ``skip_shard`` its second shard never reaches the inbox."""
-    manifest = encrypt_rows(model, x, folder / bundle_id, shard_size=2, bundle_id=bundle_id, progress=False)
-    if not skip_shard:
-        submit(aws.client("s3"), BundleLayout(SETTINGS.bundle_bucket), folder / bundle_id, progress=False)
-        return
-    s3 = aws.client("s3")
-    first = manifest.shards[0].key
-    s3.put_object(
-        Bucket=SETTINGS.bundle_bucket, Key=f"inbox/{bundle_id}/{first}", Body=(folder / bundle_id / first).read_bytes()
-    )
-    s3.put_object(Bucket=SETTINGS.bundle_bucket, Key=f"inbox/{bundle_id}/{MANIFEST_NAME}", Body=manifest.to_json())
+    drop(_layout(), model, x, folder / bundle_id, shard_size=2, skip_shard=skip_shard)
+
+
+@cache
+def _layout() -> BundleLayout:
+    return BundleLayout(read_outputs(DEPLOYMENT.prefix)["BundleBucketName"])
 
 
 def _audit(since: datetime, out: Path) -> dict[str, Any]:
     window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))
-    return audit_cli.run(window, out, deployment=SETTINGS.prefix, pipeline_name=SETTINGS.pipeline_name, settle=60.0)
+    return audit_report.run(
+        window, out, deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name, settle=60.0
+    )
 
 
 @pytest.fixture(scope="module")
 def scenario(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
-    outputs = deploy_stack(SETTINGS, function_concurrency=2)  # first: it records the approval that follows
-    package_arn = train_and_register(SETTINGS)
-    [succeeded] = runs_between(aws.client("sagemaker"), SETTINGS.pipeline.pipeline_name, since, datetime.now(tz=UTC))
-    approve(package_arn, SETTINGS.package_group, "Approved", "audit tests: metrics reviewed")
-    deploy_endpoint(SETTINGS, outputs)
+    served = deploy_and_serve(DEPLOYMENT, "audit tests: metrics reviewed")
+    outputs, package_arn = served.outputs, served.package_arn
+    [succeeded] = runs_between(aws.client("sagemaker"), DEPLOYMENT.pipeline_name, since, datetime.now(tz=UTC))
     # A pipeline execution that fails its quality gate (no model reaches this threshold).
-    failed = pipeline_cli.start(
-        SETTINGS.pipeline,
+    failed = runs.start(
+        served.settings.pipeline,
         [
-            {"Name": "ModelPackageGroupName", "Value": SETTINGS.package_group},
+            {"Name": "ModelPackageGroupName", "Value": DEPLOYMENT.package_group},
             {"Name": "AccuracyThreshold", "Value": "1.01"},
         ],
     )
-    assert pipeline_cli.follow(failed, 900.0, out=io.StringIO())["PipelineExecutionStatus"] == "Failed"
+    assert runs.follow(failed, 900.0, out=io.StringIO())["PipelineExecutionStatus"] == "Failed"
     s3 = aws.client("s3")
     home = tmp_path_factory.mktemp("home")
-    model = fetch_model(aws.client("sagemaker"), s3, group=SETTINGS.package_group, home=home)
-    upload_evaluation_key(s3, BundleLayout(SETTINGS.bundle_bucket), model, ensure_keys(model))
-    x, folder = sample_rows(12), tmp_path_factory.mktemp("bundles")
+    model = fetch_model(aws.client("sagemaker"), s3, group=DEPLOYMENT.package_group, home=home)
+    upload_evaluation_key(s3, _layout(), model, ensure_keys(model))
+    x, folder = sample_records(12), tmp_path_factory.mktemp("bundles")
     _drop(model, x[:4], folder, "audit-good", skip_shard=False)
     _drop(model, x[4:8], folder, "audit-missing-shard", skip_shard=True)
     for bundle_id in ("audit-good", "audit-missing-shard"):
-        _settle(outputs["StateMachineArn"], bundle_id)
+        settle(outputs["StateMachineArn"], bundle_id, 300.0)
     prefix = tmp_path_factory.mktemp("report") / "audit-report"
     report = _audit(since, prefix)
     return Scenario(since, outputs, package_arn, succeeded, failed, model, x, folder, report, prefix)
@@ -240,7 +212,7 @@ def test_report_carries_no_private_key_bytes_and_no_plaintext(scenario: Scenario
 
 
 def _faults(rules: list[dict[str, Any]]) -> None:
-    (stack.sagemaker_state_dir() / FAULTS_FILE).write_text(json.dumps({SETTINGS.endpoint_name: rules}))
+    set_faults(DEPLOYMENT.endpoint_name, rules)
 
 
 def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming_it(
@@ -254,14 +226,14 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
         deadline = time.monotonic() + 120
         while (
             not aws.client("s3")
-            .list_objects_v2(Bucket=SETTINGS.bundle_bucket, Prefix="requests/audit-revoked/")
+            .list_objects_v2(Bucket=_layout().bucket, Prefix="requests/audit-revoked/")
             .get("KeyCount")
         ):
             assert time.monotonic() < deadline, "the bundle never reached the endpoint"
             time.sleep(0.2)
         # ML ops revoke the model while its shards are on the endpoint: validation had passed, serving goes on.
-        approve(scenario.package_arn, SETTINGS.package_group, "Rejected", "audit tests: revoked during serving")
-        execution = _settle(machine, "audit-revoked")
+        approve(scenario.package_arn, DEPLOYMENT.package_group, "Rejected", "audit tests: revoked during serving")
+        execution = settle(machine, "audit-revoked", 300.0)
     finally:
         _faults([])
     try:
@@ -280,19 +252,19 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
                     "--out",
                     str(tmp_path / "cli"),
                     "--deployment",
-                    SETTINGS.prefix,
+                    DEPLOYMENT.prefix,
                     "--pipeline-name",
-                    SETTINGS.pipeline.pipeline_name,
+                    DEPLOYMENT.pipeline_name,
                     "--quiet",
                 ]
             )
         assert exited.value.code == audit_cli.CHECKS_FAILED
     finally:
-        approve(scenario.package_arn, SETTINGS.package_group, "Approved", "audit tests: reinstated")
+        approve(scenario.package_arn, DEPLOYMENT.package_group, "Approved", "audit tests: reinstated")
 
 
 def test_an_altered_record_or_audit_log_entry_fails_the_check_naming_it(scenario: Scenario, tmp_path: Path) -> None:
-    s3, layout = aws.client("s3"), BundleLayout(SETTINGS.bundle_bucket)
+    s3, layout = aws.client("s3"), _layout()
     reason = layout.quarantine_reason("audit-missing-shard")
     original = s3.get_object(Bucket=reason.bucket, Key=reason.key)["Body"].read()
     s3.put_object(Bucket=reason.bucket, Key=reason.key, Body=original.replace(b"missing_object", b"checksum"))

@@ -35,22 +35,15 @@ from common.bundle.schema import sha256_hex
 from common.bundle_store import BundleLayout, result_manifest, write_result_manifest
 from common.model_package import client_artifacts_uri
 from common.s3uri import S3Uri, download_prefix, ensure_bucket
+from containers.training.data import sample_records
 from infrastructure.images import ContainerEngine
 from local import stack
 from local.base_image import ensure_base_image
-from local.demo import (
-    DemoSettings,
-    bundle_execution,
-    clear_classes,
-    deploy_endpoint,
-    deploy_stack,
-    download_model,
-    sample_rows,
-    train_and_register,
-)
+from local.ports import free_port
 from local.sagemaker.runtime import Container, EngineRuntime, aws_environment
-from pipelines.deploy import approve
-from tests.integration.conftest import _free_port, running_stack
+from pipelines.models import clear_classes, download_model
+from tests.integration.conftest import running_stack
+from tests.integration.helpers import Served, deploy_and_serve, deployment_for, settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.images]
 
@@ -62,10 +55,8 @@ DIRECT_BUCKET = "fhe-image-test-direct"
 
 @dataclass
 class ImageStack:
-    settings: DemoSettings
+    served: Served
     engine: ContainerEngine
-    outputs: dict[str, str]
-    package_arn: str
     pipeline_execution: str
     model: ClientModel
 
@@ -74,34 +65,28 @@ class ImageStack:
 def image_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageStack]:
     engine = ContainerEngine.find(os.environ.get("FHE_IMAGE_ENGINE", "auto"))
     base = os.environ.get("FHE_BASE_IMAGE") or ensure_base_image(engine)
-    settings = DemoSettings(
-        prefix="fhe-image-test",
-        package_group="fhe-image-tests",
-        endpoint_name="fhe-image-test",
-        pipeline_name="fhe-image-test-training",
-        image_engine=engine.name,
-        base_image=base,
+    # The deployment builds both images into the engine's storage (layers cached after the first build); nothing
+    # is pushed: the local SageMaker runs them from there.
+    deployment = deployment_for(
+        "image", build_images=True, image_engine=engine.name, base_image=base, push_images=False
     )
     with running_stack(tmp_path_factory.mktemp("image-stack"), runtime=engine.name):
-        outputs = deploy_stack(settings)  # builds both images (layers cached after the first build)
-        package_arn = train_and_register(settings)
-        approve(package_arn, settings.package_group, "Approved", "image tests")
-        deploy_endpoint(settings, outputs)
+        served = deploy_and_serve(deployment, "image tests")
         s3 = aws.client("s3")
         model = fetch_model(
-            aws.client("sagemaker"), s3, group=settings.package_group, home=tmp_path_factory.mktemp("home")
+            aws.client("sagemaker"), s3, group=deployment.package_group, home=tmp_path_factory.mktemp("home")
         )
-        upload_evaluation_key(s3, BundleLayout(settings.bundle_bucket), model, ensure_keys(model))
-        executions = aws.client("sagemaker").list_pipeline_executions(PipelineName=settings.pipeline_name)
+        upload_evaluation_key(s3, served.layout, model, ensure_keys(model))
+        executions = aws.client("sagemaker").list_pipeline_executions(PipelineName=deployment.pipeline_name)
         latest = executions["PipelineExecutionSummaries"][0]["PipelineExecutionArn"]
-        yield ImageStack(settings, engine, outputs, package_arn, latest, model)
+        yield ImageStack(served, engine, latest, model)
 
 
 def test_the_local_sagemaker_runs_the_built_images(image_stack: ImageStack) -> None:
     assert stack.running_runtime(stack.local_sagemaker()) == image_stack.engine.name
     for role in ("Training", "Inference"):
-        uri = image_stack.outputs[f"{role}ImageUri"]
-        assert uri.startswith(image_stack.outputs[f"{role}RepositoryUri"] + ":src-")
+        uri = image_stack.served.outputs[f"{role}ImageUri"]
+        assert uri.startswith(image_stack.served.outputs[f"{role}RepositoryUri"] + ":src-")
         assert image_stack.engine.has_image(uri), uri
 
 
@@ -117,9 +102,9 @@ def test_pipeline_on_the_training_image_succeeds_with_model_and_evaluation(
     training_job = sagemaker.describe_training_job(
         TrainingJobName=by_name["Train"]["Metadata"]["TrainingJob"]["Arn"].rsplit("/", 1)[-1]
     )
-    assert training_job["AlgorithmSpecification"]["TrainingImage"] == image_stack.outputs["TrainingImageUri"]
+    assert training_job["AlgorithmSpecification"]["TrainingImage"] == image_stack.served.outputs["TrainingImageUri"]
 
-    folder = download_model(image_stack.package_arn, tmp_path / "model")
+    folder = download_model(image_stack.served.package_arn, tmp_path / "model")
     for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP, artifacts.MODEL_JSON, artifacts.PREPROCESSING_JSON):
         assert (folder / name).is_file(), name
     evaluate = by_name["Evaluate"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1]
@@ -136,23 +121,17 @@ def test_pipeline_on_the_training_image_succeeds_with_model_and_evaluation(
 def test_bundle_through_the_workflow_on_the_inference_image_matches_the_clear_model(
     image_stack: ImageStack, tmp_path: Path
 ) -> None:
-    s3, layout = aws.client("s3"), BundleLayout(image_stack.settings.bundle_bucket)
-    x = sample_rows(SAMPLES)
+    s3, layout = aws.client("s3"), image_stack.served.layout
+    x = sample_records(SAMPLES)
     manifest = encrypt_rows(image_stack.model, x, tmp_path / "bundle", shard_size=SAMPLES // 2, progress=False)
     submit(s3, layout, tmp_path / "bundle", progress=False)
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while True:
-        execution = bundle_execution(image_stack.outputs["StateMachineArn"], manifest.bundle_id)
-        if execution is not None and execution["status"] != "RUNNING":
-            break
-        assert time.monotonic() < deadline, f"bundle {manifest.bundle_id} still running after {SETTLE_TIMEOUT} s"
-        time.sleep(2.0)
+    execution = settle(image_stack.served.state_machine_arn, manifest.bundle_id, SETTLE_TIMEOUT)
     assert execution["status"] == "SUCCEEDED", execution
     downloaded, shards = download_result(s3, layout.result_manifest(manifest.bundle_id))
     probabilities = decrypt_result(image_stack.model, downloaded, shards, progress=False)
     classes = image_stack.model.preprocessing.classes
     predicted = [classes[int(i)] for i in probabilities.argmax(axis=1)]
-    assert predicted == clear_classes(image_stack.package_arn, x)
+    assert predicted == clear_classes(image_stack.served.package_arn, x)
 
 
 @dataclass
@@ -166,17 +145,17 @@ def serving(image_stack: ImageStack, tmp_path_factory: pytest.TempPathFactory) -
     """The inference image started as SageMaker starts it (``<image> serve``), the registered model extracted
     into its ``/opt/ml/model``."""
     root = tmp_path_factory.mktemp("serving")
-    download_model(image_stack.package_arn, root / "opt/ml/model")
-    port = _free_port()
+    download_model(image_stack.served.package_arn, root / "opt/ml/model")
+    port = free_port()
     container = Container(
         "fhe-image-test-serve",
-        image_stack.outputs["InferenceImageUri"],
+        image_stack.served.outputs["InferenceImageUri"],
         ["serve"],
         root,
         {
-            **aws_environment(image_stack.outputs["EndpointRoleArn"]),
+            **aws_environment(image_stack.served.outputs["EndpointRoleArn"]),
             "SAGEMAKER_BIND_TO_PORT": str(port),
-            artifacts.PACKAGE_ARN_VARIABLE: image_stack.package_arn,
+            artifacts.PACKAGE_ARN_VARIABLE: image_stack.served.package_arn,
         },
     )
     runtime = EngineRuntime(image_stack.engine.name)
@@ -224,7 +203,7 @@ def test_shard_request_decrypts_to_the_clear_model(image_stack: ImageStack, serv
     # A bucket of its own: the deployment's inbox would start the workflow on the same bundle.
     s3, layout = aws.client("s3"), BundleLayout(DIRECT_BUCKET)
     ensure_bucket(s3, DIRECT_BUCKET)
-    x = sample_rows(SAMPLES)
+    x = sample_records(SAMPLES)
     folder = tmp_path / "bundle"
     manifest = encrypt_rows(image_stack.model, x, folder, shard_size=SAMPLES, bundle_id="direct", progress=False)
     submit(s3, layout, folder, progress=False)
@@ -237,7 +216,7 @@ def test_shard_request_decrypts_to_the_clear_model(image_stack: ImageStack, serv
     downloaded, shards = download_result(s3, write_result_manifest(s3, layout, answer).uri)
     probabilities = decrypt_result(image_stack.model, downloaded, shards, progress=False)
     classes = image_stack.model.preprocessing.classes
-    assert [classes[int(i)] for i in probabilities.argmax(axis=1)] == clear_classes(image_stack.package_arn, x)
+    assert [classes[int(i)] for i in probabilities.argmax(axis=1)] == clear_classes(image_stack.served.package_arn, x)
 
 
 def test_reference_request_decrypts_to_the_clear_model(
@@ -247,12 +226,12 @@ def test_reference_request_decrypts_to_the_clear_model(
 
     s3, bucket = aws.client("s3"), DIRECT_BUCKET
     ensure_bucket(s3, bucket)
-    package = aws.client("sagemaker").describe_model_package(ModelPackageName=image_stack.package_arn)
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=image_stack.served.package_arn)
     download_prefix(s3, client_artifacts_uri(package), tmp_path / "client")
     client = FHEModelClient(path_dir=str(tmp_path / "client"), key_dir=str(tmp_path / "keys"))
     client.generate_private_and_evaluation_keys()
-    x = sample_rows(2)
-    expected = clear_classes(image_stack.package_arn, x)
+    x = sample_records(2)
+    expected = clear_classes(image_stack.served.package_arn, x)
     scaled = image_stack.model.preprocessing.transform(x)
     s3.put_object(Bucket=bucket, Key="reference/keys.bin", Body=client.get_serialized_evaluation_keys())
     for i, row in enumerate(scaled):

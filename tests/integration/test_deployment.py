@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 
 from common import aws
-from infrastructure import deploy, stacks
-from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
-from pipelines import cli as pipeline_cli
+from common.deployment import describe_stack
+from common.settings import from_outputs
+from infrastructure import deployment as deploy
+from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
+from pipelines import runs
+from tests.unit.test_deployment_definitions import declared_resources
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +65,7 @@ def test_the_stacks_hold_every_resource_the_dry_run_listed(deployed: dict[str, s
     ):
         pages = cloudformation.get_paginator("list_stack_resources").paginate(StackName=name)
         live = {r["LogicalResourceId"]: r for page in pages for r in page["StackResourceSummaries"]}
-        assert {n: r["ResourceType"] for n, r in live.items()} == planned[name] == resources(template)
+        assert {n: r["ResourceType"] for n, r in live.items()} == planned[name] == declared_resources(template)
         assert all(r["ResourceStatus"].endswith("_COMPLETE") for r in live.values())
     assert deployed["PipelineArn"].endswith(f":pipeline/{DEPLOYMENT.pipeline_name}")
     pipeline = aws.client("sagemaker").describe_pipeline(PipelineName=DEPLOYMENT.pipeline_name)
@@ -150,9 +153,9 @@ def test_the_schedule_starts_the_pipeline(deployed: dict[str, str]) -> None:
 
 
 def test_a_round_is_skipped_while_a_run_is_going(deployed: dict[str, str]) -> None:
-    settings = deploy.pipeline_settings(DEPLOYMENT, deployed)
-    pipeline_cli.stage_dataset(settings, "breast_cancer")
-    running = pipeline_cli.start(settings, [{"Name": "ModelPackageGroupName", "Value": DEPLOYMENT.package_group}])
+    settings = from_outputs(deployed, region=aws.region()).pipeline
+    runs.stage_dataset(settings, "breast_cancer")
+    running = runs.start(settings, [{"Name": "ModelPackageGroupName", "Value": DEPLOYMENT.package_group}])
     response = aws.client("lambda").invoke(
         FunctionName="fhe-deploy-test-retrain",
         Payload=json.dumps({"pipeline_name": DEPLOYMENT.pipeline_name, "reason": "test"}).encode(),
@@ -160,7 +163,7 @@ def test_a_round_is_skipped_while_a_run_is_going(deployed: dict[str, str]) -> No
     answer = json.loads(response["Payload"].read())
     assert "FunctionError" not in response, answer
     assert answer["started"] is None and running in answer["skipped_because"], answer
-    run = pipeline_cli.outcome(running) if _wait_ended(running) != "Succeeded" else {"status": "Succeeded"}
+    run = runs.outcome(running) if _wait_ended(running) != "Succeeded" else {"status": "Succeeded"}
     assert run["status"] == "Succeeded", run
     # A request for another pipeline is refused by name, not attempted.
     refused = aws.client("lambda").invoke(
@@ -177,7 +180,7 @@ def test_teardown_keeps_the_data_unless_asked(deployed: dict[str, str]) -> None:
         "deleted": [DEPLOYMENT.product_stack],
         "kept": [DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack],
     }
-    assert stacks.describe(DEPLOYMENT.product_stack) is None
+    assert describe_stack(DEPLOYMENT.product_stack) is None
     assert s3.get_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv")["Body"].read() == b"a,b\n1,2\n"
     sagemaker = aws.client("sagemaker")
     with pytest.raises(sagemaker.exceptions.ResourceNotFound):
@@ -190,6 +193,6 @@ def test_teardown_keeps_the_data_unless_asked(deployed: dict[str, str]) -> None:
     assert result["kept"] == [] and deployed["DataBucketName"] in result["deleted"]
     names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
     assert not any(name.startswith(f"{DEPLOYMENT.prefix}-") for name in names), names
-    assert all(stacks.describe(s) is None for s in (DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack))
+    assert all(describe_stack(s) is None for s in (DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack))
     key = aws.client("kms").describe_key(KeyId=deployed["KeyArn"])["KeyMetadata"]
     assert key["KeyState"] == "PendingDeletion"

@@ -30,25 +30,20 @@ from common.bundle.schema import MANIFEST_NAME, sha256_hex
 from common.bundle_store import BundleLayout, put_bundle, result_manifest, write_result_manifest
 from common.model_package import client_artifacts_uri
 from common.s3uri import S3Uri, download_prefix, ensure_bucket
+from common.settings import EndpointSettings
 from local import stack
-from pipelines import cli
-from pipelines.deploy import DeploySettings, approve, deploy
-from pipelines.pipeline import PipelineSettings
+from pipelines import runs
+from pipelines.approval import approve
+from pipelines.endpoint import deploy_endpoint
+from tests.integration.helpers import STANDALONE_PIPELINE
 from tests.leaks import plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
 
 GROUP = "fhe-inference-tests"
 BUCKET = "fhe-batches-test"
-ARTIFACTS = "fhe-artifacts"
 ENDPOINT = "fhe-inference-test"
-SETTINGS = PipelineSettings(
-    role_arn="arn:aws:iam::000000000000:role/fhe-pipeline",
-    artifact_bucket=ARTIFACTS,
-    data_bucket=ARTIFACTS,
-    training_image="fhe-training:latest",
-    inference_image="fhe-inference:latest",
-)
+SETTINGS = STANDALONE_PIPELINE
 SAMPLES = 200
 SHARD_SIZE = 50
 NOTIFICATION_TIMEOUT = 600.0
@@ -70,10 +65,10 @@ def _log_files() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def deployment(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    cli.upsert(SETTINGS)
-    cli.stage_dataset(SETTINGS, "breast_cancer")
-    execution = cli.start(SETTINGS, [{"Name": "ModelPackageGroupName", "Value": GROUP}])
-    cli.follow(execution, 900, out=io.StringIO())
+    runs.upsert(SETTINGS)
+    runs.stage_dataset(SETTINGS, "breast_cancer")
+    execution = runs.start(SETTINGS, [{"Name": "ModelPackageGroupName", "Value": GROUP}])
+    runs.follow(execution, 900, out=io.StringIO())
     steps = aws.client("sagemaker").list_pipeline_execution_steps(PipelineExecutionArn=execution)
     register = next(s for s in steps["PipelineExecutionSteps"] if s["StepName"] == "Register")
     package_arn = register["Metadata"]["RegisterModel"]["Arn"]
@@ -89,8 +84,8 @@ def deployment(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFac
         topics.append(topic)
     ensure_bucket(aws.client("s3"), BUCKET)
     log_offsets = {path: path.stat().st_size for path in _log_files()}
-    endpoint = deploy(
-        DeploySettings(
+    endpoint = deploy_endpoint(
+        EndpointSettings(
             package_group=GROUP,
             output_bucket=BUCKET,
             role_arn=SETTINGS.role_arn,

@@ -18,25 +18,20 @@ from common import aws
 from common.archives import extract_tar
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
+from common.settings import PipelineSettings
 from local import stack
-from pipelines import cli
-from pipelines.pipeline import MODEL_PACKAGE_GROUP, PipelineSettings
+from pipelines import runs
+from tests.integration.helpers import STANDALONE_PIPELINE
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = PipelineSettings(
-    role_arn="arn:aws:iam::000000000000:role/fhe-pipeline",
-    artifact_bucket="fhe-artifacts",
-    data_bucket="fhe-artifacts",
-    training_image="fhe-training:latest",
-    inference_image="fhe-inference:latest",
-)
+SETTINGS = STANDALONE_PIPELINE
 STEP_TIMEOUT = 900.0
 
 
 def run_execution(parameters: list[dict[str, str]]) -> str:
-    arn = cli.start(SETTINGS, parameters)
-    cli.follow(arn, STEP_TIMEOUT, out=io.StringIO())
+    arn = runs.start(SETTINGS, parameters)
+    runs.follow(arn, STEP_TIMEOUT, out=io.StringIO())
     return arn
 
 
@@ -47,7 +42,7 @@ def steps_of(arn: str) -> dict[str, dict[str, Any]]:
 
 def packages() -> list[dict[str, Any]]:
     return list(
-        aws.client("sagemaker").list_model_packages(ModelPackageGroupName=MODEL_PACKAGE_GROUP)[
+        aws.client("sagemaker").list_model_packages(ModelPackageGroupName=SETTINGS.package_group)[
             "ModelPackageSummaryList"
         ]
     )
@@ -55,8 +50,8 @@ def packages() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def pipeline(local_stack: dict[str, str]) -> PipelineSettings:
-    cli.upsert(SETTINGS)
-    cli.stage_dataset(SETTINGS, "breast_cancer")
+    runs.upsert(SETTINGS)
+    runs.stage_dataset(SETTINGS, "breast_cancer")
     return SETTINGS
 
 
@@ -132,7 +127,7 @@ def test_registered_model_runs_in_real_fhe(succeeded: str) -> None:
 
 def test_local_sagemaker_runs_exactly_the_sdk_definition(pipeline: PipelineSettings) -> None:
     stored = aws.client("sagemaker").describe_pipeline(PipelineName=pipeline.pipeline_name)["PipelineDefinition"]
-    expected = cli.definition_json(pipeline)
+    expected = runs.definition_json(pipeline)
     assert json.loads(stored) == json.loads(expected)
     assert {s["Name"] for s in json.loads(stored)["Steps"]} == {"Preprocess", "Train", "Evaluate", "CheckQuality"}
 
@@ -187,9 +182,9 @@ def test_bad_input_fails_the_step_with_a_reason_and_the_stack_keeps_running(pipe
     started = {}
     for case, (parameters, _, _) in BAD_INPUTS.items():
         resolved = [{"Name": p["Name"], "Value": uris.get(p["Value"], p["Value"])} for p in parameters]
-        started[case] = cli.start(SETTINGS, resolved)
+        started[case] = runs.start(SETTINGS, resolved)
     for case, (_, step_name, phrase) in BAD_INPUTS.items():
-        cli.follow(started[case], STEP_TIMEOUT, out=io.StringIO())
+        runs.follow(started[case], STEP_TIMEOUT, out=io.StringIO())
         steps = steps_of(started[case])
         assert steps[step_name]["StepStatus"] == "Failed", case
         assert phrase in steps[step_name]["FailureReason"], (case, steps[step_name]["FailureReason"])

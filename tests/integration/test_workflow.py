@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +25,22 @@ from common import aws
 from common.bundle.manifest import Manifest, ModelRef
 from common.bundle.schema import MANIFEST_NAME
 from common.bundle_store import BundleLayout, object_exists
-from local import stack
-from local.demo import (
-    DemoSettings,
-    bundle_execution,
-    bundle_executions,
-    clear_classes,
-    deploy_endpoint,
-    deploy_stack,
-    executed_states,
-    sample_rows,
-    train_and_register,
-)
-from local.sagemaker.endpoints import FAULTS_FILE
-from pipelines.deploy import approve
+from common.deployment import read_outputs
+from common.workflow import bundle_executions, executed_states
+from containers.training.data import sample_records
+from pipelines.models import clear_classes
+from tests.integration.helpers import deploy_and_serve, deployment_for, drop, set_faults, settle
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = DemoSettings(
-    prefix="fhe-workflow-test",
-    package_group="fhe-workflow-tests",
-    endpoint_name="fhe-workflow-test",
-    pipeline_name="fhe-workflow-test-training",
-)
 CONCURRENCY = 2  # reserved concurrency of each workflow function in these tests
 SETTLE_TIMEOUT = 600.0
+DEPLOYMENT = deployment_for("workflow", function_concurrency=CONCURRENCY)
+
+
+@cache
+def _layout() -> BundleLayout:
+    return BundleLayout(read_outputs(DEPLOYMENT.prefix)["BundleBucketName"])
 
 
 @dataclass
@@ -76,18 +68,16 @@ def _queue(name: str, pattern: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Workflow:
-    outputs = deploy_stack(SETTINGS, function_concurrency=CONCURRENCY)
-    package_arn = train_and_register(SETTINGS)
-    approve(package_arn, SETTINGS.package_group, "Approved", "workflow tests")
-    deploy_endpoint(SETTINGS, outputs)
+    served = deploy_and_serve(DEPLOYMENT, "workflow tests")
+    outputs, package_arn = served.outputs, served.package_arn
     events_queue = _queue("fhe-workflow-test-events", {"source": ["fhe.batch-inference"]})
-    s3_pattern = {"source": ["aws.s3"], "detail": {"bucket": {"name": [SETTINGS.bundle_bucket]}}}
+    s3_pattern = {"source": ["aws.s3"], "detail": {"bucket": {"name": [_layout().bucket]}}}
     s3_events_queue = _queue("fhe-workflow-test-s3-events", s3_pattern)
     s3 = aws.client("s3")
     home = tmp_path_factory.mktemp("home")
-    model = fetch_model(aws.client("sagemaker"), s3, group=SETTINGS.package_group, home=home)
-    upload_evaluation_key(s3, BundleLayout(SETTINGS.bundle_bucket), model, ensure_keys(model))
-    x = sample_rows(64)
+    model = fetch_model(aws.client("sagemaker"), s3, group=DEPLOYMENT.package_group, home=home)
+    upload_evaluation_key(s3, _layout(), model, ensure_keys(model))
+    x = sample_records(64)
     return Workflow(
         package_arn,
         outputs,
@@ -102,21 +92,11 @@ def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 
 
 def _drop(w: Workflow, bundle_id: str, rows: slice, shard_size: int) -> Manifest:
-    folder = w.folder / bundle_id
-    manifest = encrypt_rows(w.model, w.x[rows], folder, shard_size=shard_size, bundle_id=bundle_id, progress=False)
-    submit(aws.client("s3"), BundleLayout(SETTINGS.bundle_bucket), folder, progress=False)
-    return manifest
+    return drop(_layout(), w.model, w.x[rows], w.folder / bundle_id, shard_size=shard_size)
 
 
 def _settle(w: Workflow, bundle_id: str, timeout: float = SETTLE_TIMEOUT) -> dict[str, Any]:
-    """The bundle's execution once it has ended."""
-    deadline = time.monotonic() + timeout
-    while True:
-        execution = bundle_execution(w.stack["StateMachineArn"], bundle_id)
-        if execution is not None and execution["status"] != "RUNNING":
-            return execution
-        assert time.monotonic() < deadline, f"bundle {bundle_id}: {execution and execution['status']} after {timeout} s"
-        time.sleep(1.0)
+    return settle(w.stack["StateMachineArn"], bundle_id, timeout)
 
 
 def _history(execution_arn: str) -> list[dict[str, Any]]:
@@ -145,14 +125,14 @@ def _events(w: Workflow, bundle_id: str, detail_type: str, timeout: float = 30.0
 
 
 def _quarantine_reason(bundle_id: str) -> dict[str, Any]:
-    uri = BundleLayout(SETTINGS.bundle_bucket).quarantine_reason(bundle_id)
+    uri = _layout().quarantine_reason(bundle_id)
     reason: dict[str, Any] = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
     return reason
 
 
 def _inbox(bundle_id: str) -> list[str]:
-    prefix = BundleLayout(SETTINGS.bundle_bucket).request_prefix(bundle_id).key + "/"
-    listed = aws.client("s3").list_objects_v2(Bucket=SETTINGS.bundle_bucket, Prefix=prefix)
+    prefix = _layout().request_prefix(bundle_id).key + "/"
+    listed = aws.client("s3").list_objects_v2(Bucket=_layout().bucket, Prefix=prefix)
     return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
@@ -161,7 +141,7 @@ def _assert_quarantined(w: Workflow, bundle_id: str, execution: dict[str, Any], 
     reason = _quarantine_reason(bundle_id)
     assert _inbox(bundle_id) == inbox, "the inbox objects must stay"
     assert reason["inbox_objects"] == inbox
-    assert not object_exists(aws.client("s3"), BundleLayout(SETTINGS.bundle_bucket).result_manifest(bundle_id))
+    assert not object_exists(aws.client("s3"), _layout().result_manifest(bundle_id))
     [event] = _events(w, bundle_id, "Bundle Quarantined")
     assert event["detail"]["reason_uri"].endswith(f"quarantine/{bundle_id}/reason.json")
     return reason
@@ -171,13 +151,13 @@ def test_bundle_runs_through_the_workflow_and_decrypts_to_the_clear_predictions(
     manifest = _drop(workflow, "first-bundle", slice(0, 48), shard_size=16)
     execution = _settle(workflow, "first-bundle")
     assert execution["status"] == "SUCCEEDED", execution
-    states = executed_states(execution["executionArn"])
+    states = executed_states(aws.client("stepfunctions"), execution["executionArn"])
     assert states[:3] == ["Validate", "InferShards", "Assemble"] and states[-1] == "Delivered", states
     history = json.dumps(_history(execution["executionArn"]), default=str)
     assert history.count("waitForTaskToken") >= len(manifest.shards), "each shard waits on its task token"
 
     s3 = aws.client("s3")
-    result_uri = BundleLayout(SETTINGS.bundle_bucket).result_manifest("first-bundle")
+    result_uri = _layout().result_manifest("first-bundle")
     result, shards = download_result(s3, result_uri)
     assert result.kind == "result" and len(result.shards) == 3 and result.total_samples == 48
     probabilities = decrypt_result(workflow.model, result, shards, progress=False)
@@ -187,7 +167,7 @@ def test_bundle_runs_through_the_workflow_and_decrypts_to_the_clear_predictions(
 
     [event] = _events(workflow, "first-bundle", "Bundle Completed")
     assert event["detail"]["result_manifest"] == str(result_uri) and event["detail"]["samples"] == 48
-    assert not object_exists(s3, BundleLayout(SETTINGS.bundle_bucket).quarantine_reason("first-bundle"))
+    assert not object_exists(s3, _layout().quarantine_reason("first-bundle"))
 
 
 def test_client_cli_run_from_csv_to_predictions_through_the_workflow(
@@ -207,9 +187,9 @@ def test_client_cli_run_from_csv_to_predictions_through_the_workflow(
     out = tmp_path / "predictions.csv"
     arguments = [
         "--bucket",
-        SETTINGS.bundle_bucket,
+        _layout().bucket,
         "--group",
-        SETTINGS.package_group,
+        DEPLOYMENT.package_group,
         "--home",
         str(workflow.model.folder.parents[1]),
     ]
@@ -235,8 +215,8 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
     assert created is not None, "S3 published no Object Created event for the manifest"
     # The same manifest dropped again (same bytes, same ETag), and the original event delivered twice more.
     s3, sqs = aws.client("s3"), aws.client("sqs")
-    body = s3.get_object(Bucket=SETTINGS.bundle_bucket, Key=manifest_key)["Body"].read()
-    s3.put_object(Bucket=SETTINGS.bundle_bucket, Key=manifest_key, Body=body, ContentType="application/json")
+    body = s3.get_object(Bucket=_layout().bucket, Key=manifest_key)["Body"].read()
+    s3.put_object(Bucket=_layout().bucket, Key=manifest_key, Body=body, ContentType="application/json")
     for _ in range(2):
         sqs.send_message(QueueUrl=workflow.stack["ManifestQueueUrl"], MessageBody=json.dumps(created))
     execution = _settle(workflow, "dropped-twice")
@@ -252,14 +232,14 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
             break
         time.sleep(0.5)
     time.sleep(3.0)
-    assert len(bundle_executions(workflow.stack["StateMachineArn"], "dropped-twice")) == 1
+    assert len(bundle_executions(aws.client("stepfunctions"), workflow.stack["StateMachineArn"], "dropped-twice")) == 1
     assert len(_events(workflow, "dropped-twice", "Bundle Completed")) == 1
-    outbox = s3.list_objects_v2(Bucket=SETTINGS.bundle_bucket, Prefix="outbox/dropped-twice/")["Contents"]
+    outbox = s3.list_objects_v2(Bucket=_layout().bucket, Prefix="outbox/dropped-twice/")["Contents"]
     assert [o["Key"] for o in outbox].count(f"outbox/dropped-twice/{MANIFEST_NAME}") == 1
 
 
 def _faults(rules: list[dict[str, Any]]) -> None:
-    (stack.sagemaker_state_dir() / FAULTS_FILE).write_text(json.dumps({SETTINGS.endpoint_name: rules}))
+    set_faults(DEPLOYMENT.endpoint_name, rules)
 
 
 def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(workflow: Workflow) -> None:
@@ -272,7 +252,7 @@ def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(w
     assert execution["status"] == "SUCCEEDED", execution
     history = json.dumps(_history(execution["executionArn"]), default=str)
     assert history.count("ShardFailed") >= 2, "both shards' first attempts failed and were retried"
-    assert object_exists(aws.client("s3"), BundleLayout(SETTINGS.bundle_bucket).result_manifest("retry-once"))
+    assert object_exists(aws.client("s3"), _layout().result_manifest("retry-once"))
 
 
 def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow: Workflow) -> None:
@@ -293,14 +273,14 @@ def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow
 
 
 def _shard_requests(bundle_id: str) -> list[str]:
-    listed = aws.client("s3").list_objects_v2(Bucket=SETTINGS.bundle_bucket, Prefix=f"requests/{bundle_id}/")
+    listed = aws.client("s3").list_objects_v2(Bucket=_layout().bucket, Prefix=f"requests/{bundle_id}/")
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
 @pytest.mark.parametrize("case", ["malformed_manifest", "wrong_model_version", "missing_shard"])
 def test_a_bad_bundle_is_quarantined_before_any_endpoint_invocation(workflow: Workflow, case: str) -> None:
     bundle_id = f"bad-{case.replace('_', '-')}"
-    s3, layout = aws.client("s3"), BundleLayout(SETTINGS.bundle_bucket)
+    s3, layout = aws.client("s3"), _layout()
     folder = workflow.folder / bundle_id
     manifest = encrypt_rows(
         workflow.model, workflow.x[24:28], folder, shard_size=2, bundle_id=bundle_id, progress=False
@@ -328,7 +308,7 @@ def test_a_bad_bundle_is_quarantined_before_any_endpoint_invocation(workflow: Wo
     }[case]
     assert reason["stage"] == "validate" and (reason["code"], reason["field"]) == expected, reason
     assert reason["shard"] == (1 if case == "missing_shard" else None)
-    assert "InferShards" not in executed_states(execution["executionArn"])
+    assert "InferShards" not in executed_states(aws.client("stepfunctions"), execution["executionArn"])
     assert _shard_requests(bundle_id) == [], "no shard may reach the endpoint"
 
 
@@ -370,7 +350,7 @@ def test_ten_bundles_at_once_complete_within_the_lambda_reservation(workflow: Wo
             workflow.model, workflow.x[4 * i : 4 * i + 4], folder, shard_size=2, bundle_id=bundle_id, progress=False
         )
         folders[bundle_id] = folder
-    layout = BundleLayout(SETTINGS.bundle_bucket)
+    layout = _layout()
     threads = [
         threading.Thread(target=submit, args=(aws.client("s3"), layout, folder), kwargs={"progress": False})
         for folder in folders.values()
@@ -399,8 +379,8 @@ def test_workflow_logs_and_records_carry_no_plaintext(workflow: Workflow) -> Non
         texts += [e["message"] for e in _log_events(function)]
     s3 = aws.client("s3")
     for prefix in ("quarantine/", "requests/"):
-        listed = s3.list_objects_v2(Bucket=SETTINGS.bundle_bucket, Prefix=prefix).get("Contents", [])
-        texts += [s3.get_object(Bucket=SETTINGS.bundle_bucket, Key=o["Key"])["Body"].read().decode() for o in listed]
+        listed = s3.list_objects_v2(Bucket=_layout().bucket, Prefix=prefix).get("Contents", [])
+        texts += [s3.get_object(Bucket=_layout().bucket, Key=o["Key"])["Body"].read().decode() for o in listed]
     assert len(texts) > 50, "the scan must see the workflow's logs"
     blob = "\n".join(texts)
     values = {repr(float(v)) for v in workflow.x.ravel()} | {f"{v:g}" for v in workflow.x.ravel()}

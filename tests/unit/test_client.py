@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from client.decrypt import write_predictions
-from client.errors import BundleQuarantined, ClientError, InputError, WaitTimeout
+from client.errors import BundleQuarantined, FheClientError, InputError, WaitTimeout
 from client.transfer import submit, wait
 from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
 from common.bundle.schema import sha256_hex, utc_now
@@ -70,7 +70,7 @@ def test_predictions_keep_input_order(tmp_path: Path) -> None:
         "0,benign,0.900000,0.100000",
         "1,malignant,0.200000,0.800000",
     ]
-    with pytest.raises(ClientError, match="3 classes"):
+    with pytest.raises(FheClientError, match="3 classes"):
         write_predictions(out, ["a", "b", "c"], np.array([[0.9, 0.1]]))
 
 
@@ -97,7 +97,7 @@ def local_bundle(folder: Path, bundle_id: str, key_uri: str) -> Manifest:
 def test_submit_writes_the_manifest_last_and_only_once(s3: Any, tmp_path: Path) -> None:
     key_uri = f"s3://{BUCKET}/keys/{'a' * 64}.ekey"
     manifest = local_bundle(tmp_path, "bundle-1", key_uri)
-    with pytest.raises(ClientError, match="evaluation key"):
+    with pytest.raises(FheClientError, match="evaluation key"):
         submit(s3, BundleLayout(BUCKET), tmp_path, progress=False)
     s3.put_object(Bucket=BUCKET, Key=f"keys/{'a' * 64}.ekey", Body=b"ekey")
     order: list[str] = []
@@ -105,7 +105,7 @@ def test_submit_writes_the_manifest_last_and_only_once(s3: Any, tmp_path: Path) 
     uri = submit(s3, BundleLayout(BUCKET), tmp_path, progress=False)
     assert str(uri) == f"s3://{BUCKET}/inbox/bundle-1/manifest.json"
     assert order == [f"inbox/bundle-1/{s.key}" for s in manifest.shards] + ["inbox/bundle-1/manifest.json"]
-    with pytest.raises(ClientError, match="already submitted"):
+    with pytest.raises(FheClientError, match="already submitted"):
         submit(s3, BundleLayout(BUCKET), tmp_path, progress=False)
 
 

@@ -149,7 +149,7 @@ def decisions(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.deploy import DeploymentError, approve
+    from pipelines.approval import ApprovalError, approve
 
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", sagemaker.meta.endpoint_url)
@@ -163,9 +163,9 @@ def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypa
     assert newest["arn"].endswith("/g1/2") and newest["status"] == "Approved"
     rejected = approve(newest["arn"].replace("/2", "/1"), "g1", "Rejected", "gap too large")
     assert rejected == {"arn": newest["arn"].replace("/2", "/1"), "status": "Rejected", "note": "gap too large"}
-    with pytest.raises(DeploymentError, match="no package pending"):
+    with pytest.raises(ApprovalError, match="no package pending"):
         approve(None, "g1", "Approved", "")
-    with pytest.raises(DeploymentError, match="decision"):
+    with pytest.raises(ApprovalError, match="decision"):
         approve(None, "g1", "Maybe", "")
     history = sagemaker.describe_model_package(ModelPackageName=rejected["arn"])["ApprovalDescription"]
     assert history == "gap too large"

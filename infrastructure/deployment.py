@@ -1,11 +1,5 @@
-"""fhe-deploy: the whole product in one AWS account, or on the local stack; only the endpoint URLs and the
-credentials differ.
-
-    fhe-deploy up [--prefix fhe] [--endpoint fhe-inference] [--schedule "rate(7 days)"] [--build-images] [--dry-run]
-    fhe-deploy images [--prefix fhe] [--engine docker|podman] [--base-image REF] [--no-push]
-                                             build (and push) the training and inference images
-    fhe-deploy outputs [--prefix fhe]        buckets, roles, topics, state machine, tables of a deployment
-    fhe-deploy down [--prefix fhe] [--delete-data]
+"""One deployment of the whole product in one AWS account, or on the local stack; only the endpoint URLs and the
+credentials differ. ``fhe-deploy`` (infrastructure/cli.py) is its command line.
 
 ``up`` runs, in order: the bootstrap stack (infrastructure/bootstrap.yaml: the KMS key, the artifact bucket, the
 image repositories) → the data stack (infrastructure/data.yaml: the data, model and bundle buckets, the audit log)
@@ -23,20 +17,24 @@ contents included, and schedules the key's deletion.
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from common import aws
+from common.deployment import StackNames, describe_stack, read_outputs, stack_outputs
+from common.settings import (
+    DEFAULT_PREFIX,
+    ENDPOINT_NAME,
+    JOB_INSTANCE_TYPE,
+    MODEL_PACKAGE_GROUP,
+    PIPELINE_NAME,
+    from_outputs,
+)
 from infrastructure import images, package, stacks
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
-from pipelines.pipeline import MODEL_PACKAGE_GROUP, PIPELINE_NAME, PipelineSettings
+from pipelines import runs
 
-DEFAULT_PREFIX = "fhe"
 STACK_TIMEOUT_S = 1200.0
 DATA_OUTPUTS = ("DataBucketName", "ModelBucketName", "BundleBucketName", "AuditTableName")
 Report = Callable[[str], None]
@@ -47,7 +45,7 @@ class Deployment:
     """One deployment of the product: its names and the choices an operator makes."""
 
     prefix: str = DEFAULT_PREFIX
-    endpoint_name: str = "fhe-inference"
+    endpoint_name: str = ENDPOINT_NAME
     pipeline_name: str = PIPELINE_NAME
     package_group: str = MODEL_PACKAGE_GROUP
     retraining_schedule: str = "rate(7 days)"
@@ -61,19 +59,23 @@ class Deployment:
     image_engine: str = "auto"  # docker, podman, or the first that works
     base_image: str = ""  # empty: the Dockerfiles' default, the official Python image
     push_images: bool = True
-    instance_type: str = "ml.c7i.4xlarge"
+    job_instance_type: str = JOB_INSTANCE_TYPE
+
+    @property
+    def stacks(self) -> StackNames:
+        return StackNames(self.prefix)
 
     @property
     def bootstrap_stack(self) -> str:
-        return f"{self.prefix}-bootstrap"
+        return self.stacks.bootstrap
 
     @property
     def data_stack(self) -> str:
-        return f"{self.prefix}-data"
+        return self.stacks.data
 
     @property
     def product_stack(self) -> str:
-        return self.prefix
+        return self.stacks.product
 
     def images(self, repositories: dict[str, str], recorded: dict[str, str] | None = None) -> list[images.Image]:
         """The deployment's two images in the repositories the bootstrap stack names: ``--image-tag`` if given,
@@ -114,20 +116,6 @@ class Deployment:
             "FunctionConcurrency": str(self.function_concurrency),
             "LogLevel": self.log_level,
         }
-
-
-def pipeline_settings(deployment: Deployment, outputs: dict[str, str]) -> PipelineSettings:
-    """The training pipeline as this deployment runs it: its role, buckets and images, from the stacks' outputs."""
-    return PipelineSettings(
-        role_arn=outputs["ModelCreatorRoleArn"],
-        artifact_bucket=outputs["ModelBucketName"],
-        data_bucket=outputs["DataBucketName"],
-        training_image=outputs["TrainingImageUri"],
-        inference_image=outputs["InferenceImageUri"],
-        region=aws.region(),
-        pipeline_name=deployment.pipeline_name,
-        instance_type=deployment.instance_type,
-    )
 
 
 def plan(deployment: Deployment) -> dict[str, Any]:
@@ -231,7 +219,7 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
         s3.put_object(Bucket=bootstrap["ArtifactBucketName"], Key=upload.key, Body=upload.body)
     report(f"staged {len(staged)} artifacts in s3://{bootstrap['ArtifactBucketName']}/workflow/")
     parameters = deployment.product_parameters(bootstrap, data, staged)
-    product = stacks.apply(
+    stacks.apply(
         deployment.product_stack,
         PRODUCT,
         parameters,
@@ -240,17 +228,9 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
         staging_bucket=bootstrap["ArtifactBucketName"],
     )
     stacks.check_reserved_concurrency(deployment.product_stack, PRODUCT, parameters, report)
-    outputs = {
-        **bootstrap,
-        **data,
-        **product,
-        **{f"{image.role.capitalize()}ImageUri": image.uri for image in wanted},
-    }
-    from pipelines import cli as pipeline_cli
-
-    outputs["PipelineArn"] = pipeline_cli.upsert(
-        pipeline_settings(deployment, outputs), deployment.package_group, report
-    )
+    outputs = read_outputs(deployment.prefix)
+    pipeline = from_outputs(outputs, region=aws.region(), job_instance_type=deployment.job_instance_type).pipeline
+    outputs["PipelineArn"] = runs.upsert(pipeline, report)
     return outputs
 
 
@@ -261,12 +241,8 @@ def build_images(deployment: Deployment, wanted: list[images.Image], report: Rep
 
 
 def outputs(deployment: Deployment) -> dict[str, str]:
-    """The outputs of a deployment's two stacks, and the image URIs its pipeline uses."""
-    bootstrap, data = stacks.outputs(deployment.bootstrap_stack), stacks.outputs(deployment.data_stack)
-    product = stacks.outputs(deployment.product_stack)
-    # The tags the deployment was made with, not this source tree's (which may have changed since).
-    wanted = deployment.images(bootstrap, product)
-    return {**bootstrap, **data, **product, **{f"{i.role.capitalize()}ImageUri": i.uri for i in wanted}}
+    """The outputs of a deployment's stacks, and the image URIs its pipeline uses."""
+    return read_outputs(deployment.prefix)
 
 
 def _empty_bucket(s3: Any, bucket: str) -> int:
@@ -313,8 +289,8 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
     Returns what was deleted and what was kept."""
     known: dict[str, str] = {}
     for name in (deployment.bootstrap_stack, deployment.data_stack, deployment.product_stack):
-        if stacks.describe(name) is not None:
-            known.update(stacks.outputs(name))
+        if describe_stack(name) is not None:
+            known.update(stack_outputs(name))
     if not known:
         report(f"no deployment {deployment.prefix}: none of its stacks exists")
         return {"deleted": [], "kept": []}
@@ -327,7 +303,7 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
     if stacks.delete(deployment.product_stack, timeout=STACK_TIMEOUT_S, report=report):
         deleted.append(deployment.product_stack)
     if not delete_data:
-        kept = [name for name in (deployment.bootstrap_stack, deployment.data_stack) if stacks.describe(name)]
+        kept = [name for name in (deployment.bootstrap_stack, deployment.data_stack) if describe_stack(name)]
         report(f"kept {', '.join(kept)}: the key, buckets and audit log (fhe-deploy down --delete-data removes them)")
         return {"deleted": deleted, "kept": kept}
     s3 = aws.client("s3")
@@ -362,96 +338,3 @@ def _delete_bucket(s3: Any, bucket: str) -> None:
     except s3.exceptions.ClientError as error:
         if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
             raise
-
-
-PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # the templates' AllowedPattern for Prefix
-
-
-def prefix(text: str) -> str:
-    if not PREFIX_PATTERN.match(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: a prefix is 2 to 21 lowercase letters, digits or hyphens, starting with a letter "
-            "(it names buckets, which allow nothing else)"
-        )
-    return text
-
-
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fhe-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("command", choices=("up", "images", "outputs", "down"))
-    defaults = Deployment()
-    parser.add_argument(
-        "--prefix", type=prefix, default=defaults.prefix, help="names the stacks and resources (%(default)s)"
-    )
-    parser.add_argument("--endpoint", default=defaults.endpoint_name, help="endpoint name (%(default)s)")
-    parser.add_argument("--pipeline-name", default=defaults.pipeline_name, help="(%(default)s)")
-    parser.add_argument("--package-group", default=defaults.package_group, help="model package group (%(default)s)")
-    parser.add_argument(
-        "--schedule",
-        default=defaults.retraining_schedule,
-        help="retraining cadence, an EventBridge Scheduler expression (%(default)s); 'off' disables it",
-    )
-    parser.add_argument("--concurrency", type=int, default=defaults.function_concurrency, help="per function")
-    parser.add_argument("--bundle-retention-days", type=int, default=defaults.bundle_retention_days)
-    parser.add_argument("--quarantine-retention-days", type=int, default=defaults.quarantine_retention_days)
-    parser.add_argument("--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    parser.add_argument("--instance-type", default=defaults.instance_type, help="training and evaluation jobs")
-    parser.add_argument(
-        "--image-tag", default="", help="images already pushed (default: each image's content tag, from this source)"
-    )
-    parser.add_argument("--build-images", action="store_true", help="up: build and push the images first")
-    parser.add_argument(
-        "--engine", default="auto", choices=("auto", *images.ENGINES), help="what builds the images (%(default)s)"
-    )
-    parser.add_argument("--base-image", default="", help="the images' base (default: the official Python image)")
-    parser.add_argument("--no-push", action="store_true", help="build the images into local storage only")
-    parser.add_argument("--dry-run", action="store_true", help="up: print what it would create, change nothing")
-    parser.add_argument("--json", action="store_true", help="up --dry-run: the plan as JSON")
-    parser.add_argument("--delete-data", action="store_true", help="down: also the buckets, audit table and key")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    off = args.schedule.strip().lower() == "off"
-    deployment = Deployment(
-        prefix=args.prefix,
-        endpoint_name=args.endpoint,
-        pipeline_name=args.pipeline_name,
-        package_group=args.package_group,
-        retraining_schedule=Deployment.retraining_schedule if off else args.schedule,
-        retraining_enabled=not off,
-        function_concurrency=args.concurrency,
-        bundle_retention_days=args.bundle_retention_days,
-        quarantine_retention_days=args.quarantine_retention_days,
-        log_level=args.log_level,
-        image_tag=args.image_tag,
-        build_images=args.build_images,
-        image_engine=args.engine,
-        base_image=args.base_image,
-        push_images=not args.no_push,
-        instance_type=args.instance_type,
-    )
-    progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        if args.command == "up" and args.dry_run:
-            planned = plan(deployment)
-            print(json.dumps(planned, indent=2) if args.json else describe_plan(planned))
-        elif args.command == "up":
-            print(json.dumps(up(deployment, progress), indent=2))
-        elif args.command == "images":
-            wanted = deployment.images(stacks.outputs(deployment.bootstrap_stack))
-            build_images(deployment, wanted, progress)
-            print(json.dumps({i.role: i.uri for i in wanted}, indent=2))
-        elif args.command == "outputs":
-            print(json.dumps(outputs(deployment), indent=2))
-        else:
-            print(json.dumps(down(deployment, delete_data=args.delete_data, report=progress), indent=2))
-    except (stacks.StackError, images.ImageError) as error:
-        raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
-
-
-if __name__ == "__main__":
-    main()

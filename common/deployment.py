@@ -1,0 +1,77 @@
+"""A deployment as its stacks record it: the three stack names of a prefix and their outputs, read back from
+CloudFormation. Whoever works with a deployment (ML ops, the auditor, ``fhe-deploy`` itself) reads it here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from common import aws
+from common.settings import DEFAULT_PREFIX
+
+IMAGE_ROLES = ("training", "inference")
+
+
+class DeploymentNotFound(RuntimeError):
+    """A stack of the deployment does not exist."""
+
+
+@dataclass(frozen=True)
+class StackNames:
+    """The stacks of one deployment: bootstrap (key, artifact bucket, image repositories), data (buckets, audit
+    log) and product (everything else)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.prefix}-bootstrap"
+
+    @property
+    def data(self) -> str:
+        return f"{self.prefix}-data"
+
+    @property
+    def product(self) -> str:
+        return self.prefix
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        return self.bootstrap, self.data, self.product
+
+
+def describe_stack(name: str) -> dict[str, Any] | None:
+    """The stack's description, or None when there is no such stack."""
+    cloudformation = aws.client("cloudformation")
+    try:
+        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
+    except cloudformation.exceptions.ClientError as error:
+        if "does not exist" in str(error):
+            return None
+        raise
+    return stacks[0] if stacks else None
+
+
+def stack_outputs(name: str) -> dict[str, str]:
+    stack = describe_stack(name)
+    if stack is None:
+        raise DeploymentNotFound(f"stack {name} does not exist; run `fhe-deploy up` first")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def image_uri(repository_uri: str, tag: str) -> str:
+    return f"{repository_uri}:{tag}"
+
+
+def read_outputs(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """The outputs of a deployment's three stacks, and the URIs of the images it was deployed with (the tags the
+    product stack recorded, not this source tree's, which may have changed since)."""
+    names = StackNames(prefix)
+    bootstrap, data, product = (stack_outputs(name) for name in names.all)
+    images = {
+        f"{role.capitalize()}ImageUri": image_uri(bootstrap[repository], product[tag])
+        for role in IMAGE_ROLES
+        if (repository := f"{role.capitalize()}RepositoryUri") in bootstrap
+        and (tag := f"{role.capitalize()}ImageTag") in product
+    }
+    return {**bootstrap, **data, **product, **images}

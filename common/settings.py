@@ -1,0 +1,123 @@
+"""The product's names and defaults, and the settings each ML-ops part runs with: one place for all of them.
+
+A deployment (``fhe-deploy up``) records its choices as stack outputs; :func:`from_outputs` is the one way to turn
+those outputs into the settings of the training pipeline and of the inference endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from common.bundle_store import RESPONSES_PREFIX
+from common.s3uri import S3Uri
+
+DEFAULT_PREFIX = "fhe"  # names a deployment's stacks and resources
+PIPELINE_NAME = "fhe-training"
+MODEL_PACKAGE_GROUP = "fhe-models"
+ENDPOINT_NAME = "fhe-inference"
+# FHE is CPU work on every core: compute-optimized instances, for the training and evaluation jobs as for the
+# endpoint. Two names, since an operator may size them apart.
+JOB_INSTANCE_TYPE = "ml.c7i.4xlarge"
+ENDPOINT_INSTANCE_TYPE = "ml.c7i.4xlarge"
+INVOCATIONS_PER_INSTANCE = 2  # concurrent shards an endpoint instance takes
+
+
+class SettingsError(RuntimeError):
+    """A deployment whose outputs lack what a part needs."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Where the training pipeline runs: account-specific values, not per-execution parameters."""
+
+    role_arn: str
+    artifact_bucket: str  # the model bucket: every execution's outputs, under pipelines/<name>/<execution id>/
+    data_bucket: str  # training data sets, under datasets/ (read by the training role alone)
+    training_image: str
+    inference_image: str
+    region: str = "us-east-1"
+    pipeline_name: str = PIPELINE_NAME
+    package_group: str = MODEL_PACKAGE_GROUP  # where Register puts its model packages unless a run says otherwise
+    job_instance_type: str = JOB_INSTANCE_TYPE
+    default_input_data: str = ""
+
+    @property
+    def data_uri(self) -> str:
+        return self.default_input_data or f"s3://{self.data_bucket}/datasets/breast_cancer/breast_cancer.csv"
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """The asynchronous endpoint that serves the newest Approved package of ``package_group``."""
+
+    package_group: str
+    output_bucket: str  # the bundle bucket: the endpoint's responses go under responses/<endpoint>/
+    role_arn: str  # the endpoint's execution role
+    endpoint_name: str = ENDPOINT_NAME
+    instance_type: str = ENDPOINT_INSTANCE_TYPE
+    instance_count: int = 1
+    max_concurrent_invocations: int = INVOCATIONS_PER_INSTANCE
+    success_topic_arn: str | None = None
+    error_topic_arn: str | None = None
+
+    @property
+    def output_path(self) -> S3Uri:
+        return S3Uri(self.output_bucket, f"{RESPONSES_PREFIX}/{self.endpoint_name}/output")
+
+    @property
+    def failure_path(self) -> S3Uri:
+        return S3Uri(self.output_bucket, f"{RESPONSES_PREFIX}/{self.endpoint_name}/failures")
+
+
+@dataclass(frozen=True)
+class DeployedSettings:
+    pipeline: PipelineSettings
+    endpoint: EndpointSettings
+
+
+# The outputs each part needs, as the stacks name them.
+PIPELINE_OUTPUTS = (
+    "ModelCreatorRoleArn",
+    "ModelBucketName",
+    "DataBucketName",
+    "TrainingImageUri",
+    "InferenceImageUri",
+    "PipelineName",
+    "ModelPackageGroup",
+)
+ENDPOINT_OUTPUTS = ("ModelPackageGroup", "BundleBucketName", "EndpointRoleArn", "EndpointName")
+
+
+def from_outputs(
+    outputs: Mapping[str, str],
+    *,
+    region: str,
+    job_instance_type: str = JOB_INSTANCE_TYPE,
+    endpoint_instance_type: str = ENDPOINT_INSTANCE_TYPE,
+) -> DeployedSettings:
+    """The pipeline's and the endpoint's settings from a deployment's outputs (``common.deployment``)."""
+    missing = [name for name in dict.fromkeys(PIPELINE_OUTPUTS + ENDPOINT_OUTPUTS) if not outputs.get(name)]
+    if missing:
+        raise SettingsError(f"the deployment's outputs lack {', '.join(missing)}; run `fhe-deploy up` again")
+    pipeline = PipelineSettings(
+        role_arn=outputs["ModelCreatorRoleArn"],
+        artifact_bucket=outputs["ModelBucketName"],
+        data_bucket=outputs["DataBucketName"],
+        training_image=outputs["TrainingImageUri"],
+        inference_image=outputs["InferenceImageUri"],
+        region=region,
+        pipeline_name=outputs["PipelineName"],
+        package_group=outputs["ModelPackageGroup"],
+        job_instance_type=job_instance_type,
+    )
+    endpoint = EndpointSettings(
+        package_group=outputs["ModelPackageGroup"],
+        output_bucket=outputs["BundleBucketName"],
+        role_arn=outputs["EndpointRoleArn"],
+        endpoint_name=outputs["EndpointName"],
+        instance_type=endpoint_instance_type,
+        success_topic_arn=outputs.get("EndpointSuccessTopicArn"),
+        error_topic_arn=outputs.get("EndpointErrorTopicArn"),
+    )
+    return DeployedSettings(pipeline, endpoint)

@@ -1,0 +1,131 @@
+"""What the batch workflow's executions carry and how they are named, shared by the Lambdas that run it, the
+auditor who reads it back and whoever follows a bundle: the dropped bundle (:class:`BundleRef`), the execution-name
+rule, and the machine-readable reason of a failure (:class:`FailureReason`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from common.bundle.schema import BUNDLE_ID_PATTERN, MANIFEST_NAME
+from common.bundle_store import INBOX_PREFIX
+from common.s3uri import S3Uri
+
+_MANIFEST_KEY = re.compile(rf"^{INBOX_PREFIX}/(?P<bundle>{BUNDLE_ID_PATTERN})/{re.escape(MANIFEST_NAME)}$")
+MAX_MESSAGE = 4000  # characters of a failure's message kept in its reason
+
+
+class EventError(ValueError):
+    """An event or state input that does not have the shape this workflow produces."""
+
+
+def text_field(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise EventError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def bundle_id_of(manifest_key: str) -> str | None:
+    """The bundle id of ``inbox/<bundle id>/manifest.json``; None for any other key."""
+    match = _MANIFEST_KEY.match(manifest_key)
+    return match["bundle"] if match else None
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """One dropped bundle: its manifest object and the ETag of the version that was dropped."""
+
+    bucket: str
+    bundle_id: str
+    manifest_key: str
+    etag: str
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BundleRef:
+        if not isinstance(data, dict):
+            raise EventError(f"bundle must be an object, got {type(data).__name__}")
+        ref = cls(*(text_field(data, name) for name in ("bucket", "bundle_id", "manifest_key", "etag")))
+        if bundle_id_of(ref.manifest_key) != ref.bundle_id:
+            raise EventError(f"{ref.manifest_key} is not the manifest of bundle {ref.bundle_id}")
+        return ref
+
+    @property
+    def manifest_uri(self) -> S3Uri:
+        return S3Uri(self.bucket, self.manifest_key)
+
+    @property
+    def execution_name(self) -> str:
+        """Step Functions refuses a second execution of one name: the name is the bundle + ETag."""
+        digest = hashlib.sha256(self.etag.encode()).hexdigest()[:12]
+        return f"{self.bundle_id}-{digest}"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def bundle_of_execution(execution_name: str) -> str:
+    """The bundle id an execution name (``BundleRef.execution_name``) stands for."""
+    return execution_name.rsplit("-", 1)[0]
+
+
+def bundle_executions(stepfunctions: Any, state_machine_arn: str, bundle_id: str) -> list[str]:
+    """The ARNs of a bundle's executions (each named by the bundle id and an ETag digest)."""
+    pages = stepfunctions.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn)
+    return [
+        e["executionArn"] for page in pages for e in page["executions"] if bundle_of_execution(e["name"]) == bundle_id
+    ]
+
+
+def executed_states(stepfunctions: Any, execution_arn: str) -> list[str]:
+    """The states an execution entered, in order, each once (the Map's iterations repeat theirs)."""
+    names: list[str] = []
+    pages = stepfunctions.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    for event in (e for page in pages for e in page["events"]):
+        name = event.get("stateEnteredEventDetails", {}).get("name")
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    """Why a bundle failed, as the quarantine record keeps it: the stage, the shard if one, a code to act on, the
+    field at fault if one, a message for people, the error name the state machine saw."""
+
+    stage: str
+    code: str
+    message: str
+    field: str | None = None
+    shard: int | None = None
+    error: str | None = None
+    inference_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.inference_id is None:
+            del data["inference_id"]
+        return data
+
+    def to_json(self) -> str:
+        """The cause a Lambda raises or hands to ``SendTaskFailure``: what :meth:`from_dict` reads back."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FailureReason | None:
+        """A reason record of this workflow's own, or None when ``data`` is something else."""
+        if not isinstance(data.get("stage"), str) or not isinstance(data.get("code"), str):
+            return None
+        shard = data.get("shard")
+        return cls(
+            stage=data["stage"],
+            code=data["code"],
+            message=str(data.get("message") or "")[:MAX_MESSAGE],
+            field=str(data["field"]) if data.get("field") is not None else None,
+            shard=shard if isinstance(shard, int) and not isinstance(shard, bool) else None,
+            error=str(data["error"]) if data.get("error") is not None else None,
+            inference_id=str(data["inference_id"]) if data.get("inference_id") is not None else None,
+        )

@@ -1,0 +1,115 @@
+"""fhe-deploy: the whole product in one AWS account, or on the local stack; only the endpoint URLs and the
+credentials differ.
+
+    fhe-deploy up [--prefix fhe] [--endpoint fhe-inference] [--schedule "rate(7 days)"] [--build-images] [--dry-run]
+    fhe-deploy images [--prefix fhe] [--engine docker|podman] [--base-image REF] [--no-push]
+                                             build (and push) the training and inference images
+    fhe-deploy outputs [--prefix fhe]        buckets, roles, topics, state machine, tables of a deployment
+    fhe-deploy down [--prefix fhe] [--delete-data]
+
+What each command does: infrastructure/deployment.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from common.deployment import DeploymentNotFound, stack_outputs
+from common.settings import SettingsError
+from infrastructure import images, stacks
+from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, outputs, plan, up
+
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # the templates' AllowedPattern for Prefix
+
+
+def prefix(text: str) -> str:
+    if not PREFIX_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a prefix is 2 to 21 lowercase letters, digits or hyphens, starting with a letter "
+            "(it names buckets, which allow nothing else)"
+        )
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fhe-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("up", "images", "outputs", "down"))
+    defaults = Deployment()
+    parser.add_argument(
+        "--prefix", type=prefix, default=defaults.prefix, help="names the stacks and resources (%(default)s)"
+    )
+    parser.add_argument("--endpoint", default=defaults.endpoint_name, help="endpoint name (%(default)s)")
+    parser.add_argument("--pipeline-name", default=defaults.pipeline_name, help="(%(default)s)")
+    parser.add_argument("--package-group", default=defaults.package_group, help="model package group (%(default)s)")
+    parser.add_argument(
+        "--schedule",
+        default=defaults.retraining_schedule,
+        help="retraining cadence, an EventBridge Scheduler expression (%(default)s); 'off' disables it",
+    )
+    parser.add_argument("--concurrency", type=int, default=defaults.function_concurrency, help="per function")
+    parser.add_argument("--bundle-retention-days", type=int, default=defaults.bundle_retention_days)
+    parser.add_argument("--quarantine-retention-days", type=int, default=defaults.quarantine_retention_days)
+    parser.add_argument("--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--job-instance-type", default=defaults.job_instance_type, help="training and evaluation jobs")
+    parser.add_argument(
+        "--image-tag", default="", help="images already pushed (default: each image's content tag, from this source)"
+    )
+    parser.add_argument("--build-images", action="store_true", help="up: build and push the images first")
+    parser.add_argument(
+        "--engine", default="auto", choices=("auto", *images.ENGINES), help="what builds the images (%(default)s)"
+    )
+    parser.add_argument("--base-image", default="", help="the images' base (default: the official Python image)")
+    parser.add_argument("--no-push", action="store_true", help="build the images into local storage only")
+    parser.add_argument("--dry-run", action="store_true", help="up: print what it would create, change nothing")
+    parser.add_argument("--json", action="store_true", help="up --dry-run: the plan as JSON")
+    parser.add_argument("--delete-data", action="store_true", help="down: also the buckets, audit table and key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    off = args.schedule.strip().lower() == "off"
+    deployment = Deployment(
+        prefix=args.prefix,
+        endpoint_name=args.endpoint,
+        pipeline_name=args.pipeline_name,
+        package_group=args.package_group,
+        retraining_schedule=Deployment.retraining_schedule if off else args.schedule,
+        retraining_enabled=not off,
+        function_concurrency=args.concurrency,
+        bundle_retention_days=args.bundle_retention_days,
+        quarantine_retention_days=args.quarantine_retention_days,
+        log_level=args.log_level,
+        image_tag=args.image_tag,
+        build_images=args.build_images,
+        image_engine=args.engine,
+        base_image=args.base_image,
+        push_images=not args.no_push,
+        job_instance_type=args.job_instance_type,
+    )
+    progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if args.command == "up" and args.dry_run:
+            planned = plan(deployment)
+            print(json.dumps(planned, indent=2) if args.json else describe_plan(planned))
+        elif args.command == "up":
+            print(json.dumps(up(deployment, progress), indent=2))
+        elif args.command == "images":
+            wanted = deployment.images(stack_outputs(deployment.bootstrap_stack))
+            build_images(deployment, wanted, progress)
+            print(json.dumps({i.role: i.uri for i in wanted}, indent=2))
+        elif args.command == "outputs":
+            print(json.dumps(outputs(deployment), indent=2))
+        else:
+            print(json.dumps(down(deployment, delete_data=args.delete_data, report=progress), indent=2))
+    except (stacks.StackError, images.ImageError, DeploymentNotFound, SettingsError) as error:
+        raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""What the integration tests share: a deployment serving a freshly trained model, a bundle dropped and its
+execution awaited, and the local SageMaker's fault injection."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from client.encrypt import encrypt_rows
+from client.model import ClientModel
+from client.transfer import submit
+from common import aws
+from common.bundle.manifest import Manifest
+from common.bundle.schema import MANIFEST_NAME
+from common.bundle_store import BundleLayout
+from common.settings import DeployedSettings, PipelineSettings, from_outputs
+from common.workflow import bundle_executions
+from infrastructure.deployment import Deployment, up
+from local import stack
+from local.sagemaker.endpoints import FAULTS_FILE
+from pipelines.approval import approve
+from pipelines.endpoint import deploy_endpoint
+from pipelines.runs import train_and_register
+
+# The pipeline on its own, without a deployment: one bucket for data and artifacts, the images by local name.
+STANDALONE_PIPELINE = PipelineSettings(
+    role_arn="arn:aws:iam::000000000000:role/fhe-pipeline",
+    artifact_bucket="fhe-artifacts",
+    data_bucket="fhe-artifacts",
+    training_image="fhe-training:latest",
+    inference_image="fhe-inference:latest",
+)
+
+
+def deployment_for(name: str, **choices: Any) -> Deployment:
+    """A deployment of its own for one test module: every name carries ``name``."""
+    return Deployment(
+        prefix=f"fhe-{name}-test",
+        package_group=f"fhe-{name}-tests",
+        endpoint_name=f"fhe-{name}-test",
+        pipeline_name=f"fhe-{name}-test-training",
+        **choices,
+    )
+
+
+@dataclass(frozen=True)
+class Served:
+    """A deployment up, a model trained, registered, approved and on the endpoint."""
+
+    deployment: Deployment
+    outputs: dict[str, str]
+    settings: DeployedSettings
+    package_arn: str
+
+    @property
+    def layout(self) -> BundleLayout:
+        return BundleLayout(self.outputs["BundleBucketName"])
+
+    @property
+    def state_machine_arn(self) -> str:
+        return self.outputs["StateMachineArn"]
+
+
+def deploy_and_serve(deployment: Deployment, note: str) -> Served:
+    """``fhe-deploy up`` (first: it records the approval that follows), the pipeline run to a registered model,
+    its approval with ``note``, and the endpoint serving it."""
+    outputs = up(deployment, report=lambda line: None)
+    settings = from_outputs(outputs, region=aws.region())
+    package_arn = train_and_register(settings.pipeline)
+    approve(package_arn, settings.pipeline.package_group, "Approved", note)
+    deploy_endpoint(settings.endpoint)
+    return Served(deployment, outputs, settings, package_arn)
+
+
+def drop(
+    layout: BundleLayout,
+    model: ClientModel,
+    x: npt.NDArray[np.float64],
+    folder: Path,
+    *,
+    shard_size: int,
+    skip_shard: bool = False,
+) -> Manifest:
+    """Encrypt ``x`` as a bundle named after ``folder`` and drop it; with ``skip_shard`` its second shard never
+    reaches the inbox (the manifest does, last, as always)."""
+    manifest = encrypt_rows(model, x, folder, shard_size=shard_size, bundle_id=folder.name, progress=False)
+    if not skip_shard:
+        submit(aws.client("s3"), layout, folder, progress=False)
+        return manifest
+    s3, prefix = aws.client("s3"), layout.request_prefix(folder.name)
+    first = manifest.shards[0].key
+    s3.put_object(Bucket=prefix.bucket, Key=prefix.join(first).key, Body=(folder / first).read_bytes())
+    s3.put_object(Bucket=prefix.bucket, Key=prefix.join(MANIFEST_NAME).key, Body=manifest.to_json())
+    return manifest
+
+
+def bundle_execution(state_machine_arn: str, bundle_id: str) -> dict[str, Any] | None:
+    """The description of a bundle's execution, if it has started."""
+    sfn = aws.client("stepfunctions")
+    arns = bundle_executions(sfn, state_machine_arn, bundle_id)
+    return dict(sfn.describe_execution(executionArn=arns[0])) if arns else None
+
+
+def settle(state_machine_arn: str, bundle_id: str, timeout: float = 600.0) -> dict[str, Any]:
+    """The bundle's execution once it has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        execution = bundle_execution(state_machine_arn, bundle_id)
+        if execution is not None and execution["status"] != "RUNNING":
+            return execution
+        assert time.monotonic() < deadline, f"bundle {bundle_id}: {execution and execution['status']} after {timeout} s"
+        time.sleep(1.0)
+
+
+def set_faults(endpoint_name: str, rules: list[dict[str, Any]]) -> None:
+    """The local SageMaker fails the endpoint's invocations as ``rules`` say (none: ``[]``)."""
+    (stack.sagemaker_state_dir() / FAULTS_FILE).write_text(json.dumps({endpoint_name: rules}))
