@@ -66,7 +66,7 @@ container-tools:
 # The verdict comes from the JUnit report too: pytest's exit status alone has been seen to read 0 after a failure.
 test: lint browser container-tools
 	rm -f .test-results.xml
-	$(PY) -m pytest --junitxml=.test-results.xml $(PYTEST_ARGS); status=$$?; $(PY) -m tests.verdict .test-results.xml && exit $$status
+	$(PY) -m pytest --junitxml=.test-results.xml $(PYTEST_ARGS); status=$$?; $(PY) .ci/verdict.py .test-results.xml && exit $$status
 
 local-up: setup
 	$(PY) -m local.stack up

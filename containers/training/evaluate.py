@@ -77,6 +77,26 @@ def predict_classes(scores: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
     return scores.argmax(axis=1) if scores.ndim == 2 and scores.shape[1] > 1 else (scores.ravel() > 0.5).astype(int)
 
 
+def clear_predictions(model: Any, x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    """The model outside FHE and before output quantization: the reference the FHE gap is measured against, each
+    model type by what its float model really is.
+
+    - Linear models: the float scikit-learn model, on float inputs (Concrete ML quantizes it after training).
+    - Trees and boosted trees: Concrete ML fits the scikit-learn or XGBoost model on the quantized inputs, so
+      its thresholds are in that integer space; on float inputs every sample falls on one side of every split.
+      The float model is run on the inputs quantized as in training.
+    - Networks are trained quantization-aware: they have no float twin, their quantized clear predictions are
+      the reference.
+    """
+    from concrete.ml.sklearn.base import BaseTreeEstimatorMixin, SklearnLinearModelMixin
+
+    if isinstance(model, BaseTreeEstimatorMixin):
+        return np.asarray(model.sklearn_model.predict(model.quantize_input(x)))
+    if isinstance(model, SklearnLinearModelMixin) and model.sklearn_model is not None:
+        return np.asarray(model.sklearn_model.predict(x))
+    return np.asarray(model.predict(x, fhe="disable"))
+
+
 def evaluate(
     model_input: Path,
     train_dir: Path,
@@ -99,8 +119,7 @@ def evaluate(
         # Same data, same options as Train: the same circuit as server.zip, here for simulation.
         circuit = settings.compile(model, x_train)
 
-        float_model = getattr(model, "sklearn_model", None)
-        clear = float_model.predict(x_test) if float_model is not None else model.predict(x_test)
+        clear = clear_predictions(model, x_test)
         quantized = model.predict(x_test, fhe="disable")
         simulated = model.predict(x_test, fhe="simulate")
 

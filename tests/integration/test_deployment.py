@@ -17,7 +17,7 @@ from common.settings import from_outputs
 from infrastructure import deployment as deploy
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
 from pipelines import runs
-from tests.unit.test_deployment_definitions import declared_resources
+from tests.declared import declared_resources
 
 pytestmark = pytest.mark.integration
 

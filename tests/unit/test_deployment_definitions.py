@@ -17,6 +17,7 @@ import pytest
 
 from infrastructure import cli as fhe_deploy
 from infrastructure import images, package, templates
+from tests.declared import declared_resources
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9]+)\}")
 
@@ -101,14 +102,6 @@ def test_layer_carries_powertools_under_python() -> None:
         names = archive.namelist()
     assert "python/aws_lambda_powertools/__init__.py" in names
     assert all(name.startswith("python/") and "__pycache__" not in name for name in names)
-
-
-def declared_resources(template: Path) -> dict[str, str]:
-    """Logical id → type, read from the template's own text: a source independent of ``templates.resources``,
-    which the plan is made with."""
-    section = re.search(r"^Resources:\n(.*?)(?=^\S|\Z)", template.read_text(), re.M | re.S)
-    assert section, f"{template.name} has no Resources section"
-    return dict(re.findall(r"^  ([A-Za-z0-9]+):[^\n]*\n(?:(?:    .*|\s*)\n)*?    Type: (\S+)", section[1], re.M))
 
 
 def test_dry_run_lists_every_resource(capsys: pytest.CaptureFixture[str]) -> None:

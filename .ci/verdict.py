@@ -1,7 +1,7 @@
 """The test run's verdict from its JUnit report, not from pytest's exit status alone: a library's shutdown code
 can end the process with status 0 after failures. Fails when any test failed or errored, or when none ran.
 
-    python -m tests.verdict .test-results.xml
+    python .ci/verdict.py .test-results.xml
 """
 
 from __future__ import annotations
