@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from common.s3uri import S3Uri
 from common.settings import EndpointSettings, from_outputs
 from containers.training.data import builtin_dataset_csv, load_table, write_records_csv
 from infrastructure.deployment import Deployment, up
+from local.ports import free_port
 from local.stack import sagemaker_state_dir
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
@@ -129,12 +129,6 @@ def run_bundle(
         "shard_bytes_per_sample": sum(entry.size for entry in manifest.shards) / samples,
         "evaluation_key_bytes_fetched_by_endpoint": key_bytes,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def container_throughput(package_arn: str, request: ShardRequest, workers: int, threads: int | None) -> dict[str, Any]:

@@ -31,10 +31,10 @@ from common.bundle.schema import BundleError
 from common.bundle_store import BundleLayout
 from common.model_package import ModelPackageError
 from common.s3uri import S3Uri
+from common.settings import MODEL_PACKAGE_GROUP
 from common.versions import VersionMismatchError
 
 DEFAULT_BUCKET = "fhe-batches"
-DEFAULT_GROUP = "fhe-models"
 
 
 def _model(args: argparse.Namespace) -> ClientModel:
@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
         "--bucket", default=os.environ.get("FHE_BUCKET", DEFAULT_BUCKET), help="bucket of inbox/, outbox/, keys/"
     )
     common.add_argument(
-        "--group", default=os.environ.get("FHE_MODEL_PACKAGE_GROUP", DEFAULT_GROUP), help="model package group"
+        "--group", default=os.environ.get("FHE_MODEL_PACKAGE_GROUP", MODEL_PACKAGE_GROUP), help="model package group"
     )
     common.add_argument("--package-arn", help="a specific Approved model package (default: the newest)")
     common.add_argument("--home", type=Path, default=None, help="client home (default FHE_CLIENT_HOME or ~/.fhe-batch)")

@@ -230,7 +230,7 @@ def down() -> None:
         stopped = _stop(service)
         print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
     # A local SageMaker that was killed cannot stop the endpoints it hosted; their pids are on record.
-    from local.sagemaker.endpoints import stop_orphaned_containers
+    from local.sagemaker.hosting import stop_orphaned_containers
 
     stop_orphaned_containers(sagemaker_state_dir())
 

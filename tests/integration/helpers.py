@@ -23,7 +23,7 @@ from common.settings import DeployedSettings, PipelineSettings, from_outputs
 from common.workflow import bundle_executions
 from infrastructure.deployment import Deployment, up
 from local import stack
-from local.sagemaker.endpoints import FAULTS_FILE
+from local.sagemaker.faults import FAULTS_FILE
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.runs import train_and_register

@@ -211,16 +211,14 @@ def test_report_carries_no_private_key_bytes_and_no_plaintext(scenario: Scenario
         assert not leaked, f"plaintext {leaked[:3]} in the {name} report"
 
 
-def _faults(rules: list[dict[str, Any]]) -> None:
-    set_faults(DEPLOYMENT.endpoint_name, rules)
-
-
 def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming_it(
     scenario: Scenario, tmp_path: Path
 ) -> None:
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     machine = scenario.stack["StateMachineArn"]
-    _faults([{"input_contains": "requests/audit-revoked/", "delay_seconds": 6}])  # a slow endpoint
+    set_faults(
+        DEPLOYMENT.endpoint_name, [{"input_contains": "requests/audit-revoked/", "delay_seconds": 6}]
+    )  # a slow endpoint
     try:
         _drop(scenario.model, scenario.x[8:12], scenario.folder, "audit-revoked", skip_shard=False)
         deadline = time.monotonic() + 120
@@ -235,7 +233,7 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
         approve(scenario.package_arn, DEPLOYMENT.package_group, "Rejected", "audit tests: revoked during serving")
         execution = settle(machine, "audit-revoked", 300.0)
     finally:
-        _faults([])
+        set_faults(DEPLOYMENT.endpoint_name, [])
     try:
         assert execution["status"] == "SUCCEEDED", execution
         report = _audit(since, tmp_path / "revoked")

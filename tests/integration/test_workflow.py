@@ -238,17 +238,13 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
     assert [o["Key"] for o in outbox].count(f"outbox/dropped-twice/{MANIFEST_NAME}") == 1
 
 
-def _faults(rules: list[dict[str, Any]]) -> None:
-    set_faults(DEPLOYMENT.endpoint_name, rules)
-
-
 def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(workflow: Workflow) -> None:
-    _faults([{"input_contains": "requests/retry-once/", "fail_first": 1}])
+    set_faults(DEPLOYMENT.endpoint_name, [{"input_contains": "requests/retry-once/", "fail_first": 1}])
     try:
         _drop(workflow, "retry-once", slice(8, 16), shard_size=4)
         execution = _settle(workflow, "retry-once")
     finally:
-        _faults([])
+        set_faults(DEPLOYMENT.endpoint_name, [])
     assert execution["status"] == "SUCCEEDED", execution
     history = json.dumps(_history(execution["executionArn"]), default=str)
     assert history.count("ShardFailed") >= 2, "both shards' first attempts failed and were retried"
@@ -256,12 +252,12 @@ def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(w
 
 
 def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow: Workflow) -> None:
-    _faults([{"input_contains": "requests/always-fails/00001", "fail_first": 1000}])
+    set_faults(DEPLOYMENT.endpoint_name, [{"input_contains": "requests/always-fails/00001", "fail_first": 1000}])
     try:
         _drop(workflow, "always-fails", slice(16, 24), shard_size=4)
         execution = _settle(workflow, "always-fails")
     finally:
-        _faults([])
+        set_faults(DEPLOYMENT.endpoint_name, [])
     inbox = [
         f"inbox/always-fails/{MANIFEST_NAME}",
         "inbox/always-fails/shards/00000.fhe",

@@ -13,7 +13,7 @@ from local.sagemaker.expressions import (
     resolve,
     step_references,
 )
-from local.sagemaker.pipelines import StepGraph, typed_parameters
+from local.sagemaker.step_runner import StepGraph, typed_parameters
 
 
 def context() -> Context:

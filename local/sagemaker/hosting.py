@@ -1,0 +1,144 @@
+"""Hosting an endpoint's serving container as SageMaker does: the model extracted into ``/opt/ml/model`` of the
+container's own root, ``<image> serve`` run by the runtime (a process or an engine's container) on a free
+loopback port, healthy once ``GET /ping`` answers; and stopped again, even when an earlier run left it behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.archives import extract_tar
+from common.s3uri import S3Uri
+from local.ports import free_port
+from local.sagemaker.runtime import Container, Runtime, aws_environment, runtime
+
+log = logging.getLogger("local.sagemaker.hosting")
+
+START_TIMEOUT_S = float(os.environ.get("LOCAL_SAGEMAKER_ENDPOINT_START_TIMEOUT_S", "300"))
+PID_FILE = "container.pid"
+CONTAINER_FILE = "container.json"  # which runtime runs it, under which container name
+
+
+def container_name(endpoint: str, generation: str) -> str:
+    """The engine's name for one generation of an endpoint's serving container."""
+    return f"{endpoint}-{generation}"
+
+
+@dataclass
+class Host:
+    """One running serving process and the workers feeding it."""
+
+    endpoint: str
+    generation: str
+    process: subprocess.Popen[bytes]
+    port: int
+    root: Path
+    config: dict[str, Any]
+    invocations: queue.Queue[str] = field(default_factory=queue.Queue)
+    workers: list[threading.Thread] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def container_name(self) -> str:
+        return container_name(self.endpoint, self.generation)
+
+
+def launch(
+    runtime: Runtime, state_dir: Path, s3: Any, endpoint: str, config: dict[str, Any], model: dict[str, Any]
+) -> Host:
+    """Start the serving container of ``model`` for ``endpoint`` and wait until it answers ``/ping``."""
+    container = model["PrimaryContainer"]
+    generation = uuid.uuid4().hex[:8]
+    root = state_dir / "endpoints" / endpoint / generation
+    model_dir = root / "opt/ml/model"
+    model_dir.mkdir(parents=True)
+    source = S3Uri.parse(container["ModelDataUrl"])
+    archive = root / "model.tar.gz"
+    s3.download_file(source.bucket, source.key, str(archive))
+    extract_tar(archive, model_dir)
+    archive.unlink()
+    port = free_port()
+    # SageMaker serves on 8080; instances here share the host's network, so each gets its own port.
+    environment = {
+        **aws_environment(model.get("ExecutionRoleArn")),
+        **{k: str(v) for k, v in (container.get("Environment") or {}).items()},
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "FHE_BIND_HOST": "127.0.0.1",
+    }
+    serving = Container(container_name(endpoint, generation), container["Image"], ["serve"], root, environment)
+    command, process_environment = runtime.command(serving)
+    log_file = (root / "container.log").open("ab")
+    process = subprocess.Popen(command, cwd=root, env=process_environment, stdout=log_file, stderr=subprocess.STDOUT)
+    log_file.close()
+    (root / CONTAINER_FILE).write_text(json.dumps({"runtime": runtime.name, "name": serving.name}))
+    (root / PID_FILE).write_text(str(process.pid))
+    host = Host(endpoint, generation, process, port, root, config)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = (root / "container.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"the serving container exited with {process.returncode}: " + " | ".join(tail))
+        try:
+            with urllib.request.urlopen(host.url + "/ping", timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return host
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    process.kill()
+    runtime.remove(serving.name)
+    raise RuntimeError(f"the serving container did not answer /ping within {START_TIMEOUT_S:.0f} s")
+
+
+def terminate(runtime: Runtime, host: Host) -> None:
+    """Stop the serving container and drop its model copy."""
+    host.process.terminate()
+    try:
+        host.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        host.process.kill()
+        host.process.wait()
+    runtime.remove(host.container_name)
+    shutil.rmtree(host.root / "opt/ml/model", ignore_errors=True)
+    (host.root / PID_FILE).unlink(missing_ok=True)
+
+
+def stop_orphaned_containers(state_dir: Path) -> list[int]:
+    """Terminate every serving process recorded under ``state_dir`` that is still alive, and remove the engine
+    containers they ran; returns their pids."""
+    stopped = []
+    for pid_file in sorted((state_dir / "endpoints").glob(f"*/*/{PID_FILE}")):
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+        pid_file.unlink(missing_ok=True)
+        record = pid_file.parent / CONTAINER_FILE
+        if record.exists():
+            recorded = json.loads(record.read_text())
+            if recorded["runtime"] != "process":
+                runtime(recorded["runtime"]).remove(recorded["name"])
+            record.unlink()
+        shutil.rmtree(pid_file.parent / "opt/ml/model", ignore_errors=True)
+    if stopped:
+        log.warning("stopped %d serving process(es) left by an earlier run: %s", len(stopped), stopped)
+    return stopped

@@ -1,0 +1,249 @@
+"""``InvokeEndpointAsync`` as SageMaker answers it: each request queued durably (the store), handed to the host's
+``POST /invocations`` by as many workers as ``MaxConcurrentInvocationsPerInstance`` allows, and answered with the
+response body at ``<S3OutputPath>/<inference id>.out`` and a notification to the success topic, or the error body
+at ``<S3FailurePath>/<inference id>-error.out`` and a notification to the error topic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.s3uri import S3Uri
+from local.sagemaker.errors import ResourceInUse, ValidationError
+from local.sagemaker.faults import Faults
+from local.sagemaker.hosting import Host
+from local.sagemaker.store import Store
+
+log = logging.getLogger("local.sagemaker.invocations")
+
+DEFAULT_INVOCATION_TIMEOUT_S = 900
+DEFAULT_CONCURRENCY = 4
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Invocations:
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        arn_prefix: str,
+        region: str,
+        s3: Callable[[], Any],
+        sns: Callable[[], Any],
+        restart: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.arn_prefix = arn_prefix
+        self.region = region
+        self.faults = Faults(state_dir)
+        self._s3 = s3
+        self._sns = sns
+        self.restart = restart  # hosts an endpoint again whose serving container died
+
+    def start_workers(self, host: Host) -> int:
+        """The host's workers, as many as its configuration lets it take at once; returns how many."""
+        async_config = host.config.get("AsyncInferenceConfig") or {}
+        per_instance = (async_config.get("ClientConfig") or {}).get(
+            "MaxConcurrentInvocationsPerInstance", DEFAULT_CONCURRENCY
+        )
+        concurrency = max(
+            1, int(per_instance) * int(host.config["ProductionVariants"][0].get("InitialInstanceCount", 1))
+        )
+        for number in range(concurrency):
+            worker = threading.Thread(
+                target=self.work, args=(host,), name=f"invoke-{host.endpoint}-{number}", daemon=True
+            )
+            worker.start()
+            host.workers.append(worker)
+        return concurrency
+
+    def requeue(self, host: Host) -> None:
+        """Hand ``host`` every request of its endpoint that is not answered yet (after a restart or an update)."""
+        for invocation in self.store.list("invocation", parent=host.endpoint):
+            if invocation["Status"] in ("Queued", "InProgress"):
+                host.invocations.put(invocation["InferenceId"])
+
+    def accept(self, name: str, headers: dict[str, str], host: Host | None) -> tuple[dict[str, Any], dict[str, str]]:
+        """Queue one InvokeEndpointAsync request (durably) and hand it to ``host``, if the endpoint has one now."""
+        endpoint = self.store.get("endpoint", name)
+        if endpoint is None:
+            raise ValidationError(f"Endpoint {name} of account {self.arn_prefix.rsplit(':', 1)[-1]} not found.")
+        if endpoint["EndpointStatus"] not in ("InService", "Updating"):
+            raise ValidationError(f"Endpoint {name} is not in service (status {endpoint['EndpointStatus']}).")
+        config = self.store.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
+        async_config = config.get("AsyncInferenceConfig")
+        if not async_config:
+            raise ValidationError(f"Endpoint {name} is not an asynchronous endpoint.")
+        input_location = headers.get("x-amzn-sagemaker-inputlocation", "")
+        if not input_location:
+            raise ValidationError("InputLocation is required")
+        try:
+            S3Uri.parse(input_location)
+        except ValueError as error:
+            raise ValidationError(f"InputLocation: {error}") from None
+        inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
+        output = async_config["OutputConfig"]
+        output_uri = S3Uri.parse(output["S3OutputPath"]).join(f"{inference_id}.out")
+        failure_uri = (
+            S3Uri.parse(output["S3FailurePath"]).join(f"{inference_id}-error.out")
+            if output.get("S3FailurePath")
+            else None
+        )
+        with self.store.transaction():
+            if self.store.get("invocation", inference_id):
+                raise ResourceInUse(f"InferenceId {inference_id} was already used")
+            now = _now()
+            ttl = int(headers.get("x-amzn-sagemaker-requestttlseconds") or 6 * 3600)
+            timeout = int(headers.get("x-amzn-sagemaker-invocationtimeoutseconds") or DEFAULT_INVOCATION_TIMEOUT_S)
+            invocation = {
+                "InferenceId": inference_id,
+                "EndpointName": name,
+                "InputLocation": input_location,
+                "ContentType": headers.get("x-amzn-sagemaker-content-type", "application/octet-stream"),
+                "Accept": headers.get("x-amzn-sagemaker-accept", ""),
+                "CustomAttributes": headers.get("x-amzn-sagemaker-custom-attributes", ""),
+                "OutputLocation": str(output_uri),
+                "FailureLocation": str(failure_uri) if failure_uri else "",
+                "ReceivedTime": now,
+                "ExpiresAt": now + ttl,
+                "TimeoutSeconds": timeout,
+                "Status": "Queued",
+            }
+            self.store.put("invocation", inference_id, invocation, parent=name)
+        if host is not None:
+            host.invocations.put(inference_id)
+        response_headers = {"X-Amzn-SageMaker-OutputLocation": str(output_uri)}
+        if failure_uri:
+            response_headers["X-Amzn-SageMaker-FailureLocation"] = str(failure_uri)
+        return {"InferenceId": inference_id}, response_headers
+
+    def work(self, host: Host) -> None:
+        while not host.stopping.is_set():
+            inference_id = host.invocations.get()
+            if not inference_id:
+                return
+            invocation = self.store.get("invocation", inference_id)
+            if invocation is None or invocation["Status"] not in ("Queued", "InProgress"):
+                continue
+            try:
+                self._invoke(host, invocation)
+            except Exception:
+                log.exception("invocation %s could not be completed", inference_id)
+
+    def _invoke(self, host: Host, invocation: dict[str, Any]) -> None:
+        inference_id = invocation["InferenceId"]
+        invocation["Status"] = "InProgress"
+        self.store.put("invocation", inference_id, invocation, parent=host.endpoint)
+        if _now() > invocation["ExpiresAt"]:
+            self._finish(host, invocation, None, "Request expired before it was processed (RequestTTLSeconds)", b"")
+            return
+        try:
+            source = S3Uri.parse(invocation["InputLocation"])
+            payload = self._s3().get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
+        except Exception as error:
+            reason = f"ClientError: Failed to download data. {type(error).__name__}: {error}"
+            self._finish(host, invocation, None, reason, b"")
+            return
+        if self.faults.fails(host.endpoint, invocation["InputLocation"]):
+            self._finish(host, invocation, None, "ServerError: the instance failed (injected fault)", b"")
+            return
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            host.url + "/invocations",
+            data=payload,
+            method="POST",
+            headers={
+                "Content-Type": invocation["ContentType"],
+                "Accept": invocation["Accept"] or "*/*",
+                "X-Amzn-SageMaker-Custom-Attributes": invocation["CustomAttributes"],
+                "X-Amzn-SageMaker-Inference-Id": inference_id,
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=invocation["TimeoutSeconds"]) as response:  # noqa: S310
+                body = response.read()
+                content_type = response.headers.get("Content-Type", "application/octet-stream")
+            self._finish(host, invocation, (body, content_type), None, b"")
+        except urllib.error.HTTPError as error:
+            body = error.read()
+            reason = (
+                f"ClientError: Received server error ({error.code}) from primary with message "
+                f'"{body[:512].decode(errors="replace")}".'
+            )
+            self._finish(host, invocation, None, reason, body)
+        except (urllib.error.URLError, OSError) as error:
+            reason = f"ServerError: the model container did not answer ({error})"
+            self._finish(host, invocation, None, reason, b"")
+            if host.process.poll() is not None and not host.stopping.is_set():
+                log.error("the serving container of %s exited; restarting it", host.endpoint)
+                self.restart(host.endpoint)
+
+    def _finish(
+        self,
+        host: Host,
+        invocation: dict[str, Any],
+        success: tuple[bytes, str] | None,
+        failure_reason: str | None,
+        failure_body: bytes,
+    ) -> None:
+        s3 = self._s3()
+        config = host.config["AsyncInferenceConfig"]["OutputConfig"]
+        notification = config.get("NotificationConfig") or {}
+        message: dict[str, Any] = {
+            "awsRegion": self.region,
+            "eventTime": _iso(_now()),
+            "receivedTime": _iso(invocation["ReceivedTime"]),
+            "invocationStatus": "Completed" if success else "Failed",
+            "requestParameters": {
+                "contentType": invocation["ContentType"],
+                "endpointName": invocation["EndpointName"],
+                "inputLocation": invocation["InputLocation"],
+            },
+            "inferenceId": invocation["InferenceId"],
+            "eventVersion": "1.0",
+            "eventSource": "aws:sagemaker",
+            "eventName": "InferenceResult",
+        }
+        if invocation["CustomAttributes"]:
+            message["requestParameters"]["customAttributes"] = invocation["CustomAttributes"]
+        if success:
+            body, content_type = success
+            target = S3Uri.parse(invocation["OutputLocation"])
+            s3.put_object(Bucket=target.bucket, Key=target.key, Body=body, ContentType=content_type)
+            message["responseParameters"] = {"contentType": content_type, "outputLocation": str(target)}
+            include = "SUCCESS_NOTIFICATION_TOPIC" in (notification.get("IncludeInferenceResponseIn") or [])
+            if include and len(body) <= 128 * 1024:
+                message["responseBody"] = {"content": body.decode(errors="replace"), "contentType": content_type}
+            topic = notification.get("SuccessTopic")
+            invocation["Status"] = "Completed"
+        else:
+            message["failureReason"] = failure_reason
+            if invocation["FailureLocation"]:
+                target = S3Uri.parse(invocation["FailureLocation"])
+                s3.put_object(
+                    Bucket=target.bucket, Key=target.key, Body=failure_body or (failure_reason or "").encode()
+                )
+                message["responseParameters"] = {"contentType": "application/json", "failureLocation": str(target)}
+            topic = notification.get("ErrorTopic")
+            invocation["Status"] = "Failed"
+            invocation["FailureReason"] = failure_reason
+        invocation["CompletedTime"] = _now()
+        if topic:
+            self._sns().publish(TopicArn=topic, Message=json.dumps(message))
+        self.store.put("invocation", invocation["InferenceId"], invocation, parent=host.endpoint)
+        log.info("invocation %s on %s: %s", invocation["InferenceId"], host.endpoint, invocation["Status"])
