@@ -95,6 +95,7 @@ def from_outputs(
     region: str,
     job_instance_type: str = JOB_INSTANCE_TYPE,
     endpoint_instance_type: str = ENDPOINT_INSTANCE_TYPE,
+    invocations_per_instance: int = INVOCATIONS_PER_INSTANCE,
 ) -> DeployedSettings:
     """The pipeline's and the endpoint's settings from a deployment's outputs (``common.deployment``)."""
     missing = [name for name in dict.fromkeys(PIPELINE_OUTPUTS + ENDPOINT_OUTPUTS) if not outputs.get(name)]
@@ -117,6 +118,7 @@ def from_outputs(
         role_arn=outputs["EndpointRoleArn"],
         endpoint_name=outputs["EndpointName"],
         instance_type=endpoint_instance_type,
+        max_concurrent_invocations=invocations_per_instance,
         success_topic_arn=outputs.get("EndpointSuccessTopicArn"),
         error_topic_arn=outputs.get("EndpointErrorTopicArn"),
     )

@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common import aws
@@ -35,8 +35,10 @@ from common.settings import (
     JOB_INSTANCE_TYPE,
     MODEL_PACKAGE_GROUP,
     PIPELINE_NAME,
+    DeployedSettings,
     EndpointSettings,
     PipelineSettings,
+    from_outputs,
 )
 from pipelines import runs
 from pipelines.approval import ApprovalError, approve
@@ -47,92 +49,126 @@ COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy")
 
 @dataclass(frozen=True)
 class Option:
-    """A setting the command line, a deployment's outputs, a variable or a default can give."""
+    """A setting that the command line, a deployment, a variable or a default can give; ``sets`` names the
+    settings fields it fills (``pipeline.<field>``, ``endpoint.<field>``)."""
 
     flag: str
-    output: str | None  # the deployment's output that gives it
+    sets: tuple[str, ...]
     variable: str
-    default: str | None
+    default: str | int | None
     help: str
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
 
+    def fallback(self) -> Any:
+        """The value without the flag and without a deployment: the variable, else the default."""
+        value = os.environ.get(self.variable)
+        return self.default if value is None else type(self.default)(value) if self.default is not None else value
 
+
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/{}"  # the local stack's roles, when no deployment names them
 OPTIONS = (
-    Option("--pipeline-name", "PipelineName", "FHE_PIPELINE_NAME", PIPELINE_NAME, "the pipeline"),
+    Option("--pipeline-name", ("pipeline.pipeline_name",), "FHE_PIPELINE_NAME", PIPELINE_NAME, "the pipeline"),
     Option(
         "--pipeline-role-arn",
-        "ModelCreatorRoleArn",
+        ("pipeline.role_arn",),
         "FHE_PIPELINE_ROLE_ARN",
-        "arn:aws:iam::000000000000:role/fhe-pipeline",
+        LOCAL_ROLE.format("fhe-pipeline"),
         "the role the pipeline's jobs run under",
     ),
-    Option("--artifact-bucket", "ModelBucketName", "FHE_ARTIFACT_BUCKET", "fhe-artifacts", "the pipeline's outputs"),
-    Option("--data-bucket", "DataBucketName", "FHE_DATA_BUCKET", "fhe-data", "training data sets"),
-    Option("--training-image", "TrainingImageUri", "FHE_TRAINING_IMAGE", "fhe-training:latest", "the jobs' image"),
+    Option("--artifact-bucket", ("pipeline.artifact_bucket",), "FHE_ARTIFACT_BUCKET", "fhe-artifacts", "its outputs"),
+    Option("--data-bucket", ("pipeline.data_bucket",), "FHE_DATA_BUCKET", "fhe-data", "training data sets"),
     Option(
-        "--inference-image", "InferenceImageUri", "FHE_INFERENCE_IMAGE", "fhe-inference:latest", "the serving image"
+        "--training-image", ("pipeline.training_image",), "FHE_TRAINING_IMAGE", "fhe-training:latest", "jobs' image"
     ),
-    Option("--job-instance-type", None, "FHE_JOB_INSTANCE_TYPE", JOB_INSTANCE_TYPE, "the training and evaluation jobs"),
-    Option("--package-group", "ModelPackageGroup", "FHE_MODEL_PACKAGE_GROUP", MODEL_PACKAGE_GROUP, "model packages"),
-    Option("--bundle-bucket", "BundleBucketName", "FHE_BUNDLE_BUCKET", "fhe-batches", "deploy: the endpoint's output"),
+    Option(
+        "--inference-image",
+        ("pipeline.inference_image",),
+        "FHE_INFERENCE_IMAGE",
+        "fhe-inference:latest",
+        "the serving image",
+    ),
+    Option(
+        "--job-instance-type",
+        ("pipeline.job_instance_type",),
+        "FHE_JOB_INSTANCE_TYPE",
+        JOB_INSTANCE_TYPE,
+        "the training and evaluation jobs",
+    ),
+    Option(
+        "--package-group",
+        ("pipeline.package_group", "endpoint.package_group"),
+        "FHE_MODEL_PACKAGE_GROUP",
+        MODEL_PACKAGE_GROUP,
+        "where packages are registered, approved and deployed from",
+    ),
+    Option("--bundle-bucket", ("endpoint.output_bucket",), "FHE_BUNDLE_BUCKET", "fhe-batches", "deploy: its responses"),
     Option(
         "--endpoint-role-arn",
-        "EndpointRoleArn",
+        ("endpoint.role_arn",),
         "FHE_ENDPOINT_ROLE_ARN",
-        "arn:aws:iam::000000000000:role/fhe-endpoint",
+        LOCAL_ROLE.format("fhe-endpoint"),
         "deploy: the endpoint's execution role",
     ),
-    Option("--endpoint-name", "EndpointName", "FHE_ENDPOINT_NAME", ENDPOINT_NAME, "deploy: the endpoint"),
+    Option("--endpoint-name", ("endpoint.endpoint_name",), "FHE_ENDPOINT_NAME", ENDPOINT_NAME, "deploy: the endpoint"),
     Option(
-        "--endpoint-instance-type", None, "FHE_ENDPOINT_INSTANCE_TYPE", ENDPOINT_INSTANCE_TYPE, "deploy: its instances"
+        "--endpoint-instance-type",
+        ("endpoint.instance_type",),
+        "FHE_ENDPOINT_INSTANCE_TYPE",
+        ENDPOINT_INSTANCE_TYPE,
+        "deploy: its instances",
     ),
-    Option("--success-topic-arn", "EndpointSuccessTopicArn", "FHE_SUCCESS_TOPIC_ARN", None, "deploy: SNS topic"),
-    Option("--error-topic-arn", "EndpointErrorTopicArn", "FHE_ERROR_TOPIC_ARN", None, "deploy: SNS topic"),
+    Option(
+        "--invocations-per-instance",
+        ("endpoint.max_concurrent_invocations",),
+        "FHE_INVOCATIONS_PER_INSTANCE",
+        INVOCATIONS_PER_INSTANCE,
+        "deploy: concurrent shards",
+    ),
+    Option("--success-topic-arn", ("endpoint.success_topic_arn",), "FHE_SUCCESS_TOPIC_ARN", None, "deploy: SNS"),
+    Option("--error-topic-arn", ("endpoint.error_topic_arn",), "FHE_ERROR_TOPIC_ARN", None, "deploy: SNS"),
 )
+# What a deployment does not record, so a flag for it overrides nothing of the deployment's.
+UNRECORDED = frozenset({"pipeline.job_instance_type", "endpoint.instance_type", "endpoint.max_concurrent_invocations"})
+_BY_FIELD = {target: option for option in OPTIONS for target in option.sets}
 
 
-def resolve(args: argparse.Namespace, deployed: dict[str, str], note: Any = print) -> dict[str, Any]:
-    """Each option's value: the flag, else the deployment's output, else the variable, else the default. A flag
-    that differs from the deployment's value wins, and ``note`` says so."""
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        given = getattr(args, option.dest)
-        recorded = deployed.get(option.output) if option.output else None
-        if given is not None and recorded is not None and given != recorded:
-            note(f"{option.flag} {given} overrides the deployment {args.deployment}'s {recorded}")
-        values[option.dest] = (
-            given if given is not None else recorded or os.environ.get(option.variable, option.default)
+def _fallbacks(part: str) -> dict[str, Any]:
+    return {t.split(".")[1]: o.fallback() for t, o in _BY_FIELD.items() if t.startswith(f"{part}.")}
+
+
+def resolve(args: argparse.Namespace, outputs: dict[str, str] | None, note: Any = print) -> DeployedSettings:
+    """The settings: each field from its flag if given, else from the deployment's ``outputs`` (read by
+    ``from_outputs``, the one place that does), else its variable, else its default. A flag that differs from
+    the deployment's value wins, and ``note`` says so."""
+    if outputs is not None:
+        deployed = from_outputs(
+            outputs,
+            region=args.region,
+            job_instance_type=_BY_FIELD["pipeline.job_instance_type"].fallback(),
+            endpoint_instance_type=_BY_FIELD["endpoint.instance_type"].fallback(),
+            invocations_per_instance=_BY_FIELD["endpoint.max_concurrent_invocations"].fallback(),
         )
-    return values
-
-
-def pipeline_settings(values: dict[str, Any], region: str) -> PipelineSettings:
-    return PipelineSettings(
-        role_arn=values["pipeline_role_arn"],
-        artifact_bucket=values["artifact_bucket"],
-        data_bucket=values["data_bucket"],
-        training_image=values["training_image"],
-        inference_image=values["inference_image"],
-        region=region,
-        pipeline_name=values["pipeline_name"],
-        package_group=values["package_group"],
-        job_instance_type=values["job_instance_type"],
-    )
-
-
-def endpoint_settings(values: dict[str, Any], invocations_per_instance: int) -> EndpointSettings:
-    return EndpointSettings(
-        package_group=values["package_group"],
-        output_bucket=values["bundle_bucket"],
-        role_arn=values["endpoint_role_arn"],
-        endpoint_name=values["endpoint_name"],
-        instance_type=values["endpoint_instance_type"],
-        max_concurrent_invocations=invocations_per_instance,
-        success_topic_arn=values["success_topic_arn"],
-        error_topic_arn=values["error_topic_arn"],
+    else:
+        deployed = DeployedSettings(
+            PipelineSettings(**_fallbacks("pipeline"), region=args.region), EndpointSettings(**_fallbacks("endpoint"))
+        )
+    given: dict[str, dict[str, Any]] = {"pipeline": {}, "endpoint": {}}
+    for option in OPTIONS:
+        value = getattr(args, option.dest)
+        if value is None:
+            continue
+        for target in option.sets:
+            part, field = target.split(".")
+            current = getattr(getattr(deployed, part), field)
+            recorded = outputs is not None and target not in UNRECORDED
+            if recorded and value != current and target == option.sets[0]:
+                note(f"{option.flag} {value} overrides the deployment {args.deployment}'s {current}")
+            given[part][field] = value
+    return DeployedSettings(
+        replace(deployed.pipeline, **given["pipeline"]), replace(deployed.endpoint, **given["endpoint"])
     )
 
 
@@ -154,7 +190,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT"), help="fhe-deploy's --prefix")
     for option in OPTIONS:
         shown = f" (default {option.default})" if option.default else ""
-        parser.add_argument(option.flag, help=f"{option.help}; or {option.variable}{shown}")
+        kind = int if isinstance(option.default, int) else str
+        parser.add_argument(option.flag, type=kind, help=f"{option.help}; or {option.variable}{shown}")
     parser.add_argument("--region", default=aws.region())
     parser.add_argument("--dataset", help="bundled data set name, local CSV/NPY file, or s3:// URI")
     parser.add_argument(
@@ -165,9 +202,6 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--package-arn", help="approve: this package (default: the newest pending one)")
     parser.add_argument("--reject", action="store_true", help="approve: reject the package instead")
     parser.add_argument("--note", default="", help="approve: the approval description (who, why)")
-    parser.add_argument(
-        "--invocations-per-instance", type=int, default=INVOCATIONS_PER_INSTANCE, help="deploy: concurrent shards"
-    )
     return parser
 
 
@@ -175,9 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     note = lambda line: print(f"note: {line}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        deployed = read_outputs(args.deployment) if args.deployment else {}
-        values = resolve(args, deployed, note)
-        run(args, pipeline_settings(values, args.region), endpoint_settings(values, args.invocations_per_instance))
+        settings = resolve(args, read_outputs(args.deployment) if args.deployment else None, note)
+        run(args, settings.pipeline, settings.endpoint)
     except (DeploymentNotFound, ApprovalError, EndpointError, runs.PipelineRunError) as error:
         raise SystemExit(f"fhe-pipeline {args.command}: {error}") from None
 

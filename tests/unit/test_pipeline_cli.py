@@ -72,9 +72,8 @@ def test_without_the_flag_the_deployments_group_is_deployed_silently(
 
 
 def test_the_pipeline_takes_the_deployments_role_buckets_images_and_group(deployed: list[EndpointSettings]) -> None:
-    parser = cli.parser()
-    args = parser.parse_args(["run", "--deployment", "acme", "--job-instance-type", "ml.m5.large"])
-    settings = cli.pipeline_settings(cli.resolve(args, dict(OUTPUTS), note=lambda line: None), "us-east-1")
+    args = cli.parser().parse_args(["run", "--deployment", "acme", "--job-instance-type", "ml.m5.large"])
+    settings = cli.resolve(args, dict(OUTPUTS), note=lambda line: None).pipeline
     assert (settings.role_arn, settings.artifact_bucket, settings.data_bucket) == (
         OUTPUTS["ModelCreatorRoleArn"],
         "acme-models",
@@ -86,3 +85,15 @@ def test_the_pipeline_takes_the_deployments_role_buckets_images_and_group(deploy
         "acme-models",
     )
     assert settings.job_instance_type == "ml.m5.large"
+
+
+def test_without_a_deployment_the_variables_then_the_defaults_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [o.variable for o in cli.OPTIONS]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FHE_BUNDLE_BUCKET", "my-bundles")
+    monkeypatch.setenv("FHE_INVOCATIONS_PER_INSTANCE", "3")
+    args = cli.parser().parse_args(["deploy", "--endpoint-name", "mine"])
+    settings = cli.resolve(args, None, note=pytest.fail)
+    assert (settings.endpoint.output_bucket, settings.endpoint.max_concurrent_invocations) == ("my-bundles", 3)
+    assert (settings.endpoint.endpoint_name, settings.endpoint.package_group) == ("mine", "fhe-models")
+    assert settings.pipeline.pipeline_name == "fhe-training"
