@@ -22,6 +22,13 @@ class EventError(ValueError):
     """An event or state input that does not have the shape this workflow produces."""
 
 
+def as_object(data: Any, what: str) -> dict[str, Any]:
+    """``data`` if it is a JSON object; else an EventError naming ``what``."""
+    if not isinstance(data, dict):
+        raise EventError(f"{what} must be an object, got {type(data).__name__}")
+    return data
+
+
 def text_field(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
@@ -46,8 +53,7 @@ class BundleRef:
 
     @classmethod
     def from_dict(cls, data: Any) -> BundleRef:
-        if not isinstance(data, dict):
-            raise EventError(f"bundle must be an object, got {type(data).__name__}")
+        data = as_object(data, "bundle")
         ref = cls(*(text_field(data, name) for name in ("bucket", "bundle_id", "manifest_key", "etag")))
         if bundle_id_of(ref.manifest_key) != ref.bundle_id:
             raise EventError(f"{ref.manifest_key} is not the manifest of bundle {ref.bundle_id}")

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from common.workflow import BundleRef, EventError, text_field
+from common.workflow import BundleRef, EventError, as_object, text_field
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,7 @@ class ShardTask:
 
     @classmethod
     def from_dict(cls, data: Any) -> ShardTask:
-        if not isinstance(data, dict):
-            raise EventError("the shard task must be an object")
+        data = as_object(data, "the shard task")
         index = data.get("shard_index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise EventError(f"shard_index must be a non-negative integer, got {index!r}")
@@ -42,11 +41,8 @@ class Failure:
 
     @classmethod
     def from_dict(cls, data: Any) -> Failure:
-        if not isinstance(data, dict):
-            raise EventError("the failure must be an object")
-        failure = data.get("failure")
-        if not isinstance(failure, dict):
-            raise EventError("failure must be an object with Error and Cause")
+        data = as_object(data, "the failure")
+        failure = as_object(data.get("failure"), "failure (with Error and Cause)")
         return cls(
             BundleRef.from_dict(data.get("bundle")),
             text_field(data, "stage"),

@@ -7,63 +7,37 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from common.s3uri import S3Uri
+from local.sagemaker.backend import Backend, timestamp
 from local.sagemaker.errors import ValidationError, required
 from local.sagemaker.hosting import Host, launch, stop_orphaned_containers, terminate
 from local.sagemaker.invocations import DEFAULT_INVOCATION_TIMEOUT_S, Invocations
-from local.sagemaker.registry import Registry
-from local.sagemaker.runtime import Runtime
-from local.sagemaker.store import Store
 
 log = logging.getLogger("local.sagemaker.endpoints")
 
 
-def _now() -> float:
-    return time.time()
-
-
 class Endpoints:
-    def __init__(
-        self,
-        store: Store,
-        registry: Registry,
-        state_dir: Path,
-        arn_prefix: str,
-        region: str,
-        s3: Callable[[], Any],
-        sns: Callable[[], Any],
-        runtime: Runtime,
-    ) -> None:
-        self.store = store
-        self.runtime = runtime
-        self.registry = registry
-        self.state_dir = state_dir
-        self.arn_prefix = arn_prefix
-        self.region = region
-        self._s3 = s3
-        self._sns = sns
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
         self._hosts: dict[str, Host] = {}
         self._lock = threading.RLock()
-        self.invocations = Invocations(
-            store, state_dir, arn_prefix, region, s3, sns, restart=lambda endpoint: self._restart(endpoint)
-        )
+        self.invocations = Invocations(backend, restart=lambda endpoint: self._restart(endpoint))
 
     # ---------------------------------------------------------------- models and endpoint configurations
 
     def create_model(self, body: dict[str, Any]) -> dict[str, Any]:
         name = required(body, "ModelName")
-        if self.store.get("model", name):
-            raise ValidationError(f'Cannot create already existing model "{self.arn_prefix}:model/{name.lower()}".')
+        if self.backend.store.get("model", name):
+            raise ValidationError(
+                f'Cannot create already existing model "{self.backend.arn_prefix}:model/{name.lower()}".'
+            )
         container = body.get("PrimaryContainer") or (body.get("Containers") or [None])[0]
         if not isinstance(container, dict):
             raise ValidationError("PrimaryContainer is required")
         if container.get("ModelPackageName"):
-            package = self.registry.describe_model_package({"ModelPackageName": container["ModelPackageName"]})
+            package = self.backend.registry.describe_model_package({"ModelPackageName": container["ModelPackageName"]})
             spec = package["InferenceSpecification"]["Containers"][0]
             container = {**spec, **{k: v for k, v in container.items() if k != "ModelPackageName"}}
             container["ModelPackageName"] = package["ModelPackageArn"]
@@ -71,12 +45,12 @@ class Endpoints:
             raise ValidationError("the model's container needs an Image and a ModelDataUrl")
         model = {
             "ModelName": name,
-            "ModelArn": f"{self.arn_prefix}:model/{name.lower()}",
+            "ModelArn": f"{self.backend.arn_prefix}:model/{name.lower()}",
             "PrimaryContainer": container,
             "ExecutionRoleArn": body.get("ExecutionRoleArn", ""),
-            "CreationTime": _now(),
+            "CreationTime": timestamp(),
         }
-        self.store.put("model", name, model)
+        self.backend.store.put("model", name, model)
         return {"ModelArn": model["ModelArn"]}
 
     def describe_model(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +59,12 @@ class Endpoints:
     def delete_model(self, body: dict[str, Any]) -> dict[str, Any]:
         name = required(body, "ModelName")
         self._get("model", name, "Could not find model")
-        self.store.delete("model", name)
+        self.backend.store.delete("model", name)
         return {}
 
     def create_endpoint_config(self, body: dict[str, Any]) -> dict[str, Any]:
         name = required(body, "EndpointConfigName")
-        if self.store.get("endpoint-config", name):
+        if self.backend.store.get("endpoint-config", name):
             raise ValidationError(f'Cannot create already existing endpoint configuration "{name}".')
         variants = body.get("ProductionVariants") or []
         if len(variants) != 1:
@@ -104,10 +78,10 @@ class Endpoints:
                 S3Uri.parse(output["S3FailurePath"])
         config = {
             **{k: v for k, v in body.items() if k != "Tags"},
-            "EndpointConfigArn": f"{self.arn_prefix}:endpoint-config/{name.lower()}",
-            "CreationTime": _now(),
+            "EndpointConfigArn": f"{self.backend.arn_prefix}:endpoint-config/{name.lower()}",
+            "CreationTime": timestamp(),
         }
-        self.store.put("endpoint-config", name, config)
+        self.backend.store.put("endpoint-config", name, config)
         return {"EndpointConfigArn": config["EndpointConfigArn"]}
 
     def describe_endpoint_config(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +92,7 @@ class Endpoints:
     def delete_endpoint_config(self, body: dict[str, Any]) -> dict[str, Any]:
         name = required(body, "EndpointConfigName")
         self._get("endpoint-config", name, "Could not find endpoint configuration")
-        self.store.delete("endpoint-config", name)
+        self.backend.store.delete("endpoint-config", name)
         return {}
 
     # ---------------------------------------------------------------- endpoints
@@ -127,19 +101,21 @@ class Endpoints:
         name = required(body, "EndpointName")
         config_name = required(body, "EndpointConfigName")
         self._get("endpoint-config", config_name, "Could not find endpoint configuration")
-        with self.store.transaction():
-            if self.store.get("endpoint", name):
-                raise ValidationError(f'Cannot create already existing endpoint "{self.arn_prefix}:endpoint/{name}".')
-            now = _now()
+        with self.backend.store.transaction():
+            if self.backend.store.get("endpoint", name):
+                raise ValidationError(
+                    f'Cannot create already existing endpoint "{self.backend.arn_prefix}:endpoint/{name}".'
+                )
+            now = timestamp()
             endpoint = {
                 "EndpointName": name,
-                "EndpointArn": f"{self.arn_prefix}:endpoint/{name.lower()}",
+                "EndpointArn": f"{self.backend.arn_prefix}:endpoint/{name.lower()}",
                 "EndpointConfigName": config_name,
                 "EndpointStatus": "Creating",
                 "CreationTime": now,
                 "LastModifiedTime": now,
             }
-            self.store.put("endpoint", name, endpoint)
+            self.backend.store.put("endpoint", name, endpoint)
         self._start_in_background(name, config_name)
         return {"EndpointArn": endpoint["EndpointArn"]}
 
@@ -156,7 +132,7 @@ class Endpoints:
 
     def describe_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = self._endpoint(required(body, "EndpointName"))
-        config = self.store.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
+        config = self.backend.store.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
         variant = (config.get("ProductionVariants") or [{}])[0]
         result = dict(endpoint)
         result["ProductionVariants"] = [
@@ -173,7 +149,7 @@ class Endpoints:
         return result
 
     def list_endpoints(self, body: dict[str, Any]) -> dict[str, Any]:
-        endpoints = self.store.list("endpoint")
+        endpoints = self.backend.store.list("endpoint")
         if body.get("NameContains"):
             endpoints = [e for e in endpoints if body["NameContains"] in e["EndpointName"]]
         keys = ("EndpointName", "EndpointArn", "CreationTime", "LastModifiedTime", "EndpointStatus")
@@ -183,15 +159,15 @@ class Endpoints:
         name = required(body, "EndpointName")
         self._endpoint(name)
         self._stop_host(name)
-        self.store.delete("endpoint", name)
+        self.backend.store.delete("endpoint", name)
         return {}
 
     def resume(self) -> list[str]:
         """After a restart: host again every endpoint that was in service or on its way there."""
         # Serving processes of a local SageMaker that was killed would hold their ports forever.
-        stop_orphaned_containers(self.state_dir)
+        stop_orphaned_containers(self.backend.state_dir)
         resumed = []
-        for endpoint in self.store.list("endpoint"):
+        for endpoint in self.backend.store.list("endpoint"):
             if endpoint["EndpointStatus"] in ("InService", "Creating", "Updating"):
                 self._start_in_background(endpoint["EndpointName"], endpoint["EndpointConfigName"])
                 resumed.append(endpoint["EndpointName"])
@@ -202,23 +178,23 @@ class Endpoints:
             self._stop_host(name)
 
     def _get(self, kind: str, name: str, message: str) -> dict[str, Any]:
-        document = self.store.get(kind, name)
+        document = self.backend.store.get(kind, name)
         if document is None:
-            raise ValidationError(f'{message} "{self.arn_prefix}:{kind}/{name.lower()}".')
+            raise ValidationError(f'{message} "{self.backend.arn_prefix}:{kind}/{name.lower()}".')
         return document
 
     def _endpoint(self, name: str) -> dict[str, Any]:
         return self._get("endpoint", name, "Could not find endpoint")
 
     def _set_endpoint(self, name: str, **changes: Any) -> None:
-        with self.store.transaction():
-            endpoint = self.store.get("endpoint", name)
+        with self.backend.store.transaction():
+            endpoint = self.backend.store.get("endpoint", name)
             if endpoint is None:
                 return
-            endpoint.update(changes, LastModifiedTime=_now())
+            endpoint.update(changes, LastModifiedTime=timestamp())
             if changes.get("EndpointStatus") != "Failed":
                 endpoint.pop("FailureReason", None)
-            self.store.put("endpoint", name, endpoint)
+            self.backend.store.put("endpoint", name, endpoint)
 
     # ---------------------------------------------------------------- hosting
 
@@ -247,7 +223,7 @@ class Endpoints:
     def _launch(self, name: str, config_name: str) -> Host:
         config = self._get("endpoint-config", config_name, "Could not find endpoint configuration")
         model = self._get("model", config["ProductionVariants"][0]["ModelName"], "Could not find model")
-        host = launch(self.runtime, self.state_dir, self._s3(), name, config, model)
+        host = launch(self.backend.runtime, self.backend.state_dir, self.backend.s3(), name, config, model)
         workers = self.invocations.start_workers(host)
         log.info("endpoint %s in service on port %d (%d workers)", name, host.port, workers)
         return host
@@ -264,7 +240,7 @@ class Endpoints:
             old.invocations.put("")
         for worker in old.workers:
             worker.join(timeout=DEFAULT_INVOCATION_TIMEOUT_S)
-        terminate(self.runtime, old)
+        terminate(self.backend.runtime, old)
 
     def _stop_host(self, name: str) -> None:
         with self._lock:
@@ -274,7 +250,7 @@ class Endpoints:
         host.stopping.set()
         for _ in host.workers:
             host.invocations.put("")
-        terminate(self.runtime, host)
+        terminate(self.backend.runtime, host)
 
     def invoke_endpoint_async(self, name: str, headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         with self._lock:

@@ -8,20 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from common.s3uri import S3Uri
+from local.sagemaker.backend import Backend, timestamp
 from local.sagemaker.errors import ResourceInUse, ValidationError
 from local.sagemaker.faults import Faults
 from local.sagemaker.hosting import Host
-from local.sagemaker.store import Store
 
 log = logging.getLogger("local.sagemaker.invocations")
 
@@ -29,31 +27,14 @@ DEFAULT_INVOCATION_TIMEOUT_S = 900
 DEFAULT_CONCURRENCY = 4
 
 
-def _now() -> float:
-    return time.time()
-
-
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Invocations:
-    def __init__(
-        self,
-        store: Store,
-        state_dir: Path,
-        arn_prefix: str,
-        region: str,
-        s3: Callable[[], Any],
-        sns: Callable[[], Any],
-        restart: Callable[[str], None],
-    ) -> None:
-        self.store = store
-        self.arn_prefix = arn_prefix
-        self.region = region
-        self.faults = Faults(state_dir)
-        self._s3 = s3
-        self._sns = sns
+    def __init__(self, backend: Backend, restart: Callable[[str], None]) -> None:
+        self.backend = backend
+        self.faults = Faults(backend.state_dir)
         self.restart = restart  # hosts an endpoint again whose serving container died
 
     def start_workers(self, host: Host) -> int:
@@ -75,18 +56,18 @@ class Invocations:
 
     def requeue(self, host: Host) -> None:
         """Hand ``host`` every request of its endpoint that is not answered yet (after a restart or an update)."""
-        for invocation in self.store.list("invocation", parent=host.endpoint):
+        for invocation in self.backend.store.list("invocation", parent=host.endpoint):
             if invocation["Status"] in ("Queued", "InProgress"):
                 host.invocations.put(invocation["InferenceId"])
 
     def accept(self, name: str, headers: dict[str, str], host: Host | None) -> tuple[dict[str, Any], dict[str, str]]:
         """Queue one InvokeEndpointAsync request (durably) and hand it to ``host``, if the endpoint has one now."""
-        endpoint = self.store.get("endpoint", name)
+        endpoint = self.backend.store.get("endpoint", name)
         if endpoint is None:
-            raise ValidationError(f"Endpoint {name} of account {self.arn_prefix.rsplit(':', 1)[-1]} not found.")
+            raise ValidationError(f"Endpoint {name} of account {self.backend.arn_prefix.rsplit(':', 1)[-1]} not found.")
         if endpoint["EndpointStatus"] not in ("InService", "Updating"):
             raise ValidationError(f"Endpoint {name} is not in service (status {endpoint['EndpointStatus']}).")
-        config = self.store.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
+        config = self.backend.store.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
         async_config = config.get("AsyncInferenceConfig")
         if not async_config:
             raise ValidationError(f"Endpoint {name} is not an asynchronous endpoint.")
@@ -105,10 +86,10 @@ class Invocations:
             if output.get("S3FailurePath")
             else None
         )
-        with self.store.transaction():
-            if self.store.get("invocation", inference_id):
+        with self.backend.store.transaction():
+            if self.backend.store.get("invocation", inference_id):
                 raise ResourceInUse(f"InferenceId {inference_id} was already used")
-            now = _now()
+            now = timestamp()
             ttl = int(headers.get("x-amzn-sagemaker-requestttlseconds") or 6 * 3600)
             timeout = int(headers.get("x-amzn-sagemaker-invocationtimeoutseconds") or DEFAULT_INVOCATION_TIMEOUT_S)
             invocation = {
@@ -125,7 +106,7 @@ class Invocations:
                 "TimeoutSeconds": timeout,
                 "Status": "Queued",
             }
-            self.store.put("invocation", inference_id, invocation, parent=name)
+            self.backend.store.put("invocation", inference_id, invocation, parent=name)
         if host is not None:
             host.invocations.put(inference_id)
         response_headers = {"X-Amzn-SageMaker-OutputLocation": str(output_uri)}
@@ -138,7 +119,7 @@ class Invocations:
             inference_id = host.invocations.get()
             if not inference_id:
                 return
-            invocation = self.store.get("invocation", inference_id)
+            invocation = self.backend.store.get("invocation", inference_id)
             if invocation is None or invocation["Status"] not in ("Queued", "InProgress"):
                 continue
             try:
@@ -149,13 +130,13 @@ class Invocations:
     def _invoke(self, host: Host, invocation: dict[str, Any]) -> None:
         inference_id = invocation["InferenceId"]
         invocation["Status"] = "InProgress"
-        self.store.put("invocation", inference_id, invocation, parent=host.endpoint)
-        if _now() > invocation["ExpiresAt"]:
+        self.backend.store.put("invocation", inference_id, invocation, parent=host.endpoint)
+        if timestamp() > invocation["ExpiresAt"]:
             self._finish(host, invocation, None, "Request expired before it was processed (RequestTTLSeconds)", b"")
             return
         try:
             source = S3Uri.parse(invocation["InputLocation"])
-            payload = self._s3().get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
+            payload = self.backend.s3().get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
         except Exception as error:
             reason = f"ClientError: Failed to download data. {type(error).__name__}: {error}"
             self._finish(host, invocation, None, reason, b"")
@@ -201,12 +182,12 @@ class Invocations:
         failure_reason: str | None,
         failure_body: bytes,
     ) -> None:
-        s3 = self._s3()
+        s3 = self.backend.s3()
         config = host.config["AsyncInferenceConfig"]["OutputConfig"]
         notification = config.get("NotificationConfig") or {}
         message: dict[str, Any] = {
-            "awsRegion": self.region,
-            "eventTime": _iso(_now()),
+            "awsRegion": self.backend.region,
+            "eventTime": _iso(timestamp()),
             "receivedTime": _iso(invocation["ReceivedTime"]),
             "invocationStatus": "Completed" if success else "Failed",
             "requestParameters": {
@@ -242,8 +223,8 @@ class Invocations:
             topic = notification.get("ErrorTopic")
             invocation["Status"] = "Failed"
             invocation["FailureReason"] = failure_reason
-        invocation["CompletedTime"] = _now()
+        invocation["CompletedTime"] = timestamp()
         if topic:
-            self._sns().publish(TopicArn=topic, Message=json.dumps(message))
-        self.store.put("invocation", invocation["InferenceId"], invocation, parent=host.endpoint)
+            self.backend.sns().publish(TopicArn=topic, Message=json.dumps(message))
+        self.backend.store.put("invocation", invocation["InferenceId"], invocation, parent=host.endpoint)
         log.info("invocation %s on %s: %s", invocation["InferenceId"], host.endpoint, invocation["Status"])

@@ -6,43 +6,21 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from local.sagemaker.backend import Backend, timestamp
 from local.sagemaker.errors import ResourceNotFound, ValidationError, required
-from local.sagemaker.registry import Registry
-from local.sagemaker.runtime import Runtime
 from local.sagemaker.step_runner import ExecutionRunner, parameter_text, typed_parameters
-from local.sagemaker.store import Store
 
 log = logging.getLogger("local.sagemaker")
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
 
 
-def _now() -> float:
-    return time.time()
-
-
 class Pipelines:
-    def __init__(
-        self,
-        store: Store,
-        registry: Registry,
-        state_dir: Path,
-        arn_prefix: str,
-        s3_client: Callable[[], Any],
-        runtime: Runtime,
-    ) -> None:
-        self.store = store
-        self.runtime = runtime
-        self.registry = registry
-        self.state_dir = state_dir
-        self.arn_prefix = arn_prefix
-        self.s3_client = s3_client
-        self.runner = ExecutionRunner(store, registry, state_dir, arn_prefix, s3_client, runtime)
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.runner = ExecutionRunner(backend)
 
     # ---- pipelines -------------------------------------------------------------------------------
 
@@ -51,7 +29,7 @@ class Pipelines:
             text = body["PipelineDefinition"]
         elif "PipelineDefinitionS3Location" in body:
             location = body["PipelineDefinitionS3Location"]
-            obj = self.s3_client().get_object(Bucket=location["Bucket"], Key=location["ObjectKey"])
+            obj = self.backend.s3().get_object(Bucket=location["Bucket"], Key=location["ObjectKey"])
             text = obj["Body"].read().decode()
         else:
             raise ValidationError("Either PipelineDefinition or PipelineDefinitionS3Location must be provided")
@@ -67,16 +45,16 @@ class Pipelines:
         name = required(body, "PipelineName")
         required(body, "RoleArn")
         text = self._definition_text(body)
-        with self.store.transaction():
-            if self.store.get("pipeline", name):
+        with self.backend.store.transaction():
+            if self.backend.store.get("pipeline", name):
                 raise ValidationError(
                     f"Pipeline names must be unique within an AWS account and region. Pipeline with name ({name}) "
                     "already exists."
                 )
-            now = _now()
+            now = timestamp()
             pipeline = {
                 "PipelineName": name,
-                "PipelineArn": f"{self.arn_prefix}:pipeline/{name.lower()}",
+                "PipelineArn": f"{self.backend.arn_prefix}:pipeline/{name.lower()}",
                 "PipelineDisplayName": body.get("PipelineDisplayName", name),
                 "PipelineDescription": body.get("PipelineDescription", ""),
                 "PipelineDefinition": text,
@@ -88,21 +66,21 @@ class Pipelines:
                 "LastModifiedBy": caller,
                 "PipelineVersionId": 1,
             }
-            self.store.put("pipeline", name, pipeline)
+            self.backend.store.put("pipeline", name, pipeline)
         return {"PipelineArn": pipeline["PipelineArn"]}
 
     def update_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
-        with self.store.transaction():
+        with self.backend.store.transaction():
             pipeline = self._pipeline(required(body, "PipelineName"))
             if "PipelineDefinition" in body or "PipelineDefinitionS3Location" in body:
                 pipeline["PipelineDefinition"] = self._definition_text(body)
             for key in ("PipelineDisplayName", "PipelineDescription", "RoleArn"):
                 if key in body:
                     pipeline[key] = body[key]
-            pipeline["LastModifiedTime"] = _now()
+            pipeline["LastModifiedTime"] = timestamp()
             pipeline["LastModifiedBy"] = caller
             pipeline["PipelineVersionId"] = int(pipeline.get("PipelineVersionId", 1)) + 1
-            self.store.put("pipeline", pipeline["PipelineName"], pipeline)
+            self.backend.store.put("pipeline", pipeline["PipelineName"], pipeline)
         return {"PipelineArn": pipeline["PipelineArn"], "PipelineVersionId": pipeline["PipelineVersionId"]}
 
     def describe_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
@@ -118,23 +96,23 @@ class Pipelines:
             "CreationTime",
             "LastModifiedTime",
         )
-        pipelines = self.store.list("pipeline")
+        pipelines = self.backend.store.list("pipeline")
         if body.get("PipelineNamePrefix"):
             pipelines = [p for p in pipelines if p["PipelineName"].startswith(body["PipelineNamePrefix"])]
         return {"PipelineSummaries": [{k: p[k] for k in keys if k in p} for p in pipelines]}
 
     def delete_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
         pipeline = self._pipeline(required(body, "PipelineName"))
-        self.store.delete("pipeline", pipeline["PipelineName"])
+        self.backend.store.delete("pipeline", pipeline["PipelineName"])
         return {"PipelineArn": pipeline["PipelineArn"]}
 
     def _pipeline(self, name_or_arn: str) -> dict[str, Any]:
         if name_or_arn.startswith("arn:"):
-            for pipeline in self.store.list("pipeline"):
+            for pipeline in self.backend.store.list("pipeline"):
                 if pipeline["PipelineArn"] == name_or_arn:
                     return pipeline
         else:
-            found = self.store.get("pipeline", name_or_arn)
+            found = self.backend.store.get("pipeline", name_or_arn)
             if found:
                 return found
         raise ResourceNotFound(f"Pipeline '{name_or_arn}' does not exist.")
@@ -145,14 +123,14 @@ class Pipelines:
         pipeline = self._pipeline(required(body, "PipelineName"))
         token = body.get("ClientRequestToken")
         if token:
-            for execution in self.store.list("execution", parent=pipeline["PipelineName"]):
+            for execution in self.backend.store.list("execution", parent=pipeline["PipelineName"]):
                 if execution.get("ClientRequestToken") == token:
                     return {"PipelineExecutionArn": execution["PipelineExecutionArn"]}
         definition = json.loads(pipeline["PipelineDefinition"])
         parameters = typed_parameters(definition.get("Parameters", []), body.get("PipelineParameters", []))
         execution_id = secrets.token_hex(6)
         arn = f"{pipeline['PipelineArn']}/execution/{execution_id}"
-        now = _now()
+        now = timestamp()
         execution = {
             "PipelineArn": pipeline["PipelineArn"],
             "PipelineName": pipeline["PipelineName"],
@@ -171,7 +149,7 @@ class Pipelines:
             "CreatedBy": caller,
             "LastModifiedBy": caller,
         }
-        self.store.put("execution", arn, execution, parent=pipeline["PipelineName"])
+        self.backend.store.put("execution", arn, execution, parent=pipeline["PipelineName"])
         self.runner.run_in_background(arn)
         return {"PipelineExecutionArn": arn}
 
@@ -194,7 +172,7 @@ class Pipelines:
 
     def list_pipeline_executions(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
         pipeline = self._pipeline(required(body, "PipelineName"))
-        executions = self.store.list("execution", parent=pipeline["PipelineName"])
+        executions = self.backend.store.list("execution", parent=pipeline["PipelineName"])
         if body.get("CreatedAfter") is not None:
             executions = [e for e in executions if e["CreationTime"] > float(body["CreatedAfter"])]
         if body.get("CreatedBefore") is not None:
@@ -215,7 +193,7 @@ class Pipelines:
 
     def list_pipeline_execution_steps(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
         execution = self.runner.execution(required(body, "PipelineExecutionArn"))
-        steps = self.store.list("step", parent=execution["PipelineExecutionArn"])
+        steps = self.backend.store.list("step", parent=execution["PipelineExecutionArn"])
         steps.sort(key=lambda s: s["StartTime"], reverse=body.get("SortOrder", "Descending") == "Descending")
         keys = (
             "StepName",
@@ -244,7 +222,7 @@ class Pipelines:
         return {"PipelineExecutionArn": execution["PipelineExecutionArn"]}
 
     def describe_job(self, kind: str, name: str) -> dict[str, Any]:
-        job = self.store.get(kind, name)
+        job = self.backend.store.get(kind, name)
         if job is None:
             raise ValidationError(f"Could not find job {name!r}")
         return job

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import aws
+from local.sagemaker.backend import Backend
 from local.sagemaker.endpoints import Endpoints
 from local.sagemaker.errors import ApiError, UnknownOperation, ValidationError
 from local.sagemaker.pipelines import Pipelines
@@ -45,19 +46,18 @@ class LocalSageMaker:
         self.store = Store(state_dir / "sagemaker.sqlite3")
         arn_prefix = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
         self.registry = Registry(self.store, arn_prefix)
-        self.pipelines = Pipelines(
-            self.store, self.registry, state_dir, arn_prefix, lambda: aws.client("s3"), self.runtime
-        )
-        self.endpoints = Endpoints(
+        backend = Backend(
             self.store,
             self.registry,
             state_dir,
             arn_prefix,
             region,
-            lambda: aws.client("s3"),
-            lambda: aws.client("sns"),
             self.runtime,
+            s3=lambda: aws.client("s3"),
+            sns=lambda: aws.client("sns"),
         )
+        self.pipelines = Pipelines(backend)
+        self.endpoints = Endpoints(backend)
         p, r, e = self.pipelines, self.registry, self.endpoints
         self.operations: dict[str, Operation] = {
             "CreatePipeline": p.create_pipeline,

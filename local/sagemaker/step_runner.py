@@ -9,42 +9,20 @@ import json
 import logging
 import shutil
 import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from common.s3uri import S3Uri
+from local.sagemaker.backend import Backend, timestamp
 from local.sagemaker.errors import ApiError, ResourceNotFound, ValidationError
 from local.sagemaker.expressions import Context, ExpressionError, evaluate_condition, resolve, step_references
 from local.sagemaker.jobs import JobFailed, run_processing_job, run_training_job
-from local.sagemaker.registry import Registry
-from local.sagemaker.runtime import Runtime
-from local.sagemaker.store import Store
 
 log = logging.getLogger("local.sagemaker")
 
 
-def _now() -> float:
-    return time.time()
-
-
 class ExecutionRunner:
-    def __init__(
-        self,
-        store: Store,
-        registry: Registry,
-        state_dir: Path,
-        arn_prefix: str,
-        s3_client: Callable[[], Any],
-        runtime: Runtime,
-    ) -> None:
-        self.store = store
-        self.runtime = runtime
-        self.registry = registry
-        self.state_dir = state_dir
-        self.arn_prefix = arn_prefix
-        self.s3_client = s3_client
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
         self._threads: dict[str, threading.Thread] = {}
         self._stop_requested: set[str] = set()
 
@@ -53,21 +31,21 @@ class ExecutionRunner:
         self.update_execution(arn, PipelineExecutionStatus="Stopping")
 
     def execution(self, arn: str) -> dict[str, Any]:
-        execution = self.store.get("execution", arn)
+        execution = self.backend.store.get("execution", arn)
         if execution is None:
             raise ResourceNotFound(f"Pipeline execution '{arn}' does not exist.")
         return execution
 
     def update_execution(self, arn: str, **changes: Any) -> dict[str, Any]:
-        with self.store.transaction():
+        with self.backend.store.transaction():
             execution = self.execution(arn)
-            execution.update(changes, LastModifiedTime=_now())
-            self.store.put("execution", arn, execution, parent=execution["PipelineName"])
+            execution.update(changes, LastModifiedTime=timestamp())
+            self.backend.store.put("execution", arn, execution, parent=execution["PipelineName"])
         return execution
 
     def resume_unfinished(self) -> list[str]:
         resumed = []
-        for execution in self.store.list("execution"):
+        for execution in self.backend.store.list("execution"):
             if execution["PipelineExecutionStatus"] in ("Executing", "Stopping"):
                 self.run_in_background(execution["PipelineExecutionArn"])
                 resumed.append(execution["PipelineExecutionArn"])
@@ -99,7 +77,9 @@ class ExecutionRunner:
         graph = StepGraph(definition["Steps"])
         # A step that was running when the server stopped runs again; finished steps keep their results.
         records = {
-            s["StepName"]: s for s in self.store.list("step", parent=arn) if s["StepStatus"] not in ("Executing",)
+            s["StepName"]: s
+            for s in self.backend.store.list("step", parent=arn)
+            if s["StepStatus"] not in ("Executing",)
         }
 
         while True:
@@ -135,7 +115,7 @@ class ExecutionRunner:
                 "PipelineName": execution["PipelineName"],
                 "PipelineArn": execution["PipelineArn"],
                 "StartDateTime": execution["StartTime"],
-                "CurrentDateTime": _now(),
+                "CurrentDateTime": timestamp(),
             },
             step_properties=properties,
             property_files=files,
@@ -144,25 +124,25 @@ class ExecutionRunner:
 
     def _read_s3_json(self, uri: str) -> Any:
         location = S3Uri.parse(uri)
-        return json.loads(self.s3_client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read())
+        return json.loads(self.backend.s3().get_object(Bucket=location.bucket, Key=location.key)["Body"].read())
 
     def _run_step(
         self, execution: dict[str, Any], step: dict[str, Any], records: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
         arn = execution["PipelineExecutionArn"]
         name = step["Name"]
-        previous = self.store.get("step", f"{arn}#{name}")
+        previous = self.backend.store.get("step", f"{arn}#{name}")
         record: dict[str, Any] = {
             "StepName": name,
             "StepDisplayName": step.get("DisplayName", name),
             "StepDescription": step.get("Description"),
             "StepType": step["Type"],
-            "StartTime": _now(),
+            "StartTime": timestamp(),
             "StepStatus": "Executing",
             "AttemptCount": (previous or {}).get("AttemptCount", 0) + 1,
             "Metadata": {},
         }
-        self.store.put("step", f"{arn}#{name}", record, parent=arn)
+        self.backend.store.put("step", f"{arn}#{name}", record, parent=arn)
         log.info("execution %s: step %s (%s) started", execution["PipelineExecutionId"], name, step["Type"])
         context = self._context(execution, records)
         try:
@@ -174,8 +154,8 @@ class ExecutionRunner:
         except Exception as error:
             log.exception("step %s crashed", name)
             record.update(StepStatus="Failed", FailureReason=f"{type(error).__name__}: {error}"[:1024])
-        record["EndTime"] = _now()
-        self.store.put("step", f"{arn}#{name}", record, parent=arn)
+        record["EndTime"] = timestamp()
+        self.backend.store.put("step", f"{arn}#{name}", record, parent=arn)
         log.info(
             "execution %s: step %s %s %s",
             execution["PipelineExecutionId"],
@@ -202,10 +182,10 @@ class ExecutionRunner:
             if "ModelMetrics" in request:
                 request["ModelMetrics"] = {k: v for k, v in request["ModelMetrics"].items() if v}
             group = str(request.get("ModelPackageGroupName", ""))
-            if group and self.store.get("model-package-group", group) is None:
+            if group and self.backend.store.get("model-package-group", group) is None:
                 # SageMaker's RegisterModel step creates a missing group, unlike the bare API call.
-                self.registry.create_model_package_group({"ModelPackageGroupName": group})
-            created = self.registry.create_model_package(request, created_by=execution.get("CreatedBy"))
+                self.backend.registry.create_model_package_group({"ModelPackageGroupName": group})
+            created = self.backend.registry.create_model_package(request, created_by=execution.get("CreatedBy"))
             return {
                 "Metadata": {"RegisterModel": {"Arn": created["ModelPackageArn"]}},
                 "Properties": {"ModelPackageArn": created["ModelPackageArn"]},
@@ -221,31 +201,31 @@ class ExecutionRunner:
         request = resolve(step["Arguments"], context)
         job_name = f"pipelines-{execution['PipelineExecutionId']}-{step['Name']}".lower()[:63]
         resource = "processing-job" if kind == "Processing" else "training-job"
-        job_arn = f"{self.arn_prefix}:{resource}/{job_name}"
+        job_arn = f"{self.backend.arn_prefix}:{resource}/{job_name}"
         metadata_key = "ProcessingJob" if kind == "Processing" else "TrainingJob"
         record["Metadata"] = {metadata_key: {"Arn": job_arn}}
-        self.store.put(
+        self.backend.store.put(
             "step",
             f"{execution['PipelineExecutionArn']}#{step['Name']}",
             record,
             parent=execution["PipelineExecutionArn"],
         )
-        root = self.state_dir / "jobs" / job_name
+        root = self.backend.state_dir / "jobs" / job_name
         if root.exists():
             shutil.rmtree(root)  # a rerun after a restart starts from a clean container
         root.mkdir(parents=True)
-        started = _now()
+        started = timestamp()
         job = {**request, "Status": "InProgress", "CreationTime": started}
-        self.store.put(resource, job_name, job)
+        self.backend.store.put(resource, job_name, job)
         try:
             runner = run_processing_job if kind == "Processing" else run_training_job
-            result = runner(self.s3_client(), job_name, request, root, job_arn, self.runtime)
+            result = runner(self.backend.s3(), job_name, request, root, job_arn, self.backend.runtime)
         except JobFailed as error:
             prefix = "ProcessingJob" if kind == "Processing" else "TrainingJob"
-            failed = {f"{prefix}Status": "Failed", "FailureReason": str(error), "EndTime": _now()}
-            self.store.put(resource, job_name, {**job, **failed})
+            failed = {f"{prefix}Status": "Failed", "FailureReason": str(error), "EndTime": timestamp()}
+            self.backend.store.put(resource, job_name, {**job, **failed})
             raise
-        self.store.put(resource, job_name, {**result.properties, "CreationTime": started})
+        self.backend.store.put(resource, job_name, {**result.properties, "CreationTime": started})
         outcome: dict[str, Any] = {"Properties": result.properties}
         files = {}
         for spec in step.get("PropertyFiles", []):
