@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,12 @@ def settle(state_machine_arn: str, bundle_id: str, timeout: float = 600.0) -> di
         time.sleep(1.0)
 
 
-def set_faults(endpoint_name: str, rules: list[dict[str, Any]]) -> None:
-    """The local SageMaker fails the endpoint's invocations as ``rules`` say (none: ``[]``)."""
-    (stack.sagemaker_state_dir() / FAULTS_FILE).write_text(json.dumps({endpoint_name: rules}))
+@contextmanager
+def injected_faults(endpoint_name: str, rules: list[dict[str, Any]]) -> Iterator[None]:
+    """The local SageMaker fails or delays the endpoint's invocations as ``rules`` say, until the block ends."""
+    path = stack.sagemaker_state_dir() / FAULTS_FILE
+    path.write_text(json.dumps({endpoint_name: rules}))
+    try:
+        yield
+    finally:
+        path.write_text(json.dumps({endpoint_name: []}))

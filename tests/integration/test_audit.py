@@ -32,7 +32,7 @@ from containers.training.data import sample_records
 from pipelines import runs
 from pipelines.approval import approve
 from pipelines.executions import runs_between
-from tests.integration.helpers import deploy_and_serve, deployment_for, drop, set_faults, settle
+from tests.integration.helpers import deploy_and_serve, deployment_for, drop, injected_faults, settle
 from tests.leaks import numbers_in_text, plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
@@ -216,10 +216,8 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
 ) -> None:
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     machine = scenario.stack["StateMachineArn"]
-    set_faults(
-        DEPLOYMENT.endpoint_name, [{"input_contains": "requests/audit-revoked/", "delay_seconds": 6}]
-    )  # a slow endpoint
-    try:
+    slow = [{"input_contains": "requests/audit-revoked/", "delay_seconds": 6}]  # a slow endpoint
+    with injected_faults(DEPLOYMENT.endpoint_name, slow):
         _drop(scenario.model, scenario.x[8:12], scenario.folder, "audit-revoked", skip_shard=False)
         deadline = time.monotonic() + 120
         while (
@@ -232,8 +230,6 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
         # ML ops revoke the model while its shards are on the endpoint: validation had passed, serving goes on.
         approve(scenario.package_arn, DEPLOYMENT.package_group, "Rejected", "audit tests: revoked during serving")
         execution = settle(machine, "audit-revoked", 300.0)
-    finally:
-        set_faults(DEPLOYMENT.endpoint_name, [])
     try:
         assert execution["status"] == "SUCCEEDED", execution
         report = _audit(since, tmp_path / "revoked")

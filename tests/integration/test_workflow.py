@@ -29,7 +29,7 @@ from common.deployment import read_outputs
 from common.workflow import bundle_executions, executed_states
 from containers.training.data import sample_records
 from pipelines.models import clear_classes
-from tests.integration.helpers import deploy_and_serve, deployment_for, drop, set_faults, settle
+from tests.integration.helpers import deploy_and_serve, deployment_for, drop, injected_faults, settle
 
 pytestmark = pytest.mark.integration
 
@@ -239,12 +239,9 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
 
 
 def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(workflow: Workflow) -> None:
-    set_faults(DEPLOYMENT.endpoint_name, [{"input_contains": "requests/retry-once/", "fail_first": 1}])
-    try:
+    with injected_faults(DEPLOYMENT.endpoint_name, [{"input_contains": "requests/retry-once/", "fail_first": 1}]):
         _drop(workflow, "retry-once", slice(8, 16), shard_size=4)
         execution = _settle(workflow, "retry-once")
-    finally:
-        set_faults(DEPLOYMENT.endpoint_name, [])
     assert execution["status"] == "SUCCEEDED", execution
     history = json.dumps(_history(execution["executionArn"]), default=str)
     assert history.count("ShardFailed") >= 2, "both shards' first attempts failed and were retried"
@@ -252,12 +249,11 @@ def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(w
 
 
 def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow: Workflow) -> None:
-    set_faults(DEPLOYMENT.endpoint_name, [{"input_contains": "requests/always-fails/00001", "fail_first": 1000}])
-    try:
+    with injected_faults(
+        DEPLOYMENT.endpoint_name, [{"input_contains": "requests/always-fails/00001", "fail_first": 1000}]
+    ):
         _drop(workflow, "always-fails", slice(16, 24), shard_size=4)
         execution = _settle(workflow, "always-fails")
-    finally:
-        set_faults(DEPLOYMENT.endpoint_name, [])
     inbox = [
         f"inbox/always-fails/{MANIFEST_NAME}",
         "inbox/always-fails/shards/00000.fhe",
