@@ -78,7 +78,9 @@ OPTIONS = (
         LOCAL_ROLE.format("fhe-pipeline"),
         "the role the pipeline's jobs run under",
     ),
-    Option("--artifact-bucket", ("pipeline.artifact_bucket",), "FHE_ARTIFACT_BUCKET", "fhe-artifacts", "its outputs"),
+    Option(
+        "--artifact-bucket", ("pipeline.artifact_bucket",), "FHE_ARTIFACT_BUCKET", "fhe-artifacts", "pipeline outputs"
+    ),
     Option("--data-bucket", ("pipeline.data_bucket",), "FHE_DATA_BUCKET", "fhe-data", "training data sets"),
     Option(
         "--training-image", ("pipeline.training_image",), "FHE_TRAINING_IMAGE", "fhe-training:latest", "jobs' image"
