@@ -63,15 +63,21 @@ def image_uri(repository_uri: str, tag: str) -> str:
     return f"{repository_uri}:{tag}"
 
 
+def image_output(role: str, what: str) -> str:
+    """The stack output (or parameter) that records ``what`` of an image: ``RepositoryUri`` in the bootstrap
+    stack, ``ImageTag`` in the product stack, ``ImageUri`` in a deployment's outputs; ``TrainingImageTag``…"""
+    return f"{role.capitalize()}{what}"
+
+
 def read_outputs(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
     """The outputs of a deployment's three stacks, and the URIs of the images it was deployed with (the tags the
     product stack recorded, not this source tree's, which may have changed since)."""
     names = StackNames(prefix)
     bootstrap, data, product = (stack_outputs(name) for name in names.all)
     images = {
-        f"{role.capitalize()}ImageUri": image_uri(bootstrap[repository], product[tag])
+        image_output(role, "ImageUri"): image_uri(bootstrap[repository], product[tag])
         for role in IMAGE_ROLES
-        if (repository := f"{role.capitalize()}RepositoryUri") in bootstrap
-        and (tag := f"{role.capitalize()}ImageTag") in product
+        if (repository := image_output(role, "RepositoryUri")) in bootstrap
+        and (tag := image_output(role, "ImageTag")) in product
     }
     return {**bootstrap, **data, **product, **images}

@@ -17,10 +17,10 @@ import json
 import re
 import sys
 
-from common.deployment import DeploymentNotFound, stack_outputs
+from common.deployment import DeploymentNotFound, read_outputs, stack_outputs
 from common.settings import SettingsError
 from infrastructure import images, stacks
-from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, outputs, plan, up
+from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
 
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # the templates' AllowedPattern for Prefix
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             build_images(deployment, wanted, progress)
             print(json.dumps({i.role: i.uri for i in wanted}, indent=2))
         elif args.command == "outputs":
-            print(json.dumps(outputs(deployment), indent=2))
+            print(json.dumps(read_outputs(deployment.prefix), indent=2))
         else:
             print(json.dumps(down(deployment, delete_data=args.delete_data, report=progress), indent=2))
     except (stacks.StackError, images.ImageError, DeploymentNotFound, SettingsError) as error:

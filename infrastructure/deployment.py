@@ -18,11 +18,11 @@ contents included, and schedules the key's deletion.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from common import aws
-from common.deployment import StackNames, describe_stack, read_outputs, stack_outputs
+from common.deployment import StackNames, describe_stack, image_output, read_outputs, stack_outputs
 from common.settings import (
     DEFAULT_PREFIX,
     ENDPOINT_NAME,
@@ -77,13 +77,10 @@ class Deployment:
     def product_stack(self) -> str:
         return self.stacks.product
 
-    def images(self, repositories: dict[str, str], recorded: dict[str, str] | None = None) -> list[images.Image]:
+    def images(self, repositories: dict[str, str]) -> list[images.Image]:
         """The deployment's two images in the repositories the bootstrap stack names: ``--image-tag`` if given,
-        else the tags ``recorded`` in the product stack's outputs, else each image's content tag here."""
-        wanted = images.images(repositories, self.image_tag, self.base_image)
-        if self.image_tag or not recorded:
-            return wanted
-        return [replace(i, tag=recorded.get(f"{i.role.capitalize()}ImageTag") or i.tag) for i in wanted]
+        else each image's content tag here. (The tags a deployment was made with: ``common.deployment``.)"""
+        return images.images(repositories, self.image_tag, self.base_image)
 
     def bootstrap_parameters(self) -> dict[str, str]:
         return {"Prefix": self.prefix}
@@ -107,7 +104,7 @@ class Deployment:
             **{upload.parameter: upload.key for upload in staged},
             "TrainingRepositoryArn": bootstrap["TrainingRepositoryArn"],
             "InferenceRepositoryArn": bootstrap["InferenceRepositoryArn"],
-            **{f"{image.role.capitalize()}ImageTag": image.tag for image in self.images(bootstrap)},
+            **{image_output(image.role, "ImageTag"): image.tag for image in self.images(bootstrap)},
             "EndpointName": self.endpoint_name,
             "PipelineName": self.pipeline_name,
             "ModelPackageGroup": self.package_group,
@@ -238,11 +235,6 @@ def build_images(deployment: Deployment, wanted: list[images.Image], report: Rep
     images.build_and_push(
         wanted, report, engine=deployment.image_engine, base_image=deployment.base_image, push=deployment.push_images
     )
-
-
-def outputs(deployment: Deployment) -> dict[str, str]:
-    """The outputs of a deployment's stacks, and the image URIs its pipeline uses."""
-    return read_outputs(deployment.prefix)
 
 
 def _empty_bucket(s3: Any, bucket: str) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import aws
-from common.deployment import IMAGE_ROLES, image_uri
+from common.deployment import IMAGE_ROLES, image_output, image_uri
 from infrastructure.templates import ROOT
 
 ROLES = IMAGE_ROLES  # also the names of their stages in the Dockerfile
@@ -147,7 +147,7 @@ def images(outputs: dict[str, str], tag: str = "", base_image: str = "") -> list
     """The two images of a deployment, from the bootstrap stack's outputs; each tagged with its own content
     tag unless ``tag`` names images already pushed."""
     return [
-        Image(role, outputs[f"{role.capitalize()}RepositoryUri"], tag or content_tag(role, base_image))
+        Image(role, outputs[image_output(role, "RepositoryUri")], tag or content_tag(role, base_image))
         for role in ROLES
     ]
 
