@@ -3,7 +3,8 @@
     .venv/bin/python bench/report.py [--results bench/results] [--doc docs/benchmarks.md]
 
 The document keeps its hand-written analysis; only the part between the two ``benchmarks:`` markers is
-rewritten, from ``recipe.json`` (bench/recipe.py) and ``workflow.json`` (bench/workflow.py).
+rewritten, from ``recipe.json`` (bench/recipe.py), ``workflow.json`` (bench/workflow.py) and ``scale.json``
+(bench/scale.py).
 """
 
 from __future__ import annotations
@@ -194,6 +195,53 @@ def chart(recipe: dict[str, Any] | None, workflow: dict[str, Any] | None, path: 
     figure.savefig(path, dpi=110)
 
 
+def scale_section(scale: dict[str, Any]) -> list[str]:
+    """Orchestration per shard, the big bundle against the small one, cold start, scale-out (bench/scale.py)."""
+    lines = [
+        "### Production scale: orchestration per shard, thousands of shards, scaling to zero and out",
+        "",
+        f"`{scale['command']}` (logistic regression: milliseconds of FHE per sample, so what shows is the "
+        f"orchestration; the Map sends {scale['map_concurrency']} shards at a time).",
+        "",
+        "| samples per shard | shards | seconds drop → result | seconds per shard | orchestration s per shard "
+        "| orchestration share |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in scale["per_shard"]:
+        lines.append(
+            f"| {row['samples_per_shard']} | {row['shards']} | {row['wall_seconds']:.1f} | "
+            f"{row['seconds_per_shard']:.2f} | {row['orchestration_seconds_per_shard']:.2f} | "
+            f"{row['orchestration_share']:.0%} |"
+        )
+    lines += [
+        "",
+        "| bundle | shards | seconds drop → result | parent's largest state (bytes) | parent's history (AWS events) "
+        "| children | child's largest state | child's longest history | limits guard |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in (("small", scale["small_bundle"]), ("big", scale["big_bundle"])):
+        guard = "passes" if not row["limits_violations"] else f"{len(row['limits_violations'])} violations"
+        lines.append(
+            f"| {name} | {row['shards']} | {row['wall_seconds']:.0f} | {row['parent_largest_payload_bytes']} | "
+            f"{row['parent_history_events_aws']} | {row['children']} | {row['child_largest_payload_bytes']} | "
+            f"{row['child_history_events_aws_max']} | {guard} |"
+        )
+    cold, burst = scale["cold_start"], scale["burst"]
+    reached = ", ".join(f"{n} at {t} s" for n, t in burst["seconds_to_instances"].items())
+    lines += [
+        "",
+        f"Cold start from zero instances: an instance in service {cold['seconds_to_first_instance']:.1f} s after "
+        f"the drop, the result {cold['seconds_to_result']:.1f} s after it.",
+        "",
+        f"Scale-out for a burst of {burst['bundles']} bundles of {burst['shards_per_bundle']} shards: "
+        f"{reached}; every result at {burst['seconds_to_all_results']:.0f} s; zero instances again at "
+        f"{burst['seconds_to_zero_again']} s. The curve (seconds, instances): "
+        + ", ".join(f"{t:.0f}:{c}" for t, c in burst["curve"][:: max(1, len(burst["curve"]) // 40)])
+        + ".",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
@@ -201,7 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     found = {
         name: json.loads((args.results / f"{name}.json").read_text())
-        for name in ("recipe", "variants", "workflow")
+        for name in ("recipe", "variants", "workflow", "scale")
         if (args.results / f"{name}.json").exists()
     }
     recipe, variants, workflow = found.get("recipe"), found.get("variants"), found.get("workflow")
@@ -226,6 +274,8 @@ def main() -> None:
         body += [*recipe_section(variants, title, targets=False), ""]
     if workflow:
         body += [*workflow_section(workflow), ""]
+    if found.get("scale"):
+        body += [*scale_section(found["scale"]), ""]
     body.append(END)
     text = args.doc.read_text() if args.doc.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text or END not in text:

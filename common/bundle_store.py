@@ -6,7 +6,9 @@
     s3://<bucket>/outbox/<bundle id>/shards/00000.out  result shards (written by the endpoint), then
     s3://<bucket>/outbox/<bundle id>/manifest.json     the result manifest, written last
     s3://<bucket>/quarantine/<bundle id>/reason.json   why a bundle could not be processed
+    s3://<bucket>/requests/<bundle id>/plan.json       the shard plan Validate writes: the Distributed Map's items
     s3://<bucket>/requests/<bundle id>/00000.json      the workflow's shard request to the endpoint (one per shard)
+    s3://<bucket>/requests/<bundle id>/results/00000.json  the endpoint's answer for a shard, where Assemble finds it
     s3://<bucket>/responses/<endpoint>/…               the asynchronous endpoint's own responses and failures
 
 A batch owner writes under inbox/ only (its evaluation key too) and reads outbox/ and its quarantine records: the
@@ -19,14 +21,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from common.aws import is_missing
 from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, shard_key
-from common.bundle.messages import ShardRequest, ShardResult
-from common.bundle.schema import MANIFEST_NAME, MAX_MANIFEST_BYTES, BundleError, check_relative_key, sha256_hex, utc_now
+from common.bundle.messages import ShardRequest, ShardResult, parse_shard_result
+from common.bundle.schema import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_MESSAGE_BYTES,
+    BundleError,
+    check_relative_key,
+    sha256_hex,
+    utc_now,
+)
 from common.bundle.shards import check_object
 from common.s3uri import S3Uri
 
@@ -37,6 +48,8 @@ OUTBOX_PREFIX = "outbox"
 QUARANTINE_PREFIX = "quarantine"
 REQUESTS_PREFIX = "requests"
 REASON_NAME = "reason.json"
+PLAN_NAME = "plan.json"
+SHARD_RESULTS_FOLDER = "results"
 EVALUATION_KEY_SUFFIX = ".ekey"
 
 
@@ -65,6 +78,16 @@ class BundleLayout:
     def shard_request_object(self, bundle_id: str, index: int) -> S3Uri:
         # One fixed key per shard: a retried shard sends the same request, and results overwrite in place.
         return S3Uri(self.bucket, f"{REQUESTS_PREFIX}/{bundle_id}/{index:05d}.json")
+
+    def shard_plan(self, bundle_id: str) -> S3Uri:
+        return S3Uri(self.bucket, f"{REQUESTS_PREFIX}/{bundle_id}/{PLAN_NAME}")
+
+    def shard_results_prefix(self, bundle_id: str) -> S3Uri:
+        return S3Uri(self.bucket, f"{REQUESTS_PREFIX}/{bundle_id}/{SHARD_RESULTS_FOLDER}")
+
+    def shard_result_record(self, bundle_id: str, index: int) -> S3Uri:
+        # Deterministic, like the request: whatever attempt answered, the record of shard i is here.
+        return self.shard_results_prefix(bundle_id).join(f"{index:05d}.json")
 
     def shard_request(self, bundle_id: str, index: int) -> ShardRequest:
         """What the endpoint is asked for shard ``index``: read it from the inbox, write its result to the outbox."""
@@ -99,6 +122,40 @@ def get_bytes(s3: Any, uri: S3Uri, *, field: str, limit: int | None = None) -> b
             raise BundleError(field, f"{uri} does not exist", "missing_object") from None
         raise
     return body
+
+
+def listed_objects(s3: Any, prefix: S3Uri) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` (a folder: its key without the trailing slash), a page at a time."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key + "/")
+    for page in pages:
+        yield from page.get("Contents", [])
+
+
+def write_shard_plan(s3: Any, layout: BundleLayout, bundle_id: str, indices: Sequence[int]) -> S3Uri:
+    """The Distributed Map's items: one ``{"shard_index": i}`` per shard, a JSON array the ItemReader reads."""
+    uri = layout.shard_plan(bundle_id)
+    body = json.dumps([{"shard_index": index} for index in indices], separators=(",", ":")).encode()
+    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType="application/json")
+    return uri
+
+
+def write_shard_result(s3: Any, layout: BundleLayout, result: ShardResult) -> S3Uri:
+    uri = layout.shard_result_record(result.bundle_id, result.shard_index)
+    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=result.to_json(), ContentType="application/json")
+    return uri
+
+
+def read_shard_results(s3: Any, layout: BundleLayout, bundle_id: str, workers: int = 16) -> list[ShardResult]:
+    """Every shard result recorded for ``bundle_id``: the folder listed page by page, the records read in
+    parallel (a bundle may have thousands)."""
+    keys = [obj["Key"] for obj in listed_objects(s3, layout.shard_results_prefix(bundle_id))]
+
+    def read(key: str) -> ShardResult:
+        field = f"results[{key.rsplit('/', 1)[-1].removesuffix('.json')}]"
+        return parse_shard_result(get_bytes(s3, S3Uri(layout.bucket, key), field=field, limit=MAX_MESSAGE_BYTES))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(read, keys))
 
 
 def read_manifest(s3: Any, uri: S3Uri, *, field: str = "manifest") -> tuple[Manifest, str]:

@@ -21,6 +21,12 @@ ENDPOINT_NAME = "fhe-inference"
 JOB_INSTANCE_TYPE = "ml.c7i.4xlarge"
 ENDPOINT_INSTANCE_TYPE = "ml.c7i.4xlarge"
 INVOCATIONS_PER_INSTANCE = 2  # concurrent shards an endpoint instance takes
+# The endpoint scales with its backlog (Application Auto Scaling): to zero when idle, out to MAX_INSTANCES.
+MIN_INSTANCES = 0
+MAX_INSTANCES = 2
+BACKLOG_PER_INSTANCE = 2.0  # target tracking's target for ApproximateBacklogSizePerInstance
+SCALE_IN_COOLDOWN_S = 600  # an instance is only taken away after this long without need of it
+SCALE_OUT_COOLDOWN_S = 60
 
 
 class SettingsError(RuntimeError):
@@ -56,10 +62,20 @@ class EndpointSettings:
     role_arn: str  # the endpoint's execution role
     endpoint_name: str = ENDPOINT_NAME
     instance_type: str = ENDPOINT_INSTANCE_TYPE
-    instance_count: int = 1
+    instance_count: int = 1  # at creation; then the scaling policies decide
     max_concurrent_invocations: int = INVOCATIONS_PER_INSTANCE
+    min_instances: int = MIN_INSTANCES
+    max_instances: int = MAX_INSTANCES
+    backlog_per_instance: float = BACKLOG_PER_INSTANCE
+    scale_in_cooldown: int = SCALE_IN_COOLDOWN_S
+    scale_out_cooldown: int = SCALE_OUT_COOLDOWN_S
     success_topic_arn: str | None = None
     error_topic_arn: str | None = None
+
+    @property
+    def peak_concurrency(self) -> int:
+        """Shards the endpoint takes at once at its largest: what the workflow's Map sends at a time."""
+        return self.max_instances * self.max_concurrent_invocations
 
     @property
     def output_path(self) -> S3Uri:
@@ -87,6 +103,13 @@ PIPELINE_OUTPUTS = (
     "ModelPackageGroup",
 )
 ENDPOINT_OUTPUTS = ("ModelPackageGroup", "BundleBucketName", "EndpointRoleArn", "EndpointName")
+# The endpoint's scaling a deployment records (its workflow's concurrency follows them): output → field.
+SCALING_OUTPUTS = {
+    "EndpointMaxInstances": "max_instances",
+    "InvocationsPerInstance": "max_concurrent_invocations",
+    "ScaleInCooldownSeconds": "scale_in_cooldown",
+    "ScaleOutCooldownSeconds": "scale_out_cooldown",
+}
 
 
 def from_outputs(
@@ -95,7 +118,6 @@ def from_outputs(
     region: str,
     job_instance_type: str = JOB_INSTANCE_TYPE,
     endpoint_instance_type: str = ENDPOINT_INSTANCE_TYPE,
-    invocations_per_instance: int = INVOCATIONS_PER_INSTANCE,
 ) -> DeployedSettings:
     """The pipeline's and the endpoint's settings from a deployment's outputs (``common.deployment``)."""
     missing = [name for name in dict.fromkeys(PIPELINE_OUTPUTS + ENDPOINT_OUTPUTS) if not outputs.get(name)]
@@ -118,7 +140,8 @@ def from_outputs(
         role_arn=outputs["EndpointRoleArn"],
         endpoint_name=outputs["EndpointName"],
         instance_type=endpoint_instance_type,
-        max_concurrent_invocations=invocations_per_instance,
+        # A deployment from before these were recorded has the defaults.
+        **{field: int(outputs[name]) for name, field in SCALING_OUTPUTS.items() if outputs.get(name)},
         success_topic_arn=outputs.get("EndpointSuccessTopicArn"),
         error_topic_arn=outputs.get("EndpointErrorTopicArn"),
     )

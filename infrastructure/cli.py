@@ -34,6 +34,13 @@ def prefix(text: str) -> str:
     return text
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhe-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,6 +63,28 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--quarantine-retention-days", type=int, default=defaults.quarantine_retention_days)
     parser.add_argument("--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--job-instance-type", default=defaults.job_instance_type, help="training and evaluation jobs")
+    parser.add_argument(
+        "--max-instances",
+        type=positive,
+        default=defaults.max_instances,
+        help="the endpoint scales out to this many instances (%(default)s); it scales in to zero when idle",
+    )
+    parser.add_argument(
+        "--invocations-per-instance",
+        type=positive,
+        default=defaults.invocations_per_instance,
+        help="shards one endpoint instance takes at once (%(default)s); the workflow sends up to "
+        "max-instances × this many at a time",
+    )
+    parser.add_argument(
+        "--scale-in-cooldown",
+        type=int,
+        default=defaults.scale_in_cooldown,
+        help="seconds without need before the endpoint loses an instance (%(default)s)",
+    )
+    parser.add_argument(
+        "--scale-out-cooldown", type=int, default=defaults.scale_out_cooldown, help="seconds between scale-outs"
+    )
     parser.add_argument(
         "--image-tag", default="", help="images already pushed (default: each image's content tag, from this source)"
     )
@@ -91,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         base_image=args.base_image,
         push_images=not args.no_push,
         job_instance_type=args.job_instance_type,
+        max_instances=args.max_instances,
+        invocations_per_instance=args.invocations_per_instance,
+        scale_in_cooldown=args.scale_in_cooldown,
+        scale_out_cooldown=args.scale_out_cooldown,
     )
     progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:

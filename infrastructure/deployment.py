@@ -26,14 +26,19 @@ from common.deployment import StackNames, describe_stack, image_output, read_out
 from common.settings import (
     DEFAULT_PREFIX,
     ENDPOINT_NAME,
+    INVOCATIONS_PER_INSTANCE,
     JOB_INSTANCE_TYPE,
+    MAX_INSTANCES,
     MODEL_PACKAGE_GROUP,
     PIPELINE_NAME,
+    SCALE_IN_COOLDOWN_S,
+    SCALE_OUT_COOLDOWN_S,
     from_outputs,
 )
 from infrastructure import images, package, stacks
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
 from pipelines import runs
+from pipelines.endpoint import delete_endpoint
 
 STACK_TIMEOUT_S = 1200.0
 DATA_OUTPUTS = ("DataBucketName", "ModelBucketName", "BundleBucketName", "AuditTableName")
@@ -60,6 +65,19 @@ class Deployment:
     base_image: str = ""  # empty: the Dockerfiles' default, the official Python image
     push_images: bool = True
     job_instance_type: str = JOB_INSTANCE_TYPE
+    # The endpoint's scaling, recorded for `fhe-pipeline deploy`; the workflow sends as many shards at once as
+    # the endpoint takes at its largest (max_instances times invocations_per_instance).
+    max_instances: int = MAX_INSTANCES
+    invocations_per_instance: int = INVOCATIONS_PER_INSTANCE
+    scale_in_cooldown: int = SCALE_IN_COOLDOWN_S
+    scale_out_cooldown: int = SCALE_OUT_COOLDOWN_S
+
+    @property
+    def map_concurrency(self) -> int:
+        return self.max_instances * self.invocations_per_instance
+
+    def uploads(self) -> list[package.Upload]:
+        return package.uploads(map_concurrency=self.map_concurrency)
 
     @property
     def stacks(self) -> StackNames:
@@ -112,13 +130,17 @@ class Deployment:
             "RetrainingState": "ENABLED" if self.retraining_enabled else "DISABLED",
             "FunctionConcurrency": str(self.function_concurrency),
             "LogLevel": self.log_level,
+            "EndpointMaxInstances": str(self.max_instances),
+            "InvocationsPerInstance": str(self.invocations_per_instance),
+            "ScaleInCooldownSeconds": str(self.scale_in_cooldown),
+            "ScaleOutCooldownSeconds": str(self.scale_out_cooldown),
         }
 
 
 def plan(deployment: Deployment) -> dict[str, Any]:
     """Everything ``up`` would create, without calling AWS: values only known once the bootstrap stack exists
     are shown as ``<bootstrap:Output>``."""
-    staged = package.uploads()
+    staged = deployment.uploads()
     placeholders = {
         "KeyArn": "<bootstrap:KeyArn>",
         "ArtifactBucketName": "<bootstrap:ArtifactBucketName>",
@@ -211,7 +233,7 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     else:
         report(f"images not built here; the deployment uses {', '.join(i.uri for i in wanted)}")
     s3 = aws.client("s3")
-    staged = package.uploads()
+    staged = deployment.uploads()
     for upload in staged:
         s3.put_object(Bucket=bootstrap["ArtifactBucketName"], Key=upload.key, Body=upload.body)
     report(f"staged {len(staged)} artifacts in s3://{bootstrap['ArtifactBucketName']}/workflow/")
@@ -255,16 +277,6 @@ def _empty_bucket(s3: Any, bucket: str) -> int:
     return removed
 
 
-def _delete_endpoint(endpoint_name: str, report: Report) -> None:
-    sagemaker = aws.client("sagemaker")
-    try:
-        sagemaker.delete_endpoint(EndpointName=endpoint_name)
-        report(f"endpoint {endpoint_name}: deleted")
-    except sagemaker.exceptions.ClientError as error:
-        if "Could not find" not in str(error) and "does not exist" not in str(error):
-            raise
-
-
 def _delete_pipeline(pipeline_name: str, report: Report) -> None:
     sagemaker = aws.client("sagemaker")
     try:
@@ -287,8 +299,8 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
         report(f"no deployment {deployment.prefix}: none of its stacks exists")
         return {"deleted": [], "kept": []}
     # Only what the deployment itself names: a teardown never reaches for a default name of another one.
-    if "EndpointName" in known:
-        _delete_endpoint(known["EndpointName"], report)
+    if "EndpointName" in known and delete_endpoint(known["EndpointName"]):
+        report(f"endpoint {known['EndpointName']}: scaling target deregistered, endpoint deleted")
     if "PipelineName" in known:
         _delete_pipeline(known["PipelineName"], report)
     deleted: list[str] = []

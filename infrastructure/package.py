@@ -1,11 +1,17 @@
 """What the product stack's functions are made of: a zip of ``lambdas/`` and ``common/``, a Powertools layer built
-from the installed distributions, and the state machine definition as it is. Each is staged in the artifact bucket
-under a key that carries its content hash, so a deploy that changes nothing replaces nothing."""
+from the installed distributions, and the state machine definition with the deployment's Map concurrency. Each is
+staged in the artifact bucket under a key that carries its content hash, so a deploy that changes nothing replaces
+nothing.
+
+The Map's MaxConcurrency is the one value of the definition set here rather than by the template's
+DefinitionSubstitutions: those substitute text inside JSON strings, and MaxConcurrency must be a JSON number
+(MaxConcurrencyPath would read it from the input, but the local Step Functions does not implement it)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,6 +22,7 @@ from infrastructure.templates import ROOT, STATE_MACHINE
 FUNCTION_PACKAGES = ("lambdas", "common")
 LAYER_DISTRIBUTIONS = ("aws-lambda-powertools", "aws-xray-sdk", "wrapt", "jmespath", "typing-extensions")
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry a fixed time, so one source gives one hash
+SHARD_MAP_STATE = "InferShards"
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,22 @@ def powertools_layer_zip() -> bytes:
     return _zip(files)
 
 
+def state_machine_definition(map_concurrency: int) -> bytes:
+    """The definition, its shard Map sending at most ``map_concurrency`` shards at once."""
+    if map_concurrency < 1:
+        raise ValueError(f"the Map's concurrency must be at least 1, not {map_concurrency}")
+    definition = json.loads(STATE_MACHINE.read_text())
+    definition["States"][SHARD_MAP_STATE]["MaxConcurrency"] = map_concurrency
+    return (json.dumps(definition, indent=2) + "\n").encode()
+
+
 def _upload(parameter: str, name: str, body: bytes, suffix: str) -> Upload:
     return Upload(parameter, f"workflow/{name}-{hashlib.sha256(body).hexdigest()[:16]}{suffix}", body)
 
 
-def uploads() -> list[Upload]:
+def uploads(map_concurrency: int) -> list[Upload]:
     return [
         _upload("FunctionsKey", "functions", functions_zip(), ".zip"),
         _upload("PowertoolsLayerKey", "powertools-layer", powertools_layer_zip(), ".zip"),
-        _upload("StateMachineKey", "batch_inference", STATE_MACHINE.read_bytes(), ".asl.json"),
+        _upload("StateMachineKey", "batch_inference", state_machine_definition(map_concurrency), ".asl.json"),
     ]

@@ -1,5 +1,7 @@
-"""Assemble the result bundle: every shard's result checked, then the result manifest under ``outbox/`` (written
-last, the commit point the client waits for), then a "Bundle Completed" event."""
+"""Assemble the result bundle: every shard's result, read from its fixed key (``requests/<bundle id>/results/``,
+listed a page at a time: the execution's state carries none of them), checked against the request, then the
+result manifest under ``outbox/`` (written last, the commit point the client waits for), then a "Bundle
+Completed" event."""
 
 from __future__ import annotations
 
@@ -8,29 +10,28 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle.messages import parse_shard_result
 from common.bundle.schema import BundleError
-from common.bundle_store import BundleLayout, get_bytes, read_manifest, result_manifest, write_result_manifest
-from common.s3uri import S3Uri
+from common.bundle_store import (
+    BundleLayout,
+    read_manifest,
+    read_shard_results,
+    result_manifest,
+    write_result_manifest,
+)
 from common.workflow import BundleRef, EventError
 from lambdas.runtime import BundleRejected, client, logger, metrics, publish, tracer, transient_aws_errors
 
 STAGE = "assemble"
 
 
-def assemble(bundle: BundleRef, plan: dict[str, Any], results: list[dict[str, Any]], execution: str) -> dict[str, Any]:
+def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[str, Any]:
     s3, layout = client("s3"), BundleLayout(bundle.bucket)
     try:
         with transient_aws_errors():
             request, request_sha256 = read_manifest(s3, bundle.manifest_uri)
             if request_sha256 != plan.get("request_sha256"):
                 raise BundleError("manifest", "changed while the bundle was running", "manifest_changed")
-            shard_results = [
-                parse_shard_result(
-                    get_bytes(s3, S3Uri.parse(str(r["output_location"])), field=f"results[{r['shard_index']}]")
-                )
-                for r in results
-            ]
+            shard_results = read_shard_results(s3, layout, bundle.bundle_id)
             answer = result_manifest(request, request_sha256, layout.result_prefix(bundle.bundle_id), shard_results)
             written = write_result_manifest(s3, layout, answer)
     except BundleError as error:
@@ -57,7 +58,7 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], results: list[dict[str, An
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    results, plan = event.get("results"), event.get("plan")
-    if not isinstance(results, list) or not isinstance(plan, dict):
-        raise EventError("assemble takes the plan (an object) and the shard results (a list)")
-    return assemble(BundleRef.from_dict(event.get("bundle")), plan, results, str(event.get("execution") or ""))
+    plan = event.get("plan")
+    if not isinstance(plan, dict):
+        raise EventError("assemble takes the plan Validate returned (an object)")
+    return assemble(BundleRef.from_dict(event.get("bundle")), plan, str(event.get("execution") or ""))

@@ -59,6 +59,7 @@ class WaitingShard:
 
     inference_id: str
     task_token: str
+    bucket: str  # the bundle's
     bundle_id: str
     shard_index: int
     endpoint: str
@@ -73,12 +74,16 @@ class WaitingShard:
     @classmethod
     def for_task(cls, task: ShardTask, inference_id: str, ttl_seconds: int) -> WaitingShard:
         expiration = int(time.time()) + ttl_seconds
-        return cls(inference_id, task.task_token, task.bundle.bundle_id, task.shard_index, task.endpoint, expiration)
+        bundle = task.bundle
+        return cls(
+            inference_id, task.task_token, bundle.bucket, bundle.bundle_id, task.shard_index, task.endpoint, expiration
+        )
 
     def to_item(self) -> dict[str, Any]:
         return {
             **self.key_of(self.inference_id),
             "task_token": {"S": self.task_token},
+            "bucket": {"S": self.bucket},
             "bundle_id": {"S": self.bundle_id},
             "shard_index": {"N": str(self.shard_index)},
             "endpoint": {"S": self.endpoint},
@@ -91,6 +96,7 @@ class WaitingShard:
             return cls(
                 inference_id=item["id"]["S"].removeprefix(cls.PREFIX),
                 task_token=item["task_token"]["S"],
+                bucket=item["bucket"]["S"],
                 bundle_id=item["bundle_id"]["S"],
                 shard_index=int(item["shard_index"]["N"]),
                 endpoint=item["endpoint"]["S"],

@@ -1,8 +1,10 @@
 """Complete a shard's wait: the endpoint's SNS notification (success or error topic → SQS) → the task token.
 
-A Completed notification sends the output location on; a Failed one fails the task with ``ShardRejected`` when
-the container refused the shard's content (a named bundle error: retrying cannot help) and ``ShardFailed``
-otherwise (an instance fault, a timeout: the state machine retries with backoff)."""
+A Completed notification's answer (the shard result: where the result shard is, its size and sha256) is checked
+and recorded at the shard's fixed key (``requests/<bundle id>/results/<index>.json``), where Assemble finds it,
+before the wait completes; so the execution's state never carries it. A Failed one fails the task with
+``ShardRejected`` when the container refused the shard's content (a named bundle error: retrying cannot help)
+and ``ShardFailed`` otherwise (an instance fault, a timeout: the state machine retries with backoff)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from common.bundle.messages import ShardResult, parse_shard_result
+from common.bundle.schema import MAX_MESSAGE_BYTES, BundleError
+from common.bundle_store import BundleLayout, get_bytes, write_shard_result
+from common.s3uri import S3Uri
 from common.workflow import MAX_MESSAGE, EventError, FailureReason
 from lambdas.events import WaitingShard
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
@@ -83,6 +89,45 @@ def failure_of(result: InferenceResult, shard: int) -> tuple[str, FailureReason]
     return ("ShardRejected" if cause.code != "endpoint_failed" else "ShardFailed"), cause
 
 
+class UnusableAnswer(ValueError):
+    """The endpoint said Completed, but its answer is not this shard's result."""
+
+
+def shard_result(result: InferenceResult, waiting: WaitingShard) -> ShardResult:
+    """The endpoint's answer for ``waiting``, read from the output location and checked against it."""
+    if not result.output_location:
+        raise UnusableAnswer("the notification names no output location")
+    try:
+        with transient_aws_errors():
+            body = get_bytes(
+                client("s3"), S3Uri.parse(result.output_location), field="output_location", limit=MAX_MESSAGE_BYTES
+            )
+        answer = parse_shard_result(body)
+    except (BundleError, ValueError) as error:
+        raise UnusableAnswer(str(error)) from None
+    if (answer.bundle_id, answer.shard_index) != (waiting.bundle_id, waiting.shard_index):
+        raise UnusableAnswer(
+            f"answers shard {answer.shard_index} of {answer.bundle_id}, "
+            f"not {waiting.shard_index} of {waiting.bundle_id}"
+        )
+    return answer
+
+
+def record_result(result: InferenceResult, waiting: WaitingShard) -> tuple[str, FailureReason | None]:
+    """Record a Completed shard's result where Assemble finds it: ("", None), or the error to fail the shard with."""
+    try:
+        answer = shard_result(result, waiting)
+    except UnusableAnswer as error:
+        message = f"an endpoint answer is unusable: {error}"[:MAX_MESSAGE]
+        reason = FailureReason(
+            "infer", "bad_result", message, shard=waiting.shard_index, inference_id=result.inference_id
+        )
+        return "ShardRejected", reason
+    with transient_aws_errors():
+        write_shard_result(client("s3"), BundleLayout(waiting.bucket), answer)
+    return "", None
+
+
 def complete(result: InferenceResult, table: str) -> str:
     dynamodb, sfn = client("dynamodb"), client("stepfunctions")
     key = WaitingShard.key_of(result.inference_id)
@@ -96,13 +141,12 @@ def complete(result: InferenceResult, table: str) -> str:
     logger.append_keys(bundle_id=waiting.bundle_id, shard=shard, inference_id=result.inference_id)
     try:
         with transient_aws_errors():
-            if result.completed:
-                output: dict[str, Any] = {"shard_index": shard, "inference_id": result.inference_id}
-                output["output_location"] = result.output_location or ""
+            error, cause = record_result(result, waiting) if result.completed else failure_of(result, shard)
+            if cause is None:
+                output = {"shard_index": shard, "inference_id": result.inference_id}
                 sfn.send_task_success(taskToken=token, output=json.dumps(output))
                 outcome = "completed"
             else:
-                error, cause = failure_of(result, shard)
                 sfn.send_task_failure(taskToken=token, error=error, cause=cause.to_json())
                 outcome = error
     except (sfn.exceptions.TaskTimedOut, sfn.exceptions.TaskDoesNotExist, sfn.exceptions.InvalidToken):

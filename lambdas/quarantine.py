@@ -1,6 +1,11 @@
 """Quarantine a bundle that could not be processed: a reason record naming the stage and shard under
 ``quarantine/<bundle id>/reason.json``, then a "Bundle Quarantined" event. The inbox objects stay where they are:
-nothing is deleted, so the batch owner (or an operator) can inspect, fix and drop again."""
+nothing is deleted, so the batch owner (or an operator) can inspect, fix and drop again.
+
+A shard that fails fails its child execution of the Distributed Map, and the Map fails with
+``States.ExceedToleratedFailureThreshold``, which names no shard: the failed child is looked up through the
+execution's map run (ListMapRuns → ListExecutions → DescribeExecution), and its own error and cause, which name
+the shard, are what the record says."""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle_store import BundleLayout, write_quarantine_reason
+from common.bundle_store import BundleLayout, listed_objects, write_quarantine_reason
 from common.workflow import MAX_MESSAGE, FailureReason
 from lambdas.events import Failure
 from lambdas.runtime import client, logger, metrics, publish, tracer, transient_aws_errors
 
+MAP_FAILED = "States.ExceedToleratedFailureThreshold"
 _CODES = {"States.Timeout": "timeout", "States.HeartbeatTimeout": "heartbeat_timeout", "ShardFailed": "endpoint_failed"}
 
 
@@ -60,14 +66,29 @@ def reason_of(failure: Failure) -> FailureReason:
     return reason
 
 
+def failed_shard(failure: Failure) -> Failure:
+    """A failed Map run's first failed child execution, as the failure to record; the failure itself when it is
+    not a map run's, or when no failed child can be found (the record then says what the Map said)."""
+    if failure.error != MAP_FAILED or not failure.execution:
+        return failure
+    sfn = client("stepfunctions")
+    with transient_aws_errors():
+        for run in sfn.list_map_runs(executionArn=failure.execution).get("mapRuns", []):
+            failed = sfn.list_executions(mapRunArn=run["mapRunArn"], statusFilter="FAILED", maxResults=1)
+            for child in failed.get("executions", []):
+                described = sfn.describe_execution(executionArn=child["executionArn"])
+                error, cause = str(described.get("error") or failure.error), str(described.get("cause") or "")
+                return replace(failure, error=error, cause=cause)
+    logger.warning("the map run failed but no failed child execution was found", extra={"execution": failure.execution})
+    return failure
+
+
 def quarantine(failure: Failure) -> dict[str, Any]:
     s3, bundle = client("s3"), failure.bundle
     layout = BundleLayout(bundle.bucket)
-    prefix = layout.request_prefix(bundle.bundle_id)
     with transient_aws_errors():
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bundle.bucket, Prefix=prefix.key + "/")
-        kept = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-        reason = reason_of(failure)
+        kept = [obj["Key"] for obj in listed_objects(s3, layout.request_prefix(bundle.bundle_id))]
+        reason = reason_of(failed_shard(failure))
         record = {
             **reason.to_dict(),
             "execution": failure.execution,

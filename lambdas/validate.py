@@ -1,9 +1,13 @@
 """Validate a dropped bundle before any endpoint work, and plan its shards.
 
 Checks, in order: the manifest (format, limits, bundle id), the model package (registered and Approved), the
-endpoint (in service, serving that very package), the releases (the bundle's concrete versions against the
-served model's versions record), the evaluation key and every shard object (present, of the recorded size).
+endpoint (in service, serving that very package; an endpoint scaled to zero instances is in service), the
+releases (the bundle's concrete versions against the served model's versions record), the evaluation key and
+every shard object (present, of the recorded size: the bundle's folder listed a page at a time).
 A failed check raises BundleRejected naming the field (and shard): the bundle is quarantined, nothing invoked.
+
+The shard plan goes to S3 (``requests/<bundle id>/plan.json``), where the Distributed Map's ItemReader reads it:
+what the execution's state carries is the same few hundred bytes whatever the bundle's size.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from common.aws import is_missing
 from common.bundle.manifest import Manifest
 from common.bundle.schema import BundleError, check_relative_key
 from common.bundle.serving import check_model, check_versions
-from common.bundle_store import bundle_prefix, read_manifest
+from common.bundle_store import BundleLayout, bundle_prefix, listed_objects, read_manifest, write_shard_plan
 from common.model_package import ModelPackageError, require_approved, served_package, serving_versions
 from common.s3uri import S3Uri
 from common.workflow import BundleRef
@@ -91,17 +95,37 @@ def check_releases(manifest: Manifest, package: dict[str, Any]) -> None:
         raise rejected(error) from None
 
 
+def check_size(uri: S3Uri, found: int | None, size: int, field: str) -> None:
+    if found is None:
+        raise rejected(BundleError(field, f"{uri} does not exist", "missing_object"))
+    if found != size:
+        raise rejected(BundleError(field, f"{uri} is {found} bytes, the manifest says {size}", "size_mismatch"))
+
+
 def check_object_size(uri: S3Uri, size: int, field: str) -> None:
     try:
         with transient_aws_errors():
             head = client("s3").head_object(Bucket=uri.bucket, Key=uri.key)
     except ClientError as error:
         if is_missing(error):
-            raise rejected(BundleError(field, f"{uri} does not exist", "missing_object")) from None
+            check_size(uri, None, size, field)
         raise
-    if head["ContentLength"] != size:
-        problem = f"{uri} is {head['ContentLength']} bytes, the manifest says {size}"
-        raise rejected(BundleError(field, problem, "size_mismatch"))
+    check_size(uri, int(head["ContentLength"]), size, field)
+
+
+def check_shards(manifest: Manifest, manifest_uri: S3Uri) -> None:
+    """Every shard object present with its recorded size: one listing of the bundle's folder, not a request per
+    shard."""
+    prefix = bundle_prefix(manifest_uri)
+    with transient_aws_errors():
+        sizes = {obj["Key"]: int(obj["Size"]) for obj in listed_objects(client("s3"), prefix)}
+    for entry in manifest.shards:
+        field = f"shards[{entry.index}]"
+        try:
+            uri = prefix.join(check_relative_key(entry.key, f"{field}.key"))
+        except BundleError as error:
+            raise rejected(error) from None
+        check_size(uri, sizes.get(uri.key), entry.size, field)
 
 
 def validate(bundle: BundleRef, endpoint: str) -> dict[str, Any]:
@@ -119,14 +143,11 @@ def validate(bundle: BundleRef, endpoint: str) -> dict[str, Any]:
     check_endpoint(manifest, endpoint)
     check_releases(manifest, package)
     check_object_size(S3Uri.parse(manifest.evaluation_key.uri), manifest.evaluation_key.size, "evaluation_key")
-    prefix = bundle_prefix(bundle.manifest_uri)
-    for entry in manifest.shards:
-        field = f"shards[{entry.index}]"
-        try:
-            key = check_relative_key(entry.key, f"{field}.key")
-        except BundleError as error:
-            raise rejected(error) from None
-        check_object_size(prefix.join(key), entry.size, field)
+    check_shards(manifest, bundle.manifest_uri)
+    with transient_aws_errors():
+        plan = write_shard_plan(
+            client("s3"), BundleLayout(bundle.bucket), bundle.bundle_id, [entry.index for entry in manifest.shards]
+        )
     logger.info("bundle valid", extra={"shards": len(manifest.shards), "samples": manifest.total_samples})
     metrics.add_metric(name="BundlesValidated", unit=MetricUnit.Count, value=1)
     return {
@@ -134,7 +155,8 @@ def validate(bundle: BundleRef, endpoint: str) -> dict[str, Any]:
         "model_package_arn": manifest.model.package_arn,
         "request_sha256": manifest_sha256,
         "samples": manifest.total_samples,
-        "shards": [entry.index for entry in manifest.shards],
+        "shards": len(manifest.shards),
+        "shard_plan": {"Bucket": plan.bucket, "Key": plan.key},  # the ItemReader's parameters
     }
 
 

@@ -91,6 +91,8 @@ def client_environment() -> dict[str, str]:
         "AWS_ENDPOINT_URL": local_aws().url,
         "AWS_ENDPOINT_URL_SAGEMAKER": local_sagemaker().url,
         "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": local_sagemaker().url,
+        # The endpoints' scaling: the local SageMaker serves Application Auto Scaling for its endpoints.
+        "AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING": local_sagemaker().url,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -29,12 +29,17 @@ from typing import Any
 from common import aws
 from common.deployment import DeploymentNotFound, read_outputs
 from common.settings import (
+    BACKLOG_PER_INSTANCE,
     ENDPOINT_INSTANCE_TYPE,
     ENDPOINT_NAME,
     INVOCATIONS_PER_INSTANCE,
     JOB_INSTANCE_TYPE,
+    MAX_INSTANCES,
+    MIN_INSTANCES,
     MODEL_PACKAGE_GROUP,
     PIPELINE_NAME,
+    SCALE_IN_COOLDOWN_S,
+    SCALE_OUT_COOLDOWN_S,
     DeployedSettings,
     EndpointSettings,
     PipelineSettings,
@@ -55,7 +60,7 @@ class Option:
     flag: str
     sets: tuple[str, ...]
     variable: str
-    default: str | int | None
+    default: str | int | float | None
     help: str
 
     @property
@@ -127,13 +132,38 @@ OPTIONS = (
         ("endpoint.max_concurrent_invocations",),
         "FHE_INVOCATIONS_PER_INSTANCE",
         INVOCATIONS_PER_INSTANCE,
-        "deploy: concurrent shards",
+        "deploy: concurrent shards per instance",
+    ),
+    Option("--min-instances", ("endpoint.min_instances",), "FHE_MIN_INSTANCES", MIN_INSTANCES, "deploy: scaled in to"),
+    Option("--max-instances", ("endpoint.max_instances",), "FHE_MAX_INSTANCES", MAX_INSTANCES, "deploy: scaled out to"),
+    Option(
+        "--backlog-per-instance",
+        ("endpoint.backlog_per_instance",),
+        "FHE_BACKLOG_PER_INSTANCE",
+        BACKLOG_PER_INSTANCE,
+        "deploy: the backlog per instance target tracking keeps",
+    ),
+    Option(
+        "--scale-in-cooldown",
+        ("endpoint.scale_in_cooldown",),
+        "FHE_SCALE_IN_COOLDOWN",
+        SCALE_IN_COOLDOWN_S,
+        "deploy: seconds before an instance is taken away",
+    ),
+    Option(
+        "--scale-out-cooldown",
+        ("endpoint.scale_out_cooldown",),
+        "FHE_SCALE_OUT_COOLDOWN",
+        SCALE_OUT_COOLDOWN_S,
+        "deploy: seconds between two scale-outs",
     ),
     Option("--success-topic-arn", ("endpoint.success_topic_arn",), "FHE_SUCCESS_TOPIC_ARN", None, "deploy: SNS"),
     Option("--error-topic-arn", ("endpoint.error_topic_arn",), "FHE_ERROR_TOPIC_ARN", None, "deploy: SNS"),
 )
 # What a deployment does not record, so a flag for it overrides nothing of the deployment's.
-UNRECORDED = frozenset({"pipeline.job_instance_type", "endpoint.instance_type", "endpoint.max_concurrent_invocations"})
+UNRECORDED = frozenset(
+    {"pipeline.job_instance_type", "endpoint.instance_type", "endpoint.min_instances", "endpoint.backlog_per_instance"}
+)
 _BY_FIELD = {target: option for option in OPTIONS for target in option.sets}
 
 
@@ -151,7 +181,6 @@ def resolve(args: argparse.Namespace, outputs: dict[str, str] | None, note: Any 
             region=args.region,
             job_instance_type=_BY_FIELD["pipeline.job_instance_type"].fallback(),
             endpoint_instance_type=_BY_FIELD["endpoint.instance_type"].fallback(),
-            invocations_per_instance=_BY_FIELD["endpoint.max_concurrent_invocations"].fallback(),
         )
     else:
         deployed = DeployedSettings(
@@ -192,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT"), help="fhe-deploy's --prefix")
     for option in OPTIONS:
         shown = f" (default {option.default})" if option.default else ""
-        kind = int if isinstance(option.default, int) else str
+        kind = type(option.default) if isinstance(option.default, int | float) else str
         parser.add_argument(option.flag, type=kind, help=f"{option.help}; or {option.variable}{shown}")
     parser.add_argument("--region", default=aws.region())
     parser.add_argument("--dataset", help="bundled data set name, local CSV/NPY file, or s3:// URI")

@@ -1,13 +1,20 @@
-"""Deploy the newest Approved model package of a group to an asynchronous endpoint.
+"""Deploy the newest Approved model package of a group to an asynchronous endpoint that scales with its backlog.
 
 It creates a Model from the package (its environment names the package, which the container checks every
 bundle against), an EndpointConfig with AsyncInferenceConfig (S3 output and failure paths, SNS success and error
 topics, invocations per instance) and the Endpoint, or points an existing endpoint at the new configuration.
 Names carry the package version and a timestamp so a redeploy never collides.
+
+Then its scaling (Application Auto Scaling, as AWS recommends for asynchronous endpoints): a scalable target on
+the variant's DesiredInstanceCount from ``min_instances`` (0: no instance while idle) to ``max_instances``;
+target tracking on ApproximateBacklogSizePerInstance; and, since target tracking cannot act on a per-instance
+metric when there is no instance, a step policy that adds one, fired by a CloudWatch alarm on
+HasBacklogWithoutCapacity. :func:`delete_endpoint` takes all of it down again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -15,6 +22,10 @@ from common import aws
 from common.artifacts import PACKAGE_ARN_VARIABLE
 from common.model_package import newest_approved
 from common.settings import EndpointSettings
+
+VARIANT = "AllTraffic"
+SCALING = {"ServiceNamespace": "sagemaker", "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+METRICS_NAMESPACE = "AWS/SageMaker"
 
 
 class EndpointError(RuntimeError):
@@ -47,7 +58,7 @@ def deploy_endpoint(settings: EndpointSettings, wait_seconds: float = 900.0) -> 
         EndpointConfigName=config_name,
         ProductionVariants=[
             {
-                "VariantName": "AllTraffic",
+                "VariantName": VARIANT,
                 "ModelName": model_name,
                 "InstanceType": settings.instance_type,
                 "InitialInstanceCount": settings.instance_count,
@@ -72,6 +83,7 @@ def deploy_endpoint(settings: EndpointSettings, wait_seconds: float = 900.0) -> 
     else:
         sagemaker.create_endpoint(EndpointName=settings.endpoint_name, EndpointConfigName=config_name)
     status = wait_in_service(sagemaker, settings.endpoint_name, wait_seconds) if wait_seconds > 0 else "Creating"
+    scaling = configure_scaling(settings)
     return {
         "endpoint": settings.endpoint_name,
         "status": status,
@@ -82,7 +94,98 @@ def deploy_endpoint(settings: EndpointSettings, wait_seconds: float = 900.0) -> 
         "failure_path": str(settings.failure_path),
         "success_topic": success_topic,
         "error_topic": error_topic,
+        "scaling": scaling,
     }
+
+
+def _resource_id(endpoint_name: str) -> str:
+    return f"endpoint/{endpoint_name}/variant/{VARIANT}"
+
+
+def _alarm_name(endpoint_name: str) -> str:
+    return f"{endpoint_name}-backlog-without-capacity"
+
+
+def configure_scaling(settings: EndpointSettings) -> dict[str, Any]:
+    """The endpoint's scalable target, its two policies and the alarm that fires the step policy (idempotent:
+    a redeploy updates them)."""
+    if not 0 <= settings.min_instances <= settings.max_instances or settings.max_instances < 1:
+        raise EndpointError(
+            f"instances must satisfy 0 ≤ minimum ≤ maximum, maximum ≥ 1; got {settings.min_instances} and "
+            f"{settings.max_instances}"
+        )
+    scaling, name = aws.client("application-autoscaling"), settings.endpoint_name
+    target = {**SCALING, "ResourceId": _resource_id(name)}
+    scaling.register_scalable_target(**target, MinCapacity=settings.min_instances, MaxCapacity=settings.max_instances)
+    dimensions = [{"Name": "EndpointName", "Value": name}]
+    scaling.put_scaling_policy(
+        **target,
+        PolicyName=f"{name}-backlog-per-instance",
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": settings.backlog_per_instance,
+            "CustomizedMetricSpecification": {
+                "MetricName": "ApproximateBacklogSizePerInstance",
+                "Namespace": METRICS_NAMESPACE,
+                "Dimensions": dimensions,
+                "Statistic": "Average",
+            },
+            "ScaleInCooldown": settings.scale_in_cooldown,
+            "ScaleOutCooldown": settings.scale_out_cooldown,
+        },
+    )
+    from_zero = scaling.put_scaling_policy(
+        **target,
+        PolicyName=f"{name}-from-zero",
+        PolicyType="StepScaling",
+        StepScalingPolicyConfiguration={
+            "AdjustmentType": "ChangeInCapacity",
+            "MetricAggregationType": "Maximum",
+            "Cooldown": settings.scale_out_cooldown,
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
+        },
+    )["PolicyARN"]
+    aws.client("cloudwatch").put_metric_alarm(
+        AlarmName=_alarm_name(name),
+        AlarmDescription=f"{name} has requests waiting and no instance: start one",
+        Namespace=METRICS_NAMESPACE,
+        MetricName="HasBacklogWithoutCapacity",
+        Dimensions=dimensions,
+        Statistic="Maximum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1.0,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="missing",
+        AlarmActions=[from_zero],
+    )
+    return {
+        "min_instances": settings.min_instances,
+        "max_instances": settings.max_instances,
+        "backlog_per_instance": settings.backlog_per_instance,
+        "scale_in_cooldown": settings.scale_in_cooldown,
+        "scale_out_cooldown": settings.scale_out_cooldown,
+    }
+
+
+def delete_endpoint(endpoint_name: str) -> bool:
+    """The endpoint's scaling (target, policies, alarm), then the endpoint; False when there was no endpoint."""
+    scaling, resource = aws.client("application-autoscaling"), _resource_id(endpoint_name)
+    # Deregistering deletes the target's policies on AWS; deleted first all the same, so no backend keeps any.
+    policies = scaling.describe_scaling_policies(ServiceNamespace=SCALING["ServiceNamespace"], ResourceId=resource)
+    for policy in policies["ScalingPolicies"]:
+        scaling.delete_scaling_policy(**SCALING, ResourceId=resource, PolicyName=policy["PolicyName"])
+    with contextlib.suppress(scaling.exceptions.ObjectNotFoundException):  # never scaled, or deregistered already
+        scaling.deregister_scalable_target(**SCALING, ResourceId=resource)
+    aws.client("cloudwatch").delete_alarms(AlarmNames=[_alarm_name(endpoint_name)])
+    sagemaker = aws.client("sagemaker")
+    try:
+        sagemaker.delete_endpoint(EndpointName=endpoint_name)
+    except sagemaker.exceptions.ClientError as error:
+        if "Could not find" in str(error) or "does not exist" in str(error):
+            return False
+        raise
+    return True
 
 
 def wait_in_service(sagemaker: Any, endpoint_name: str, timeout: float, poll: float = 2.0) -> str:

@@ -1,15 +1,29 @@
 """Models, endpoint configurations and asynchronous endpoints: the SageMaker API over the store, and each
-endpoint's life (hosted, updated to a new configuration with its queue carried over, restarted, stopped).
-Hosting the serving container lives in ``hosting``, the invocation queue in ``invocations``."""
+endpoint's life: its instances (serving containers) started, scaled with its backlog by the Application Auto
+Scaling policies registered for it (``autoscaling``), replaced when one dies, moved to a new configuration with
+the queue carried over, stopped. An endpoint at zero instances is InService, as on AWS: its requests wait in the
+queue until the scaling round starts an instance.
+Hosting one serving container lives in ``hosting``, the invocation queue in ``invocations``."""
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
+from common import aws
 from common.s3uri import S3Uri
+from local.sagemaker.autoscaling import (
+    BACKLOG_METRIC,
+    NO_CAPACITY_METRIC,
+    Autoscaling,
+    ScalingState,
+    decide,
+    resource_id,
+)
 from local.sagemaker.backend import Backend, timestamp
 from local.sagemaker.errors import ValidationError, required
 from local.sagemaker.hosting import Host, launch, stop_orphaned_containers, terminate
@@ -17,13 +31,35 @@ from local.sagemaker.invocations import DEFAULT_INVOCATION_TIMEOUT_S, Invocation
 
 log = logging.getLogger("local.sagemaker.endpoints")
 
+SCALING_PERIOD_S = float(os.environ.get("LOCAL_SAGEMAKER_SCALING_PERIOD_S", "2"))
+METRICS_PERIOD_S = 10.0  # how often the backlog metrics go to CloudWatch
+METRICS_NAMESPACE = "AWS/SageMaker"
+
+
+@dataclass
+class Fleet:
+    """An endpoint's instances, the queue they share, and its scaling."""
+
+    endpoint: str
+    config_name: str
+    scaling: ScalingState
+    waiting: queue.Queue[str] = field(default_factory=queue.Queue)
+    hosts: list[Host] = field(default_factory=list)
+    starting: int = 0
+    updating: bool = False
+    metrics_at: float = 0.0
+
 
 class Endpoints:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, autoscaling: Autoscaling) -> None:
         self.backend = backend
-        self._hosts: dict[str, Host] = {}
+        self.autoscaling = autoscaling
+        self._fleets: dict[str, Fleet] = {}
         self._lock = threading.RLock()
-        self.invocations = Invocations(backend, restart=lambda endpoint: self._restart(endpoint))
+        self._stop = threading.Event()
+        self.invocations = Invocations(backend, lost=self._lost)
+        self._scaler = threading.Thread(target=self._scale_forever, name="endpoint-scaling", daemon=True)
+        self._scaler.start()
 
     # ---------------------------------------------------------------- models and endpoint configurations
 
@@ -100,23 +136,27 @@ class Endpoints:
     def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         name = required(body, "EndpointName")
         config_name = required(body, "EndpointConfigName")
-        self._get("endpoint-config", config_name, "Could not find endpoint configuration")
+        config = self._get("endpoint-config", config_name, "Could not find endpoint configuration")
         with self.backend.store.transaction():
             if self.backend.store.get("endpoint", name):
                 raise ValidationError(
                     f'Cannot create already existing endpoint "{self.backend.arn_prefix}:endpoint/{name}".'
                 )
             now = timestamp()
-            endpoint = {
+            endpoint: dict[str, Any] = {
                 "EndpointName": name,
                 "EndpointArn": f"{self.backend.arn_prefix}:endpoint/{name.lower()}",
                 "EndpointConfigName": config_name,
                 "EndpointStatus": "Creating",
+                "DesiredInstanceCount": _initial_count(config),
                 "CreationTime": now,
                 "LastModifiedTime": now,
             }
             self.backend.store.put("endpoint", name, endpoint)
-        self._start_in_background(name, config_name)
+        fleet = Fleet(name, config_name, ScalingState(endpoint["DesiredInstanceCount"], last_needed=now))
+        with self._lock:
+            self._fleets[name] = fleet
+        self._in_background(self._move_to, fleet, config_name, max(1, fleet.scaling.desired))
         return {"EndpointArn": endpoint["EndpointArn"]}
 
     def update_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -127,19 +167,24 @@ class Endpoints:
         if endpoint["EndpointStatus"] not in ("InService", "Failed"):
             raise ValidationError(f"Cannot update in-progress endpoint {endpoint['EndpointArn']}.")
         self._set_endpoint(name, EndpointStatus="Updating")
-        self._start_in_background(name, config_name)
+        fleet = self._fleet(name)
+        self._in_background(self._move_to, fleet, config_name, max(1, fleet.scaling.desired))
         return {"EndpointArn": endpoint["EndpointArn"]}
 
     def describe_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = self._endpoint(required(body, "EndpointName"))
         config = self.backend.store.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
         variant = (config.get("ProductionVariants") or [{}])[0]
-        result = dict(endpoint)
+        with self._lock:
+            fleet = self._fleets.get(endpoint["EndpointName"])
+            current = len(fleet.hosts) if fleet else 0
+            desired = fleet.scaling.desired if fleet else endpoint.get("DesiredInstanceCount", 0)
+        result = {k: v for k, v in endpoint.items() if k != "DesiredInstanceCount"}
         result["ProductionVariants"] = [
             {
                 "VariantName": variant.get("VariantName", "AllTraffic"),
-                "CurrentInstanceCount": variant.get("InitialInstanceCount", 1),
-                "DesiredInstanceCount": variant.get("InitialInstanceCount", 1),
+                "CurrentInstanceCount": current,
+                "DesiredInstanceCount": desired,
                 "CurrentWeight": 1.0,
                 "DesiredWeight": 1.0,
             }
@@ -158,24 +203,48 @@ class Endpoints:
     def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         name = required(body, "EndpointName")
         self._endpoint(name)
-        self._stop_host(name)
+        with self._lock:
+            fleet = self._fleets.pop(name, None)
+        if fleet is not None:
+            for host in list(fleet.hosts):
+                self._stop_instance(fleet, host, wait=False)
         self.backend.store.delete("endpoint", name)
         return {}
 
     def resume(self) -> list[str]:
-        """After a restart: host again every endpoint that was in service or on its way there."""
+        """After a restart: every endpoint that was in service or on its way there gets its instances again, and
+        its unanswered requests go back on its queue."""
         # Serving processes of a local SageMaker that was killed would hold their ports forever.
         stop_orphaned_containers(self.backend.state_dir)
         resumed = []
         for endpoint in self.backend.store.list("endpoint"):
-            if endpoint["EndpointStatus"] in ("InService", "Creating", "Updating"):
-                self._start_in_background(endpoint["EndpointName"], endpoint["EndpointConfigName"])
-                resumed.append(endpoint["EndpointName"])
+            if endpoint["EndpointStatus"] not in ("InService", "Creating", "Updating"):
+                continue
+            name, config_name = endpoint["EndpointName"], endpoint["EndpointConfigName"]
+            desired = int(endpoint.get("DesiredInstanceCount", 1))
+            fleet = Fleet(name, config_name, ScalingState(desired, last_needed=timestamp()))
+            with self._lock:
+                self._fleets[name] = fleet
+            self.invocations.requeue(name, fleet.waiting)
+            if endpoint["EndpointStatus"] == "InService" and desired == 0:
+                pass  # scaled to zero: the scaling round starts an instance when a request waits
+            else:
+                self._in_background(self._move_to, fleet, config_name, max(1, desired))
+            resumed.append(name)
         return resumed
 
     def shutdown(self) -> None:
-        for name in list(self._hosts):
-            self._stop_host(name)
+        self._stop.set()
+        with self._lock:
+            fleets = list(self._fleets.values())
+        for fleet in fleets:
+            for host in list(fleet.hosts):
+                self._stop_instance(fleet, host, wait=False)
+
+    def invoke_endpoint_async(self, name: str, headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        with self._lock:
+            fleet = self._fleets.get(name)
+        return self.invocations.accept(name, headers, fleet.waiting if fleet else None)
 
     def _get(self, kind: str, name: str, message: str) -> dict[str, Any]:
         document = self.backend.store.get(kind, name)
@@ -185,6 +254,13 @@ class Endpoints:
 
     def _endpoint(self, name: str) -> dict[str, Any]:
         return self._get("endpoint", name, "Could not find endpoint")
+
+    def _fleet(self, name: str) -> Fleet:
+        with self._lock:
+            fleet = self._fleets.get(name)
+        if fleet is None:
+            raise ValidationError(f"Endpoint {name} has no instances hosted here; create it again.")
+        return fleet
 
     def _set_endpoint(self, name: str, **changes: Any) -> None:
         with self.backend.store.transaction():
@@ -196,63 +272,152 @@ class Endpoints:
                 endpoint.pop("FailureReason", None)
             self.backend.store.put("endpoint", name, endpoint)
 
-    # ---------------------------------------------------------------- hosting
+    # ---------------------------------------------------------------- instances
 
-    def _start_in_background(self, name: str, config_name: str) -> None:
-        thread = threading.Thread(target=self._start, args=(name, config_name), name=f"host-{name}", daemon=True)
-        thread.start()
+    @staticmethod
+    def _in_background(target: Any, *args: Any) -> None:
+        threading.Thread(target=target, args=args, name=f"host-{args[0].endpoint}", daemon=True).start()
 
-    def _restart(self, name: str) -> None:
-        self._start_in_background(name, self._endpoint(name)["EndpointConfigName"])
-
-    def _start(self, name: str, config_name: str) -> None:
+    def _move_to(self, fleet: Fleet, config_name: str, count: int) -> None:
+        """Start ``count`` instances of ``config_name`` (creation, update, resume); once they serve, the
+        endpoint's older instances stop (their requests in flight finish first) and it is InService."""
+        fleet.updating = True
+        started: list[Host] = []
         try:
-            host = self._launch(name, config_name)
+            for _ in range(count):
+                started.append(self._launch(fleet, config_name))
         except Exception as error:
-            log.exception("endpoint %s failed to start", name)
-            self._set_endpoint(name, EndpointStatus="Failed", FailureReason=str(error)[:1024])
+            log.exception("endpoint %s failed to start", fleet.endpoint)
+            for host in started:
+                self._stop_instance(fleet, host, wait=False)
+            self._set_endpoint(fleet.endpoint, EndpointStatus="Failed", FailureReason=str(error)[:1024])
+            fleet.updating = False
             return
         with self._lock:
-            previous = self._hosts.get(name)
-            self._hosts[name] = host
-        if previous is not None:
-            self._retire(previous, host)
-        self._set_endpoint(name, EndpointStatus="InService", EndpointConfigName=config_name)
-        self.invocations.requeue(host)
+            old, fleet.hosts, fleet.config_name = fleet.hosts, started, config_name
+        for host in old:
+            self._stop_instance(fleet, host, wait=True)
+        self._set_endpoint(fleet.endpoint, EndpointStatus="InService", EndpointConfigName=config_name)
+        fleet.updating = False
 
-    def _launch(self, name: str, config_name: str) -> Host:
+    def _launch(self, fleet: Fleet, config_name: str) -> Host:
         config = self._get("endpoint-config", config_name, "Could not find endpoint configuration")
         model = self._get("model", config["ProductionVariants"][0]["ModelName"], "Could not find model")
-        host = launch(self.backend.runtime, self.backend.state_dir, self.backend.s3(), name, config, model)
-        workers = self.invocations.start_workers(host)
-        log.info("endpoint %s in service on port %d (%d workers)", name, host.port, workers)
+        host = launch(self.backend.runtime, self.backend.state_dir, self.backend.s3(), fleet.endpoint, config, model)
+        workers = self.invocations.start_workers(host, fleet.waiting)
+        log.info("endpoint %s: an instance serves on port %d (%d workers)", fleet.endpoint, host.port, workers)
         return host
 
-    def _retire(self, old: Host, new: Host) -> None:
-        old.stopping.set()
-        # Queued work moves to the new host; work in flight finishes on the old one.
-        while True:
-            try:
-                new.invocations.put(old.invocations.get_nowait())
-            except queue.Empty:
-                break
-        for _ in old.workers:
-            old.invocations.put("")
-        for worker in old.workers:
-            worker.join(timeout=DEFAULT_INVOCATION_TIMEOUT_S)
-        terminate(self.backend.runtime, old)
-
-    def _stop_host(self, name: str) -> None:
-        with self._lock:
-            host = self._hosts.pop(name, None)
-        if host is None:
+    def _add_instance(self, fleet: Fleet) -> None:
+        try:
+            host = self._launch(fleet, fleet.config_name)
+        except Exception:
+            log.exception("endpoint %s: an instance failed to start", fleet.endpoint)
             return
-        host.stopping.set()
-        for _ in host.workers:
-            host.invocations.put("")
-        terminate(self.backend.runtime, host)
-
-    def invoke_endpoint_async(self, name: str, headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        finally:
+            with self._lock:
+                fleet.starting -= 1
         with self._lock:
-            host = self._hosts.get(name)
-        return self.invocations.accept(name, headers, host)
+            if self._fleets.get(fleet.endpoint) is fleet:
+                fleet.hosts.append(host)
+                return
+        self._stop_instance(fleet, host, wait=False)  # the endpoint went while it started
+
+    def _stop_instance(self, fleet: Fleet, host: Host, *, wait: bool) -> None:
+        """Stop taking requests on ``host``; with ``wait``, let the ones in flight finish; then stop it."""
+        with self._lock:
+            if host in fleet.hosts:
+                fleet.hosts.remove(host)
+        host.stopping.set()
+        if wait:
+            for worker in host.workers:
+                worker.join(timeout=DEFAULT_INVOCATION_TIMEOUT_S)
+        terminate(self.backend.runtime, host)
+        log.info("endpoint %s: instance %s stopped", fleet.endpoint, host.generation)
+
+    def _lost(self, host: Host) -> None:
+        """A dead serving container: the instance goes, and the next scaling round starts its replacement."""
+        with self._lock:
+            fleet = self._fleets.get(host.endpoint)
+        if fleet is not None:
+            self._in_background(lambda f, h: self._stop_instance(f, h, wait=False), fleet, host)
+
+    # ---------------------------------------------------------------- scaling
+
+    def _scale_forever(self) -> None:
+        while not self._stop.wait(SCALING_PERIOD_S):
+            with self._lock:
+                fleets = list(self._fleets.values())
+            for fleet in fleets:
+                try:
+                    self.scale(fleet)
+                except Exception:
+                    log.exception("scaling round of %s failed", fleet.endpoint)
+
+    def scale(self, fleet: Fleet) -> None:
+        """One scaling round: the backlog measured, the policies applied, instances started or stopped."""
+        if fleet.updating:
+            return
+        now, backlog = timestamp(), self.invocations.backlog(fleet.endpoint)
+        with self._lock:
+            running, starting = len(fleet.hosts), fleet.starting
+        target = self.autoscaling.target(fleet.endpoint)
+        if target is not None:
+            policies = self.autoscaling.policies(resource_id(fleet.endpoint))
+            wired = self._wired_step_policies(fleet.endpoint) if fleet.scaling.desired == 0 and backlog else set()
+            before = fleet.scaling.desired
+            after, cause = decide(fleet.scaling, target, policies, wired, backlog, now)
+            if after != before:
+                if after > before:
+                    fleet.scaling.last_scale_out = now
+                fleet.scaling.desired = after
+                self.autoscaling.record(fleet.endpoint, before, after, cause)
+                self._set_endpoint(fleet.endpoint, DesiredInstanceCount=after)
+                log.info("endpoint %s: desired instances %d → %d (%s)", fleet.endpoint, before, after, cause)
+        desired = fleet.scaling.desired
+        if running + starting < desired:
+            with self._lock:
+                fleet.starting += desired - running - starting
+            for _ in range(desired - running - starting):
+                self._in_background(self._add_instance, fleet)
+        elif running > desired and not starting:
+            with self._lock:
+                idle_first = sorted(fleet.hosts, key=lambda h: h.busy)
+            for host in idle_first[: running - desired]:
+                self._in_background(lambda f, h: self._stop_instance(f, h, wait=True), fleet, host)
+        if now - fleet.metrics_at >= METRICS_PERIOD_S:
+            fleet.metrics_at = now
+            self._publish_metrics(fleet.endpoint, backlog, running)
+
+    def _wired_step_policies(self, endpoint: str) -> set[str]:
+        """The actions of the CloudWatch alarms on the endpoint's HasBacklogWithoutCapacity."""
+        try:
+            alarms = aws.client("cloudwatch").describe_alarms_for_metric(
+                MetricName=NO_CAPACITY_METRIC,
+                Namespace=METRICS_NAMESPACE,
+                Dimensions=[{"Name": "EndpointName", "Value": endpoint}],
+            )["MetricAlarms"]
+        except Exception as error:
+            log.warning("the alarms of %s could not be read: %s", endpoint, error)
+            return set()
+        dimension = {"Name": "EndpointName", "Value": endpoint}
+        return {action for a in alarms if dimension in a.get("Dimensions", []) for action in a.get("AlarmActions", [])}
+
+    def _publish_metrics(self, endpoint: str, backlog: int, instances: int) -> None:
+        dimensions = [{"Name": "EndpointName", "Value": endpoint}]
+        data = [
+            ("ApproximateBacklogSize", float(backlog)),
+            (BACKLOG_METRIC, backlog / instances if instances else float(backlog)),
+            (NO_CAPACITY_METRIC, 1.0 if backlog and not instances else 0.0),
+        ]
+        try:
+            aws.client("cloudwatch").put_metric_data(
+                Namespace=METRICS_NAMESPACE,
+                MetricData=[{"MetricName": n, "Dimensions": dimensions, "Value": v, "Unit": "Count"} for n, v in data],
+            )
+        except Exception as error:
+            log.warning("the metrics of %s could not be published: %s", endpoint, error)
+
+
+def _initial_count(config: dict[str, Any]) -> int:
+    return int(config["ProductionVariants"][0].get("InitialInstanceCount", 1))

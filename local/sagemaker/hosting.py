@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -39,7 +38,8 @@ def container_name(endpoint: str, generation: str) -> str:
 
 @dataclass
 class Host:
-    """One running serving process and the workers feeding it."""
+    """One instance of an endpoint: a running serving process and the workers feeding it from the endpoint's
+    queue."""
 
     endpoint: str
     generation: str
@@ -47,9 +47,9 @@ class Host:
     port: int
     root: Path
     config: dict[str, Any]
-    invocations: queue.Queue[str] = field(default_factory=queue.Queue)
     workers: list[threading.Thread] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    busy: int = 0  # invocations in flight
 
     @property
     def url(self) -> str:

@@ -1,12 +1,15 @@
-"""``InvokeEndpointAsync`` as SageMaker answers it: each request queued durably (the store), handed to the host's
-``POST /invocations`` by as many workers as ``MaxConcurrentInvocationsPerInstance`` allows, and answered with the
-response body at ``<S3OutputPath>/<inference id>.out`` and a notification to the success topic, or the error body
-at ``<S3FailurePath>/<inference id>-error.out`` and a notification to the error topic."""
+"""``InvokeEndpointAsync`` as SageMaker answers it: each request queued durably (the store) on the endpoint's
+queue, taken by the workers of whichever instance is free (``MaxConcurrentInvocationsPerInstance`` of them per
+instance; with no instance it waits, which is the backlog the endpoint scales on), handed to the instance's
+``POST /invocations``, and answered with the response body at ``<S3OutputPath>/<inference id>.out`` and a
+notification to the success topic, or the error body at ``<S3FailurePath>/<inference id>-error.out`` and a
+notification to the error topic."""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import urllib.error
 import urllib.request
@@ -25,6 +28,7 @@ log = logging.getLogger("local.sagemaker.invocations")
 
 DEFAULT_INVOCATION_TIMEOUT_S = 900
 DEFAULT_CONCURRENCY = 4
+WAITING = ("Queued", "InProgress")  # the backlog: taken, or still to take
 
 
 def _iso(timestamp: float) -> str:
@@ -32,36 +36,54 @@ def _iso(timestamp: float) -> str:
 
 
 class Invocations:
-    def __init__(self, backend: Backend, restart: Callable[[str], None]) -> None:
+    def __init__(self, backend: Backend, lost: Callable[[Host], None]) -> None:
         self.backend = backend
         self.faults = Faults(backend.state_dir)
-        self.restart = restart  # hosts an endpoint again whose serving container died
+        self.lost = lost  # an instance whose serving container died: replaced by the endpoint
 
-    def start_workers(self, host: Host) -> int:
-        """The host's workers, as many as its configuration lets it take at once; returns how many."""
+    def start_workers(self, host: Host, waiting: queue.Queue[str]) -> int:
+        """The instance's workers, as many as its configuration lets it take at once; returns how many."""
         async_config = host.config.get("AsyncInferenceConfig") or {}
         per_instance = (async_config.get("ClientConfig") or {}).get(
             "MaxConcurrentInvocationsPerInstance", DEFAULT_CONCURRENCY
         )
-        concurrency = max(
-            1, int(per_instance) * int(host.config["ProductionVariants"][0].get("InitialInstanceCount", 1))
-        )
+        concurrency = max(1, int(per_instance))
         for number in range(concurrency):
             worker = threading.Thread(
-                target=self.work, args=(host,), name=f"invoke-{host.endpoint}-{number}", daemon=True
+                target=self.work, args=(host, waiting), name=f"invoke-{host.container_name}-{number}", daemon=True
             )
             worker.start()
             host.workers.append(worker)
         return concurrency
 
-    def requeue(self, host: Host) -> None:
-        """Hand ``host`` every request of its endpoint that is not answered yet (after a restart or an update)."""
-        for invocation in self.backend.store.list("invocation", parent=host.endpoint):
-            if invocation["Status"] in ("Queued", "InProgress"):
-                host.invocations.put(invocation["InferenceId"])
+    def requeue(self, endpoint: str, waiting: queue.Queue[str]) -> None:
+        """After a restart: every request of the endpoint not answered yet goes back on its queue (one that was in
+        progress when the server stopped runs again)."""
+        with self.backend.store.transaction():
+            for invocation in self.backend.store.list("invocation", parent=endpoint):
+                if invocation["Status"] in WAITING:
+                    invocation["Status"] = "Queued"
+                    self.backend.store.put("invocation", invocation["InferenceId"], invocation, parent=endpoint)
+                    waiting.put(invocation["InferenceId"])
 
-    def accept(self, name: str, headers: dict[str, str], host: Host | None) -> tuple[dict[str, Any], dict[str, str]]:
-        """Queue one InvokeEndpointAsync request (durably) and hand it to ``host``, if the endpoint has one now."""
+    def backlog(self, endpoint: str) -> int:
+        """Requests taken or still to take: SageMaker's ApproximateBacklogSize."""
+        return self.backend.store.count("invocation", endpoint, "Status", WAITING)
+
+    def _claim(self, inference_id: str) -> dict[str, Any] | None:
+        """The queued request, now InProgress; None when another worker took it or it is answered."""
+        with self.backend.store.transaction():
+            invocation = self.backend.store.get("invocation", inference_id)
+            if invocation is None or invocation["Status"] != "Queued":
+                return None
+            invocation["Status"] = "InProgress"
+            self.backend.store.put("invocation", inference_id, invocation, parent=invocation["EndpointName"])
+        return invocation
+
+    def accept(
+        self, name: str, headers: dict[str, str], waiting: queue.Queue[str] | None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Queue one InvokeEndpointAsync request, durably and on the endpoint's queue."""
         endpoint = self.backend.store.get("endpoint", name)
         if endpoint is None:
             raise ValidationError(f"Endpoint {name} of account {self.backend.arn_prefix.rsplit(':', 1)[-1]} not found.")
@@ -107,30 +129,36 @@ class Invocations:
                 "Status": "Queued",
             }
             self.backend.store.put("invocation", inference_id, invocation, parent=name)
-        if host is not None:
-            host.invocations.put(inference_id)
+        if waiting is not None:
+            waiting.put(inference_id)
         response_headers = {"X-Amzn-SageMaker-OutputLocation": str(output_uri)}
         if failure_uri:
             response_headers["X-Amzn-SageMaker-FailureLocation"] = str(failure_uri)
         return {"InferenceId": inference_id}, response_headers
 
-    def work(self, host: Host) -> None:
+    def work(self, host: Host, waiting: queue.Queue[str]) -> None:
+        """Take requests off the endpoint's queue until the instance stops (after the request in hand)."""
         while not host.stopping.is_set():
-            inference_id = host.invocations.get()
-            if not inference_id:
-                return
-            invocation = self.backend.store.get("invocation", inference_id)
-            if invocation is None or invocation["Status"] not in ("Queued", "InProgress"):
+            try:
+                inference_id = waiting.get(timeout=0.5)
+            except queue.Empty:
                 continue
+            if host.stopping.is_set():
+                waiting.put(inference_id)  # another instance takes it
+                return
+            invocation = self._claim(inference_id)
+            if invocation is None:
+                continue
+            host.busy += 1
             try:
                 self._invoke(host, invocation)
             except Exception:
                 log.exception("invocation %s could not be completed", inference_id)
+            finally:
+                host.busy -= 1
 
     def _invoke(self, host: Host, invocation: dict[str, Any]) -> None:
         inference_id = invocation["InferenceId"]
-        invocation["Status"] = "InProgress"
-        self.backend.store.put("invocation", inference_id, invocation, parent=host.endpoint)
         if timestamp() > invocation["ExpiresAt"]:
             self._finish(host, invocation, None, "Request expired before it was processed (RequestTTLSeconds)", b"")
             return
@@ -171,8 +199,8 @@ class Invocations:
             reason = f"ServerError: the model container did not answer ({error})"
             self._finish(host, invocation, None, reason, b"")
             if host.process.poll() is not None and not host.stopping.is_set():
-                log.error("the serving container of %s exited; restarting it", host.endpoint)
-                self.restart(host.endpoint)
+                log.error("the serving container %s exited; replacing the instance", host.container_name)
+                self.lost(host)
 
     def _finish(
         self,

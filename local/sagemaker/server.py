@@ -1,4 +1,7 @@
-"""HTTP front of the local SageMaker: SageMaker's JSON protocol (``X-Amz-Target: SageMaker.<Operation>``).
+"""HTTP front of the local SageMaker: SageMaker's JSON protocol (``X-Amz-Target: SageMaker.<Operation>``),
+sagemaker-runtime's ``InvokeEndpointAsync``, and Application Auto Scaling's JSON protocol
+(``X-Amz-Target: AnyScaleFrontendService.<Operation>``) for the endpoints' scaling: point
+``AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING`` here.
 
     fhe-local-sagemaker --port 4599 --state-dir .local-stack/sagemaker
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common import aws
+from local.sagemaker.autoscaling import Autoscaling
 from local.sagemaker.backend import Backend
 from local.sagemaker.endpoints import Endpoints
 from local.sagemaker.errors import ApiError, UnknownOperation, ValidationError
@@ -32,6 +36,7 @@ from local.sagemaker.store import Store
 log = logging.getLogger("local.sagemaker")
 ACCOUNT_ID = "000000000000"
 _ACCESS_KEY = re.compile(r"Credential=([^/]+)/")
+SCALING_SERVICE = "AnyScaleFrontendService"  # Application Auto Scaling's target prefix
 _ASYNC_INVOCATION = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations$")
 
 Operation = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -57,8 +62,9 @@ class LocalSageMaker:
             sns=lambda: aws.client("sns"),
         )
         self.pipelines = Pipelines(backend)
-        self.endpoints = Endpoints(backend)
-        p, r, e = self.pipelines, self.registry, self.endpoints
+        self.autoscaling = Autoscaling(backend)
+        self.endpoints = Endpoints(backend, self.autoscaling)
+        p, r, e, a = self.pipelines, self.registry, self.endpoints, self.autoscaling
         self.operations: dict[str, Operation] = {
             "CreatePipeline": p.create_pipeline,
             "UpdatePipeline": p.update_pipeline,
@@ -92,11 +98,23 @@ class LocalSageMaker:
             "ListEndpoints": lambda b, c: e.list_endpoints(b),
             "DeleteEndpoint": lambda b, c: e.delete_endpoint(b),
         }
+        self.scaling_operations: dict[str, Operation] = {
+            "RegisterScalableTarget": lambda b, c: a.register_scalable_target(b),
+            "DescribeScalableTargets": lambda b, c: a.describe_scalable_targets(b),
+            "DeregisterScalableTarget": lambda b, c: a.deregister_scalable_target(b),
+            "PutScalingPolicy": lambda b, c: a.put_scaling_policy(b),
+            "DescribeScalingPolicies": lambda b, c: a.describe_scaling_policies(b),
+            "DeleteScalingPolicy": lambda b, c: a.delete_scaling_policy(b),
+            "DescribeScalingActivities": lambda b, c: a.describe_scaling_activities(b),
+        }
 
-    def call(self, operation: str, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
-        handler = self.operations.get(operation)
+    def call(
+        self, operation: str, body: dict[str, Any], caller: dict[str, Any], service: str = "SageMaker"
+    ) -> dict[str, Any]:
+        operations = self.scaling_operations if service == SCALING_SERVICE else self.operations
+        handler = operations.get(operation) if service in (SCALING_SERVICE, "SageMaker") else None
         if handler is None:
-            raise UnknownOperation(f"The local SageMaker does not implement {operation}")
+            raise UnknownOperation(f"The local SageMaker does not implement {service}.{operation}")
         return handler(body, caller)
 
 
@@ -154,13 +172,14 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
             target = self.headers.get("X-Amz-Target", "")
             service_name, _, operation = target.partition(".")
             try:
-                if service_name != "SageMaker":
+                if service_name not in ("SageMaker", SCALING_SERVICE):
                     raise UnknownOperation(f"unknown target {target!r}")
                 try:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
                     raise ValidationError("request body is not JSON") from None
-                result = service.call(operation, body, _caller(self.headers.get("Authorization", "")))
+                caller = _caller(self.headers.get("Authorization", ""))
+                result = service.call(operation, body, caller, service_name)
                 self._send(200, result)
             except ApiError as error:
                 self._send(error.status, {"__type": error.code, "message": error.message})

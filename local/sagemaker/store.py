@@ -74,6 +74,16 @@ class Store:
                 ).fetchall()
         return [dict(json.loads(r[0])) for r in rows]
 
+    def count(self, kind: str, parent: str, field: str, values: tuple[str, ...]) -> int:
+        """How many documents of ``kind`` under ``parent`` have one of ``values`` in their top-level ``field``."""
+        marks = ", ".join("?" * len(values))
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT COUNT(*) FROM documents WHERE kind=? AND parent=? AND json_extract(body, ?) IN ({marks})",
+                (kind, parent, f"$.{field}", *values),
+            ).fetchone()
+        return int(row[0])
+
     def delete(self, kind: str, id_: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM documents WHERE kind=? AND id=?", (kind, id_))

@@ -22,20 +22,29 @@ from client.encrypt import encrypt_rows
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from client.transfer import download_result, submit
 from common import aws
-from common.bundle.manifest import Manifest, ModelRef
-from common.bundle.schema import MANIFEST_NAME
+from common.bundle.manifest import Manifest, ModelRef, shard_key
+from common.bundle.schema import MANIFEST_NAME, MAX_SHARDS
 from common.bundle_store import BundleLayout, object_exists
 from common.deployment import read_outputs
-from common.workflow import bundle_executions, executed_states
+from common.workflow import bundle_executions, bundle_of_execution, executed_states
 from containers.training.data import sample_records
 from pipelines.models import clear_classes
+from tests import limits
 from tests.integration.helpers import deploy_and_serve, deployment_for, drop, injected_faults, settle
 
 pytestmark = pytest.mark.integration
 
 CONCURRENCY = 2  # reserved concurrency of each workflow function in these tests
 SETTLE_TIMEOUT = 600.0
-DEPLOYMENT = deployment_for("workflow", function_concurrency=CONCURRENCY)
+SCALE_IN_COOLDOWN = 20  # seconds: the endpoint goes back to zero instances between tests
+DEPLOYMENT = deployment_for(
+    "workflow",
+    function_concurrency=CONCURRENCY,
+    max_instances=2,
+    invocations_per_instance=2,
+    scale_in_cooldown=SCALE_IN_COOLDOWN,
+    scale_out_cooldown=5,
+)
 
 
 @cache
@@ -92,7 +101,11 @@ def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 
 
 def _drop(w: Workflow, bundle_id: str, rows: slice, shard_size: int) -> Manifest:
-    return drop(_layout(), w.model, w.x[rows], w.folder / bundle_id, shard_size=shard_size)
+    return _drop_rows(w, bundle_id, w.x[rows], shard_size)
+
+
+def _drop_rows(w: Workflow, bundle_id: str, x: npt.NDArray[np.float64], shard_size: int) -> Manifest:
+    return drop(_layout(), w.model, x, w.folder / bundle_id, shard_size=shard_size)
 
 
 def _settle(w: Workflow, bundle_id: str, timeout: float = SETTLE_TIMEOUT) -> dict[str, Any]:
@@ -100,8 +113,13 @@ def _settle(w: Workflow, bundle_id: str, timeout: float = SETTLE_TIMEOUT) -> dic
 
 
 def _history(execution_arn: str) -> list[dict[str, Any]]:
-    pages = aws.client("stepfunctions").get_paginator("get_execution_history").paginate(executionArn=execution_arn)
-    return [event for page in pages for event in page["events"]]
+    return limits.history(aws.client("stepfunctions"), execution_arn)
+
+
+def _shard_histories(execution_arn: str) -> list[str]:
+    """The histories of the bundle's shard executions (the Distributed Map's children), as text."""
+    sfn = aws.client("stepfunctions")
+    return [json.dumps(limits.history(sfn, arn), default=str) for arn in limits.children(sfn, execution_arn)]
 
 
 def _receive(queue_url: str, wait: float = 1.0) -> list[dict[str, Any]]:
@@ -147,14 +165,89 @@ def _assert_quarantined(w: Workflow, bundle_id: str, execution: dict[str, Any], 
     return reason
 
 
+def _instances() -> int:
+    endpoint = aws.client("sagemaker").describe_endpoint(EndpointName=DEPLOYMENT.endpoint_name)
+    assert endpoint["EndpointStatus"] == "InService", "an endpoint at zero instances is still in service"
+    return int(endpoint["ProductionVariants"][0]["CurrentInstanceCount"])
+
+
+def _wait_for_instances(count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (current := _instances()) != count:
+        assert time.monotonic() < deadline, f"{current} instances after {timeout:.0f} s, expected {count}"
+        time.sleep(1.0)
+
+
+class InstanceWatch(threading.Thread):
+    """The endpoint's instance counts, sampled while a block runs."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.seen: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            self.seen.append(_instances())
+
+    def __enter__(self) -> InstanceWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+
+def test_an_idle_endpoint_is_at_zero_and_a_dropped_bundle_brings_an_instance_back(workflow: Workflow) -> None:
+    _wait_for_instances(0, timeout=SCALE_IN_COOLDOWN + 60)  # deployed, then idle for the cooldown
+    with InstanceWatch() as watch:
+        _drop(workflow, "from-zero", slice(0, 4), shard_size=2)
+        execution = _settle(workflow, "from-zero")
+    assert execution["status"] == "SUCCEEDED", execution
+    assert max(watch.seen) >= 1, watch.seen
+    _wait_for_instances(0, timeout=SCALE_IN_COOLDOWN + 60)
+    scaling = aws.client("application-autoscaling")
+    resource = f"endpoint/{DEPLOYMENT.endpoint_name}/variant/AllTraffic"
+    activities = scaling.describe_scaling_activities(ServiceNamespace="sagemaker", ResourceId=resource)
+    descriptions = [a["Description"] for a in activities["ScalingActivities"]]
+    assert (
+        "Setting desired instance count to 1." in descriptions
+        and "Setting desired instance count to 0." in descriptions
+    )
+
+
+def test_a_burst_of_six_bundles_scales_out_to_two_instances_and_all_complete(workflow: Workflow) -> None:
+    bundles = [f"scale-out-{i}" for i in range(6)]
+    with InstanceWatch() as watch:
+        for i, bundle_id in enumerate(bundles):
+            _drop(workflow, bundle_id, slice(8 * i, 8 * i + 8), shard_size=1)
+        outcomes = {bundle_id: _settle(workflow, bundle_id)["status"] for bundle_id in bundles}
+    assert set(outcomes.values()) == {"SUCCEEDED"}, outcomes
+    assert max(watch.seen) == DEPLOYMENT.max_instances, watch.seen
+
+
+def test_the_endpoints_scaling_reads_back_through_application_autoscaling(workflow: Workflow) -> None:
+    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{DEPLOYMENT.endpoint_name}/variant/AllTraffic"
+    [target] = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])[
+        "ScalableTargets"
+    ]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (0, DEPLOYMENT.max_instances)
+    policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)["ScalingPolicies"]
+    assert sorted(p["PolicyType"] for p in policies) == ["StepScaling", "TargetTrackingScaling"]
+
+
 def test_bundle_runs_through_the_workflow_and_decrypts_to_the_clear_predictions(workflow: Workflow) -> None:
     manifest = _drop(workflow, "first-bundle", slice(0, 48), shard_size=16)
     execution = _settle(workflow, "first-bundle")
     assert execution["status"] == "SUCCEEDED", execution
     states = executed_states(aws.client("stepfunctions"), execution["executionArn"])
     assert states[:3] == ["Validate", "InferShards", "Assemble"] and states[-1] == "Delivered", states
-    history = json.dumps(_history(execution["executionArn"]), default=str)
-    assert history.count("waitForTaskToken") >= len(manifest.shards), "each shard waits on its task token"
+    parent = json.dumps(_history(execution["executionArn"]), default=str)
+    assert "waitForTaskToken" not in parent, "no shard's work is in the bundle's own history"
+    children = _shard_histories(execution["executionArn"])
+    assert len(children) == len(manifest.shards), "one child execution per shard"
+    assert all("waitForTaskToken" in child for child in children), "each shard waits on its task token"
 
     s3 = aws.client("s3")
     result_uri = _layout().result_manifest("first-bundle")
@@ -243,8 +336,8 @@ def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(w
         _drop(workflow, "retry-once", slice(8, 16), shard_size=4)
         execution = _settle(workflow, "retry-once")
     assert execution["status"] == "SUCCEEDED", execution
-    history = json.dumps(_history(execution["executionArn"]), default=str)
-    assert history.count("ShardFailed") >= 2, "both shards' first attempts failed and were retried"
+    histories = "\n".join(_shard_histories(execution["executionArn"]))
+    assert histories.count("ShardFailed") >= 2, "both shards' first attempts failed and were retried"
     assert object_exists(aws.client("s3"), _layout().result_manifest("retry-once"))
 
 
@@ -262,6 +355,41 @@ def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow
     reason = _assert_quarantined(workflow, "always-fails", execution, inbox)
     assert reason["stage"] == "infer" and reason["shard"] == 1 and reason["code"] == "endpoint_failed", reason
     assert "injected fault" in reason["message"]
+
+
+def test_the_bundles_own_state_and_history_do_not_grow_with_its_shards(workflow: Workflow) -> None:
+    """A Distributed Map over the plan in S3, results at fixed keys: the parent carries the same whatever the
+    bundle's size (the limits guard checks every child too)."""
+    sfn, measured = aws.client("stepfunctions"), {}
+    for shards in (10, 200):
+        bundle_id = f"one-sample-shards-{shards}"
+        rows = np.resize(workflow.x, (shards, workflow.x.shape[1]))
+        _drop_rows(workflow, bundle_id, rows, shard_size=1)
+        execution = _settle(workflow, bundle_id, timeout=1800)
+        assert execution["status"] == "SUCCEEDED", execution
+        assert len(limits.children(sfn, execution["executionArn"])) == shards
+        measured[shards] = limits.measure(execution["executionArn"], _history(execution["executionArn"]))
+        result, _ = download_result(aws.client("s3"), _layout().result_manifest(bundle_id))
+        assert len(result.shards) == shards
+    small, large = measured[10], measured[200]
+    assert abs(large.largest_payload - small.largest_payload) <= 1024, (small, large)
+    assert abs(large.aws_events - small.aws_events) <= 4, (small, large)
+
+
+def test_a_bundle_over_the_workflows_limits_is_quarantined_at_validate_naming_the_limit(workflow: Workflow) -> None:
+    bundle_id = "over-the-shard-limit"
+    manifest = encrypt_rows(
+        workflow.model, workflow.x[:1], workflow.folder / bundle_id, shard_size=1, bundle_id=bundle_id, progress=False
+    )
+    [entry] = manifest.shards
+    shards = tuple(replace(entry, index=i, key=shard_key(i)) for i in range(MAX_SHARDS + 1))
+    s3, layout = aws.client("s3"), _layout()
+    body = replace(manifest, shards=shards).to_json()
+    s3.put_object(Bucket=layout.bucket, Key=f"inbox/{bundle_id}/{MANIFEST_NAME}", Body=body)
+    execution = _settle(workflow, bundle_id)
+    reason = _assert_quarantined(workflow, bundle_id, execution, [f"inbox/{bundle_id}/{MANIFEST_NAME}"])
+    assert (reason["stage"], reason["field"], reason["code"]) == ("validate", "shards", "too_large"), reason
+    assert f"limit of {MAX_SHARDS} shards" in reason["message"], reason
 
 
 def _shard_requests(bundle_id: str) -> list[str]:
@@ -391,3 +519,16 @@ def test_heartbeat_function_runs_on_its_schedule(workflow: Workflow) -> None:
         time.sleep(5)
     assert rounds, "the scheduled heartbeat never ran"
     assert not any("Traceback" in m for m in messages), messages[-5:]
+
+
+def test_no_execution_ended_without_a_result_or_a_quarantine_record(workflow: Workflow) -> None:
+    """Over every bundle this module ran: a succeeded execution left a result manifest, a failed one a reason."""
+    sfn, s3 = aws.client("stepfunctions"), aws.client("s3")
+    pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=workflow.stack["StateMachineArn"])
+    ended = [e for page in pages for e in page["executions"] if e["status"] != "RUNNING"]
+    assert len(ended) > 20, "the module's bundles"
+    for execution in ended:
+        bundle_id = bundle_of_execution(execution["name"])
+        record = _layout().result_manifest(bundle_id) if execution["status"] == "SUCCEEDED" else None
+        record = record or _layout().quarantine_reason(bundle_id)
+        assert object_exists(s3, record), (execution["name"], execution["status"], str(record))

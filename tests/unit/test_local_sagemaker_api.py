@@ -28,6 +28,7 @@ def sagemaker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     )
     yield client
     server.shutdown()
+    service.endpoints.shutdown()
     service.store.close()
 
 

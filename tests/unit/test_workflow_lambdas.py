@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 
 from common.workflow import BundleRef, EventError, bundle_id_of, bundle_of_execution
-from lambdas.events import Failure, ShardTask
+from lambdas.events import Failure, ShardTask, WaitingShard
 from lambdas.notify import InferenceResult, failure_of
 from lambdas.quarantine import reason_of
 from lambdas.runtime import BundleRejected
@@ -117,3 +118,92 @@ def test_retraining_starts_only_this_deployments_pipeline(monkeypatch: pytest.Mo
         RetrainRequest.from_event({"pipeline_name": "someone-elses"})
     with pytest.raises(RetrainEventError, match="JSON object"):
         RetrainRequest.from_event(["fhe-training"])
+
+
+class FakeSageMaker:
+    """An asynchronous endpoint scaled to zero instances: in service, as on AWS."""
+
+    PACKAGE = "arn:aws:sagemaker:us-east-1:000000000000:model-package/g/1"
+
+    def describe_endpoint(self, EndpointName: str) -> dict[str, Any]:  # noqa: N803 - boto3's names
+        variant = {"VariantName": "AllTraffic", "CurrentInstanceCount": 0, "DesiredInstanceCount": 0}
+        return {"EndpointStatus": "InService", "EndpointConfigName": "c", "ProductionVariants": [variant]}
+
+    def describe_endpoint_config(self, EndpointConfigName: str) -> dict[str, Any]:  # noqa: N803
+        return {"ProductionVariants": [{"ModelName": "m"}]}
+
+    def describe_model(self, ModelName: str) -> dict[str, Any]:  # noqa: N803
+        return {"PrimaryContainer": {"ModelPackageName": self.PACKAGE}}
+
+
+class FakeStepFunctions:
+    class exceptions:  # noqa: N801 - boto3's shape
+        TaskTimedOut = TaskDoesNotExist = InvalidToken = type("Gone", (Exception,), {})
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def send_task_heartbeat(self, taskToken: str) -> None:  # noqa: N803
+        self.calls.append(f"heartbeat {taskToken}")
+
+    def send_task_failure(self, **kwargs: Any) -> None:
+        self.calls.append(f"failure {kwargs['taskToken']}")
+
+    def list_map_runs(self, executionArn: str) -> dict[str, Any]:  # noqa: N803
+        return {"mapRuns": [{"mapRunArn": "arn:map-run"}]}
+
+    def list_executions(self, **kwargs: Any) -> dict[str, Any]:
+        assert kwargs["mapRunArn"] == "arn:map-run" and kwargs["statusFilter"] == "FAILED"
+        return {"executions": [{"executionArn": "arn:child"}]}
+
+    def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803
+        cause = {
+            "shard": 7,
+            "error": "ShardFailed",
+            "cause": json.dumps({"stage": "infer", "code": "endpoint_failed", "message": "the instance failed"}),
+        }
+        return {"status": "FAILED", "error": "ShardFailed", "cause": json.dumps(cause)}
+
+
+def test_an_endpoint_at_zero_instances_is_serving_for_validate_and_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.bundle.manifest import Manifest
+    from lambdas import heartbeat, validate
+
+    sfn, sagemaker = FakeStepFunctions(), FakeSageMaker()
+    waiting = WaitingShard("inf-1", "token-1", "bucket", "b-001", 0, "scaled", 2**40)
+
+    class FakeDynamoDB:
+        def get_paginator(self, name: str) -> Any:
+            return type("Pages", (), {"paginate": lambda self, **kw: [{"Items": [waiting.to_item()]}]})()
+
+        def delete_item(self, **kwargs: Any) -> None:
+            raise AssertionError("a shard whose endpoint serves stays waiting")
+
+    clients = {"sagemaker": sagemaker, "stepfunctions": sfn, "dynamodb": FakeDynamoDB()}
+    monkeypatch.setattr(heartbeat, "client", clients.__getitem__)
+    monkeypatch.setattr(validate, "client", clients.__getitem__)
+    assert heartbeat.beat("table") == {"heartbeats": 1, "failed": 0, "stale": 0}
+    assert sfn.calls == ["heartbeat token-1"]
+    manifest = type("M", (), {"model": type("R", (), {"package_arn": FakeSageMaker.PACKAGE})()})()
+    checked: list[str] = []
+    monkeypatch.setattr(validate, "check_model", lambda m, arn: checked.append(arn))
+    validate.check_endpoint(cast(Manifest, manifest), "scaled")  # no error: in service at zero instances
+    assert checked == [FakeSageMaker.PACKAGE]
+
+
+def test_a_failed_map_run_is_quarantined_naming_the_shard_its_failed_child_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lambdas import quarantine
+
+    monkeypatch.setattr(quarantine, "client", {"stepfunctions": FakeStepFunctions()}.__getitem__)
+    generic = Failure(
+        BundleRef.from_dict(BUNDLE),
+        "infer",
+        "States.ExceedToleratedFailureThreshold",
+        "The specified tolerated failure threshold was exceeded",
+        "arn:aws:states:us-east-1:000000000000:execution:fhe-batch-inference:b-001",
+    )
+    reason = quarantine.reason_of(quarantine.failed_shard(generic))
+    assert (reason.stage, reason.shard, reason.code) == ("infer", 7, "endpoint_failed"), reason
+    assert "the instance failed" in reason.message
