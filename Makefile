@@ -41,6 +41,7 @@ bench: setup
 	  --variant w3a3:module__n_w_bits=3,module__n_a_bits=3
 	$(PY) -m local.stack up
 	eval "$$($(PY) -m local.stack env)" && $(PY) bench/workflow.py
+	eval "$$($(PY) -m local.stack env)" && $(PY) -m bench.scale
 	$(PY) bench/report.py
 
 lint: setup

@@ -211,7 +211,7 @@ def main() -> None:
         big = bench.bundle(f"big-{args.big_shards}", args.big_shards, 1)
         burst = bench.burst(args.burst, args.shards)
     record = {
-        "command": f"python bench/scale.py --shards {args.shards} --big-shards {args.big_shards} "
+        "command": f"python -m bench.scale --shards {args.shards} --big-shards {args.big_shards} "
         f"--burst {args.burst} --scale-in-cooldown {args.scale_in_cooldown}",
         "map_concurrency": deployment.map_concurrency,
         "cold_start": cold,

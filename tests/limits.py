@@ -5,11 +5,13 @@ execution's history at most 25,000 events. Past either, AWS fails the execution 
 
 A Distributed Map's child executions have histories of their own: they are read too.
 
-The local Step Functions records fewer events than AWS: no ``TaskStarted`` or ``TaskSubmitted``, and nothing of a
-Map iteration but its task's ``TaskScheduled`` and ``TaskSucceeded``. On such a history the guard counts what
-AWS would record, from above: per task outside a Map two more events (started, submitted), per task inside a Map
-eight in all (iteration started, state entered, scheduled, started, submitted, succeeded, state exited, iteration
-succeeded) where two were recorded."""
+The local Step Functions records fewer events than AWS: no ``TaskStarted`` or ``TaskSubmitted``, nothing of a
+Map iteration but its task's ``TaskScheduled`` and ``TaskSucceeded``, no map run events, and of a Distributed
+Map's child execution only its tasks' scheduled and ended events. On such a history the guard counts what AWS
+would record, from above: per task outside a Map two more events (started, submitted), and two more (state
+entered, exited) where the history has no state events; per task inside an inline Map eight in all (iteration
+started, state entered, scheduled, started, submitted, succeeded, state exited, iteration succeeded) where two
+were recorded; per Distributed Map two (map run started, ended); per child execution two (started, ended)."""
 
 from __future__ import annotations
 
@@ -49,11 +51,16 @@ def aws_event_count(events: list[dict[str, Any]]) -> int:
     if "TaskStarted" in types or "TaskScheduled" not in types:
         return len(types)  # complete, as AWS records it
     count, in_map = len(types), 0
+    if "ExecutionStarted" not in types:
+        count += 2  # a Distributed Map's child, recorded as its tasks only
+    task_outside_map = 2 if "TaskStateEntered" in types else 4
     for kind in types:
+        if kind == "MapStateEntered" and "MapRunStarted" not in types:
+            count += 2  # a Distributed Map's run (an inline Map records no run: this counts from above)
         in_map += kind == "MapStateEntered"
         in_map -= kind == "MapStateExited"
         if kind == "TaskScheduled":
-            count += 6 if in_map > 0 else 2
+            count += 6 if in_map > 0 else task_outside_map
     return count
 
 

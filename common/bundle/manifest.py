@@ -160,7 +160,8 @@ def _shards(top: Fields) -> tuple[ShardEntry, ...]:
     if not raw_shards:
         raise BundleError("shards", "is empty: a bundle holds at least one shard")
     if len(raw_shards) > MAX_SHARDS:
-        raise BundleError("shards", f"has {len(raw_shards)} entries, over the limit of {MAX_SHARDS} shards a bundle", "too_large")
+        problem = f"has {len(raw_shards)} entries, over the limit of {MAX_SHARDS} shards a bundle"
+        raise BundleError("shards", problem, "too_large")
     shards = []
     seen_keys: set[str] = set()
     for position, raw in enumerate(raw_shards):

@@ -17,6 +17,7 @@ from common.settings import from_outputs
 from infrastructure import deployment as deploy
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
 from pipelines import runs
+from pipelines.endpoint import configure_scaling
 from tests.declared import declared_resources
 
 pytestmark = pytest.mark.integration
@@ -175,11 +176,20 @@ def test_a_round_is_skipped_while_a_run_is_going(deployed: dict[str, str]) -> No
 def test_teardown_keeps_the_data_unless_asked(deployed: dict[str, str]) -> None:
     s3 = aws.client("s3")
     s3.put_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv", Body=b"a,b\n1,2\n")
+    configure_scaling(from_outputs(deployed, region=aws.region()).endpoint)  # as `fhe-pipeline deploy` leaves it
+    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{DEPLOYMENT.endpoint_name}/variant/AllTraffic"
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"]
     result = deploy.down(DEPLOYMENT, report=lambda line: None)
     assert result == {
         "deleted": [DEPLOYMENT.product_stack],
         "kept": [DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack],
     }
+    assert (
+        scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"] == []
+    ), "teardown deregisters the endpoint's scaling"
+    assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)["ScalingPolicies"] == []
+    alarms = aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{DEPLOYMENT.endpoint_name}-")
+    assert alarms["MetricAlarms"] == []
     assert describe_stack(DEPLOYMENT.product_stack) is None
     assert s3.get_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv")["Body"].read() == b"a,b\n1,2\n"
     sagemaker = aws.client("sagemaker")

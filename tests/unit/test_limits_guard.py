@@ -57,10 +57,25 @@ def test_a_sparse_history_is_counted_as_aws_would_record_it() -> None:
         {"type": "TaskStateExited"},
     ]
     shards = 3200
-    events = [*task, {"type": "MapStateEntered"}, *iteration * shards, {"type": "MapStateExited"}, *task]
+    events = [
+        {"type": "ExecutionStarted"},
+        *task,
+        {"type": "MapStateEntered"},
+        *iteration * shards,
+        {"type": "MapStateExited"},
+        *task,
+    ]
     measured = limits.measure(ARN, events)
-    assert measured.events == 8 + 2 + 2 * shards
-    assert measured.aws_events == 8 + 2 * 2 + 2 + 8 * shards
+    assert measured.events == 1 + 8 + 2 + 2 * shards
+    assert measured.aws_events == 1 + 8 + 2 * 2 + 2 + 2 + 8 * shards
     assert measured.violations, "3,200 inline iterations are past AWS's history limit, though 6,410 were recorded"
     complete = [*task, {"type": "TaskStarted"}]
     assert limits.measure(ARN, complete).aws_events == len(complete), "a complete history is counted as it is"
+
+
+def test_a_distributed_maps_child_is_counted_as_aws_records_it() -> None:
+    """Of a child execution that waits on one task token the local Step Functions records two events; AWS eight
+    (execution started, state entered, scheduled, started, submitted, succeeded, state exited, execution
+    succeeded)."""
+    child = [{"type": "TaskScheduled"}, {"type": "TaskSucceeded"}]
+    assert limits.measure(ARN, child).aws_events == 8
