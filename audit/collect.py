@@ -212,6 +212,7 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
         "submitted_from": started.get("submitted", {}).get("source_ip") or "",
         "model_package_arn": plan.get("model_package_arn") or (request.model.package_arn if request else None),
         "model_package_version": None,
+        "endpoint": plan.get("endpoint"),  # the one serving the bundle's version (none if it never got that far)
         "shards": plan.get("shards") if plan else (len(request.shards) if request else None),
         "samples": plan.get("samples") if plan else (request.total_samples if request else None),
         "stages": {

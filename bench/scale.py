@@ -50,10 +50,12 @@ from tests import limits
 
 
 class Bench:
-    def __init__(self, deployed: DeployedSettings, state_machine_arn: str, model: ClientModel, work: Path) -> None:
+    def __init__(
+        self, deployed: DeployedSettings, state_machine_arn: str, endpoint: str, model: ClientModel, work: Path
+    ) -> None:
         self.deployed, self.state_machine_arn, self.model, self.work = deployed, state_machine_arn, model, work
         self.layout = BundleLayout(deployed.endpoint.output_bucket)
-        self.endpoint = deployed.endpoint.endpoint_name
+        self.endpoint = endpoint  # the one serving the model's version
         self.pool = sample_records(4096, seed=11)
 
     def instances(self) -> int:
@@ -199,13 +201,13 @@ def main() -> None:
     deployed = from_outputs(outputs, region=aws.region())
     package_arn = train_and_register(deployed.pipeline, parameters={"ModelType": "logistic_regression"})
     approve(package_arn, deployed.pipeline.package_group, "Approved", "scale benchmark")
-    deploy_endpoint(deployed.endpoint)
+    endpoint = deploy_endpoint(deployed.endpoint)["endpoint"]
     with tempfile.TemporaryDirectory(prefix="fhe-scale-") as scratch:
         work = Path(scratch)
         s3 = aws.client("s3")
         model = fetch_model(aws.client("sagemaker"), s3, group=deployed.endpoint.package_group, home=work / "home")
         upload_evaluation_key(s3, BundleLayout(deployed.endpoint.output_bucket), model, ensure_keys(model))
-        bench = Bench(deployed, outputs["StateMachineArn"], model, work)
+        bench = Bench(deployed, outputs["StateMachineArn"], endpoint, model, work)
         cold = bench.cold_start()
         per_shard = [bench.bundle(f"per-shard-{n}", args.shards, n) for n in (1, 10, 100)]
         big = bench.bundle(f"big-{args.big_shards}", args.big_shards, 1)

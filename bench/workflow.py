@@ -93,8 +93,15 @@ def fhe_seconds(log_text: str, bundle_id: str) -> tuple[float, int]:
 
 
 def run_bundle(
-    endpoint: EndpointSettings, shard_size: int, work: Path, common: list[str], package_arn: str, name: str
+    endpoint: EndpointSettings,
+    served: str,
+    shard_size: int,
+    work: Path,
+    common: list[str],
+    package_arn: str,
+    name: str,
 ) -> dict[str, Any]:
+    """``served``: the endpoint serving the package's version."""
     s3 = aws.client("s3")
     layout = BundleLayout(endpoint.output_bucket)
     folder = work / name
@@ -113,7 +120,7 @@ def run_bundle(
         time.sleep(0.1)
     wall = time.monotonic() - dropped
     time.sleep(1)  # the container's last log line may trail the result by a moment
-    text = container_logs(endpoint.endpoint_name)
+    text = container_logs(served)
     fhe, shards = fhe_seconds(text, manifest.bundle_id)
     key_bytes = sum(int(m["bytes"]) for m in KEY_LOG.finditer(text) if m["bundle"] == manifest.bundle_id)
     samples = sum(entry.samples for entry in manifest.shards)
@@ -198,7 +205,7 @@ def main() -> None:
         deployed.pipeline, dataset="digits", parameters={"ModelType": "neural_network", "FheSampleSize": "2"}
     )
     approve(package_arn, deployed.pipeline.package_group, "Approved", "benchmark")
-    deploy_endpoint(deployed.endpoint)
+    served = deploy_endpoint(deployed.endpoint)["endpoint"]
     bucket, group = deployed.endpoint.output_bucket, deployed.endpoint.package_group
     bundles = []
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as scratch:
@@ -208,7 +215,7 @@ def main() -> None:
         names, x = digits_rows(args.samples)
         write_records_csv(work / "records.csv", names, x)
         for name in ("first", "second"):
-            bundle = run_bundle(deployed.endpoint, args.shard_size, work, common, package_arn, name)
+            bundle = run_bundle(deployed.endpoint, served, args.shard_size, work, common, package_arn, name)
             bundles.append(bundle)
             print(
                 f"bundle {name}: {bundle['samples']} samples in {bundle['shards']} shards, "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -145,10 +145,14 @@ def write_shard_result(s3: Any, layout: BundleLayout, result: ShardResult) -> S3
     return uri
 
 
-def read_shard_results(s3: Any, layout: BundleLayout, bundle_id: str, workers: int = 16) -> list[ShardResult]:
-    """Every shard result recorded for ``bundle_id``: the folder listed page by page, the records read in
-    parallel (a bundle may have thousands)."""
-    keys = [obj["Key"] for obj in listed_objects(s3, layout.shard_results_prefix(bundle_id))]
+def read_shard_results(
+    s3: Any, layout: BundleLayout, bundle_id: str, indices: Collection[int], workers: int = 16
+) -> list[ShardResult]:
+    """The shard results recorded for ``bundle_id``'s shards ``indices``: the folder listed page by page, the
+    records read in parallel (a bundle may have thousands). A record of another index is left alone: an
+    earlier drop of the same bundle id with more shards left it, and this run has written every one it needs."""
+    wanted = {layout.shard_result_record(bundle_id, index).key for index in indices}
+    keys = [obj["Key"] for obj in listed_objects(s3, layout.shard_results_prefix(bundle_id)) if obj["Key"] in wanted]
 
     def read(key: str) -> ShardResult:
         field = f"results[{key.rsplit('/', 1)[-1].removesuffix('.json')}]"

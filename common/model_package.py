@@ -1,9 +1,11 @@
-"""Model packages as the client and the deployment see them: the newest approved one of a group, and where
-its client artifacts are."""
+"""Model packages as the client and the deployment see them: the newest approved one of a group, where its
+client artifacts are, and the endpoints that serve them: one per model version, ``<family>-v<version>``,
+since FHE keys belong to the compiled circuit and a version's ciphertexts can only be served by its own server."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE, VERSIONS_JSON
@@ -28,6 +30,27 @@ def newest_approved(sagemaker: Any, group: str) -> dict[str, Any]:
         raise ModelPackageError(f"model package group {group!r} has no Approved package; approve one first")
     newest = max(approved, key=lambda s: int(s.get("ModelPackageVersion", 0)))
     return describe(sagemaker, newest["ModelPackageArn"])
+
+
+SERVING_STATUSES = frozenset({"InService", "Creating", "Updating", "SystemUpdating", "RollingBack"})
+
+
+def version_endpoint(family: str, version: int) -> str:
+    """The endpoint that serves model version ``version`` of a deployment's endpoint ``family``."""
+    return f"{family}-v{version}"
+
+
+def served_versions(sagemaker: Any, family: str, *, serving_only: bool = True) -> dict[int, str]:
+    """Model version → the endpoint of ``family`` serving it (in service, or on its way there; with
+    ``serving_only`` False, in whatever state)."""
+    pattern = re.compile(rf"^{re.escape(family)}-v(\d+)$")
+    served = {}
+    for page in sagemaker.get_paginator("list_endpoints").paginate(NameContains=f"{family}-v"):
+        for endpoint in page.get("Endpoints", []):
+            match = pattern.match(endpoint["EndpointName"])
+            if match and (endpoint.get("EndpointStatus") in SERVING_STATUSES or not serving_only):
+                served[int(match[1])] = str(endpoint["EndpointName"])
+    return dict(sorted(served.items()))
 
 
 def describe(sagemaker: Any, package_arn: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from common.settings import (
 from infrastructure import images, package, stacks
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
 from pipelines import runs
-from pipelines.endpoint import delete_endpoint
+from pipelines.endpoint import delete_endpoint, family_endpoints
 
 STACK_TIMEOUT_S = 1200.0
 DATA_OUTPUTS = ("DataBucketName", "ModelBucketName", "BundleBucketName", "AuditTableName")
@@ -299,8 +299,10 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
         report(f"no deployment {deployment.prefix}: none of its stacks exists")
         return {"deleted": [], "kept": []}
     # Only what the deployment itself names: a teardown never reaches for a default name of another one.
-    if "EndpointName" in known and delete_endpoint(known["EndpointName"]):
-        report(f"endpoint {known['EndpointName']}: scaling target deregistered, endpoint deleted")
+    if "EndpointName" in known:
+        for endpoint in family_endpoints(known["EndpointName"]):
+            deleted_endpoint = delete_endpoint(endpoint)
+            report(f"endpoint {endpoint}: scaling deregistered{', endpoint deleted' if deleted_endpoint else ''}")
     if "PipelineName" in known:
         _delete_pipeline(known["PipelineName"], report)
     deleted: list[str] = []

@@ -31,7 +31,8 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[st
             request, request_sha256 = read_manifest(s3, bundle.manifest_uri)
             if request_sha256 != plan.get("request_sha256"):
                 raise BundleError("manifest", "changed while the bundle was running", "manifest_changed")
-            shard_results = read_shard_results(s3, layout, bundle.bundle_id)
+            indices = [entry.index for entry in request.shards]
+            shard_results = read_shard_results(s3, layout, bundle.bundle_id, indices)
             answer = result_manifest(request, request_sha256, layout.result_prefix(bundle.bundle_id), shard_results)
             written = write_result_manifest(s3, layout, answer)
     except BundleError as error:

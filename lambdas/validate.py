@@ -1,7 +1,9 @@
 """Validate a dropped bundle before any endpoint work, and plan its shards.
 
 Checks, in order: the manifest (format, limits, bundle id), the model package (registered and Approved), the
-endpoint (in service, serving that very package; an endpoint scaled to zero instances is in service), the
+endpoint of the bundle's model version (``<family>-v<version>``: each served version has its own, since keys
+belong to one compiled circuit; in service, serving that very package; an endpoint scaled to zero instances is
+in service; a version no endpoint serves is refused naming the versions that are served), the
 releases (the bundle's concrete versions against the served model's versions record), the evaluation key and
 every shard object (present, of the recorded size: the bundle's folder listed a page at a time).
 A failed check raises BundleRejected naming the field (and shard): the bundle is quarantined, nothing invoked.
@@ -24,7 +26,14 @@ from common.bundle.manifest import Manifest
 from common.bundle.schema import BundleError, check_relative_key
 from common.bundle.serving import check_model, check_versions
 from common.bundle_store import BundleLayout, bundle_prefix, listed_objects, read_manifest, write_shard_plan
-from common.model_package import ModelPackageError, require_approved, served_package, serving_versions
+from common.model_package import (
+    ModelPackageError,
+    require_approved,
+    served_package,
+    served_versions,
+    serving_versions,
+    version_endpoint,
+)
 from common.s3uri import S3Uri
 from common.workflow import BundleRef
 from lambdas.runtime import (
@@ -71,11 +80,27 @@ def approved_package(manifest: Manifest) -> dict[str, Any]:
     return package
 
 
-def check_endpoint(manifest: Manifest, endpoint: str) -> None:
+def not_served(manifest: Manifest, family: str) -> BundleRejected:
+    with transient_aws_errors():
+        served = sorted(served_versions(client("sagemaker"), family))
+    model = manifest.model
+    listed = ", ".join(str(v) for v in served) or "none"
+    message = (
+        f"model version {model.package_version} of {model.package_group} is not served (served versions: {listed}); "
+        "run `fhe-client keys` for the newest approved model, then encrypt the bundle again"
+    )
+    return BundleRejected(STAGE, "version_not_served", message, field="model.package_version")
+
+
+def check_endpoint(manifest: Manifest, endpoint: str, family: str | None = None) -> None:
     try:
         with transient_aws_errors():
             status, package_arn = served_package(client("sagemaker"), endpoint)
-    except (ClientError, ModelPackageError) as error:
+    except ClientError as error:
+        if family is not None and "Could not find endpoint" in str(error):
+            raise not_served(manifest, family) from None
+        raise WorkflowError(STAGE, "endpoint_unavailable", f"endpoint {endpoint}: {error}") from None
+    except ModelPackageError as error:
         raise WorkflowError(STAGE, "endpoint_unavailable", f"endpoint {endpoint}: {error}") from None
     if status in _SETTLING:
         raise TransientError(f"endpoint {endpoint} is {status}")
@@ -128,7 +153,8 @@ def check_shards(manifest: Manifest, manifest_uri: S3Uri) -> None:
         check_size(uri, sizes.get(uri.key), entry.size, field)
 
 
-def validate(bundle: BundleRef, endpoint: str) -> dict[str, Any]:
+def validate(bundle: BundleRef, family: str) -> dict[str, Any]:
+    """``family``: the deployment's endpoint name, which each served version's endpoint extends."""
     try:
         with transient_aws_errors():
             manifest, manifest_sha256 = read_manifest(client("s3"), bundle.manifest_uri)
@@ -140,7 +166,8 @@ def validate(bundle: BundleRef, endpoint: str) -> dict[str, Any]:
     except BundleError as error:
         raise rejected(error) from None
     package = approved_package(manifest)
-    check_endpoint(manifest, endpoint)
+    endpoint = version_endpoint(family, manifest.model.package_version)
+    check_endpoint(manifest, endpoint, family)
     check_releases(manifest, package)
     check_object_size(S3Uri.parse(manifest.evaluation_key.uri), manifest.evaluation_key.size, "evaluation_key")
     check_shards(manifest, bundle.manifest_uri)

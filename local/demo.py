@@ -86,7 +86,11 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
     with timings.stage("approve"):
         print(json.dumps(approve(package_arn, group, "Approved", "demo: metrics reviewed")))
     with timings.stage("deploy the endpoint"):
-        deploy_endpoint(deployed.endpoint)
+        served = deploy_endpoint(deployed.endpoint)
+        print(
+            f"endpoint {served['endpoint']} serves model version {served['version']}, scaling 0 to "
+            f"{served['scaling']['max_instances']} instances"
+        )
     with tempfile.TemporaryDirectory(prefix="fhe-demo-") as scratch:
         work = Path(scratch)
         x, source = sample_records(settings.samples), work / "records.csv"

@@ -5,7 +5,8 @@
     fhe-pipeline start [--dataset D] [--param Name=Value …] [--wait]
     fhe-pipeline run   [--dataset D] [--param Name=Value …]    upsert, start, follow, print the outcome
     fhe-pipeline approve [--package-arn ARN] [--reject] [--note TEXT]   approve (or reject) a model package
-    fhe-pipeline deploy [--endpoint-name N]  deploy the newest Approved package to an async endpoint
+    fhe-pipeline deploy [--package-arn ARN]  deploy the newest (or the given) Approved package on its version's own
+                                            async endpoint, <endpoint name>-v<version>; other versions stay served
 
 Where it runs is decided only by the AWS configuration (``AWS_ENDPOINT_URL*`` for the local stack).
 ``--dataset`` takes a bundled data set (``breast_cancer``, ``digits``) or a local CSV / NPY file; it is
@@ -230,7 +231,11 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--wait", action="store_true", help="with start: follow the execution to its end")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow an execution")
-    parser.add_argument("--package-arn", help="approve: this package (default: the newest pending one)")
+    parser.add_argument(
+        "--package-arn",
+        help="approve: this package (default: the newest pending one); deploy: this Approved package (default: the "
+        "newest Approved one), on its version's own endpoint",
+    )
     parser.add_argument("--reject", action="store_true", help="approve: reject the package instead")
     parser.add_argument("--note", default="", help="approve: the approval description (who, why)")
     return parser
@@ -255,8 +260,9 @@ def run(args: argparse.Namespace, settings: PipelineSettings, endpoint: Endpoint
         print(json.dumps(approve(args.package_arn, settings.package_group, decision, args.note), indent=2))
         return
     if args.command == "deploy":
-        print(f"deploying the newest Approved package of {endpoint.package_group} to {endpoint.endpoint_name}…")
-        print(json.dumps(deploy_endpoint(endpoint, wait_seconds=args.timeout), indent=2))
+        which = args.package_arn or f"the newest Approved package of {endpoint.package_group}"
+        print(f"deploying {which} on its version's endpoint ({endpoint.endpoint_name}-v<version>)…")
+        print(json.dumps(deploy_endpoint(endpoint, wait_seconds=args.timeout, package_arn=args.package_arn), indent=2))
         return
     if args.command in ("upsert", "run"):
         runs.upsert(settings)

@@ -1,8 +1,10 @@
-"""Deploy the newest Approved model package of a group to an asynchronous endpoint that scales with its backlog.
+"""Deploy an Approved model package (the newest of its group unless named) to its own asynchronous endpoint,
+``<family>-v<version>``, that scales with its backlog. Every served version keeps its endpoint: deploying a new
+version touches no other, so a batch owner's keys for an older version keep working until it is retired.
 
 It creates a Model from the package (its environment names the package, which the container checks every
 bundle against), an EndpointConfig with AsyncInferenceConfig (S3 output and failure paths, SNS success and error
-topics, invocations per instance) and the Endpoint, or points an existing endpoint at the new configuration.
+topics, invocations per instance) and the Endpoint, or points the version's existing endpoint at the new configuration.
 Names carry the package version and a timestamp so a redeploy never collides.
 
 Then its scaling (Application Auto Scaling, as AWS recommends for asynchronous endpoints): a scalable target on
@@ -20,7 +22,14 @@ from typing import Any
 
 from common import aws
 from common.artifacts import PACKAGE_ARN_VARIABLE
-from common.model_package import newest_approved
+from common.model_package import (
+    ModelPackageError,
+    describe,
+    newest_approved,
+    require_approved,
+    served_versions,
+    version_endpoint,
+)
 from common.settings import EndpointSettings
 
 VARIANT = "AllTraffic"
@@ -40,13 +49,25 @@ def notification_topics(settings: EndpointSettings) -> tuple[str, str]:
     return success, error
 
 
-def deploy_endpoint(settings: EndpointSettings, wait_seconds: float = 900.0) -> dict[str, Any]:
-    """Deploy (or redeploy) the endpoint; waits up to ``wait_seconds`` for it to be InService."""
+def deploy_endpoint(
+    settings: EndpointSettings, wait_seconds: float = 900.0, package_arn: str | None = None
+) -> dict[str, Any]:
+    """Deploy (or redeploy) the endpoint of ``package_arn``'s version, or of the newest Approved package; waits up
+    to ``wait_seconds`` for it to be InService. No other version's endpoint is touched."""
     sagemaker = aws.client("sagemaker")
-    package = newest_approved(sagemaker, settings.package_group)
-    package_arn = package["ModelPackageArn"]
+    if package_arn:
+        package = describe(sagemaker, package_arn)
+        try:
+            require_approved(package)
+        except ModelPackageError as error:
+            raise EndpointError(str(error)) from None
+    else:
+        package = newest_approved(sagemaker, settings.package_group)
+    package_arn = str(package["ModelPackageArn"])
+    version = int(package["ModelPackageVersion"])
+    endpoint_name = version_endpoint(settings.endpoint_name, version)
     success_topic, error_topic = notification_topics(settings)
-    suffix = f"v{package['ModelPackageVersion']}-{time.strftime('%Y%m%d%H%M%S')}"
+    suffix = f"v{version}-{time.strftime('%Y%m%d%H%M%S')}"
     model_name = f"{settings.endpoint_name}-{suffix}"
     sagemaker.create_model(
         ModelName=model_name,
@@ -74,19 +95,21 @@ def deploy_endpoint(settings: EndpointSettings, wait_seconds: float = 900.0) -> 
         },
     )
     try:
-        sagemaker.describe_endpoint(EndpointName=settings.endpoint_name)
+        sagemaker.describe_endpoint(EndpointName=endpoint_name)
         exists = True
     except sagemaker.exceptions.ClientError:
         exists = False
     if exists:
-        sagemaker.update_endpoint(EndpointName=settings.endpoint_name, EndpointConfigName=config_name)
+        sagemaker.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=config_name)
     else:
-        sagemaker.create_endpoint(EndpointName=settings.endpoint_name, EndpointConfigName=config_name)
-    status = wait_in_service(sagemaker, settings.endpoint_name, wait_seconds) if wait_seconds > 0 else "Creating"
-    scaling = configure_scaling(settings)
+        sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=config_name)
+    status = wait_in_service(sagemaker, endpoint_name, wait_seconds) if wait_seconds > 0 else "Creating"
+    scaling = configure_scaling(settings, endpoint_name)
     return {
-        "endpoint": settings.endpoint_name,
+        "endpoint": endpoint_name,
+        "version": version,
         "status": status,
+        "served_versions": served_versions(sagemaker, settings.endpoint_name),
         "model_package": package_arn,
         "model": model_name,
         "endpoint_config": config_name,
@@ -106,15 +129,15 @@ def _alarm_name(endpoint_name: str) -> str:
     return f"{endpoint_name}-backlog-without-capacity"
 
 
-def configure_scaling(settings: EndpointSettings) -> dict[str, Any]:
-    """The endpoint's scalable target, its two policies and the alarm that fires the step policy (idempotent:
-    a redeploy updates them)."""
+def configure_scaling(settings: EndpointSettings, endpoint_name: str) -> dict[str, Any]:
+    """The scalable target of ``endpoint_name`` (one of ``settings``' family), its two policies and the alarm
+    that fires the step policy (idempotent: a redeploy updates them)."""
     if not 0 <= settings.min_instances <= settings.max_instances or settings.max_instances < 1:
         raise EndpointError(
             f"instances must satisfy 0 ≤ minimum ≤ maximum, maximum ≥ 1; got {settings.min_instances} and "
             f"{settings.max_instances}"
         )
-    scaling, name = aws.client("application-autoscaling"), settings.endpoint_name
+    scaling, name = aws.client("application-autoscaling"), endpoint_name
     target = {**SCALING, "ResourceId": _resource_id(name)}
     scaling.register_scalable_target(**target, MinCapacity=settings.min_instances, MaxCapacity=settings.max_instances)
     dimensions = [{"Name": "EndpointName", "Value": name}]
@@ -166,6 +189,18 @@ def configure_scaling(settings: EndpointSettings) -> dict[str, Any]:
         "scale_in_cooldown": settings.scale_in_cooldown,
         "scale_out_cooldown": settings.scale_out_cooldown,
     }
+
+
+def family_endpoints(family: str) -> list[str]:
+    """Every endpoint of ``family``, in whatever state, and every one whose scaling outlived it (teardown)."""
+    names = set(served_versions(aws.client("sagemaker"), family, serving_only=False).values())
+    pages = aws.client("application-autoscaling").get_paginator("describe_scalable_targets")
+    prefix = f"endpoint/{family}-v"
+    for page in pages.paginate(ServiceNamespace=SCALING["ServiceNamespace"]):
+        for target in page.get("ScalableTargets", []):
+            if target["ResourceId"].startswith(prefix):
+                names.add(target["ResourceId"].split("/")[1])
+    return sorted(names)
 
 
 def delete_endpoint(endpoint_name: str) -> bool:

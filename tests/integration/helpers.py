@@ -59,6 +59,7 @@ class Served:
     outputs: dict[str, str]
     settings: DeployedSettings
     package_arn: str
+    endpoint: str  # the endpoint serving the package's version
 
     @property
     def layout(self) -> BundleLayout:
@@ -76,8 +77,8 @@ def deploy_and_serve(deployment: Deployment, note: str) -> Served:
     settings = from_outputs(outputs, region=aws.region())
     package_arn = train_and_register(settings.pipeline)
     approve(package_arn, settings.pipeline.package_group, "Approved", note)
-    deploy_endpoint(settings.endpoint)
-    return Served(deployment, outputs, settings, package_arn)
+    endpoint = deploy_endpoint(settings.endpoint)["endpoint"]
+    return Served(deployment, outputs, settings, package_arn, endpoint)
 
 
 def drop(

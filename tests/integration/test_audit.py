@@ -46,6 +46,7 @@ class Scenario:
     since: datetime
     stack: dict[str, str]
     package_arn: str
+    endpoint: str
     succeeded: str  # pipeline execution ARNs
     failed: str
     model: ClientModel
@@ -98,7 +99,7 @@ def scenario(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
         settle(outputs["StateMachineArn"], bundle_id, 300.0)
     prefix = tmp_path_factory.mktemp("report") / "audit-report"
     report = _audit(since, prefix)
-    return Scenario(since, outputs, package_arn, succeeded, failed, model, x, folder, report, prefix)
+    return Scenario(since, outputs, package_arn, served.endpoint, succeeded, failed, model, x, folder, report, prefix)
 
 
 def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Scenario) -> None:
@@ -217,7 +218,7 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     machine = scenario.stack["StateMachineArn"]
     slow = [{"input_contains": "requests/audit-revoked/", "delay_seconds": 6}]  # a slow endpoint
-    with injected_faults(DEPLOYMENT.endpoint_name, slow):
+    with injected_faults(scenario.endpoint, slow):
         _drop(scenario.model, scenario.x[8:12], scenario.folder, "audit-revoked", skip_shard=False)
         deadline = time.monotonic() + 120
         while (

@@ -13,6 +13,7 @@ import pytest
 
 from common import aws
 from common.deployment import describe_stack
+from common.model_package import version_endpoint
 from common.settings import from_outputs
 from infrastructure import deployment as deploy
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
@@ -176,8 +177,9 @@ def test_a_round_is_skipped_while_a_run_is_going(deployed: dict[str, str]) -> No
 def test_teardown_keeps_the_data_unless_asked(deployed: dict[str, str]) -> None:
     s3 = aws.client("s3")
     s3.put_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv", Body=b"a,b\n1,2\n")
-    configure_scaling(from_outputs(deployed, region=aws.region()).endpoint)  # as `fhe-pipeline deploy` leaves it
-    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{DEPLOYMENT.endpoint_name}/variant/AllTraffic"
+    served = version_endpoint(DEPLOYMENT.endpoint_name, 1)
+    configure_scaling(from_outputs(deployed, region=aws.region()).endpoint, served)  # as `fhe-pipeline deploy` does
+    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{served}/variant/AllTraffic"
     assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"]
     result = deploy.down(DEPLOYMENT, report=lambda line: None)
     assert result == {

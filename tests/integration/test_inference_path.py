@@ -135,7 +135,7 @@ def _invoke_shards(deployment: Deployment, manifest: Manifest, indexes: list[int
         key = f"requests/{manifest.bundle_id}/{index:05d}.json"
         s3.put_object(Bucket=BUCKET, Key=key, Body=request.to_json())
         response = runtime.invoke_endpoint_async(
-            EndpointName=ENDPOINT,
+            EndpointName=deployment.endpoint["endpoint"],
             InputLocation=f"s3://{BUCKET}/{key}",
             ContentType="application/json",
             InferenceId=f"{manifest.bundle_id}-{index}",
@@ -291,7 +291,7 @@ def test_reference_request_with_bare_concrete_client(deployment: Deployment, tmp
         }
         s3.put_object(Bucket=BUCKET, Key=f"reference/request-{i}.json", Body=json.dumps(body).encode())
         response = aws.client("sagemaker-runtime").invoke_endpoint_async(
-            EndpointName=ENDPOINT,
+            EndpointName=deployment.endpoint["endpoint"],
             InputLocation=f"s3://{BUCKET}/reference/request-{i}.json",
             ContentType="application/json",
         )
@@ -427,7 +427,7 @@ def test_endpoint_survives_a_killed_local_sagemaker(deployment: Deployment, batc
     stack.up()
     sagemaker = aws.client("sagemaker")
     deadline = time.monotonic() + 300
-    while sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] != "InService":
+    while sagemaker.describe_endpoint(EndpointName=deployment.endpoint["endpoint"])["EndpointStatus"] != "InService":
         assert time.monotonic() < deadline
         time.sleep(1)
     deadline = time.monotonic() + 30

@@ -55,6 +55,7 @@ def _layout() -> BundleLayout:
 @dataclass
 class Workflow:
     package_arn: str
+    endpoint: str  # the one serving the package's version
     stack: dict[str, str]
     model: ClientModel
     x: npt.NDArray[np.float64]
@@ -89,6 +90,7 @@ def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     x = sample_records(64)
     return Workflow(
         package_arn,
+        served.endpoint,
         outputs,
         model,
         x,
@@ -165,15 +167,15 @@ def _assert_quarantined(w: Workflow, bundle_id: str, execution: dict[str, Any], 
     return reason
 
 
-def _instances() -> int:
-    endpoint = aws.client("sagemaker").describe_endpoint(EndpointName=DEPLOYMENT.endpoint_name)
+def _instances(endpoint_name: str) -> int:
+    endpoint = aws.client("sagemaker").describe_endpoint(EndpointName=endpoint_name)
     assert endpoint["EndpointStatus"] == "InService", "an endpoint at zero instances is still in service"
     return int(endpoint["ProductionVariants"][0]["CurrentInstanceCount"])
 
 
-def _wait_for_instances(count: int, timeout: float) -> None:
+def _wait_for_instances(endpoint_name: str, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while (current := _instances()) != count:
+    while (current := _instances(endpoint_name)) != count:
         assert time.monotonic() < deadline, f"{current} instances after {timeout:.0f} s, expected {count}"
         time.sleep(1.0)
 
@@ -181,14 +183,15 @@ def _wait_for_instances(count: int, timeout: float) -> None:
 class InstanceWatch(threading.Thread):
     """The endpoint's instance counts, sampled while a block runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint_name: str) -> None:
         super().__init__(daemon=True)
+        self.endpoint_name = endpoint_name
         self.seen: list[int] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(0.5):
-            self.seen.append(_instances())
+            self.seen.append(_instances(self.endpoint_name))
 
     def __enter__(self) -> InstanceWatch:
         self.start()
@@ -200,15 +203,15 @@ class InstanceWatch(threading.Thread):
 
 
 def test_an_idle_endpoint_is_at_zero_and_a_dropped_bundle_brings_an_instance_back(workflow: Workflow) -> None:
-    _wait_for_instances(0, timeout=SCALE_IN_COOLDOWN + 60)  # deployed, then idle for the cooldown
-    with InstanceWatch() as watch:
+    _wait_for_instances(workflow.endpoint, 0, timeout=SCALE_IN_COOLDOWN + 60)  # deployed, then idle for the cooldown
+    with InstanceWatch(workflow.endpoint) as watch:
         _drop(workflow, "from-zero", slice(0, 4), shard_size=2)
         execution = _settle(workflow, "from-zero")
     assert execution["status"] == "SUCCEEDED", execution
     assert max(watch.seen) >= 1, watch.seen
-    _wait_for_instances(0, timeout=SCALE_IN_COOLDOWN + 60)
+    _wait_for_instances(workflow.endpoint, 0, timeout=SCALE_IN_COOLDOWN + 60)
     scaling = aws.client("application-autoscaling")
-    resource = f"endpoint/{DEPLOYMENT.endpoint_name}/variant/AllTraffic"
+    resource = f"endpoint/{workflow.endpoint}/variant/AllTraffic"
     activities = scaling.describe_scaling_activities(ServiceNamespace="sagemaker", ResourceId=resource)
     descriptions = [a["Description"] for a in activities["ScalingActivities"]]
     assert (
@@ -219,7 +222,7 @@ def test_an_idle_endpoint_is_at_zero_and_a_dropped_bundle_brings_an_instance_bac
 
 def test_a_burst_of_six_bundles_scales_out_to_two_instances_and_all_complete(workflow: Workflow) -> None:
     bundles = [f"scale-out-{i}" for i in range(6)]
-    with InstanceWatch() as watch:
+    with InstanceWatch(workflow.endpoint) as watch:
         for i, bundle_id in enumerate(bundles):
             _drop(workflow, bundle_id, slice(8 * i, 8 * i + 8), shard_size=1)
         outcomes = {bundle_id: _settle(workflow, bundle_id)["status"] for bundle_id in bundles}
@@ -228,7 +231,7 @@ def test_a_burst_of_six_bundles_scales_out_to_two_instances_and_all_complete(wor
 
 
 def test_the_endpoints_scaling_reads_back_through_application_autoscaling(workflow: Workflow) -> None:
-    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{DEPLOYMENT.endpoint_name}/variant/AllTraffic"
+    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{workflow.endpoint}/variant/AllTraffic"
     [target] = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])[
         "ScalableTargets"
     ]
@@ -332,7 +335,7 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
 
 
 def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(workflow: Workflow) -> None:
-    with injected_faults(DEPLOYMENT.endpoint_name, [{"input_contains": "requests/retry-once/", "fail_first": 1}]):
+    with injected_faults(workflow.endpoint, [{"input_contains": "requests/retry-once/", "fail_first": 1}]):
         _drop(workflow, "retry-once", slice(8, 16), shard_size=4)
         execution = _settle(workflow, "retry-once")
     assert execution["status"] == "SUCCEEDED", execution
@@ -342,9 +345,7 @@ def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(w
 
 
 def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow: Workflow) -> None:
-    with injected_faults(
-        DEPLOYMENT.endpoint_name, [{"input_contains": "requests/always-fails/00001", "fail_first": 1000}]
-    ):
+    with injected_faults(workflow.endpoint, [{"input_contains": "requests/always-fails/00001", "fail_first": 1000}]):
         _drop(workflow, "always-fails", slice(16, 24), shard_size=4)
         execution = _settle(workflow, "always-fails")
     inbox = [

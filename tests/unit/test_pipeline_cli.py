@@ -38,7 +38,7 @@ def deployed(monkeypatch: pytest.MonkeyPatch) -> list[EndpointSettings]:
 
     made: list[EndpointSettings] = []
 
-    def deploy_endpoint(settings: EndpointSettings, wait_seconds: float) -> dict[str, Any]:
+    def deploy_endpoint(settings: EndpointSettings, wait_seconds: float, package_arn: str | None) -> dict[str, Any]:
         made.append(settings)
         return {"endpoint": settings.endpoint_name, "status": "InService"}
 
@@ -59,7 +59,7 @@ def test_an_explicit_package_group_is_the_one_deployed_and_the_override_is_named
     assert endpoint.success_topic_arn == OUTPUTS["EndpointSuccessTopicArn"]
     captured = capsys.readouterr()
     assert "--package-group other overrides the deployment acme's acme-models" in captured.err
-    assert "newest Approved package of other to acme-inference" in captured.out
+    assert "newest Approved package of other on its version's endpoint (acme-inference-v<version>)" in captured.out
 
 
 def test_without_the_flag_the_deployments_group_is_deployed_silently(

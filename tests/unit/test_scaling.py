@@ -21,7 +21,7 @@ from local.sagemaker.autoscaling import ScalingState, decide
 from local.sagemaker.server import LocalSageMaker, make_handler
 from pipelines.endpoint import configure_scaling, delete_endpoint
 
-RESOURCE = "endpoint/scaled/variant/AllTraffic"
+RESOURCE = "endpoint/scaled-v1/variant/AllTraffic"
 TARGET = {"MinCapacity": 0, "MaxCapacity": 2}
 STEP = {
     "PolicyARN": "arn:step",
@@ -100,8 +100,8 @@ def test_the_endpoint_deployment_writes_a_target_two_policies_and_the_alarm(scal
     settings = EndpointSettings(
         "group", "bucket", "role", endpoint_name="scaled", max_instances=3, scale_in_cooldown=120, scale_out_cooldown=30
     )
-    configure_scaling(settings)
-    configure_scaling(settings)  # a redeploy updates, never duplicates
+    configure_scaling(settings, "scaled-v1")
+    configure_scaling(settings, "scaled-v1")  # a redeploy updates, never duplicates
     keys = {"ServiceNamespace": "sagemaker", "ResourceIds": [RESOURCE]}
     [target] = scaling.describe_scalable_targets(**keys)["ScalableTargets"]
     assert (target["MinCapacity"], target["MaxCapacity"]) == (0, 3)
@@ -121,7 +121,7 @@ def test_the_endpoint_deployment_writes_a_target_two_policies_and_the_alarm(scal
     ]
     assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
     assert alarm["AlarmActions"] == [policies["StepScaling"]["PolicyARN"]]
-    assert delete_endpoint("scaled") is False, "no such endpoint: its scaling goes all the same"
+    assert delete_endpoint("scaled-v1") is False, "no such endpoint: its scaling goes all the same"
     assert scaling.describe_scalable_targets(**keys)["ScalableTargets"] == []
     remaining = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=RESOURCE)
     assert remaining["ScalingPolicies"] == []
@@ -131,7 +131,7 @@ def test_impossible_limits_are_refused_before_any_call() -> None:
     from pipelines.endpoint import EndpointError
 
     with pytest.raises(EndpointError, match="minimum"):
-        configure_scaling(EndpointSettings("g", "b", "r", min_instances=3, max_instances=2))
+        configure_scaling(EndpointSettings("g", "b", "r", min_instances=3, max_instances=2), "e-v1")
 
 
 def test_the_maps_concurrency_is_the_endpoints_largest_size() -> None:

@@ -1,0 +1,99 @@
+"""Model versions served side by side on the local stack: each Approved version deployed on its own endpoint
+(``<family>-v<version>``), bundles routed to the endpoint of their version, a bundle for a version no endpoint
+serves quarantined naming the versions that are, and deploying a new version touching no other."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
+from common import aws
+from common.bundle_store import object_exists
+from common.model_package import served_versions, version_endpoint
+from containers.training.data import sample_records
+from pipelines.approval import approve
+from pipelines.endpoint import deploy_endpoint
+from pipelines.runs import train_and_register
+from tests import limits
+from tests.integration.helpers import Served, deploy_and_serve, deployment_for, drop, settle
+
+pytestmark = pytest.mark.integration
+
+DEPLOYMENT = deployment_for("versions", function_concurrency=2, scale_in_cooldown=15, scale_out_cooldown=5)
+
+
+def _owner(served: Served, home: Path, package_arn: str) -> ClientModel:
+    """A batch owner with keys for ``package_arn``'s version, its evaluation key uploaded."""
+    s3 = aws.client("s3")
+    model = fetch_model(aws.client("sagemaker"), s3, group=DEPLOYMENT.package_group, package_arn=package_arn, home=home)
+    upload_evaluation_key(s3, served.layout, model, ensure_keys(model))
+    return model
+
+
+def _validated_endpoint(served: Served, execution_arn: str) -> str:
+    """The endpoint Validate routed the bundle to (its output, in the bundle's history)."""
+    for event in limits.history(aws.client("stepfunctions"), execution_arn):
+        details = event.get("stateExitedEventDetails") or {}
+        if details.get("name") == "Validate":
+            return str(json.loads(details["output"])["plan"]["endpoint"])
+    raise AssertionError(f"{execution_arn} never left Validate")
+
+
+def _instances(endpoint: str) -> int:
+    described = aws.client("sagemaker").describe_endpoint(EndpointName=endpoint)
+    assert described["EndpointStatus"] == "InService"
+    return int(described["ProductionVariants"][0]["CurrentInstanceCount"])
+
+
+def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
+    local_stack: dict[str, str], tmp_path: Path
+) -> None:
+    served = deploy_and_serve(DEPLOYMENT, "versions tests: version 1")
+    first = served.package_arn
+    assert served.endpoint == version_endpoint(DEPLOYMENT.endpoint_name, 1)
+    x = sample_records(8)
+    owner_1 = _owner(served, tmp_path / "home-1", first)
+
+    # Version 2 trained and approved, not deployed yet: its bundles are refused, naming what is served.
+    second = train_and_register(served.settings.pipeline)
+    approve(second, DEPLOYMENT.package_group, "Approved", "versions tests: version 2")
+    owner_2 = _owner(served, tmp_path / "home-2", second)
+    drop(served.layout, owner_2, x[:2], tmp_path / "early-v2", shard_size=1)
+    execution = settle(served.state_machine_arn, "early-v2", 300.0)
+    assert execution["status"] == "FAILED", execution
+    uri = served.layout.quarantine_reason("early-v2")
+    reason: dict[str, Any] = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+    assert (reason["stage"], reason["code"], reason["field"]) == (
+        "validate",
+        "version_not_served",
+        "model.package_version",
+    )
+    assert "served versions: 1" in reason["message"] and "fhe-client keys" in reason["message"], reason
+
+    # Deploying version 2 creates its endpoint and leaves version 1's as it was.
+    sagemaker = aws.client("sagemaker")
+    before = sagemaker.describe_endpoint(EndpointName=served.endpoint)["EndpointConfigName"]
+    deployed = deploy_endpoint(served.settings.endpoint, package_arn=second)
+    assert deployed["endpoint"] == version_endpoint(DEPLOYMENT.endpoint_name, 2) and deployed["version"] == 2
+    assert sagemaker.describe_endpoint(EndpointName=served.endpoint)["EndpointConfigName"] == before
+    assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {1: served.endpoint, 2: deployed["endpoint"]}
+
+    # A version-1 bundle and a version-2 bundle both complete, each on its own version's endpoint.
+    drop(served.layout, owner_1, x[2:5], tmp_path / "bundle-v1", shard_size=1)
+    drop(served.layout, owner_2, x[5:8], tmp_path / "bundle-v2", shard_size=1)
+    for bundle_id, endpoint in (("bundle-v1", served.endpoint), ("bundle-v2", deployed["endpoint"])):
+        execution = settle(served.state_machine_arn, bundle_id, 600.0)
+        assert execution["status"] == "SUCCEEDED", execution
+        assert _validated_endpoint(served, execution["executionArn"]) == endpoint
+        assert object_exists(aws.client("s3"), served.layout.result_manifest(bundle_id))
+
+    # Idle, both versions cost nothing: each endpoint is back at zero instances after its cooldown.
+    deadline = time.monotonic() + 120
+    while any(_instances(e) for e in (served.endpoint, deployed["endpoint"])):
+        assert time.monotonic() < deadline, "an idle version's endpoint kept an instance"
+        time.sleep(2)
