@@ -192,8 +192,12 @@ def configure_scaling(settings: EndpointSettings, endpoint_name: str) -> dict[st
 
 
 def family_endpoints(family: str) -> list[str]:
-    """Every endpoint of ``family``, in whatever state, and every one whose scaling outlived it (teardown)."""
-    names = set(served_versions(aws.client("sagemaker"), family, serving_only=False).values())
+    """Every endpoint of ``family``, in whatever state, every one whose scaling outlived it, and the single
+    endpoint named ``family`` itself that deployments made before versions had their own endpoints (teardown)."""
+    sagemaker = aws.client("sagemaker")
+    names = set(served_versions(sagemaker, family, serving_only=False).values())
+    with contextlib.suppress(sagemaker.exceptions.ClientError):  # "Could not find endpoint": none from before
+        names.add(str(sagemaker.describe_endpoint(EndpointName=family)["EndpointName"]))
     pages = aws.client("application-autoscaling").get_paginator("describe_scalable_targets")
     prefix = f"endpoint/{family}-v"
     for page in pages.paginate(ServiceNamespace=SCALING["ServiceNamespace"]):

@@ -19,7 +19,7 @@ from infrastructure import package
 from infrastructure.deployment import Deployment
 from local.sagemaker.autoscaling import ScalingState, decide
 from local.sagemaker.server import LocalSageMaker, make_handler
-from pipelines.endpoint import configure_scaling, delete_endpoint
+from pipelines.endpoint import configure_scaling, delete_endpoint, family_endpoints
 
 RESOURCE = "endpoint/scaled-v1/variant/AllTraffic"
 TARGET = {"MinCapacity": 0, "MaxCapacity": 2}
@@ -121,6 +121,7 @@ def test_the_endpoint_deployment_writes_a_target_two_policies_and_the_alarm(scal
     ]
     assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
     assert alarm["AlarmActions"] == [policies["StepScaling"]["PolicyARN"]]
+    assert family_endpoints("scaled") == ["scaled-v1"], "teardown finds a version's scaling without its endpoint"
     assert delete_endpoint("scaled-v1") is False, "no such endpoint: its scaling goes all the same"
     assert scaling.describe_scalable_targets(**keys)["ScalableTargets"] == []
     remaining = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=RESOURCE)
