@@ -73,11 +73,6 @@ class EndpointSettings:
     error_topic_arn: str | None = None
 
     @property
-    def peak_concurrency(self) -> int:
-        """Shards the endpoint takes at once at its largest: what the workflow's Map sends at a time."""
-        return self.max_instances * self.max_concurrent_invocations
-
-    @property
     def output_path(self) -> S3Uri:
         return S3Uri(self.output_bucket, f"{RESPONSES_PREFIX}/{self.endpoint_name}/output")
 

@@ -74,6 +74,7 @@ class Deployment:
 
     @property
     def map_concurrency(self) -> int:
+        """Shards the endpoint takes at once at its largest: what the workflow's Map sends at a time."""
         return self.max_instances * self.invocations_per_instance
 
     def uploads(self) -> list[package.Upload]:

@@ -155,7 +155,6 @@ def test_a_deployments_recorded_scaling_reaches_the_endpoint_settings() -> None:
     recorded = {"EndpointMaxInstances": "4", "InvocationsPerInstance": "3", "ScaleInCooldownSeconds": "90"}
     endpoint = from_outputs({**outputs, **recorded}, region="us-east-1").endpoint
     assert (endpoint.max_instances, endpoint.max_concurrent_invocations, endpoint.scale_in_cooldown) == (4, 3, 90)
-    assert endpoint.peak_concurrency == 12
     assert (
         from_outputs(outputs, region="us-east-1").endpoint.max_instances
         == EndpointSettings("g", "b", "r").max_instances
