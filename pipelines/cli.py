@@ -7,6 +7,8 @@
     fhe-pipeline approve [--package-arn ARN] [--reject] [--note TEXT]   approve (or reject) a model package
     fhe-pipeline deploy [--package-arn ARN]  deploy the newest (or the given) Approved package on its version's own
                                             async endpoint, <endpoint name>-v<version>; other versions stay served
+    fhe-pipeline retire --version N [--drain SECONDS]  delete version N's endpoint once no running bundle uses
+                                            it (refuses, naming them, unless --drain); needs --deployment
 
 Where it runs is decided only by the AWS configuration (``AWS_ENDPOINT_URL*`` for the local stack).
 ``--dataset`` takes a bundled data set (``breast_cancer``, ``digits``) or a local CSV / NPY file; it is
@@ -49,8 +51,9 @@ from common.settings import (
 from pipelines import runs
 from pipelines.approval import ApprovalError, approve
 from pipelines.endpoint import EndpointError, deploy_endpoint
+from pipelines.retirement import RetirementError, retire
 
-COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy")
+COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy", "retire")
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,14 @@ def parser() -> argparse.ArgumentParser:
         "newest Approved one), on its version's own endpoint",
     )
     parser.add_argument("--reject", action="store_true", help="approve: reject the package instead")
+    parser.add_argument("--version", type=int, help="retire: the model version whose endpoint goes")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="retire: wait up to SECONDS for the version's running bundles to end (default: refuse while any runs)",
+    )
     parser.add_argument("--note", default="", help="approve: the approval description (who, why)")
     return parser
 
@@ -245,9 +256,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     note = lambda line: print(f"note: {line}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        settings = resolve(args, read_outputs(args.deployment) if args.deployment else None, note)
+        outputs = read_outputs(args.deployment) if args.deployment else None
+        settings = resolve(args, outputs, note)
+        if args.command == "retire":
+            if outputs is None or args.version is None:
+                raise SystemExit("fhe-pipeline retire: give --version N and --deployment PREFIX (its state machine)")
+            answer = retire(
+                settings.endpoint, args.version, outputs["StateMachineArn"], wait_seconds=args.drain, report=note
+            )
+            print(json.dumps(answer, indent=2))
+            return
         run(args, settings.pipeline, settings.endpoint)
-    except (DeploymentNotFound, ApprovalError, EndpointError, runs.PipelineRunError) as error:
+    except (DeploymentNotFound, ApprovalError, EndpointError, RetirementError, runs.PipelineRunError) as error:
         raise SystemExit(f"fhe-pipeline {args.command}: {error}") from None
 
 

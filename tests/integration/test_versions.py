@@ -1,6 +1,7 @@
 """Model versions served side by side on the local stack: each Approved version deployed on its own endpoint
 (``<family>-v<version>``), bundles routed to the endpoint of their version, a bundle for a version no endpoint
-serves quarantined naming the versions that are, and deploying a new version touching no other."""
+serves quarantined naming the versions that are, deploying a new version touching no other, and retiring a
+version once its running bundles end."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from common.model_package import served_versions, version_endpoint
 from containers.training.data import sample_records
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
+from pipelines.retirement import RetirementError, retire, routed_endpoint, running_bundles
 from pipelines.runs import train_and_register
-from tests import limits
-from tests.integration.helpers import Served, deploy_and_serve, deployment_for, drop, settle
+from tests.integration.helpers import Served, deploy_and_serve, deployment_for, drop, injected_faults, settle
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +34,6 @@ def _owner(served: Served, home: Path, package_arn: str) -> ClientModel:
     model = fetch_model(aws.client("sagemaker"), s3, group=DEPLOYMENT.package_group, package_arn=package_arn, home=home)
     upload_evaluation_key(s3, served.layout, model, ensure_keys(model))
     return model
-
-
-def _validated_endpoint(served: Served, execution_arn: str) -> str:
-    """The endpoint Validate routed the bundle to (its output, in the bundle's history)."""
-    for event in limits.history(aws.client("stepfunctions"), execution_arn):
-        details = event.get("stateExitedEventDetails") or {}
-        if details.get("name") == "Validate":
-            return str(json.loads(details["output"])["plan"]["endpoint"])
-    raise AssertionError(f"{execution_arn} never left Validate")
 
 
 def _instances(endpoint: str) -> int:
@@ -89,7 +81,7 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     for bundle_id, endpoint in (("bundle-v1", served.endpoint), ("bundle-v2", deployed["endpoint"])):
         execution = settle(served.state_machine_arn, bundle_id, 600.0)
         assert execution["status"] == "SUCCEEDED", execution
-        assert _validated_endpoint(served, execution["executionArn"]) == endpoint
+        assert routed_endpoint(aws.client("stepfunctions"), execution["executionArn"]) == endpoint
         assert object_exists(aws.client("s3"), served.layout.result_manifest(bundle_id))
 
     # Idle, both versions cost nothing: each endpoint is back at zero instances after its cooldown.
@@ -97,3 +89,26 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     while any(_instances(e) for e in (served.endpoint, deployed["endpoint"])):
         assert time.monotonic() < deadline, "an idle version's endpoint kept an instance"
         time.sleep(2)
+
+    # Retiring version 1 while one of its bundles runs: refused naming it, then waited for; the bundle completes.
+    with injected_faults(served.endpoint, [{"input_contains": "requests/running-v1/", "delay_seconds": 8}]):
+        drop(served.layout, owner_1, x[:2], tmp_path / "running-v1", shard_size=1)
+        sfn, deadline = aws.client("stepfunctions"), time.monotonic() + 120
+        while "running-v1" not in running_bundles(sfn, served.state_machine_arn, served.endpoint):
+            assert time.monotonic() < deadline, "the version-1 bundle never reached its endpoint"
+            time.sleep(1)
+        with pytest.raises(RetirementError, match="running-v1"):
+            retire(served.settings.endpoint, 1, served.state_machine_arn, report=lambda line: None)
+        retired = retire(
+            served.settings.endpoint, 1, served.state_machine_arn, wait_seconds=300, poll=2, report=lambda line: None
+        )
+    assert retired["retired"] == served.endpoint and retired["waited_for"] == ["running-v1"], retired
+    assert settle(served.state_machine_arn, "running-v1", 60.0)["status"] == "SUCCEEDED"
+    assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {2: deployed["endpoint"]}
+
+    # A version-1 bundle dropped after the retirement is quarantined, naming what is still served.
+    drop(served.layout, owner_1, x[2:4], tmp_path / "after-retirement", shard_size=1)
+    assert settle(served.state_machine_arn, "after-retirement", 300.0)["status"] == "FAILED"
+    uri = served.layout.quarantine_reason("after-retirement")
+    reason = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+    assert reason["code"] == "version_not_served" and "served versions: 2" in reason["message"], reason

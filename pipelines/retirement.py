@@ -1,0 +1,80 @@
+"""Retire a served model version: its endpoint goes once no running bundle uses it.
+
+A bundle is using a version's endpoint from the moment Validate routes it there (its plan names the endpoint)
+until its execution ends. Retirement refuses, naming those bundles, or waits for them (``wait_seconds``), and
+then deletes the endpoint with its scaling. A bundle dropped afterwards for that version is quarantined at
+Validate, naming the versions still served; one still being validated at that moment meets the same fate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common import aws
+from common.model_package import served_versions, version_endpoint
+from common.settings import EndpointSettings
+from common.workflow import bundle_of_execution
+from pipelines.endpoint import delete_endpoint
+
+
+class RetirementError(RuntimeError):
+    pass
+
+
+def routed_endpoint(stepfunctions: Any, execution_arn: str) -> str | None:
+    """The endpoint Validate routed an execution's bundle to; None before Validate has."""
+    pages = stepfunctions.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    for page in pages:
+        for event in page["events"]:
+            details = event.get("stateExitedEventDetails") or {}
+            if details.get("name") == "Validate":
+                plan = json.loads(details.get("output") or "{}").get("plan") or {}
+                return str(plan["endpoint"]) if plan.get("endpoint") else None
+    return None
+
+
+def running_bundles(stepfunctions: Any, state_machine_arn: str, endpoint: str) -> list[str]:
+    """The bundles whose running executions were routed to ``endpoint``."""
+    pages = stepfunctions.get_paginator("list_executions").paginate(
+        stateMachineArn=state_machine_arn, statusFilter="RUNNING"
+    )
+    running = [e for page in pages for e in page["executions"]]
+    return sorted(
+        bundle_of_execution(e["name"]) for e in running if routed_endpoint(stepfunctions, e["executionArn"]) == endpoint
+    )
+
+
+def retire(
+    settings: EndpointSettings,
+    version: int,
+    state_machine_arn: str,
+    *,
+    wait_seconds: float = 0.0,
+    poll: float = 5.0,
+    report: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Delete version ``version``'s endpoint once no running bundle uses it; with ``wait_seconds`` 0, refuse
+    while one does."""
+    sagemaker, stepfunctions = aws.client("sagemaker"), aws.client("stepfunctions")
+    served = served_versions(sagemaker, settings.endpoint_name)
+    if version not in served:
+        listed = ", ".join(str(v) for v in served) or "none"
+        raise RetirementError(f"version {version} is not served (served versions: {listed})")
+    endpoint = version_endpoint(settings.endpoint_name, version)
+    deadline, waited_for = time.monotonic() + wait_seconds, set()
+    while running := running_bundles(stepfunctions, state_machine_arn, endpoint):
+        waited_for.update(running)
+        if time.monotonic() >= deadline:
+            raise RetirementError(
+                f"version {version} ({endpoint}) still serves running bundles: {', '.join(running)}; "
+                "retire it when they end, or wait for them (--drain SECONDS)"
+            )
+        report(f"waiting for {len(running)} running bundle(s) on {endpoint}: {', '.join(running)}")
+        time.sleep(poll)
+    delete_endpoint(endpoint)
+    report(f"version {version} retired: {endpoint} and its scaling deleted")
+    remaining = served_versions(sagemaker, settings.endpoint_name)
+    return {"retired": endpoint, "version": version, "waited_for": sorted(waited_for), "served_versions": remaining}
