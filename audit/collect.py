@@ -134,6 +134,36 @@ def approvals(records: list[AuditRecord]) -> list[dict[str, Any]]:
     return sorted(decisions, key=lambda d: d["time"])
 
 
+def version_endpoints(records: list[AuditRecord]) -> list[dict[str, Any]]:
+    """Every model version's endpoint on record: when it was deployed and by whom, and its retirement if any."""
+    endpoints: dict[str, dict[str, Any]] = {}
+    for record in records:
+        kind, detail = record.body.get("kind"), record.body.get("detail", {})
+        if kind not in ("version_served", "version_retired"):
+            continue
+        entry = endpoints.setdefault(
+            str(detail.get("endpoint")),
+            {
+                "endpoint": detail.get("endpoint"),
+                "version": detail.get("version"),
+                "model_package_arn": None,
+                "served": None,
+                "served_by": None,
+                "served_seq": None,
+                "retired": None,
+                "retired_by": None,
+                "retired_seq": None,
+            },
+        )
+        if kind == "version_served":  # a redeploy of the version keeps its first deployment
+            entry["model_package_arn"] = detail.get("model_package_arn") or entry["model_package_arn"]
+            if entry["served"] is None:
+                entry.update(served=record.body.get("time"), served_by=detail.get("by"), served_seq=record.seq)
+        else:
+            entry.update(retired=record.body.get("time"), retired_by=detail.get("by"), retired_seq=record.seq)
+    return sorted(endpoints.values(), key=lambda e: (e["version"] or 0, e["endpoint"]))
+
+
 def packages(sources: Sources, arns: set[str]) -> dict[str, dict[str, Any]]:
     """The registry's current view of each package named anywhere in the report."""
     found = {}

@@ -84,6 +84,7 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
         "pipeline_executions": pipeline_runs,
         "model_packages": list(registry.values()),
         "approvals": [d for d in decisions if window.holds(datetime.fromisoformat(d["time"]))],
+        "endpoints": collect.version_endpoints(records),
         "bundles": bundles,
         "inbox": manifests,
     }

@@ -27,6 +27,9 @@ BUNDLE_QUARANTINED = "Bundle Quarantined"
 APPROVAL_DECISION = "Model Package Approval"  # published by the product's approve command
 SAGEMAKER_PACKAGE_CHANGE = "SageMaker Model Package State Change"  # what SageMaker itself sends on AWS
 REGISTRY_EVENT_SOURCE = "fhe.model-registry"
+VERSION_SERVED = "Model Version Served"  # a version's endpoint deployed (fhe-pipeline deploy)
+VERSION_RETIRED = "Model Version Retired"  # and deleted (fhe-pipeline retire)
+SERVING_KINDS = {VERSION_SERVED: "version_served", VERSION_RETIRED: "version_retired"}
 
 # The fields of a model package kept in an approval record: what was decided, by whom, when; nothing else.
 APPROVAL_FIELDS = (

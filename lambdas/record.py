@@ -31,6 +31,7 @@ from common.audit_log import (
     BUNDLE_COMPLETED,
     BUNDLE_QUARANTINED,
     SAGEMAKER_PACKAGE_CHANGE,
+    SERVING_KINDS,
     AuditRecord,
     approval_body,
     last_record,
@@ -51,6 +52,17 @@ def audit_table() -> Any:
     return aws.session().resource("dynamodb").Table(setting("AUDIT_TABLE"))
 
 
+def _event_body(event: EventBridgeEvent, kind: str, subject: str, detail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "source": event.source,
+        "event_id": event.get_id,
+        "time": event.time,
+        "subject": subject,
+        "detail": detail,
+    }
+
+
 def record_body(event: EventBridgeEvent) -> dict[str, Any]:
     """What the chain keeps of an event: its kind, subject and detail, never anything from a bundle's content."""
     detail = dict(event.detail)
@@ -59,14 +71,11 @@ def record_body(event: EventBridgeEvent) -> dict[str, Any]:
     if event.detail_type in BUNDLE_KINDS:
         if not isinstance(detail.get("bundle_id"), str):
             raise EventError(f"a {event.detail_type} event without a bundle_id")
-        return {
-            "kind": BUNDLE_KINDS[event.detail_type],
-            "source": event.source,
-            "event_id": event.get_id,
-            "time": event.time,
-            "subject": detail["bundle_id"],
-            "detail": detail,
-        }
+        return _event_body(event, BUNDLE_KINDS[event.detail_type], detail["bundle_id"], detail)
+    if event.detail_type in SERVING_KINDS:
+        if not isinstance(detail.get("endpoint"), str) or not isinstance(detail.get("version"), int):
+            raise EventError(f"a {event.detail_type} event without its endpoint and version")
+        return _event_body(event, SERVING_KINDS[event.detail_type], detail["endpoint"], detail)
     raise EventError(f"the audit log does not record {event.detail_type!r} events")
 
 

@@ -42,15 +42,24 @@ def publish_decision(package: dict[str, Any]) -> None:
     """
     detail = {k: package[k] for k in APPROVAL_FIELDS if k in package}
     detail["decided_by"] = aws.client("sts").get_caller_identity()["Arn"]
+    try:
+        announce(APPROVAL_DECISION, detail, package["ModelPackageArn"])
+    except RuntimeError as error:
+        raise ApprovalError(f"the approval was set but {error}") from None
+
+
+def announce(detail_type: str, detail: dict[str, Any], resource: str) -> None:
+    """An event of the model registry's source on the default bus, for the audit log (approvals, versions
+    served and retired); raises RuntimeError when EventBridge refuses it."""
     response = aws.client("events").put_events(
         Entries=[
             {
                 "Source": REGISTRY_EVENT_SOURCE,
-                "DetailType": APPROVAL_DECISION,
+                "DetailType": detail_type,
                 "Detail": json.dumps(detail, default=str, sort_keys=True),
-                "Resources": [package["ModelPackageArn"]],
+                "Resources": [resource],
             }
         ]
     )
     if response.get("FailedEntryCount"):
-        raise ApprovalError(f"the approval was set but its event was refused: {response['Entries']}")
+        raise RuntimeError(f"its event was refused: {response['Entries']}")

@@ -22,6 +22,7 @@ from typing import Any
 
 from common import aws
 from common.artifacts import PACKAGE_ARN_VARIABLE
+from common.audit_log import VERSION_SERVED
 from common.model_package import (
     ModelPackageError,
     describe,
@@ -31,6 +32,7 @@ from common.model_package import (
     version_endpoint,
 )
 from common.settings import EndpointSettings
+from pipelines.approval import announce
 
 VARIANT = "AllTraffic"
 SCALING = {"ServiceNamespace": "sagemaker", "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
@@ -105,6 +107,9 @@ def deploy_endpoint(
         sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=config_name)
     status = wait_in_service(sagemaker, endpoint_name, wait_seconds) if wait_seconds > 0 else "Creating"
     scaling = configure_scaling(settings, endpoint_name)
+    by = aws.client("sts").get_caller_identity()["Arn"]
+    served = {"endpoint": endpoint_name, "version": version, "model_package_arn": package_arn, "by": by}
+    announce(VERSION_SERVED, served, package_arn)  # for the audit log
     return {
         "endpoint": endpoint_name,
         "version": version,

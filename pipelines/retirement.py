@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from common import aws
+from common.audit_log import VERSION_RETIRED
 from common.model_package import served_versions, version_endpoint
 from common.settings import EndpointSettings
 from common.workflow import bundle_of_execution
+from pipelines.approval import announce
 from pipelines.endpoint import delete_endpoint
 
 
@@ -75,6 +77,9 @@ def retire(
         report(f"waiting for {len(running)} running bundle(s) on {endpoint}: {', '.join(running)}")
         time.sleep(poll)
     delete_endpoint(endpoint)
+    by = aws.client("sts").get_caller_identity()["Arn"]
+    retired = {"endpoint": endpoint, "version": version, "waited_for": sorted(waited_for), "by": by}
+    announce(VERSION_RETIRED, retired, endpoint)  # for the audit log
     report(f"version {version} retired: {endpoint} and its scaling deleted")
     remaining = served_versions(sagemaker, settings.endpoint_name)
     return {"retired": endpoint, "version": version, "waited_for": sorted(waited_for), "served_versions": remaining}

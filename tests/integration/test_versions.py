@@ -1,17 +1,20 @@
 """Model versions served side by side on the local stack: each Approved version deployed on its own endpoint
 (``<family>-v<version>``), bundles routed to the endpoint of their version, a bundle for a version no endpoint
 serves quarantined naming the versions that are, deploying a new version touching no other, and retiring a
-version once its running bundles end."""
+version once its running bundles end; the audit report shows each version's endpoint and its retirement."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from audit import report as audit_report
+from audit.collect import Window
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from common import aws
 from common.bundle_store import object_exists
@@ -45,6 +48,7 @@ def _instances(endpoint: str) -> int:
 def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     local_stack: dict[str, str], tmp_path: Path
 ) -> None:
+    since = datetime.now(tz=UTC) - timedelta(seconds=1)
     served = deploy_and_serve(DEPLOYMENT, "versions tests: version 1")
     first = served.package_arn
     assert served.endpoint == version_endpoint(DEPLOYMENT.endpoint_name, 1)
@@ -112,3 +116,23 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     uri = served.layout.quarantine_reason("after-retirement")
     reason = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
     assert reason["code"] == "version_not_served" and "served versions: 2" in reason["message"], reason
+
+    # The audit report: both versions' endpoints, version 1's retirement, which endpoint served each bundle.
+    deadline = time.monotonic() + 120
+    while True:
+        window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))
+        report = audit_report.run(
+            window, tmp_path / "audit", deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name
+        )
+        endpoints = {e["endpoint"]: e for e in report["endpoints"]}
+        if endpoints.get(served.endpoint, {}).get("retired") or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert set(endpoints) == {served.endpoint, deployed["endpoint"]}, endpoints
+    assert endpoints[served.endpoint]["retired"] and endpoints[served.endpoint]["served"], endpoints
+    assert endpoints[deployed["endpoint"]]["retired"] is None
+    assert endpoints[deployed["endpoint"]]["model_package_arn"] == second
+    by_bundle = {b["bundle_id"]: b for b in report["bundles"]}
+    assert by_bundle["bundle-v1"]["endpoint"] == served.endpoint
+    assert by_bundle["bundle-v2"]["endpoint"] == deployed["endpoint"]
+    assert report["ok"], [c for c in report["checks"] if not c["ok"]]
