@@ -6,9 +6,15 @@
     fhe-client wait BUNDLE_ID            until its result bundle (or its quarantine record) appears
     fhe-client decrypt BUNDLE_ID --out predictions.csv
     fhe-client run INPUT --out predictions.csv     all of the above
+    fhe-client versions                  the model versions served, approved, and those the local keys are for
 
 Settings come from options or the environment: FHE_BUCKET (where bundles go), FHE_MODEL_PACKAGE_GROUP,
+FHE_ENDPOINT_NAME (the deployment's endpoint name, which each served version's endpoint extends),
 FHE_CLIENT_HOME (keys and model files, default ~/.fhe-batch). The private key never leaves FHE_CLIENT_HOME.
+
+Each model version is served by its own endpoint, and keys belong to one version: keys for several versions live
+side by side in the client home, `--package-arn` pins one, and `keys` and `run` warn when a newer version than
+the keys' is served.
 """
 
 from __future__ import annotations
@@ -24,14 +30,22 @@ from typing import Any
 from client.decrypt import decrypt_result, write_predictions
 from client.encrypt import DEFAULT_SHARD_SIZE, encrypt_rows, read_rows
 from client.errors import FheClientError
-from client.model import ClientModel, ensure_evaluation_key_uploaded, ensure_keys, fetch_model, upload_evaluation_key
+from client.model import (
+    ClientModel,
+    client_home,
+    ensure_evaluation_key_uploaded,
+    ensure_keys,
+    fetch_model,
+    upload_evaluation_key,
+)
 from client.transfer import download_result, submit, wait
 from common import aws
+from common.bundle.manifest import package_ref
 from common.bundle.schema import BundleError
 from common.bundle_store import BundleLayout
-from common.model_package import ModelPackageError
+from common.model_package import ModelPackageError, served_versions
 from common.s3uri import S3Uri
-from common.settings import MODEL_PACKAGE_GROUP
+from common.settings import ENDPOINT_NAME, MODEL_PACKAGE_GROUP
 from common.versions import VersionMismatchError
 
 DEFAULT_BUCKET = "fhe-batches"
@@ -43,13 +57,66 @@ def _model(args: argparse.Namespace) -> ClientModel:
     return ClientModel.current(args.home)
 
 
+def _served(args: argparse.Namespace) -> dict[int, str]:
+    return served_versions(aws.client("sagemaker"), args.endpoint)
+
+
+def _warn_if_newer_served(args: argparse.Namespace, model: ClientModel) -> int | None:
+    """The newest served version when it is newer than ``model``'s (said on stderr), else None."""
+    newer = [v for v in _served(args) if v > model.ref.package_version]
+    if not newer:
+        return None
+    print(
+        f"note: model version {max(newer)} is served; these keys are for version {model.ref.package_version}. "
+        "`fhe-client keys` fetches the newest approved model and makes its keys (the old ones stay usable while "
+        "their version is served)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return max(newer)
+
+
+def local_versions(home: Path | None, group: str) -> list[int]:
+    """The versions of ``group`` the client home has a model and keys for."""
+    models = (home or client_home()) / "models"
+    found = []
+    for folder in models.glob(f"{group}-v*"):
+        try:
+            model = ClientModel.open(folder)
+        except FheClientError:
+            continue
+        if model.ref.package_group == group and any(model.keys_folder.glob("*")):
+            found.append(model.ref.package_version)
+    return sorted(found)
+
+
+def cmd_versions(args: argparse.Namespace) -> dict[str, Any]:
+    sagemaker = aws.client("sagemaker")
+    pages = sagemaker.get_paginator("list_model_packages").paginate(
+        ModelPackageGroupName=args.group, ModelApprovalStatus="Approved"
+    )
+    approved = sorted(
+        package_ref(s["ModelPackageArn"]).package_version for p in pages for s in p.get("ModelPackageSummaryList", [])
+    )
+    served, local = _served(args), local_versions(args.home, args.group)
+    return {
+        "group": args.group,
+        "served": [{"version": v, "endpoint": e, "local_keys": v in local} for v, e in served.items()],
+        "approved_not_served": [v for v in approved if v not in served],
+        "local_keys": local,
+        "newest_served": max(served) if served else None,
+    }
+
+
 def cmd_keys(args: argparse.Namespace) -> dict[str, Any]:
     model = fetch_model(
         aws.client("sagemaker"), aws.client("s3"), group=args.group, package_arn=args.package_arn, home=args.home
     )
     evaluation_key = ensure_keys(model)
     ref, uploaded = upload_evaluation_key(aws.client("s3"), BundleLayout(args.bucket), model, evaluation_key)
+    newer = _warn_if_newer_served(args, model)
     return {
+        "newer_version_served": newer,
         "model_package": model.ref.package_arn,
         "keys": str(model.keys_folder),
         "evaluation_key": ref.uri,
@@ -128,7 +195,14 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--group", default=os.environ.get("FHE_MODEL_PACKAGE_GROUP", MODEL_PACKAGE_GROUP), help="model package group"
     )
-    common.add_argument("--package-arn", help="a specific Approved model package (default: the newest)")
+    common.add_argument(
+        "--package-arn", help="a specific Approved model package: pins its version (default: the newest)"
+    )
+    common.add_argument(
+        "--endpoint",
+        default=os.environ.get("FHE_ENDPOINT_NAME", ENDPOINT_NAME),
+        help="the deployment's endpoint name, which each served version's endpoint extends (<name>-v<version>)",
+    )
     common.add_argument("--home", type=Path, default=None, help="client home (default FHE_CLIENT_HOME or ~/.fhe-batch)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = top.add_subparsers(dest="command", required=True)
@@ -154,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     run.add_argument("--bundle-id")
     run.add_argument("--timeout", type=float, default=3600.0)
+    commands.add_parser("versions", parents=[common], help="versions served, approved, and the local keys' ones")
     return top
 
 
@@ -164,6 +239,7 @@ COMMANDS = {
     "wait": cmd_wait,
     "decrypt": cmd_decrypt,
     "run": cmd_run,
+    "versions": cmd_versions,
 }
 
 

@@ -2,7 +2,8 @@
 
     deploy (fhe-deploy up: both stacks, the pipeline) → train → register → approve → deploy the async endpoint →
     client keys, encrypt, drop → Step Functions workflow → result bundle → decrypt → agreement with the clear
-    model → audit report (audit-report.html and .json), time per stage.
+    model → retraining: a new version served beside the first, a bundle for each delivered, the first retired →
+    audit report (audit-report.html and .json), time per stage.
 
     python -m local.demo [--samples 100] [--shard-size 25] [--report audit-report]
 
@@ -31,13 +32,14 @@ from audit.collect import Window
 from client import cli as client_cli
 from client.model import ClientModel
 from common import aws
-from common.settings import from_outputs
+from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions, executed_states
 from containers.training.data import sample_records, write_records_csv
 from infrastructure.deployment import Deployment, up
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.models import clear_classes
+from pipelines.retirement import retire
 from pipelines.runs import train_and_register
 
 
@@ -94,7 +96,10 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fhe-demo-") as scratch:
         work = Path(scratch)
         x, source = sample_records(settings.samples), work / "records.csv"
-        common = ["--bucket", stack["BundleBucketName"], "--group", group, "--home", str(work / "home")]
+        common = [
+            "--bucket", stack["BundleBucketName"], "--group", group, "--home", str(work / "home"),
+            "--endpoint", deployment.endpoint_name,
+        ]  # fmt: skip
         with timings.stage("client: keys, encrypt, drop"):
             keys = client_cli.answer(["keys", *common, "--quiet"])
             model = ClientModel.for_package(keys["model_package"], work / "home")
@@ -125,6 +130,7 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
             lines = (work / "predictions.csv").read_text().splitlines()[1:]
             predicted = [line.split(",")[1] for line in lines]
         expected = clear_classes(package_arn, x)
+        versions = rollover(deployed, stack["StateMachineArn"], package_arn, source, work, common, timings)
     agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
     sfn = aws.client("stepfunctions")
     arns = bundle_executions(sfn, stack["StateMachineArn"], bundle["bundle_id"])
@@ -146,10 +152,48 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         "execution": execution.get("executionArn"),
         "execution_status": execution.get("status"),
         "states": executed_states(sfn, execution["executionArn"]) if execution else [],
+        "versions": versions,
         "audit_report": audit["files"],
         "audit_checks": {c["name"]: "pass" if c["ok"] else c["failures"] for c in audit["checks"]},
         "seconds_per_stage": timings.stages,
     }
+
+
+def rollover(
+    deployed: DeployedSettings,
+    state_machine_arn: str,
+    first: str,
+    source: Path,
+    work: Path,
+    common: list[str],
+    timings: Timings,
+) -> dict[str, Any]:
+    """Retraining without stranding a batch owner: a new version served beside the first, a bundle for each
+    delivered, then the first version retired once its bundles are done."""
+    with timings.stage("retrain: a new version trained, approved and served beside the first"):
+        second = train_and_register(deployed.pipeline)
+        approve(second, deployed.pipeline.package_group, "Approved", "demo: retrained")
+        served = deploy_endpoint(deployed.endpoint, package_arn=second)
+        print(
+            f"endpoint {served['endpoint']} serves model version {served['version']}; served versions: "
+            f"{', '.join(str(v) for v in served['served_versions'])}"
+        )
+    with timings.stage("client: a bundle for each version, both delivered"):
+        client_cli.answer(["keys", "--package-arn", second, *common, "--quiet"])  # beside version 1's keys
+        delivered = {}
+        for package in (first, second):
+            version = package.rsplit("/", 1)[-1]
+            out = work / f"predictions-v{version}.csv"
+            answer = client_cli.answer(
+                ["run", str(source), "--out", str(out), "--package-arn", package, *common, "--quiet"]
+            )
+            delivered[f"v{version}"] = answer["bundle_id"]
+            print(f"version {version}: bundle {answer['bundle_id']} delivered, {answer['rows']} predictions")
+    with timings.stage("retire the first version"):
+        retired = retire(
+            deployed.endpoint, int(first.rsplit("/", 1)[-1]), state_machine_arn, wait_seconds=600, report=print
+        )
+    return {"bundles": delivered, "retired": retired["retired"], "served_versions": retired["served_versions"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,8 @@
     fhe-pipeline approve [--package-arn ARN] [--reject] [--note TEXT]   approve (or reject) a model package
     fhe-pipeline deploy [--package-arn ARN]  deploy the newest (or the given) Approved package on its version's own
                                             async endpoint, <endpoint name>-v<version>; other versions stay served
+    fhe-pipeline retire --keep K | --older-than-days D  retire all but the newest K served versions, or those
+                                            deployed more than D days ago (never the newest)
     fhe-pipeline retire --version N [--drain SECONDS]  delete version N's endpoint once no running bundle uses
                                             it (refuses, naming them, unless --drain); needs --deployment
 
@@ -51,7 +53,7 @@ from common.settings import (
 from pipelines import runs
 from pipelines.approval import ApprovalError, approve
 from pipelines.endpoint import EndpointError, deploy_endpoint
-from pipelines.retirement import RetirementError, retire
+from pipelines.retirement import RetirementError, retire, retire_by_rule
 
 COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy", "retire")
 
@@ -241,6 +243,8 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--reject", action="store_true", help="approve: reject the package instead")
     parser.add_argument("--version", type=int, help="retire: the model version whose endpoint goes")
+    parser.add_argument("--keep", type=int, help="retire: keep the newest K served versions, retire the others")
+    parser.add_argument("--older-than-days", type=float, help="retire: the versions deployed more than D days ago")
     parser.add_argument(
         "--drain",
         type=float,
@@ -259,12 +263,21 @@ def main(argv: list[str] | None = None) -> None:
         outputs = read_outputs(args.deployment) if args.deployment else None
         settings = resolve(args, outputs, note)
         if args.command == "retire":
-            if outputs is None or args.version is None:
-                raise SystemExit("fhe-pipeline retire: give --version N and --deployment PREFIX (its state machine)")
-            answer = retire(
-                settings.endpoint, args.version, outputs["StateMachineArn"], wait_seconds=args.drain, report=note
-            )
-            print(json.dumps(answer, indent=2))
+            rule = args.keep is not None or args.older_than_days is not None
+            if outputs is None or (args.version is None) == (not rule):
+                raise SystemExit(
+                    "fhe-pipeline retire: give --deployment PREFIX (its state machine) and either --version N or "
+                    "--keep K / --older-than-days D"
+                )
+            machine = outputs["StateMachineArn"]
+            if rule:
+                answer = retire_by_rule(
+                    settings.endpoint, machine, keep=args.keep, older_than_days=args.older_than_days,
+                    wait_seconds=args.drain, report=note,
+                )  # fmt: skip
+            else:
+                answer = retire(settings.endpoint, args.version, machine, wait_seconds=args.drain, report=note)
+            print(json.dumps(answer, indent=2, default=str))
             return
         run(args, settings.pipeline, settings.endpoint)
     except (DeploymentNotFound, ApprovalError, EndpointError, RetirementError, runs.PipelineRunError) as error:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from common import aws
@@ -83,3 +84,48 @@ def retire(
     report(f"version {version} retired: {endpoint} and its scaling deleted")
     remaining = served_versions(sagemaker, settings.endpoint_name)
     return {"retired": endpoint, "version": version, "waited_for": sorted(waited_for), "served_versions": remaining}
+
+
+def versions_to_retire(
+    served: Mapping[int, datetime], *, keep: int | None = None, older_than: timedelta | None = None, now: datetime
+) -> list[int]:
+    """Which served versions a retention rule retires: all but the newest ``keep``, and those deployed more than
+    ``older_than`` ago; the newest version is never retired by a rule."""
+    if keep is not None and keep < 1:
+        raise RetirementError(f"--keep must be at least 1, not {keep}")
+    newest = max(served, default=None)
+    ordered = sorted(served, reverse=True)
+    chosen = set(ordered[keep:]) if keep is not None else set()
+    if older_than is not None:
+        chosen |= {version for version, deployed in served.items() if now - deployed > older_than}
+    return sorted(chosen - {newest})
+
+
+def retire_by_rule(
+    settings: EndpointSettings,
+    state_machine_arn: str,
+    *,
+    keep: int | None = None,
+    older_than_days: float | None = None,
+    wait_seconds: float = 0.0,
+    report: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Retire what the retention rule names; a version that still has running bundles after ``wait_seconds`` is
+    kept for the next run and named."""
+    sagemaker = aws.client("sagemaker")
+    served = served_versions(sagemaker, settings.endpoint_name)
+    deployed = {
+        version: sagemaker.describe_endpoint(EndpointName=name)["CreationTime"] for version, name in served.items()
+    }
+    older_than = timedelta(days=older_than_days) if older_than_days is not None else None
+    now = datetime.now(tz=next(iter(deployed.values())).tzinfo) if deployed else datetime.now()
+    retired, kept = [], {}
+    for version in versions_to_retire(deployed, keep=keep, older_than=older_than, now=now):
+        try:
+            retired.append(
+                retire(settings, version, state_machine_arn, wait_seconds=wait_seconds, report=report)["retired"]
+            )
+        except RetirementError as error:
+            kept[version] = str(error)
+            report(f"kept for now: {error}")
+    return {"retired": retired, "kept": kept, "served_versions": served_versions(sagemaker, settings.endpoint_name)}

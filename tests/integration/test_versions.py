@@ -15,6 +15,7 @@ import pytest
 
 from audit import report as audit_report
 from audit.collect import Window
+from client import cli as client_cli
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from common import aws
 from common.bundle_store import object_exists
@@ -46,7 +47,7 @@ def _instances(endpoint: str) -> int:
 
 
 def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
-    local_stack: dict[str, str], tmp_path: Path
+    local_stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     served = deploy_and_serve(DEPLOYMENT, "versions tests: version 1")
@@ -93,6 +94,16 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     while any(_instances(e) for e in (served.endpoint, deployed["endpoint"])):
         assert time.monotonic() < deadline, "an idle version's endpoint kept an instance"
         time.sleep(2)
+
+    # The batch owner sees both versions served and which its keys are for, and is told a newer one is served.
+    common = ["--bucket", served.layout.bucket, "--group", DEPLOYMENT.package_group, "--endpoint",
+              DEPLOYMENT.endpoint_name, "--quiet"]  # fmt: skip
+    listed = client_cli.answer(["versions", *common, "--home", str(tmp_path / "home-1")])
+    assert [(v["version"], v["local_keys"]) for v in listed["served"]] == [(1, True), (2, False)], listed
+    assert listed["local_keys"] == [1] and listed["newest_served"] == 2
+    capsys.readouterr()
+    keys = client_cli.answer(["keys", *common, "--package-arn", first, "--home", str(tmp_path / "home-1")])
+    assert keys["newer_version_served"] == 2 and "model version 2 is served" in capsys.readouterr().err
 
     # Retiring version 1 while one of its bundles runs: refused naming it, then waited for; the bundle completes.
     with injected_faults(served.endpoint, [{"input_contains": "requests/running-v1/", "delay_seconds": 8}]):

@@ -159,3 +159,19 @@ def test_a_deployments_recorded_scaling_reaches_the_endpoint_settings() -> None:
         from_outputs(outputs, region="us-east-1").endpoint.max_instances
         == EndpointSettings("g", "b", "r").max_instances
     )
+
+
+def test_retention_rules_never_retire_the_newest_version() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pipelines.retirement import RetirementError, versions_to_retire
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    served = {1: now - timedelta(days=40), 2: now - timedelta(days=10), 3: now - timedelta(days=1)}
+    assert versions_to_retire(served, keep=2, now=now) == [1]
+    assert versions_to_retire(served, keep=5, now=now) == []
+    assert versions_to_retire(served, older_than=timedelta(days=7), now=now) == [1, 2]
+    assert versions_to_retire({3: now - timedelta(days=90)}, older_than=timedelta(days=7), now=now) == []
+    assert versions_to_retire(served, keep=1, older_than=timedelta(days=30), now=now) == [1, 2]
+    with pytest.raises(RetirementError, match="at least 1"):
+        versions_to_retire(served, keep=0, now=now)
