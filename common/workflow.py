@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from common.bundle.schema import BUNDLE_ID_PATTERN, MANIFEST_NAME
 from common.bundle_store import INBOX_PREFIX
@@ -135,3 +136,67 @@ class FailureReason:
             error=str(data["error"]) if data.get("error") is not None else None,
             inference_id=str(data["inference_id"]) if data.get("inference_id") is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class WaitingShard:
+    """A shard the endpoint is working on, in the workflow table under its InferenceId: ``invoke`` writes it before
+    invoking, ``notify`` completes its task when the endpoint answers, ``heartbeat`` keeps its wait alive."""
+
+    inference_id: str
+    task_token: str
+    bucket: str  # the bundle's
+    bundle_id: str
+    shard_index: int
+    endpoint: str
+    expiration: int  # epoch seconds; the table's TTL removes an item nobody answered
+
+    PREFIX: ClassVar[str] = "inference#"  # what sets these items apart from the idempotency records sharing the table
+
+    @staticmethod
+    def key_of(inference_id: str) -> dict[str, Any]:
+        return {"id": {"S": WaitingShard.PREFIX + inference_id}}
+
+    @classmethod
+    def waiting(
+        cls, task_token: str, bundle: BundleRef, shard_index: int, endpoint: str, inference_id: str, ttl_seconds: int
+    ) -> WaitingShard:
+        expiration = int(time.time()) + ttl_seconds
+        return cls(inference_id, task_token, bundle.bucket, bundle.bundle_id, shard_index, endpoint, expiration)
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            **self.key_of(self.inference_id),
+            "task_token": {"S": self.task_token},
+            "bucket": {"S": self.bucket},
+            "bundle_id": {"S": self.bundle_id},
+            "shard_index": {"N": str(self.shard_index)},
+            "endpoint": {"S": self.endpoint},
+            "expiration": {"N": str(self.expiration)},
+        }
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> WaitingShard:
+        try:
+            return cls(
+                inference_id=item["id"]["S"].removeprefix(cls.PREFIX),
+                task_token=item["task_token"]["S"],
+                bucket=item["bucket"]["S"],
+                bundle_id=item["bundle_id"]["S"],
+                shard_index=int(item["shard_index"]["N"]),
+                endpoint=item["endpoint"]["S"],
+                expiration=int(item["expiration"]["N"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise EventError(f"a waiting-shard item lacks or garbles {error}") from None
+
+
+def waiting_shards(dynamodb: Any, table: str, endpoint: str | None = None) -> list[WaitingShard]:
+    """The shards waiting for an endpoint's answer (of ``endpoint`` only, if given), from the workflow table."""
+    pages = dynamodb.get_paginator("scan").paginate(
+        TableName=table,
+        FilterExpression="begins_with(id, :prefix)",
+        ExpressionAttributeValues={":prefix": {"S": WaitingShard.PREFIX}},
+    )
+    shards = [WaitingShard.from_item(item) for page in pages for item in page.get("Items", [])]
+    return [shard for shard in shards if endpoint is None or shard.endpoint == endpoint]

@@ -12,21 +12,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from common.workflow import FailureReason
-from lambdas.events import WaitingShard
+from common.workflow import FailureReason, WaitingShard, waiting_shards
 from lambdas.runtime import client, logger, metrics, setting, tracer
 
 _ALIVE = frozenset({"InService", "Updating", "SystemUpdating"})
-
-
-def waiting_shards(table: str) -> list[WaitingShard]:
-    paginator = client("dynamodb").get_paginator("scan")
-    pages = paginator.paginate(
-        TableName=table,
-        FilterExpression="begins_with(id, :prefix)",
-        ExpressionAttributeValues={":prefix": {"S": WaitingShard.PREFIX}},
-    )
-    return [WaitingShard.from_item(item) for page in pages for item in page.get("Items", [])]
 
 
 def endpoint_status(endpoint: str) -> str:
@@ -40,7 +29,7 @@ def beat(table: str) -> dict[str, int]:
     sfn, dynamodb = client("stepfunctions"), client("dynamodb")
     counts = {"heartbeats": 0, "failed": 0, "stale": 0}
     statuses: dict[str, str] = {}
-    for shard in waiting_shards(table):
+    for shard in waiting_shards(dynamodb, table):
         token = shard.task_token
         status = statuses.setdefault(shard.endpoint, endpoint_status(shard.endpoint))
         try:

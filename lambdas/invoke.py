@@ -20,8 +20,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from common.bundle_store import BundleLayout
-from common.workflow import MAX_MESSAGE, FailureReason
-from lambdas.events import ShardTask, WaitingShard
+from common.workflow import MAX_MESSAGE, FailureReason, WaitingShard
+from lambdas.events import ShardTask
 from lambdas.runtime import TransientError, client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -47,7 +47,14 @@ def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
         )
         client("dynamodb").put_item(
             TableName=table,
-            Item=WaitingShard.for_task(task, invocation, REQUEST_TTL_SECONDS + INVOCATION_TIMEOUT_SECONDS).to_item(),
+            Item=WaitingShard.waiting(
+                task.task_token,
+                task.bundle,
+                task.shard_index,
+                task.endpoint,
+                invocation,
+                REQUEST_TTL_SECONDS + INVOCATION_TIMEOUT_SECONDS,
+            ).to_item(),
         )
         client("sagemaker-runtime").invoke_endpoint_async(
             EndpointName=task.endpoint,

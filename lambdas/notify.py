@@ -21,8 +21,7 @@ from common.bundle.messages import ShardResult, parse_shard_result
 from common.bundle.schema import MAX_MESSAGE_BYTES, BundleError
 from common.bundle_store import BundleLayout, get_bytes, write_shard_result
 from common.s3uri import S3Uri
-from common.workflow import MAX_MESSAGE, EventError, FailureReason
-from lambdas.events import WaitingShard
+from common.workflow import MAX_MESSAGE, EventError, FailureReason, WaitingShard
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)

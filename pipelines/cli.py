@@ -53,7 +53,7 @@ from common.settings import (
 from pipelines import runs
 from pipelines.approval import ApprovalError, approve
 from pipelines.endpoint import EndpointError, deploy_endpoint
-from pipelines.retirement import RetirementError, retire, retire_by_rule
+from pipelines.retirement import RetirementError, retire, retire_by_rule, revoke
 
 COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy", "retire")
 
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                 answer = retire(settings.endpoint, args.version, machine, wait_seconds=args.drain, report=note)
             print(json.dumps(answer, indent=2, default=str))
             return
+        args.outputs = outputs
         run(args, settings.pipeline, settings.endpoint)
     except (DeploymentNotFound, ApprovalError, EndpointError, RetirementError, runs.PipelineRunError) as error:
         raise SystemExit(f"fhe-pipeline {args.command}: {error}") from None
@@ -290,7 +291,13 @@ def run(args: argparse.Namespace, settings: PipelineSettings, endpoint: Endpoint
         return
     if args.command == "approve":
         decision = "Rejected" if args.reject else "Approved"
-        print(json.dumps(approve(args.package_arn, settings.package_group, decision, args.note), indent=2))
+        decided = approve(args.package_arn, settings.package_group, decision, args.note)
+        outputs = getattr(args, "outputs", None)
+        if args.reject and outputs:  # a served version stops being served at once
+            decided["revocation"] = revoke(endpoint, decided["arn"], args.note, outputs["WorkflowTableName"])
+        elif args.reject:
+            print("note: without --deployment, a served version of it keeps its endpoint", file=sys.stderr)
+        print(json.dumps(decided, indent=2))
         return
     if args.command == "deploy":
         which = args.package_arn or f"the newest Approved package of {endpoint.package_group}"

@@ -1,4 +1,5 @@
-"""Retire a served model version: its endpoint goes once no running bundle uses it.
+"""Retire a served model version: its endpoint goes once no running bundle uses it. Revoke one (a rejected
+package): its endpoint goes at once, and the bundles waiting on it are quarantined naming the revocation.
 
 A bundle is using a version's endpoint from the moment Validate routes it there (its plan names the endpoint)
 until its execution ends. Retirement refuses, naming those bundles, or waits for them (``wait_seconds``), and
@@ -8,6 +9,7 @@ Validate, naming the versions still served; one still being validated at that mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -16,9 +18,10 @@ from typing import Any
 
 from common import aws
 from common.audit_log import VERSION_RETIRED
+from common.bundle.manifest import package_ref
 from common.model_package import served_versions, version_endpoint
 from common.settings import EndpointSettings
-from common.workflow import bundle_of_execution
+from common.workflow import MAX_MESSAGE, FailureReason, WaitingShard, bundle_of_execution, waiting_shards
 from pipelines.approval import announce
 from pipelines.endpoint import delete_endpoint
 
@@ -129,3 +132,32 @@ def retire_by_rule(
             kept[version] = str(error)
             report(f"kept for now: {error}")
     return {"retired": retired, "kept": kept, "served_versions": served_versions(sagemaker, settings.endpoint_name)}
+
+
+def revoke(
+    settings: EndpointSettings, package_arn: str, note: str, workflow_table: str, report: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """A rejected package stops being served at once: the shards waiting on its version's endpoint fail naming
+    the revocation (their bundles are quarantined with it, not retried), then the endpoint and its scaling go."""
+    version = package_ref(package_arn).package_version
+    endpoint = version_endpoint(settings.endpoint_name, version)
+    sagemaker, stepfunctions, dynamodb = aws.client("sagemaker"), aws.client("stepfunctions"), aws.client("dynamodb")
+    if version not in served_versions(sagemaker, settings.endpoint_name, serving_only=False):
+        return {"revoked": None, "version": version, "quarantined": []}
+    message = (
+        f"model package {package_arn} was rejected{f' ({note})' if note else ''}: version {version} is no longer served"
+    )
+    stopped = set()
+    for shard in waiting_shards(dynamodb, workflow_table, endpoint):
+        cause = FailureReason("infer", "model_revoked", message[:MAX_MESSAGE], shard=shard.shard_index)
+        gone = (stepfunctions.exceptions.TaskTimedOut, stepfunctions.exceptions.TaskDoesNotExist)
+        with contextlib.suppress(*gone, stepfunctions.exceptions.InvalidToken):
+            stepfunctions.send_task_failure(taskToken=shard.task_token, error="ShardRejected", cause=cause.to_json())
+        dynamodb.delete_item(TableName=workflow_table, Key=WaitingShard.key_of(shard.inference_id))
+        stopped.add(shard.bundle_id)
+    delete_endpoint(endpoint)
+    by = aws.client("sts").get_caller_identity()["Arn"]
+    detail = {"endpoint": endpoint, "version": version, "revoked": True, "quarantined": sorted(stopped), "by": by}
+    announce(VERSION_RETIRED, detail, endpoint)  # for the audit log
+    report(f"version {version} revoked: {endpoint} deleted, {len(stopped)} running bundle(s) quarantined")
+    return {"revoked": endpoint, "version": version, "quarantined": sorted(stopped)}

@@ -1,7 +1,8 @@
 """Model versions served side by side on the local stack: each Approved version deployed on its own endpoint
 (``<family>-v<version>``), bundles routed to the endpoint of their version, a bundle for a version no endpoint
 serves quarantined naming the versions that are, deploying a new version touching no other, and retiring a
-version once its running bundles end; the audit report shows each version's endpoint and its retirement."""
+version once its running bundles end; the audit report shows each version's endpoint and its retirement; a
+rejected version revoked at once, its running bundle quarantined naming the revocation."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluatio
 from common import aws
 from common.bundle_store import object_exists
 from common.model_package import served_versions, version_endpoint
+from common.workflow import waiting_shards
 from containers.training.data import sample_records
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
-from pipelines.retirement import RetirementError, retire, routed_endpoint, running_bundles
+from pipelines.retirement import RetirementError, retire, revoke, routed_endpoint, running_bundles
 from pipelines.runs import train_and_register
 from tests.integration.helpers import Served, deploy_and_serve, deployment_for, drop, injected_faults, settle
 
@@ -147,3 +149,21 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     assert by_bundle["bundle-v1"]["endpoint"] == served.endpoint
     assert by_bundle["bundle-v2"]["endpoint"] == deployed["endpoint"]
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
+
+    # Rejecting version 2 revokes it at once: its running bundle is quarantined naming the revocation.
+    dynamodb, table = aws.client("dynamodb"), served.outputs["WorkflowTableName"]
+    with injected_faults(deployed["endpoint"], [{"input_contains": "requests/revoked-v2/", "delay_seconds": 60}]):
+        drop(served.layout, owner_2, x[:1], tmp_path / "revoked-v2", shard_size=1)
+        deadline = time.monotonic() + 120
+        while not waiting_shards(dynamodb, table, deployed["endpoint"]):
+            assert time.monotonic() < deadline, "the version-2 bundle never reached its endpoint"
+            time.sleep(1)
+        approve(second, DEPLOYMENT.package_group, "Rejected", "versions tests: a defect found")
+        revoked = revoke(served.settings.endpoint, second, "a defect found", table, report=lambda line: None)
+    assert revoked["revoked"] == deployed["endpoint"] and revoked["quarantined"] == ["revoked-v2"], revoked
+    assert settle(served.state_machine_arn, "revoked-v2", 120.0)["status"] == "FAILED"
+    uri = served.layout.quarantine_reason("revoked-v2")
+    reason = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+    assert (reason["code"], reason["shard"]) == ("model_revoked", 0), reason
+    assert "was rejected (a defect found)" in reason["message"], reason
+    assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {}

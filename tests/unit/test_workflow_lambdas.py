@@ -8,8 +8,8 @@ from typing import Any, cast
 
 import pytest
 
-from common.workflow import BundleRef, EventError, bundle_id_of, bundle_of_execution
-from lambdas.events import Failure, ShardTask, WaitingShard
+from common.workflow import BundleRef, EventError, WaitingShard, bundle_id_of, bundle_of_execution
+from lambdas.events import Failure, ShardTask
 from lambdas.notify import InferenceResult, failure_of
 from lambdas.quarantine import reason_of
 from lambdas.runtime import BundleRejected
