@@ -78,6 +78,9 @@ def status_at(timeline: list[tuple[datetime, str, str]], moment: datetime) -> st
     return status
 
 
+REVOKED = "model_revoked"  # the quarantine code of a bundle whose package was rejected while it was served
+
+
 def served_while_approved(
     bundles: list[dict[str, Any]], decisions: list[dict[str, Any]], registry: dict[str, dict[str, Any]]
 ) -> Check:
@@ -96,7 +99,9 @@ def served_while_approved(
             continue
         timeline = approval_timeline(package_arn, decisions, registry.get(package_arn, {}))
         seen = [(start, status_at(timeline, start), "")]
-        seen += [(when, status, source) for when, status, source in timeline if start < when <= end]
+        # A bundle the package's revocation stopped (quarantined, no result) was served until the rejection only.
+        revoked = (bundle.get("quarantine") or {}).get("code") == REVOKED
+        seen += [(when, status, source) for when, status, source in timeline if start < when <= end and not revoked]
         for when, status, source in seen:
             if status != APPROVED:
                 known = f" (known from {source})" if source else ""

@@ -167,3 +167,9 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     assert (reason["code"], reason["shard"]) == ("model_revoked", 0), reason
     assert "was rejected (a defect found)" in reason["message"], reason
     assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {}
+    # The audit report still passes every check: the revoked bundle was served only while its package was Approved.
+    window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))
+    after = audit_report.run(
+        window, tmp_path / "audit-after", deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name
+    )
+    assert after["ok"], [c for c in after["checks"] if not c["ok"]]

@@ -81,6 +81,9 @@ def test_serving_is_checked_against_the_approval_at_that_time() -> None:
     registry = {PACKAGE: {"status": "Rejected", "last_modified": (T0 + timedelta(seconds=10)).isoformat()}}
     [failure] = checks.served_while_approved([_bundle()], rejected_during, registry).failures
     assert "bundle b-1" in failure and PACKAGE in failure and "Rejected" in failure
+    # Rejected while served, the revocation stopping it (quarantined, no result): served while Approved only.
+    stopped = _bundle(status="FAILED", outcome="quarantined", quarantine={"stage": "infer", "code": "model_revoked"})
+    assert checks.served_while_approved([stopped], rejected_during, registry).ok
     # Rejected after the bundle was served: fine.
     rejected_after = [*approved_before, _decision(2, 30, "Rejected")]
     assert checks.served_while_approved([_bundle()], rejected_after, registry).ok
