@@ -63,6 +63,14 @@ def require_approved(package: dict[str, Any]) -> None:
         raise ModelPackageError(f"{package['ModelPackageArn']} is {package.get('ModelApprovalStatus')}, not Approved")
 
 
+def revocation_message(package_arn: str, version: int, note: str = "") -> str:
+    """What a bundle stopped by its package's rejection is told: the same words from the revocation command and
+    from the invoke function that finds the package no longer Approved."""
+    return (
+        f"model package {package_arn} was rejected{f' ({note})' if note else ''}: version {version} is no longer served"
+    )
+
+
 def client_artifacts_uri(package: dict[str, Any]) -> S3Uri:
     """The S3 prefix holding ``client.zip``, ``preprocessing.json`` and ``versions.json`` of ``package``."""
     value = (package.get("CustomerMetadataProperties") or {}).get(CLIENT_ARTIFACTS_PROPERTY)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from common.bundle_store import RESPONSES_PREFIX
 from common.s3uri import S3Uri
@@ -69,6 +70,10 @@ class EndpointSettings:
     backlog_per_instance: float = BACKLOG_PER_INSTANCE
     scale_in_cooldown: int = SCALE_IN_COOLDOWN_S
     scale_out_cooldown: int = SCALE_OUT_COOLDOWN_S
+    # Retention, applied after each deploy: keep the newest K served versions, retire versions deployed more than
+    # D days ago (never the newest, never one with running bundles). 0 turns a rule off.
+    keep_versions: int = 0
+    retire_after_days: float = 0.0
     success_topic_arn: str | None = None
     error_topic_arn: str | None = None
 
@@ -105,6 +110,11 @@ SCALING_OUTPUTS = {
     "ScaleInCooldownSeconds": "scale_in_cooldown",
     "ScaleOutCooldownSeconds": "scale_out_cooldown",
 }
+# The retention of served versions a deployment records: output → field.
+RETENTION_OUTPUTS: dict[str, tuple[str, type[int] | type[float]]] = {
+    "KeepVersions": ("keep_versions", int),
+    "RetireAfterDays": ("retire_after_days", float),
+}
 
 
 def from_outputs(
@@ -129,6 +139,9 @@ def from_outputs(
         package_group=outputs["ModelPackageGroup"],
         job_instance_type=job_instance_type,
     )
+    retention: dict[str, Any] = {
+        field: kind(outputs[name]) for name, (field, kind) in RETENTION_OUTPUTS.items() if outputs.get(name)
+    }
     endpoint = EndpointSettings(
         package_group=outputs["ModelPackageGroup"],
         output_bucket=outputs["BundleBucketName"],
@@ -137,6 +150,7 @@ def from_outputs(
         instance_type=endpoint_instance_type,
         # A deployment from before these were recorded has the defaults.
         **{field: int(outputs[name]) for name, field in SCALING_OUTPUTS.items() if outputs.get(name)},
+        **retention,
         success_topic_arn=outputs.get("EndpointSuccessTopicArn"),
         error_topic_arn=outputs.get("EndpointErrorTopicArn"),
     )

@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 
 from common.deployment import DeploymentNotFound, read_outputs, stack_outputs
 from common.settings import SettingsError
@@ -34,11 +35,19 @@ def prefix(text: str) -> str:
     return text
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
+def at_least(low: int, kind: type[int] | type[float] = int) -> Callable[[str], int | float]:
+    """An argparse type: a ``kind`` number no smaller than ``low``."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {low}")
+        return value
+
+    return parse
+
+
+positive = at_least(1)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,6 +95,18 @@ def parser() -> argparse.ArgumentParser:
         "--scale-out-cooldown", type=int, default=defaults.scale_out_cooldown, help="seconds between scale-outs"
     )
     parser.add_argument(
+        "--keep-versions",
+        type=at_least(0),
+        default=defaults.keep_versions,
+        help="after each deploy, retire all but the newest K served model versions (default: keep every version)",
+    )
+    parser.add_argument(
+        "--retire-after-days",
+        type=at_least(0, float),
+        default=defaults.retire_after_days,
+        help="after each deploy, retire the versions deployed more than D days ago, never the newest (default: none)",
+    )
+    parser.add_argument(
         "--image-tag", default="", help="images already pushed (default: each image's content tag, from this source)"
     )
     parser.add_argument("--build-images", action="store_true", help="up: build and push the images first")
@@ -124,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         invocations_per_instance=args.invocations_per_instance,
         scale_in_cooldown=args.scale_in_cooldown,
         scale_out_cooldown=args.scale_out_cooldown,
+        keep_versions=args.keep_versions,
+        retire_after_days=args.retire_after_days,
     )
     progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:

@@ -71,6 +71,10 @@ class Deployment:
     invocations_per_instance: int = INVOCATIONS_PER_INSTANCE
     scale_in_cooldown: int = SCALE_IN_COOLDOWN_S
     scale_out_cooldown: int = SCALE_OUT_COOLDOWN_S
+    # Served model versions kept after each `fhe-pipeline deploy`: the newest K, those deployed in the last D days
+    # (0: no such rule).
+    keep_versions: int = 0
+    retire_after_days: float = 0.0
 
     @property
     def map_concurrency(self) -> int:
@@ -135,6 +139,8 @@ class Deployment:
             "InvocationsPerInstance": str(self.invocations_per_instance),
             "ScaleInCooldownSeconds": str(self.scale_in_cooldown),
             "ScaleOutCooldownSeconds": str(self.scale_out_cooldown),
+            "KeepVersions": str(self.keep_versions),
+            "RetireAfterDays": str(self.retire_after_days),
         }
 
 

@@ -10,10 +10,12 @@ from common.workflow import BundleRef, EventError, as_object, text_field
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One Map iteration: shard ``shard_index`` of ``bundle`` on ``endpoint``, completed through ``task_token``."""
+    """One Map iteration: shard ``shard_index`` of ``bundle`` on ``endpoint``, which serves ``model_package_arn``,
+    completed through ``task_token``."""
 
     bundle: BundleRef
     endpoint: str
+    model_package_arn: str
     shard_index: int
     task_token: str
 
@@ -24,7 +26,11 @@ class ShardTask:
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise EventError(f"shard_index must be a non-negative integer, got {index!r}")
         return cls(
-            BundleRef.from_dict(data.get("bundle")), text_field(data, "endpoint"), index, text_field(data, "task_token")
+            BundleRef.from_dict(data.get("bundle")),
+            text_field(data, "endpoint"),
+            text_field(data, "model_package_arn"),
+            index,
+            text_field(data, "task_token"),
         )
 
 

@@ -5,7 +5,12 @@ reserved concurrency, so a burst of bundles waits in the queue instead of being 
 
 The task token is far longer than the 1024 characters of CustomAttributes, so it is kept in the workflow table
 under the InferenceId this function chooses; ``notify`` finds it there when the endpoint's SNS notification
-arrives. The item is written before the invocation, so a fast answer cannot miss it."""
+arrives. The item is written before the invocation, so a fast answer cannot miss it.
+
+A rejected package is revoked at once (``pipelines.retirement.revoke``): the rejection is set first, then the
+revocation fails every shard it finds parked. So this function checks the package *after* parking the shard and
+before sending it: a shard parked before the revocation looked is failed by the revocation, one parked after it
+sees the rejection here. Either way it fails as ``model_revoked`` and is never served by the revoked version."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from common.bundle_store import BundleLayout
+from common.model_package import revocation_message
 from common.workflow import MAX_MESSAGE, FailureReason, WaitingShard
 from lambdas.events import ShardTask
 from lambdas.runtime import TransientError, client, logger, metrics, setting, tracer, transient_aws_errors
@@ -29,6 +35,10 @@ processor = BatchProcessor(event_type=EventType.SQS)
 # The endpoint's own deadlines: an invocation that cannot start in time or run in time fails with a notification.
 REQUEST_TTL_SECONDS = 6 * 3600
 INVOCATION_TIMEOUT_SECONDS = 3600
+
+
+class PackageRevoked(Exception):
+    """The shard's model package is no longer Approved: the shard is not sent; the message says why."""
 
 
 def inference_id(task: ShardTask) -> str:
@@ -45,17 +55,20 @@ def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
         client("s3").put_object(
             Bucket=request_uri.bucket, Key=request_uri.key, Body=request.to_json(), ContentType="application/json"
         )
-        client("dynamodb").put_item(
-            TableName=table,
-            Item=WaitingShard.waiting(
-                task.task_token,
-                task.bundle,
-                task.shard_index,
-                task.endpoint,
-                invocation,
-                REQUEST_TTL_SECONDS + INVOCATION_TIMEOUT_SECONDS,
-            ).to_item(),
+        waiting = WaitingShard.waiting(
+            task.task_token,
+            task.bundle,
+            task.shard_index,
+            task.endpoint,
+            invocation,
+            REQUEST_TTL_SECONDS + INVOCATION_TIMEOUT_SECONDS,
         )
+        client("dynamodb").put_item(TableName=table, Item=waiting.to_item())
+        package = client("sagemaker").describe_model_package(ModelPackageName=task.model_package_arn)
+        if package.get("ModelApprovalStatus") != "Approved":
+            client("dynamodb").delete_item(TableName=table, Key=WaitingShard.key_of(invocation))
+            note = str(package.get("ApprovalDescription") or "")
+            raise PackageRevoked(revocation_message(task.model_package_arn, package["ModelPackageVersion"], note))
         client("sagemaker-runtime").invoke_endpoint_async(
             EndpointName=task.endpoint,
             InputLocation=str(request_uri),
@@ -76,13 +89,27 @@ def record_handler(record: SQSRecord) -> dict[str, Any] | None:
         return invoke_shard(task, setting("WORKFLOW_TABLE"))
     except TransientError:
         raise  # the record goes back to the queue and is tried again
+    except PackageRevoked as revoked:
+        # Not retried (ShardRejected): the bundle is quarantined naming the revocation.
+        fail_shard(
+            task,
+            "ShardRejected",
+            FailureReason("infer", "model_revoked", str(revoked)[:MAX_MESSAGE], shard=task.shard_index),
+        )
+        logger.warning("shard not sent: its model package was revoked", extra={"package": task.model_package_arn})
+        return None
     except ClientError as error:
         # A refusal that retrying the same call cannot fix: fail the shard's wait now (this function holds its
         # token) so the state machine's own retry and quarantine take over, instead of waiting for a timeout.
         cause = FailureReason("infer", "invocation_refused", str(error)[:MAX_MESSAGE], shard=task.shard_index)
-        client("stepfunctions").send_task_failure(taskToken=task.task_token, error="ShardFailed", cause=cause.to_json())
+        fail_shard(task, "ShardFailed", cause)
         logger.warning("shard invocation refused", extra={"error": str(error)})
         return None
+
+
+def fail_shard(task: ShardTask, error: str, reason: FailureReason) -> None:
+    """End the shard's wait now (this function holds its token) with ``error`` and ``reason`` as its cause."""
+    client("stepfunctions").send_task_failure(taskToken=task.task_token, error=error, cause=reason.to_json())
 
 
 @logger.inject_lambda_context(clear_state=True)  # keys appended per record must not leak into the next

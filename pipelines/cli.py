@@ -6,9 +6,13 @@
     fhe-pipeline run   [--dataset D] [--param Name=Value …]    upsert, start, follow, print the outcome
     fhe-pipeline approve [--package-arn ARN] [--reject] [--note TEXT]   approve (or reject) a model package
     fhe-pipeline deploy [--package-arn ARN]  deploy the newest (or the given) Approved package on its version's own
-                                            async endpoint, <endpoint name>-v<version>; other versions stay served
-    fhe-pipeline retire --keep K | --older-than-days D  retire all but the newest K served versions, or those
-                                            deployed more than D days ago (never the newest)
+                                            async endpoint, <endpoint name>-v<version>; other versions stay served,
+                                            unless a retention rule (below) retires them
+    fhe-pipeline retire [--keep K] [--older-than-days D]  retire all but the newest K served versions, and those
+                                            deployed more than D days ago (never the newest); a version with running
+                                            bundles is kept and named. Without the flags, the deployment's rule
+                                            (fhe-deploy up --keep-versions / --retire-after-days), which deploy
+                                            also applies after each deploy
     fhe-pipeline retire --version N [--drain SECONDS]  delete version N's endpoint once no running bundle uses
                                             it (refuses, naming them, unless --drain); needs --deployment
 
@@ -163,6 +167,20 @@ OPTIONS = (
         SCALE_OUT_COOLDOWN_S,
         "deploy: seconds between two scale-outs",
     ),
+    Option(
+        "--keep",
+        ("endpoint.keep_versions",),
+        "FHE_KEEP_VERSIONS",
+        0,
+        "deploy, retire: keep the newest K served versions, retire the others (0: every version)",
+    ),
+    Option(
+        "--older-than-days",
+        ("endpoint.retire_after_days",),
+        "FHE_RETIRE_AFTER_DAYS",
+        0.0,
+        "deploy, retire: retire the versions deployed more than D days ago, never the newest (0: none)",
+    ),
     Option("--success-topic-arn", ("endpoint.success_topic_arn",), "FHE_SUCCESS_TOPIC_ARN", None, "deploy: SNS"),
     Option("--error-topic-arn", ("endpoint.error_topic_arn",), "FHE_ERROR_TOPIC_ARN", None, "deploy: SNS"),
 )
@@ -243,8 +261,6 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--reject", action="store_true", help="approve: reject the package instead")
     parser.add_argument("--version", type=int, help="retire: the model version whose endpoint goes")
-    parser.add_argument("--keep", type=int, help="retire: keep the newest K served versions, retire the others")
-    parser.add_argument("--older-than-days", type=float, help="retire: the versions deployed more than D days ago")
     parser.add_argument(
         "--drain",
         type=float,
@@ -256,25 +272,25 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    note = lambda line: print(f"note: {line}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         outputs = read_outputs(args.deployment) if args.deployment else None
         settings = resolve(args, outputs, note)
         if args.command == "retire":
             rule = args.keep is not None or args.older_than_days is not None
-            if outputs is None or (args.version is None) == (not rule):
+            if outputs is None or (args.version is not None and rule):
                 raise SystemExit(
                     "fhe-pipeline retire: give --deployment PREFIX (its state machine) and either --version N or "
-                    "--keep K / --older-than-days D"
+                    "a retention rule (--keep K / --older-than-days D, or the deployment's)"
                 )
             machine = outputs["StateMachineArn"]
-            if rule:
-                answer = retire_by_rule(
-                    settings.endpoint, machine, keep=args.keep, older_than_days=args.older_than_days,
-                    wait_seconds=args.drain, report=note,
-                )  # fmt: skip
+            if args.version is None:
+                answer = retire_by_rule(settings.endpoint, machine, wait_seconds=args.drain, report=note)
             else:
                 answer = retire(settings.endpoint, args.version, machine, wait_seconds=args.drain, report=note)
             print(json.dumps(answer, indent=2, default=str))
@@ -296,13 +312,20 @@ def run(args: argparse.Namespace, settings: PipelineSettings, endpoint: Endpoint
         if args.reject and outputs:  # a served version stops being served at once
             decided["revocation"] = revoke(endpoint, decided["arn"], args.note, outputs["WorkflowTableName"])
         elif args.reject:
-            print("note: without --deployment, a served version of it keeps its endpoint", file=sys.stderr)
+            note("without --deployment, a served version of it keeps its endpoint")
         print(json.dumps(decided, indent=2))
         return
     if args.command == "deploy":
         which = args.package_arn or f"the newest Approved package of {endpoint.package_group}"
         print(f"deploying {which} on its version's endpoint ({endpoint.endpoint_name}-v<version>)…")
-        print(json.dumps(deploy_endpoint(endpoint, wait_seconds=args.timeout, package_arn=args.package_arn), indent=2))
+        deployed = deploy_endpoint(endpoint, wait_seconds=args.timeout, package_arn=args.package_arn)
+        outputs = getattr(args, "outputs", None)
+        if (endpoint.keep_versions or endpoint.retire_after_days) and outputs:
+            # The retention rule, now that the new version serves; a version with running bundles stays for now.
+            deployed["retention"] = retire_by_rule(endpoint, outputs["StateMachineArn"], report=note)
+        elif endpoint.keep_versions or endpoint.retire_after_days:
+            note("the retention rule needs --deployment (its running bundles); no version was retired")
+        print(json.dumps(deployed, indent=2, default=str))
         return
     if args.command in ("upsert", "run"):
         runs.upsert(settings)

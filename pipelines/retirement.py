@@ -19,7 +19,7 @@ from typing import Any
 from common import aws
 from common.audit_log import VERSION_RETIRED
 from common.bundle.manifest import package_ref
-from common.model_package import served_versions, version_endpoint
+from common.model_package import revocation_message, served_versions, version_endpoint
 from common.settings import EndpointSettings
 from common.workflow import MAX_MESSAGE, FailureReason, WaitingShard, bundle_of_execution, waiting_shards
 from pipelines.approval import announce
@@ -108,13 +108,17 @@ def retire_by_rule(
     settings: EndpointSettings,
     state_machine_arn: str,
     *,
-    keep: int | None = None,
-    older_than_days: float | None = None,
     wait_seconds: float = 0.0,
     report: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Retire what the retention rule names; a version that still has running bundles after ``wait_seconds`` is
-    kept for the next run and named."""
+    """Retire what the settings' retention rule names (``keep_versions``, ``retire_after_days``); a version that
+    still has running bundles after ``wait_seconds`` is kept for the next run and named."""
+    keep, older_than_days = settings.keep_versions or None, settings.retire_after_days or None
+    if keep is None and older_than_days is None:
+        raise RetirementError(
+            "no retention rule: give --keep K or --older-than-days D (or record one with fhe-deploy up "
+            "--keep-versions K / --retire-after-days D)"
+        )
     sagemaker = aws.client("sagemaker")
     served = served_versions(sagemaker, settings.endpoint_name)
     deployed = {
@@ -144,9 +148,7 @@ def revoke(
     sagemaker, stepfunctions, dynamodb = aws.client("sagemaker"), aws.client("stepfunctions"), aws.client("dynamodb")
     if version not in served_versions(sagemaker, settings.endpoint_name, serving_only=False):
         return {"revoked": None, "version": version, "quarantined": []}
-    message = (
-        f"model package {package_arn} was rejected{f' ({note})' if note else ''}: version {version} is no longer served"
-    )
+    message = revocation_message(package_arn, version, note)
     stopped = set()
     for shard in waiting_shards(dynamodb, workflow_table, endpoint):
         cause = FailureReason("infer", "model_revoked", message[:MAX_MESSAGE], shard=shard.shard_index)

@@ -2,7 +2,8 @@
 (``<family>-v<version>``), bundles routed to the endpoint of their version, a bundle for a version no endpoint
 serves quarantined naming the versions that are, deploying a new version touching no other, and retiring a
 version once its running bundles end; the audit report shows each version's endpoint and its retirement; a
-rejected version revoked at once, its running bundle quarantined naming the revocation."""
+rejected version revoked at once, its running bundles quarantined naming the revocation, whether their shards
+were with the endpoint or still queued for it."""
 
 from __future__ import annotations
 
@@ -150,22 +151,41 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     assert by_bundle["bundle-v2"]["endpoint"] == deployed["endpoint"]
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
 
-    # Rejecting version 2 revokes it at once: its running bundle is quarantined naming the revocation.
+    # Rejecting version 2 revokes it at once: its running bundle is quarantined naming the revocation, and so is
+    # one routed to version 2 whose shard is still queued for the invoke function (paused here) at the revocation.
     dynamodb, table = aws.client("dynamodb"), served.outputs["WorkflowTableName"]
+    lambdas, sqs = aws.client("lambda"), aws.client("sqs")
+    invoker = next(f for f in served.outputs["FunctionNames"].split(",") if f.endswith("-invoke-shard"))
+    mapping = lambdas.list_event_source_mappings(FunctionName=invoker)["EventSourceMappings"][0]
+    shard_queue = sqs.get_queue_url(QueueName=mapping["EventSourceArn"].rsplit(":", 1)[1])["QueueUrl"]
     with injected_faults(deployed["endpoint"], [{"input_contains": "requests/revoked-v2/", "delay_seconds": 60}]):
         drop(served.layout, owner_2, x[:1], tmp_path / "revoked-v2", shard_size=1)
         deadline = time.monotonic() + 120
         while not waiting_shards(dynamodb, table, deployed["endpoint"]):
             assert time.monotonic() < deadline, "the version-2 bundle never reached its endpoint"
             time.sleep(1)
-        approve(second, DEPLOYMENT.package_group, "Rejected", "versions tests: a defect found")
-        revoked = revoke(served.settings.endpoint, second, "a defect found", table, report=lambda line: None)
+        lambdas.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+        try:
+            drop(served.layout, owner_2, x[1:2], tmp_path / "queued-v2", shard_size=1)
+            deadline = time.monotonic() + 120
+            while not int(
+                sqs.get_queue_attributes(QueueUrl=shard_queue, AttributeNames=["ApproximateNumberOfMessages"])[
+                    "Attributes"
+                ]["ApproximateNumberOfMessages"]
+            ):
+                assert time.monotonic() < deadline, "the queued version-2 bundle never reached the shard queue"
+                time.sleep(1)
+            approve(second, DEPLOYMENT.package_group, "Rejected", "versions tests: a defect found")
+            revoked = revoke(served.settings.endpoint, second, "a defect found", table, report=lambda line: None)
+        finally:
+            lambdas.update_event_source_mapping(UUID=mapping["UUID"], Enabled=True)
     assert revoked["revoked"] == deployed["endpoint"] and revoked["quarantined"] == ["revoked-v2"], revoked
-    assert settle(served.state_machine_arn, "revoked-v2", 120.0)["status"] == "FAILED"
-    uri = served.layout.quarantine_reason("revoked-v2")
-    reason = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
-    assert (reason["code"], reason["shard"]) == ("model_revoked", 0), reason
-    assert "was rejected (a defect found)" in reason["message"], reason
+    for bundle_id, note in (("revoked-v2", "a defect found"), ("queued-v2", "versions tests: a defect found")):
+        assert settle(served.state_machine_arn, bundle_id, 120.0)["status"] == "FAILED"
+        uri = served.layout.quarantine_reason(bundle_id)
+        reason = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+        assert (reason["code"], reason["shard"]) == ("model_revoked", 0), (bundle_id, reason)
+        assert f"was rejected ({note})" in reason["message"], reason
     assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {}
     # The audit report still passes every check: the revoked bundle was served only while its package was Approved.
     window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))

@@ -97,3 +97,57 @@ def test_without_a_deployment_the_variables_then_the_defaults_hold(monkeypatch: 
     assert (settings.endpoint.output_bucket, settings.endpoint.max_concurrent_invocations) == ("my-bundles", 3)
     assert (settings.endpoint.endpoint_name, settings.endpoint.package_group) == ("mine", "fhe-models")
     assert settings.pipeline.pipeline_name == "fhe-training"
+
+
+def test_deploy_applies_the_deployments_retention_rule_once_the_new_version_serves(
+    deployed: list[EndpointSettings], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorded = {**OUTPUTS, "KeepVersions": "2", "RetireAfterDays": "0", "StateMachineArn": "arn:states:acme"}
+    monkeypatch.setattr(cli, "read_outputs", lambda prefix: dict(recorded))
+    applied: list[tuple[EndpointSettings, str]] = []
+
+    def retire_by_rule(settings: EndpointSettings, machine: str, **kwargs: Any) -> dict[str, Any]:
+        assert deployed, "the rule runs after the new version is deployed"
+        applied.append((settings, machine))
+        return {"retired": ["acme-inference-v1"], "kept": {}}
+
+    monkeypatch.setattr(cli, "retire_by_rule", retire_by_rule)
+    cli.main(["deploy", "--deployment", "acme"])
+    [(settings, machine)] = applied
+    assert (settings.keep_versions, settings.retire_after_days, machine) == (2, 0.0, "arn:states:acme")
+    assert '"retired": [\n      "acme-inference-v1"' in capsys.readouterr().out
+
+    # A flag overrides the deployment's rule, and says so: --keep 0 keeps every version this time.
+    applied.clear()
+    cli.main(["deploy", "--deployment", "acme", "--keep", "0"])
+    assert applied == [] and "--keep 0 overrides the deployment acme's 2" in capsys.readouterr().err
+
+
+def test_a_retention_rule_keeps_a_version_with_running_bundles_for_the_next_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import UTC, datetime
+
+    from common import aws
+    from pipelines import retirement
+
+    served = {1: "e-v1", 2: "e-v2", 3: "e-v3"}
+
+    class SageMaker:
+        def describe_endpoint(self, EndpointName: str) -> dict[str, Any]:  # noqa: N803 - boto3's names
+            return {"CreationTime": datetime(2026, 11, int(EndpointName[-1]), tzinfo=UTC)}
+
+    def retire(settings: EndpointSettings, version: int, machine: str, **kwargs: Any) -> dict[str, Any]:
+        if version == 1:
+            raise retirement.RetirementError("version 1 still serves running bundles: b-7")
+        return {"retired": served.pop(version)}
+
+    monkeypatch.setattr(aws, "client", lambda name: SageMaker())
+    monkeypatch.setattr(retirement, "served_versions", lambda sagemaker, family: dict(served))
+    monkeypatch.setattr(retirement, "retire", retire)
+    settings = EndpointSettings("g", "b", "r", endpoint_name="e", keep_versions=1)
+    answer = retirement.retire_by_rule(settings, "arn:states:m", report=lambda line: None)
+    assert answer["retired"] == ["e-v2"] and answer["kept"] == {1: "version 1 still serves running bundles: b-7"}
+    assert answer["served_versions"] == {1: "e-v1", 3: "e-v3"}
+    with pytest.raises(retirement.RetirementError, match="no retention rule"):
+        retirement.retire_by_rule(EndpointSettings("g", "b", "r"), "arn:states:m")

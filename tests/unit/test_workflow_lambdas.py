@@ -207,3 +207,49 @@ def test_a_failed_map_run_is_quarantined_naming_the_shard_its_failed_child_names
     reason = quarantine.reason_of(quarantine.failed_shard(generic))
     assert (reason.stage, reason.shard, reason.code) == ("infer", 7, "endpoint_failed"), reason
     assert "the instance failed" in reason.message
+
+
+@pytest.mark.parametrize("status", ["Approved", "Rejected"])
+def test_a_shard_is_sent_only_if_its_package_is_still_approved_once_parked(
+    monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    """The check follows the parking: a revocation that looked before the shard was parked set the rejection
+    before it looked, so the check sees it (``lambdas/invoke.py``)."""
+    from lambdas import invoke
+
+    calls: list[str] = []
+    failures: list[dict[str, Any]] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getattr__(self, method: str) -> Any:
+            def call(**kwargs: Any) -> dict[str, Any]:
+                calls.append(f"{self.name}.{method}")
+                if method == "describe_model_package":
+                    return {"ModelApprovalStatus": status, "ModelPackageVersion": 1, "ApprovalDescription": "a defect"}
+                if method == "send_task_failure":
+                    failures.append(kwargs)
+                return {}
+
+            return call
+
+    monkeypatch.setattr(invoke, "client", lambda name: Recorder(name))
+    monkeypatch.setattr(invoke, "setting", lambda name: "table")
+    body = {"bundle": BUNDLE, "endpoint": "e-v1", "model_package_arn": FakeSageMaker.PACKAGE, "shard_index": 3,
+            "task_token": "token-3"}  # fmt: skip
+    record = cast(Any, type("Record", (), {"body": json.dumps(body)})())
+    invoke.record_handler(record)
+    parked = ["s3.put_object", "dynamodb.put_item", "sagemaker.describe_model_package"]
+    if status == "Approved":
+        assert calls == [*parked, "sagemaker-runtime.invoke_endpoint_async"] and not failures
+        return
+    assert calls == [*parked, "dynamodb.delete_item", "stepfunctions.send_task_failure"], calls
+    assert failures[0]["error"] == "ShardRejected"  # not retried: the bundle is quarantined at once
+    reason = json.loads(failures[0]["cause"])
+    assert (reason["code"], reason["shard"]) == ("model_revoked", 3)
+    assert (
+        reason["message"]
+        == f"model package {FakeSageMaker.PACKAGE} was rejected (a defect): version 1 is no longer served"
+    )
