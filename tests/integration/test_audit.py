@@ -28,6 +28,7 @@ from common import aws
 from common.audit_log import CHAIN
 from common.bundle_store import BundleLayout
 from common.deployment import read_outputs
+from common.workflow import waiting_shards
 from containers.training.data import sample_records
 from pipelines import runs
 from pipelines.approval import approve
@@ -220,15 +221,15 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
     slow = [{"input_contains": "requests/audit-revoked/", "delay_seconds": 6}]  # a slow endpoint
     with injected_faults(scenario.endpoint, slow):
         _drop(scenario.model, scenario.x[8:12], scenario.folder, "audit-revoked", skip_shard=False)
-        deadline = time.monotonic() + 120
-        while (
-            not aws.client("s3")
-            .list_objects_v2(Bucket=_layout().bucket, Prefix="requests/audit-revoked/")
-            .get("KeyCount")
-        ):
+        # Both shards sent: the invoke function checks the package after parking a shard and before sending it
+        # (a shard not sent yet would be stopped by the rejection, which is not this test's case), so wait for
+        # both to be parked, then for the moment between parking and sending to pass.
+        dynamodb, table, deadline = aws.client("dynamodb"), scenario.stack["WorkflowTableName"], time.monotonic() + 120
+        while len(waiting_shards(dynamodb, table, scenario.endpoint)) < 2:
             assert time.monotonic() < deadline, "the bundle never reached the endpoint"
             time.sleep(0.2)
-        # ML ops revoke the model while its shards are on the endpoint: validation had passed, serving goes on.
+        time.sleep(2)
+        # ML ops reject the model while its shards are on the endpoint: validation had passed, serving goes on.
         approve(scenario.package_arn, DEPLOYMENT.package_group, "Rejected", "audit tests: revoked during serving")
         execution = settle(machine, "audit-revoked", 300.0)
     try:
