@@ -32,6 +32,29 @@ def client(service: str) -> Any:
     return session().client(service, config=_RETRIES)
 
 
+def role_credentials(role_arn: str, session_name: str, seconds: int = 3600) -> dict[str, str]:
+    """Temporary credentials for ``role_arn`` from STS AssumeRole, as the AWS_* variables name them."""
+    credentials = client("sts").assume_role(RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=seconds)[
+        "Credentials"
+    ]
+    return {
+        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": credentials["SessionToken"],
+    }
+
+
+def role_session(role_arn: str, session_name: str) -> boto3.Session:
+    """A session under ``role_arn`` (see :func:`role_credentials`)."""
+    credentials = role_credentials(role_arn, session_name)
+    return boto3.Session(
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=credentials["AWS_SESSION_TOKEN"],
+        region_name=region(),
+    )
+
+
 # How the services say "no such thing": S3 by code (HEAD answers a bare 404), the others by code or, for
 # SageMaker's model registry, a ValidationException that says it.
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "ResourceNotFound", "ResourceNotFoundException"})

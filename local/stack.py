@@ -1,6 +1,10 @@
 """Lifecycle of the local stack: the local AWS (ministack, in its own virtual environment) and the local
 SageMaker, both bound to 127.0.0.1, with their state under ``.local-stack/`` so a restart loses nothing.
 
+As strict as AWS where it can be: both serve only TLS, with a certificate authority of the stack's own that
+clients trust through ``AWS_CA_BUNDLE`` (``local/tls.py``), and the local AWS enforces IAM (ministack's
+``AUTH=true``: identity, resource and bucket policies; each Lambda runs under its execution role's session).
+
     fhe-local up        start both (installs ministack on first use), print the environment to use them
                         --runtime podman|docker: the local SageMaker runs jobs and endpoints from the built
                         images (``fhe-deploy images --no-push``) instead of the source tree
@@ -15,6 +19,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from local.sagemaker.runtime import RUNTIMES
+from local.tls import TlsMaterial, ensure_tls
 
 MINISTACK_VERSION = "1.5.33"
 HOST = "127.0.0.1"
@@ -38,6 +44,15 @@ def sagemaker_state_dir() -> Path:
     return stack_dir() / "sagemaker"
 
 
+def tls() -> TlsMaterial:
+    """The stack's TLS material, made on first use."""
+    return ensure_tls(stack_dir() / "tls")
+
+
+def _trusting() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(tls().authority))
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -46,7 +61,7 @@ class Service:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"https://{HOST}:{self.port}"
 
     @property
     def pid_file(self) -> Path:
@@ -71,7 +86,7 @@ class Service:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + self.health_path, timeout=2) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(self.url + self.health_path, timeout=2, context=_trusting()) as response:  # noqa: S310
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -86,7 +101,8 @@ def local_sagemaker() -> Service:
 
 
 def client_environment() -> dict[str, str]:
-    """What a client needs to talk to the local stack instead of AWS: endpoints and dummy credentials."""
+    """What a client needs to talk to the local stack instead of AWS: endpoints, the stack's certificate
+    authority and the local AWS's administrator credentials."""
     return {
         "AWS_ENDPOINT_URL": local_aws().url,
         "AWS_ENDPOINT_URL_SAGEMAKER": local_sagemaker().url,
@@ -97,6 +113,7 @@ def client_environment() -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
+        "AWS_CA_BUNDLE": str(tls().authority),
     }
 
 
@@ -148,7 +165,7 @@ def _wait_healthy(service: Service) -> None:
 def running_runtime(service: Service) -> str | None:
     """The runtime a running local SageMaker uses (its health answer says), or None when it is not running."""
     try:
-        with urllib.request.urlopen(service.url + service.health_path, timeout=2) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(service.url + service.health_path, timeout=2, context=_trusting()) as response:  # noqa: S310
             return str(json.loads(response.read()).get("runtime", "process"))
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -163,7 +180,8 @@ def up(runtime: str = "process") -> dict[str, str]:
         python = _ministack_python()
         _spawn(
             aws,
-            [str(python), "-m", "ministack"],
+            # ministack, with the route where the local SageMaker has its calls authorized.
+            [str(python), str(Path(__file__).with_name("aws_authorizer.py"))],
             {
                 "BIND_HOST": HOST,
                 "GATEWAY_PORT": str(aws.port),
@@ -172,6 +190,12 @@ def up(runtime: str = "process") -> dict[str, str]:
                 "S3_PERSIST": "1",
                 "S3_DATA_DIR": str(base / "ministack" / "s3"),
                 "LOG_LEVEL": "WARNING",
+                "AUTH": "true",
+                "USE_SSL": "1",
+                "MINISTACK_SSL_CERT": str(tls().certificate),
+                "MINISTACK_SSL_KEY": str(tls().key),
+                # What its Lambda functions trust when they call the stack back.
+                "AWS_CA_BUNDLE": str(tls().authority),
                 # The Lambda functions run under this process and inherit its environment: their SageMaker
                 # calls go to the local SageMaker, as their other calls go to the local AWS.
                 "AWS_ENDPOINT_URL_SAGEMAKER": sagemaker.url,
@@ -199,6 +223,12 @@ def up(runtime: str = "process") -> dict[str, str]:
                 str(sagemaker_state_dir()),
                 "--runtime",
                 runtime,
+                "--tls-certificate",
+                str(tls().certificate),
+                "--tls-key",
+                str(tls().key),
+                "--authorize-with",
+                aws.url,
             ],
             client_environment(),
         )

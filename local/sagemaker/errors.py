@@ -34,6 +34,25 @@ class UnknownOperation(ApiError):
     code = "UnknownOperationException"
 
 
+class AccessDenied(ApiError):
+    code = "AccessDeniedException"
+
+
+class Unauthenticated(ApiError):
+    """The signature, key or session token does not hold: the local AWS's own error code says which."""
+
+    status = 403
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InternalFailure(ApiError):
+    code = "InternalFailure"
+    status = 500
+
+
 def required(body: dict[str, Any], name: str) -> str:
     """A mandatory string member of a request, with SageMaker's wording when it is missing."""
     value = body.get(name)

@@ -35,6 +35,7 @@ _AWS_SETTINGS = (
     "AWS_ENDPOINT_URL_SNS",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
+    "AWS_CA_BUNDLE",  # the local stack's certificate authority (an engine mounts it at the same path)
 )
 _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 SESSION_SECONDS = 3600
@@ -89,17 +90,9 @@ def aws_environment(role_arn: str | None) -> dict[str, str]:
     if not role_arn:
         return {**environment, **{name: os.environ[name] for name in _CREDENTIALS if os.environ.get(name)}}
     try:
-        credentials = aws.client("sts").assume_role(
-            RoleArn=role_arn, RoleSessionName="SageMaker", DurationSeconds=SESSION_SECONDS
-        )["Credentials"]
+        return {**environment, **aws.role_credentials(role_arn, "SageMaker", SESSION_SECONDS)}
     except Exception as error:
         raise ContainerError(f"could not assume the role {role_arn}: {error}") from error
-    return {
-        **environment,
-        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
-        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
-        "AWS_SESSION_TOKEN": credentials["SessionToken"],
-    }
 
 
 class ProcessRuntime:
@@ -144,6 +137,8 @@ class EngineRuntime:
         (container.root / "opt/ml").mkdir(parents=True, exist_ok=True)
         argv = ["run", "--rm", "--name", container.name, "--network", "host", "--pull", "never"]
         argv += ["--volume", f"{container.root / 'opt/ml'}:/opt/ml"]
+        if bundle := container.environment.get("AWS_CA_BUNDLE"):
+            argv += ["--volume", f"{bundle}:{bundle}:ro"]
         # Names only: each value comes from the engine's own environment, so no credential is on a command line.
         for name in sorted(container.environment):
             argv += ["--env", name]

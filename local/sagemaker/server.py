@@ -5,7 +5,9 @@ sagemaker-runtime's ``InvokeEndpointAsync``, and Application Auto Scaling's JSON
 
     fhe-local-sagemaker --port 4599 --state-dir .local-stack/sagemaker
 
-Binds to loopback only. An operation it does not implement answers ``UnknownOperationException``.
+Binds to loopback only. An operation it does not implement answers ``UnknownOperationException``. With
+``--authorize-with URL`` (the local AWS), every call is authorized by IAM there, as on AWS
+(``local/sagemaker/authorization.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import ipaddress
 import json
 import logging
+import os
 import re
 import signal
+import ssl
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -24,6 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from common import aws
+from local.sagemaker.authorization import (
+    Authorizer,
+    Permission,
+    SignedRequest,
+    runtime_permission,
+    sagemaker_permission,
+    scaling_permission,
+)
 from local.sagemaker.autoscaling import Autoscaling
 from local.sagemaker.backend import Backend
 from local.sagemaker.endpoints import Endpoints
@@ -45,11 +57,18 @@ Operation = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 class LocalSageMaker:
     """The operations, by name, over one store."""
 
-    def __init__(self, state_dir: Path, region: str = aws.DEFAULT_REGION, runtime_name: str = "process") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        region: str = aws.DEFAULT_REGION,
+        runtime_name: str = "process",
+        authorizer: Authorizer | None = None,
+    ) -> None:
         self.state_dir = state_dir
+        self.authorizer = authorizer
         self.runtime = runtime(runtime_name)
         self.store = Store(state_dir / "sagemaker.sqlite3")
-        arn_prefix = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
+        arn_prefix = self.arn_prefix = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
         self.registry = Registry(self.store, arn_prefix)
         backend = Backend(
             self.store,
@@ -108,6 +127,17 @@ class LocalSageMaker:
             "DescribeScalingActivities": lambda b, c: a.describe_scaling_activities(b),
         }
 
+    def caller(self, request: SignedRequest, permission: Permission) -> dict[str, Any]:
+        """Who signed ``request``, once authorized for ``permission`` (SageMaker's ``CreatedBy`` shape); without
+        an authorizer, the access key the signature names, unchecked."""
+        if self.authorizer is None:
+            authorization = next((v for k, v in request.headers if k.lower() == "authorization"), "")
+            match = _ACCESS_KEY.search(authorization)
+            key = match.group(1) if match else "anonymous"
+            return {"IamIdentity": {"Arn": f"arn:aws:iam::{ACCOUNT_ID}:user/{key}", "PrincipalId": key}}
+        principal = self.authorizer.authorize(request, permission)
+        return {"IamIdentity": {"Arn": principal, "PrincipalId": principal.rsplit("/", 1)[-1]}}
+
     def call(
         self, operation: str, body: dict[str, Any], caller: dict[str, Any], service: str = "SageMaker"
     ) -> dict[str, Any]:
@@ -116,12 +146,6 @@ class LocalSageMaker:
         if handler is None:
             raise UnknownOperation(f"The local SageMaker does not implement {service}.{operation}")
         return handler(body, caller)
-
-
-def _caller(authorization: str) -> dict[str, Any]:
-    match = _ACCESS_KEY.search(authorization or "")
-    key = match.group(1) if match else "anonymous"
-    return {"IamIdentity": {"Arn": f"arn:aws:iam::{ACCOUNT_ID}:user/{key}", "PrincipalId": key}}
 
 
 def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
@@ -142,14 +166,19 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _runtime(self, path: str) -> None:
+        def _signed(self, body: bytes) -> SignedRequest:
+            return SignedRequest(self.command, self.path, list(self.headers.items()), body)
+
+        def _runtime(self, path: str, raw: bytes) -> None:
             """sagemaker-runtime (REST-JSON): ``POST /endpoints/<name>/async-invocations``."""
             match = _ASYNC_INVOCATION.match(path)
             try:
                 if not match:
                     raise UnknownOperation(f"the local SageMaker runtime does not implement {path}")
+                endpoint = urllib.parse.unquote(match["name"])
+                service.caller(self._signed(raw), runtime_permission(endpoint, service.arn_prefix))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                result, extra = service.endpoints.invoke_endpoint_async(urllib.parse.unquote(match["name"]), headers)
+                result, extra = service.endpoints.invoke_endpoint_async(endpoint, headers)
                 self._send(202, result, extra)
             except ApiError as error:
                 # REST-JSON names the error in a header; the runtime calls its client errors ValidationError.
@@ -164,10 +193,10 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b"{}"
+            raw = self.rfile.read(length) if length else b""
             path = self.path.split("?", 1)[0]
             if path.startswith("/endpoints/"):
-                self._runtime(path)
+                self._runtime(path, raw)
                 return
             target = self.headers.get("X-Amz-Target", "")
             service_name, _, operation = target.partition(".")
@@ -178,7 +207,12 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
                     raise ValidationError("request body is not JSON") from None
-                caller = _caller(self.headers.get("Authorization", ""))
+                permission = (
+                    scaling_permission(operation)
+                    if service_name == SCALING_SERVICE
+                    else sagemaker_permission(operation, body, service.arn_prefix)
+                )
+                caller = service.caller(self._signed(raw), permission)
                 result = service.call(operation, body, caller, service_name)
                 self._send(200, result)
             except ApiError as error:
@@ -190,20 +224,39 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int, state_dir: Path, runtime_name: str = "process") -> None:
+def serve_tls(server: ThreadingHTTPServer, certificate: Path, key: Path) -> None:
+    """Make ``server`` answer HTTPS only. The handshake happens in each request's thread, on its first read, so a
+    slow client cannot hold the accept loop."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+
+
+def serve(
+    host: str,
+    port: int,
+    state_dir: Path,
+    runtime_name: str = "process",
+    tls: tuple[Path, Path] | None = None,
+    authorizer: Authorizer | None = None,
+) -> None:
+    """Serve until SIGTERM; over TLS with ``tls`` (certificate, key), as SageMaker's endpoints serve only HTTPS."""
     if not ipaddress.ip_address(host).is_loopback:
         raise SystemExit(f"the local SageMaker binds to loopback addresses only, not {host}")
     try:
-        service = LocalSageMaker(state_dir, runtime_name=runtime_name)
+        service = LocalSageMaker(state_dir, runtime_name=runtime_name, authorizer=authorizer)
     except ContainerError as error:
         raise SystemExit(f"the local SageMaker cannot use the {runtime_name} runtime: {error}") from None
     resumed = service.pipelines.resume_unfinished()
     hosted = service.endpoints.resume()
     server = ThreadingHTTPServer((host, port), make_handler(service))
     server.daemon_threads = True
+    if tls is not None:
+        serve_tls(server, *tls)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     log.info(
-        "local SageMaker on http://%s:%d (state in %s); resumed %d execution(s), %d endpoint(s)",
+        "local SageMaker on %s://%s:%d (state in %s); resumed %d execution(s), %d endpoint(s)",
+        "https" if tls else "http",
         host,
         port,
         state_dir,
@@ -228,6 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=4599)
     parser.add_argument("--state-dir", type=Path, default=Path(".local-stack/sagemaker"))
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--tls-certificate", type=Path, help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="… and this key (PEM)")
+    parser.add_argument(
+        "--authorize-with",
+        metavar="URL",
+        help="the local AWS that authenticates and authorizes every call (trusting AWS_CA_BUNDLE); default: none",
+    )
     parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
@@ -238,7 +298,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    serve(args.host, args.port, args.state_dir, args.runtime)
+    if (args.tls_certificate is None) != (args.tls_key is None):
+        parser.error("--tls-certificate and --tls-key go together")
+    tls = (args.tls_certificate, args.tls_key) if args.tls_certificate else None
+    authorizer = Authorizer(args.authorize_with, os.environ.get("AWS_CA_BUNDLE")) if args.authorize_with else None
+    serve(args.host, args.port, args.state_dir, args.runtime, tls, authorizer)
 
 
 if __name__ == "__main__":

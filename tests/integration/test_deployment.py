@@ -4,12 +4,17 @@ going, and teardown keeps the data unless told otherwise."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from common import aws
 from common.deployment import describe_stack
@@ -137,6 +142,35 @@ def test_the_deployed_roles_grant_what_the_policy_tests_expect(deployed: dict[st
     assert set(_decisions(endpoint, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"implicitDeny"}
     model_creator = deployed["ModelCreatorRoleArn"]
     assert set(_decisions(model_creator, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"allowed"}
+
+
+def _refused(call: Any, **kwargs: Any) -> str:
+    """The error code of a call that must fail."""
+    with pytest.raises(ClientError) as raised:
+        call(**kwargs)
+    return str(raised.value.response["Error"]["Code"])
+
+
+def test_the_local_stack_enforces_each_roles_policy_over_tls_only(deployed: dict[str, str]) -> None:
+    """Not the simulator: the roles' own sessions calling the local AWS and the local SageMaker, which refuse what
+    the policies do not grant (AUTH=true), and serve nothing over plain HTTP."""
+    for url in (os.environ["AWS_ENDPOINT_URL"], os.environ["AWS_ENDPOINT_URL_SAGEMAKER"]):
+        plain = url.replace("https://", "http://", 1) + "/"
+        with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+            urllib.request.urlopen(plain, timeout=5).read()  # noqa: S310 - loopback
+    bundles, models = deployed["BundleBucketName"], deployed["ModelBucketName"]
+    endpoint = aws.role_session(deployed["EndpointRoleArn"], "SageMaker")
+    s3 = endpoint.client("s3")
+    s3.put_object(Bucket=bundles, Key="outbox/probe/shards/00000.out", Body=b"ciphertext stand-in")  # granted
+    assert _refused(s3.put_object, Bucket=bundles, Key="inbox/probe/manifest.json", Body=b"{}") == "AccessDenied"
+    assert _refused(endpoint.client("sagemaker").list_endpoints) == "AccessDeniedException"
+    client = aws.role_session(deployed["ClientRoleArn"], "owner")
+    run = f"pipelines/{DEPLOYMENT.pipeline_name}/e1"
+    assert _refused(client.client("s3").get_object, Bucket=models, Key=f"{run}/model/server.zip") == "AccessDenied"
+    assert _refused(client.client("sagemaker").delete_endpoint, EndpointName="any-v1") == "AccessDeniedException"
+    auditor = aws.role_session(deployed["AuditorRoleArn"], "auditor").client("s3")
+    assert auditor.list_objects_v2(Bucket=bundles, Prefix="outbox/")["KeyCount"] >= 1  # reads the sources
+    assert _refused(auditor.put_object, Bucket=bundles, Key="outbox/probe/manifest.json", Body=b"{}") == "AccessDenied"
 
 
 def test_the_schedule_starts_the_pipeline(deployed: dict[str, str]) -> None:

@@ -202,3 +202,53 @@ def test_a_service_of_the_stack_never_inherits_another_stacks_endpoints(
     while "]" not in probe.log_file.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert probe.log_file.read_text().strip() == "['AWS_ENDPOINT_URL_SAGEMAKER']"
+
+
+def test_every_call_is_authorized_for_its_action_on_the_resource_it_names(tmp_path: Path) -> None:
+    """The local SageMaker asks the local AWS (here a stand-in answering from a fixed grant) about each call: the
+    signed request as received, the action, the resource, and iam:PassRole for a role handed on."""
+    from local.sagemaker.authorization import Authorizer, SignedRequest
+
+    asked: list[tuple[str, str]] = []
+    granted = {("sagemaker:CreatePipeline", "arn:aws:sagemaker:us-east-1:000000000000:pipeline/p"),
+               ("iam:PassRole", ROLE), ("sagemaker:ListEndpoints", "*")}  # fmt: skip
+
+    class StandIn(Authorizer):
+        def _ask(self, request: SignedRequest, action: str, resource: str) -> dict[str, Any]:
+            signed = dict((k.lower(), v) for k, v in request.headers)
+            assert signed["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDOWNER/")
+            assert request.body == b"" or json.loads(request.body) is not None
+            asked.append((action, resource))
+            if (action, resource) in granted:
+                return {"decision": "Allow", "principal": "arn:aws:sts::000000000000:assumed-role/owner/s"}
+            return {"decision": "ImplicitDeny", "principal": "arn:aws:sts::000000000000:assumed-role/owner/s"}
+
+    service = LocalSageMaker(tmp_path, authorizer=StandIn("https://127.0.0.1:1", None))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(service))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    owner = {"aws_access_key_id": "AKIDOWNER", "aws_secret_access_key": "secret", "region_name": "us-east-1"}
+    try:
+        sagemaker = boto3.client("sagemaker", endpoint_url=url, **owner)
+        sagemaker.create_pipeline(PipelineName="p", PipelineDefinition=json.dumps(DEFINITION), RoleArn=ROLE)
+        assert asked == [
+            ("sagemaker:CreatePipeline", "arn:aws:sagemaker:us-east-1:000000000000:pipeline/p"),
+            ("iam:PassRole", ROLE),
+        ]
+        assert sagemaker.list_endpoints()["Endpoints"] == []
+        with pytest.raises(ClientError) as raised:
+            sagemaker.describe_endpoint(EndpointName="Other-V1")
+        error = raised.value.response["Error"]
+        assert error["Code"] == "AccessDeniedException"
+        assert error["Message"] == (
+            "User: arn:aws:sts::000000000000:assumed-role/owner/s is not authorized to perform: "
+            "sagemaker:DescribeEndpoint on resource: arn:aws:sagemaker:us-east-1:000000000000:endpoint/other-v1 "
+            "because no identity-based policy allows the sagemaker:DescribeEndpoint action"
+        )
+        runtime = boto3.client("sagemaker-runtime", endpoint_url=url, **owner)
+        with pytest.raises(ClientError, match=r"sagemaker:InvokeEndpointAsync on resource: .*:endpoint/e-v1 "):
+            runtime.invoke_endpoint_async(EndpointName="e-v1", InputLocation="s3://b/k")
+    finally:
+        server.shutdown()
+        service.endpoints.shutdown()
+        service.store.close()
