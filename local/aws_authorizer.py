@@ -2,14 +2,18 @@
 local AWS to authenticate and authorize a request it received, as SageMaker asks IAM on AWS.
 
 The body is the request as the local SageMaker received it (method, raw path, query, headers, body in base64)
-and what it asks for (an IAM action, the resource ARN). ministack checks the signature, the session token and
-the clock skew with the caller's own secret, resolves the principal, and evaluates its identity policies (and
-session policies, boundaries) for the action on the resource. The answer is the decision and the principal's
-ARN, never a credential.
+and what it asks for (an IAM action, the resource ARN, the request's own condition keys). ministack checks the
+signature, the session token and the clock skew with the caller's own secret, resolves the principal, and
+evaluates its identity policies (and session policies, boundaries) for the action on the resource. The answer
+is the decision and the principal's ARN, never a credential.
 
 This file runs in ministack's own virtual environment (``local/stack.py`` starts it in place of
 ``python -m ministack``), so it imports nothing of the project's; it relies on ministack's request-pinning and
-evaluation functions of the pinned version, the ones its own dispatch uses."""
+evaluation functions of the pinned version, the ones its own dispatch uses.
+
+One correction to ministack, so it is no stricter than AWS: it authorizes ``cloudwatch:DeleteAlarms`` on ``*``
+whatever alarm is named, where AWS authorizes it on the alarm's ARN; a policy granting it on the product's own
+alarms (as AWS allows) would be refused. A call naming one alarm is authorized on that alarm's ARN here."""
 
 # mypy: ignore-errors
 
@@ -21,12 +25,30 @@ import sys
 from urllib.parse import parse_qs
 
 from ministack import app as ministack
+from ministack.core import iam_actions
 from ministack.core import iam_evaluator as iam
 from ministack.core.responses import set_request_account_id, set_request_client_ip, set_request_region
 from ministack.core.router import extract_access_key_id, extract_region
 
 ROUTE = "/_fhe/authorize"
 _served = ministack.app
+_ministack_resource_arn = iam_actions.extract_resource_arn
+
+
+def _named_alarms(body: bytes, query: dict) -> list:
+    try:
+        names = json.loads(body or b"{}").get("AlarmNames") or []
+    except (ValueError, AttributeError):
+        names = []
+    return names or [values[0] for key, values in sorted(query.items()) if key.startswith("AlarmNames.member.")]
+
+
+def resource_arn(service, method, path, headers, body, query_params, region, account_id) -> str:
+    """ministack's resource ARN of a request, but a DeleteAlarms naming one alarm is on that alarm, as on AWS."""
+    resource = _ministack_resource_arn(service, method, path, headers, body, query_params, region, account_id)
+    if service == "monitoring" and resource == "*" and len(names := _named_alarms(body, query_params or {})) == 1:
+        return f"arn:aws:cloudwatch:{region}:{account_id}:alarm:{names[0]}"
+    return resource
 
 
 def decide(question: dict, client_ip: str) -> dict:
@@ -46,7 +68,9 @@ def decide(question: dict, client_ip: str) -> dict:
     iam.pin_signed_body(body)
     iam.pin_request_caller(headers, query)
     action, resource = question["action"], question.get("resource") or "*"
-    denied = iam.enforce(access_key, action, action.split(":", 1)[0], extract_region(headers, query), resource)
+    context = question.get("context") or None  # the request's own condition keys (iam:PassedToService…)
+    service = action.split(":", 1)[0]
+    denied = iam.enforce(access_key, action, service, extract_region(headers, query), resource, context)
     principal = iam.caller_arn()
     if denied is None:
         return {"decision": "Allow", "principal": principal}
@@ -78,5 +102,6 @@ async def app(scope: dict, receive, send) -> None:
 
 if __name__ == "__main__":
     ministack.app = app  # what main() serves
+    iam_actions.extract_resource_arn = resource_arn  # looked up at each call by ministack's dispatch
     sys.argv[1:] = []
     ministack.main()

@@ -9,6 +9,10 @@
 
 The ML-ops parts use the pipeline and deploy modules, the batch owner's parts the ``fhe-client`` commands; the
 clear-model comparison at the end downloads ``model.tar.gz`` as ML ops would (a batch owner never sees it).
+
+Administrator credentials deploy, and nothing else: every later step runs as its actor, under the actor's role
+(``local/people.py``: the trainer, ML ops who approve and deploy, the batch owner, the auditor), so a policy that
+lacks what a step needs fails that step.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions, executed_states
 from containers.training.data import sample_records, write_records_csv
 from infrastructure.deployment import Deployment, up
+from local.people import People, acting_as, ensure_people
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.models import clear_classes
@@ -83,11 +88,12 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         print(json.dumps(stack, indent=2))
     deployed = from_outputs(stack, region=aws.region())
     group = deployed.pipeline.package_group
-    with timings.stage("train and register (SageMaker pipeline)"):
+    people = ensure_people(deployment.prefix, stack)  # the last use of administrator credentials
+    with timings.stage("train and register (SageMaker pipeline)"), acting_as(people, "trainer"):
         package_arn = train_and_register(deployed.pipeline)
-    with timings.stage("approve"):
+    with timings.stage("approve"), acting_as(people, "ml-ops"):
         print(json.dumps(approve(package_arn, group, "Approved", "demo: metrics reviewed")))
-    with timings.stage("deploy the endpoint"):
+    with timings.stage("deploy the endpoint"), acting_as(people, "ml-ops"):
         served = deploy_endpoint(deployed.endpoint)
         print(
             f"endpoint {served['endpoint']} serves model version {served['version']}, scaling 0 to "
@@ -100,7 +106,7 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
             "--bucket", stack["BundleBucketName"], "--group", group, "--home", str(work / "home"),
             "--endpoint", deployment.endpoint_name,
         ]  # fmt: skip
-        with timings.stage("client: keys, encrypt, drop"):
+        with timings.stage("client: keys, encrypt, drop"), acting_as(people, "client"):
             keys = client_cli.answer(["keys", *common, "--quiet"])
             model = ClientModel.for_package(keys["model_package"], work / "home")
             write_records_csv(source, model.preprocessing.feature_names, x)
@@ -121,21 +127,23 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
             client_cli.answer(
                 ["submit", str(work / "bundle"), "--package-arn", keys["model_package"], *common, "--quiet"]
             )
-        with timings.stage("workflow (Step Functions → async endpoint → outbox)"):
+        with timings.stage("workflow (Step Functions → async endpoint → outbox)"), acting_as(people, "client"):
             client_cli.answer(["wait", bundle["bundle_id"], "--timeout", "1800", *common, "--quiet"])
-        with timings.stage("client: decrypt"):
+        with timings.stage("client: decrypt"), acting_as(people, "client"):
             client_cli.answer(
                 ["decrypt", bundle["bundle_id"], "--out", str(work / "predictions.csv"), *common, "--quiet"]
             )
             lines = (work / "predictions.csv").read_text().splitlines()[1:]
             predicted = [line.split(",")[1] for line in lines]
-        expected = clear_classes(package_arn, x)
-        versions = rollover(deployed, stack["StateMachineArn"], package_arn, source, work, common, timings)
+        with acting_as(people, "trainer"):  # ML ops' own copy of the model, for the comparison
+            expected = clear_classes(package_arn, x)
+        versions = rollover(deployed, stack["StateMachineArn"], package_arn, source, work, common, timings, people)
     agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
-    sfn = aws.client("stepfunctions")
-    arns = bundle_executions(sfn, stack["StateMachineArn"], bundle["bundle_id"])
-    execution = sfn.describe_execution(executionArn=arns[0]) if arns else {}
-    with timings.stage("audit report"):
+    with timings.stage("audit report"), acting_as(people, "auditor"):
+        sfn = aws.client("stepfunctions")
+        arns = bundle_executions(sfn, stack["StateMachineArn"], bundle["bundle_id"])
+        execution = sfn.describe_execution(executionArn=arns[0]) if arns else {}
+        states = executed_states(sfn, execution["executionArn"]) if execution else []
         audit = audit_report.run(
             Window(since, datetime.now(tz=UTC) + timedelta(seconds=1)),
             report,
@@ -151,7 +159,7 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         "agreement_with_clear_model": round(agreement, 4),
         "execution": execution.get("executionArn"),
         "execution_status": execution.get("status"),
-        "states": executed_states(sfn, execution["executionArn"]) if execution else [],
+        "states": states,
         "versions": versions,
         "audit_report": audit["files"],
         "audit_checks": {c["name"]: "pass" if c["ok"] else c["failures"] for c in audit["checks"]},
@@ -167,18 +175,21 @@ def rollover(
     work: Path,
     common: list[str],
     timings: Timings,
+    people: People,
 ) -> dict[str, Any]:
     """Retraining without stranding a batch owner: a new version served beside the first, a bundle for each
     delivered, then the first version retired once its bundles are done."""
     with timings.stage("retrain: a new version trained, approved and served beside the first"):
-        second = train_and_register(deployed.pipeline)
-        approve(second, deployed.pipeline.package_group, "Approved", "demo: retrained")
-        served = deploy_endpoint(deployed.endpoint, package_arn=second)
+        with acting_as(people, "trainer"):
+            second = train_and_register(deployed.pipeline)
+        with acting_as(people, "ml-ops"):
+            approve(second, deployed.pipeline.package_group, "Approved", "demo: retrained")
+            served = deploy_endpoint(deployed.endpoint, package_arn=second)
         print(
             f"endpoint {served['endpoint']} serves model version {served['version']}; served versions: "
             f"{', '.join(str(v) for v in served['served_versions'])}"
         )
-    with timings.stage("client: a bundle for each version, both delivered"):
+    with timings.stage("client: a bundle for each version, both delivered"), acting_as(people, "client"):
         client_cli.answer(["keys", "--package-arn", second, *common, "--quiet"])  # beside version 1's keys
         delivered = {}
         for package in (first, second):
@@ -189,7 +200,7 @@ def rollover(
             )
             delivered[f"v{version}"] = answer["bundle_id"]
             print(f"version {version}: bundle {answer['bundle_id']} delivered, {answer['rows']} predictions")
-    with timings.stage("retire the first version"):
+    with timings.stage("retire the first version"), acting_as(people, "ml-ops"):
         retired = retire(
             deployed.endpoint, int(first.rsplit("/", 1)[-1]), state_machine_arn, wait_seconds=600, report=print
         )

@@ -9,7 +9,11 @@ clients trust through ``AWS_CA_BUNDLE`` (``local/tls.py``), and the local AWS en
                         --runtime podman|docker: the local SageMaker runs jobs and endpoints from the built
                         images (``fhe-deploy images --no-push``) instead of the source tree
     fhe-local status    is each one running and healthy
-    fhe-local env       print the environment variables that point clients at the local stack
+    fhe-local env       print the environment variables that point clients at the local stack (with the local
+                        AWS's administrator credentials, for fhe-deploy)
+    fhe-local people --deployment PREFIX
+                        after fhe-deploy up: a profile per actor of the deployment (trainer, ml-ops, client,
+                        auditor), each assuming its role; prints the exports that leave the administrator behind
     fhe-local down      stop both
 """
 
@@ -281,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="fhe-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("up", "down", "status", "env"))
+    parser.add_argument("command", choices=("up", "down", "status", "env", "people"))
+    parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT", "fhe"), help="people: its prefix")
     parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
@@ -301,6 +306,15 @@ def main(argv: list[str] | None = None) -> None:
         down()
     elif args.command == "env":
         print("\n".join(f"export {k}={v}" for k, v in client_environment().items()))
+    elif args.command == "people":
+        from local.people import ACTORS, ensure_people
+
+        people = ensure_people(args.deployment)
+        print("unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN")
+        print(f"export AWS_CONFIG_FILE={people.config_file}")
+        print(f"export AWS_SHARED_CREDENTIALS_FILE={people.credentials_file}")
+        profiles = ", ".join(people.profile(actor) for actor in ACTORS)
+        print(f"# then, as an actor: AWS_PROFILE=<profile> <command>; profiles: {profiles}")
     else:
         raise SystemExit(0 if status() else 1)
 

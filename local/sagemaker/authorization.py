@@ -23,6 +23,7 @@ from typing import Any
 from local.sagemaker.errors import AccessDenied, InternalFailure, Unauthenticated
 
 ROUTE = "/_fhe/authorize"
+PASSED_TO = "sagemaker.amazonaws.com"  # the service a role passed to SageMaker is passed to
 
 Body = Mapping[str, Any]
 
@@ -129,10 +130,12 @@ class Authorizer:
         self.url = aws_url.rstrip("/") + ROUTE
         self.context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
 
-    def _ask(self, request: SignedRequest, action: str, resource: str) -> dict[str, Any]:
-        question = json.dumps({"request": request.to_dict(), "action": action, "resource": resource}).encode()
+    def _ask(
+        self, request: SignedRequest, action: str, resource: str, context: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        question = {"request": request.to_dict(), "action": action, "resource": resource, "context": context or {}}
         call = urllib.request.Request(  # noqa: S310 - the local AWS, on loopback
-            self.url, data=question, headers={"Content-Type": "application/json"}, method="POST"
+            self.url, data=json.dumps(question).encode(), headers={"Content-Type": "application/json"}, method="POST"
         )
         try:
             with urllib.request.urlopen(call, timeout=30, context=self.context) as answer:  # noqa: S310
@@ -143,12 +146,12 @@ class Authorizer:
 
     def authorize(self, request: SignedRequest, permission: Permission) -> str:
         """The caller's ARN when it may; else AccessDenied (or the authentication failure) naming the action."""
-        needed = [(permission.action, permission.resource)]
+        needed: list[tuple[str, str, dict[str, str]]] = [(permission.action, permission.resource, {})]
         if permission.passes_role:
-            needed.append(("iam:PassRole", permission.passes_role))
+            needed.append(("iam:PassRole", permission.passes_role, {"iam:PassedToService": PASSED_TO}))
         principal = ""
-        for action, resource in needed:
-            decided = self._ask(request, action, resource)
+        for action, resource, context in needed:
+            decided = self._ask(request, action, resource, context)
             if decided["decision"] == "Unauthenticated":
                 raise Unauthenticated(decided.get("code", "UnrecognizedClientException"), decided.get("message", ""))
             principal = decided.get("principal", principal)

@@ -214,7 +214,10 @@ def test_every_call_is_authorized_for_its_action_on_the_resource_it_names(tmp_pa
                ("iam:PassRole", ROLE), ("sagemaker:ListEndpoints", "*")}  # fmt: skip
 
     class StandIn(Authorizer):
-        def _ask(self, request: SignedRequest, action: str, resource: str) -> dict[str, Any]:
+        def _ask(
+            self, request: SignedRequest, action: str, resource: str, context: dict[str, str] | None = None
+        ) -> dict[str, Any]:
+            assert context == ({"iam:PassedToService": "sagemaker.amazonaws.com"} if action == "iam:PassRole" else {})
             signed = dict((k.lower(), v) for k, v in request.headers)
             assert signed["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDOWNER/")
             assert request.body == b"" or json.loads(request.body) is not None

@@ -1,0 +1,137 @@
+"""The people of a deployment on the local stack, as an organisation's identity provider gives them on AWS: one
+identity that may do nothing but assume the deployment's actor roles, and an AWS configuration with a profile per
+actor (``role_arn`` + ``source_profile``), so botocore assumes the role itself and the product's code stays the
+same as on AWS. After ``fhe-deploy up`` (the only step with administrator credentials), every actor works
+through its profile:
+
+    <prefix>-trainer    ML ops training: stage data, start and follow the pipeline, read what it made
+    <prefix>-ml-ops     the endpoint creator's role: approve, deploy, retire, revoke
+    <prefix>-client     a batch owner's role
+    <prefix>-auditor    the auditor's role
+
+    fhe-local people --deployment fhe    make them (idempotent), print the exports that use them
+
+On AWS the source identity is a person's own (IAM Identity Center, a federated login); nothing here runs there."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import aws
+from common.deployment import read_outputs
+
+# Actor → the output naming its role.
+ACTORS = {
+    "trainer": "TrainerRoleArn",
+    "ml-ops": "EndpointCreatorRoleArn",
+    "client": "ClientRoleArn",
+    "auditor": "AuditorRoleArn",
+}
+_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@dataclass(frozen=True)
+class People:
+    """Where a deployment's people are configured, and their profile names."""
+
+    prefix: str
+    folder: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / "config"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.folder / "credentials"
+
+    @property
+    def source_profile(self) -> str:
+        return f"{self.prefix}-people"
+
+    def profile(self, actor: str) -> str:
+        if actor not in ACTORS:
+            raise KeyError(f"no actor {actor!r} (known: {', '.join(ACTORS)})")
+        return f"{self.prefix}-{actor}"
+
+    def environment(self, actor: str) -> dict[str, str]:
+        """The variables that make botocore act as ``actor`` (and nobody else)."""
+        return {
+            "AWS_CONFIG_FILE": str(self.config_file),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.credentials_file),
+            "AWS_PROFILE": self.profile(actor),
+        }
+
+
+def people_folder(prefix: str) -> Path:
+    from local.stack import stack_dir
+
+    return stack_dir() / "people" / prefix
+
+
+def ensure_people(prefix: str, outputs: Mapping[str, str] | None = None) -> People:
+    """The deployment's people: an IAM user allowed only ``sts:AssumeRole`` on the actor roles, its access key,
+    and the profiles. Needs administrator credentials (the local AWS's); run right after ``fhe-deploy up``."""
+    outputs = outputs if outputs is not None else read_outputs(prefix)
+    people = People(prefix, people_folder(prefix))
+    iam, user = aws.client("iam"), f"{prefix}-people"
+    roles = [outputs[name] for name in ACTORS.values()]
+    with suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_user(UserName=user)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": roles}],
+    }
+    iam.put_user_policy(UserName=user, PolicyName="assume-actor-roles", PolicyDocument=json.dumps(policy))
+    credentials = configparser.ConfigParser()
+    if people.credentials_file.exists():
+        credentials.read(people.credentials_file)
+    if not credentials.has_section(people.source_profile):
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        credentials[people.source_profile] = {
+            "aws_access_key_id": key["AccessKeyId"],
+            "aws_secret_access_key": key["SecretAccessKey"],
+        }
+    config = configparser.ConfigParser()
+    config[f"profile {people.source_profile}"] = {"region": aws.region()}
+    for actor, output in ACTORS.items():
+        config[f"profile {people.profile(actor)}"] = {
+            "role_arn": outputs[output],
+            "source_profile": people.source_profile,
+            "role_session_name": actor,
+            "region": aws.region(),
+        }
+    people.folder.mkdir(parents=True, exist_ok=True)
+    with people.config_file.open("w") as handle:
+        config.write(handle)
+    people.credentials_file.touch(mode=0o600)
+    with people.credentials_file.open("w") as handle:
+        credentials.write(handle)
+    return people
+
+
+@contextmanager
+def acting_as(people: People, actor: str) -> Iterator[None]:
+    """Within: every AWS client of this process is ``actor``'s (its profile; no administrator credential is
+    left in the environment, since botocore would prefer it to any profile)."""
+    saved = {
+        name: os.environ.get(name)
+        for name in (*_CREDENTIAL_VARIABLES, "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+    }
+    for name in _CREDENTIAL_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(people.environment(actor))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
