@@ -11,9 +11,10 @@ This file runs in ministack's own virtual environment (``local/stack.py`` starts
 ``python -m ministack``), so it imports nothing of the project's; it relies on ministack's request-pinning and
 evaluation functions of the pinned version, the ones its own dispatch uses.
 
-One correction to ministack, so it is no stricter than AWS: it authorizes ``cloudwatch:DeleteAlarms`` on ``*``
-whatever alarm is named, where AWS authorizes it on the alarm's ARN; a policy granting it on the product's own
-alarms (as AWS allows) would be refused. A call naming one alarm is authorized on that alarm's ARN here."""
+Two corrections to ministack, so it is no stricter than AWS, where it authorizes on ``*`` a call that AWS
+authorizes on the resource it names (a policy granting the call on that resource, as AWS allows, would be
+refused): ``cloudwatch:DeleteAlarms`` naming one alarm is authorized on the alarm's ARN, and a Step Functions
+call naming a map run (``ListExecutions``, ``DescribeMapRun``) on the map run's ARN."""
 
 # mypy: ignore-errors
 
@@ -44,10 +45,18 @@ def _named_alarms(body: bytes, query: dict) -> list:
 
 
 def resource_arn(service, method, path, headers, body, query_params, region, account_id) -> str:
-    """ministack's resource ARN of a request, but a DeleteAlarms naming one alarm is on that alarm, as on AWS."""
+    """ministack's resource ARN of a request, corrected as the module says."""
     resource = _ministack_resource_arn(service, method, path, headers, body, query_params, region, account_id)
-    if service == "monitoring" and resource == "*" and len(names := _named_alarms(body, query_params or {})) == 1:
+    if resource != "*":
+        return resource
+    if service == "monitoring" and len(names := _named_alarms(body, query_params or {})) == 1:
         return f"arn:aws:cloudwatch:{region}:{account_id}:alarm:{names[0]}"
+    if service == "states":
+        try:
+            map_run = json.loads(body or b"{}").get("mapRunArn")
+        except (ValueError, AttributeError):
+            map_run = None
+        return str(map_run) if map_run else resource
     return resource
 
 

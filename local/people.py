@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import configparser
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from common import aws
 from common.deployment import read_outputs
+from common.environment import scoped_environment
 
 # Actor → the output naming its role.
 ACTORS = {
@@ -120,18 +120,5 @@ def ensure_people(prefix: str, outputs: Mapping[str, str] | None = None) -> Peop
 def acting_as(people: People, actor: str) -> Iterator[None]:
     """Within: every AWS client of this process is ``actor``'s (its profile; no administrator credential is
     left in the environment, since botocore would prefer it to any profile)."""
-    saved = {
-        name: os.environ.get(name)
-        for name in (*_CREDENTIAL_VARIABLES, "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
-    }
-    for name in _CREDENTIAL_VARIABLES:
-        os.environ.pop(name, None)
-    os.environ.update(people.environment(actor))
-    try:
+    with scoped_environment(people.environment(actor), unset=_CREDENTIAL_VARIABLES):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

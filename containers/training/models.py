@@ -6,10 +6,10 @@ checks names, types and ranges and says which one is wrong.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from common.environment import scoped_environment
 from containers.contract import StepInputError
 
 MODEL_TYPES = ("logistic_regression", "decision_tree", "xgboost", "neural_network")
@@ -136,16 +136,8 @@ class TrainingSettings:
             "USE_KEY_COMPRESSION": "1" if self.compress_evaluation_keys else "0",
             "USE_INPUT_COMPRESSION": "1" if self.compress_input_ciphertexts else "0",
         }
-        saved = {name: os.environ.get(name) for name in switches}
-        os.environ.update(switches)
-        try:
+        with scoped_environment(switches):
             return model.compile(x, **self.compile_options())
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
     def compile_options(self) -> dict[str, Any]:
         from concrete.fhe import Configuration

@@ -15,10 +15,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import aws
 from common.archives import extract_tar
 from common.s3uri import S3Uri
 from local.ports import free_port
@@ -26,6 +28,7 @@ from local.sagemaker.runtime import Container, Runtime, aws_environment, runtime
 
 log = logging.getLogger("local.sagemaker.hosting")
 
+ROLE_SESSION_REUSE_S = 45 * 60  # the role's sessions last an hour
 START_TIMEOUT_S = float(os.environ.get("LOCAL_SAGEMAKER_ENDPOINT_START_TIMEOUT_S", "300"))
 PID_FILE = "container.pid"
 CONTAINER_FILE = "container.json"  # which runtime runs it, under which container name
@@ -50,6 +53,19 @@ class Host:
     workers: list[threading.Thread] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     busy: int = 0  # invocations in flight
+    role_arn: str | None = None  # the model's execution role, which SageMaker's own calls for it use
+    _session: Any = None
+    _session_since: float = 0.0
+
+    def client(self, service: str, otherwise: Callable[[], Any]) -> Any:
+        """A client under the model's execution role, as SageMaker reads the request and writes the response and
+        the notification of an asynchronous invocation on AWS (``otherwise`` without a role). The session is
+        assumed again before its hour runs out."""
+        if not self.role_arn:
+            return otherwise()
+        if self._session is None or time.monotonic() - self._session_since > ROLE_SESSION_REUSE_S:
+            self._session, self._session_since = aws.role_session(self.role_arn, "SageMaker"), time.monotonic()
+        return self._session.client(service)
 
     @property
     def url(self) -> str:
@@ -71,7 +87,11 @@ def launch(
     model_dir.mkdir(parents=True)
     source = S3Uri.parse(container["ModelDataUrl"])
     archive = root / "model.tar.gz"
-    s3.download_file(source.bucket, source.key, str(archive))
+    role = model.get("ExecutionRoleArn")
+    # SageMaker reads the model under the model's execution role.
+    (aws.role_session(role, "SageMaker").client("s3") if role else s3).download_file(
+        source.bucket, source.key, str(archive)
+    )
     extract_tar(archive, model_dir)
     archive.unlink()
     port = free_port()
@@ -89,7 +109,7 @@ def launch(
     log_file.close()
     (root / CONTAINER_FILE).write_text(json.dumps({"runtime": runtime.name, "name": serving.name}))
     (root / PID_FILE).write_text(str(process.pid))
-    host = Host(endpoint, generation, process, port, root, config)
+    host = Host(endpoint, generation, process, port, root, config, role_arn=role)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

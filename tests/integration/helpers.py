@@ -3,6 +3,7 @@ execution awaited, and the local SageMaker's fault injection."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -38,6 +39,30 @@ STANDALONE_PIPELINE = PipelineSettings(
     training_image="fhe-training:latest",
     inference_image="fhe-inference:latest",
 )
+
+
+STANDALONE_BUNDLES = "fhe-batches-test"  # the inference path tests' bundle bucket
+STANDALONE_BUCKETS = (STANDALONE_PIPELINE.artifact_bucket, STANDALONE_BUNDLES)
+
+
+def ensure_standalone_role() -> None:
+    """The standalone pipeline's role in the local AWS, which enforces IAM: only a role that exists, trusts
+    SageMaker and allows what the jobs and the endpoint do can be assumed for them. Its policy covers the
+    standalone buckets and topics only (the tests of the product's own roles deploy it)."""
+    iam = aws.client("iam")
+    name = STANDALONE_PIPELINE.role_arn.rsplit("/", 1)[1]
+    trust = {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [trust]})
+        )
+    buckets = [f"arn:aws:s3:::{bucket}{suffix}" for bucket in STANDALONE_BUCKETS for suffix in ("", "/*")]
+    allowed = [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": buckets},
+        {"Effect": "Allow", "Action": "sns:Publish", "Resource": "*"},
+    ]
+    policy = json.dumps({"Version": "2012-10-17", "Statement": allowed})
+    iam.put_role_policy(RoleName=name, PolicyName="standalone", PolicyDocument=policy)
 
 
 def deployment_for(name: str, **choices: Any) -> Deployment:

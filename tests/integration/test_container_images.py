@@ -146,6 +146,19 @@ def serving(image_stack: ImageStack, tmp_path_factory: pytest.TempPathFactory) -
     into its ``/opt/ml/model``."""
     root = tmp_path_factory.mktemp("serving")
     download_model(image_stack.served.package_arn, root / "opt/ml/model")
+    # These tests serve from a bucket of their own (the deployment's inbox would start the workflow), which the
+    # endpoint's role may not read (IAM is enforced): a statement for that bucket is added to the role, for them.
+    role = image_stack.served.outputs["EndpointRoleArn"]
+    direct = {
+        "Effect": "Allow",
+        "Action": ["s3:GetObject", "s3:PutObject"],
+        "Resource": f"arn:aws:s3:::{DIRECT_BUCKET}/*",
+    }
+    aws.client("iam").put_role_policy(
+        RoleName=role.rsplit("/", 1)[1],
+        PolicyName="direct-bucket-for-tests",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [direct]}),
+    )
     port = free_port()
     container = Container(
         "fhe-image-test-serve",

@@ -35,13 +35,13 @@ from local import stack
 from pipelines import runs
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
-from tests.integration.helpers import STANDALONE_PIPELINE
+from tests.integration.helpers import STANDALONE_BUNDLES, STANDALONE_PIPELINE, ensure_standalone_role
 from tests.leaks import plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
 
 GROUP = "fhe-inference-tests"
-BUCKET = "fhe-batches-test"
+BUCKET = STANDALONE_BUNDLES
 ENDPOINT = "fhe-inference-test"
 SETTINGS = STANDALONE_PIPELINE
 SAMPLES = 200
@@ -65,6 +65,7 @@ def _log_files() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def deployment(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    ensure_standalone_role()
     runs.upsert(SETTINGS)
     runs.stage_dataset(SETTINGS, "breast_cancer")
     execution = runs.start(SETTINGS, [{"Name": "ModelPackageGroupName", "Value": GROUP}])
@@ -82,6 +83,11 @@ def deployment(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFac
         topic = sns.create_topic(Name=name)["TopicArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
         topics.append(topic)
+    # As on AWS (and enforced locally), the queue takes SNS's deliveries only if its policy lets the topics send.
+    delivery = {"Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:SendMessage",
+                "Resource": queue_arn, "Condition": {"ArnEquals": {"aws:SourceArn": topics}}}  # fmt: skip
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [delivery]})
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": policy})
     ensure_bucket(aws.client("s3"), BUCKET)
     log_offsets = {path: path.stat().st_size for path in _log_files()}
     endpoint = deploy_endpoint(

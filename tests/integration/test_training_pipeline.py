@@ -21,7 +21,7 @@ from common.s3uri import S3Uri
 from common.settings import PipelineSettings
 from local import stack
 from pipelines import runs
-from tests.integration.helpers import STANDALONE_PIPELINE
+from tests.integration.helpers import STANDALONE_PIPELINE, ensure_standalone_role
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +50,7 @@ def packages() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def pipeline(local_stack: dict[str, str]) -> PipelineSettings:
+    ensure_standalone_role()
     runs.upsert(SETTINGS)
     runs.stage_dataset(SETTINGS, "breast_cancer")
     return SETTINGS
