@@ -222,7 +222,10 @@ def test_an_idle_endpoint_is_at_zero_and_a_dropped_bundle_brings_an_instance_bac
 
 def test_a_burst_of_six_bundles_scales_out_to_two_instances_and_all_complete(workflow: Workflow) -> None:
     bundles = [f"scale-out-{i}" for i in range(6)]
-    with InstanceWatch(workflow.endpoint) as watch:
+    # Each shard holds its instance a second, so a backlog builds however fast the shards arrive (with IAM
+    # enforced, every call's authorization slows their arrival, and one instance kept up with them).
+    slow = [{"input_contains": "requests/scale-out-", "delay_seconds": 1}]
+    with injected_faults(workflow.endpoint, slow), InstanceWatch(workflow.endpoint) as watch:
         for i, bundle_id in enumerate(bundles):
             _drop(workflow, bundle_id, slice(8 * i, 8 * i + 8), shard_size=1)
         outcomes = {bundle_id: _settle(workflow, bundle_id)["status"] for bundle_id in bundles}

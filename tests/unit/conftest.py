@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,21 @@ from moto import mock_aws
 from common import aws
 
 UNIT_BUCKET = "fhe-batches-unit"
+# Where a local stack's clients are pointed: a unit test never reaches a server, not even the stack an integration
+# test of the same session still runs (its session fixture stops it only at the end).
+_STACK_SETTINGS = (
+    "AWS_CA_BUNDLE",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL")] + list(_STACK_SETTINGS):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
