@@ -37,15 +37,15 @@ def _time(text: str | None) -> datetime | None:
 
 def inbox_accounted_for(manifests: list[dict[str, Any]], bundles: list[dict[str, Any]]) -> Check:
     check = Check("inbox_accounted_for", "Every manifest dropped in the inbox has a result or a quarantine record.")
-    running = {b["bundle_id"] for b in bundles if b["status"] == "RUNNING"}
+    running = {b["bundle"] for b in bundles if b["status"] == "RUNNING"}
     for manifest in manifests:
         if manifest["result"] or manifest["quarantine"]:
             continue
-        if manifest["bundle_id"] in running:
-            check.notes.append(f"bundle {manifest['bundle_id']} is still running")
+        if manifest["bundle"] in running:
+            check.notes.append(f"bundle {manifest['bundle']} is still running")
         else:
             check.failures.append(
-                f"bundle {manifest['bundle_id']} (dropped {manifest['dropped']}) has neither a result nor a "
+                f"bundle {manifest['bundle']} (dropped {manifest['dropped']}) has neither a result nor a "
                 "quarantine record"
             )
     return check
@@ -106,7 +106,7 @@ def served_while_approved(
             if status != APPROVED:
                 known = f" (known from {source})" if source else ""
                 check.failures.append(
-                    f"bundle {bundle['bundle_id']} was served by model package {package_arn} "
+                    f"bundle {bundle['bundle']} was served by model package {package_arn} "
                     f"(version {bundle.get('model_package_version')}) while it was {status} at {when.isoformat()}"
                     f"{known}; serving ran {start.isoformat()} – {end.isoformat()}"
                 )
@@ -126,25 +126,25 @@ def result_versions_match_model(
             continue
         if bundle.get("result_model_package_arn") != bundle.get("model_package_arn"):
             check.failures.append(
-                f"bundle {bundle['bundle_id']}: the result names {bundle.get('result_model_package_arn')}, "
+                f"bundle {bundle['bundle']}: the result names {bundle.get('result_model_package_arn')}, "
                 f"the workflow validated {bundle.get('model_package_arn')}"
             )
             continue
         model = serving.get(str(bundle.get("model_package_arn")))
         recorded = bundle.get("result_versions") or {}
         if model is None:
-            check.failures.append(f"bundle {bundle['bundle_id']}: the versions of its model cannot be read")
+            check.failures.append(f"bundle {bundle['bundle']}: the versions of its model cannot be read")
             continue
         for name in VERSION_FIELDS:
             if recorded.get(name) != model.get(name):
                 check.failures.append(
-                    f"bundle {bundle['bundle_id']}: the result records {name} {recorded.get(name)}, "
+                    f"bundle {bundle['bundle']}: the result records {name} {recorded.get(name)}, "
                     f"the model {model.get(name)}"
                 )
         python = str(recorded.get("python", "")).split(".")[:2]
         if python != str(model.get("python", "")).split(".")[:2]:
             check.failures.append(
-                f"bundle {bundle['bundle_id']}: the result records Python {recorded.get('python')}, "
+                f"bundle {bundle['bundle']}: the result records Python {recorded.get('python')}, "
                 f"the model {model.get('python')}"
             )
     return check
@@ -157,10 +157,10 @@ def objects_match_manifests(bundles: list[dict[str, Any]]) -> Check:
     for bundle in bundles:
         for obj in [*bundle["input_objects"], *bundle["output_objects"]]:
             if obj["sha256"] is None and bundle["outcome"] == "delivered":
-                check.failures.append(f"bundle {bundle['bundle_id']}: {obj['uri']} is missing")
+                check.failures.append(f"bundle {bundle['bundle']}: {obj['uri']} is missing")
             elif obj["declared_sha256"] and obj["sha256"] and obj["declared_sha256"] != obj["sha256"]:
                 check.failures.append(
-                    f"bundle {bundle['bundle_id']}: {obj['uri']} has sha256 {obj['sha256']}, "
+                    f"bundle {bundle['bundle']}: {obj['uri']} has sha256 {obj['sha256']}, "
                     f"its manifest declares {obj['declared_sha256']}"
                 )
     return check
@@ -181,7 +181,7 @@ def audit_log_unaltered(
         if body.get("kind") in ("bundle_completed", "bundle_quarantined"):
             recorded[f"{body['kind']}:{body['subject']}"] = {**body.get("detail", {}), "seq": record.seq}
     for bundle in bundles:
-        bundle_id = bundle["bundle_id"]
+        bundle_id = bundle["bundle"]  # owner/bundle id: the audit log's subject
         if bundle["outcome"] == "delivered":
             entry = recorded.get(f"bundle_completed:{bundle_id}")
             digest_field, now = "result_manifest_sha256", current.get(bundle_id, {}).get("result_manifest")

@@ -17,10 +17,9 @@ from botocore.exceptions import ClientError
 from common.audit_log import AuditRecord, read_chain
 from common.aws import is_missing
 from common.bundle.manifest import Manifest, parse_manifest
-from common.bundle.schema import MANIFEST_NAME
 from common.bundle_store import INBOX_PREFIX, BundleLayout, bundle_prefix
 from common.s3uri import S3Uri
-from common.workflow import BundleRef, bundle_id_of
+from common.workflow import BundleRef, bundle_of_key, bundle_path
 from pipelines.executions import describe_run, identity, iso, model_package_summary, runs_between, seconds_between
 
 STAGES = ("Validate", "InferShards", "Assemble", "Quarantine")  # the top-level states a bundle passes through
@@ -224,13 +223,15 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
     execution = sfn.describe_execution(executionArn=summary["executionArn"])
     started = json.loads(execution.get("input") or "{}")
     ref = BundleRef.from_dict(started.get("bundle"))
-    layout = BundleLayout(ref.bucket)
+    layout = ref.layout
     stages = stage_times(list(_history(sfn, summary["executionArn"])))
     plan = json.loads(stages.get("Validate", {}).get("output") or "{}").get("plan", {})
     request = read_manifest_if_any(s3, ref.manifest_uri)
     result = read_manifest_if_any(s3, layout.result_manifest(ref.bundle_id))
     outcome = _outcome(execution)
     run: dict[str, Any] = {
+        "bundle": ref.path,
+        "owner": ref.owner,
         "bundle_id": ref.bundle_id,
         "execution": summary["executionArn"],
         "status": execution["status"],
@@ -289,15 +290,19 @@ def bundle_runs(sources: Sources, window: Window) -> list[dict[str, Any]]:
 
 def inbox_manifests(sources: Sources, window: Window) -> list[dict[str, Any]]:
     """Every request manifest dropped in the window, with whether a result or a quarantine record answers it."""
-    s3, layout = sources.s3, BundleLayout(sources.bundle_bucket)
+    s3 = sources.s3
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=sources.bundle_bucket, Prefix=f"{INBOX_PREFIX}/")
     found = []
     for obj in (o for page in pages for o in page.get("Contents", [])):
-        bundle_id = bundle_id_of(obj["Key"])
-        if bundle_id is None or not obj["Key"].endswith(MANIFEST_NAME) or not window.holds(obj["LastModified"]):
+        bundle = bundle_of_key(obj["Key"])
+        if bundle is None or not window.holds(obj["LastModified"]):
             continue
+        owner, bundle_id = bundle
+        layout = BundleLayout(sources.bundle_bucket, owner)
         found.append(
             {
+                "bundle": bundle_path(owner, bundle_id),
+                "owner": owner,
                 "bundle_id": bundle_id,
                 "dropped": iso(obj["LastModified"]),
                 "result": sha256_of(s3, layout.result_manifest(bundle_id)) is not None,
@@ -307,16 +312,17 @@ def inbox_manifests(sources: Sources, window: Window) -> list[dict[str, Any]]:
     return found
 
 
-def current_record_digests(sources: Sources, bundle_ids: set[str]) -> dict[str, dict[str, str | None]]:
-    """The sha256 of each bundle's result manifest and quarantine record as they are now."""
-    layout = BundleLayout(sources.bundle_bucket)
-    return {
-        bundle_id: {
+def current_record_digests(sources: Sources, bundles: set[tuple[str, str]]) -> dict[str, dict[str, str | None]]:
+    """The sha256 of each (owner, bundle id)'s result manifest and quarantine record as they are now, by
+    :func:`bundle_path`."""
+    digests = {}
+    for owner, bundle_id in sorted(bundles):
+        layout = BundleLayout(sources.bundle_bucket, owner)
+        digests[bundle_path(owner, bundle_id)] = {
             "result_manifest": sha256_of(sources.s3, layout.result_manifest(bundle_id)),
             "quarantine_record": sha256_of(sources.s3, layout.quarantine_reason(bundle_id)),
         }
-        for bundle_id in sorted(bundle_ids)
-    }
+    return digests
 
 
 def serving_versions_of(sources: Sources, package_arn: str) -> dict[str, str] | None:

@@ -24,7 +24,7 @@ def _records_settled(sources: collect.Sources, bundles: list[dict[str, Any]], se
     recorder runs a moment after a bundle ends)."""
     deadline = time.monotonic() + settle
     expected = {
-        ("bundle_completed" if b["outcome"] == "delivered" else "bundle_quarantined", b["bundle_id"])
+        ("bundle_completed" if b["outcome"] == "delivered" else "bundle_quarantined", b["bundle"])
         for b in bundles
         if b["outcome"] in ("delivered", "quarantined")
     }
@@ -52,7 +52,7 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
     registry = collect.packages(sources, package_arns)
     sources.progress("inbox, outbox and quarantine records")
     manifests = collect.inbox_manifests(sources, window)
-    current = collect.current_record_digests(sources, {b["bundle_id"] for b in bundles})
+    current = collect.current_record_digests(sources, {(b["owner"], b["bundle_id"]) for b in bundles})
     serving = {
         arn: collect.serving_versions_of(sources, arn)
         for arn in {str(b["model_package_arn"]) for b in bundles if b["outcome"] == "delivered"}
@@ -104,7 +104,7 @@ def _bars(report: dict[str, Any]) -> list[tuple[str, datetime, datetime, str]]:
     for bundle in report["bundles"]:
         start = datetime.fromisoformat(bundle["started"])
         end = datetime.fromisoformat(bundle["ended"]) if bundle.get("ended") else now
-        bars.append((f"bundle {bundle['bundle_id']}", start, end, bundle["outcome"]))
+        bars.append((f"bundle {bundle['bundle']}", start, end, bundle["outcome"]))
     return sorted(bars, key=lambda bar: bar[1])
 
 

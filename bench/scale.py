@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.workflow import container_logs, fhe_seconds
+from bench.workflow import BENCH_OWNER, container_logs, fhe_seconds
 from client.encrypt import encrypt_rows
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from client.transfer import submit
@@ -54,7 +54,7 @@ class Bench:
         self, deployed: DeployedSettings, state_machine_arn: str, endpoint: str, model: ClientModel, work: Path
     ) -> None:
         self.deployed, self.state_machine_arn, self.model, self.work = deployed, state_machine_arn, model, work
-        self.layout = BundleLayout(deployed.endpoint.output_bucket)
+        self.layout = BundleLayout(deployed.endpoint.output_bucket, BENCH_OWNER)
         self.endpoint = endpoint  # the one serving the model's version
         self.pool = sample_records(4096, seed=11)
 
@@ -206,7 +206,7 @@ def main() -> None:
         work = Path(scratch)
         s3 = aws.client("s3")
         model = fetch_model(aws.client("sagemaker"), s3, group=deployed.endpoint.package_group, home=work / "home")
-        upload_evaluation_key(s3, BundleLayout(deployed.endpoint.output_bucket), model, ensure_keys(model))
+        upload_evaluation_key(s3, BundleLayout(deployed.endpoint.output_bucket, BENCH_OWNER), model, ensure_keys(model))
         bench = Bench(deployed, outputs["StateMachineArn"], endpoint, model, work)
         cold = bench.cold_start()
         per_shard = [bench.bundle(f"per-shard-{n}", args.shards, n) for n in (1, 10, 100)]

@@ -56,6 +56,8 @@ SHARD_LOG = re.compile(
 )
 KEY_LOG = re.compile(r"evaluation key \S+ fetched for bundle (?P<bundle>\S+): (?P<bytes>\d+) bytes")
 
+BENCH_OWNER = "bench"  # the batch owner of the benchmarks' bundles (run with the deployment's own credentials)
+
 
 def digits_rows(samples: int) -> tuple[list[str], np.ndarray]:  # type: ignore[type-arg]
     with tempfile.TemporaryDirectory() as scratch:
@@ -103,7 +105,7 @@ def run_bundle(
 ) -> dict[str, Any]:
     """``served``: the endpoint serving the package's version."""
     s3 = aws.client("s3")
-    layout = BundleLayout(endpoint.output_bucket)
+    layout = BundleLayout(endpoint.output_bucket, BENCH_OWNER)
     folder = work / name
     client_cli.answer(
         ["encrypt", str(work / "records.csv"), "--out", str(folder), "--shard-size", str(shard_size),
@@ -210,7 +212,7 @@ def main() -> None:
     bundles = []
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as scratch:
         work = Path(scratch)
-        common = ["--bucket", bucket, "--group", group, "--home", str(work / "home")]
+        common = ["--owner", BENCH_OWNER, "--bucket", bucket, "--group", group, "--home", str(work / "home")]
         client_cli.answer(["keys", *common, "--quiet"])
         names, x = digits_rows(args.samples)
         write_records_csv(work / "records.csv", names, x)

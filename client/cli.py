@@ -8,7 +8,9 @@
     fhe-client run INPUT --out predictions.csv     all of the above
     fhe-client versions                  the model versions served, approved, and those the local keys are for
 
-Settings come from options or the environment: FHE_BUCKET (where bundles go), FHE_MODEL_PACKAGE_GROUP,
+Settings come from options or the environment: FHE_OWNER (the batch owner whose role the client works under:
+its bundles, keys and results live under inbox/<owner>/, outbox/<owner>/ and quarantine/<owner>/ and no other
+owner's role reaches them), FHE_BUCKET (where bundles go), FHE_MODEL_PACKAGE_GROUP,
 FHE_ENDPOINT_NAME (the deployment's endpoint name, which each served version's endpoint extends),
 FHE_CLIENT_HOME (keys and model files, default ~/.fhe-batch). The private key never leaves FHE_CLIENT_HOME.
 
@@ -49,6 +51,15 @@ from common.settings import ENDPOINT_NAME, MODEL_PACKAGE_GROUP
 from common.versions import VersionMismatchError
 
 DEFAULT_BUCKET = "fhe-batches"
+
+
+def _layout(args: argparse.Namespace) -> BundleLayout:
+    if not args.owner:
+        raise FheClientError("name the batch owner: --owner NAME or FHE_OWNER (`fhe-deploy owner add NAME` made it)")
+    try:
+        return BundleLayout(args.bucket, args.owner)
+    except BundleError as error:
+        raise FheClientError(str(error)) from None
 
 
 def _model(args: argparse.Namespace) -> ClientModel:
@@ -113,7 +124,7 @@ def cmd_keys(args: argparse.Namespace) -> dict[str, Any]:
         aws.client("sagemaker"), aws.client("s3"), group=args.group, package_arn=args.package_arn, home=args.home
     )
     evaluation_key = ensure_keys(model)
-    ref, uploaded = upload_evaluation_key(aws.client("s3"), BundleLayout(args.bucket), model, evaluation_key)
+    ref, uploaded = upload_evaluation_key(aws.client("s3"), _layout(args), model, evaluation_key)
     newer = _warn_if_newer_served(args, model)
     return {
         "newer_version_served": newer,
@@ -140,17 +151,15 @@ def cmd_encrypt(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
-    s3 = aws.client("s3")
+    s3, layout = aws.client("s3"), _layout(args)
     model = _model(args)
     ensure_evaluation_key_uploaded(s3, model)
-    uri = submit(s3, BundleLayout(args.bucket), args.folder, progress=not args.quiet)
+    uri = submit(s3, layout, args.folder, progress=not args.quiet)
     return {"manifest": str(uri)}
 
 
 def cmd_wait(args: argparse.Namespace) -> dict[str, Any]:
-    uri = wait(
-        aws.client("s3"), BundleLayout(args.bucket), args.bundle_id, timeout=args.timeout, progress=not args.quiet
-    )
+    uri = wait(aws.client("s3"), _layout(args), args.bundle_id, timeout=args.timeout, progress=not args.quiet)
     return {"result": str(uri)}
 
 
@@ -163,7 +172,7 @@ def _decrypt(args: argparse.Namespace, manifest_uri: S3Uri, out: Path) -> dict[s
 
 
 def cmd_decrypt(args: argparse.Namespace) -> dict[str, Any]:
-    return _decrypt(args, BundleLayout(args.bucket).result_manifest(args.bundle_id), args.out)
+    return _decrypt(args, _layout(args).result_manifest(args.bundle_id), args.out)
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         submitted = cmd_submit(args)
     result = wait(
         aws.client("s3"),
-        BundleLayout(args.bucket),
+        _layout(args),
         encrypted["bundle_id"],
         timeout=args.timeout,
         progress=not args.quiet,
@@ -190,7 +199,12 @@ def parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--bucket", default=os.environ.get("FHE_BUCKET", DEFAULT_BUCKET), help="bucket of inbox/, outbox/, keys/"
+        "--owner",
+        default=os.environ.get("FHE_OWNER", ""),
+        help="the batch owner this client works for (FHE_OWNER); its role reaches only its own folders",
+    )
+    common.add_argument(
+        "--bucket", default=os.environ.get("FHE_BUCKET", DEFAULT_BUCKET), help="bucket of inbox/, outbox/, quarantine/"
     )
     common.add_argument(
         "--group", default=os.environ.get("FHE_MODEL_PACKAGE_GROUP", MODEL_PACKAGE_GROUP), help="model package group"

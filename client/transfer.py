@@ -32,8 +32,14 @@ def load_local_bundle(folder: Path) -> Manifest:
 
 
 def submit(s3: Any, layout: BundleLayout, folder: Path, *, progress: bool = True) -> S3Uri:
-    """Upload a local bundle under ``inbox/<bundle id>/``; the manifest goes last and commits it."""
+    """Upload a local bundle under ``inbox/<owner>/<bundle id>/``; the manifest goes last and commits it."""
     manifest = load_local_bundle(folder)
+    key = S3Uri.parse(manifest.evaluation_key.uri)
+    if key.bucket != layout.bucket or not key.key.startswith(layout.keys_prefix.key + "/"):
+        raise FheClientError(
+            f"bundle {manifest.bundle_id} names the evaluation key {key}, which is not owner {layout.owner}'s "
+            f"(under {layout.keys_prefix}/): run `fhe-client keys --owner {layout.owner}`, then encrypt again"
+        )
     if not object_exists(s3, S3Uri.parse(manifest.evaluation_key.uri)):
         raise FheClientError(f"the evaluation key {manifest.evaluation_key.uri} is not in S3; run `fhe-client keys`")
     prefix = layout.request_prefix(manifest.bundle_id)

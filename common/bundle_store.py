@@ -1,18 +1,20 @@
-"""Where bundles live in S3 and the moves every role makes with them.
+"""Where bundles live in S3 and the moves every role makes with them. Everything a batch owner writes or reads
+lies under its own folder (``<owner>``), so one role per owner can be granted exactly its own:
 
-    s3://<bucket>/inbox/keys/<sha256>.ekey             evaluation keys, addressed by content, uploaded once
-    s3://<bucket>/inbox/<bundle id>/shards/00000.fhe   request shards, then
-    s3://<bucket>/inbox/<bundle id>/manifest.json      the request manifest, written last: the commit point
-    s3://<bucket>/outbox/<bundle id>/shards/00000.out  result shards (written by the endpoint), then
-    s3://<bucket>/outbox/<bundle id>/manifest.json     the result manifest, written last
-    s3://<bucket>/quarantine/<bundle id>/reason.json   why a bundle could not be processed
-    s3://<bucket>/requests/<bundle id>/plan.json       the shard plan Validate writes: the Distributed Map's items
-    s3://<bucket>/requests/<bundle id>/00000.json      the workflow's shard request to the endpoint (one per shard)
-    s3://<bucket>/requests/<bundle id>/results/00000.json  the endpoint's answer for a shard, where Assemble finds it
-    s3://<bucket>/responses/<endpoint>/…               the asynchronous endpoint's own responses and failures
+    s3://<bucket>/inbox/<owner>/keys/<sha256>.ekey              the owner's evaluation keys, by content, uploaded once
+    s3://<bucket>/inbox/<owner>/<bundle id>/shards/00000.fhe    request shards, then
+    s3://<bucket>/inbox/<owner>/<bundle id>/manifest.json       the request manifest, written last: the commit point
+    s3://<bucket>/outbox/<owner>/<bundle id>/shards/00000.out   result shards (written by the endpoint), then
+    s3://<bucket>/outbox/<owner>/<bundle id>/manifest.json      the result manifest, written last
+    s3://<bucket>/quarantine/<owner>/<bundle id>/reason.json    why a bundle could not be processed
+    s3://<bucket>/requests/<owner>/<bundle id>/plan.json        the shard plan Validate writes: the Map's items
+    s3://<bucket>/requests/<owner>/<bundle id>/00000.json       the workflow's shard request to the endpoint
+    s3://<bucket>/requests/<owner>/<bundle id>/results/00000.json  the endpoint's answer for a shard (for Assemble)
+    s3://<bucket>/responses/<endpoint>/…                        the asynchronous endpoint's own responses and failures
 
-A batch owner writes under inbox/ only (its evaluation key too) and reads outbox/ and its quarantine records: the
-deployment's client role grants exactly that (infrastructure/product.yaml).
+A batch owner writes under inbox/<owner>/ only (its evaluation keys too) and reads outbox/<owner>/ and its own
+quarantine records: its role (infrastructure/owner.yaml, made by ``fhe-deploy owner add``) grants exactly that.
+Bundle ids are the owner's to choose, so two owners may use the same one: every place is under the owner too.
 
 No concrete import here: the Lambdas, the client and the container all use it.
 """
@@ -34,6 +36,7 @@ from common.bundle.schema import (
     MAX_MANIFEST_BYTES,
     MAX_MESSAGE_BYTES,
     BundleError,
+    check_owner,
     check_relative_key,
     sha256_hex,
     utc_now,
@@ -42,7 +45,7 @@ from common.bundle.shards import check_object
 from common.s3uri import S3Uri
 
 INBOX_PREFIX = "inbox"
-KEYS_PREFIX = f"{INBOX_PREFIX}/keys"  # "keys" is no bundle id: ids are generated, and start lists manifests only
+KEYS_FOLDER = "keys"  # under inbox/<owner>/; "keys" is no bundle id (common/bundle/schema.py)
 RESPONSES_PREFIX = "responses"
 OUTBOX_PREFIX = "outbox"
 QUARANTINE_PREFIX = "quarantine"
@@ -55,19 +58,32 @@ EVALUATION_KEY_SUFFIX = ".ekey"
 
 @dataclass(frozen=True)
 class BundleLayout:
+    """The places of one batch owner's bundles in the bundle bucket."""
+
     bucket: str
+    owner: str
+
+    def __post_init__(self) -> None:
+        check_owner(self.owner)
+
+    def _under(self, top: str, *parts: str) -> S3Uri:
+        return S3Uri(self.bucket, "/".join((top, self.owner, *parts)))
+
+    @property
+    def keys_prefix(self) -> S3Uri:
+        return self._under(INBOX_PREFIX, KEYS_FOLDER)
 
     def evaluation_key(self, sha256: str) -> S3Uri:
-        return S3Uri(self.bucket, f"{KEYS_PREFIX}/{sha256}{EVALUATION_KEY_SUFFIX}")
+        return self.keys_prefix.join(f"{sha256}{EVALUATION_KEY_SUFFIX}")
 
     def request_prefix(self, bundle_id: str) -> S3Uri:
-        return S3Uri(self.bucket, f"{INBOX_PREFIX}/{bundle_id}")
+        return self._under(INBOX_PREFIX, bundle_id)
 
     def result_prefix(self, bundle_id: str) -> S3Uri:
-        return S3Uri(self.bucket, f"{OUTBOX_PREFIX}/{bundle_id}")
+        return self._under(OUTBOX_PREFIX, bundle_id)
 
     def quarantine_reason(self, bundle_id: str) -> S3Uri:
-        return S3Uri(self.bucket, f"{QUARANTINE_PREFIX}/{bundle_id}/{REASON_NAME}")
+        return self._under(QUARANTINE_PREFIX, bundle_id, REASON_NAME)
 
     def request_manifest(self, bundle_id: str) -> S3Uri:
         return self.request_prefix(bundle_id).join(MANIFEST_NAME)
@@ -77,13 +93,13 @@ class BundleLayout:
 
     def shard_request_object(self, bundle_id: str, index: int) -> S3Uri:
         # One fixed key per shard: a retried shard sends the same request, and results overwrite in place.
-        return S3Uri(self.bucket, f"{REQUESTS_PREFIX}/{bundle_id}/{index:05d}.json")
+        return self._under(REQUESTS_PREFIX, bundle_id, f"{index:05d}.json")
 
     def shard_plan(self, bundle_id: str) -> S3Uri:
-        return S3Uri(self.bucket, f"{REQUESTS_PREFIX}/{bundle_id}/{PLAN_NAME}")
+        return self._under(REQUESTS_PREFIX, bundle_id, PLAN_NAME)
 
     def shard_results_prefix(self, bundle_id: str) -> S3Uri:
-        return S3Uri(self.bucket, f"{REQUESTS_PREFIX}/{bundle_id}/{SHARD_RESULTS_FOLDER}")
+        return self._under(REQUESTS_PREFIX, bundle_id, SHARD_RESULTS_FOLDER)
 
     def shard_result_record(self, bundle_id: str, index: int) -> S3Uri:
         # Deterministic, like the request: whatever attempt answered, the record of shard i is here.
@@ -271,5 +287,6 @@ def write_result_manifest(s3: Any, layout: BundleLayout, manifest: Manifest) -> 
 
 
 def write_quarantine_reason(s3: Any, layout: BundleLayout, bundle_id: str, reason: dict[str, Any]) -> WrittenRecord:
-    body = json.dumps({"bundle_id": bundle_id, "quarantined_at": utc_now(), **reason}, indent=2, sort_keys=True)
+    record = {"owner": layout.owner, "bundle_id": bundle_id, "quarantined_at": utc_now(), **reason}
+    body = json.dumps(record, indent=2, sort_keys=True)
     return _put_record(s3, layout.quarantine_reason(bundle_id), body.encode())

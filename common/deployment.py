@@ -1,5 +1,6 @@
-"""A deployment as its stacks record it: the three stack names of a prefix and their outputs, read back from
-CloudFormation. Whoever works with a deployment (ML ops, the auditor, ``fhe-deploy`` itself) reads it here."""
+"""A deployment as its stacks record it: the three stack names of a prefix (and its owners'), and their outputs,
+read back from CloudFormation. Whoever works with a deployment (ML ops, the auditor, ``fhe-deploy`` itself) reads
+it here."""
 
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ class StackNames:
     @property
     def product(self) -> str:
         return self.prefix
+
+    def owner(self, owner: str) -> str:
+        """A batch owner's stack (its role): infrastructure/owner.yaml."""
+        return f"{self.owner_prefix}{owner}"
+
+    @property
+    def owner_prefix(self) -> str:
+        return f"{self.prefix}-owner-"
 
     @property
     def all(self) -> tuple[str, str, str]:

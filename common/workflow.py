@@ -11,11 +11,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from common.bundle.schema import BUNDLE_ID_PATTERN, MANIFEST_NAME
-from common.bundle_store import INBOX_PREFIX
+from common.bundle.schema import BUNDLE_ID_PATTERN, MANIFEST_NAME, OWNER_PATTERN
+from common.bundle_store import INBOX_PREFIX, BundleLayout
 from common.s3uri import S3Uri
 
-_MANIFEST_KEY = re.compile(rf"^{INBOX_PREFIX}/(?P<bundle>{BUNDLE_ID_PATTERN})/{re.escape(MANIFEST_NAME)}$")
+_MANIFEST_KEY = re.compile(
+    rf"^{INBOX_PREFIX}/(?P<owner>{OWNER_PATTERN})/(?P<bundle>{BUNDLE_ID_PATTERN})/{re.escape(MANIFEST_NAME)}$"
+)
 MAX_MESSAGE = 4000  # characters of a failure's message kept in its reason
 
 
@@ -37,10 +39,15 @@ def text_field(data: dict[str, Any], name: str) -> str:
     return value
 
 
-def bundle_id_of(manifest_key: str) -> str | None:
-    """The bundle id of ``inbox/<bundle id>/manifest.json``; None for any other key."""
+def bundle_of_key(manifest_key: str) -> tuple[str, str] | None:
+    """The owner and bundle id of ``inbox/<owner>/<bundle id>/manifest.json``; None for any other key."""
     match = _MANIFEST_KEY.match(manifest_key)
-    return match["bundle"] if match else None
+    return (match["owner"], match["bundle"]) if match else None
+
+
+def bundle_path(owner: str, bundle_id: str) -> str:
+    """How the audit log and report name a bundle: ids are the owners' to choose, so the owner comes with it."""
+    return f"{owner}/{bundle_id}"
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,26 @@ class BundleRef:
     def from_dict(cls, data: Any) -> BundleRef:
         data = as_object(data, "bundle")
         ref = cls(*(text_field(data, name) for name in ("bucket", "bundle_id", "manifest_key", "etag")))
-        if bundle_id_of(ref.manifest_key) != ref.bundle_id:
+        found = bundle_of_key(ref.manifest_key)
+        if found is None or found[1] != ref.bundle_id:
             raise EventError(f"{ref.manifest_key} is not the manifest of bundle {ref.bundle_id}")
         return ref
+
+    @property
+    def owner(self) -> str:
+        """The batch owner, the folder the manifest was dropped in (only its role can write there)."""
+        found = bundle_of_key(self.manifest_key)
+        if found is None:
+            raise EventError(f"{self.manifest_key} is not an inbox manifest")
+        return found[0]
+
+    @property
+    def layout(self) -> BundleLayout:
+        return BundleLayout(self.bucket, self.owner)
+
+    @property
+    def path(self) -> str:
+        return bundle_path(self.owner, self.bundle_id)
 
     @property
     def manifest_uri(self) -> S3Uri:
@@ -66,8 +90,9 @@ class BundleRef:
 
     @property
     def execution_name(self) -> str:
-        """Step Functions refuses a second execution of one name: the name is the bundle + ETag."""
-        digest = hashlib.sha256(self.etag.encode()).hexdigest()[:12]
+        """Step Functions refuses a second execution of one name: the name is the bundle id and a digest of the
+        manifest's key (its owner) and ETag, which fits the 80 characters a name may have."""
+        digest = hashlib.sha256(f"{self.manifest_key}\0{self.etag}".encode()).hexdigest()[:12]
         return f"{self.bundle_id}-{digest}"
 
     def to_dict(self) -> dict[str, str]:
@@ -79,12 +104,24 @@ def bundle_of_execution(execution_name: str) -> str:
     return execution_name.rsplit("-", 1)[0]
 
 
-def bundle_executions(stepfunctions: Any, state_machine_arn: str, bundle_id: str) -> list[str]:
-    """The ARNs of a bundle's executions (each named by the bundle id and an ETag digest)."""
+def execution_bundle(stepfunctions: Any, execution_arn: str) -> BundleRef:
+    """The bundle an execution runs, from its input."""
+    started = json.loads(stepfunctions.describe_execution(executionArn=execution_arn).get("input") or "{}")
+    return BundleRef.from_dict(started.get("bundle"))
+
+
+def bundle_executions(
+    stepfunctions: Any, state_machine_arn: str, bundle_id: str, owner: str | None = None
+) -> list[str]:
+    """The ARNs of a bundle's executions (each named by the bundle id and a digest); of ``owner``'s bundle of
+    that id only, when given (another owner may use the same id)."""
     pages = stepfunctions.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn)
-    return [
+    named = [
         e["executionArn"] for page in pages for e in page["executions"] if bundle_of_execution(e["name"]) == bundle_id
     ]
+    if owner is None:
+        return named
+    return [arn for arn in named if execution_bundle(stepfunctions, arn).owner == owner]
 
 
 def executed_states(stepfunctions: Any, execution_arn: str) -> list[str]:
@@ -146,6 +183,7 @@ class WaitingShard:
     inference_id: str
     task_token: str
     bucket: str  # the bundle's
+    owner: str
     bundle_id: str
     shard_index: int
     endpoint: str
@@ -162,13 +200,20 @@ class WaitingShard:
         cls, task_token: str, bundle: BundleRef, shard_index: int, endpoint: str, inference_id: str, ttl_seconds: int
     ) -> WaitingShard:
         expiration = int(time.time()) + ttl_seconds
-        return cls(inference_id, task_token, bundle.bucket, bundle.bundle_id, shard_index, endpoint, expiration)
+        return cls(
+            inference_id, task_token, bundle.bucket, bundle.owner, bundle.bundle_id, shard_index, endpoint, expiration
+        )
+
+    @property
+    def layout(self) -> BundleLayout:
+        return BundleLayout(self.bucket, self.owner)
 
     def to_item(self) -> dict[str, Any]:
         return {
             **self.key_of(self.inference_id),
             "task_token": {"S": self.task_token},
             "bucket": {"S": self.bucket},
+            "owner": {"S": self.owner},
             "bundle_id": {"S": self.bundle_id},
             "shard_index": {"N": str(self.shard_index)},
             "endpoint": {"S": self.endpoint},
@@ -182,6 +227,7 @@ class WaitingShard:
                 inference_id=item["id"]["S"].removeprefix(cls.PREFIX),
                 task_token=item["task_token"]["S"],
                 bucket=item["bucket"]["S"],
+                owner=item["owner"]["S"],
                 bundle_id=item["bundle_id"]["S"],
                 shard_index=int(item["shard_index"]["N"]),
                 endpoint=item["endpoint"]["S"],

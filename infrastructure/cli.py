@@ -5,6 +5,10 @@ credentials differ.
     fhe-deploy images [--prefix fhe] [--engine docker|podman] [--base-image REF] [--no-push]
                                              build (and push) the training and inference images
     fhe-deploy outputs [--prefix fhe]        buckets, roles, topics, state machine, tables of a deployment
+    fhe-deploy owner add NAME [--prefix fhe] [--trust ARN]
+                                             a batch owner's role: inbox/NAME/, outbox/NAME/, its quarantine records
+    fhe-deploy owner remove NAME [--prefix fhe]
+    fhe-deploy owner list [--prefix fhe]     the owners and their roles
     fhe-deploy down [--prefix fhe] [--delete-data]
 
 What each command does: infrastructure/deployment.py.
@@ -20,7 +24,7 @@ from collections.abc import Callable
 
 from common.deployment import DeploymentNotFound, read_outputs, stack_outputs
 from common.settings import SettingsError
-from infrastructure import images, stacks
+from infrastructure import images, owners, stacks
 from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
 
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # the templates' AllowedPattern for Prefix
@@ -54,7 +58,15 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhe-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("up", "images", "outputs", "down"))
+    parser.add_argument("command", choices=("up", "images", "outputs", "down", "owner"))
+    parser.add_argument("owner_action", nargs="?", choices=("add", "remove", "list"), help="owner: what to do")
+    parser.add_argument("owner_name", nargs="?", help="owner add|remove: the batch owner's name")
+    parser.add_argument(
+        "--trust",
+        default="",
+        help="owner add: the IAM principal ARN that may assume the owner's role (default: the account, whose own "
+        "IAM policies then say which people may)",
+    )
     defaults = Deployment()
     parser.add_argument(
         "--prefix", type=prefix, default=defaults.prefix, help="names the stacks and resources (%(default)s)"
@@ -121,6 +133,18 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def owner_command(args: argparse.Namespace, progress: Report) -> object:
+    if args.owner_action is None:
+        raise owners.OwnerError("say what to do: fhe-deploy owner add|remove NAME, or fhe-deploy owner list")
+    if args.owner_action == "list":
+        return owners.owners(args.prefix)
+    if not args.owner_name:
+        raise owners.OwnerError(f"fhe-deploy owner {args.owner_action} takes the owner's name")
+    if args.owner_action == "add":
+        return owners.add(args.prefix, args.owner_name, trusted_principal=args.trust, report=progress)
+    return {"owner": args.owner_name, "removed": owners.remove(args.prefix, args.owner_name, report=progress)}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     off = args.schedule.strip().lower() == "off"
@@ -161,9 +185,11 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({i.role: i.uri for i in wanted}, indent=2))
         elif args.command == "outputs":
             print(json.dumps(read_outputs(deployment.prefix), indent=2))
+        elif args.command == "owner":
+            print(json.dumps(owner_command(args, progress), indent=2))
         else:
             print(json.dumps(down(deployment, delete_data=args.delete_data, report=progress), indent=2))
-    except (stacks.StackError, images.ImageError, DeploymentNotFound, SettingsError) as error:
+    except (stacks.StackError, images.ImageError, DeploymentNotFound, SettingsError, owners.OwnerError) as error:
         raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
 
 

@@ -10,7 +10,8 @@ creator's role. Every step is idempotent: run it again after a change.
 ``--dry-run`` prints every resource it would create, the uploads, the image builds and the pipeline, and changes
 nothing.
 
-``down`` deletes the endpoint, the pipeline and the product stack; the bootstrap and data stacks (the key, the
+``down`` deletes the endpoint, the pipeline, the batch owners' roles (``fhe-deploy owner add``) and the product
+stack; the bootstrap and data stacks (the key, the
 buckets, the audit log) stay, so a later ``up`` finds everything again. ``down --delete-data`` removes them too,
 contents included, and schedules the key's deletion.
 """
@@ -35,7 +36,7 @@ from common.settings import (
     SCALE_OUT_COOLDOWN_S,
     from_outputs,
 )
-from infrastructure import images, package, stacks
+from infrastructure import images, owners, package, stacks
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
 from pipelines import runs
 from pipelines.endpoint import delete_endpoint, family_endpoints
@@ -312,7 +313,7 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
             report(f"endpoint {endpoint}: scaling deregistered{', endpoint deleted' if deleted_endpoint else ''}")
     if "PipelineName" in known:
         _delete_pipeline(known["PipelineName"], report)
-    deleted: list[str] = []
+    deleted: list[str] = owners.remove_all(deployment.prefix, report)
     if stacks.delete(deployment.product_stack, timeout=STACK_TIMEOUT_S, report=report):
         deleted.append(deployment.product_stack)
     if not delete_data:

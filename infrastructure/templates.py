@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = ROOT / "infrastructure" / "bootstrap.yaml"
 DATA = ROOT / "infrastructure" / "data.yaml"
 PRODUCT = ROOT / "infrastructure" / "product.yaml"
+OWNER = ROOT / "infrastructure" / "owner.yaml"
 STATE_MACHINE = ROOT / "statemachines" / "batch_inference.asl.json"
 
 

@@ -1,6 +1,6 @@
-"""Assemble the result bundle: every shard's result, read from its fixed key (``requests/<bundle id>/results/``,
+"""Assemble the result bundle: every shard's result, read from its fixed key (``requests/<owner>/<bundle id>/results/``,
 listed a page at a time: the execution's state carries none of them), checked against the request, then the
-result manifest under ``outbox/`` (written last, the commit point the client waits for), then a "Bundle
+result manifest under ``outbox/<owner>/`` (written last, the commit point the client waits for), then a "Bundle
 Completed" event."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.schema import BundleError
 from common.bundle_store import (
-    BundleLayout,
     read_manifest,
     read_shard_results,
     result_manifest,
@@ -25,7 +24,7 @@ STAGE = "assemble"
 
 
 def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[str, Any]:
-    s3, layout = client("s3"), BundleLayout(bundle.bucket)
+    s3, layout = client("s3"), bundle.layout
     try:
         with transient_aws_errors():
             request, request_sha256 = read_manifest(s3, bundle.manifest_uri)
@@ -40,6 +39,7 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[st
     except (KeyError, ValueError) as error:
         raise BundleRejected(STAGE, "bad_result", f"an endpoint answer is unusable: {error}") from None
     detail = {
+        "owner": bundle.owner,
         "bundle_id": bundle.bundle_id,
         "execution": execution,
         "model_package_arn": request.model.package_arn,

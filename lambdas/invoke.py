@@ -24,7 +24,6 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from common.bundle_store import BundleLayout
 from common.model_package import revocation_message
 from common.workflow import MAX_MESSAGE, FailureReason, WaitingShard
 from lambdas.events import ShardTask
@@ -47,7 +46,7 @@ def inference_id(task: ShardTask) -> str:
 
 
 def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
-    layout = BundleLayout(task.bundle.bucket)
+    layout = task.bundle.layout
     request_uri = layout.shard_request_object(task.bundle.bundle_id, task.shard_index)
     request = layout.shard_request(task.bundle.bundle_id, task.shard_index)
     invocation = inference_id(task)
@@ -84,7 +83,7 @@ def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
 
 def record_handler(record: SQSRecord) -> dict[str, Any] | None:
     task = ShardTask.from_dict(json.loads(record.body))
-    logger.append_keys(bundle_id=task.bundle.bundle_id, shard=task.shard_index)
+    logger.append_keys(owner=task.bundle.owner, bundle_id=task.bundle.bundle_id, shard=task.shard_index)
     try:
         return invoke_shard(task, setting("WORKFLOW_TABLE"))
     except TransientError:

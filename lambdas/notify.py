@@ -1,7 +1,7 @@
 """Complete a shard's wait: the endpoint's SNS notification (success or error topic → SQS) → the task token.
 
 A Completed notification's answer (the shard result: where the result shard is, its size and sha256) is checked
-and recorded at the shard's fixed key (``requests/<bundle id>/results/<index>.json``), where Assemble finds it,
+and recorded at the shard's fixed key (``requests/<owner>/<bundle id>/results/<index>.json``), where Assemble finds it,
 before the wait completes; so the execution's state never carries it. A Failed one fails the task with
 ``ShardRejected`` when the container refused the shard's content (a named bundle error: retrying cannot help)
 and ``ShardFailed`` otherwise (an instance fault, a timeout: the state machine retries with backoff)."""
@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.messages import ShardResult, parse_shard_result
 from common.bundle.schema import MAX_MESSAGE_BYTES, BundleError
-from common.bundle_store import BundleLayout, get_bytes, write_shard_result
+from common.bundle_store import get_bytes, write_shard_result
 from common.s3uri import S3Uri
 from common.workflow import MAX_MESSAGE, EventError, FailureReason, WaitingShard
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
@@ -123,7 +123,7 @@ def record_result(result: InferenceResult, waiting: WaitingShard) -> tuple[str, 
         )
         return "ShardRejected", reason
     with transient_aws_errors():
-        write_shard_result(client("s3"), BundleLayout(waiting.bucket), answer)
+        write_shard_result(client("s3"), waiting.layout, answer)
     return "", None
 
 
@@ -137,7 +137,7 @@ def complete(result: InferenceResult, table: str) -> str:
         return "unknown"
     waiting = WaitingShard.from_item(item)
     token, shard = waiting.task_token, waiting.shard_index
-    logger.append_keys(bundle_id=waiting.bundle_id, shard=shard, inference_id=result.inference_id)
+    logger.append_keys(owner=waiting.owner, bundle_id=waiting.bundle_id, shard=shard, inference_id=result.inference_id)
     try:
         with transient_aws_errors():
             error, cause = record_result(result, waiting) if result.completed else failure_of(result, shard)

@@ -1,6 +1,6 @@
 """Quarantine a bundle that could not be processed: a reason record naming the stage and shard under
-``quarantine/<bundle id>/reason.json``, then a "Bundle Quarantined" event. The inbox objects stay where they are:
-nothing is deleted, so the batch owner (or an operator) can inspect, fix and drop again.
+``quarantine/<owner>/<bundle id>/reason.json``, then a "Bundle Quarantined" event. The inbox objects stay where
+they are: nothing is deleted, so the batch owner (or an operator) can inspect, fix and drop again.
 
 A shard that fails fails its child execution of the Distributed Map, and the Map fails with
 ``States.ExceedToleratedFailureThreshold``, which names no shard: the failed child is looked up through the
@@ -16,7 +16,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle_store import BundleLayout, listed_objects, write_quarantine_reason
+from common.bundle_store import listed_objects, write_quarantine_reason
 from common.workflow import MAX_MESSAGE, FailureReason
 from lambdas.events import Failure
 from lambdas.runtime import client, logger, metrics, publish, tracer, transient_aws_errors
@@ -85,7 +85,7 @@ def failed_shard(failure: Failure) -> Failure:
 
 def quarantine(failure: Failure) -> dict[str, Any]:
     s3, bundle = client("s3"), failure.bundle
-    layout = BundleLayout(bundle.bucket)
+    layout = bundle.layout
     with transient_aws_errors():
         kept = [obj["Key"] for obj in listed_objects(s3, layout.request_prefix(bundle.bundle_id))]
         reason = reason_of(failed_shard(failure))
@@ -97,6 +97,7 @@ def quarantine(failure: Failure) -> dict[str, Any]:
         }
         written = write_quarantine_reason(s3, layout, bundle.bundle_id, record)
     detail: dict[str, Any] = {
+        "owner": bundle.owner,
         "bundle_id": bundle.bundle_id,
         "execution": failure.execution,
         "reason_uri": str(written.uri),

@@ -36,7 +36,7 @@ from common.audit_log import (
     approval_body,
     last_record,
 )
-from common.workflow import EventError
+from common.workflow import EventError, bundle_path
 from lambdas.runtime import TransientError, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -69,9 +69,10 @@ def record_body(event: EventBridgeEvent) -> dict[str, Any]:
     if event.detail_type in (APPROVAL_DECISION, SAGEMAKER_PACKAGE_CHANGE):
         return approval_body(detail, source=event.source, event_id=event.get_id, time=event.time)
     if event.detail_type in BUNDLE_KINDS:
-        if not isinstance(detail.get("bundle_id"), str):
-            raise EventError(f"a {event.detail_type} event without a bundle_id")
-        return _event_body(event, BUNDLE_KINDS[event.detail_type], detail["bundle_id"], detail)
+        if not isinstance(detail.get("bundle_id"), str) or not isinstance(detail.get("owner"), str):
+            raise EventError(f"a {event.detail_type} event without its owner and bundle_id")
+        subject = bundle_path(detail["owner"], detail["bundle_id"])
+        return _event_body(event, BUNDLE_KINDS[event.detail_type], subject, detail)
     if event.detail_type in SERVING_KINDS:
         if not isinstance(detail.get("endpoint"), str) or not isinstance(detail.get("version"), int):
             raise EventError(f"a {event.detail_type} event without its endpoint and version")

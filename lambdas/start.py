@@ -1,7 +1,8 @@
 """Start one workflow execution per dropped manifest: S3 ObjectCreated → EventBridge → SQS → this function.
 
-Idempotent twice over: Powertools idempotency keyed on bundle id + manifest ETag (a replayed or duplicated event
-returns the first answer), and an execution name made of the same two (Step Functions refuses a second one)."""
+Idempotent twice over: Powertools idempotency keyed on the manifest's key (owner and bundle id) + ETag (a replayed
+or duplicated event returns the first answer), and an execution name made of the same (Step Functions refuses a
+second one)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle_store import BundleLayout, object_exists
-from common.workflow import BundleRef, EventError, bundle_id_of
+from common.bundle_store import object_exists
+from common.workflow import BundleRef, EventError, bundle_of_key
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
-idempotency = IdempotencyConfig(event_key_jmespath="[bundle_id, etag]", expires_after_seconds=7 * 24 * 3600)
+idempotency = IdempotencyConfig(event_key_jmespath="[manifest_key, etag]", expires_after_seconds=7 * 24 * 3600)
 persistence = DynamoDBPersistenceLayer(table_name=setting("WORKFLOW_TABLE"))
 
 
@@ -45,18 +46,18 @@ def bundle_of(event: dict[str, Any]) -> BundleRef | None:
     if s3_event.detail_type != "Object Created":
         raise EventError(f"not an S3 Object Created event: {s3_event.detail_type!r}")
     key = s3_event.detail.object.key
-    bundle_id = bundle_id_of(key)
-    if bundle_id is None:
+    found = bundle_of_key(key)
+    if found is None:
         return None
-    return BundleRef(s3_event.detail.bucket.name, bundle_id, key, s3_event.detail.object.etag.strip('"'))
+    return BundleRef(s3_event.detail.bucket.name, found[1], key, s3_event.detail.object.etag.strip('"'))
 
 
 def _start_bundle(bundle: dict[str, str], submitted: dict[str, str] | None = None) -> dict[str, Any]:
     ref = BundleRef.from_dict(bundle)
     sfn = client("stepfunctions")
-    if object_exists(client("s3"), BundleLayout(ref.bucket).result_manifest(ref.bundle_id)):
-        logger.warning("bundle already has a result; not started again", extra={"bundle_id": ref.bundle_id})
-        return {"bundle_id": ref.bundle_id, "started": False, "reason": "already_delivered"}
+    if object_exists(client("s3"), ref.layout.result_manifest(ref.bundle_id)):
+        logger.warning("bundle already has a result; not started again", extra={"bundle": ref.path})
+        return {"owner": ref.owner, "bundle_id": ref.bundle_id, "started": False, "reason": "already_delivered"}
     with transient_aws_errors():
         try:
             execution = sfn.start_execution(
@@ -67,10 +68,10 @@ def _start_bundle(bundle: dict[str, str], submitted: dict[str, str] | None = Non
             started = True
         except sfn.exceptions.ExecutionAlreadyExists:
             execution, started = None, False
-    logger.info("bundle execution", extra={"bundle_id": ref.bundle_id, "execution": execution, "started": started})
+    logger.info("bundle execution", extra={"bundle": ref.path, "execution": execution, "started": started})
     if started:
         metrics.add_metric(name="BundlesStarted", unit=MetricUnit.Count, value=1)
-    return {"bundle_id": ref.bundle_id, "execution_arn": execution, "started": started}
+    return {"owner": ref.owner, "bundle_id": ref.bundle_id, "execution_arn": execution, "started": started}
 
 
 start_bundle: Callable[..., dict[str, Any]] = idempotent_function(
@@ -84,7 +85,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any] | None:
     if bundle is None:
         logger.debug("not an inbox manifest; ignored")
         return None
-    logger.append_keys(bundle_id=bundle.bundle_id)
+    logger.append_keys(owner=bundle.owner, bundle_id=bundle.bundle_id)
     return dict(start_bundle(bundle=bundle.to_dict(), submitted=submission_of(event)))
 
 

@@ -4,11 +4,12 @@ Checks, in order: the manifest (format, limits, bundle id), the model package (r
 endpoint of the bundle's model version (``<family>-v<version>``: each served version has its own, since keys
 belong to one compiled circuit; in service, serving that very package; an endpoint scaled to zero instances is
 in service; a version no endpoint serves is refused naming the versions that are served), the
-releases (the bundle's concrete versions against the served model's versions record), the evaluation key and
+releases (the bundle's concrete versions against the served model's versions record), the evaluation key (the
+bundle owner's own, under ``inbox/<owner>/keys/``) and
 every shard object (present, of the recorded size: the bundle's folder listed a page at a time).
 A failed check raises BundleRejected naming the field (and shard): the bundle is quarantined, nothing invoked.
 
-The shard plan goes to S3 (``requests/<bundle id>/plan.json``), where the Distributed Map's ItemReader reads it:
+The shard plan goes to S3 (``requests/<owner>/<bundle id>/plan.json``), where the Distributed Map's ItemReader reads it:
 what the execution's state carries is the same few hundred bytes whatever the bundle's size.
 """
 
@@ -138,6 +139,17 @@ def check_object_size(uri: S3Uri, size: int, field: str) -> None:
     check_size(uri, int(head["ContentLength"]), size, field)
 
 
+def check_evaluation_key(manifest: Manifest, layout: BundleLayout) -> None:
+    """The key must be the owner's own: the endpoint reads any inbox object, so a manifest naming another owner's
+    key would have the endpoint use it."""
+    uri = S3Uri.parse(manifest.evaluation_key.uri)
+    own = layout.keys_prefix
+    if uri.bucket != own.bucket or not uri.key.startswith(own.key + "/"):
+        problem = f"{uri} is not one of the owner's evaluation keys (under {own}/); run `fhe-client keys`"
+        raise rejected(BundleError("evaluation_key.uri", problem, "foreign_evaluation_key"))
+    check_object_size(uri, manifest.evaluation_key.size, "evaluation_key")
+
+
 def check_shards(manifest: Manifest, manifest_uri: S3Uri) -> None:
     """Every shard object present with its recorded size: one listing of the bundle's folder, not a request per
     shard."""
@@ -169,11 +181,11 @@ def validate(bundle: BundleRef, family: str) -> dict[str, Any]:
     endpoint = version_endpoint(family, manifest.model.package_version)
     check_endpoint(manifest, endpoint, family)
     check_releases(manifest, package)
-    check_object_size(S3Uri.parse(manifest.evaluation_key.uri), manifest.evaluation_key.size, "evaluation_key")
+    check_evaluation_key(manifest, bundle.layout)
     check_shards(manifest, bundle.manifest_uri)
     with transient_aws_errors():
         plan = write_shard_plan(
-            client("s3"), BundleLayout(bundle.bucket), bundle.bundle_id, [entry.index for entry in manifest.shards]
+            client("s3"), bundle.layout, bundle.bundle_id, [entry.index for entry in manifest.shards]
         )
     logger.info("bundle valid", extra={"shards": len(manifest.shards), "samples": manifest.total_samples})
     metrics.add_metric(name="BundlesValidated", unit=MetricUnit.Count, value=1)

@@ -1,9 +1,9 @@
 """The whole product end to end, on whatever backend the AWS configuration points at (the local stack by default):
 
-    deploy (fhe-deploy up: both stacks, the pipeline) → train → register → approve → deploy the async endpoint →
-    client keys, encrypt, drop → Step Functions workflow → result bundle → decrypt → agreement with the clear
-    model → retraining: a new version served beside the first, a bundle for each delivered, the first retired →
-    audit report (audit-report.html and .json), time per stage.
+    deploy (fhe-deploy up: both stacks, the pipeline; fhe-deploy owner add demo) → train → register → approve →
+    deploy the async endpoint → client keys, encrypt, drop → Step Functions workflow → result bundle → decrypt →
+    agreement with the clear model → retraining: a new version served beside the first, a bundle for each
+    delivered, the first retired → audit report (audit-report.html and .json), time per stage.
 
     python -m local.demo [--samples 100] [--shard-size 25] [--report audit-report]
 
@@ -11,8 +11,8 @@ The ML-ops parts use the pipeline and deploy modules, the batch owner's parts th
 clear-model comparison at the end downloads ``model.tar.gz`` as ML ops would (a batch owner never sees it).
 
 Administrator credentials deploy, and nothing else: every later step runs as its actor, under the actor's role
-(``local/people.py``: the trainer, ML ops who approve and deploy, the batch owner, the auditor), so a policy that
-lacks what a step needs fails that step.
+(``local/people.py``: the trainer, ML ops who approve and deploy, the batch owner ``demo``, which ``fhe-deploy
+owner add demo`` makes, the auditor), so a policy that lacks what a step needs fails that step.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from common import aws
 from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions, executed_states
 from containers.training.data import sample_records, write_records_csv
+from infrastructure import owners
 from infrastructure.deployment import Deployment, up
-from local.people import People, acting_as, ensure_people
+from local.people import People, acting_as, ensure_people, owner_actor
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.models import clear_classes
@@ -66,6 +67,9 @@ class DemoSettings:
         )
 
 
+DEMO_OWNER = "demo"
+
+
 @dataclass
 class Timings:
     stages: dict[str, float] = field(default_factory=dict)
@@ -88,7 +92,9 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         print(json.dumps(stack, indent=2))
     deployed = from_outputs(stack, region=aws.region())
     group = deployed.pipeline.package_group
+    owners.add(deployment.prefix, DEMO_OWNER, report=lambda line: None)  # fhe-deploy owner add demo
     people = ensure_people(deployment.prefix, stack)  # the last use of administrator credentials
+    client = owner_actor(DEMO_OWNER)
     with timings.stage("train and register (SageMaker pipeline)"), acting_as(people, "trainer"):
         package_arn = train_and_register(deployed.pipeline)
     with timings.stage("approve"), acting_as(people, "ml-ops"):
@@ -103,10 +109,10 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         work = Path(scratch)
         x, source = sample_records(settings.samples), work / "records.csv"
         common = [
-            "--bucket", stack["BundleBucketName"], "--group", group, "--home", str(work / "home"),
-            "--endpoint", deployment.endpoint_name,
+            "--owner", DEMO_OWNER, "--bucket", stack["BundleBucketName"], "--group", group,
+            "--home", str(work / "home"), "--endpoint", deployment.endpoint_name,
         ]  # fmt: skip
-        with timings.stage("client: keys, encrypt, drop"), acting_as(people, "client"):
+        with timings.stage("client: keys, encrypt, drop"), acting_as(people, client):
             keys = client_cli.answer(["keys", *common, "--quiet"])
             model = ClientModel.for_package(keys["model_package"], work / "home")
             write_records_csv(source, model.preprocessing.feature_names, x)
@@ -127,9 +133,9 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
             client_cli.answer(
                 ["submit", str(work / "bundle"), "--package-arn", keys["model_package"], *common, "--quiet"]
             )
-        with timings.stage("workflow (Step Functions → async endpoint → outbox)"), acting_as(people, "client"):
+        with timings.stage("workflow (Step Functions → async endpoint → outbox)"), acting_as(people, client):
             client_cli.answer(["wait", bundle["bundle_id"], "--timeout", "1800", *common, "--quiet"])
-        with timings.stage("client: decrypt"), acting_as(people, "client"):
+        with timings.stage("client: decrypt"), acting_as(people, client):
             client_cli.answer(
                 ["decrypt", bundle["bundle_id"], "--out", str(work / "predictions.csv"), *common, "--quiet"]
             )
@@ -141,7 +147,7 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
     agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
     with timings.stage("audit report"), acting_as(people, "auditor"):
         sfn = aws.client("stepfunctions")
-        arns = bundle_executions(sfn, stack["StateMachineArn"], bundle["bundle_id"])
+        arns = bundle_executions(sfn, stack["StateMachineArn"], bundle["bundle_id"], DEMO_OWNER)
         execution = sfn.describe_execution(executionArn=arns[0]) if arns else {}
         states = executed_states(sfn, execution["executionArn"]) if execution else []
         audit = audit_report.run(
@@ -177,6 +183,7 @@ def rollover(
     timings: Timings,
     people: People,
 ) -> dict[str, Any]:
+    client = owner_actor(DEMO_OWNER)
     """Retraining without stranding a batch owner: a new version served beside the first, a bundle for each
     delivered, then the first version retired once its bundles are done."""
     with timings.stage("retrain: a new version trained, approved and served beside the first"):
@@ -189,7 +196,7 @@ def rollover(
             f"endpoint {served['endpoint']} serves model version {served['version']}; served versions: "
             f"{', '.join(str(v) for v in served['served_versions'])}"
         )
-    with timings.stage("client: a bundle for each version, both delivered"), acting_as(people, "client"):
+    with timings.stage("client: a bundle for each version, both delivered"), acting_as(people, client):
         client_cli.answer(["keys", "--package-arn", second, *common, "--quiet"])  # beside version 1's keys
         delivered = {}
         for package in (first, second):

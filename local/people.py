@@ -6,8 +6,8 @@ through its profile:
 
     <prefix>-trainer    ML ops training: stage data, start and follow the pipeline, read what it made
     <prefix>-ml-ops     the endpoint creator's role: approve, deploy, retire, revoke
-    <prefix>-client     a batch owner's role
     <prefix>-auditor    the auditor's role
+    <prefix>-owner-<name>   each batch owner's role (``fhe-deploy owner add NAME``)
 
     fhe-local people --deployment fhe    make them (idempotent), print the exports that use them
 
@@ -25,14 +25,20 @@ from pathlib import Path
 from common import aws
 from common.deployment import read_outputs
 from common.environment import scoped_environment
+from infrastructure.owners import owners
 
-# Actor → the output naming its role.
+# Actor → the output naming its role; each batch owner is an actor too (owner_actor).
 ACTORS = {
     "trainer": "TrainerRoleArn",
     "ml-ops": "EndpointCreatorRoleArn",
-    "client": "ClientRoleArn",
     "auditor": "AuditorRoleArn",
 }
+
+
+def owner_actor(owner: str) -> str:
+    return f"owner-{owner}"
+
+
 _CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 
@@ -42,6 +48,11 @@ class People:
 
     prefix: str
     folder: Path
+    owners: tuple[str, ...] = ()
+
+    @property
+    def actors(self) -> list[str]:
+        return [*ACTORS, *(owner_actor(owner) for owner in self.owners)]
 
     @property
     def config_file(self) -> Path:
@@ -56,8 +67,8 @@ class People:
         return f"{self.prefix}-people"
 
     def profile(self, actor: str) -> str:
-        if actor not in ACTORS:
-            raise KeyError(f"no actor {actor!r} (known: {', '.join(ACTORS)})")
+        if actor not in self.actors:
+            raise KeyError(f"no actor {actor!r} (known: {', '.join(self.actors)})")
         return f"{self.prefix}-{actor}"
 
     def environment(self, actor: str) -> dict[str, str]:
@@ -76,12 +87,16 @@ def people_folder(prefix: str) -> Path:
 
 
 def ensure_people(prefix: str, outputs: Mapping[str, str] | None = None) -> People:
-    """The deployment's people: an IAM user allowed only ``sts:AssumeRole`` on the actor roles, its access key,
-    and the profiles. Needs administrator credentials (the local AWS's); run right after ``fhe-deploy up``."""
+    """The deployment's people: an IAM user allowed only ``sts:AssumeRole`` on the actor roles (the batch owners'
+    included), its access key, and the profiles. Needs administrator credentials (the local AWS's); run after
+    ``fhe-deploy up`` and again after each ``fhe-deploy owner add``."""
     outputs = outputs if outputs is not None else read_outputs(prefix)
-    people = People(prefix, people_folder(prefix))
+    owner_roles = owners(prefix)
+    people = People(prefix, people_folder(prefix), tuple(owner_roles))
     iam, user = aws.client("iam"), f"{prefix}-people"
-    roles = [outputs[name] for name in ACTORS.values()]
+    role_of = {actor: outputs[name] for actor, name in ACTORS.items()}
+    role_of.update({owner_actor(owner): arn for owner, arn in owner_roles.items()})
+    roles = list(role_of.values())
     with suppress(iam.exceptions.EntityAlreadyExistsException):
         iam.create_user(UserName=user)
     policy = {
@@ -100,9 +115,9 @@ def ensure_people(prefix: str, outputs: Mapping[str, str] | None = None) -> Peop
         }
     config = configparser.ConfigParser()
     config[f"profile {people.source_profile}"] = {"region": aws.region()}
-    for actor, output in ACTORS.items():
+    for actor, role in role_of.items():
         config[f"profile {people.profile(actor)}"] = {
-            "role_arn": outputs[output],
+            "role_arn": role,
             "source_profile": people.source_profile,
             "role_session_name": actor,
             "region": aws.region(),

@@ -12,8 +12,9 @@ clients trust through ``AWS_CA_BUNDLE`` (``local/tls.py``), and the local AWS en
     fhe-local env       print the environment variables that point clients at the local stack (with the local
                         AWS's administrator credentials, for fhe-deploy)
     fhe-local people --deployment PREFIX
-                        after fhe-deploy up: a profile per actor of the deployment (trainer, ml-ops, client,
-                        auditor), each assuming its role; prints the exports that leave the administrator behind
+                        after fhe-deploy up (and each fhe-deploy owner add): a profile per actor of the deployment
+                        (trainer, ml-ops, auditor, owner-<name> for each batch owner), each assuming its role;
+                        prints the exports that leave the administrator behind
     fhe-local down      stop both
 """
 
@@ -307,13 +308,13 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "env":
         print("\n".join(f"export {k}={v}" for k, v in client_environment().items()))
     elif args.command == "people":
-        from local.people import ACTORS, ensure_people
+        from local.people import ensure_people
 
         people = ensure_people(args.deployment)
         print("unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN")
         print(f"export AWS_CONFIG_FILE={people.config_file}")
         print(f"export AWS_SHARED_CREDENTIALS_FILE={people.credentials_file}")
-        profiles = ", ".join(people.profile(actor) for actor in ACTORS)
+        profiles = ", ".join(people.profile(actor) for actor in people.actors)
         print(f"# then, as an actor: AWS_PROFILE=<profile> <command>; profiles: {profiles}")
     else:
         raise SystemExit(0 if status() else 1)

@@ -1,7 +1,7 @@
 """The manifest of a bundle: its parts, its JSON form and the validator every role reads it through.
 
-A request bundle goes from the batch owner to the endpoint under ``inbox/<bundle id>/``; the result bundle
-mirrors it under ``outbox/<bundle id>/``.
+A request bundle goes from the batch owner to the endpoint under ``inbox/<owner>/<bundle id>/``; the result bundle
+mirrors it under ``outbox/<owner>/<bundle id>/``.
 """
 
 from __future__ import annotations

@@ -29,9 +29,14 @@ MAX_KEY_LENGTH = 512
 MAX_URI_LENGTH = 1100
 MAX_MESSAGE_BYTES = 64 * 1024  # a shard request or result
 
-# "keys" names the folder of evaluation keys under inbox/ (common/bundle_store.py), never a bundle.
+# "keys" names the folder of an owner's evaluation keys under inbox/<owner>/ (common/bundle_store.py), never a
+# bundle.
 BUNDLE_ID_PATTERN = r"(?!keys(?![A-Za-z0-9_-]))[A-Za-z0-9][A-Za-z0-9_-]{2,63}"
 BUNDLE_ID = re.compile(rf"^{BUNDLE_ID_PATTERN}$")
+# A batch owner: the first folder under inbox/, outbox/ and quarantine/, and the end of its role's name
+# (<prefix>-owner-<owner>, at most 64 characters with a 21-character prefix).
+OWNER_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?"
+OWNER = re.compile(rf"^{OWNER_PATTERN}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9._/-]+$")
 
@@ -47,6 +52,15 @@ class BundleError(ValueError):
 
     def to_dict(self) -> dict[str, str]:
         return {"field": self.field, "code": self.code, "message": str(self)}
+
+
+def check_owner(owner: str) -> str:
+    """``owner`` if it is a batch owner's name; else a BundleError that says what one is."""
+    if not OWNER.match(owner):
+        raise BundleError(
+            "owner", f"{owner!r}: a batch owner is 1 to 32 lowercase letters, digits or inner hyphens", "invalid_owner"
+        )
+    return owner
 
 
 def sha256_hex(data: bytes) -> str:

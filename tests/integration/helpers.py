@@ -41,6 +41,7 @@ STANDALONE_PIPELINE = PipelineSettings(
 )
 
 
+OWNER = "tests"  # the batch owner of the integration tests' bundles
 STANDALONE_BUNDLES = "fhe-batches-test"  # the inference path tests' bundle bucket
 STANDALONE_BUCKETS = (STANDALONE_PIPELINE.artifact_bucket, STANDALONE_BUNDLES)
 
@@ -88,7 +89,7 @@ class Served:
 
     @property
     def layout(self) -> BundleLayout:
-        return BundleLayout(self.outputs["BundleBucketName"])
+        return BundleLayout(self.outputs["BundleBucketName"], OWNER)
 
     @property
     def state_machine_arn(self) -> str:

@@ -33,7 +33,7 @@ from containers.training.data import sample_records
 from pipelines import runs
 from pipelines.approval import approve
 from pipelines.executions import runs_between
-from tests.integration.helpers import deploy_and_serve, deployment_for, drop, injected_faults, settle
+from tests.integration.helpers import OWNER, deploy_and_serve, deployment_for, drop, injected_faults, settle
 from tests.leaks import numbers_in_text, plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def _drop(model: ClientModel, x: npt.NDArray[np.float64], folder: Path, bundle_i
 
 @cache
 def _layout() -> BundleLayout:
-    return BundleLayout(read_outputs(DEPLOYMENT.prefix)["BundleBucketName"])
+    return BundleLayout(read_outputs(DEPLOYMENT.prefix)["BundleBucketName"], OWNER)
 
 
 def _audit(since: datetime, out: Path) -> dict[str, Any]:
@@ -130,6 +130,10 @@ def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Sc
     bundles = {b["bundle_id"]: b for b in report["bundles"]}
     assert set(bundles) == {"audit-good", "audit-missing-shard"}
     delivered, quarantined = bundles["audit-good"], bundles["audit-missing-shard"]
+    assert {(b["owner"], b["bundle"]) for b in bundles.values()} == {
+        (OWNER, f"{OWNER}/audit-good"),
+        (OWNER, f"{OWNER}/audit-missing-shard"),
+    }
     assert delivered["outcome"] == "delivered" and delivered["model_package_arn"] == scenario.package_arn
     assert delivered["model_package_version"] == int(scenario.package_arn.rsplit("/", 1)[1])
     assert (delivered["shards"], delivered["samples"]) == (2, 4)
@@ -143,7 +147,10 @@ def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Sc
     assert (quarantined["quarantine"]["code"], quarantined["quarantine"]["field"]) == ("missing_object", "shards[1]")
     assert "InferShards" not in quarantined["stages"] and quarantined["output_objects"] == []
     assert [o["sha256"] is None for o in quarantined["input_objects"]] == [False, False, True], "shard 1 is missing"
-    assert {i["bundle_id"] for i in report["inbox"]} == {"audit-good", "audit-missing-shard"}
+    assert {(i["owner"], i["bundle_id"]) for i in report["inbox"]} == {
+        (OWNER, "audit-good"),
+        (OWNER, "audit-missing-shard"),
+    }
 
 
 class _Tables(HTMLParser):
@@ -218,7 +225,7 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
 ) -> None:
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     machine = scenario.stack["StateMachineArn"]
-    slow = [{"input_contains": "requests/audit-revoked/", "delay_seconds": 6}]  # a slow endpoint
+    slow = [{"input_contains": f"requests/{OWNER}/audit-revoked/", "delay_seconds": 6}]  # a slow endpoint
     with injected_faults(scenario.endpoint, slow):
         _drop(scenario.model, scenario.x[8:12], scenario.folder, "audit-revoked", skip_shard=False)
         # Both shards sent: the invoke function checks the package after parking a shard and before sending it

@@ -43,7 +43,7 @@ from local.ports import free_port
 from local.sagemaker.runtime import Container, EngineRuntime, aws_environment
 from pipelines.models import clear_classes, download_model
 from tests.integration.conftest import running_stack
-from tests.integration.helpers import Served, deploy_and_serve, deployment_for, settle
+from tests.integration.helpers import OWNER, Served, deploy_and_serve, deployment_for, settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.images]
 
@@ -214,7 +214,7 @@ def test_ping_is_healthy(serving: Serving) -> None:
 
 def test_shard_request_decrypts_to_the_clear_model(image_stack: ImageStack, serving: Serving, tmp_path: Path) -> None:
     # A bucket of its own: the deployment's inbox would start the workflow on the same bundle.
-    s3, layout = aws.client("s3"), BundleLayout(DIRECT_BUCKET)
+    s3, layout = aws.client("s3"), BundleLayout(DIRECT_BUCKET, OWNER)
     ensure_bucket(s3, DIRECT_BUCKET)
     x = sample_records(SAMPLES)
     folder = tmp_path / "bundle"

@@ -22,8 +22,9 @@ from common.deployment import describe_stack
 from common.model_package import version_endpoint
 from common.settings import from_outputs
 from infrastructure import deployment as deploy
+from infrastructure import owners
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
-from local.people import ACTORS, acting_as, ensure_people
+from local.people import ACTORS, acting_as, ensure_people, owner_actor
 from pipelines import runs
 from pipelines.endpoint import configure_scaling
 from tests.declared import declared_resources
@@ -38,13 +39,15 @@ DEPLOYMENT = deploy.Deployment(
     retraining_schedule="rate(1 minute)",  # the shortest cadence, so the test sees it fire
     function_concurrency=1,
 )
+OWNER = "clinic-a"
 SCHEDULED_TIMEOUT = 200.0  # the scheduler ticks every 10 s; the first round is due a minute after creation
 
 
 @pytest.fixture(scope="module")
 def deployed(local_stack: dict[str, str]) -> Iterator[dict[str, str]]:
     outputs = deploy.up(DEPLOYMENT, report=lambda line: None)
-    yield outputs
+    owner = owners.add(DEPLOYMENT.prefix, OWNER, report=lambda line: None)
+    yield {**outputs, "OwnerRoleArn": owner["OwnerRoleArn"]}
     deploy.down(DEPLOYMENT, delete_data=True, report=lambda line: None)
 
 
@@ -121,26 +124,27 @@ def test_the_deployed_roles_grant_what_the_policy_tests_expect(deployed: dict[st
         f"arn:aws:s3:::{deployed[k]}" for k in ("DataBucketName", "ModelBucketName", "BundleBucketName")
     )
     run = "pipelines/fhe-deploy-test-training/e1"
-    client, endpoint = deployed["ClientRoleArn"], deployed["EndpointRoleArn"]
+    client, endpoint = deployed["OwnerRoleArn"], deployed["EndpointRoleArn"]
     assert _decisions(
-        client, "s3:GetObject", [f"{bundles}/outbox/b/manifest.json", f"{models}/{run}/client/client.zip"]
+        client, "s3:GetObject", [f"{bundles}/outbox/{OWNER}/b/manifest.json", f"{models}/{run}/client/client.zip"]
     ) == {
-        f"{bundles}/outbox/b/manifest.json": "allowed",
+        f"{bundles}/outbox/{OWNER}/b/manifest.json": "allowed",
         f"{models}/{run}/client/client.zip": "allowed",
     }
     refused = [
         f"{data}/datasets/d.csv",
         f"{models}/{run}/model/j/output/model.tar.gz",
         f"{models}/{run}/model/server.zip",
+        f"{bundles}/outbox/clinic-b/b/manifest.json",
     ]
     assert set(_decisions(client, "s3:GetObject", refused).values()) == {"implicitDeny"}
-    assert _decisions(client, "s3:PutObject", [f"{bundles}/inbox/b/manifest.json"]) == {
-        f"{bundles}/inbox/b/manifest.json": "allowed"
+    assert _decisions(client, "s3:PutObject", [f"{bundles}/inbox/{OWNER}/b/manifest.json"]) == {
+        f"{bundles}/inbox/{OWNER}/b/manifest.json": "allowed"
     }
-    assert set(
-        _decisions(endpoint, "s3:PutObject", [f"{bundles}/inbox/b/s.fhe", f"{bundles}/inbox/keys/k.ekey"]).values()
-    ) == {"implicitDeny"}
-    assert set(_decisions(endpoint, "s3:PutObject", [f"{bundles}/outbox/b/shards/00000.out"]).values()) == {"allowed"}
+    inbox = [f"{bundles}/inbox/{OWNER}/b/s.fhe", f"{bundles}/inbox/{OWNER}/keys/k.ekey"]
+    assert set(_decisions(endpoint, "s3:PutObject", inbox).values()) == {"implicitDeny"}
+    result = [f"{bundles}/outbox/{OWNER}/b/shards/00000.out"]
+    assert set(_decisions(endpoint, "s3:PutObject", result).values()) == {"allowed"}
     assert set(_decisions(endpoint, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"implicitDeny"}
     model_creator = deployed["ModelCreatorRoleArn"]
     assert set(_decisions(model_creator, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"allowed"}
@@ -163,10 +167,11 @@ def test_the_local_stack_enforces_each_roles_policy_over_tls_only(deployed: dict
     bundles, models = deployed["BundleBucketName"], deployed["ModelBucketName"]
     endpoint = aws.role_session(deployed["EndpointRoleArn"], "SageMaker")
     s3 = endpoint.client("s3")
-    s3.put_object(Bucket=bundles, Key="outbox/probe/shards/00000.out", Body=b"ciphertext stand-in")  # granted
-    assert _refused(s3.put_object, Bucket=bundles, Key="inbox/probe/manifest.json", Body=b"{}") == "AccessDenied"
+    s3.put_object(Bucket=bundles, Key=f"outbox/{OWNER}/probe/shards/00000.out", Body=b"stand-in")  # granted
+    for key in (f"inbox/{OWNER}/probe/manifest.json", f"inbox/{OWNER}/keys/{'a' * 64}.ekey"):
+        assert _refused(s3.put_object, Bucket=bundles, Key=key, Body=b"{}") == "AccessDenied", key
     assert _refused(endpoint.client("sagemaker").list_endpoints) == "AccessDeniedException"
-    client = aws.role_session(deployed["ClientRoleArn"], "owner")
+    client = aws.role_session(deployed["OwnerRoleArn"], "owner")
     run = f"pipelines/{DEPLOYMENT.pipeline_name}/e1"
     assert _refused(client.client("s3").get_object, Bucket=models, Key=f"{run}/model/server.zip") == "AccessDenied"
     data = deployed["DataBucketName"]
@@ -176,20 +181,26 @@ def test_the_local_stack_enforces_each_roles_policy_over_tls_only(deployed: dict
     # evaluate the encryption condition keys, so tests/unit/test_policies.py keeps answering that one.
     auditor = aws.role_session(deployed["AuditorRoleArn"], "auditor").client("s3")
     assert auditor.list_objects_v2(Bucket=bundles, Prefix="outbox/")["KeyCount"] >= 1  # reads the sources
-    assert _refused(auditor.put_object, Bucket=bundles, Key="outbox/probe/manifest.json", Body=b"{}") == "AccessDenied"
+    for key in (f"outbox/{OWNER}/probe/manifest.json", f"quarantine/{OWNER}/probe/reason.json"):
+        assert _refused(auditor.put_object, Bucket=bundles, Key=key, Body=b"{}") == "AccessDenied", key
 
 
 def test_each_actor_works_under_its_own_role_and_no_other(deployed: dict[str, str]) -> None:
     """The deployment's people (local/people.py): each actor's profile assumes its role, and its identity may
     assume nothing else: a role whose trust policy does not allow it is refused, naming sts:AssumeRole."""
     people = ensure_people(DEPLOYMENT.prefix, deployed)
-    for actor, output in ACTORS.items():
+    roles = {
+        **{actor: deployed[output] for actor, output in ACTORS.items()},
+        owner_actor(OWNER): deployed["OwnerRoleArn"],
+    }
+    assert set(people.actors) == set(roles)
+    for actor, role_arn in roles.items():
         with acting_as(people, actor):
             arn = aws.client("sts").get_caller_identity()["Arn"]
-            role = deployed[output].rsplit("/", 1)[1]
+            role = role_arn.rsplit("/", 1)[1]
             assert arn.startswith(f"arn:aws:sts::000000000000:assumed-role/{role}/"), (actor, arn)
             assert "AWS_ACCESS_KEY_ID" not in os.environ
-    with acting_as(people, "client"):  # the people's own identity, through their profile files
+    with acting_as(people, owner_actor(OWNER)):  # the people's own identity, through their profile files
         source = boto3.Session(profile_name=people.source_profile)
         with pytest.raises(ClientError, match=r"not authorized to perform: sts:AssumeRole"):
             source.client("sts").assume_role(RoleArn=deployed["EndpointRoleArn"], RoleSessionName="intruder")
@@ -208,7 +219,7 @@ def test_each_actor_works_under_its_own_role_and_no_other(deployed: dict[str, st
     with pytest.raises(ClientError, match=r"sts:AssumeRole") as refused:
         anyone.client("sts").assume_role(RoleArn=deployed["EndpointRoleArn"], RoleSessionName="intruder")
     assert refused.value.response["Error"]["Code"] == "AccessDenied"
-    anyone.client("sts").assume_role(RoleArn=deployed["ClientRoleArn"], RoleSessionName="owner")  # trusted: the account
+    anyone.client("sts").assume_role(RoleArn=deployed["OwnerRoleArn"], RoleSessionName="owner")  # trusted: the account
 
 
 def test_the_schedule_starts_the_pipeline(deployed: dict[str, str]) -> None:
@@ -255,7 +266,7 @@ def test_teardown_keeps_the_data_unless_asked(deployed: dict[str, str]) -> None:
     assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"]
     result = deploy.down(DEPLOYMENT, report=lambda line: None)
     assert result == {
-        "deleted": [DEPLOYMENT.product_stack],
+        "deleted": [f"{DEPLOYMENT.prefix}-owner-{OWNER}", DEPLOYMENT.product_stack],  # the owners' roles go too
         "kept": [DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack],
     }
     assert (

@@ -35,7 +35,7 @@ from local import stack
 from pipelines import runs
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
-from tests.integration.helpers import STANDALONE_BUNDLES, STANDALONE_PIPELINE, ensure_standalone_role
+from tests.integration.helpers import OWNER, STANDALONE_BUNDLES, STANDALONE_PIPELINE, ensure_standalone_role
 from tests.leaks import plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
@@ -131,14 +131,14 @@ def _notifications(deployment: Deployment, inference_ids: set[str]) -> dict[str,
 def _invoke_shards(deployment: Deployment, manifest: Manifest, indexes: list[int] | None = None) -> dict[int, Any]:
     """What the workflow does per shard: a shard request object, then InvokeEndpointAsync."""
     s3, runtime = aws.client("s3"), aws.client("sagemaker-runtime")
-    layout = BundleLayout(BUCKET)
+    layout = BundleLayout(BUCKET, OWNER)
     manifest_uri = layout.request_manifest(manifest.bundle_id)
     ids = {}
     for index in indexes if indexes is not None else [s.index for s in manifest.shards]:
         request = ShardRequest(
             str(manifest_uri), index, str(layout.result_prefix(manifest.bundle_id).join(f"shards/{index:05d}.out"))
         )
-        key = f"requests/{manifest.bundle_id}/{index:05d}.json"
+        key = f"requests/{OWNER}/{manifest.bundle_id}/{index:05d}.json"
         s3.put_object(Bucket=BUCKET, Key=key, Body=request.to_json())
         response = runtime.invoke_endpoint_async(
             EndpointName=deployment.endpoint["endpoint"],
@@ -200,16 +200,16 @@ def batch(deployment: Deployment, home: Path, tmp_path_factory: pytest.TempPathF
     counter = PutCounter(s3)
     model = fetch_model(aws.client("sagemaker"), s3, group=GROUP, home=home)
     assert model.ref.package_arn == deployment.package_arn
-    _, uploaded = upload_evaluation_key(s3, BundleLayout(BUCKET), model, ensure_keys(model))
+    _, uploaded = upload_evaluation_key(s3, BundleLayout(BUCKET, OWNER), model, ensure_keys(model))
     assert uploaded
     x = _breast_cancer_rows()
     folder = tmp_path_factory.mktemp("bundle")
     manifest = encrypt_rows(model, x, folder, shard_size=SHARD_SIZE, progress=False)
-    submit(s3, BundleLayout(BUCKET), folder, progress=False)
+    submit(s3, BundleLayout(BUCKET, OWNER), folder, progress=False)
     notifications = _invoke_shards(deployment, manifest)
     assert all(n["invocationStatus"] == "Completed" for n in notifications.values()), notifications
     results = [parse_shard_result(_read(n["responseParameters"]["outputLocation"])) for n in notifications.values()]
-    layout = BundleLayout(BUCKET)
+    layout = BundleLayout(BUCKET, OWNER)
     request_bytes = _read(str(layout.request_manifest(manifest.bundle_id)))
     answer = result_manifest(manifest, sha256_hex(request_bytes), layout.result_prefix(manifest.bundle_id), results)
     result_uri = write_result_manifest(s3, layout, answer).uri
@@ -258,10 +258,10 @@ def test_second_bundle_with_the_same_keys_uploads_no_key_bytes(
 ) -> None:
     s3 = aws.client("s3")
     counter = PutCounter(s3)
-    key, uploaded = upload_evaluation_key(s3, BundleLayout(BUCKET), batch.model, ensure_keys(batch.model))
+    key, uploaded = upload_evaluation_key(s3, BundleLayout(BUCKET, OWNER), batch.model, ensure_keys(batch.model))
     assert not uploaded and key.sha256 == batch.manifest.evaluation_key.sha256
     manifest = encrypt_rows(batch.model, batch.x[:10], tmp_path / "b", shard_size=5, progress=False)
-    submit(s3, BundleLayout(BUCKET), tmp_path / "b", progress=False)
+    submit(s3, BundleLayout(BUCKET, OWNER), tmp_path / "b", progress=False)
     shard_bytes = sum(s.size for s in manifest.shards)
     manifest_bytes = len((tmp_path / "b" / MANIFEST_NAME).read_bytes())
     assert counter.bytes == shard_bytes + manifest_bytes  # shards and manifest, not one key byte
@@ -313,13 +313,13 @@ def _resubmit(batch: Batch, bundle_id: str) -> Manifest:
     entry = batch.manifest.shards[0]
     manifest = replace(batch.manifest, bundle_id=bundle_id, shards=(entry,))
     shard = (batch.folder / entry.key).read_bytes()
-    put_bundle(aws.client("s3"), BundleLayout(BUCKET).request_prefix(bundle_id), manifest, lambda _: shard)
+    put_bundle(aws.client("s3"), BundleLayout(BUCKET, OWNER).request_prefix(bundle_id), manifest, lambda _: shard)
     return manifest
 
 
 def _put_unchecked(bundle_id: str, manifest: Manifest, shard: bytes) -> None:
     """Write a bundle whose shard does not match its manifest (put_bundle would refuse it)."""
-    prefix = BundleLayout(BUCKET).request_prefix(bundle_id)
+    prefix = BundleLayout(BUCKET, OWNER).request_prefix(bundle_id)
     s3 = aws.client("s3")
     s3.put_object(Bucket=BUCKET, Key=prefix.join(manifest.shards[0].key).key, Body=shard)
     s3.put_object(Bucket=BUCKET, Key=prefix.join(MANIFEST_NAME).key, Body=manifest.to_json())

@@ -28,7 +28,7 @@ from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.retirement import RetirementError, retire, revoke, routed_endpoint, running_bundles
 from pipelines.runs import train_and_register
-from tests.integration.helpers import Served, deploy_and_serve, deployment_for, drop, injected_faults, settle
+from tests.integration.helpers import OWNER, Served, deploy_and_serve, deployment_for, drop, injected_faults, settle
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
         time.sleep(2)
 
     # The batch owner sees both versions served and which its keys are for, and is told a newer one is served.
-    common = ["--bucket", served.layout.bucket, "--group", DEPLOYMENT.package_group, "--endpoint",
+    common = ["--owner", OWNER, "--bucket", served.layout.bucket, "--group", DEPLOYMENT.package_group, "--endpoint",
               DEPLOYMENT.endpoint_name, "--quiet"]  # fmt: skip
     listed = client_cli.answer(["versions", *common, "--home", str(tmp_path / "home-1")])
     assert [(v["version"], v["local_keys"]) for v in listed["served"]] == [(1, True), (2, False)], listed
@@ -109,7 +109,7 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     assert keys["newer_version_served"] == 2 and "model version 2 is served" in capsys.readouterr().err
 
     # Retiring version 1 while one of its bundles runs: refused naming it, then waited for; the bundle completes.
-    with injected_faults(served.endpoint, [{"input_contains": "requests/running-v1/", "delay_seconds": 8}]):
+    with injected_faults(served.endpoint, [{"input_contains": f"requests/{OWNER}/running-v1/", "delay_seconds": 8}]):
         drop(served.layout, owner_1, x[:2], tmp_path / "running-v1", shard_size=1)
         sfn, deadline = aws.client("stepfunctions"), time.monotonic() + 120
         while "running-v1" not in running_bundles(sfn, served.state_machine_arn, served.endpoint):
@@ -158,7 +158,9 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     invoker = next(f for f in served.outputs["FunctionNames"].split(",") if f.endswith("-invoke-shard"))
     mapping = lambdas.list_event_source_mappings(FunctionName=invoker)["EventSourceMappings"][0]
     shard_queue = sqs.get_queue_url(QueueName=mapping["EventSourceArn"].rsplit(":", 1)[1])["QueueUrl"]
-    with injected_faults(deployed["endpoint"], [{"input_contains": "requests/revoked-v2/", "delay_seconds": 60}]):
+    with injected_faults(
+        deployed["endpoint"], [{"input_contains": f"requests/{OWNER}/revoked-v2/", "delay_seconds": 60}]
+    ):
         drop(served.layout, owner_2, x[:1], tmp_path / "revoked-v2", shard_size=1)
         deadline = time.monotonic() + 120
         while not waiting_shards(dynamodb, table, deployed["endpoint"]):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from botocore.exceptions import ClientError
 
 from client.decrypt import decrypt_result
 from client.encrypt import encrypt_rows
@@ -26,11 +27,11 @@ from common.bundle.manifest import Manifest, ModelRef, shard_key
 from common.bundle.schema import MANIFEST_NAME, MAX_SHARDS
 from common.bundle_store import BundleLayout, object_exists
 from common.deployment import read_outputs
-from common.workflow import bundle_executions, bundle_of_execution, executed_states
+from common.workflow import bundle_executions, executed_states, execution_bundle
 from containers.training.data import sample_records
 from pipelines.models import clear_classes
 from tests import limits
-from tests.integration.helpers import deploy_and_serve, deployment_for, drop, injected_faults, settle
+from tests.integration.helpers import OWNER, deploy_and_serve, deployment_for, drop, injected_faults, settle
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ DEPLOYMENT = deployment_for(
 
 @cache
 def _layout() -> BundleLayout:
-    return BundleLayout(read_outputs(DEPLOYMENT.prefix)["BundleBucketName"])
+    return BundleLayout(read_outputs(DEPLOYMENT.prefix)["BundleBucketName"], OWNER)
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _assert_quarantined(w: Workflow, bundle_id: str, execution: dict[str, Any], 
     assert reason["inbox_objects"] == inbox
     assert not object_exists(aws.client("s3"), _layout().result_manifest(bundle_id))
     [event] = _events(w, bundle_id, "Bundle Quarantined")
-    assert event["detail"]["reason_uri"].endswith(f"quarantine/{bundle_id}/reason.json")
+    assert event["detail"]["reason_uri"].endswith(f"quarantine/{OWNER}/{bundle_id}/reason.json")
     return reason
 
 
@@ -224,7 +225,7 @@ def test_a_burst_of_six_bundles_scales_out_to_two_instances_and_all_complete(wor
     bundles = [f"scale-out-{i}" for i in range(6)]
     # Each shard holds its instance a second, so a backlog builds however fast the shards arrive (with IAM
     # enforced, every call's authorization slows their arrival, and one instance kept up with them).
-    slow = [{"input_contains": "requests/scale-out-", "delay_seconds": 1}]
+    slow = [{"input_contains": f"requests/{OWNER}/scale-out-", "delay_seconds": 1}]
     with injected_faults(workflow.endpoint, slow), InstanceWatch(workflow.endpoint) as watch:
         for i, bundle_id in enumerate(bundles):
             _drop(workflow, bundle_id, slice(8 * i, 8 * i + 8), shard_size=1)
@@ -285,6 +286,8 @@ def test_client_cli_run_from_csv_to_predictions_through_the_workflow(
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "predictions.csv"
     arguments = [
+        "--owner",
+        OWNER,
         "--bucket",
         _layout().bucket,
         "--group",
@@ -305,7 +308,7 @@ def test_client_cli_run_from_csv_to_predictions_through_the_workflow(
 def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: Workflow) -> None:
     _receive(workflow.s3_events_queue)  # earlier bundles' events
     _drop(workflow, "dropped-twice", slice(0, 8), shard_size=4)
-    manifest_key = f"inbox/dropped-twice/{MANIFEST_NAME}"
+    manifest_key = f"inbox/{OWNER}/dropped-twice/{MANIFEST_NAME}"
     deadline, created = time.monotonic() + 30, None
     while created is None and time.monotonic() < deadline:
         created = next(
@@ -333,12 +336,12 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
     time.sleep(3.0)
     assert len(bundle_executions(aws.client("stepfunctions"), workflow.stack["StateMachineArn"], "dropped-twice")) == 1
     assert len(_events(workflow, "dropped-twice", "Bundle Completed")) == 1
-    outbox = s3.list_objects_v2(Bucket=_layout().bucket, Prefix="outbox/dropped-twice/")["Contents"]
-    assert [o["Key"] for o in outbox].count(f"outbox/dropped-twice/{MANIFEST_NAME}") == 1
+    outbox = s3.list_objects_v2(Bucket=_layout().bucket, Prefix=f"outbox/{OWNER}/dropped-twice/")["Contents"]
+    assert [o["Key"] for o in outbox].count(f"outbox/{OWNER}/dropped-twice/{MANIFEST_NAME}") == 1
 
 
 def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(workflow: Workflow) -> None:
-    with injected_faults(workflow.endpoint, [{"input_contains": "requests/retry-once/", "fail_first": 1}]):
+    with injected_faults(workflow.endpoint, [{"input_contains": f"requests/{OWNER}/retry-once/", "fail_first": 1}]):
         _drop(workflow, "retry-once", slice(8, 16), shard_size=4)
         execution = _settle(workflow, "retry-once")
     assert execution["status"] == "SUCCEEDED", execution
@@ -348,13 +351,15 @@ def test_a_shard_failing_its_first_attempt_is_retried_and_the_bundle_completes(w
 
 
 def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow: Workflow) -> None:
-    with injected_faults(workflow.endpoint, [{"input_contains": "requests/always-fails/00001", "fail_first": 1000}]):
+    with injected_faults(
+        workflow.endpoint, [{"input_contains": f"requests/{OWNER}/always-fails/00001", "fail_first": 1000}]
+    ):
         _drop(workflow, "always-fails", slice(16, 24), shard_size=4)
         execution = _settle(workflow, "always-fails")
     inbox = [
-        f"inbox/always-fails/{MANIFEST_NAME}",
-        "inbox/always-fails/shards/00000.fhe",
-        "inbox/always-fails/shards/00001.fhe",
+        f"inbox/{OWNER}/always-fails/{MANIFEST_NAME}",
+        f"inbox/{OWNER}/always-fails/shards/00000.fhe",
+        f"inbox/{OWNER}/always-fails/shards/00001.fhe",
     ]
     reason = _assert_quarantined(workflow, "always-fails", execution, inbox)
     assert reason["stage"] == "infer" and reason["shard"] == 1 and reason["code"] == "endpoint_failed", reason
@@ -389,15 +394,15 @@ def test_a_bundle_over_the_workflows_limits_is_quarantined_at_validate_naming_th
     shards = tuple(replace(entry, index=i, key=shard_key(i)) for i in range(MAX_SHARDS + 1))
     s3, layout = aws.client("s3"), _layout()
     body = replace(manifest, shards=shards).to_json()
-    s3.put_object(Bucket=layout.bucket, Key=f"inbox/{bundle_id}/{MANIFEST_NAME}", Body=body)
+    s3.put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", Body=body)
     execution = _settle(workflow, bundle_id)
-    reason = _assert_quarantined(workflow, bundle_id, execution, [f"inbox/{bundle_id}/{MANIFEST_NAME}"])
+    reason = _assert_quarantined(workflow, bundle_id, execution, [f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}"])
     assert (reason["stage"], reason["field"], reason["code"]) == ("validate", "shards", "too_large"), reason
     assert f"limit of {MAX_SHARDS} shards" in reason["message"], reason
 
 
 def _shard_requests(bundle_id: str) -> list[str]:
-    listed = aws.client("s3").list_objects_v2(Bucket=_layout().bucket, Prefix=f"requests/{bundle_id}/")
+    listed = aws.client("s3").list_objects_v2(Bucket=_layout().bucket, Prefix=f"requests/{OWNER}/{bundle_id}/")
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
@@ -413,7 +418,7 @@ def test_a_bad_bundle_is_quarantined_before_any_endpoint_invocation(workflow: Wo
     if case == "missing_shard":
         shards = shards[:1]
     for key in shards:
-        s3.put_object(Bucket=layout.bucket, Key=f"inbox/{bundle_id}/{key}", Body=(folder / key).read_bytes())
+        s3.put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{key}", Body=(folder / key).read_bytes())
     if case == "malformed_manifest":
         body = b'{"format": "fhe-batch-bundle", "format_version": 1, "kind": "request", "bundle_id": '
     elif case == "wrong_model_version":
@@ -421,9 +426,9 @@ def test_a_bad_bundle_is_quarantined_before_any_endpoint_invocation(workflow: Wo
         body = replace(manifest, model=ModelRef(other, manifest.model.package_group, 99)).to_json()
     else:
         body = manifest.to_json()
-    s3.put_object(Bucket=layout.bucket, Key=f"inbox/{bundle_id}/{MANIFEST_NAME}", Body=body)
+    s3.put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", Body=body)
     execution = _settle(workflow, bundle_id)
-    inbox = sorted([f"inbox/{bundle_id}/{MANIFEST_NAME}", *(f"inbox/{bundle_id}/{k}" for k in shards)])
+    inbox = sorted([f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", *(f"inbox/{OWNER}/{bundle_id}/{k}" for k in shards)])
     reason = _assert_quarantined(workflow, bundle_id, execution, inbox)
     expected = {
         "malformed_manifest": ("not_json", "manifest"),
@@ -532,7 +537,93 @@ def test_no_execution_ended_without_a_result_or_a_quarantine_record(workflow: Wo
     ended = [e for page in pages for e in page["executions"] if e["status"] != "RUNNING"]
     assert len(ended) > 20, "the module's bundles"
     for execution in ended:
-        bundle_id = bundle_of_execution(execution["name"])
-        record = _layout().result_manifest(bundle_id) if execution["status"] == "SUCCEEDED" else None
-        record = record or _layout().quarantine_reason(bundle_id)
+        bundle = execution_bundle(sfn, execution["executionArn"])  # of any owner
+        record = bundle.layout.result_manifest(bundle.bundle_id) if execution["status"] == "SUCCEEDED" else None
+        record = record or bundle.layout.quarantine_reason(bundle.bundle_id)
         assert object_exists(s3, record), (execution["name"], execution["status"], str(record))
+
+
+def _denied(call: Any, **kwargs: Any) -> str:
+    """The error code of a call the local AWS must refuse."""
+    with pytest.raises(ClientError) as refused:
+        call(**kwargs)
+    return str(refused.value.response["Error"]["Code"])
+
+
+def _first_key(s3: Any, bucket: str, suffix: str, prefix: str = "") -> str:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return str(next(o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(suffix)))
+
+
+def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path: Path) -> None:
+    """Two owners (fhe-deploy owner add), each working under its own role through the people's profiles, on the
+    local AWS that enforces IAM: both use the same bundle id, both are delivered; owner A's credentials are refused
+    B's result, B's listing, a manifest under B's bundle id, server.zip and the training data (AccessDenied), and
+    B's result is untouched by it all."""
+    from client import cli as client_cli
+    from containers.training.data import write_records_csv
+    from infrastructure import owners
+    from local.people import acting_as, ensure_people, owner_actor
+
+    for owner in ("clinic-a", "clinic-b"):
+        owners.add(DEPLOYMENT.prefix, owner, report=lambda line: None)  # administrator: fhe-deploy owner add
+    assert set(owners.owners(DEPLOYMENT.prefix)) >= {"clinic-a", "clinic-b"}
+    admin = aws.client("s3")
+    models, data = workflow.stack["ModelBucketName"], workflow.stack["DataBucketName"]
+    # server.zip reaches S3 only inside the model artifact (model.tar.gz); the client artifacts leave it out.
+    server_zip, training_data = _first_key(admin, models, "/model.tar.gz"), _first_key(admin, data, ".csv")
+    people = ensure_people(DEPLOYMENT.prefix, workflow.stack)  # the last administrator call of this test
+    rows = {"clinic-a": slice(40, 43), "clinic-b": slice(43, 47)}
+    delivered = {}
+    for owner, picked in rows.items():
+        source = write_records_csv(
+            tmp_path / f"{owner}.csv", workflow.model.preprocessing.feature_names, workflow.x[picked]
+        )
+        home = str(tmp_path / f"home-{owner}")
+        arguments = ["--owner", owner, "--bucket", _layout().bucket, "--group", DEPLOYMENT.package_group,
+                     "--home", home, "--endpoint", DEPLOYMENT.endpoint_name, "--quiet"]  # fmt: skip
+        with acting_as(people, owner_actor(owner)):
+            delivered[owner] = client_cli.answer(
+                [
+                    "run",
+                    str(source),
+                    "--out",
+                    str(tmp_path / f"{owner}.out.csv"),
+                    "--bundle-id",
+                    "same-id",
+                    "--timeout",
+                    "300",
+                    *arguments,
+                ]
+            )
+        predicted = [line.split(",")[1] for line in (tmp_path / f"{owner}.out.csv").read_text().splitlines()[1:]]
+        assert predicted == workflow.expected[picked], owner
+        assert delivered[owner]["manifest"] == f"s3://{_layout().bucket}/inbox/{owner}/same-id/{MANIFEST_NAME}"
+    b_result = BundleLayout(_layout().bucket, "clinic-b").result_manifest("same-id")
+    with acting_as(people, owner_actor("clinic-b")):
+        before = aws.client("s3").get_object(Bucket=b_result.bucket, Key=b_result.key)["Body"].read()
+    bucket = _layout().bucket
+    with acting_as(people, owner_actor("clinic-a")):
+        s3 = aws.client("s3")
+        assert s3.list_objects_v2(Bucket=bucket, Prefix="outbox/clinic-a/")["KeyCount"] > 0  # its own: granted
+        refused = {
+            "read B's result": _denied(s3.get_object, Bucket=bucket, Key=b_result.key),
+            "list B's prefix": _denied(s3.list_objects_v2, Bucket=bucket, Prefix="outbox/clinic-b/"),
+            "list B's inbox": _denied(s3.list_objects_v2, Bucket=bucket, Prefix="inbox/clinic-b/"),
+            "put a manifest under B's bundle id": _denied(
+                s3.put_object, Bucket=bucket, Key=f"inbox/clinic-b/same-id/{MANIFEST_NAME}", Body=b"{}"
+            ),
+            "read server.zip": _denied(s3.get_object, Bucket=models, Key=server_zip),
+            "read training data": _denied(s3.get_object, Bucket=data, Key=training_data),
+        }
+    assert set(refused.values()) == {"AccessDenied"}, refused
+    with acting_as(people, owner_actor("clinic-b")):
+        after = aws.client("s3").get_object(Bucket=b_result.bucket, Key=b_result.key)["Body"].read()
+    assert after == before, "B's result is untouched"
+    # Each execution ran its own owner's bundle; asked for one owner's, only that one's is found.
+    sfn = aws.client("stepfunctions")
+    ran = bundle_executions(sfn, workflow.stack["StateMachineArn"], "same-id")
+    assert sorted(execution_bundle(sfn, arn).owner for arn in ran) == ["clinic-a", "clinic-b"]
+    assert bundle_executions(sfn, workflow.stack["StateMachineArn"], "same-id", "clinic-b") == [
+        arn for arn in ran if execution_bundle(sfn, arn).owner == "clinic-b"
+    ]

@@ -12,6 +12,7 @@ from moto import mock_aws
 from common import aws
 
 UNIT_BUCKET = "fhe-batches-unit"
+UNIT_OWNER = "clinic-a"  # the batch owner of the unit tests' bundles
 # Where a local stack's clients are pointed: a unit test never reaches a server, not even the stack an integration
 # test of the same session still runs (its session fixture stops it only at the end).
 _STACK_SETTINGS = (

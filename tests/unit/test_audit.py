@@ -46,6 +46,7 @@ def test_an_intact_chain_has_no_problem_and_each_kind_of_tampering_is_named() ->
 
 def _bundle(**changes: Any) -> dict[str, Any]:
     bundle = {
+        "owner": "clinic-a",
         "bundle_id": "b-1",
         "status": "SUCCEEDED",
         "outcome": "delivered",
@@ -63,7 +64,8 @@ def _bundle(**changes: Any) -> dict[str, Any]:
         "input_objects": [],
         "output_objects": [],
     }
-    return {**bundle, **changes}
+    changed = {**bundle, **changes}
+    return {**changed, "bundle": f"{changed['owner']}/{changed['bundle_id']}"}
 
 
 def _decision(seq: int, seconds: int, status: str) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def test_serving_is_checked_against_the_approval_at_that_time() -> None:
     rejected_during = [*approved_before, _decision(2, 10, "Rejected")]
     registry = {PACKAGE: {"status": "Rejected", "last_modified": (T0 + timedelta(seconds=10)).isoformat()}}
     [failure] = checks.served_while_approved([_bundle()], rejected_during, registry).failures
-    assert "bundle b-1" in failure and PACKAGE in failure and "Rejected" in failure
+    assert "bundle clinic-a/b-1" in failure and PACKAGE in failure and "Rejected" in failure
     # Rejected while served, the revocation stopping it (quarantined, no result): served while Approved only.
     stopped = _bundle(status="FAILED", outcome="quarantined", quarantine={"stage": "infer", "code": "model_revoked"})
     assert checks.served_while_approved([stopped], rejected_during, registry).ok
@@ -109,28 +111,30 @@ def test_result_versions_and_model_must_match() -> None:
 
 def test_every_inbox_manifest_needs_a_result_or_a_quarantine_record() -> None:
     manifests = [
-        {"bundle_id": "done", "dropped": T0.isoformat(), "result": True, "quarantine": False},
-        {"bundle_id": "bad", "dropped": T0.isoformat(), "result": False, "quarantine": True},
-        {"bundle_id": "busy", "dropped": T0.isoformat(), "result": False, "quarantine": False},
-        {"bundle_id": "lost", "dropped": T0.isoformat(), "result": False, "quarantine": False},
+        {"bundle": f"clinic-a/{name}", "dropped": T0.isoformat(), "result": result, "quarantine": quarantine}
+        for name, result, quarantine in [("done", True, False), ("bad", False, True), ("busy", False, False)]
     ]
+    # Another owner's bundle of the same id as a running one is not running.
+    manifests += [{"bundle": "clinic-b/busy", "dropped": T0.isoformat(), "result": False, "quarantine": False}]
     check = checks.inbox_accounted_for(manifests, [_bundle(bundle_id="busy", status="RUNNING")])
-    assert len(check.failures) == 1 and "bundle lost" in check.failures[0]
-    assert check.notes == ["bundle busy is still running"]
+    assert len(check.failures) == 1 and "bundle clinic-b/busy" in check.failures[0]
+    assert check.notes == ["bundle clinic-a/busy is still running"]
 
 
 def test_a_record_changed_after_it_was_written_or_never_recorded_is_named() -> None:
-    body = {"kind": "bundle_completed", "subject": "b-1", "detail": {"result_manifest_sha256": "a" * 64}}
+    body = {"kind": "bundle_completed", "subject": "clinic-a/b-1", "detail": {"result_manifest_sha256": "a" * 64}}
     records = [AuditRecord.next_after(None, body)]
-    assert checks.audit_log_unaltered(records, [_bundle()], {"b-1": {"result_manifest": "a" * 64}}).ok
-    [failure] = checks.audit_log_unaltered(records, [_bundle()], {"b-1": {"result_manifest": "b" * 64}}).failures
+    assert checks.audit_log_unaltered(records, [_bundle()], {"clinic-a/b-1": {"result_manifest": "a" * 64}}).ok
+    [failure] = checks.audit_log_unaltered(
+        records, [_bundle()], {"clinic-a/b-1": {"result_manifest": "b" * 64}}
+    ).failures
     assert "b-1" in failure and "altered" in failure and "audit record 1" in failure
-    [failure] = checks.audit_log_unaltered([], [_bundle()], {"b-1": {"result_manifest": "a" * 64}}).failures
+    [failure] = checks.audit_log_unaltered([], [_bundle()], {"clinic-a/b-1": {"result_manifest": "a" * 64}}).failures
     assert "no record" in failure
 
 
 def test_ciphertext_objects_must_match_their_manifests() -> None:
-    good = {"uri": "s3://b/inbox/b-1/shards/00000.fhe", "declared_sha256": "a" * 64, "sha256": "a" * 64}
+    good = {"uri": "s3://b/inbox/clinic-a/b-1/shards/00000.fhe", "declared_sha256": "a" * 64, "sha256": "a" * 64}
     assert checks.objects_match_manifests([_bundle(input_objects=[good])]).ok
     swapped = {**good, "sha256": "c" * 64}
     [failure] = checks.objects_match_manifests([_bundle(input_objects=[swapped])]).failures
@@ -190,7 +194,9 @@ def test_recorder_chains_outcomes_and_approvals_and_survives_a_lost_race(
     from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
     record, table = recorder
-    completed = _event("Bundle Completed", {"bundle_id": "b-1", "result_manifest_sha256": "a" * 64})
+    completed = _event(
+        "Bundle Completed", {"owner": "clinic-a", "bundle_id": "b-1", "result_manifest_sha256": "a" * 64}
+    )
     approval = _event(
         "Model Package Approval",
         {"ModelPackageArn": PACKAGE, "ModelApprovalStatus": "Approved", "InferenceSpecification": {"big": 1}},
@@ -213,11 +219,18 @@ def test_recorder_chains_outcomes_and_approvals_and_survives_a_lost_race(
     chained = list(read_chain(table))
     assert [r.seq for r in chained] == [1, 2, 3, 4] and chain_problems(chained) == []
     kinds = [(r.body["kind"], r.body["subject"]) for r in chained]
-    assert kinds == [("bundle_completed", "b-1"), ("approval", PACKAGE), ("other writer", "x"), ("approval", PACKAGE)]
+    assert kinds == [
+        ("bundle_completed", "clinic-a/b-1"),
+        ("approval", PACKAGE),
+        ("other writer", "x"),
+        ("approval", PACKAGE),
+    ]
     assert "InferenceSpecification" not in chained[1].body["detail"], "only the decision is kept"
     assert chained[3].body["detail"]["ModelApprovalStatus"] == "Rejected"
     with pytest.raises(Exception, match="does not record"):
         record.record_body(EventBridgeEvent(_event("Bundle Started", {"bundle_id": "b-1"})))
+    with pytest.raises(Exception, match="without its owner"):
+        record.record_body(EventBridgeEvent(_event("Bundle Completed", {"bundle_id": "b-1"})))
 
 
 def read_last(table: Any) -> AuditRecord | None:

@@ -19,7 +19,7 @@ from common.bundle.schema import MAX_SAMPLES_PER_SHARD, MAX_SHARD_BYTES, MAX_SHA
 from common.bundle.serving import check_versions
 from common.bundle.shards import check_object, encode_shard, parse_shard
 from common.versions import VersionsRecord
-from tests.unit.conftest import UNIT_BUCKET
+from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/fhe-models/3"
 SAMPLES = [b"ciphertext-%d" % i * (i + 1) for i in range(3)]
@@ -364,13 +364,13 @@ def test_shard_results_are_read_at_their_fixed_keys_for_the_requests_shards_only
     from common.bundle.messages import ShardResult
     from common.bundle_store import BundleLayout, read_shard_results, write_shard_plan, write_shard_result
 
-    layout = BundleLayout(UNIT_BUCKET)
+    layout = BundleLayout(UNIT_BUCKET, UNIT_OWNER)
     for index in range(1003):  # more than one listing page
-        uri = f"s3://{UNIT_BUCKET}/outbox/b-001/shards/{index:05d}.out"
+        uri = f"s3://{UNIT_BUCKET}/outbox/{UNIT_OWNER}/b-001/shards/{index:05d}.out"
         write_shard_result(s3, layout, ShardResult("b-001", index, uri, 1, "0" * 64, 10))
     results = read_shard_results(s3, layout, "b-001", range(1001))
     assert sorted(r.shard_index for r in results) == list(range(1001))
     plan = write_shard_plan(s3, layout, "b-001", [0, 1, 2])
-    assert plan.key == "requests/b-001/plan.json"
+    assert plan.key == f"requests/{UNIT_OWNER}/b-001/plan.json"
     body = s3.get_object(Bucket=plan.bucket, Key=plan.key)["Body"].read()
     assert json.loads(body) == [{"shard_index": 0}, {"shard_index": 1}, {"shard_index": 2}]

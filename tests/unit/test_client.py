@@ -16,10 +16,11 @@ from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, sh
 from common.bundle.schema import sha256_hex, utc_now
 from common.bundle.shards import encode_shard
 from common.bundle_store import BundleLayout, write_quarantine_reason
-from tests.unit.conftest import UNIT_BUCKET
+from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
 FEATURES = ["radius", "texture", "area"]
 BUCKET = UNIT_BUCKET
+LAYOUT = BundleLayout(BUCKET, UNIT_OWNER)
 
 
 def test_csv_columns_are_found_by_name_and_others_ignored(tmp_path: Path) -> None:
@@ -95,37 +96,58 @@ def local_bundle(folder: Path, bundle_id: str, key_uri: str) -> Manifest:
 
 
 def test_submit_writes_the_manifest_last_and_only_once(s3: Any, tmp_path: Path) -> None:
-    key_uri = f"s3://{BUCKET}/keys/{'a' * 64}.ekey"
+    key_uri = str(LAYOUT.evaluation_key("a" * 64))
     manifest = local_bundle(tmp_path, "bundle-1", key_uri)
     with pytest.raises(FheClientError, match="evaluation key"):
-        submit(s3, BundleLayout(BUCKET), tmp_path, progress=False)
-    s3.put_object(Bucket=BUCKET, Key=f"keys/{'a' * 64}.ekey", Body=b"ekey")
+        submit(s3, LAYOUT, tmp_path, progress=False)
+    s3.put_object(Bucket=BUCKET, Key=LAYOUT.evaluation_key("a" * 64).key, Body=b"ekey")
     order: list[str] = []
     s3.meta.events.register("provide-client-params.s3.PutObject", lambda params, **_: order.append(params["Key"]))
-    uri = submit(s3, BundleLayout(BUCKET), tmp_path, progress=False)
-    assert str(uri) == f"s3://{BUCKET}/inbox/bundle-1/manifest.json"
-    assert order == [f"inbox/bundle-1/{s.key}" for s in manifest.shards] + ["inbox/bundle-1/manifest.json"]
+    uri = submit(s3, LAYOUT, tmp_path, progress=False)
+    assert str(uri) == f"s3://{BUCKET}/inbox/{UNIT_OWNER}/bundle-1/manifest.json"
+    prefix = f"inbox/{UNIT_OWNER}/bundle-1"
+    assert order == [f"{prefix}/{s.key}" for s in manifest.shards] + [f"{prefix}/manifest.json"]
     with pytest.raises(FheClientError, match="already submitted"):
-        submit(s3, BundleLayout(BUCKET), tmp_path, progress=False)
+        submit(s3, LAYOUT, tmp_path, progress=False)
 
 
 def test_submit_refuses_a_shard_changed_after_encryption(s3: Any, tmp_path: Path) -> None:
-    s3.put_object(Bucket=BUCKET, Key=f"keys/{'a' * 64}.ekey", Body=b"ekey")
-    manifest = local_bundle(tmp_path, "bundle-2", f"s3://{BUCKET}/keys/{'a' * 64}.ekey")
+    s3.put_object(Bucket=BUCKET, Key=LAYOUT.evaluation_key("a" * 64).key, Body=b"ekey")
+    manifest = local_bundle(tmp_path, "bundle-2", str(LAYOUT.evaluation_key("a" * 64)))
     (tmp_path / manifest.shards[1].key).write_bytes(b"tampered")
     with pytest.raises(Exception, match=r"shards\[1\]"):
-        submit(s3, BundleLayout(BUCKET), tmp_path, progress=False)
-    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="inbox/bundle-2/").get("Contents", [])
-    assert "inbox/bundle-2/manifest.json" not in {o["Key"] for o in listed}
+        submit(s3, LAYOUT, tmp_path, progress=False)
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"inbox/{UNIT_OWNER}/bundle-2/").get("Contents", [])
+    assert f"inbox/{UNIT_OWNER}/bundle-2/manifest.json" not in {o["Key"] for o in listed}
 
 
 def test_wait_times_out_or_reports_the_quarantine_reason(s3: Any) -> None:
-    layout = BundleLayout(BUCKET)
+    layout = LAYOUT
     with pytest.raises(WaitTimeout, match="bundle-3"):
         wait(s3, layout, "bundle-3", timeout=0.5, progress=False)
     write_quarantine_reason(s3, layout, "bundle-3", {"stage": "validate", "message": "shards[0]: checksum"})
     with pytest.raises(BundleQuarantined, match="checksum") as raised:
         wait(s3, layout, "bundle-3", timeout=5, progress=False)
     assert raised.value.reason["stage"] == "validate"
-    s3.put_object(Bucket=BUCKET, Key="outbox/bundle-4/manifest.json", Body=json.dumps({}).encode())
-    assert str(wait(s3, layout, "bundle-4", timeout=5, progress=False)).endswith("outbox/bundle-4/manifest.json")
+    s3.put_object(Bucket=BUCKET, Key=f"outbox/{UNIT_OWNER}/bundle-4/manifest.json", Body=json.dumps({}).encode())
+    answer = wait(s3, layout, "bundle-4", timeout=5, progress=False)
+    assert str(answer).endswith(f"outbox/{UNIT_OWNER}/bundle-4/manifest.json")
+
+
+def test_a_bundle_goes_only_to_its_owners_inbox_with_its_owners_key(
+    s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Encrypted with another owner's evaluation key (keys made under another --owner): refused before any upload,
+    naming what to run; a client with no owner named says how to name one."""
+    other = BundleLayout(BUCKET, "clinic-b")
+    s3.put_object(Bucket=BUCKET, Key=other.evaluation_key("a" * 64).key, Body=b"ekey")
+    local_bundle(tmp_path, "bundle-5", str(other.evaluation_key("a" * 64)))
+    with pytest.raises(FheClientError, match=f"not owner {UNIT_OWNER}'s.*fhe-client keys --owner {UNIT_OWNER}"):
+        submit(s3, LAYOUT, tmp_path, progress=False)
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"inbox/{UNIT_OWNER}/bundle-5/")
+    from client.cli import main
+
+    for owner, problem in (("", "name the batch owner"), ("Clinic A", "lowercase")):
+        with pytest.raises(SystemExit):
+            main(["wait", "bundle-5", "--owner", owner, "--bucket", BUCKET, "--timeout", "1"])
+        assert problem in capsys.readouterr().err

@@ -45,7 +45,9 @@ def test_statelint_rejects_a_broken_definition(tmp_path: Path) -> None:
     assert _statelint(path).returncode != 0
 
 
-@pytest.mark.parametrize("template", [templates.BOOTSTRAP, templates.DATA, templates.PRODUCT], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "template", [templates.BOOTSTRAP, templates.DATA, templates.PRODUCT, templates.OWNER], ids=lambda p: p.name
+)
 def test_template_passes_cfn_lint(template: Path) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), str(template)], capture_output=True, text=True
@@ -150,3 +152,23 @@ def test_a_prefix_that_cannot_name_a_bucket_is_refused_before_anything_runs(
         assert "lowercase letters, digits or hyphens" in capsys.readouterr().err
     declared = templates.load(templates.PRODUCT)["Parameters"]["Prefix"]["AllowedPattern"]
     assert declared == fhe_deploy.PREFIX_PATTERN.pattern, "the CLI checks what the templates allow"
+
+
+def test_an_owner_is_named_as_the_templates_allow_and_refused_clearly_otherwise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before any AWS call: a name that cannot name the owner's role and folders, or a missing name or action."""
+    from common.bundle.schema import OWNER_PATTERN
+
+    for argv, problem in (
+        (["owner", "add", "Clinic_A"], "lowercase letters, digits or inner hyphens"),
+        (["owner", "add", "a-"], "lowercase letters, digits or inner hyphens"),
+        (["owner", "remove", "a" * 33], "1 to 32"),
+        (["owner", "add"], "takes the owner's name"),
+        (["owner"], "fhe-deploy owner add|remove NAME"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            fhe_deploy.main(argv)
+        assert problem in str(exited.value.code), (argv, exited.value.code)
+    declared = templates.load(templates.OWNER)["Parameters"]["Owner"]["AllowedPattern"]
+    assert declared == f"^{OWNER_PATTERN}$", "the CLI checks what the owner template allows"

@@ -26,7 +26,7 @@ from containers.training.data import builtin_dataset_csv
 from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
 from containers.training.train import train
-from tests.unit.conftest import UNIT_BUCKET
+from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/fhe-models/1"
 BUCKET = UNIT_BUCKET
@@ -82,7 +82,7 @@ def post(app: Any, body: Any) -> Any:
 
 def upload_bundle(s3: Any, client: Any, x: np.ndarray, bundle_id: str) -> Manifest:  # type: ignore[type-arg]
     key = client.get_serialized_evaluation_keys()
-    layout = BundleLayout(BUCKET)
+    layout = BundleLayout(BUCKET, UNIT_OWNER)
     key_uri = layout.evaluation_key(sha256_hex(key))
     s3.put_object(Bucket=BUCKET, Key=key_uri.key, Body=key)
     shard = encode_shard([client.quantize_encrypt_serialize(row[None, :]) for row in x])
@@ -100,7 +100,7 @@ def upload_bundle(s3: Any, client: Any, x: np.ndarray, bundle_id: str) -> Manife
 
 
 def shard_request(bundle_id: str) -> dict[str, Any]:
-    layout = BundleLayout(BUCKET)
+    layout = BundleLayout(BUCKET, UNIT_OWNER)
     request = ShardRequest(
         str(layout.request_manifest(bundle_id)), 0, str(layout.result_prefix(bundle_id).join(shard_key(0, "results")))
     )

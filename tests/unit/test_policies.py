@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from infrastructure.templates import BOOTSTRAP, PRODUCT
+from infrastructure.templates import BOOTSTRAP, OWNER, PRODUCT
 from infrastructure.templates import DATA as DATA_TEMPLATE
 from tests.iam import ACCOUNT, PARAMETERS, REGION, Request, Template, decide
 
 PRODUCT_T = Template(PRODUCT)
 DATA_T = Template(DATA_TEMPLATE)
 BOOTSTRAP_T = Template(BOOTSTRAP)
+OWNER_T = Template(OWNER, {**PARAMETERS, "Owner": "clinic-a", "ModelPackageGroup": "fhe-models"})
 AUDIT_TABLE = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{PARAMETERS['AuditTableName']}"
 DATA = f"arn:aws:s3:::fhe-data-{ACCOUNT}-{REGION}"
 MODELS = f"arn:aws:s3:::fhe-models-{ACCOUNT}-{REGION}"
@@ -26,16 +27,27 @@ TRAINING_SPLIT = f"{MODELS}/{RUN}/train/train.npz"
 MODEL_TAR = f"{MODELS}/{RUN}/model/fhe-train-1/output/model.tar.gz"
 SERVER_ZIPS = [f"{MODELS}/{RUN}/model/server.zip", f"{MODELS}/{RUN}/evaluation/server.zip", f"{ARTIFACTS}/server.zip"]
 CLIENT_ZIP = f"{MODELS}/{RUN}/client/client.zip"
-EVALUATION_KEY = f"{BUNDLES}/inbox/keys/{'a' * 64}.ekey"
-SHARD = f"{BUNDLES}/inbox/bundle-1/shards/00000.fhe"
-RESULT = f"{BUNDLES}/outbox/bundle-1/shards/00000.out"
+EVALUATION_KEY = f"{BUNDLES}/inbox/clinic-a/keys/{'a' * 64}.ekey"
+SHARD = f"{BUNDLES}/inbox/clinic-a/bundle-1/shards/00000.fhe"
+RESULT = f"{BUNDLES}/outbox/clinic-a/bundle-1/shards/00000.out"
+OTHER_OWNER = ["inbox/clinic-b/bundle-1/manifest.json", "outbox/clinic-b/bundle-1/manifest.json"]
 ADMIN = [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}]
 
 
+def allowed(template: Template, role: str, action: str, resource: str, context: dict[str, str]) -> bool:
+    """Whether ``role`` of ``template`` may do ``action`` on ``resource``, its bucket's policy included."""
+    request = Request(template.arn(role), action, resource, context)
+    return decide(request, template.identity_policies(role), _bucket_policies(resource)) == "Allow"
+
+
 def can(role: str, action: str, resource: str, **context: str) -> bool:
-    """Whether ``role`` of the product stack may do ``action`` on ``resource``, its bucket's policy included."""
-    request = Request(PRODUCT_T.arn(role), action, resource, context)
-    return decide(request, PRODUCT_T.identity_policies(role), _bucket_policies(resource)) == "Allow"
+    """Whether ``role`` of the product stack may."""
+    return allowed(PRODUCT_T, role, action, resource, context)
+
+
+def owner_can(action: str, resource: str, **context: str) -> bool:
+    """Whether batch owner clinic-a's role (infrastructure/owner.yaml) may."""
+    return allowed(OWNER_T, "OwnerRole", action, resource, context)
 
 
 def _bucket_policies(resource: str) -> list[dict[str, Any]]:
@@ -84,10 +96,12 @@ def wildcard_actions_on_buckets(template: Template) -> list[str]:
 
 def test_no_wildcard_actions_on_data_buckets() -> None:
     assert wildcard_actions_on_buckets(PRODUCT_T) == []
+    assert wildcard_actions_on_buckets(OWNER_T) == []
 
 
 def test_only_the_training_role_reads_training_data() -> None:
     assert training_data_readers(PRODUCT_T) == ["ModelCreatorRole"]
+    assert training_data_readers(OWNER_T) == []
     assert can("ModelCreatorRole", "s3:GetObject", TRAINING_DATA)
     # Whatever an identity policy grants, the bucket policy keeps anyone else out, and lets the training role in.
     for target in (TRAINING_DATA, TRAINING_SPLIT):
@@ -96,41 +110,55 @@ def test_only_the_training_role_reads_training_data() -> None:
 
 
 def test_the_checks_fail_on_a_role_that_breaks_them() -> None:
-    """The checks above can fail: a client role that can read training data, or holds s3:*, is caught."""
-    broken = Template(PRODUCT)
+    """The checks above can fail: an owner role that can read training data, or holds s3:*, is caught."""
+    broken = Template(OWNER, OWNER_T.parameters)
     broken.resources = copy.deepcopy(broken.resources)
-    statements = broken.resources["ClientRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    statements = broken.resources["OwnerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     statements.append({"Effect": "Allow", "Action": "s3:*", "Resource": f"{DATA}/*"})
-    assert "ClientRole" in training_data_readers(broken)
-    assert any(line.startswith("ClientRole") for line in wildcard_actions_on_buckets(broken))
+    assert "OwnerRole" in training_data_readers(broken)
+    assert any(line.startswith("OwnerRole") for line in wildcard_actions_on_buckets(broken))
 
 
-def test_client_writes_only_its_inbox_and_reads_only_its_results_and_client_artifacts() -> None:
-    assert can("ClientRole", "s3:PutObject", SHARD)
-    assert can("ClientRole", "s3:PutObject", EVALUATION_KEY)
-    assert can("ClientRole", "s3:PutObject", f"{BUNDLES}/inbox/bundle-1/manifest.json")
-    assert can("ClientRole", "s3:GetObject", RESULT)
-    assert can("ClientRole", "s3:GetObject", CLIENT_ZIP)
-    assert can("ClientRole", "s3:GetObject", f"{BUNDLES}/quarantine/bundle-1/reason.json")
-    assert can("ClientRole", "s3:ListBucket", BUNDLES, **{"s3:prefix": "inbox/keys/"})
+def test_an_owner_writes_only_its_inbox_and_reads_only_its_results_and_client_artifacts() -> None:
+    """Asked of the template; the same questions are asked of the local AWS under the owners' own credentials in
+    tests/integration/test_deployment.py."""
+    assert owner_can("s3:PutObject", SHARD)
+    assert owner_can("s3:PutObject", EVALUATION_KEY)
+    assert owner_can("s3:PutObject", f"{BUNDLES}/inbox/clinic-a/bundle-1/manifest.json")
+    assert owner_can("s3:GetObject", RESULT)
+    assert owner_can("s3:GetObject", CLIENT_ZIP)
+    assert owner_can("s3:GetObject", f"{BUNDLES}/quarantine/clinic-a/bundle-1/reason.json")
+    assert owner_can("s3:ListBucket", BUNDLES, **{"s3:prefix": "inbox/clinic-a/keys/"})
     for target in [TRAINING_DATA, TRAINING_SPLIT, MODEL_TAR, *SERVER_ZIPS, SHARD, EVALUATION_KEY]:
-        assert not can("ClientRole", "s3:GetObject", target), target
-    for target in [RESULT, f"{BUNDLES}/requests/bundle-1/00000.json", f"{BUNDLES}/quarantine/b/reason.json"]:
-        assert not can("ClientRole", "s3:PutObject", target), target
-    assert not can("ClientRole", "s3:PutObject", f"{MODELS}/{RUN}/client/client.zip")
-    assert not can("ClientRole", "s3:ListBucket", BUNDLES, **{"s3:prefix": "requests/"})
-    assert not can("ClientRole", "s3:ListBucket", DATA)
+        assert not owner_can("s3:GetObject", target), target
+    for target in [RESULT, f"{BUNDLES}/requests/clinic-a/b/00000.json", f"{BUNDLES}/quarantine/clinic-a/b/reason.json"]:
+        assert not owner_can("s3:PutObject", target), target
+    assert not owner_can("s3:PutObject", f"{MODELS}/{RUN}/client/client.zip")
+    assert not owner_can("s3:ListBucket", BUNDLES, **{"s3:prefix": "requests/"})
+    assert not owner_can("s3:ListBucket", DATA)
+    # Nothing of another owner: not its inbox, its results, its quarantine records or its listing.
+    for key in OTHER_OWNER:
+        assert not owner_can("s3:PutObject", f"{BUNDLES}/{key}"), key
+        assert not owner_can("s3:GetObject", f"{BUNDLES}/{key}"), key
+    assert not owner_can("s3:GetObject", f"{BUNDLES}/quarantine/clinic-b/bundle-1/reason.json")
+    for prefix in ("outbox/clinic-b/", "inbox/clinic-b/", "quarantine/clinic-b/", "outbox/", "inbox/clinic-a-x/"):
+        assert not owner_can("s3:ListBucket", BUNDLES, **{"s3:prefix": prefix}), prefix
 
 
 def test_endpoint_reads_keys_and_shards_and_writes_results_only() -> None:
     assert can("EndpointRole", "s3:GetObject", EVALUATION_KEY)
     assert can("EndpointRole", "s3:GetObject", SHARD)
-    assert can("EndpointRole", "s3:GetObject", f"{BUNDLES}/requests/bundle-1/00000.json")
+    assert can("EndpointRole", "s3:GetObject", f"{BUNDLES}/requests/clinic-a/bundle-1/00000.json")
     assert can("EndpointRole", "s3:GetObject", MODEL_TAR)  # SageMaker loads the model with the endpoint's role
     assert can("EndpointRole", "s3:PutObject", RESULT)
-    for target in [SHARD, EVALUATION_KEY, f"{BUNDLES}/inbox/bundle-1/manifest.json", f"{BUNDLES}/quarantine/b/r"]:
+    for target in [
+        SHARD,
+        EVALUATION_KEY,
+        f"{BUNDLES}/inbox/clinic-a/bundle-1/manifest.json",
+        f"{BUNDLES}/quarantine/clinic-a/b/r",
+    ]:
         assert not can("EndpointRole", "s3:PutObject", target), target
-    for target in [TRAINING_DATA, TRAINING_SPLIT, RESULT, CLIENT_ZIP, f"{BUNDLES}/quarantine/b/reason.json"]:
+    for target in [TRAINING_DATA, TRAINING_SPLIT, RESULT, CLIENT_ZIP, f"{BUNDLES}/quarantine/clinic-a/b/reason.json"]:
         assert not can("EndpointRole", "s3:GetObject", target), target
     assert not can("EndpointRole", "s3:ListBucket", BUNDLES)
     assert not can("EndpointRole", "s3:DeleteObject", SHARD)

@@ -8,36 +8,51 @@ from typing import Any, cast
 
 import pytest
 
-from common.workflow import BundleRef, EventError, WaitingShard, bundle_id_of, bundle_of_execution
+from common.workflow import BundleRef, EventError, WaitingShard, bundle_of_execution, bundle_of_key
 from lambdas.events import Failure, ShardTask
 from lambdas.notify import InferenceResult, failure_of
 from lambdas.quarantine import reason_of
 from lambdas.runtime import BundleRejected
 
-BUNDLE = {"bucket": "fhe-batches", "bundle_id": "b-001", "manifest_key": "inbox/b-001/manifest.json", "etag": "abc"}
+BUNDLE = {
+    "bucket": "fhe-batches",
+    "bundle_id": "b-001",
+    "manifest_key": "inbox/clinic-a/b-001/manifest.json",
+    "etag": "abc",
+}
 
 
-def test_only_inbox_manifests_name_a_bundle() -> None:
-    assert bundle_id_of("inbox/b-001/manifest.json") == "b-001"
+def test_only_inbox_manifests_under_an_owner_name_a_bundle() -> None:
+    assert bundle_of_key("inbox/clinic-a/b-001/manifest.json") == ("clinic-a", "b-001")
     for key in (
-        "inbox/b-001/shards/00000.fhe",
-        "outbox/b-001/manifest.json",
-        "inbox/../manifest.json",
-        "inbox/a/b/manifest.json",
-        "inbox/b-001/manifest.json.bak",
+        "inbox/b-001/manifest.json",  # no owner
+        "inbox/clinic-a/b-001/shards/00000.fhe",
+        "outbox/clinic-a/b-001/manifest.json",
+        "inbox/clinic-a/../manifest.json",
+        "inbox/../b-001/manifest.json",
+        "inbox/Clinic/b-001/manifest.json",  # owners are lowercase (they name IAM roles and S3 folders)
+        "inbox/clinic-a/keys/manifest.json",  # the owner's evaluation keys, never a bundle
+        "inbox/clinic-a/a/b/manifest.json",
+        "inbox/clinic-a/b-001/manifest.json.bak",
     ):
-        assert bundle_id_of(key) is None, key
+        assert bundle_of_key(key) is None, key
 
 
 def test_bundle_ref_checks_its_fields_and_names_its_execution() -> None:
     ref = BundleRef.from_dict(BUNDLE)
     assert ref.execution_name == BundleRef.from_dict(BUNDLE).execution_name
     assert ref.execution_name != BundleRef.from_dict({**BUNDLE, "etag": "abd"}).execution_name
-    long = BundleRef.from_dict({**BUNDLE, "bundle_id": "x" * 64, "manifest_key": f"inbox/{'x' * 64}/manifest.json"})
+    long = BundleRef.from_dict(
+        {**BUNDLE, "bundle_id": "x" * 64, "manifest_key": f"inbox/{'o' * 32}/{'x' * 64}/manifest.json"}
+    )
     assert len(long.execution_name) <= 80  # the Step Functions limit
     assert bundle_of_execution(long.execution_name) == "x" * 64
+    assert (ref.owner, ref.path, ref.layout.owner) == ("clinic-a", "clinic-a/b-001", "clinic-a")
+    # Two owners may choose the same bundle id: their executions are named apart.
+    other = BundleRef.from_dict({**BUNDLE, "manifest_key": "inbox/clinic-b/b-001/manifest.json"})
+    assert other.execution_name != ref.execution_name
     with pytest.raises(EventError, match="not the manifest of bundle"):
-        BundleRef.from_dict({**BUNDLE, "manifest_key": "inbox/other/manifest.json"})
+        BundleRef.from_dict({**BUNDLE, "manifest_key": "inbox/clinic-a/other/manifest.json"})
     with pytest.raises(EventError, match="etag"):
         BundleRef.from_dict({**BUNDLE, "etag": ""})
     with pytest.raises(EventError, match="shard_index"):
@@ -170,7 +185,7 @@ def test_an_endpoint_at_zero_instances_is_serving_for_validate_and_heartbeat(mon
     from lambdas import heartbeat, validate
 
     sfn, sagemaker = FakeStepFunctions(), FakeSageMaker()
-    waiting = WaitingShard("inf-1", "token-1", "bucket", "b-001", 0, "scaled", 2**40)
+    waiting = WaitingShard("inf-1", "token-1", "bucket", "clinic-a", "b-001", 0, "scaled", 2**40)
 
     class FakeDynamoDB:
         def get_paginator(self, name: str) -> Any:
@@ -253,3 +268,24 @@ def test_a_shard_is_sent_only_if_its_package_is_still_approved_once_parked(
         reason["message"]
         == f"model package {FakeSageMaker.PACKAGE} was rejected (a defect): version 1 is no longer served"
     )
+
+
+def test_validate_refuses_an_evaluation_key_outside_the_owners_own_keys() -> None:
+    """The endpoint reads any inbox object, so a manifest naming another owner's key is refused before any read."""
+    from common.bundle.manifest import KeyRef, Manifest
+    from common.bundle_store import BundleLayout
+    from lambdas import validate
+
+    ref = BundleRef.from_dict(BUNDLE)
+    for uri in (
+        f"s3://{ref.bucket}/inbox/clinic-b/keys/{'a' * 64}.ekey",
+        f"s3://{ref.bucket}/inbox/clinic-a/b-001/shards/00000.fhe",
+        f"s3://another-bucket/inbox/clinic-a/keys/{'a' * 64}.ekey",
+    ):
+        manifest = cast(Manifest, type("M", (), {"evaluation_key": KeyRef("a" * 64, uri, 4)})())
+        with pytest.raises(BundleRejected) as refused:
+            validate.check_evaluation_key(manifest, ref.layout)
+        reason = refused.value.reason
+        assert (reason.code, reason.field) == ("foreign_evaluation_key", "evaluation_key.uri"), uri
+        assert "clinic-a/keys" in reason.message
+    assert BundleLayout(ref.bucket, "clinic-a").evaluation_key("a" * 64).key == f"inbox/clinic-a/keys/{'a' * 64}.ekey"
