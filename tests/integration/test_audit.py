@@ -245,7 +245,7 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
         [check] = [c for c in report["checks"] if c["name"] == "served_while_approved"]
         assert not report["ok"] and not check["ok"]
         [failure] = check["failures"]
-        assert "bundle audit-revoked" in failure and scenario.package_arn in failure and "Rejected" in failure
+        assert f"bundle {OWNER}/audit-revoked" in failure and scenario.package_arn in failure and "Rejected" in failure
         # The command line fails loudly too.
         with pytest.raises(SystemExit) as exited:
             audit_cli.main(
