@@ -218,8 +218,13 @@ def test_shard_request_decrypts_to_the_clear_model(image_stack: ImageStack, serv
     ensure_bucket(s3, DIRECT_BUCKET)
     x = sample_records(SAMPLES)
     folder = tmp_path / "bundle"
-    manifest = encrypt_rows(image_stack.model, x, folder, shard_size=SAMPLES, bundle_id="direct", progress=False)
-    submit(s3, layout, folder, progress=False)
+    model = image_stack.model
+    upload_evaluation_key(s3, layout, model, ensure_keys(model))  # a bundle names its own bucket's key
+    try:
+        manifest = encrypt_rows(model, x, folder, shard_size=SAMPLES, bundle_id="direct", progress=False)
+        submit(s3, layout, folder, progress=False)
+    finally:
+        upload_evaluation_key(s3, image_stack.served.layout, model, ensure_keys(model))
     status, body = _post(serving.url, layout.shard_request(manifest.bundle_id, 0).to_json())
     assert status == 200, body
     request_uri = layout.request_manifest(manifest.bundle_id)
