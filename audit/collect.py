@@ -259,6 +259,8 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
             object_digests(s3, layout.result_manifest(ref.bundle_id), result) if outcome == "delivered" else []
         ),
         "result_versions": dict(result.versions) if result else None,
+        # What the owner was told before paying (fhe-client's estimate, dropped beside the manifest), if anything.
+        "estimate": estimate_shown(s3, layout.estimate(ref.bundle_id)),
         "result_model_package_arn": result.model.package_arn if result else None,
     }
     if run["model_package_arn"]:
@@ -275,6 +277,26 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
     elif execution["status"] == "FAILED":
         run["failure"] = {"error": execution.get("error"), "cause": (execution.get("cause") or "")[:500]}
     return run
+
+
+ESTIMATE_FIELDS = ("seconds", "fhe_seconds", "cost", "currency", "prices_as_of", "instance_type", "instances")
+MAX_ESTIMATE_BYTES = 16 * 1024
+
+
+def estimate_shown(s3: Any, uri: S3Uri) -> dict[str, Any] | None:
+    """The owner's estimate as the report shows it; the owner wrote it, so it is read with a limit and anything
+    unusable is said to be so rather than trusted."""
+    body = _body_if_any(s3, uri)
+    if body is None:
+        return None
+    data = body.read(MAX_ESTIMATE_BYTES + 1)
+    try:
+        estimate = json.loads(data) if len(data) <= MAX_ESTIMATE_BYTES else None
+    except ValueError:
+        estimate = None
+    if not isinstance(estimate, dict) or not isinstance(estimate.get("seconds"), int | float):
+        return {"unusable": str(uri)}
+    return {name: estimate.get(name) for name in ESTIMATE_FIELDS}
 
 
 def bundle_runs(sources: Sources, window: Window) -> list[dict[str, Any]]:

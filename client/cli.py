@@ -7,6 +7,8 @@
     fhe-client decrypt BUNDLE_ID --out predictions.csv
     fhe-client run INPUT --out predictions.csv     all of the above
     fhe-client versions                  the model versions served, approved, and those the local keys are for
+    fhe-client estimate INPUT            samples, shards, upload size, time and cost, before paying (encrypt and
+                                         run print the same line)
 
 Settings come from options or the environment: FHE_OWNER (the batch owner whose role the client works under:
 its bundles, keys and results live under inbox/<owner>/, outbox/<owner>/ and quarantine/<owner>/ and no other
@@ -22,6 +24,7 @@ the keys' is served.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -29,10 +32,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from client.decrypt import decrypt_result, write_predictions
-from client.encrypt import DEFAULT_SHARD_SIZE, encrypt_rows, read_rows
+from client.encrypt import DEFAULT_SHARD_SIZE, encrypt_rows, read_input
 from client.errors import FheClientError
+from client.kept import KeptColumns, accuracy, keep, kept_for
 from client.model import (
+    EVALUATION_KEY_JSON,
     ClientModel,
     client_home,
     ensure_evaluation_key_uploaded,
@@ -44,8 +51,9 @@ from client.transfer import download_result, submit, wait
 from common import aws
 from common.bundle.manifest import package_ref
 from common.bundle.schema import BundleError
-from common.bundle_store import BundleLayout
-from common.model_package import ModelPackageError, served_versions
+from common.bundle_store import ESTIMATE_NAME, BundleLayout
+from common.estimate import Estimate, EstimateError, EstimateTable, estimate, serving_of
+from common.model_package import ModelPackageError, served_versions, version_endpoint
 from common.s3uri import S3Uri
 from common.settings import ENDPOINT_NAME, MODEL_PACKAGE_GROUP
 from common.versions import VersionMismatchError
@@ -136,17 +144,68 @@ def cmd_keys(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+
+def _id_columns(args: argparse.Namespace, model: ClientModel) -> list[str]:
+    """``--id-column`` as given, else the model's own id columns that the input has."""
+    if args.id_column:
+        return list(dict.fromkeys(args.id_column))
+    recorded = model.preprocessing.id_columns
+    if not recorded or args.input.suffix.lower() != ".csv":
+        return []
+    with args.input.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    return [name for name in recorded if name in {h.strip() for h in header}]
+
+
+def _estimate(args: argparse.Namespace, model: ClientModel, samples: int) -> Estimate:
+    """The bundle's estimate: the model's measured costs, the serving endpoint's limits, the estimate table."""
+    endpoint = version_endpoint(args.endpoint, model.ref.package_version)
+    try:
+        serving = serving_of(aws.client("sagemaker"), aws.client("application-autoscaling"), endpoint)
+    except (ClientError, BotoCoreError) as error:
+        raise EstimateError(f"the limits of endpoint {endpoint} cannot be read: {error}") from None
+    key_uploaded = (model.folder / EVALUATION_KEY_JSON).exists()
+    return estimate(samples, args.shard_size, model.costs(), serving, EstimateTable.load(), key_uploaded=key_uploaded)
+
+
+def cmd_estimate(args: argparse.Namespace) -> dict[str, Any]:
+    model = _model(args)
+    rows = read_input(args.input, model.preprocessing.feature_names)
+    made = _estimate(args, model, len(rows.x))
+    _note(made.line())
+    return made.to_dict()
+
+
 def cmd_encrypt(args: argparse.Namespace) -> dict[str, Any]:
     model = _model(args)
-    x = read_rows(args.input, model.preprocessing.feature_names)
+    ids = _id_columns(args, model)
+    rows = read_input(args.input, model.preprocessing.feature_names, ids, args.label_column)
+    if rows.ignored:
+        _note(f"column(s) {', '.join(rows.ignored)} of {args.input.name} are not used by the model and are ignored")
+    made: Estimate | None = None
+    try:
+        made = _estimate(args, model, len(rows.x))
+        _note(made.line())
+    except EstimateError as error:  # the estimate informs; encryption goes on without it
+        _note(f"no estimate: {error}")
     manifest = encrypt_rows(
-        model, x, args.out, shard_size=args.shard_size, bundle_id=args.bundle_id, progress=not args.quiet
+        model, rows.x, args.out, shard_size=args.shard_size, bundle_id=args.bundle_id, progress=not args.quiet
     )
+    if made is not None:
+        (args.out / ESTIMATE_NAME).write_text(json.dumps(made.to_dict(), indent=2))
+    # Never uploaded: the ids come back next to the predictions, the labels score them.
+    keep(args.home, manifest.bundle_id, KeptColumns(rows.ids, args.label_column, rows.labels))
     return {
         "bundle_id": manifest.bundle_id,
         "folder": str(args.out),
         "samples": manifest.total_samples,
         "shards": len(manifest.shards),
+        "id_columns": list(rows.ids),
+        "ignored_columns": rows.ignored,
+        "estimate": made.to_dict() if made else None,
     }
 
 
@@ -167,8 +226,21 @@ def _decrypt(args: argparse.Namespace, manifest_uri: S3Uri, out: Path) -> dict[s
     manifest, shards = download_result(aws.client("s3"), manifest_uri)
     model = ClientModel.for_package(manifest.model.package_arn, args.home)
     probabilities = decrypt_result(model, manifest, shards, progress=not args.quiet)
-    write_predictions(out, model.preprocessing.classes, probabilities)
-    return {"bundle_id": manifest.bundle_id, "predictions": str(out), "rows": len(probabilities)}
+    kept = kept_for(args.home, manifest.bundle_id)
+    if kept.rows not in (None, len(probabilities)):
+        raise FheClientError(
+            f"the columns kept for bundle {manifest.bundle_id} have {kept.rows} rows, the result {len(probabilities)}"
+        )
+    write_predictions(out, model.preprocessing.classes, probabilities, kept.ids)
+    answer: dict[str, Any] = {"bundle_id": manifest.bundle_id, "predictions": str(out), "rows": len(probabilities)}
+    if kept.labels is not None:
+        scored = accuracy(model.preprocessing.classes, probabilities, kept.labels)
+        _note(
+            f"accuracy against {kept.label_column}: {scored['accuracy']:.4f} "
+            f"({scored['correct']} of {scored['rows']} rows)"
+        )
+        answer["accuracy"] = scored
+    return answer
 
 
 def cmd_decrypt(args: argparse.Namespace) -> dict[str, Any]:
@@ -191,6 +263,22 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.quiet,
     )
     return {**encrypted, **submitted, **_decrypt(args, result, predictions), "keys": keys}
+
+
+def _client_only_columns(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--id-column",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a column that identifies the row (repeatable; default: the model's IdColumns the input has): kept on "
+        "this machine only, never encrypted or uploaded, and written as the first columns of predictions.csv",
+    )
+    command.add_argument(
+        "--label-column",
+        metavar="NAME",
+        help="the input's own labels: kept on this machine, and the accuracy against them printed after decryption",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -228,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
         "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"rows per shard (default {DEFAULT_SHARD_SIZE})"
     )
     encrypt.add_argument("--bundle-id", help="default: a timestamp and a random suffix")
+    _client_only_columns(encrypt)
     submit_parser = commands.add_parser("submit", parents=[common], help="upload a bundle folder")
     submit_parser.add_argument("folder", type=Path)
     wait_parser = commands.add_parser("wait", parents=[common], help="wait for a bundle's result")
@@ -241,8 +330,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="the predictions CSV")
     run.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     run.add_argument("--bundle-id")
+    _client_only_columns(run)
     run.add_argument("--timeout", type=float, default=3600.0)
     commands.add_parser("versions", parents=[common], help="versions served, approved, and the local keys' ones")
+    estimate_parser = commands.add_parser("estimate", parents=[common], help="time and cost of a bundle, before it")
+    estimate_parser.add_argument("input", type=Path)
+    estimate_parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     return top
 
 
@@ -254,6 +347,7 @@ COMMANDS = {
     "decrypt": cmd_decrypt,
     "run": cmd_run,
     "versions": cmd_versions,
+    "estimate": cmd_estimate,
 }
 
 
@@ -268,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except (FheClientError, BundleError, ModelPackageError, VersionMismatchError) as error:
+    except (FheClientError, BundleError, ModelPackageError, VersionMismatchError, EstimateError) as error:
         print(f"fhe-client {args.command}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     print(json.dumps(result, indent=2))

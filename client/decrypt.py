@@ -52,13 +52,25 @@ def decrypt_result(
     return scores
 
 
-def write_predictions(path: Path, classes: list[str], probabilities: npt.NDArray[np.float64]) -> None:
+def write_predictions(
+    path: Path,
+    classes: list[str],
+    probabilities: npt.NDArray[np.float64],
+    ids: dict[str, list[str]] | None = None,
+) -> None:
+    """One line per input row: the row's ``ids`` columns first (kept on the client), then ``row``, the predicted
+    class and the probability of every class."""
     if probabilities.shape[1] != len(classes):
         raise FheClientError(f"the model gives {probabilities.shape[1]} scores for {len(classes)} classes")
+    ids = ids or {}
+    for name, values in ids.items():
+        if len(values) != len(probabilities):
+            raise FheClientError(f"id column {name!r} has {len(values)} values for {len(probabilities)} predictions")
     predicted = probabilities.argmax(axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "predicted_class", *(f"probability_{c}" for c in classes)])
+        writer.writerow([*ids, "row", "predicted_class", *(f"probability_{c}" for c in classes)])
         for row, (label, scores) in enumerate(zip(predicted, probabilities, strict=True)):
-            writer.writerow([row, classes[label], *(f"{s:.6f}" for s in scores)])
+            key = [values[row] for values in ids.values()]
+            writer.writerow([*key, row, classes[label], *(f"{s:.6f}" for s in scores)])

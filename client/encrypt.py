@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,34 @@ def new_bundle_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
+@dataclass(frozen=True)
+class InputRows:
+    """What the client reads from an input file: the features it encrypts, and what never leaves the machine:
+    identifier columns (written back next to the predictions) and the owner's own labels (to score them)."""
+
+    x: npt.NDArray[np.float64]
+    ids: dict[str, list[str]] = field(default_factory=dict)  # column → one value per row
+    labels: list[str] | None = None
+    ignored: list[str] = field(default_factory=list)  # columns neither feature, id nor label
+
+
 def read_rows(path: Path, feature_names: list[str]) -> npt.NDArray[np.float64]:
     """The feature matrix of a CSV (columns found by name; others, such as a label, ignored) or an NPY file."""
+    return read_input(path, feature_names).x
+
+
+def read_input(
+    path: Path, feature_names: list[str], id_columns: Sequence[str] = (), label_column: str | None = None
+) -> InputRows:
+    """The rows of a CSV (feature columns found by name, in any order) or an NPY file (features only), with the
+    CSV's ``id_columns`` and ``label_column`` kept as text."""
     if not path.is_file():
         raise InputError(f"input file {path} does not exist")
     if path.stat().st_size == 0:
         raise InputError(f"input file {path.name} is empty")
     if path.suffix.lower() == ".npy":
+        if id_columns or label_column:
+            raise InputError(f"{path.name} is an NPY array, which has no named columns: ids and labels need a CSV")
         try:
             array = np.load(path, allow_pickle=False)
         except ValueError as error:
@@ -42,31 +65,45 @@ def read_rows(path: Path, feature_names: list[str]) -> npt.NDArray[np.float64]:
                 f"{path.name} must be a 2-D numeric array with {len(feature_names)} columns, "
                 f"got {array.dtype} {array.shape}"
             )
-        x = array.astype(np.float64)
+        rows = InputRows(array.astype(np.float64))
     else:
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise InputError(f"{path.name} is not a readable CSV: {error}") from None
-        missing = [name for name in feature_names if name not in frame.columns]
-        if missing:
-            raise InputError(
-                f"{path.name} lacks the feature column(s) {', '.join(missing[:5])} the model was trained on"
-            )
-        numeric = frame[feature_names].apply(pd.to_numeric, errors="coerce")
-        bad = numeric.isna().to_numpy()
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise InputError(f"column {feature_names[col]!r} is not a number at data row {row + 1} of {path.name}")
-        x = numeric.to_numpy(dtype=np.float64)
+        rows = _read_csv(path, feature_names, id_columns, label_column)
+    x = rows.x
     if len(x) == 0:
         raise InputError(f"{path.name} has no rows")
     if not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise InputError(f"row {row + 1} of {path.name} has a missing or infinite value")
-    return np.asarray(x, dtype=np.float64)
+    return rows
+
+
+def _read_csv(path: Path, feature_names: list[str], id_columns: Sequence[str], label_column: str | None) -> InputRows:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputError(f"{path.name} is not a readable CSV: {error}") from None
+    missing = [name for name in feature_names if name not in frame.columns]
+    if missing:
+        raise InputError(f"{path.name} lacks the feature column(s) {', '.join(missing[:5])} the model was trained on")
+    asked = [*id_columns, *([label_column] if label_column else [])]
+    absent = [name for name in asked if name not in frame.columns]
+    if absent:
+        raise InputError(f"{path.name} has no column {', '.join(map(repr, absent))}; its columns: "
+                         + ", ".join(map(str, frame.columns[:20])))  # fmt: skip
+    numeric = frame[feature_names].apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna().to_numpy()
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"column {feature_names[col]!r} is not a number at data row {row + 1} of {path.name}")
+    used = {*feature_names, *asked}
+    return InputRows(
+        numeric.to_numpy(dtype=np.float64),
+        {name: frame[name].str.strip().tolist() for name in id_columns},
+        frame[label_column].str.strip().tolist() if label_column else None,
+        [str(c) for c in frame.columns if c not in used],
+    )
 
 
 def encrypt_rows(

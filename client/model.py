@@ -2,13 +2,14 @@
 
 <home>/models/<group>-v<version>/
     package.json           the model package ARN, group, version
-    client.zip, preprocessing.json, versions.json
+    client.zip, preprocessing.json, versions.json, costs.json (the measured costs per sample, if published)
     keys/                  the private key set (owner-only: 0700 folder, 0600 files)
     evaluation_key.json    sha256, size and S3 URI of the uploaded evaluation key
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -22,6 +23,7 @@ from common import artifacts
 from common.bundle.manifest import KeyRef, ModelRef, package_ref
 from common.bundle.schema import sha256_hex
 from common.bundle_store import BundleLayout, object_exists
+from common.estimate import EstimateError, ModelCosts
 from common.model_package import client_artifacts_uri, describe, newest_approved, require_approved
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
@@ -75,6 +77,16 @@ class ClientModel:
     def preprocessing(self) -> PreprocessingRecord:
         return PreprocessingRecord.load(self.folder / artifacts.PREPROCESSING_JSON)
 
+    def costs(self) -> ModelCosts:
+        """What a sample costs with this model, as Evaluate measured it."""
+        try:
+            return ModelCosts.from_metrics(json.loads((self.folder / artifacts.COSTS_JSON).read_text()))
+        except FileNotFoundError:
+            raise EstimateError(
+                f"model {self.ref.package_arn} carries no measured costs ({artifacts.COSTS_JSON}): it was evaluated "
+                "by an older pipeline"
+            ) from None
+
     @cached_property
     def versions(self) -> VersionsRecord:
         return VersionsRecord.from_dict(json.loads((self.folder / artifacts.VERSIONS_JSON).read_text()))
@@ -114,6 +126,11 @@ def fetch_model(
         if not target.exists():
             uri = source.join(name)
             s3.download_file(uri.bucket, uri.key, str(target))
+    costs = source.join(artifacts.COSTS_JSON)
+    if not (folder / artifacts.COSTS_JSON).exists():
+        # Older models have none: S3 answers 404, or 403 to a role that may not list the bucket.
+        with contextlib.suppress(s3.exceptions.ClientError):
+            s3.download_file(costs.bucket, costs.key, str(folder / artifacts.COSTS_JSON))
     (folder / PACKAGE_JSON).write_text(
         json.dumps({"package_arn": ref.package_arn, "client_artifacts": str(source)}, indent=2)
     )

@@ -14,6 +14,7 @@ from client.errors import BundleQuarantined, FheClientError, WaitTimeout
 from common.bundle.manifest import Manifest, parse_manifest
 from common.bundle.schema import MANIFEST_NAME, check_relative_key
 from common.bundle_store import (
+    ESTIMATE_NAME,
     BundleLayout,
     get_bytes,
     object_exists,
@@ -46,6 +47,10 @@ def submit(s3: Any, layout: BundleLayout, folder: Path, *, progress: bool = True
     if object_exists(s3, prefix.join(MANIFEST_NAME)):
         raise FheClientError(f"bundle {manifest.bundle_id} was already submitted ({prefix.join(MANIFEST_NAME)})")
     total = sum(entry.size for entry in manifest.shards)
+    estimate = folder / ESTIMATE_NAME
+    if estimate.is_file():  # sizes and seconds only, for the audit: nothing of the rows
+        uri = layout.estimate(manifest.bundle_id)
+        s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=estimate.read_bytes(), ContentType="application/json")
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=not progress) as bar:
         return put_bundle(
             s3,

@@ -8,6 +8,9 @@ MODEL_JSON = "model.json"  # the fitted Concrete ML model (clear reference, simu
 PREPROCESSING_JSON = "preprocessing.json"
 VERSIONS_JSON = "versions.json"
 TRAINING_JSON = "training.json"  # hyperparameters and training statistics
+# Published with the client artifacts by Evaluate: the model's measured costs per sample (common/estimate.py), what
+# the batch owner's estimate before paying is made of. Optional for the client: older models lack it.
+COSTS_JSON = "costs.json"
 
 # What a batch owner fetches from a registered model: enough to make keys, encrypt and decrypt, and nothing
 # of the server side. The Evaluate step publishes these next to the model (customer metadata "client_artifacts").

@@ -3,6 +3,7 @@ lies under its own folder (``<owner>``), so one role per owner can be granted ex
 
     s3://<bucket>/inbox/<owner>/keys/<sha256>.ekey              the owner's evaluation keys, by content, uploaded once
     s3://<bucket>/inbox/<owner>/<bundle id>/shards/00000.fhe    request shards, then
+    s3://<bucket>/inbox/<owner>/<bundle id>/estimate.json       the owner's estimate of its time and cost, if made
     s3://<bucket>/inbox/<owner>/<bundle id>/manifest.json       the request manifest, written last: the commit point
     s3://<bucket>/outbox/<owner>/<bundle id>/shards/00000.out   result shards (written by the endpoint), then
     s3://<bucket>/outbox/<owner>/<bundle id>/manifest.json      the result manifest, written last
@@ -54,6 +55,9 @@ REASON_NAME = "reason.json"
 PLAN_NAME = "plan.json"
 SHARD_RESULTS_FOLDER = "results"
 EVALUATION_KEY_SUFFIX = ".ekey"
+# Beside a request manifest: the owner's estimate before paying (common/estimate.py), no part of the bundle's
+# format; the audit report sets it next to the time the bundle took.
+ESTIMATE_NAME = "estimate.json"
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ class BundleLayout:
 
     def quarantine_reason(self, bundle_id: str) -> S3Uri:
         return self._under(QUARANTINE_PREFIX, bundle_id, REASON_NAME)
+
+    def estimate(self, bundle_id: str) -> S3Uri:
+        return self.request_prefix(bundle_id).join(ESTIMATE_NAME)
 
     def request_manifest(self, bundle_id: str) -> S3Uri:
         return self.request_prefix(bundle_id).join(MANIFEST_NAME)

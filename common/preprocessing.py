@@ -32,6 +32,11 @@ class PreprocessingRecord:
     feature_range: tuple[float, float] = FEATURE_RANGE
     version: int = RECORD_VERSION
     source: dict[str, Any] = field(default_factory=dict)
+    # Columns of the training file that are no feature, each with why (an identifier, ignored, not chosen); the
+    # client keeps the id columns on its side only and writes them back next to the predictions.
+    left_out: dict[str, str] = field(default_factory=dict)
+    id_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what ML ops chose to keep despite the checks
 
     @property
     def n_features(self) -> int:
@@ -45,6 +50,10 @@ class PreprocessingRecord:
         label_column: str,
         classes: list[str],
         source: dict[str, Any] | None = None,
+        *,
+        left_out: dict[str, str] | None = None,
+        id_columns: list[str] | None = None,
+        warnings: list[str] | None = None,
     ) -> PreprocessingRecord:
         return cls(
             feature_names=list(feature_names),
@@ -53,6 +62,9 @@ class PreprocessingRecord:
             data_min=[float(v) for v in x.min(axis=0)],
             data_max=[float(v) for v in x.max(axis=0)],
             source=dict(source or {}),
+            left_out=dict(left_out or {}),
+            id_columns=list(id_columns or []),
+            warnings=list(warnings or []),
         )
 
     def transform(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:

@@ -39,6 +39,7 @@ def owner_parameters(outputs: dict[str, str], prefix: str, name: str, trusted_pr
         "ModelBucketName": outputs["ModelBucketName"],
         "BundleBucketName": outputs["BundleBucketName"],
         "ModelPackageGroup": outputs["ModelPackageGroup"],
+        "EndpointName": outputs["EndpointName"],
     }
 
 

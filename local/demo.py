@@ -18,6 +18,7 @@ owner add demo`` makes, the auditor), so a policy that lacks what a step needs f
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import tempfile
@@ -34,11 +35,10 @@ import numpy as np
 from audit import report as audit_report
 from audit.collect import Window
 from client import cli as client_cli
-from client.model import ClientModel
 from common import aws
 from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions, executed_states
-from containers.training.data import sample_records, write_records_csv
+from containers.training.data import sample_uci_records
 from infrastructure import owners
 from infrastructure.deployment import Deployment, up
 from local.people import People, acting_as, ensure_people, owner_actor
@@ -53,10 +53,18 @@ from pipelines.runs import train_and_register
 class DemoSettings:
     samples: int = 100
     shard_size: int = 25
+    model_type: str = "logistic_regression"
     # With an engine (docker or podman), the deployment builds both images into its storage (nothing is pushed:
     # the local SageMaker runs them from there), on ``base_image`` if given.
     image_engine: str = ""
     base_image: str = ""
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The breast-cancer file as UCI distributes it: its ``id`` column is no feature (the client keeps it and
+        keys the predictions by it), its label is ``diagnosis``."""
+        parameters = {"LabelColumn": "diagnosis", "IdColumns": "id", "ModelType": self.model_type}
+        return {"dataset": "breast_cancer_uci", "parameters": parameters}
 
     def deployment(self) -> Deployment:
         return Deployment(
@@ -68,6 +76,7 @@ class DemoSettings:
 
 
 DEMO_OWNER = "demo"
+WORKFLOW_STAGE = "workflow (Step Functions → async endpoint → outbox)"
 
 
 @dataclass
@@ -96,7 +105,7 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
     people = ensure_people(deployment.prefix, stack)  # the last use of administrator credentials
     client = owner_actor(DEMO_OWNER)
     with timings.stage("train and register (SageMaker pipeline)"), acting_as(people, "trainer"):
-        package_arn = train_and_register(deployed.pipeline)
+        package_arn = train_and_register(deployed.pipeline, **settings.training)
     with timings.stage("approve"), acting_as(people, "ml-ops"):
         print(json.dumps(approve(package_arn, group, "Approved", "demo: metrics reviewed")))
     with timings.stage("deploy the endpoint"), acting_as(people, "ml-ops"):
@@ -107,15 +116,14 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         )
     with tempfile.TemporaryDirectory(prefix="fhe-demo-") as scratch:
         work = Path(scratch)
-        x, source = sample_records(settings.samples), work / "records.csv"
+        source = work / "records.csv"
+        x = sample_uci_records(settings.samples, source)  # id, diagnosis, the features: as the owner has them
         common = [
             "--owner", DEMO_OWNER, "--bucket", stack["BundleBucketName"], "--group", group,
             "--home", str(work / "home"), "--endpoint", deployment.endpoint_name,
         ]  # fmt: skip
         with timings.stage("client: keys, encrypt, drop"), acting_as(people, client):
             keys = client_cli.answer(["keys", *common, "--quiet"])
-            model = ClientModel.for_package(keys["model_package"], work / "home")
-            write_records_csv(source, model.preprocessing.feature_names, x)
             bundle = client_cli.answer(
                 [
                     "encrypt",
@@ -126,24 +134,30 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
                     str(settings.shard_size),
                     "--package-arn",
                     keys["model_package"],
+                    "--label-column",
+                    "diagnosis",
                     *common,
                     "--quiet",
                 ]
-            )
+            )  # the ids come back by themselves: the model records id as its IdColumns
             client_cli.answer(
                 ["submit", str(work / "bundle"), "--package-arn", keys["model_package"], *common, "--quiet"]
             )
-        with timings.stage("workflow (Step Functions → async endpoint → outbox)"), acting_as(people, client):
+        with timings.stage(WORKFLOW_STAGE), acting_as(people, client):
             client_cli.answer(["wait", bundle["bundle_id"], "--timeout", "1800", *common, "--quiet"])
         with timings.stage("client: decrypt"), acting_as(people, client):
-            client_cli.answer(
+            decrypted = client_cli.answer(
                 ["decrypt", bundle["bundle_id"], "--out", str(work / "predictions.csv"), *common, "--quiet"]
             )
-            lines = (work / "predictions.csv").read_text().splitlines()[1:]
-            predicted = [line.split(",")[1] for line in lines]
+            with (work / "predictions.csv").open(newline="") as handle:
+                predictions = list(csv.DictReader(handle))
+            predicted = [row["predicted_class"] for row in predictions]
+            keyed_by = next(iter(predictions[0])) if predictions else None
         with acting_as(people, "trainer"):  # ML ops' own copy of the model, for the comparison
             expected = clear_classes(package_arn, x)
-        versions = rollover(deployed, stack["StateMachineArn"], package_arn, source, work, common, timings, people)
+        versions = rollover(
+            deployed, stack["StateMachineArn"], package_arn, source, work, common, timings, people, settings.training
+        )
     agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
     with timings.stage("audit report"), acting_as(people, "auditor"):
         sfn = aws.client("stepfunctions")
@@ -163,6 +177,10 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         "samples": len(predicted),
         "shards": bundle["shards"],
         "agreement_with_clear_model": round(agreement, 4),
+        "predictions_keyed_by": keyed_by,
+        "accuracy_against_the_owners_labels": decrypted.get("accuracy"),
+        "estimate": bundle.get("estimate"),
+        "workflow_seconds": timings.stages[WORKFLOW_STAGE],
         "execution": execution.get("executionArn"),
         "execution_status": execution.get("status"),
         "states": states,
@@ -182,13 +200,14 @@ def rollover(
     common: list[str],
     timings: Timings,
     people: People,
+    training: dict[str, Any],
 ) -> dict[str, Any]:
     client = owner_actor(DEMO_OWNER)
     """Retraining without stranding a batch owner: a new version served beside the first, a bundle for each
     delivered, then the first version retired once its bundles are done."""
     with timings.stage("retrain: a new version trained, approved and served beside the first"):
         with acting_as(people, "trainer"):
-            second = train_and_register(deployed.pipeline)
+            second = train_and_register(deployed.pipeline, **training)
         with acting_as(people, "ml-ops"):
             approve(second, deployed.pipeline.package_group, "Approved", "demo: retrained")
             served = deploy_endpoint(deployed.endpoint, package_arn=second)
@@ -220,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--samples", type=int, default=DemoSettings.samples)
     parser.add_argument("--shard-size", type=int, default=DemoSettings.shard_size)
+    parser.add_argument(
+        "--model-type", default=DemoSettings.model_type, help="the pipeline's ModelType (%(default)s; decision_tree…)"
+    )
     parser.add_argument("--report", type=Path, default=Path("audit-report"), help="path prefix of the audit report")
     parser.add_argument(
         "--images",
@@ -238,12 +260,26 @@ def main(argv: list[str] | None = None) -> None:
     # The SageMaker SDK turns the root logger to INFO on import; the demo prints its own progress.
     logging.basicConfig(level=logging.WARNING, force=True)
     settings = DemoSettings(
-        samples=args.samples, shard_size=args.shard_size, image_engine=args.images or "", base_image=args.base_image
+        samples=args.samples,
+        shard_size=args.shard_size,
+        model_type=args.model_type,
+        image_engine=args.images or "",
+        base_image=args.base_image,
     )
     summary = run(settings, args.report)
     print("\n== summary")
     print(f"  samples            {summary['samples']} in {summary['shards']} shards (bundle {summary['bundle_id']})")
     print(f"  agreement          {summary['agreement_with_clear_model']:.2%} with the clear model")
+    print(f"  predictions        keyed by {summary['predictions_keyed_by']}, kept on the client only")
+    scored = summary["accuracy_against_the_owners_labels"]
+    if scored:
+        print(f"  owner's labels     accuracy {scored['accuracy']:.2%} ({scored['correct']} of {scored['rows']})")
+    made = summary["estimate"]
+    if made:
+        print(
+            f"  estimate           {made['seconds']} s and {made['cost']:.4f} {made['currency']} before paying; the "
+            f"workflow took {summary['workflow_seconds']} s"
+        )
     print(f"  execution          {summary['execution_status']}: {' → '.join(summary['states'])}")
     audit_ok = all(result == "pass" for result in summary["audit_checks"].values())
     print(

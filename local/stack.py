@@ -33,6 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.estimate import TABLE_VARIABLE
 from local.sagemaker.runtime import RUNTIMES
 from local.tls import TlsMaterial, ensure_tls
 
@@ -105,6 +106,9 @@ def local_sagemaker() -> Service:
     return Service("local-sagemaker", int(os.environ.get("FHE_LOCAL_SAGEMAKER_PORT", "4599")), "/health")
 
 
+LOCAL_ESTIMATE_TABLE = Path(__file__).with_name("estimates.json")
+
+
 def client_environment() -> dict[str, str]:
     """What a client needs to talk to the local stack instead of AWS: endpoints, the stack's certificate
     authority and the local AWS's administrator credentials."""
@@ -119,6 +123,8 @@ def client_environment() -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
         "AWS_CA_BUNDLE": str(tls().authority),
+        # The estimates' table with the local stack's own workflow times (prices stay AWS's).
+        TABLE_VARIABLE: str(LOCAL_ESTIMATE_TABLE),
     }
 
 

@@ -60,6 +60,11 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
 
     input_data = ParameterString("InputDataUri", default_value=settings.data_uri)
     label_column = ParameterString("LabelColumn", default_value="label")
+    # Comma-separated column names (empty: none); a feature that looks like an identifier is refused unless kept.
+    feature_columns = ParameterString("FeatureColumns", default_value="")
+    ignore_columns = ParameterString("IgnoreColumns", default_value="")
+    id_columns = ParameterString("IdColumns", default_value="")
+    identifier_features = ParameterString("IdentifierFeatures", default_value="refuse")
     # No enum here: the Train step checks the model type and names the allowed ones in its FailureReason.
     model_type = ParameterString("ModelType", default_value="logistic_regression")
     n_bits = ParameterInteger("NBits", default_value=0)  # 0: the model type's default
@@ -119,7 +124,15 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
                 s3_output("test", "/opt/ml/processing/output/test"),
                 s3_output("preprocessing", "/opt/ml/processing/output/preprocessing"),
             ],
-            arguments=["--label-column", label_column],
+            # "--name=value" keeps an empty value one argument.
+            arguments=[
+                "--label-column",
+                label_column,
+                Join(on="=", values=["--feature-columns", feature_columns]),
+                Join(on="=", values=["--ignore-columns", ignore_columns]),
+                Join(on="=", values=["--id-columns", id_columns]),
+                Join(on="=", values=["--identifier-features", identifier_features]),
+            ],
         ),
     )
 
@@ -239,6 +252,10 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
         parameters=[
             input_data,
             label_column,
+            feature_columns,
+            ignore_columns,
+            id_columns,
+            identifier_features,
             model_type,
             n_bits,
             n_w_bits,

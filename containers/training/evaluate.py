@@ -20,6 +20,8 @@ import numpy as np
 
 from common import artifacts
 from common.archives import extract_tar
+from common.estimate import ModelCosts
+from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, container_path, run_entry_point
 from containers.training.models import TrainingSettings
@@ -114,6 +116,7 @@ def evaluate(
     with tempfile.TemporaryDirectory() as scratch:
         files = unpack_model(model_input, Path(scratch))
         training = json.loads((files / artifacts.TRAINING_JSON).read_text())
+        columns = PreprocessingRecord.load(files / artifacts.PREPROCESSING_JSON)
         settings = TrainingSettings(**training["settings"])
         model = loads((files / artifacts.MODEL_JSON).read_text())
         # Same data, same options as Train: the same circuit as server.zip, here for simulation.
@@ -151,9 +154,14 @@ def evaluate(
         "model_type": settings.model_type,
         "test_rows": len(y_test),
         "fhe_sample_size": n,
+        # What the model does not see and why, and what ML ops kept despite the identifier check.
+        "columns": {"left_out": columns.left_out, "id_columns": columns.id_columns, "warnings": columns.warnings},
     }
     output.mkdir(parents=True, exist_ok=True)
     (output / "evaluation.json").write_text(json.dumps(report, indent=2))
+    if client_output is not None:
+        costs = ModelCosts.from_metrics(values)
+        (client_output / artifacts.COSTS_JSON).write_text(json.dumps(costs.to_metrics(), indent=2))
     print(json.dumps({"evaluation": values}), flush=True)
     return report
 

@@ -1,4 +1,6 @@
-"""Preprocess step: validate the data, split it, scale features to [-1, 1], record schema and scaling.
+"""Preprocess step: validate the data, pick the feature columns (FeatureColumns, IgnoreColumns, IdColumns; a feature
+that looks like a record identifier is refused unless IdentifierFeatures=keep), split, scale features to [-1, 1],
+record schema, scaling and what was left out and why.
 
 Outputs (SageMaker processing outputs):
   <output>/train/train.npz, <output>/test/test.npz   features (float32) and class indices
@@ -17,7 +19,7 @@ import numpy.typing as npt
 
 from common.preprocessing import PreprocessingRecord
 from containers.contract import StepInputError, container_path, run_entry_point
-from containers.training.data import DEFAULT_LABEL_COLUMN, find_input_file, load_table
+from containers.training.data import DEFAULT_LABEL_COLUMN, ColumnChoice, find_input_file, load_table
 
 MIN_SAMPLES_PER_CLASS = 2
 
@@ -44,13 +46,23 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def preprocess(input_path: Path, output: Path, label_column: str, test_size: float, seed: int) -> dict[str, Any]:
+def preprocess(
+    input_path: Path,
+    output: Path,
+    label_column: str,
+    test_size: float,
+    seed: int,
+    columns: ColumnChoice | None = None,
+) -> dict[str, Any]:
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_size < 1.0:
         raise StepInputError(f"test size must be between 0 and 1, got {test_size}")
+    columns = columns or ColumnChoice()
     source = find_input_file(input_path)
-    table = load_table(source, label_column)
+    table = load_table(source, label_column, columns)
+    for warning in table.warnings:
+        print(f"warning: {warning}", flush=True)
     y, classes = encode_labels(table.labels)
     if len(classes) < 2:
         raise StepInputError(f"the label column {label_column!r} holds a single class ({classes[0]}); need two or more")
@@ -69,6 +81,9 @@ def preprocess(input_path: Path, output: Path, label_column: str, test_size: flo
         table.label_column,
         classes,
         source={"file": source.name, "rows": len(y), "test_size": test_size, "seed": seed},
+        left_out=table.left_out,
+        id_columns=list(columns.ids),
+        warnings=table.warnings,
     )
     for name, x, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
         folder = output / name
@@ -82,6 +97,8 @@ def preprocess(input_path: Path, output: Path, label_column: str, test_size: flo
         "classes": classes,
         "train_rows": len(y_train),
         "test_rows": len(y_test),
+        "left_out": table.left_out,
+        "warnings": table.warnings,
     }
     print(json.dumps({"preprocess": summary}), flush=True)
     return summary
@@ -96,13 +113,24 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_LABEL_COLUMN,
         help="CSV column name, or NPY column index (default: 'label'; last column for NPY)",
     )
+    parser.add_argument("--feature-columns", default="", help="comma-separated; default: every other column")
+    parser.add_argument("--ignore-columns", default="", help="comma-separated columns that are no feature")
+    parser.add_argument("--id-columns", default="", help="comma-separated record identifiers: never a feature")
+    parser.add_argument(
+        "--identifier-features", default="refuse", help="refuse (default) or keep a feature that looks like an id"
+    )
     parser.add_argument("--test-size", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     run_entry_point(
         "processing",
         lambda: preprocess(
-            container_path(args.input), container_path(args.output), args.label_column, args.test_size, args.seed
+            container_path(args.input),
+            container_path(args.output),
+            args.label_column,
+            args.test_size,
+            args.seed,
+            ColumnChoice.parse(args.feature_columns, args.ignore_columns, args.id_columns, args.identifier_features),
         ),
     )
 

@@ -16,6 +16,7 @@ import pytest
 
 from common import aws
 from common.archives import extract_tar
+from common.model_package import client_artifacts_uri
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
 from common.settings import PipelineSettings
@@ -87,6 +88,36 @@ def test_model_package_is_registered_with_metrics_pending_approval(succeeded: st
     assert metrics["evaluation_key_bytes"] > 0
     assert metrics["input_ciphertext_bytes_per_sample"] > 0
     assert metrics["fhe_latency_seconds_per_sample"] > 0
+
+
+def test_the_uci_file_with_its_id_named_trains_a_model_without_it(pipeline: PipelineSettings) -> None:
+    """The breast-cancer file as UCI distributes it (id, diagnosis as M/B, the features) with IdColumns=id: the
+    registered model's preprocessing.json has no id feature and says why, the evaluation report too, and the
+    client artifacts carry the measured costs an owner's estimate is made of."""
+    source = runs.stage_dataset(SETTINGS, "breast_cancer_uci")
+    parameters = {"InputDataUri": source, "LabelColumn": "diagnosis", "IdColumns": "id"}
+    arn = run_execution([{"Name": k, "Value": v} for k, v in parameters.items()])
+    steps = steps_of(arn)
+    assert all(s["StepStatus"] == "Succeeded" for s in steps.values()), {
+        n: s.get("FailureReason") for n, s in steps.items()
+    }
+    package = aws.client("sagemaker").describe_model_package(
+        ModelPackageName=steps["Register"]["Metadata"]["RegisterModel"]["Arn"]
+    )
+    client_artifacts = client_artifacts_uri(package)
+    s3 = aws.client("s3")
+    record = PreprocessingRecord.from_json(_read_text(client_artifacts.join("preprocessing.json")))
+    assert "id" not in record.feature_names and record.n_features == 30 and record.classes == ["B", "M"]
+    assert record.id_columns == ["id"] and "IdColumns" in record.left_out["id"] and record.warnings == []
+    report_uri = S3Uri.parse(package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"])
+    report = json.loads(s3.get_object(Bucket=report_uri.bucket, Key=report_uri.key)["Body"].read())
+    assert report["columns"]["left_out"] == record.left_out
+    costs = json.loads(_read_text(client_artifacts.join("costs.json")))
+    assert costs["fhe_latency_seconds_per_sample"] > 0 and costs["input_ciphertext_bytes_per_sample"] > 0
+
+
+def _read_text(uri: S3Uri) -> str:
+    return str(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read().decode())
 
 
 def test_registered_model_runs_in_real_fhe(succeeded: str) -> None:
@@ -169,6 +200,11 @@ BAD_INPUTS = {
         "feature column 'b' has the non-numeric value 'seven'",
     ),
     "empty file": ([{"Name": "InputDataUri", "Value": "bad/empty.csv"}], "Preprocess", "is empty"),
+    "identifier-like feature": (
+        [{"Name": "InputDataUri", "Value": "bad/idfirst.csv"}],
+        "Preprocess",
+        "feature column 'a' of idfirst.csv looks like a record identifier",
+    ),
 }
 
 
@@ -178,6 +214,7 @@ def test_bad_input_fails_the_step_with_a_reason_and_the_stack_keeps_running(pipe
         "bad/nolabel.csv": "a,b,c\n" + rows + "\n",
         "bad/text.csv": "a,b,label\n" + rows + "\n1,seven,0\n",
         "bad/empty.csv": "",
+        "bad/idfirst.csv": "a,b,label\n" + rows + "\n",  # a: a unique whole number per row, in no parameter
     }
     uris = {key: _put_text(key, text) for key, text in files.items()}
     started = {}

@@ -627,3 +627,68 @@ def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path
     assert bundle_executions(sfn, workflow.stack["StateMachineArn"], "same-id", "clinic-b") == [
         arn for arn in ran if execution_bundle(sfn, arn).owner == "clinic-b"
     ]
+
+
+def _every_log(workflow: Workflow) -> bytes:
+    """Every log the deployment and the local stack wrote: the functions' log groups, the local SageMaker's and
+    the local AWS's own logs, and every job's and endpoint container's log."""
+    from local.stack import stack_dir
+
+    texts = [
+        e["message"].encode() for function in workflow.stack["FunctionNames"].split(",") for e in _log_events(function)
+    ]
+    texts += [path.read_bytes() for path in stack_dir().rglob("*.log") if path.is_file()]
+    assert len(texts) > 50, "the scan must see the logs"
+    return b"\n".join(texts)
+
+
+def _every_object(buckets: list[str]) -> bytes:
+    s3 = aws.client("s3")
+    bodies = []
+    for bucket in buckets:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            bodies += [s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in page.get("Contents", [])]
+    return b"\n".join(bodies)
+
+
+def test_the_owners_ids_stay_on_its_machine_and_key_its_predictions(workflow: Workflow, tmp_path: Path) -> None:
+    """A scoring file with an id column and the owner's labels: predictions.csv is keyed by the ids, the accuracy
+    against the labels is printed, and no S3 object of the deployment and no log holds any id value."""
+    from audit.collect import estimate_shown
+    from client import cli as client_cli
+
+    rows = 6
+    ids = [f"{patient}" for patient in np.random.default_rng(11).choice(np.arange(10**8, 10**9), rows, replace=False)]
+    names = workflow.model.preprocessing.feature_names
+    lines = ["id,label,ward," + ",".join(names)]
+    lines += [
+        ",".join([patient, expected, "east", *(repr(float(v)) for v in row)])
+        for patient, expected, row in zip(
+            ids, workflow.expected[50 : 50 + rows], workflow.x[50 : 50 + rows], strict=True
+        )
+    ]
+    source = tmp_path / "scoring.csv"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "predictions.csv"
+    home = str(workflow.model.folder.parents[1])
+    arguments = ["run", str(source), "--out", str(out), "--id-column", "id", "--label-column", "label",
+                 "--owner", OWNER, "--bucket", _layout().bucket, "--group", DEPLOYMENT.package_group,
+                 "--endpoint", DEPLOYMENT.endpoint_name, "--home", home, "--timeout", "300", "--quiet"]  # fmt: skip
+    answer = client_cli.answer(arguments)
+    written = out.read_text().splitlines()
+    assert written[0].startswith("id,row,predicted_class,")
+    assert [line.split(",")[0] for line in written[1:]] == ids
+    assert [line.split(",")[2] for line in written[1:]] == workflow.expected[50 : 50 + rows]
+    assert answer["ignored_columns"] == ["ward"] and answer["id_columns"] == ["id"]
+    assert answer["accuracy"] == {"accuracy": 1.0, "correct": rows, "rows": rows}  # labels: the clear model's
+    # The estimate made before paying went up beside the manifest, where the audit report reads it.
+    made = answer["estimate"]
+    assert made["samples"] == rows and made["instance_type"] and made["cost"] > 0 and made["prices_as_of"]
+    shown = estimate_shown(aws.client("s3"), _layout().estimate(answer["bundle_id"]))
+    assert shown is not None and (shown["seconds"], shown["cost"]) == (made["seconds"], made["cost"])
+    stack = workflow.stack
+    objects = _every_object([stack["BundleBucketName"], stack["ModelBucketName"], stack["DataBucketName"]])
+    logs = _every_log(workflow)
+    assert answer["bundle_id"].encode() in logs, "the scan sees this bundle's logs"
+    leaked = [patient for patient in ids if patient.encode() in objects or patient.encode() in logs]
+    assert not leaked, leaked

@@ -237,3 +237,20 @@ def read_last(table: Any) -> AuditRecord | None:
     from common.audit_log import last_record
 
     return last_record(table)
+
+
+def test_an_owners_estimate_is_shown_as_written_or_said_to_be_unusable(s3: Any) -> None:
+    """The owner writes estimate.json: the audit reads it with a limit and shows only its known fields."""
+    from audit.collect import MAX_ESTIMATE_BYTES, estimate_shown
+    from common.bundle_store import BundleLayout
+    from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
+
+    uri = BundleLayout(UNIT_BUCKET, UNIT_OWNER).estimate("b-1")
+    assert estimate_shown(s3, uri) is None
+    good = {"seconds": 12.5, "cost": 0.01, "currency": "USD", "prices_as_of": "2025-10-01", "extra": "dropped"}
+    s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=json.dumps(good).encode())
+    shown = estimate_shown(s3, uri)
+    assert shown is not None and shown["seconds"] == 12.5 and "extra" not in shown
+    for body in (b"not json", json.dumps({"seconds": "soon"}).encode(), b" " * (MAX_ESTIMATE_BYTES + 1)):
+        s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body)
+        assert estimate_shown(s3, uri) == {"unusable": str(uri)}

@@ -151,3 +151,74 @@ def test_a_bundle_goes_only_to_its_owners_inbox_with_its_owners_key(
         with pytest.raises(SystemExit):
             main(["wait", "bundle-5", "--owner", owner, "--bucket", BUCKET, "--timeout", "1"])
         assert problem in capsys.readouterr().err
+
+
+def test_ids_and_labels_stay_on_the_client_and_come_back_next_to_the_predictions(tmp_path: Path) -> None:
+    """An input with an id column, the owner's labels and a column the model does not use: only the features are
+    read as numbers (the ids may be text), the rest is named; predictions.csv starts with the ids; the owner's
+    labels are scored after decryption; what is kept is the owner's only (0600)."""
+    from client.encrypt import read_input
+    from client.kept import KeptColumns, accuracy, keep, kept_for
+
+    path = tmp_path / "scoring.csv"
+    path.write_text("id,texture,note,area,radius,diagnosis\nP-1,2,x,3,1,M\nP-2,5,y,6,4,B\n")
+    rows = read_input(path, FEATURES, ["id"], "diagnosis")
+    assert rows.x.tolist() == [[1, 2, 3], [4, 5, 6]] and rows.ids == {"id": ["P-1", "P-2"]}
+    assert rows.labels == ["M", "B"] and rows.ignored == ["note"]
+    with pytest.raises(InputError, match="no column 'patient'"):
+        read_input(path, FEATURES, ["patient"])
+    probabilities = np.array([[0.2, 0.8], [0.9, 0.1]])
+    out = tmp_path / "predictions.csv"
+    write_predictions(out, ["B", "M"], probabilities, rows.ids)
+    assert out.read_text().splitlines() == [
+        "id,row,predicted_class,probability_B,probability_M",
+        "P-1,0,M,0.200000,0.800000",
+        "P-2,1,B,0.900000,0.100000",
+    ]
+    with pytest.raises(FheClientError, match="1 values for 2 predictions"):
+        write_predictions(out, ["B", "M"], probabilities, {"id": ["P-1"]})
+    assert accuracy(["B", "M"], probabilities, ["M", "M"]) == {"accuracy": 0.5, "correct": 1, "rows": 2}
+    assert accuracy(["0", "1"], probabilities, ["1.0", "0"])["correct"] == 2  # 1.0 names class 1
+    kept = keep(tmp_path / "home", "bundle-9", KeptColumns(rows.ids, "diagnosis", rows.labels))
+    assert kept is not None and kept.stat().st_mode & 0o777 == 0o600
+    assert kept_for(tmp_path / "home", "bundle-9") == KeptColumns(rows.ids, "diagnosis", rows.labels)
+    assert kept_for(tmp_path / "home", "elsewhere") == KeptColumns()
+    assert keep(tmp_path / "home", "bundle-10", KeptColumns()) is None
+
+
+def test_an_estimate_is_made_of_measured_costs_the_endpoints_limits_and_a_dated_price(tmp_path: Path) -> None:
+    from common.estimate import EstimateError, EstimateTable, ModelCosts, Serving, estimate
+
+    table = EstimateTable.load()  # the shipped table
+    assert table.as_of and table.hourly("ml.c7i.4xlarge") > 0
+    costs = ModelCosts.from_metrics(
+        {
+            "fhe_latency_seconds_per_sample": {"value": 4.0},
+            "input_ciphertext_bytes_per_sample": 1000.0,
+            "evaluation_key_bytes": 5000,
+        }
+    )
+    warm = Serving("e-v1", "ml.c7i.4xlarge", max_instances=2, invocations_per_instance=2, scale_in_cooldown=600,
+                   instances_now=1)  # fmt: skip
+    made = estimate(20, 5, costs, warm, table)
+    # 4 shards, 4 at once: one wave on both instances; 20 samples of 4 s shared by 2 instances.
+    assert (made.shards, made.waves, made.instances, made.fhe_seconds) == (4, 1, 2, 40.0)
+    assert made.seconds == table.seconds_per_bundle + table.seconds_per_wave + 40.0 and not made.instance_start
+    billed = 2 * (40.0 + table.seconds_per_wave + 600)
+    assert made.cost == round(billed / 3600 * table.hourly("ml.c7i.4xlarge"), 6)
+    assert made.upload_bytes == 20_000
+    cold = estimate(
+        20, 5, costs, Serving("e-v1", "ml.c7i.4xlarge", 2, 2, 600, instances_now=0), table, key_uploaded=False
+    )
+    assert cold.instance_start and cold.seconds == made.seconds + table.instance_start_seconds
+    assert cold.upload_bytes == 25_000
+    line = made.line()
+    assert "20 samples in 4 shards" in line and f"prices of {table.as_of}" in line and "USD" in line
+    with pytest.raises(EstimateError, match=r"no price for ml\.x1\.huge"):
+        estimate(20, 5, costs, Serving("e-v1", "ml.x1.huge", 1, 1, 0, 1), table)
+    with pytest.raises(EstimateError, match="evaluated by an older pipeline"):
+        ModelCosts.from_metrics({"fhe_latency_seconds_per_sample": 1.0})
+    broken = tmp_path / "table.json"
+    broken.write_text("{}")
+    with pytest.raises(EstimateError, match="not usable"):
+        EstimateTable.load(broken)

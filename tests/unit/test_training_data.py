@@ -7,7 +7,7 @@ import pytest
 
 from common.preprocessing import PreprocessingRecord, SchemaError
 from containers.contract import StepInputError
-from containers.training.data import builtin_dataset_csv, find_input_file, load_table
+from containers.training.data import ColumnChoice, builtin_dataset_csv, find_input_file, load_table
 from containers.training.models import TrainingSettings
 from containers.training.preprocess import encode_labels, preprocess
 
@@ -129,3 +129,65 @@ def test_digits_28x28_has_mnist_shape_and_the_digits_labels(tmp_path: Path) -> N
     assert list(table.labels) == list(small.labels)
     # Upscaling keeps each image: the corners of a 28x28 image are the corners of its 8x8 source.
     assert np.allclose(table.x[:, [0, 27, 756, 783]], small.x[:, [0, 7, 56, 63]])
+
+
+def test_the_uci_file_trains_without_its_id_when_ids_are_named(tmp_path: Path) -> None:
+    """The breast-cancer file as UCI distributes it (id, diagnosis as M/B, 30 features), IdColumns=id: the model's
+    features are the 30, and the record says what was left out and why."""
+    source = builtin_dataset_csv("breast_cancer_uci", tmp_path / "in" / "wdbc.csv")
+    assert source.read_text().splitlines()[0].split(",")[:3] == ["id", "diagnosis", "mean_radius"]
+    summary = preprocess(source.parent, tmp_path / "out", "diagnosis", 0.25, 1, ColumnChoice.parse(ids="id"))
+    record = PreprocessingRecord.load(tmp_path / "out/preprocessing/preprocessing.json")
+    assert "id" not in record.feature_names and record.n_features == 30 and record.classes == ["B", "M"]
+    assert record.id_columns == ["id"] and "IdColumns" in record.left_out["id"]
+    assert summary["left_out"] == record.left_out and summary["warnings"] == []
+
+
+def test_a_feature_that_looks_like_an_identifier_is_refused_naming_it_unless_kept(tmp_path: Path) -> None:
+    source = builtin_dataset_csv("breast_cancer_uci", tmp_path / "in" / "wdbc.csv")
+    with pytest.raises(
+        StepInputError, match=r"feature column 'id' of wdbc.csv looks like a record identifier.*IdColumns"
+    ):
+        preprocess(source.parent, tmp_path / "out", "diagnosis", 0.25, 1)
+    kept = ColumnChoice.parse(identifiers="keep")
+    summary = preprocess(source.parent, tmp_path / "kept", "diagnosis", 0.25, 1, kept)
+    record = PreprocessingRecord.load(tmp_path / "kept/preprocessing/preprocessing.json")
+    assert record.feature_names[0] == "id" and len(record.warnings) == 1 and "'id'" in record.warnings[0]
+    assert summary["warnings"] == record.warnings
+    # An increasing row number is one too; whole numbers that repeat (counts, categories) are not.
+    rows = "".join(f"{i},{i % 5},{i % 2}\n" for i in range(40))
+    with pytest.raises(StepInputError, match=r"'row'.*increasing row by row"):
+        load_table(write(tmp_path, "r.csv", "row,count,label\n" + rows))
+    assert load_table(write(tmp_path, "c.csv", "row,count,label\n" + rows), choice=ColumnChoice.parse(ignore="row"))
+    few = "".join(f"{i},{i % 2}\n" for i in range(10))  # too few rows to tell
+    assert load_table(write(tmp_path, "f.csv", "a,label\n" + few)).feature_names == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        (ColumnChoice.parse(ids="patient"), "IdColumns names 'patient', not a column of d.csv"),
+        (ColumnChoice.parse(features="a,zz"), "FeatureColumns names 'zz'"),
+        (ColumnChoice.parse(ignore="label"), "IgnoreColumns names the label column"),
+        (ColumnChoice.parse(features="a", ignore="a"), "named as a feature and as left out"),
+        (ColumnChoice.parse(ignore="a,b,c"), "no feature columns left"),
+    ],
+)
+def test_a_column_choice_that_does_not_fit_the_file_is_named(
+    tmp_path: Path, choice: ColumnChoice, message: str
+) -> None:
+    with pytest.raises(StepInputError, match=message):
+        load_table(write(tmp_path, "d.csv", "a,b,c,label\n1,2,3,0\n"), choice=choice)
+
+
+def test_feature_columns_pick_and_ignore_columns_drop_and_text_ids_need_not_be_numbers(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", "name,a,b,c,label\nann,1,2,3,0\nbob,4,5,6,1\n")
+    table = load_table(path, choice=ColumnChoice.parse(features="c,a", ids="name"))
+    assert table.feature_names == ["a", "c"] and table.x.tolist() == [[1, 3], [4, 6]]
+    assert table.left_out == {
+        "name": "IdColumns: a record identifier, kept by the client only",
+        "b": "not in FeatureColumns",
+    }
+    assert load_table(path, choice=ColumnChoice.parse(ignore="name,b")).feature_names == ["a", "c"]
+    with pytest.raises(StepInputError, match="'refuse' or 'keep'"):
+        ColumnChoice.parse(identifiers="maybe")

@@ -1,0 +1,226 @@
+"""What a bundle will take and cost, before its owner pays for the encrypted compute.
+
+The inputs are measured or configured, never guessed here:
+- the model's costs per sample, measured by the Evaluate step in real FHE (``costs.json`` next to the client
+  artifacts: seconds per sample, ciphertext bytes per sample, evaluation key bytes);
+- the endpoint's scaling limits as deployed (instance type, instances at most, shards an instance takes at once,
+  the scale-in cooldown during which an idle instance is still paid for, and whether an instance is up now);
+- an estimate table (``estimates.json``, shipped with the product and overridable through ``FHE_ESTIMATE_TABLE``):
+  the instances' hourly prices, the date they are from, and the workflow's own time per bundle, per wave of shards
+  and to start an instance from zero.
+
+The time is the workflow's fixed time, plus an instance start when none is up, plus the FHE time: the samples
+shared by the instances the bundle's shards keep busy (FHE is CPU-bound: shards an instance takes at once share
+its cores). The cost is those instances' time, start and scale-in cooldown included, at the table's price.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+TABLE_VARIABLE = "FHE_ESTIMATE_TABLE"
+SHIPPED_TABLE = Path(__file__).with_name("estimates.json")
+SCALING_NAMESPACE = "sagemaker"
+
+
+class EstimateError(ValueError):
+    """An estimate that cannot be made: a missing measurement, a table that does not parse, an unknown price."""
+
+
+@dataclass(frozen=True)
+class EstimateTable:
+    as_of: str  # the date the prices are from
+    source: str
+    currency: str
+    hourly_prices: dict[str, float]
+    seconds_per_bundle: float
+    seconds_per_wave: float
+    instance_start_seconds: float
+    path: str
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> EstimateTable:
+        chosen = path or Path(os.environ.get(TABLE_VARIABLE) or SHIPPED_TABLE)
+        try:
+            data = json.loads(chosen.read_text())
+            workflow = data["workflow"]
+            return cls(
+                as_of=str(data["as_of"]),
+                source=str(data["source"]),
+                currency=str(data["currency"]),
+                hourly_prices={str(k): float(v) for k, v in data["hourly_prices"].items()},
+                seconds_per_bundle=float(workflow["seconds_per_bundle"]),
+                seconds_per_wave=float(workflow["seconds_per_wave"]),
+                instance_start_seconds=float(workflow["instance_start_seconds"]),
+                path=str(chosen),
+            )
+        except FileNotFoundError:
+            raise EstimateError(f"no estimate table at {chosen} ({TABLE_VARIABLE})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise EstimateError(f"the estimate table {chosen} is not usable: {error!r}") from None
+
+    def hourly(self, instance_type: str) -> float:
+        if instance_type not in self.hourly_prices:
+            raise EstimateError(
+                f"the estimate table {self.path} has no price for {instance_type}; add it to a copy of the table and "
+                f"point {TABLE_VARIABLE} at it"
+            )
+        return self.hourly_prices[instance_type]
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """What one sample costs with this model, as Evaluate measured it in real FHE."""
+
+    seconds_per_sample: float
+    input_bytes_per_sample: float
+    evaluation_key_bytes: int
+
+    METRICS = ("fhe_latency_seconds_per_sample", "input_ciphertext_bytes_per_sample", "evaluation_key_bytes")
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> ModelCosts:
+        """From Evaluate's metrics (plain values, or SageMaker's ``{"value": …}`` shape)."""
+        values = {name: (v["value"] if isinstance(v, dict) else v) for name, v in metrics.items()}
+        missing = [name for name in cls.METRICS if values.get(name) is None]
+        if missing:
+            raise EstimateError(
+                f"the model's evaluation lacks {', '.join(missing)}: it was evaluated by an older pipeline"
+            )
+        return cls(float(values[cls.METRICS[0]]), float(values[cls.METRICS[1]]), int(values[cls.METRICS[2]]))
+
+    def to_metrics(self) -> dict[str, float]:
+        return dict(
+            zip(
+                self.METRICS,
+                (self.seconds_per_sample, self.input_bytes_per_sample, self.evaluation_key_bytes),
+                strict=True,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The endpoint's limits, as deployed."""
+
+    endpoint: str
+    instance_type: str
+    max_instances: int
+    invocations_per_instance: int
+    scale_in_cooldown: float
+    instances_now: int | None = None  # None: not known, an instance start is counted
+
+
+def serving_of(sagemaker: Any, scaling: Any, endpoint: str) -> Serving:
+    """The limits of ``endpoint`` read back from SageMaker and Application Auto Scaling."""
+    described = sagemaker.describe_endpoint(EndpointName=endpoint)
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+    variant = config["ProductionVariants"][0]
+    client_config = (config.get("AsyncInferenceConfig") or {}).get("ClientConfig") or {}
+    resource = f"endpoint/{endpoint}/variant/{variant['VariantName']}"
+    targets = scaling.describe_scalable_targets(ServiceNamespace=SCALING_NAMESPACE, ResourceIds=[resource])
+    target = (targets.get("ScalableTargets") or [{}])[0]
+    policies = scaling.describe_scaling_policies(ServiceNamespace=SCALING_NAMESPACE, ResourceId=resource)
+    cooldowns = [
+        p["TargetTrackingScalingPolicyConfiguration"].get("ScaleInCooldown", 0)
+        for p in policies.get("ScalingPolicies", [])
+        if p.get("TargetTrackingScalingPolicyConfiguration")
+    ]
+    running = [v.get("CurrentInstanceCount") for v in described.get("ProductionVariants", [])]
+    return Serving(
+        endpoint=endpoint,
+        instance_type=str(variant["InstanceType"]),
+        max_instances=int(target.get("MaxCapacity") or variant.get("InitialInstanceCount") or 1),
+        invocations_per_instance=int(client_config.get("MaxConcurrentInvocationsPerInstance") or 1),
+        scale_in_cooldown=float(max(cooldowns, default=0)),
+        instances_now=int(running[0]) if running and running[0] is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    samples: int
+    shards: int
+    upload_bytes: int
+    instances: int  # the instances the bundle keeps busy
+    waves: int  # rounds of shards the endpoint runs at once
+    fhe_seconds: float
+    seconds: float
+    cost: float
+    currency: str
+    instance_type: str
+    hourly_price: float
+    prices_as_of: str
+    instance_start: bool  # whether an instance start from zero is counted
+
+    def line(self) -> str:
+        start = ", an instance start included" if self.instance_start else ""
+        return (
+            f"estimate: {self.samples} samples in {self.shards} shards, {_size(self.upload_bytes)} to upload, "
+            f"about {_duration(self.seconds)} ({_duration(self.fhe_seconds)} of FHE on {self.instances} "
+            f"{self.instance_type}{start}), about {self.cost:.4f} {self.currency} at {self.hourly_price} "
+            f"{self.currency}/h (prices of {self.prices_as_of})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate(
+    samples: int,
+    shard_size: int,
+    model: ModelCosts,
+    serving: Serving,
+    table: EstimateTable,
+    *,
+    key_uploaded: bool = True,
+) -> Estimate:
+    if samples < 1 or shard_size < 1:
+        raise EstimateError(f"an estimate needs samples and a shard size of at least 1, got {samples}, {shard_size}")
+    shards = math.ceil(samples / shard_size)
+    at_once = max(1, serving.max_instances * serving.invocations_per_instance)
+    waves = math.ceil(shards / at_once)
+    instances = max(1, min(serving.max_instances, math.ceil(shards / max(1, serving.invocations_per_instance))))
+    fhe_seconds = samples * model.seconds_per_sample / instances
+    cold = not serving.instances_now
+    start = table.instance_start_seconds if cold else 0.0
+    seconds = table.seconds_per_bundle + waves * table.seconds_per_wave + start + fhe_seconds
+    hourly = table.hourly(serving.instance_type)
+    billed = instances * (start + fhe_seconds + waves * table.seconds_per_wave + serving.scale_in_cooldown)
+    upload = round(samples * model.input_bytes_per_sample) + (0 if key_uploaded else model.evaluation_key_bytes)
+    return Estimate(
+        samples=samples,
+        shards=shards,
+        upload_bytes=upload,
+        instances=instances,
+        waves=waves,
+        fhe_seconds=round(fhe_seconds, 3),
+        seconds=round(seconds, 1),
+        cost=round(billed / 3600 * hourly, 6),
+        currency=table.currency,
+        instance_type=serving.instance_type,
+        hourly_price=hourly,
+        prices_as_of=table.as_of,
+        instance_start=cold,
+    )
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
