@@ -2,16 +2,19 @@
 
 The inputs are measured or configured, never guessed here:
 - the model's costs per sample, measured by the Evaluate step in real FHE (``costs.json`` next to the client
-  artifacts: seconds per sample, ciphertext bytes per sample, evaluation key bytes);
+  artifacts: seconds per sample as the endpoint evaluates a shard, with one thread per core; ciphertext bytes per
+  sample; evaluation key bytes);
 - the endpoint's scaling limits as deployed (instance type, instances at most, shards an instance takes at once,
   the scale-in cooldown during which an idle instance is still paid for, and whether an instance is up now);
 - an estimate table (``estimates.json``, shipped with the product and overridable through ``FHE_ESTIMATE_TABLE``):
   the instances' hourly prices, the date they are from, and the workflow's own time per bundle, per wave of shards
   and to start an instance from zero.
 
-The time is the workflow's fixed time, plus an instance start when none is up, plus the FHE time: the samples
-shared by the instances the bundle's shards keep busy (FHE is CPU-bound: shards an instance takes at once share
-its cores). The cost is those instances' time, start and scale-in cooldown included, at the table's price.
+The time is the workflow's fixed time and its time per round of shards (as many shards at once as the endpoint
+takes: instances times shards per instance), plus an instance start when none is up, plus the FHE time: the
+samples at the measured pace, shared by the instances the shards keep busy (FHE is CPU-bound and the endpoint
+already uses every core of an instance for one shard, so shards side by side on one instance share its cores).
+The cost is the busy instances' time, start and scale-in cooldown included, at the table's price.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class ModelCosts:
     input_bytes_per_sample: float
     evaluation_key_bytes: int
 
-    METRICS = ("fhe_latency_seconds_per_sample", "input_ciphertext_bytes_per_sample", "evaluation_key_bytes")
+    METRICS = ("fhe_seconds_per_sample_served", "input_ciphertext_bytes_per_sample", "evaluation_key_bytes")
 
     @classmethod
     def from_metrics(cls, metrics: dict[str, Any]) -> ModelCosts:
@@ -161,7 +164,8 @@ class Estimate:
     def line(self) -> str:
         start = ", an instance start included" if self.instance_start else ""
         return (
-            f"estimate: {self.samples} samples in {self.shards} shards, {_size(self.upload_bytes)} to upload, "
+            f"estimate: {self.samples} samples in {self.shards} shard{'s' if self.shards != 1 else ''}, "
+            f"{_size(self.upload_bytes)} to upload, "
             f"about {_duration(self.seconds)} ({_duration(self.fhe_seconds)} of FHE on {self.instances} "
             f"{self.instance_type}{start}), about {self.cost:.4f} {self.currency} at {self.hourly_price} "
             f"{self.currency}/h (prices of {self.prices_as_of})"
@@ -185,7 +189,8 @@ def estimate(
     shards = math.ceil(samples / shard_size)
     at_once = max(1, serving.max_instances * serving.invocations_per_instance)
     waves = math.ceil(shards / at_once)
-    instances = max(1, min(serving.max_instances, math.ceil(shards / max(1, serving.invocations_per_instance))))
+    per_instance = max(1, serving.invocations_per_instance)
+    instances = max(1, min(serving.max_instances, math.ceil(min(shards, at_once) / per_instance)))
     fhe_seconds = samples * model.seconds_per_sample / instances
     cold = not serving.instances_now
     start = table.instance_start_seconds if cold else 0.0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +59,39 @@ def run_fhe_sample(model_files: Path, x: np.ndarray) -> dict[str, Any]:  # type:
         evaluation_keys = client.get_serialized_evaluation_keys()
         server = FHEModelServer(path_dir=str(model_files))
         server.load()
-        outputs, latencies, in_sizes, out_sizes = [], [], [], []
+        outputs, latencies, in_sizes, out_sizes, queries = [], [], [], [], []
         for row in x:
             query = client.quantize_encrypt_serialize(row[None, :])
             started = time.perf_counter()
             result = server.run(query, evaluation_keys)
             latencies.append(time.perf_counter() - started)
+            queries.append(query)
             in_sizes.append(len(query))
             out_sizes.append(len(result))
             outputs.append(client.deserialize_decrypt_dequantize(result)[0])
+        served = served_seconds_per_sample(server, queries, evaluation_keys)
     return {
         "scores": np.asarray(outputs),
         "latency_seconds": latencies,
+        "served_seconds_per_sample": served,
         "evaluation_key_bytes": len(evaluation_keys),
         "input_bytes": in_sizes,
         "output_bytes": out_sizes,
     }
+
+
+def served_seconds_per_sample(server: Any, queries: list[bytes], evaluation_keys: bytes) -> float:
+    """Wall-clock seconds per sample evaluated as the endpoint evaluates a shard (containers/inference/engine.py):
+    the keys deserialized once, one thread per core (concrete releases the GIL). What an owner's estimate uses:
+    the sequential latency above also pays each sample's key deserialization, which the endpoint does not."""
+    from concrete import fhe
+
+    keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
+    workers = max(1, min(len(queries), os.cpu_count() or 1))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda query: server.run(query, keys), queries))
+    return (time.perf_counter() - started) / len(queries)
 
 
 def predict_classes(scores: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
@@ -144,6 +163,7 @@ def evaluate(
         "accuracy_gap_clear_vs_fhe": accuracy_clear - accuracy_simulated,
         "fhe_agreement_with_simulation": float((fhe_pred == simulated[:n]).mean()),
         "fhe_latency_seconds_per_sample": float(np.mean(fhe["latency_seconds"])),
+        "fhe_seconds_per_sample_served": float(fhe["served_seconds_per_sample"]),
         "evaluation_key_bytes": float(fhe["evaluation_key_bytes"]),
         "input_ciphertext_bytes_per_sample": float(np.mean(fhe["input_bytes"])),
         "output_ciphertext_bytes_per_sample": float(np.mean(fhe["output_bytes"])),

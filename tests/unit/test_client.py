@@ -193,7 +193,7 @@ def test_an_estimate_is_made_of_measured_costs_the_endpoints_limits_and_a_dated_
     assert table.as_of and table.hourly("ml.c7i.4xlarge") > 0
     costs = ModelCosts.from_metrics(
         {
-            "fhe_latency_seconds_per_sample": {"value": 4.0},
+            "fhe_seconds_per_sample_served": {"value": 4.0},
             "input_ciphertext_bytes_per_sample": 1000.0,
             "evaluation_key_bytes": 5000,
         }
@@ -201,7 +201,7 @@ def test_an_estimate_is_made_of_measured_costs_the_endpoints_limits_and_a_dated_
     warm = Serving("e-v1", "ml.c7i.4xlarge", max_instances=2, invocations_per_instance=2, scale_in_cooldown=600,
                    instances_now=1)  # fmt: skip
     made = estimate(20, 5, costs, warm, table)
-    # 4 shards, 4 at once: one wave on both instances; 20 samples of 4 s shared by 2 instances.
+    # 4 shards, 4 at once: one wave, on both instances; 20 samples of 4 s shared by the 2.
     assert (made.shards, made.waves, made.instances, made.fhe_seconds) == (4, 1, 2, 40.0)
     assert made.seconds == table.seconds_per_bundle + table.seconds_per_wave + 40.0 and not made.instance_start
     billed = 2 * (40.0 + table.seconds_per_wave + 600)
@@ -212,12 +212,17 @@ def test_an_estimate_is_made_of_measured_costs_the_endpoints_limits_and_a_dated_
     )
     assert cold.instance_start and cold.seconds == made.seconds + table.instance_start_seconds
     assert cold.upload_bytes == 25_000
+    # 9 shards, 4 at once: three waves; one instance that takes one shard at a time: nine.
+    assert estimate(45, 5, costs, warm, table).waves == 3
+    single = estimate(45, 5, costs, Serving("e-v1", "ml.c7i.4xlarge", 1, 1, 0, 1), table)
+    assert (single.waves, single.instances, single.fhe_seconds) == (9, 1, 180.0)
+    assert single.seconds == table.seconds_per_bundle + 9 * table.seconds_per_wave + 180.0
     line = made.line()
     assert "20 samples in 4 shards" in line and f"prices of {table.as_of}" in line and "USD" in line
     with pytest.raises(EstimateError, match=r"no price for ml\.x1\.huge"):
         estimate(20, 5, costs, Serving("e-v1", "ml.x1.huge", 1, 1, 0, 1), table)
     with pytest.raises(EstimateError, match="evaluated by an older pipeline"):
-        ModelCosts.from_metrics({"fhe_latency_seconds_per_sample": 1.0})
+        ModelCosts.from_metrics({"fhe_seconds_per_sample_served": 1.0})
     broken = tmp_path / "table.json"
     broken.write_text("{}")
     with pytest.raises(EstimateError, match="not usable"):
