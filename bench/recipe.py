@@ -26,9 +26,6 @@ import io
 import json
 import os
 import platform
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,9 +35,11 @@ import numpy as np
 
 from common import artifacts
 from containers.inference.engine import InferenceEngine
+from containers.training.circuit_cost import activation_layer_seconds_on_one_core, circuit_parameters
 from containers.training.data import builtin_dataset_csv
 from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
+from containers.training.search import SearchSettings, chosen_settings, search
 from containers.training.train import load_split, train
 
 # The reference deployment's network, with Concrete ML's own defaults for everything it did not set: an
@@ -59,7 +58,8 @@ REFERENCE = TrainingSettings(
 )
 # The product's defaults for a network: what the pipeline trains when no hyperparameter is given.
 TUNED = TrainingSettings(model_type="neural_network")
-RECIPES = {"reference": REFERENCE, "tuned": TUNED}
+# "searched": the Train step's lever search from the tuned recipe, nothing pinned, on the data set's training split.
+RECIPES = {"reference": REFERENCE, "tuned": TUNED, "searched": TUNED}
 SIMULATIONS = 5
 
 
@@ -73,22 +73,6 @@ def variant(spec: str) -> tuple[str, TrainingSettings]:
     return name, TrainingSettings.from_hyperparameters(levers)
 
 
-def circuit_parameters(circuit: Any) -> list[dict[str, int]]:
-    """Each kind of bootstrap in the circuit: its key parameters and how many the circuit runs."""
-    per_parameter = circuit.statistics.get("programmable_bootstrap_count_per_parameter", {})
-    return [
-        {
-            "polynomial_size": key.polynomial_size(),
-            "glwe_dimension": key.glwe_dimension(),
-            "input_lwe_dimension": key.input_lwe_dimension(),
-            "level": key.level(),
-            "base_log": key.base_log(),
-            "count": count,
-        }
-        for key, count in per_parameter.items()
-    ]
-
-
 def activation_rounding(model: Any) -> tuple[int, str]:
     """Bits removed before the first activation, and how (the circuit's rounding)."""
     for _, operation in model.quantized_module_.quant_layers_dict.values():
@@ -98,72 +82,6 @@ def activation_rounding(model: Any) -> tuple[int, str]:
             method = rounding.get("method") if isinstance(rounding, dict) else None
             return int(removed), str(getattr(method, "value", method or "exact"))
     return 0, "exact"
-
-
-def bootstrap_seconds(accumulator_bits: int, removed_bits: int, method: str, p_error: float) -> dict[str, Any]:
-    """Seconds per bootstrap of the kind a neuron's activation takes, on one core.
-
-    A layer of activations (the same accumulator width, rounding and activation) is compiled on its own at two
-    widths; the difference in time over the difference in bootstraps leaves out what a run costs whatever
-    its size (about 60 ms here), so this is the cost of the bootstraps alone.
-    """
-    from concrete import fhe
-
-    exactness = fhe.Exactness.APPROXIMATE if method == "approximate" else fhe.Exactness.EXACT
-    half = 2 ** (accumulator_bits - 1)
-
-    def relu_of_rounded(value: Any) -> Any:
-        return np.maximum(value - half, 0) // 2**removed_bits
-
-    def activation(x: Any) -> Any:
-        if removed_bits:
-            x = fhe.round_bit_pattern(x, lsbs_to_remove=removed_bits, exactness=exactness, overflow_protection=False)
-        return fhe.univariate(relu_of_rounded)(x)
-
-    configuration = fhe.Configuration(p_error=p_error, global_p_error=None)
-    rng = np.random.default_rng(0)
-    measured = {}
-    for width in (8, 32):
-        inputs = [rng.integers(0, 2**accumulator_bits, size=width) for _ in range(16)]
-        inputs += [np.zeros(width, dtype=np.int64), np.full(width, 2**accumulator_bits - 1)]
-        circuit = fhe.Compiler(activation, {"x": "encrypted"}).compile(inputs, configuration)
-        circuit.keygen()
-        encrypted = circuit.encrypt(inputs[0])
-        circuit.run(encrypted)
-        timings = []
-        for _ in range(5):
-            started = time.perf_counter()
-            circuit.run(encrypted)
-            timings.append(time.perf_counter() - started)
-        measured[width] = (int(circuit.statistics["programmable_bootstrap_count"]), statistics.median(timings), circuit)
-    (small, small_seconds, _), (large, large_seconds, circuit) = measured[8], measured[32]
-    per_bootstrap = (large_seconds - small_seconds) / (large - small)
-    return {
-        "accumulator_bits": accumulator_bits,
-        "removed_bits": removed_bits,
-        "rounding": method,
-        "seconds_per_bootstrap": per_bootstrap,
-        "seconds_per_run_whatever_its_size": small_seconds - small * per_bootstrap,
-        "bootstraps_per_activation": large // 32,
-        "parameters": circuit_parameters(circuit),
-    }
-
-
-def bootstrap_seconds_on_one_core(
-    accumulator_bits: int, removed_bits: int, method: str, p_error: float
-) -> dict[str, Any]:
-    """``bootstrap_seconds`` in a process of its own whose circuits run on one thread (OMP_NUM_THREADS=1)."""
-    arguments = json.dumps([accumulator_bits, removed_bits, method, p_error])
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    answer = subprocess.run(
-        [sys.executable, __file__, "--bootstrap", arguments],
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(answer.stdout.strip().splitlines()[-1])
-    return result
 
 
 def serve_shard(model_dir: Path, x: np.ndarray, workers: int) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -214,7 +132,9 @@ def bench_one(dataset: str, recipe: str, settings: TrainingSettings, splits: Pat
         served = serve_shard(model_dir, sample, cores)
         removed, method = activation_rounding(model)
         accumulator = int(circuit.graph.maximum_integer_bit_width())
-        bootstrap = bootstrap_seconds_on_one_core(accumulator, removed, method, settings.effective_p_error or 2.0**-40)
+        bootstrap = activation_layer_seconds_on_one_core(
+            accumulator, removed, method, settings.effective_p_error or 2.0**-40
+        )
     pbs = int(circuit.statistics["programmable_bootstrap_count"])
     floor = pbs * bootstrap["seconds_per_bootstrap"] / cores
     result = {
@@ -252,7 +172,11 @@ _LEVERS = ("rounding", "p_error", "compress_evaluation_keys", "compress_input_ci
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="digits,digits_28x28", help="comma-separated bundled data sets")
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated: reference, tuned")
+    parser.add_argument(
+        "--recipes", default="reference,tuned", help="comma-separated: reference, tuned, searched (the lever search)"
+    )
+    parser.add_argument("--accuracy-budget", type=float, default=0.01, help="the search's budget (0.01: one point)")
+    parser.add_argument("--search-seconds", type=float, default=1800.0, help="the search's time budget")
     parser.add_argument("--fhe-samples", type=int, default=20, help="test rows run in real FHE per recipe")
     parser.add_argument(
         "--reference-fhe-samples-784",
@@ -270,11 +194,7 @@ def main() -> None:
     )
     parser.add_argument("--name", default="recipe", help="results file name, without .json")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)  # internal: one bootstrap measurement, as JSON
     args = parser.parse_args()
-    if args.bootstrap:
-        print(json.dumps(bootstrap_seconds(*json.loads(args.bootstrap))))
-        return
     # As the serving container runs (containers/inference/__main__.py): one thread per sample, one sample
     # per core. Set before Concrete's runtime is loaded.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -283,9 +203,7 @@ def main() -> None:
     recipes.update(variant(spec) for spec in args.variant)
     command = (
         "python bench/recipe.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "bootstrap", "variant")
-        )
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "variant"))
         + "".join(f" --variant {spec}" for spec in args.variant)
     )
     results = []
@@ -304,7 +222,14 @@ def main() -> None:
                 samples = args.fhe_samples
                 if recipe == "reference" and dataset == "digits_28x28":
                     samples = args.reference_fhe_samples_784
+                searched = None
+                if recipe == "searched":
+                    x, y = load_split(root / "splits" / "train", "train")
+                    options = SearchSettings(accuracy_budget=args.accuracy_budget, seconds=args.search_seconds)
+                    searched = search(settings, frozenset(), x, y, options)
+                    settings = chosen_settings(settings, searched)
                 r = bench_one(dataset, recipe, settings, root / "splits", samples)
+                r["search"] = searched.to_dict() if searched else None
                 results.append(r)
                 print(
                     f"{dataset:<14}{recipe:<11}{r['accuracy_clear']:>7.3f}{r['accuracy_simulated']:>7.3f}"

@@ -10,11 +10,12 @@ The inputs are measured or configured, never guessed here:
   the instances' hourly prices, the date they are from, and the workflow's own time per bundle, per wave of shards
   and to start an instance from zero.
 
-The time is the workflow's fixed time and its time per round of shards (as many shards at once as the endpoint
-takes: instances times shards per instance), plus an instance start when none is up, plus the FHE time: the
-samples at the measured pace, shared by the instances the shards keep busy (FHE is CPU-bound and the endpoint
-already uses every core of an instance for one shard, so shards side by side on one instance share its cores).
-The cost is the busy instances' time, start and scale-in cooldown included, at the table's price.
+The time is the workflow's fixed time and its time per round of shards (as many shards at once as the busy
+instances take), plus an instance start when none is up, plus the FHE time: the samples at the measured pace,
+shared by the busy instances (FHE is CPU-bound and the endpoint already uses every core of an instance for one
+shard, so shards side by side on one instance share its cores). The busy instances are those up now; more are
+counted only when the work outlasts an instance start, and they share it only once started. The cost is the busy
+instances' time, start and scale-in cooldown included, at the table's price.
 """
 
 from __future__ import annotations
@@ -187,16 +188,26 @@ def estimate(
     if samples < 1 or shard_size < 1:
         raise EstimateError(f"an estimate needs samples and a shard size of at least 1, got {samples}, {shard_size}")
     shards = math.ceil(samples / shard_size)
-    at_once = max(1, serving.max_instances * serving.invocations_per_instance)
-    waves = math.ceil(shards / at_once)
     per_instance = max(1, serving.invocations_per_instance)
-    instances = max(1, min(serving.max_instances, math.ceil(min(shards, at_once) / per_instance)))
-    fhe_seconds = samples * model.seconds_per_sample / instances
+    work = samples * model.seconds_per_sample
     cold = not serving.instances_now
-    start = table.instance_start_seconds if cold else 0.0
-    seconds = table.seconds_per_bundle + waves * table.seconds_per_wave + start + fhe_seconds
+    start = table.instance_start_seconds
+    # The bundle runs on the instances up now (one, started from zero, when none is). More are counted only when
+    # the work would outlast starting one: scaling out is triggered by the backlog and a new instance takes
+    # ``instance_start_seconds`` before it helps, so a short bundle ends on the instances it found.
+    first = max(1, min(serving.max_instances, serving.instances_now or 0))
+    instances = first
+    if work / first > start:
+        instances = max(first, min(serving.max_instances, math.ceil(shards / per_instance)))
+    waves = math.ceil(shards / (instances * per_instance))
+    # The added instances help only after their start: first·t + added·(t - start) = work.
+    fhe_seconds = (work + (instances - first) * start) / instances
+    seconds = table.seconds_per_bundle + waves * table.seconds_per_wave + (start if cold else 0.0) + fhe_seconds
     hourly = table.hourly(serving.instance_type)
-    billed = instances * (start + fhe_seconds + waves * table.seconds_per_wave + serving.scale_in_cooldown)
+    # Every instance is paid from its launch until the scale-in cooldown after the last shard.
+    billed = instances * (fhe_seconds + waves * table.seconds_per_wave + serving.scale_in_cooldown) + (
+        first * start if cold else 0.0
+    )
     upload = round(samples * model.input_bytes_per_sample) + (0 if key_uploaded else model.evaluation_key_bytes)
     return Estimate(
         samples=samples,

@@ -1,5 +1,6 @@
 """What one training-pipeline execution did, read back from SageMaker alone: who started it, with which
-parameters, each step's outcome and duration, the evaluation metrics and the model package it registered.
+parameters, each step's outcome and duration, the evaluation metrics, the circuit's FHE levers and the model package
+it registered.
 
 Used by ``fhe-pipeline run`` to report an execution's outcome and by the audit report.
 """
@@ -39,8 +40,8 @@ def _read_json(s3: Any, uri: S3Uri) -> Any:
     return json.loads(s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
 
 
-def evaluation_metrics(sagemaker: Any, s3: Any, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The metrics the Evaluate step wrote (also for an execution that failed its quality check afterwards)."""
+def evaluation_report(sagemaker: Any, s3: Any, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report the Evaluate step wrote (also for an execution that failed its quality check afterwards)."""
     for step in steps:
         job_arn = step.get("Metadata", {}).get("ProcessingJob", {}).get("Arn")
         if not job_arn or step.get("StepStatus") != "Succeeded":
@@ -48,8 +49,8 @@ def evaluation_metrics(sagemaker: Any, s3: Any, steps: list[dict[str, Any]]) -> 
         job = sagemaker.describe_processing_job(ProcessingJobName=job_arn.rsplit("/", 1)[-1])
         for output in job.get("ProcessingOutputConfig", {}).get("Outputs", []):
             if output.get("OutputName") == EVALUATION_OUTPUT:
-                report = _read_json(s3, S3Uri.parse(output["S3Output"]["S3Uri"]).join(EVALUATION_FILE))
-                return {k: v["value"] for k, v in report.get("multiclass_classification_metrics", {}).items()}
+                report: dict[str, Any] = _read_json(s3, S3Uri.parse(output["S3Output"]["S3Uri"]).join(EVALUATION_FILE))
+                return report
     return {}
 
 
@@ -100,8 +101,19 @@ def describe_run(sagemaker: Any, s3: Any, execution_arn: str) -> dict[str, Any]:
             }
             for s in steps
         ],
-        "metrics": evaluation_metrics(sagemaker, s3, steps),
     }
+    report = evaluation_report(sagemaker, s3, steps)
+    run["metrics"] = {k: v["value"] for k, v in report.get("multiclass_classification_metrics", {}).items()}
+    # The FHE levers of the circuit evaluated, and whether the Train step's search chose them.
+    search = report.get("search") or {}
+    run["levers"] = report.get("levers") or {}
+    run["levers_chosen_by"] = (
+        f"chosen by the search (budget {search.get('accuracy_budget')}, {search.get('explored')} explored)"
+        if search.get("chosen")
+        else "given (no search)"
+        if not search
+        else "given (the search found nothing within its budget)"
+    )
     for step in steps:
         package_arn = step.get("Metadata", {}).get("RegisterModel", {}).get("Arn")
         if package_arn:

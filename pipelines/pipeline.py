@@ -1,4 +1,5 @@
-"""The FHE training pipeline: Preprocess → Train → Evaluate → CheckQuality → Register | Fail.
+"""The FHE training pipeline: Preprocess → Train (a lever search, then the fit) → Evaluate → CheckQuality →
+Register | Fail.
 
 This module only assembles steps; each step's work lives in ``containers/training``.
 """
@@ -67,12 +68,22 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     identifier_features = ParameterString("IdentifierFeatures", default_value="refuse")
     # No enum here: the Train step checks the model type and names the allowed ones in its FailureReason.
     model_type = ParameterString("ModelType", default_value="logistic_regression")
-    n_bits = ParameterInteger("NBits", default_value=0)  # 0: the model type's default
-    n_w_bits = ParameterInteger("NetworkWeightBits", default_value=4)
-    n_a_bits = ParameterInteger("NetworkActivationBits", default_value=4)
-    n_accum_bits = ParameterInteger("NetworkAccumulatorBits", default_value=32)  # 32: unbounded
-    rounding = ParameterString("NetworkRounding", default_value="approximate")
-    p_error = ParameterFloat("PError", default_value=0.0)  # 0: the model type's default
+    # The FHE levers. Their defaults leave them unset: the Train step's search chooses them within AccuracyBudget
+    # (with SearchSeconds=0, the model type's defaults apply). A lever given a value is pinned.
+    n_bits = ParameterInteger("NBits", default_value=0)
+    max_depth = ParameterInteger("MaxDepth", default_value=0)
+    n_estimators = ParameterInteger("NEstimators", default_value=0)
+    n_w_bits = ParameterInteger("NetworkWeightBits", default_value=0)
+    n_a_bits = ParameterInteger("NetworkActivationBits", default_value=0)
+    hidden_multiplier = ParameterFloat("NetworkHiddenMultiplier", default_value=0.0)
+    pruning = ParameterFloat("NetworkPruning", default_value=-1.0)  # -1: unset, as 0 means no pruning
+    n_accum_bits = ParameterInteger("NetworkAccumulatorBits", default_value=32)  # 32: unbounded; never searched
+    rounding = ParameterString("NetworkRounding", default_value="auto")
+    p_error = ParameterFloat("PError", default_value=0.0)
+    # Points of accuracy (0.01 = one) the search may lose on its validation split against the float model, and
+    # the seconds it may take.
+    accuracy_budget = ParameterFloat("AccuracyBudget", default_value=0.01)
+    search_seconds = ParameterInteger("SearchSeconds", default_value=300)
     accuracy_threshold = ParameterFloat("AccuracyThreshold", default_value=0.85)
     max_gap = ParameterFloat("MaxAccuracyGap", default_value=0.03)
     fhe_samples = ParameterInteger("FheSampleSize", default_value=5)
@@ -149,11 +160,17 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
         hyperparameters={
             "model_type": model_type,
             "n_bits": n_bits,
+            "max_depth": max_depth,
+            "n_estimators": n_estimators,
             "module__n_w_bits": n_w_bits,
             "module__n_a_bits": n_a_bits,
+            "module__n_hidden_neurons_multiplier": hidden_multiplier,
+            "module__n_prune_neurons_percentage": pruning,
             "module__n_accum_bits": n_accum_bits,
             "rounding": rounding,
             "p_error": p_error,
+            "accuracy_budget": accuracy_budget,
+            "search_seconds": search_seconds,
         },
         input_data_config=[
             InputData(channel_name="train", data_source=preprocess_output("train")),
@@ -258,11 +275,17 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             identifier_features,
             model_type,
             n_bits,
+            max_depth,
+            n_estimators,
             n_w_bits,
             n_a_bits,
+            hidden_multiplier,
+            pruning,
             n_accum_bits,
             rounding,
             p_error,
+            accuracy_budget,
+            search_seconds,
             accuracy_threshold,
             max_gap,
             fhe_samples,

@@ -26,7 +26,8 @@ from common.estimate import ModelCosts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, container_path, run_entry_point
-from containers.training.models import TrainingSettings
+from containers.training.models import TrainingSettings, clear_predictions
+from containers.training.search import SEARCH_SPACE, SearchResult, lever_value
 from containers.training.train import load_split
 
 METRICS_GROUP = "multiclass_classification_metrics"
@@ -98,26 +99,6 @@ def predict_classes(scores: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
     return scores.argmax(axis=1) if scores.ndim == 2 and scores.shape[1] > 1 else (scores.ravel() > 0.5).astype(int)
 
 
-def clear_predictions(model: Any, x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
-    """The model outside FHE and before output quantization: the reference the FHE gap is measured against, each
-    model type by what its float model really is.
-
-    - Linear models: the float scikit-learn model, on float inputs (Concrete ML quantizes it after training).
-    - Trees and boosted trees: Concrete ML fits the scikit-learn or XGBoost model on the quantized inputs, so
-      its thresholds are in that integer space; on float inputs every sample falls on one side of every split.
-      The float model is run on the inputs quantized as in training.
-    - Networks are trained quantization-aware: they have no float twin, their quantized clear predictions are
-      the reference.
-    """
-    from concrete.ml.sklearn.base import BaseTreeEstimatorMixin, SklearnLinearModelMixin
-
-    if isinstance(model, BaseTreeEstimatorMixin):
-        return np.asarray(model.sklearn_model.predict(model.quantize_input(x)))
-    if isinstance(model, SklearnLinearModelMixin) and model.sklearn_model is not None:
-        return np.asarray(model.sklearn_model.predict(x))
-    return np.asarray(model.predict(x, fhe="disable"))
-
-
 def evaluate(
     model_input: Path,
     train_dir: Path,
@@ -176,6 +157,9 @@ def evaluate(
         "fhe_sample_size": n,
         # What the model does not see and why, and what ML ops kept despite the identifier check.
         "columns": {"left_out": columns.left_out, "id_columns": columns.id_columns, "warnings": columns.warnings},
+        # The levers of the circuit evaluated here, and how the Train step's search chose them (None: no search).
+        "levers": {lever: lever_value(settings, lever) for lever in SEARCH_SPACE.get(settings.model_type, {})},
+        "search": SearchResult.summary(training["search"]) if training.get("search") else None,
     }
     output.mkdir(parents=True, exist_ok=True)
     (output / "evaluation.json").write_text(json.dumps(report, indent=2))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from common.environment import scoped_environment
 from containers.contract import StepInputError
 
@@ -24,6 +26,19 @@ _DEFAULT_P_ERROR = {"neural_network": 0.05}
 # "exact" costs one bootstrap per removed bit per neuron; "approximate" folds the rounding into the
 # activation's own bootstrap (one per neuron), at the price of an occasional off-by-one.
 ROUNDING_METHODS = ("approximate", "exact")
+# The value that leaves a lever unset: the Train step's lever search chooses it (or, with the search off, the
+# default below applies). An empty value is unset too. Pruning's 0 is a choice ("none"), so its unset is -1.
+UNSET_VALUES: dict[str, float | str] = {
+    "n_bits": 0,
+    "p_error": 0,
+    "max_depth": 0,
+    "n_estimators": 0,
+    "module__n_w_bits": 0,
+    "module__n_a_bits": 0,
+    "module__n_hidden_neurons_multiplier": 0,
+    "module__n_prune_neurons_percentage": -1,
+    "rounding": "auto",
+}
 
 
 @dataclass(frozen=True)
@@ -57,10 +72,21 @@ class TrainingSettings:
                 continue
             if name not in known:
                 raise StepInputError(f"unknown hyperparameter {name!r}; known: {', '.join(sorted(known))}")
+            if is_unset(name, str(text)):
+                continue
             values[name] = _parse(name, str(text).strip(), known[name].type)
         settings = cls(**values)
         settings.validate()
         return settings
+
+    @staticmethod
+    def given_levers(raw: dict[str, str]) -> frozenset[str]:
+        """The hyperparameters ML ops set: pinned, never searched."""
+        return frozenset(
+            name
+            for name, text in raw.items()
+            if not name.startswith("sagemaker_") and name != "model_type" and not is_unset(name, str(text))
+        )
 
     def validate(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -153,6 +179,26 @@ class TrainingSettings:
         return options
 
 
+def clear_predictions(model: Any, x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    """The model outside FHE and before output quantization: the reference the FHE gap is measured against, each
+    model type by what its float model really is.
+
+    - Linear models: the float scikit-learn model, on float inputs (Concrete ML quantizes it after training).
+    - Trees and boosted trees: Concrete ML fits the scikit-learn or XGBoost model on the quantized inputs, so
+      its thresholds are in that integer space; on float inputs every sample falls on one side of every split.
+      The float model is run on the inputs quantized as in training.
+    - Networks are trained quantization-aware: they have no float twin, their quantized clear predictions are
+      the reference.
+    """
+    from concrete.ml.sklearn.base import BaseTreeEstimatorMixin, SklearnLinearModelMixin
+
+    if isinstance(model, BaseTreeEstimatorMixin):
+        return np.asarray(model.sklearn_model.predict(model.quantize_input(x)))
+    if isinstance(model, SklearnLinearModelMixin) and model.sklearn_model is not None:
+        return np.asarray(model.sklearn_model.predict(x))
+    return np.asarray(model.predict(x, fhe="disable"))
+
+
 def set_rounding(model: Any, method: str) -> None:
     """Make the accumulator roundings of a fitted built-in network ``exact`` or ``approximate``.
 
@@ -169,6 +215,19 @@ def set_rounding(model: Any, method: str) -> None:
             rounding = rounding.get("n_bits")
         if isinstance(rounding, int):
             operation.rounding_threshold_bits = {"n_bits": rounding, "method": exactness}
+
+
+def is_unset(name: str, text: str) -> bool:
+    text = text.strip()
+    if not text:
+        return True
+    unset = UNSET_VALUES.get(name)
+    if isinstance(unset, str) or unset is None:
+        return text == unset
+    try:
+        return float(text) == unset
+    except ValueError:
+        return False
 
 
 def _parse(name: str, text: str, kind: Any) -> Any:

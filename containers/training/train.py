@@ -1,8 +1,10 @@
 """Train step: fit a quantized Concrete ML model, compile it to an FHE circuit and save the deployment files.
 
-Reads the ``train`` and ``preprocessing`` channels and the hyperparameters; writes into the model folder
-(which SageMaker packs as ``model.tar.gz``): ``client.zip``, ``server.zip``, ``model.json``,
-``preprocessing.json``, ``versions.json`` and ``training.json``.
+Reads the ``train`` and ``preprocessing`` channels and the hyperparameters; first searches the levers ML ops left
+unset for the cheapest circuit within the accuracy budget (``search.py``; ``search_seconds=0`` turns it off), then
+fits the chosen levers on the whole training split. Writes into the model folder (which SageMaker packs as
+``model.tar.gz``): ``client.zip``, ``server.zip``, ``model.json``, ``preprocessing.json``, ``versions.json`` and
+``training.json`` (with the search: every candidate explored and the one chosen).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, channel_dir, hyperparameters, model_dir, run_entry_point
 from containers.training.models import TrainingSettings
+from containers.training.search import SearchSettings, chosen_settings, search
 
 
 def load_split(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
@@ -49,13 +52,26 @@ def compile_statistics(circuit: Any) -> dict[str, Any]:
     return {k: stats[k] for k in keys if k in stats}
 
 
-def train(settings: TrainingSettings, train_dir: Path, preprocessing_dir: Path, output: Path) -> dict[str, Any]:
+def train(
+    settings: TrainingSettings,
+    train_dir: Path,
+    preprocessing_dir: Path,
+    output: Path,
+    lever_search: SearchSettings | None = None,
+    pinned: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Fit and compile ``settings``, or, with ``lever_search`` on, the cheapest levers within its budget (the
+    ``pinned`` ones kept as given)."""
     from concrete.ml.deployment import FHEModelDev
 
     x, y = load_split(train_dir, "train")
     record = PreprocessingRecord.load(preprocessing_dir / artifacts.PREPROCESSING_JSON)
     if x.shape[1] != record.n_features:
         raise StepInputError(f"train data has {x.shape[1]} features but the schema records {record.n_features}")
+    searched = None
+    if lever_search is not None and lever_search.enabled:
+        searched = search(settings, pinned, x, y, lever_search, progress=lambda line: print(line, flush=True))
+        settings = chosen_settings(settings, searched)
 
     model = settings.build_model()
     started = time.perf_counter()
@@ -83,9 +99,11 @@ def train(settings: TrainingSettings, train_dir: Path, preprocessing_dir: Path, 
         "fit_seconds": fit_seconds,
         "compile_seconds": compile_seconds,
         "circuit": compile_statistics(circuit),
+        "search": searched.to_dict() if searched else None,
     }
     (output / artifacts.TRAINING_JSON).write_text(json.dumps(summary, indent=2, default=str))
-    print(json.dumps({"train": {k: v for k, v in summary.items() if k != "settings"}}, default=str), flush=True)
+    shown = {k: v for k, v in summary.items() if k not in ("settings", "search")}
+    print(json.dumps({"train": shown}, default=str), flush=True)
     return summary
 
 
@@ -94,8 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)  # everything comes from the SageMaker contract; --help still works
 
     def job() -> None:
-        settings = TrainingSettings.from_hyperparameters(hyperparameters())
-        train(settings, channel_dir("train"), channel_dir("preprocessing"), model_dir())
+        lever_search, raw = SearchSettings.from_hyperparameters(hyperparameters())
+        settings = TrainingSettings.from_hyperparameters(raw)
+        pinned = TrainingSettings.given_levers(raw)
+        train(settings, channel_dir("train"), channel_dir("preprocessing"), model_dir(), lever_search, pinned)
 
     run_entry_point("training", job)
 

@@ -118,6 +118,7 @@ def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Sc
     for metric in ("accuracy", "accuracy_fhe_simulation", "accuracy_fhe", "fhe_latency_seconds_per_sample"):
         assert good["metrics"][metric] > 0, metric
     assert good["metrics"]["evaluation_key_bytes"] > 0 and good["started_by"].startswith("arn:aws:")
+    assert good["levers"] == {"n_bits": 8} and good["levers_chosen_by"].startswith("chosen by the search")
     assert bad["status"] == "Failed" and "model_package" not in bad
     assert bad["parameters"]["AccuracyThreshold"] == "1.01" and bad["failure_reason"]
     assert {s["name"]: s.get("condition") for s in bad["steps"]}["CheckQuality"] == "False"
@@ -202,6 +203,7 @@ def test_html_report_renders_in_headless_chromium(scenario: Scenario, tmp_path: 
     assert tables.rows["bundles-table"] == 1 + 2
     assert tables.rows["objects-table"] == 1 + 3 + 3 + 3  # good: 3 in, 3 out; quarantined: manifest + 2 shards
     assert "All consistency checks passed." in dom.stdout and "<svg" in dom.stdout
+    assert "<code>n_bits=8</code>" in dom.stdout and "chosen by the search" in dom.stdout  # the circuit's levers
 
 
 def test_report_carries_no_private_key_bytes_and_no_plaintext(scenario: Scenario) -> None:

@@ -88,6 +88,9 @@ def test_model_package_is_registered_with_metrics_pending_approval(succeeded: st
     assert metrics["evaluation_key_bytes"] > 0
     assert metrics["input_ciphertext_bytes_per_sample"] > 0
     assert metrics["fhe_latency_seconds_per_sample"] > 0 and metrics["fhe_seconds_per_sample_served"] > 0
+    # The Train step searched the unset levers: a linear model's circuit has no bootstrap, so it kept them.
+    assert report["levers"] == {"n_bits": 8} and report["search"]["chosen"]["levers"] == report["levers"]
+    assert report["search"]["explored"] == 1 and "no bootstrap" in report["search"]["stopped"]
 
 
 def test_the_uci_file_with_its_id_named_trains_a_model_without_it(pipeline: PipelineSettings) -> None:
@@ -95,7 +98,7 @@ def test_the_uci_file_with_its_id_named_trains_a_model_without_it(pipeline: Pipe
     registered model's preprocessing.json has no id feature and says why, the evaluation report too, and the
     client artifacts carry the measured costs an owner's estimate is made of."""
     source = runs.stage_dataset(SETTINGS, "breast_cancer_uci")
-    parameters = {"InputDataUri": source, "LabelColumn": "diagnosis", "IdColumns": "id"}
+    parameters = {"InputDataUri": source, "LabelColumn": "diagnosis", "IdColumns": "id", "NBits": "6"}
     arn = run_execution([{"Name": k, "Value": v} for k, v in parameters.items()])
     steps = steps_of(arn)
     assert all(s["StepStatus"] == "Succeeded" for s in steps.values()), {
@@ -112,6 +115,7 @@ def test_the_uci_file_with_its_id_named_trains_a_model_without_it(pipeline: Pipe
     report_uri = S3Uri.parse(package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"])
     report = json.loads(s3.get_object(Bucket=report_uri.bucket, Key=report_uri.key)["Body"].read())
     assert report["columns"]["left_out"] == record.left_out
+    assert report["levers"] == {"n_bits": 6} and report["search"]["pinned"] == ["n_bits"]  # given: pinned
     costs = json.loads(_read_text(client_artifacts.join("costs.json")))
     assert costs["fhe_seconds_per_sample_served"] > 0 and costs["input_ciphertext_bytes_per_sample"] > 0
 

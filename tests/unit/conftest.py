@@ -21,6 +21,7 @@ _STACK_SETTINGS = (
     "AWS_PROFILE",
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
+    "FHE_ESTIMATE_TABLE",  # the local stack's table: unit tests read the shipped one
 )
 
 

@@ -201,19 +201,25 @@ def test_an_estimate_is_made_of_measured_costs_the_endpoints_limits_and_a_dated_
     warm = Serving("e-v1", "ml.c7i.4xlarge", max_instances=2, invocations_per_instance=2, scale_in_cooldown=600,
                    instances_now=1)  # fmt: skip
     made = estimate(20, 5, costs, warm, table)
-    # 4 shards, 4 at once: one wave, on both instances; 20 samples of 4 s shared by the 2.
-    assert (made.shards, made.waves, made.instances, made.fhe_seconds) == (4, 1, 2, 40.0)
-    assert made.seconds == table.seconds_per_bundle + table.seconds_per_wave + 40.0 and not made.instance_start
-    billed = 2 * (40.0 + table.seconds_per_wave + 600)
+    # 80 s of work is shorter than starting a second instance: 4 shards in 2 rounds on the one instance up.
+    assert (made.shards, made.waves, made.instances, made.fhe_seconds) == (4, 2, 1, 80.0)
+    assert made.seconds == table.seconds_per_bundle + 2 * table.seconds_per_wave + 80.0 and not made.instance_start
+    billed = 80.0 + 2 * table.seconds_per_wave + 600
     assert made.cost == round(billed / 3600 * table.hourly("ml.c7i.4xlarge"), 6)
     assert made.upload_bytes == 20_000
     cold = estimate(
         20, 5, costs, Serving("e-v1", "ml.c7i.4xlarge", 2, 2, 600, instances_now=0), table, key_uploaded=False
     )
     assert cold.instance_start and cold.seconds == made.seconds + table.instance_start_seconds
+    assert cold.cost == round((billed + table.instance_start_seconds) / 3600 * table.hourly("ml.c7i.4xlarge"), 6)
     assert cold.upload_bytes == 25_000
-    # 9 shards, 4 at once: three waves; one instance that takes one shard at a time: nine.
-    assert estimate(45, 5, costs, warm, table).waves == 3
+    # 800 s of work outlasts a start: a second instance joins once started and the 4 shards go in one round.
+    long = estimate(200, 50, costs, warm, table)
+    start = table.instance_start_seconds
+    assert (long.shards, long.waves, long.instances) == (4, 1, 2)
+    assert long.fhe_seconds == round((800 + start) / 2, 3) and start < long.fhe_seconds < 800
+    # 9 shards on the one instance up, 2 at a time: five rounds; an instance that takes one at a time: nine.
+    assert estimate(45, 5, costs, warm, table).waves == 5
     single = estimate(45, 5, costs, Serving("e-v1", "ml.c7i.4xlarge", 1, 1, 0, 1), table)
     assert (single.waves, single.instances, single.fhe_seconds) == (9, 1, 180.0)
     assert single.seconds == table.seconds_per_bundle + 9 * table.seconds_per_wave + 180.0

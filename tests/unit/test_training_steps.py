@@ -126,3 +126,75 @@ def test_the_compression_hyperparameters_switch_compression(splits: Path) -> Non
         encrypted = circuit.encrypt(model.quantize_input(x_train[:1]))
         sizes[compress] = (len(circuit.keys.evaluation.serialize()), len(encrypted.serialize()))
     assert sizes[True][0] < sizes[False][0] and sizes[True][1] < sizes[False][1], sizes
+
+
+def test_the_lever_search_stays_within_its_budget_and_keeps_pinned_levers(splits: Path, tmp_path: Path) -> None:
+    """Every candidate keeps the pinned depth; the chosen one is within the budget on the validation split and no
+    dearer than the given levers; Train fits it, and Evaluate reports its levers and how they were chosen."""
+    from containers.training.search import MIN_SAVING, SearchSettings, search
+    from containers.training.train import load_split
+
+    x, y = load_split(splits / "train", "train")
+    raw = {"model_type": "decision_tree", "max_depth": "3", "n_bits": "0", "rounding": "auto"}
+    given, pinned = TrainingSettings.from_hyperparameters(raw), TrainingSettings.given_levers(raw)
+    assert pinned == {"max_depth"} and given.max_depth == 3 and given.n_bits == 0
+    budget = 0.02
+    result = search(given, pinned, x, y, SearchSettings(accuracy_budget=budget, seconds=600), progress=lambda _: None)
+    assert len(result.candidates) > 2 and result.stopped.startswith("no one-lever change")
+    assert {c.levers["max_depth"] for c in result.candidates} == {3}
+    assert {c.levers["n_bits"] for c in result.candidates} == set(result.space["n_bits"])
+    for candidate in result.candidates:
+        assert candidate.within_budget == (result.float_accuracy - candidate.validation_accuracy <= budget + 1e-9)
+        assert candidate.bootstraps > 0 and candidate.expected_seconds_per_sample
+    chosen, first = result.chosen_candidate, result.candidates[0]
+    assert chosen is not None and chosen.within_budget
+    assert result.float_accuracy - chosen.validation_accuracy <= budget
+    assert first.levers == {"n_bits": given.effective_n_bits, "max_depth": 3}
+    assert chosen.expected_seconds_per_sample <= first.expected_seconds_per_sample  # type: ignore[operator]
+    # It stopped where no one-lever change within the budget saves what a move must save.
+    for candidate in result.candidates:
+        changed = [k for k in chosen.levers if candidate.levers[k] != chosen.levers[k]]
+        if len(changed) == 1 and candidate.within_budget:
+            saving = 1 - candidate.expected_seconds_per_sample / chosen.expected_seconds_per_sample  # type: ignore[operator]
+            assert saving < MIN_SAVING, (candidate, chosen)
+
+    # No budget at all: nothing that loses accuracy on the validation split is ever chosen.
+    strict = search(given, pinned, x, y, SearchSettings(accuracy_budget=0.0, seconds=600), progress=lambda _: None)
+    assert strict.chosen is None or strict.candidates[strict.chosen].validation_accuracy >= strict.float_accuracy
+
+    # A spent time budget explores the given levers only, and says so.
+    hurried = search(given, pinned, x, y, SearchSettings(seconds=1e-6), progress=lambda _: None)
+    assert len(hurried.candidates) == 1 and hurried.stopped.startswith("time budget spent")
+
+    model_dir = tmp_path / "model"
+    summary = train(given, splits / "train", splits / "preprocessing", model_dir, SearchSettings(budget, 600), pinned)
+    record = json.loads((model_dir / artifacts.TRAINING_JSON).read_text())
+    assert record["search"]["chosen_levers"] == summary["search"]["chosen_levers"]
+    trained = TrainingSettings(**record["settings"])
+    assert (trained.effective_n_bits, trained.max_depth) == tuple(record["search"]["chosen_levers"].values())
+    model_input = tmp_path / "model-input"
+    model_input.mkdir()
+    with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
+        for path in model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
+    assert report["levers"] == record["search"]["chosen_levers"]
+    assert report["search"]["chosen"]["levers"] == report["levers"] and report["search"]["pinned"] == sorted(pinned)
+
+
+def test_the_search_settings_are_checked_by_name() -> None:
+    from containers.contract import StepInputError
+    from containers.training.search import SearchSettings
+
+    options, rest = SearchSettings.from_hyperparameters(
+        {"accuracy_budget": "0.02", "search_seconds": "0", "n_bits": "4"}
+    )
+    assert (options.accuracy_budget, options.enabled, rest) == (0.02, False, {"n_bits": "4"})
+    with pytest.raises(StepInputError, match="accuracy budget must be in"):
+        SearchSettings.from_hyperparameters({"accuracy_budget": "2"})
+    with pytest.raises(StepInputError, match="search_seconds='soon' is not a number"):
+        SearchSettings.from_hyperparameters({"search_seconds": "soon"})
+    # Unset levers (the pipeline's defaults) are not pinned; pruning's 0 is a choice, its -1 is unset.
+    raw = {"n_bits": "0", "module__n_prune_neurons_percentage": "0", "rounding": "auto", "p_error": "0.0"}
+    assert TrainingSettings.given_levers(raw) == {"module__n_prune_neurons_percentage"}
+    assert TrainingSettings.given_levers({"module__n_prune_neurons_percentage": "-1.0", "NBits": ""}) == set()
