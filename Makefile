@@ -39,6 +39,9 @@ bench: setup
 	  --variant p_error-0.01:p_error=0.01 --variant prune-50%:module__n_prune_neurons_percentage=0.5 \
 	  --variant multiplier-0.25:module__n_hidden_neurons_multiplier=0.25 --variant accumulator-8:module__n_accum_bits=8 \
 	  --variant w3a3:module__n_w_bits=3,module__n_a_bits=3
+	$(PY) bench/recipe.py --datasets digits,digits_28x28,breast_cancer --tree-datasets breast_cancer \
+	  --recipes reference,tuned,searched,tree-reference,tree-tuned,tree-searched --fhe-samples 10 --search-seconds 1200 \
+	  --name search
 	$(PY) -m local.stack up
 	eval "$$($(PY) -m local.stack env)" && $(PY) bench/workflow.py
 	eval "$$($(PY) -m local.stack env)" && $(PY) -m bench.scale

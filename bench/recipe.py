@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/recipe.py [--datasets digits,digits_28x28] [--fhe-samples 20] [--out bench/results]
     .venv/bin/python bench/recipe.py --recipes tuned --variant NAME:LEVER=VALUE,... --name variants
+    .venv/bin/python bench/recipe.py --recipes reference,tuned,searched,tree-reference,tree-tuned,tree-searched \
+        --datasets digits,digits_28x28,breast_cancer --tree-datasets breast_cancer --name search
 
 For each data set and recipe, the Preprocess and Train steps' own code fits and compiles the network; then:
 
@@ -13,7 +15,9 @@ For each data set and recipe, the Preprocess and Train steps' own code fits and 
   time of the shard over its samples;
 - the floor: a layer of activations compiled on its own (the same accumulator width, rounding and activation
   bits), timed on one core, gives the cost of one bootstrap of that kind; the floor is PBS count * that / cores;
-- evaluation-key bytes and ciphertext bytes in and out per sample, as serialized for the bundle.
+- evaluation-key bytes and ciphertext bytes in and out per sample, as serialized for the bundle;
+- the seconds per sample the lever search expects of the circuit (its complexity at the measured pace), against
+  those measured; for the ``*searched`` recipes, every candidate the search explored.
 
 Writes ``<name>.json`` under ``--out`` for ``bench/report.py``. A benchmark, not a test: it asserts nothing.
 """
@@ -35,11 +39,17 @@ import numpy as np
 
 from common import artifacts
 from containers.inference.engine import InferenceEngine
-from containers.training.circuit_cost import activation_layer_seconds_on_one_core, circuit_parameters
+from containers.training.circuit_cost import (
+    CircuitCost,
+    Pace,
+    activation_layer_seconds_on_one_core,
+    circuit_parameters,
+    measure_pace,
+)
 from containers.training.data import builtin_dataset_csv
-from containers.training.models import TrainingSettings
+from containers.training.models import TrainingSettings, clear_predictions
 from containers.training.preprocess import preprocess
-from containers.training.search import SearchSettings, chosen_settings, search
+from containers.training.search import SEARCH_SPACE, SearchSettings, chosen_settings, lever_value, search
 from containers.training.train import load_split, train
 
 # The reference deployment's network, with Concrete ML's own defaults for everything it did not set: an
@@ -58,8 +68,19 @@ REFERENCE = TrainingSettings(
 )
 # The product's defaults for a network: what the pipeline trains when no hyperparameter is given.
 TUNED = TrainingSettings(model_type="neural_network")
-# "searched": the Train step's lever search from the tuned recipe, nothing pinned, on the data set's training split.
-RECIPES = {"reference": REFERENCE, "tuned": TUNED, "searched": TUNED}
+# A tree at Concrete ML's default 6 bits and depth 5, and the product's default tree (5 bits, depth 4).
+TREE_REFERENCE = TrainingSettings(model_type="decision_tree", n_bits=6, max_depth=5)
+TREE_TUNED = TrainingSettings(model_type="decision_tree")
+# "searched": the Train step's lever search from the product's defaults, nothing pinned, on the data set's
+# training split (the test split stays the benchmark's).
+RECIPES = {
+    "reference": REFERENCE,
+    "tuned": TUNED,
+    "searched": TUNED,
+    "tree-reference": TREE_REFERENCE,
+    "tree-tuned": TREE_TUNED,
+    "tree-searched": TREE_TUNED,
+}
 SIMULATIONS = 5
 
 
@@ -112,8 +133,12 @@ def serve_shard(model_dir: Path, x: np.ndarray, workers: int) -> dict[str, Any]:
     }
 
 
-def bench_one(dataset: str, recipe: str, settings: TrainingSettings, splits: Path, fhe_samples: int) -> dict[str, Any]:
+def bench_one(
+    dataset: str, recipe: str, settings: TrainingSettings, splits: Path, fhe_samples: int, pace: Pace
+) -> dict[str, Any]:
     from concrete.ml.common.serialization.loaders import loads
+
+    network = settings.model_type == "neural_network"
 
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as scratch:
@@ -124,24 +149,28 @@ def bench_one(dataset: str, recipe: str, settings: TrainingSettings, splits: Pat
         x_test, y_test = load_split(splits / "test", "test")
         model = loads((model_dir / artifacts.MODEL_JSON).read_text())
         circuit = settings.compile(model, x_train)  # as Evaluate does: the circuit of server.zip
-        clear = model.sklearn_model.predict(x_test)
+        clear = model.sklearn_model.predict(x_test) if network else clear_predictions(model, x_test)
         # With p_error > 0 each simulation draws its own bootstrap errors: the mean of several runs.
         simulations = [model.predict(x_test, fhe="simulate") for _ in range(SIMULATIONS)]
         simulated = simulations[0]
         sample = x_test[:fhe_samples]
         served = serve_shard(model_dir, sample, cores)
-        removed, method = activation_rounding(model)
         accumulator = int(circuit.graph.maximum_integer_bit_width())
-        bootstrap = activation_layer_seconds_on_one_core(
-            accumulator, removed, method, settings.effective_p_error or 2.0**-40
-        )
-    pbs = int(circuit.statistics["programmable_bootstrap_count"])
-    floor = pbs * bootstrap["seconds_per_bootstrap"] / cores
+        bootstrap = None  # the floor is a network's: its activations are the bootstraps measured alone
+        if network:
+            removed, method = activation_rounding(model)
+            bootstrap = activation_layer_seconds_on_one_core(
+                accumulator, removed, method, settings.effective_p_error or 2.0**-40
+            )
+        cost = CircuitCost.of(circuit)
+    pbs = cost.bootstraps
+    floor = pbs * bootstrap["seconds_per_bootstrap"] / cores if bootstrap else None
     result = {
         "dataset": dataset,
         "recipe": recipe,
         "settings": {k: v for k, v in settings.to_dict().items() if k.startswith("module__") or k in _LEVERS},
         "effective_p_error": settings.effective_p_error,
+        "levers": {lever: lever_value(settings, lever) for lever in SEARCH_SPACE[settings.model_type]},
         "features": int(x_test.shape[1]),
         "test_rows": len(y_test),
         "accuracy_clear": float((clear == y_test).mean()),
@@ -157,7 +186,11 @@ def bench_one(dataset: str, recipe: str, settings: TrainingSettings, splits: Pat
         "cores": cores,
         "bootstrap_alone": bootstrap,
         "floor_seconds_per_sample": floor,
-        "achieved_over_floor": served["seconds_per_sample"] / floor,
+        "achieved_over_floor": served["seconds_per_sample"] / floor if floor else None,
+        # What the lever search expects of this circuit: one core, so the shard's time times its cores.
+        "expected_seconds_per_sample_one_core": pace.seconds(cost),
+        "measured_seconds_per_sample_one_core": served["seconds_per_sample"] * cores,
+        "complexity": cost.complexity,
         "evaluation_key_bytes": served["evaluation_key_bytes"],
         "input_bytes_per_sample": served["input_bytes_per_sample"],
         "output_bytes_per_sample": served["output_bytes_per_sample"],
@@ -166,7 +199,17 @@ def bench_one(dataset: str, recipe: str, settings: TrainingSettings, splits: Pat
     return result
 
 
-_LEVERS = ("rounding", "p_error", "compress_evaluation_keys", "compress_input_ciphertexts", "max_epochs", "lr")
+_LEVERS = (
+    "model_type",
+    "n_bits",
+    "max_depth",
+    "rounding",
+    "p_error",
+    "compress_evaluation_keys",
+    "compress_input_ciphertexts",
+    "max_epochs",
+    "lr",
+)
 
 
 def main() -> None:
@@ -174,6 +217,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="digits,digits_28x28", help="comma-separated bundled data sets")
     parser.add_argument(
         "--recipes", default="reference,tuned", help="comma-separated: reference, tuned, searched (the lever search)"
+    )
+    parser.add_argument(
+        "--tree-datasets", default="", help="comma-separated data sets the tree-* recipes run on (only those)"
     )
     parser.add_argument("--accuracy-budget", type=float, default=0.01, help="the search's budget (0.01: one point)")
     parser.add_argument("--search-seconds", type=float, default=1800.0, help="the search's time budget")
@@ -212,30 +258,34 @@ def main() -> None:
         f"{'/floor':>8}{'key MB':>8}{'in kB':>7}{'out kB':>8}"
     )
     print(header, flush=True)
+    networks, trees = [d for d in args.datasets.split(",") if d], [d for d in args.tree_datasets.split(",") if d]
+    pace = measure_pace()  # what the search prices circuits with, for the expected seconds of every row
     with tempfile.TemporaryDirectory() as scratch:
-        for dataset in args.datasets.split(","):
+        for dataset in dict.fromkeys(networks + trees):
             root = Path(scratch) / dataset
             source = builtin_dataset_csv(dataset, root / "in" / f"{dataset}.csv")
             with contextlib.redirect_stdout(io.StringIO()):
                 preprocess(source.parent, root / "splits", "label", 0.25, 42)
             for recipe, settings in recipes.items():
+                if dataset not in (trees if recipe.startswith("tree-") else networks):
+                    continue
                 samples = args.fhe_samples
                 if recipe == "reference" and dataset == "digits_28x28":
                     samples = args.reference_fhe_samples_784
                 searched = None
-                if recipe == "searched":
+                if recipe.endswith("searched"):
                     x, y = load_split(root / "splits" / "train", "train")
                     options = SearchSettings(accuracy_budget=args.accuracy_budget, seconds=args.search_seconds)
                     searched = search(settings, frozenset(), x, y, options)
                     settings = chosen_settings(settings, searched)
-                r = bench_one(dataset, recipe, settings, root / "splits", samples)
+                r = bench_one(dataset, recipe, settings, root / "splits", samples, pace)
                 r["search"] = searched.to_dict() if searched else None
                 results.append(r)
                 print(
                     f"{dataset:<14}{recipe:<11}{r['accuracy_clear']:>7.3f}{r['accuracy_simulated']:>7.3f}"
                     f"{r['accuracy_fhe']:>6.2f}/{r['fhe_samples']:<2}{r['programmable_bootstrap_count']:>6}"
-                    f"{r['seconds_per_sample']:>10.3f}{r['floor_seconds_per_sample']:>8.3f}"
-                    f"{r['achieved_over_floor']:>8.2f}{r['evaluation_key_bytes'] / 1e6:>8.1f}"
+                    f"{r['seconds_per_sample']:>10.3f}{r['floor_seconds_per_sample'] or 0:>8.3f}"
+                    f"{r['achieved_over_floor'] or 0:>8.2f}{r['evaluation_key_bytes'] / 1e6:>8.1f}"
                     f"{r['input_bytes_per_sample'] / 1e3:>7.1f}{r['output_bytes_per_sample'] / 1e3:>8.1f}",
                     flush=True,
                 )

@@ -3,8 +3,9 @@
     .venv/bin/python bench/report.py [--results bench/results] [--doc docs/benchmarks.md]
 
 The document keeps its hand-written analysis; only the part between the two ``benchmarks:`` markers is
-rewritten, from ``recipe.json`` (bench/recipe.py), ``workflow.json`` (bench/workflow.py) and ``scale.json``
-(bench/scale.py).
+rewritten, from ``recipe.json`` (bench/recipe.py), ``workflow.json`` (bench/workflow.py), ``scale.json``
+(bench/scale.py) and ``search.json`` (bench/recipe.py with the searched recipes); the lever search's candidates
+are charted in ``benchmarks-search.png``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,122 @@ def _kinds(parameters: list[dict[str, int]]) -> str:
         f"{p['polynomial_size']}/{p['glwe_dimension']}/{p['level']}: {p['count']}"
         for p in sorted(parameters, key=lambda p: p["polynomial_size"])
     )
+
+
+def search_section(search: dict[str, Any]) -> list[str]:
+    """The searched circuits against the reference recipe and today's defaults, each model type on its data sets."""
+    rows = search["results"]
+    lines = [
+        "### The lever search against the reference recipe and today's defaults",
+        "",
+        f"`{search['command']}` ({search['machine']['cores']} cores)",
+        "",
+        "| data set | recipe | levers | accuracy clear | simulated | FHE (rows) | PBS | s/sample | one core: "
+        "expected / measured | evaluation key |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} ({r['features']} features) | {r['recipe']} | {_levers(r['levers'])} "
+            f"| {r['accuracy_clear']:.1%} "
+            f"| {r['accuracy_simulated']:.1%} | {r['accuracy_fhe']:.0%} ({r['fhe_samples']}) "
+            f"| {r['programmable_bootstrap_count']} | {r['seconds_per_sample']:.3f} "
+            f"| {r['expected_seconds_per_sample_one_core']:.3f} / {r['measured_seconds_per_sample_one_core']:.3f} "
+            f"| {r['evaluation_key_bytes'] / 1e6:.1f} MB |"
+        )
+    lines += ["", "What each search explored (chart: `benchmarks-search.png`):", ""]
+    for r in rows:
+        found = r.get("search")
+        if not found:
+            continue
+        chosen = found["candidates"][found["chosen"]] if found["chosen"] is not None else None
+        lines.append(
+            f"- {r['dataset']}, {r['recipe']}: {len(found['candidates'])} candidates in {found['seconds']:.0f} s "
+            f"({found['stopped']}); float model {found['float_accuracy']:.1%} on {found['validation_rows']} "
+            f"validation rows, budget {found['accuracy_budget'] * 100:.1f} points; chosen: "
+            + (
+                f"{_levers(chosen['levers'])}, validation {chosen['validation_accuracy']:.1%}, "
+                f"{chosen['bootstraps']} bootstraps"
+                if chosen
+                else "none within the budget (the defaults were kept)"
+            )
+            + "."
+        )
+    lines += ["", "Targets:", ""]
+    by_key = {(r["dataset"], r["recipe"]): r for r in rows}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for prefix in ("", "tree-"):
+            reference = by_key.get((dataset, f"{prefix}reference"))
+            tuned = by_key.get((dataset, f"{prefix}tuned"))
+            searched = by_key.get((dataset, f"{prefix}searched"))
+            if not searched:
+                continue
+            name = f"{dataset} ({'tree' if prefix else 'network'})"
+            if reference:
+                speed_up = reference["seconds_per_sample"] / searched["seconds_per_sample"]
+                loss = reference["accuracy_simulated"] - searched["accuracy_simulated"]
+                ok = speed_up >= SPEED_UP_TARGET and loss <= ACCURACY_LOSS_TARGET
+                lines.append(
+                    f"- {name}: searched is {speed_up:.1f}× faster than the reference per sample, simulated "
+                    f"accuracy {-loss * 100:+.1f} points: {verdict(ok)} (target ≥ {SPEED_UP_TARGET:.0f}×, ≤ 1 "
+                    "point lost)."
+                )
+            if tuned:
+                ratio = tuned["seconds_per_sample"] / searched["seconds_per_sample"]
+                loss = tuned["accuracy_simulated"] - searched["accuracy_simulated"]
+                lines.append(
+                    f"- {name}: searched is {ratio:.2f}× the speed of today's default, simulated accuracy "
+                    f"{-loss * 100:+.1f} points against it: {verdict(ratio >= 1.0)} (target: at least as fast)."
+                )
+    return lines
+
+
+def _levers(levers: dict[str, Any]) -> str:
+    return ", ".join(f"{name.removeprefix('module__n_').replace('_', ' ')} {value}" for name, value in levers.items())
+
+
+def search_chart(search: dict[str, Any], path: Path) -> None:
+    """Each search's candidates: expected seconds per sample against validation accuracy, the chosen one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    searched = [r for r in search["results"] if r.get("search")]
+    if not searched:
+        return
+    figure, axes = plt.subplots(1, len(searched), figsize=(4.6 * len(searched), 4.0), squeeze=False)
+    for ax, row in zip(axes[0], searched, strict=True):
+        found = row["search"]
+        for within, colour, label in ((True, "#4878a8", "within budget"), (False, "#bbbbbb", "outside")):
+            points = [c for c in found["candidates"] if c["within_budget"] == within]
+            ax.scatter(
+                [c["expected_seconds_per_sample"] or 1e-4 for c in points],
+                [c["validation_accuracy"] for c in points],
+                color=colour,
+                label=label,
+                s=18,
+            )
+        if found["chosen"] is not None:
+            chosen = found["candidates"][found["chosen"]]
+            ax.scatter(
+                [chosen["expected_seconds_per_sample"] or 1e-4],
+                [chosen["validation_accuracy"]],
+                marker="*",
+                s=220,
+                color="#c44e52",
+                label="chosen",
+                zorder=3,
+            )
+        ax.axhline(found["float_accuracy"] - found["accuracy_budget"], color="#c44e52", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("expected s per sample (one core)")
+        ax.set_ylabel("simulated accuracy, validation split")
+        ax.set_title(f"{row['dataset']}, {row['recipe']}", fontsize=9)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
 
 
 def workflow_section(workflow: dict[str, Any]) -> list[str]:
@@ -249,16 +366,15 @@ def main() -> None:
     args = parser.parse_args()
     found = {
         name: json.loads((args.results / f"{name}.json").read_text())
-        for name in ("recipe", "variants", "workflow", "scale")
+        for name in ("recipe", "variants", "workflow", "scale", "search")
         if (args.results / f"{name}.json").exists()
     }
     recipe, variants, workflow = found.get("recipe"), found.get("variants"), found.get("workflow")
-    if not recipe and not workflow:
-        raise SystemExit(
-            f"no recipe.json or workflow.json under {args.results}; run bench/recipe.py or bench/workflow.py"
-        )
+    if not found:
+        raise SystemExit(f"no results under {args.results}; run bench/recipe.py, bench/workflow.py or bench/scale.py")
     picture = args.doc.with_suffix(".png")
-    chart(recipe, workflow, picture)
+    if recipe or workflow:
+        chart(recipe, workflow, picture)
     body = [
         START,
         "",
@@ -272,6 +388,10 @@ def main() -> None:
     if variants:
         title = "### The tuned recipe with one lever changed"
         body += [*recipe_section(variants, title, targets=False), ""]
+    if found.get("search"):
+        search_picture = args.doc.with_name(f"{args.doc.stem}-search.png")
+        search_chart(found["search"], search_picture)
+        body += [*search_section(found["search"]), "", f"![the lever search's candidates]({search_picture.name})", ""]
     if workflow:
         body += [*workflow_section(workflow), ""]
     if found.get("scale"):

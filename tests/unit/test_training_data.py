@@ -101,7 +101,7 @@ def test_preprocessing_record_transform() -> None:
         ({"n_bits": "eight"}, r"n_bits='eight' is not a valid int"),
         ({"colour": "red"}, "unknown hyperparameter 'colour'"),
         ({"p_error": "2"}, "p_error must be in"),
-        ({"max_depth": "0"}, "max_depth must be at least 1"),
+        ({"max_depth": "-1"}, "max_depth must be at least 1"),  # 0 leaves it unset: searched
     ],
 )
 def test_training_settings_name_the_bad_hyperparameter(raw: dict[str, str], message: str) -> None:
