@@ -40,7 +40,7 @@ bench: setup
 	  --variant multiplier-0.25:module__n_hidden_neurons_multiplier=0.25 --variant accumulator-8:module__n_accum_bits=8 \
 	  --variant w3a3:module__n_w_bits=3,module__n_a_bits=3
 	$(PY) bench/recipe.py --datasets digits,digits_28x28,breast_cancer --tree-datasets breast_cancer \
-	  --recipes reference,tuned,searched,tree-reference,tree-tuned,tree-searched --fhe-samples 10 --search-seconds 1200 \
+	  --recipes reference,tuned,searched,tree-reference,tree-tuned,tree-searched --fhe-samples 8 --search-seconds 720 \
 	  --name search
 	$(PY) -m local.stack up
 	eval "$$($(PY) -m local.stack env)" && $(PY) bench/workflow.py
