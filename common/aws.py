@@ -64,4 +64,7 @@ def is_missing(error: ClientError) -> bool:
     """Whether an AWS error says the object or resource asked for does not exist."""
     details = error.response.get("Error", {})
     code, message = str(details.get("Code", "")), str(details.get("Message", ""))
-    return code in _MISSING_CODES or (code == "ValidationException" and "does not exist" in message)
+    # SageMaker says an endpoint is missing with a ValidationException "Could not find endpoint …".
+    return code in _MISSING_CODES or (
+        code == "ValidationException" and ("does not exist" in message or "Could not find endpoint" in message)
+    )

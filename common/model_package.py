@@ -88,7 +88,21 @@ def served_package(sagemaker: Any, endpoint_name: str) -> tuple[str, str]:
     config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
     container = model.get("PrimaryContainer") or {}
-    package_arn = (container.get("Environment") or {}).get(PACKAGE_ARN_VARIABLE) or container.get("ModelPackageName")
+    # What SageMaker loads is the container's model package (its image and model data), or the image and model
+    # data named directly; the environment's label is only what the serving app says of itself, so it counts only
+    # where SageMaker's own record agrees with it.
+    label = (container.get("Environment") or {}).get(PACKAGE_ARN_VARIABLE)
+    package_arn = container.get("ModelPackageName")
+    if package_arn and label and label != package_arn:
+        raise ModelPackageError(f"endpoint {endpoint_name} serves {package_arn} but its model is labelled {label}")
+    if not package_arn and label:
+        package = sagemaker.describe_model_package(ModelPackageName=label)
+        spec = ((package.get("InferenceSpecification") or {}).get("Containers") or [{}])[0]
+        if (container.get("Image"), container.get("ModelDataUrl")) != (spec.get("Image"), spec.get("ModelDataUrl")):
+            raise ModelPackageError(
+                f"endpoint {endpoint_name} is labelled {label} but does not run that package's image and model data"
+            )
+        package_arn = label
     if not package_arn:
         raise ModelPackageError(f"endpoint {endpoint_name} serves a model that names no model package")
     return str(endpoint["EndpointStatus"]), str(package_arn)

@@ -44,6 +44,9 @@ from pipelines.endpoint import delete_endpoint, family_endpoints
 STACK_TIMEOUT_S = 1200.0
 DATA_OUTPUTS = ("DataBucketName", "ModelBucketName", "BundleBucketName", "AuditTableName")
 Report = Callable[[str], None]
+# The SQS event sources' MaximumConcurrency (infrastructure/product.yaml): the least SQS allows. A function reserved
+# below it would have the queue's messages throttled into the dead-letter queue.
+MIN_FUNCTION_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,13 @@ class Deployment:
     # (0: no such rule).
     keep_versions: int = 0
     retire_after_days: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.function_concurrency < MIN_FUNCTION_CONCURRENCY:
+            raise ValueError(
+                f"function concurrency {self.function_concurrency} is below {MIN_FUNCTION_CONCURRENCY}, the least "
+                "concurrency of an SQS event source: messages would be throttled into the dead-letter queues"
+            )
 
     @property
     def map_concurrency(self) -> int:

@@ -49,7 +49,8 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[st
         "result_manifest_sha256": written.sha256,
     }
     publish("Bundle Completed", detail)
-    logger.info("bundle delivered", extra=detail)
+    # The log names no owner (nor its folders): the bundle id and execution say which bundle.
+    logger.info("bundle delivered", extra={k: detail[k] for k in ("bundle_id", "execution", "samples", "shards")})
     metrics.add_metric(name="BundlesCompleted", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="SamplesCompleted", unit=MetricUnit.Count, value=answer.total_samples)
     return {"result_manifest": str(written.uri), "samples": answer.total_samples, "shards": len(answer.shards)}

@@ -12,26 +12,40 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
+from common.aws import is_missing
 from common.workflow import FailureReason, WaitingShard, waiting_shards
 from lambdas.runtime import client, logger, metrics, setting, tracer
 
 _ALIVE = frozenset({"InService", "Updating", "SystemUpdating"})
 
 
-def endpoint_status(endpoint: str) -> str:
+def endpoint_status(endpoint: str) -> str | None:
+    """The endpoint's status; ``"Deleted"`` when SageMaker says it does not exist; None when SageMaker did not
+    answer (throttling, a fault, a refusal): the round then neither beats nor fails its shards, which wait for the
+    next round (their HeartbeatSeconds spans several)."""
     try:
         return str(client("sagemaker").describe_endpoint(EndpointName=endpoint)["EndpointStatus"])
     except ClientError as error:
-        return f"unavailable ({error.response.get('Error', {}).get('Code', 'error')})"
+        if is_missing(error):
+            return "Deleted"
+        logger.warning(
+            "endpoint status unknown this round", extra={"code": error.response.get("Error", {}).get("Code", "")}
+        )
+        return None
 
 
 def beat(table: str) -> dict[str, int]:
     sfn, dynamodb = client("stepfunctions"), client("dynamodb")
-    counts = {"heartbeats": 0, "failed": 0, "stale": 0}
-    statuses: dict[str, str] = {}
+    counts = {"heartbeats": 0, "failed": 0, "stale": 0, "unknown": 0}
+    statuses: dict[str, str | None] = {}
     for shard in waiting_shards(dynamodb, table):
         token = shard.task_token
-        status = statuses.setdefault(shard.endpoint, endpoint_status(shard.endpoint))
+        if shard.endpoint not in statuses:
+            statuses[shard.endpoint] = endpoint_status(shard.endpoint)
+        status = statuses[shard.endpoint]
+        if status is None:
+            counts["unknown"] += 1
+            continue
         try:
             if status in _ALIVE:
                 sfn.send_task_heartbeat(taskToken=token)

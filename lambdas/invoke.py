@@ -83,7 +83,7 @@ def invoke_shard(task: ShardTask, table: str) -> dict[str, Any]:
 
 def record_handler(record: SQSRecord) -> dict[str, Any] | None:
     task = ShardTask.from_dict(json.loads(record.body))
-    logger.append_keys(owner=task.bundle.owner, bundle_id=task.bundle.bundle_id, shard=task.shard_index)
+    logger.append_keys(bundle_id=task.bundle.bundle_id, shard=task.shard_index)
     try:
         return invoke_shard(task, setting("WORKFLOW_TABLE"))
     except TransientError:
@@ -100,8 +100,11 @@ def record_handler(record: SQSRecord) -> dict[str, Any] | None:
     except ClientError as error:
         # A refusal that retrying the same call cannot fix: fail the shard's wait now (this function holds its
         # token) so the state machine's own retry and quarantine take over, instead of waiting for a timeout.
-        cause = FailureReason("infer", "invocation_refused", str(error)[:MAX_MESSAGE], shard=task.shard_index)
-        fail_shard(task, "ShardFailed", cause)
+        # The owner reads this reason: it names the call and AWS's code, never the refusal's text, which can name
+        # roles and the account.
+        code = error.response.get("Error", {}).get("Code", "error")
+        message = f"the endpoint refused the shard's invocation ({error.operation_name}: {code})"
+        fail_shard(task, "ShardFailed", FailureReason("infer", "invocation_refused", message, shard=task.shard_index))
         logger.warning("shard invocation refused", extra={"error": str(error)})
         return None
 

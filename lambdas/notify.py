@@ -137,7 +137,7 @@ def complete(result: InferenceResult, table: str) -> str:
         return "unknown"
     waiting = WaitingShard.from_item(item)
     token, shard = waiting.task_token, waiting.shard_index
-    logger.append_keys(owner=waiting.owner, bundle_id=waiting.bundle_id, shard=shard, inference_id=result.inference_id)
+    logger.append_keys(bundle_id=waiting.bundle_id, shard=shard, inference_id=result.inference_id)
     try:
         with transient_aws_errors():
             error, cause = record_result(result, waiting) if result.completed else failure_of(result, shard)

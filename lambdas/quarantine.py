@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle_store import listed_objects, write_quarantine_reason
-from common.workflow import MAX_MESSAGE, FailureReason
+from common.workflow import MAX_MESSAGE, BundleRef, FailureReason
 from lambdas.events import Failure
 from lambdas.runtime import client, logger, metrics, publish, tracer, transient_aws_errors
 
@@ -83,15 +83,16 @@ def failed_shard(failure: Failure) -> Failure:
     return failure
 
 
-def quarantine(failure: Failure) -> dict[str, Any]:
-    s3, bundle = client("s3"), failure.bundle
-    layout = bundle.layout
+def record_quarantine(bundle: BundleRef, reason: FailureReason, execution: str | None, **extra: Any) -> dict[str, Any]:
+    """Write the reason record under ``quarantine/<owner>/<bundle id>/`` (the inbox objects stay, and are listed
+    in it), then publish "Bundle Quarantined": what every quarantine of a bundle does, whoever finds the failure."""
+    s3, layout = client("s3"), bundle.layout
     with transient_aws_errors():
         kept = [obj["Key"] for obj in listed_objects(s3, layout.request_prefix(bundle.bundle_id))]
-        reason = reason_of(failed_shard(failure))
         record = {
             **reason.to_dict(),
-            "execution": failure.execution,
+            **extra,
+            "execution": execution,
             "manifest": str(bundle.manifest_uri),
             "inbox_objects": kept,
         }
@@ -99,15 +100,22 @@ def quarantine(failure: Failure) -> dict[str, Any]:
     detail: dict[str, Any] = {
         "owner": bundle.owner,
         "bundle_id": bundle.bundle_id,
-        "execution": failure.execution,
+        "execution": execution,
         "reason_uri": str(written.uri),
         "reason_sha256": written.sha256,
     }
     detail.update({"stage": reason.stage, "shard": reason.shard, "code": reason.code})
     publish("Bundle Quarantined", detail)
-    logger.warning("bundle quarantined", extra=detail)
+    # The log names no owner (nor its folders): the bundle id and execution say which bundle.
+    logger.warning("bundle quarantined", extra={k: detail[k] for k in ("bundle_id", "execution", "stage", "code")})
     metrics.add_metric(name="BundlesQuarantined", unit=MetricUnit.Count, value=1)
     return detail
+
+
+def quarantine(failure: Failure) -> dict[str, Any]:
+    with transient_aws_errors():
+        reason = reason_of(failed_shard(failure))
+    return record_quarantine(failure.bundle, reason, failure.execution)
 
 
 @logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")

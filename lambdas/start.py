@@ -21,13 +21,16 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle_store import object_exists
-from common.workflow import BundleRef, EventError, bundle_of_key
+from common.bundle.schema import MAX_MANIFEST_BYTES, sha256_hex
+from common.bundle_store import get_bytes, object_exists
+from common.workflow import BundleRef, EventError, FailureReason, bundle_of_key
+from lambdas.quarantine import record_quarantine
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
 idempotency = IdempotencyConfig(event_key_jmespath="[manifest_key, etag]", expires_after_seconds=7 * 24 * 3600)
 persistence = DynamoDBPersistenceLayer(table_name=setting("WORKFLOW_TABLE"))
+STAGE = "start"
 
 
 def submission_of(event: dict[str, Any]) -> dict[str, str]:
@@ -52,12 +55,35 @@ def bundle_of(event: dict[str, Any]) -> BundleRef | None:
     return BundleRef(s3_event.detail.bucket.name, found[1], key, s3_event.detail.object.etag.strip('"'))
 
 
+def redropped(ref: BundleRef) -> dict[str, Any]:
+    """A manifest dropped under a bundle id that already has a result. The same manifest again (an event replayed
+    after the idempotency record expired) starts nothing; another manifest is refused with a quarantine record the
+    owner can read, since running it would overwrite a delivered result."""
+    s3 = client("s3")
+    with transient_aws_errors():
+        result_uri = ref.layout.result_manifest(ref.bundle_id)
+        result = json.loads(get_bytes(s3, result_uri, field="result", limit=MAX_MANIFEST_BYTES))
+        dropped = sha256_hex(get_bytes(s3, ref.manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES))
+    answered = (result.get("request") or {}).get("manifest_sha256") if isinstance(result, dict) else None
+    if answered == dropped:
+        logger.info("bundle already delivered for this manifest; not started again", extra={"bundle_id": ref.bundle_id})
+        return {"owner": ref.owner, "bundle_id": ref.bundle_id, "started": False, "reason": "already_delivered"}
+    message = (
+        f"bundle {ref.bundle_id} already has a result, made from another manifest; it is not run again. "
+        "Give the new bundle an id of its own (fhe-client encrypt --bundle-id)"
+    )
+    reason = FailureReason(STAGE, "already_delivered", message, field="bundle_id")
+    record_quarantine(ref, reason, None, manifest_etag=ref.etag)
+    return {"owner": ref.owner, "bundle_id": ref.bundle_id, "started": False, "reason": "already_delivered"}
+
+
 def _start_bundle(bundle: dict[str, str], submitted: dict[str, str] | None = None) -> dict[str, Any]:
     ref = BundleRef.from_dict(bundle)
     sfn = client("stepfunctions")
-    if object_exists(client("s3"), ref.layout.result_manifest(ref.bundle_id)):
-        logger.warning("bundle already has a result; not started again", extra={"bundle": ref.path})
-        return {"owner": ref.owner, "bundle_id": ref.bundle_id, "started": False, "reason": "already_delivered"}
+    with transient_aws_errors():
+        delivered = object_exists(client("s3"), ref.layout.result_manifest(ref.bundle_id))
+    if delivered:
+        return redropped(ref)
     with transient_aws_errors():
         try:
             execution = sfn.start_execution(
@@ -68,7 +94,7 @@ def _start_bundle(bundle: dict[str, str], submitted: dict[str, str] | None = Non
             started = True
         except sfn.exceptions.ExecutionAlreadyExists:
             execution, started = None, False
-    logger.info("bundle execution", extra={"bundle": ref.path, "execution": execution, "started": started})
+    logger.info("bundle execution", extra={"bundle_id": ref.bundle_id, "execution": execution, "started": started})
     if started:
         metrics.add_metric(name="BundlesStarted", unit=MetricUnit.Count, value=1)
     return {"owner": ref.owner, "bundle_id": ref.bundle_id, "execution_arn": execution, "started": started}
@@ -85,7 +111,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any] | None:
     if bundle is None:
         logger.debug("not an inbox manifest; ignored")
         return None
-    logger.append_keys(owner=bundle.owner, bundle_id=bundle.bundle_id)
+    logger.append_keys(bundle_id=bundle.bundle_id)
     return dict(start_bundle(bundle=bundle.to_dict(), submitted=submission_of(event)))
 
 

@@ -98,7 +98,7 @@ def check_endpoint(manifest: Manifest, endpoint: str, family: str | None = None)
         with transient_aws_errors():
             status, package_arn = served_package(client("sagemaker"), endpoint)
     except ClientError as error:
-        if family is not None and "Could not find endpoint" in str(error):
+        if family is not None and is_missing(error):
             raise not_served(manifest, family) from None
         raise WorkflowError(STAGE, "endpoint_unavailable", f"endpoint {endpoint}: {error}") from None
     except ModelPackageError as error:

@@ -14,7 +14,12 @@ evaluation functions of the pinned version, the ones its own dispatch uses.
 Two corrections to ministack, so it is no stricter than AWS, where it authorizes on ``*`` a call that AWS
 authorizes on the resource it names (a policy granting the call on that resource, as AWS allows, would be
 refused): ``cloudwatch:DeleteAlarms`` naming one alarm is authorized on the alarm's ARN, and a Step Functions
-call naming a map run (``ListExecutions``, ``DescribeMapRun``) on the map run's ARN."""
+call naming a map run (``ListExecutions``, ``DescribeMapRun``) on the map run's ARN.
+
+One rule of AWS that ministack does not apply: a standard execution that runs past its state machine's top-level
+``TimeoutSeconds`` ends as ``TIMED_OUT`` (an ``ExecutionTimedOut`` history event and the EventBridge status
+change), where ministack would let it run; and an execution that has ended (stopped, timed out) stays as it ended
+when its walk later fails, where ministack would overwrite it as FAILED."""
 
 # mypy: ignore-errors
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import threading
 from urllib.parse import parse_qs
 
 from ministack import app as ministack
@@ -30,10 +36,13 @@ from ministack.core import iam_actions
 from ministack.core import iam_evaluator as iam
 from ministack.core.responses import set_request_account_id, set_request_client_ip, set_request_region
 from ministack.core.router import extract_access_key_id, extract_region
+from ministack.services import stepfunctions as sfn
 
 ROUTE = "/_fhe/authorize"
 _served = ministack.app
 _ministack_resource_arn = iam_actions.extract_resource_arn
+_ministack_run_execution = sfn._run_execution
+_ministack_fail_execution = sfn._fail_execution
 
 
 def _named_alarms(body: bytes, query: dict) -> list:
@@ -88,6 +97,50 @@ def decide(question: dict, client_ip: str) -> dict:
     return {"decision": denied.decision, "principal": denied.principal_arn or principal}
 
 
+def _time_out(execution: dict, seconds: float) -> None:
+    """End ``execution`` as AWS does once it has run ``seconds``: the walk of its states stops at the next state,
+    since it only goes on while the status is RUNNING."""
+    if execution.get("status") != "RUNNING":
+        return
+    execution["status"] = "TIMED_OUT"
+    execution["stopDate"] = sfn.now_iso()
+    execution["error"] = "States.Timeout"
+    execution["cause"] = f"The execution ran longer than its TimeoutSeconds ({seconds:g} s)."
+    sfn._add_event(
+        execution,
+        "ExecutionTimedOut",
+        {
+            "executionTimedOutEventDetails": {"error": execution["error"], "cause": execution["cause"]},
+        },
+    )
+    sfn._emit_execution_status_event(execution)
+
+
+def run_execution(exec_arn) -> None:
+    """ministack's execution walk, under its state machine's TimeoutSeconds."""
+    execution = sfn._executions.get(exec_arn)
+    machine = sfn._state_machines.get((execution or {}).get("stateMachineArn"))
+    try:
+        seconds = json.loads(machine["definition"]).get("TimeoutSeconds") if machine else None
+    except (ValueError, TypeError):
+        seconds = None
+    timer = None
+    if isinstance(seconds, int) and seconds > 0 and not execution.get("sync"):
+        timer = threading.Timer(seconds, _time_out, args=(execution, seconds))
+        timer.daemon = True
+        timer.start()
+    try:
+        _ministack_run_execution(exec_arn)
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def fail_execution(execution: dict, error, cause) -> None:
+    if execution.get("status") == "RUNNING":
+        _ministack_fail_execution(execution, error, cause)
+
+
 async def app(scope: dict, receive, send) -> None:
     if scope.get("type") != "http" or scope.get("path") != ROUTE or scope.get("method") != "POST":
         await _served(scope, receive, send)
@@ -112,5 +165,7 @@ async def app(scope: dict, receive, send) -> None:
 if __name__ == "__main__":
     ministack.app = app  # what main() serves
     iam_actions.extract_resource_arn = resource_arn  # looked up at each call by ministack's dispatch
+    sfn._run_execution = run_execution  # looked up when an execution starts
+    sfn._fail_execution = fail_execution
     sys.argv[1:] = []
     ministack.main()

@@ -37,7 +37,7 @@ DEPLOYMENT = deploy.Deployment(
     pipeline_name="fhe-deploy-test-training",
     package_group="fhe-deploy-tests",
     retraining_schedule="rate(1 minute)",  # the shortest cadence, so the test sees it fire
-    function_concurrency=1,
+    function_concurrency=2,
 )
 OWNER = "clinic-a"
 SCHEDULED_TIMEOUT = 200.0  # the scheduler ticks every 10 s; the first round is due a minute after creation

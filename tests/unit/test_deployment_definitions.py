@@ -72,7 +72,8 @@ def test_template_fills_every_placeholder_of_the_state_machine() -> None:
 def test_every_function_has_a_reservation_and_a_handler_that_exists() -> None:
     resources = templates.load(templates.PRODUCT)["Resources"]
     functions = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
-    assert len(functions) == 9  # start, validate, invoke, notify, heartbeat, assemble, quarantine, record, retrain
+    # start, validate, invoke, notify, heartbeat, assemble, quarantine, record, retrain, reconcile
+    assert len(functions) == 10
     roles = [properties["Role"]["Fn::GetAtt"][0] for properties in functions.values()]
     assert len(set(roles)) == len(roles), "each function has a role of its own"
     for name, properties in functions.items():

@@ -197,7 +197,7 @@ def test_an_endpoint_at_zero_instances_is_serving_for_validate_and_heartbeat(mon
     clients = {"sagemaker": sagemaker, "stepfunctions": sfn, "dynamodb": FakeDynamoDB()}
     monkeypatch.setattr(heartbeat, "client", clients.__getitem__)
     monkeypatch.setattr(validate, "client", clients.__getitem__)
-    assert heartbeat.beat("table") == {"heartbeats": 1, "failed": 0, "stale": 0}
+    assert heartbeat.beat("table") == {"heartbeats": 1, "failed": 0, "stale": 0, "unknown": 0}
     assert sfn.calls == ["heartbeat token-1"]
     manifest = type("M", (), {"model": type("R", (), {"package_arn": FakeSageMaker.PACKAGE})()})()
     checked: list[str] = []
