@@ -243,7 +243,8 @@ def test_the_sweep_accounts_for_recent_ends_only(
 
         def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803
             described.append(executionArn)
-            return _status_change("ABORTED")["detail"] | {"executionArn": executionArn}
+            detail: dict[str, Any] = _status_change("ABORTED")["detail"]
+            return {**detail, "executionArn": executionArn}
 
     _use(monkeypatch, module, s3=s3, stepfunctions=Listing())
     assert module.sweep(now) == {"quarantined": 1}
