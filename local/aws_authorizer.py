@@ -16,16 +16,21 @@ authorizes on the resource it names (a policy granting the call on that resource
 refused): ``cloudwatch:DeleteAlarms`` naming one alarm is authorized on the alarm's ARN, and a Step Functions
 call naming a map run (``ListExecutions``, ``DescribeMapRun``) on the map run's ARN.
 
-One rule of AWS that ministack does not apply: a standard execution that runs past its state machine's top-level
-``TimeoutSeconds`` ends as ``TIMED_OUT`` (an ``ExecutionTimedOut`` history event and the EventBridge status
-change), where ministack would let it run; and an execution that has ended (stopped, timed out) stays as it ended
-when its walk later fails, where ministack would overwrite it as FAILED."""
+Rules of AWS that ministack does not apply:
+- ``events:PutEvents`` carries the condition keys ``events:source`` and ``events:detail-type`` (each entry's), so a
+  policy can let a role send only its own events; ministack leaves them out, and a policy naming them refused
+  every event.
+- A standard execution that runs past its state machine's top-level ``TimeoutSeconds`` ends as ``TIMED_OUT`` (an
+  ``ExecutionTimedOut`` history event and the EventBridge status change); ministack let it run.
+- An execution that has ended (stopped, timed out) stays as it ended; ministack overwrote it as FAILED when its
+  walk failed later."""
 
 # mypy: ignore-errors
 
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 import sys
 import threading
@@ -42,6 +47,7 @@ ROUTE = "/_fhe/authorize"
 _served = ministack.app
 _ministack_resource_arn = iam_actions.extract_resource_arn
 _ministack_run_execution = sfn._run_execution
+_ministack_request_context = iam_actions.request_tag_context
 _ministack_fail_execution = sfn._fail_execution
 
 
@@ -126,7 +132,8 @@ def run_execution(exec_arn) -> None:
         seconds = None
     timer = None
     if isinstance(seconds, int) and seconds > 0 and not execution.get("sync"):
-        timer = threading.Timer(seconds, _time_out, args=(execution, seconds))
+        # In the execution's own context (its account and region), as its walk runs.
+        timer = threading.Timer(seconds, contextvars.copy_context().run, args=(_time_out, execution, seconds))
         timer.daemon = True
         timer.start()
     try:
@@ -134,6 +141,23 @@ def run_execution(exec_arn) -> None:
     finally:
         if timer is not None:
             timer.cancel()
+
+
+def request_context(service, iam_action, body, params) -> dict:
+    """ministack's request condition keys, with PutEvents' own: every entry's source and detail type."""
+    context = _ministack_request_context(service, iam_action, body, params)
+    if iam_action != "events:PutEvents":
+        return context
+    try:
+        entries = json.loads(body or b"{}").get("Entries") or []
+    except (ValueError, AttributeError):
+        entries = []
+    entries = [entry for entry in entries if isinstance(entry, dict)]
+    return {
+        **context,
+        "events:source": [str(entry.get("Source", "")) for entry in entries],
+        "events:detail-type": [str(entry.get("DetailType", "")) for entry in entries],
+    }
 
 
 def fail_execution(execution: dict, error, cause) -> None:
@@ -167,5 +191,6 @@ if __name__ == "__main__":
     iam_actions.extract_resource_arn = resource_arn  # looked up at each call by ministack's dispatch
     sfn._run_execution = run_execution  # looked up when an execution starts
     sfn._fail_execution = fail_execution
+    iam_actions.request_tag_context = request_context  # imported from the module at each call by the dispatch
     sys.argv[1:] = []
     ministack.main()

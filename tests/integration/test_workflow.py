@@ -31,7 +31,15 @@ from common.workflow import bundle_executions, executed_states, execution_bundle
 from containers.training.data import sample_records
 from pipelines.models import clear_classes
 from tests import limits
-from tests.integration.helpers import OWNER, deploy_and_serve, deployment_for, drop, injected_faults, settle
+from tests.integration.helpers import (
+    OWNER,
+    bundle_execution,
+    deploy_and_serve,
+    deployment_for,
+    drop,
+    injected_faults,
+    settle,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -528,6 +536,152 @@ def test_heartbeat_function_runs_on_its_schedule(workflow: Workflow) -> None:
         time.sleep(5)
     assert rounds, "the scheduled heartbeat never ran"
     assert not any("Traceback" in m for m in messages), messages[-5:]
+
+
+RECONCILE_TIMEOUT = 180.0  # the status event, its queue, the reconcile function's mapping
+
+
+def _record_for_owner(
+    w: Workflow, bundle_id: str, timeout: float = RECONCILE_TIMEOUT, **expected: Any
+) -> dict[str, Any]:
+    """The bundle's quarantine record, once it says ``expected``, read under the owner's own role: what the owner's
+    ``fhe-client wait`` finds."""
+    from infrastructure import owners
+    from local.people import acting_as, ensure_people, owner_actor
+
+    owners.add(DEPLOYMENT.prefix, OWNER, report=lambda line: None)
+    people = ensure_people(DEPLOYMENT.prefix, w.stack)
+    uri = _layout().quarantine_reason(bundle_id)
+    deadline, record = time.monotonic() + timeout, None
+    with acting_as(people, owner_actor(OWNER)):
+        s3 = aws.client("s3")
+        while time.monotonic() < deadline:
+            if object_exists(s3, uri):
+                record = json.loads(s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+                if all(record.get(k) == v for k, v in expected.items()):
+                    return dict(record)
+            time.sleep(2.0)
+    raise AssertionError(f"bundle {bundle_id}: no record saying {expected} after {timeout} s; last: {record}")
+
+
+def _function_role(name: str) -> str:
+    arn = aws.client("lambda").get_function_configuration(FunctionName=f"{DEPLOYMENT.prefix}-{name}")["Role"]
+    return str(arn).rsplit("/", 1)[1]
+
+
+def _running_in(w: Workflow, bundle_id: str, state: str, timeout: float = SETTLE_TIMEOUT) -> str:
+    """The bundle's execution ARN, once it has entered ``state``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution = bundle_execution(w.stack["StateMachineArn"], bundle_id)
+        if execution is not None:
+            assert execution["status"] == "RUNNING", execution
+            if state in executed_states(aws.client("stepfunctions"), execution["executionArn"]):
+                return str(execution["executionArn"])
+        time.sleep(1.0)
+    raise AssertionError(f"bundle {bundle_id} did not reach {state} in {timeout} s")
+
+
+def test_a_bundle_whose_quarantine_step_is_denied_its_bucket_still_ends_with_its_reason(workflow: Workflow) -> None:
+    """The Quarantine step fails (AccessDenied on its bucket): the execution fails, and the reconcile function
+    records the reason the step was given, from the execution's history."""
+    iam, role = aws.client("iam"), _function_role("quarantine")
+    deny = {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{_layout().bucket}/quarantine/*"}
+    iam.put_role_policy(
+        RoleName=role,
+        PolicyName="injected-deny",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [deny]}),
+    )
+    try:
+        manifest = drop(_layout(), workflow.model, workflow.x[:8], workflow.folder / "quarantine-denied", shard_size=4,
+                        skip_shard=True)  # fmt: skip
+        execution = _settle(workflow, "quarantine-denied")
+    finally:
+        iam.delete_role_policy(RoleName=role, PolicyName="injected-deny")
+    assert execution["status"] == "FAILED" and execution.get("error") == "QuarantineFailed", execution
+    record = _record_for_owner(workflow, "quarantine-denied", execution=execution["executionArn"])
+    assert (record["stage"], record["code"], record["shard"]) == ("validate", "missing_object", 1), record
+    assert record["recorded_by"] == "reconcile" and record["execution_status"] == "FAILED"
+    assert record["inbox_objects"] == _inbox("quarantine-denied") and len(manifest.shards) == 2
+    [event] = _events(workflow, "quarantine-denied", "Bundle Quarantined", timeout=60)
+    assert event["detail"]["code"] == "missing_object"
+
+
+def test_a_stopped_execution_ends_with_a_record(workflow: Workflow) -> None:
+    slow = [{"input_contains": f"requests/{OWNER}/stopped-by-hand/", "delay_seconds": 40}]
+    with injected_faults(workflow.endpoint, slow):
+        _drop(workflow, "stopped-by-hand", slice(24, 28), shard_size=4)
+        arn = _running_in(workflow, "stopped-by-hand", "InferShards")
+        aws.client("stepfunctions").stop_execution(executionArn=arn, error="Operator", cause="stopped by hand")
+        record = _record_for_owner(workflow, "stopped-by-hand", execution=arn)
+    assert (record["stage"], record["code"], record["execution_status"]) == ("workflow", "execution_stopped", "ABORTED")
+    assert not object_exists(aws.client("s3"), _layout().result_manifest("stopped-by-hand"))
+
+
+def test_an_execution_past_the_workflows_time_limit_ends_with_a_record(workflow: Workflow) -> None:
+    """The state machine's time limit (TimeoutSeconds, a week) shortened for this bundle only: the execution
+    times out while its shard is at the endpoint."""
+    sfn, arn = aws.client("stepfunctions"), workflow.stack["StateMachineArn"]
+    described = sfn.describe_state_machine(stateMachineArn=arn)
+    definition = json.loads(described["definition"])
+    slow = [{"input_contains": f"requests/{OWNER}/timed-out/", "delay_seconds": 40}]
+    sfn.update_state_machine(stateMachineArn=arn, definition=json.dumps({**definition, "TimeoutSeconds": 15}))
+    with injected_faults(workflow.endpoint, slow):  # the shard is at the endpoint past the limit
+        try:
+            _drop(workflow, "timed-out", slice(28, 32), shard_size=4)
+            execution = _running_in(workflow, "timed-out", "Validate")
+        finally:
+            sfn.update_state_machine(stateMachineArn=arn, definition=described["definition"])
+        ended = _settle(workflow, "timed-out", timeout=120)
+        assert (ended["status"], ended.get("error")) == ("TIMED_OUT", "States.Timeout"), ended
+        record = _record_for_owner(workflow, "timed-out", execution=execution)
+    assert (record["stage"], record["code"], record["execution_status"]) == (
+        "workflow",
+        "execution_timed_out",
+        "TIMED_OUT",
+    )
+
+
+def test_a_dead_lettered_start_message_ends_with_a_record(workflow: Workflow) -> None:
+    """A manifest's event that the start function could not handle past its retries, as the manifest queue
+    dead-letters it: the bundle is quarantined as not started, naming what to do."""
+    key = f"inbox/{OWNER}/never-started/{MANIFEST_NAME}"
+    event = {
+        "version": "0",
+        "id": "dead-lettered-start",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": "000000000000",
+        "time": "2026-12-04T00:00:00Z",
+        "region": aws.region(),
+        "resources": [f"arn:aws:s3:::{_layout().bucket}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": _layout().bucket},
+            "object": {"key": key, "size": 100, "etag": "0123456789abcdef", "sequencer": "1"},
+            "request-id": "r",
+            "requester": "000000000000",
+            "source-ip-address": "127.0.0.1",
+            "reason": "PutObject",
+        },
+    }
+    aws.client("sqs").send_message(QueueUrl=workflow.stack["ManifestDeadLetterQueueUrl"], MessageBody=json.dumps(event))
+    record = _record_for_owner(workflow, "never-started", code="start_failed")
+    assert record["stage"] == "start" and record["execution"] is None and "drop" in record["message"]
+    assert bundle_execution(workflow.stack["StateMachineArn"], "never-started") is None
+
+
+def test_every_dead_letter_queue_of_the_deployment_has_an_alarm(workflow: Workflow) -> None:
+    sqs, cloudwatch = aws.client("sqs"), aws.client("cloudwatch")
+    dead_letters = [v for k, v in workflow.stack.items() if k.endswith("DeadLetterQueueUrl")]
+    assert len(dead_letters) == 5, workflow.stack
+    alarms = cloudwatch.describe_alarms(AlarmNamePrefix=f"{DEPLOYMENT.prefix}-")["MetricAlarms"]
+    watched = {
+        d["Value"] for a in alarms for d in a["Dimensions"] if a["AlarmActions"] == [workflow.stack["AlarmTopicArn"]]
+    }
+    for url in dead_letters:
+        name = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        assert name.rsplit(":", 1)[1] in watched, (url, watched)
 
 
 def test_no_execution_ended_without_a_result_or_a_quarantine_record(workflow: Workflow) -> None:
