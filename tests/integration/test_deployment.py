@@ -124,14 +124,15 @@ def test_the_deployed_roles_grant_what_the_policy_tests_expect(deployed: dict[st
         f"arn:aws:s3:::{deployed[k]}" for k in ("DataBucketName", "ModelBucketName", "BundleBucketName")
     )
     run = "pipelines/fhe-deploy-test-training/e1"
+    published = f"{models}/published/{DEPLOYMENT.package_group}/1/client.zip"  # what an approval published
     client, endpoint = deployed["OwnerRoleArn"], deployed["EndpointRoleArn"]
-    assert _decisions(
-        client, "s3:GetObject", [f"{bundles}/outbox/{OWNER}/b/manifest.json", f"{models}/{run}/client/client.zip"]
-    ) == {
+    assert _decisions(client, "s3:GetObject", [f"{bundles}/outbox/{OWNER}/b/manifest.json", published]) == {
         f"{bundles}/outbox/{OWNER}/b/manifest.json": "allowed",
-        f"{models}/{run}/client/client.zip": "allowed",
+        published: "allowed",
     }
     refused = [
+        f"{models}/{run}/client/client.zip",  # the run's own copy, approved or not
+        f"{models}/{run}/client/preprocessing.json",
         f"{data}/datasets/d.csv",
         f"{models}/{run}/model/j/output/model.tar.gz",
         f"{models}/{run}/model/server.zip",
@@ -146,6 +147,10 @@ def test_the_deployed_roles_grant_what_the_policy_tests_expect(deployed: dict[st
     result = [f"{bundles}/outbox/{OWNER}/b/shards/00000.out"]
     assert set(_decisions(endpoint, "s3:PutObject", result).values()) == {"allowed"}
     assert set(_decisions(endpoint, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"implicitDeny"}
+    creator = deployed["EndpointCreatorRoleArn"]  # the approval's copy from the run to the published folder
+    assert set(_decisions(creator, "s3:GetObject", [f"{models}/{run}/client/client.zip"]).values()) == {"allowed"}
+    assert set(_decisions(creator, "s3:PutObject", [published]).values()) == {"allowed"}
+    assert set(_decisions(creator, "s3:PutObject", [f"{models}/{run}/client/client.zip"]).values()) == {"implicitDeny"}
     model_creator = deployed["ModelCreatorRoleArn"]
     assert set(_decisions(model_creator, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"allowed"}
 
