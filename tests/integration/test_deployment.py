@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from common import aws
+from common.artifacts import PUBLISHED_ARTIFACTS
 from common.deployment import describe_stack
 from common.model_package import version_endpoint
 from common.settings import from_outputs
@@ -26,6 +27,7 @@ from infrastructure import owners
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
 from local.people import ACTORS, acting_as, ensure_people, owner_actor
 from pipelines import runs
+from pipelines.approval import publish_client_artifacts, withdraw_client_artifacts
 from pipelines.endpoint import configure_scaling
 from tests.declared import declared_resources
 
@@ -188,6 +190,33 @@ def test_the_local_stack_enforces_each_roles_policy_over_tls_only(deployed: dict
     assert auditor.list_objects_v2(Bucket=bundles, Prefix="outbox/")["KeyCount"] >= 1  # reads the sources
     for key in (f"outbox/{OWNER}/probe/manifest.json", f"quarantine/{OWNER}/probe/reason.json"):
         assert _refused(auditor.put_object, Bucket=bundles, Key=key, Body=b"{}") == "AccessDenied", key
+
+
+def test_ml_ops_publish_an_approved_packages_client_artifacts_and_only_those_reach_the_owner(
+    deployed: dict[str, str],
+) -> None:
+    """The approval's copy under ML ops' own role, on the local AWS that enforces IAM and KMS: from a run's client
+    folder to published/<group>/<version>/, which the owner reads, while the run's own copy stays refused to it;
+    the rejection's withdrawal leaves the owner nothing."""
+    models, run = deployed["ModelBucketName"], f"pipelines/{DEPLOYMENT.pipeline_name}/e-publish/client"
+    admin = aws.client("s3")
+    for name in PUBLISHED_ARTIFACTS:
+        admin.put_object(Bucket=models, Key=f"{run}/{name}", Body=f"{name} stand-in".encode())
+    package = {
+        "ModelPackageArn": f"arn:aws:sagemaker:{aws.region()}:000000000000:model-package/{DEPLOYMENT.package_group}/7",
+        "CustomerMetadataProperties": {"client_artifacts": f"s3://{models}/{run}"},
+    }
+    ml_ops = aws.role_session(deployed["EndpointCreatorRoleArn"], "ml-ops").client("s3")
+    owner = aws.role_session(deployed["OwnerRoleArn"], "owner").client("s3")
+    published = publish_client_artifacts(ml_ops, package)
+    assert published.key == f"published/{DEPLOYMENT.package_group}/7"
+    for name in PUBLISHED_ARTIFACTS:
+        body = owner.get_object(Bucket=models, Key=published.join(name).key)["Body"].read()
+        assert body == f"{name} stand-in".encode(), name
+        assert _refused(owner.get_object, Bucket=models, Key=f"{run}/{name}") == "AccessDenied", name
+    withdraw_client_artifacts(ml_ops, package)
+    for name in PUBLISHED_ARTIFACTS:
+        assert _refused(owner.get_object, Bucket=models, Key=published.join(name).key) in {"AccessDenied", "NoSuchKey"}
 
 
 def test_each_actor_works_under_its_own_role_and_no_other(deployed: dict[str, str]) -> None:
