@@ -24,7 +24,7 @@ from common.bundle.manifest import KeyRef, ModelRef, package_ref
 from common.bundle.schema import sha256_hex
 from common.bundle_store import BundleLayout, object_exists
 from common.estimate import EstimateError, ModelCosts
-from common.model_package import client_artifacts_uri, describe, newest_approved, require_approved
+from common.model_package import describe, newest_approved, published_client_artifacts_uri, require_approved
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
 from common.versions import VersionsRecord
@@ -115,17 +115,24 @@ class ClientModel:
 def fetch_model(
     sagemaker: Any, s3: Any, *, group: str, package_arn: str | None = None, home: Path | None = None
 ) -> ClientModel:
-    """Download the client artifacts of an Approved package (the newest of ``group`` by default)."""
+    """Download the published client artifacts of an Approved package (the newest of ``group`` by default)."""
     package = describe(sagemaker, package_arn) if package_arn else newest_approved(sagemaker, group)
     require_approved(package)
     ref = package_ref(package["ModelPackageArn"])
     folder = _private_folder((home or client_home()) / "models" / f"{ref.package_group}-v{ref.package_version}")
-    source = client_artifacts_uri(package)
+    # The copy the approval published, the only one a batch owner's role may read (pipelines/approval.py).
+    source = published_client_artifacts_uri(package)
     for name in artifacts.CLIENT_ARTIFACTS:
         target = folder / name
         if not target.exists():
             uri = source.join(name)
-            s3.download_file(uri.bucket, uri.key, str(target))
+            try:
+                s3.download_file(uri.bucket, uri.key, str(target))
+            except s3.exceptions.ClientError:  # 403 to a role that may not list the bucket, 404 to others
+                raise FheClientError(
+                    f"the client artifacts of {ref.package_arn} are not published ({name} cannot be read from "
+                    f"{source}): ML ops publish them with `fhe-pipeline approve --package-arn {ref.package_arn}`"
+                ) from None
     costs = source.join(artifacts.COSTS_JSON)
     if not (folder / artifacts.COSTS_JSON).exists():
         # Older models have none: S3 answers 404, or 403 to a role that may not list the bucket.

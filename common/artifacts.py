@@ -16,5 +16,11 @@ COSTS_JSON = "costs.json"
 # of the server side. The Evaluate step publishes these next to the model (customer metadata "client_artifacts").
 CLIENT_ARTIFACTS = (CLIENT_ZIP, PREPROCESSING_JSON, VERSIONS_JSON)
 CLIENT_ARTIFACTS_PROPERTY = "client_artifacts"
+# Where an Approved package's client artifacts (and costs) are published for batch owners, in the model bucket:
+# published/<group>/<version>/. The approval copies them there and a rejection withdraws them; batch owners' roles
+# read only there, so what a run made before its approval (the training data's per-feature ranges in
+# preprocessing.json) stays out of their reach.
+PUBLISHED_PREFIX = "published"
+PUBLISHED_ARTIFACTS = (*CLIENT_ARTIFACTS, COSTS_JSON)
 # The model's environment names its package; the endpoint refuses bundles made for another package.
 PACKAGE_ARN_VARIABLE = "FHE_MODEL_PACKAGE_ARN"

@@ -8,7 +8,8 @@ import json
 import re
 from typing import Any
 
-from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE, VERSIONS_JSON
+from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE, PUBLISHED_PREFIX, VERSIONS_JSON
+from common.bundle.manifest import package_ref
 from common.bundle_store import get_bytes
 from common.s3uri import S3Uri
 from common.versions import VersionsRecord
@@ -72,7 +73,10 @@ def revocation_message(package_arn: str, version: int, note: str = "") -> str:
 
 
 def client_artifacts_uri(package: dict[str, Any]) -> S3Uri:
-    """The S3 prefix holding ``client.zip``, ``preprocessing.json`` and ``versions.json`` of ``package``."""
+    """The S3 prefix where the Evaluate step of ``package``'s pipeline run wrote its ``client.zip``,
+    ``preprocessing.json``, ``versions.json`` and ``costs.json``, whatever its approval: read by the deployment's
+    own functions, the auditor and ML ops; batch owners read the published copy (``published_client_artifacts_uri``).
+    """
     value = (package.get("CustomerMetadataProperties") or {}).get(CLIENT_ARTIFACTS_PROPERTY)
     if not value:
         raise ModelPackageError(
@@ -80,6 +84,15 @@ def client_artifacts_uri(package: dict[str, Any]) -> S3Uri:
             "it was registered by an older pipeline: retrain it"
         )
     return S3Uri.parse(value)
+
+
+def published_client_artifacts_uri(package: dict[str, Any]) -> S3Uri:
+    """Where batch owners read the client artifacts of ``package`` once it is Approved: ``published/<group>/
+    <version>/`` in the bucket of its run's own (``client_artifacts_uri``), which only ``fhe-pipeline approve``
+    writes (pipelines/approval.py)."""
+    ref = package_ref(package["ModelPackageArn"])
+    bucket = client_artifacts_uri(package).bucket
+    return S3Uri(bucket, f"{PUBLISHED_PREFIX}/{ref.package_group}/{ref.package_version}")
 
 
 def served_package(sagemaker: Any, endpoint_name: str) -> tuple[str, str]:

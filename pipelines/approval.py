@@ -1,19 +1,44 @@
-"""ML ops' decision on a model package: approve or reject it, and announce the decision with who made it."""
+"""ML ops' decision on a model package: approve or reject it, announce the decision with who made it, and
+publish the approved package's client artifacts where batch owners read them (or withdraw them on a rejection).
+
+Batch owners' roles read client artifacts only under ``published/<group>/`` of the model bucket, which only this
+decision writes: IAM cannot tell an approved run's objects from an unapproved one's by their key, so approval is
+a copy into a place only approved packages reach.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from common import aws
+from common.artifacts import CLIENT_ARTIFACTS, PUBLISHED_ARTIFACTS
 from common.audit_log import APPROVAL_DECISION, APPROVAL_FIELDS, REGISTRY_EVENT_SOURCE
-from common.model_package import describe
+from common.bundle_store import object_exists
+from common.model_package import (
+    ModelPackageError,
+    client_artifacts_uri,
+    describe,
+    published_client_artifacts_uri,
+)
+from common.s3uri import S3Uri
 
 DECISIONS = ("Approved", "Rejected")
 
 
 class ApprovalError(RuntimeError):
     pass
+
+
+class PublicationError(ApprovalError):
+    """The decision is set and announced, but the client artifacts were not published (an approval) or not
+    withdrawn (a rejection); ``decided`` is what was decided. Running the same decision again finishes it."""
+
+    def __init__(self, message: str, decided: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.decided = decided
 
 
 def approve(package_arn: str | None, group: str, decision: str, note: str) -> dict[str, Any]:
@@ -30,8 +55,60 @@ def approve(package_arn: str | None, group: str, decision: str, note: str) -> di
         package_arn = max(pending, key=lambda s: int(s["ModelPackageVersion"]))["ModelPackageArn"]
     sagemaker.update_model_package(ModelPackageArn=package_arn, ModelApprovalStatus=decision, ApprovalDescription=note)
     package = describe(sagemaker, package_arn)
+    # Published only once Approved, withdrawn only once Rejected: a rejection is never held up by S3, and the
+    # revocation that follows it (fhe-pipeline approve --reject) runs whatever happens here.
+    s3, published, failure = aws.client("s3"), None, None
+    try:
+        if decision == "Approved":
+            published = str(publish_client_artifacts(s3, package))
+        else:
+            withdraw_client_artifacts(s3, package)
+    except (ModelPackageError, ClientError, BotoCoreError) as error:
+        failure = error
     publish_decision(package)
-    return {"arn": package_arn, "status": package["ModelApprovalStatus"], "note": package.get("ApprovalDescription")}
+    decided = {
+        "arn": package_arn,
+        "status": package["ModelApprovalStatus"],
+        "note": package.get("ApprovalDescription"),
+        "client_artifacts": published,
+    }
+    if failure is not None:
+        what = "not published" if decision == "Approved" else "still published"
+        raise PublicationError(
+            f"{package_arn} is {decision} but its client artifacts are {what} ({failure}); run the decision again",
+            decided,
+        )
+    return decided
+
+
+def publish_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri:
+    """Copy the client artifacts (and costs, when measured) of ``package``'s run to where batch owners read them;
+    returns that place. The run must have all of ``CLIENT_ARTIFACTS``."""
+    source, target = client_artifacts_uri(package), published_client_artifacts_uri(package)
+    present = [name for name in PUBLISHED_ARTIFACTS if object_exists(s3, source.join(name))]
+    missing = [name for name in CLIENT_ARTIFACTS if name not in present]
+    if missing:
+        raise ModelPackageError(f"its run has no {', '.join(missing)} under {source}")
+    for name in present:
+        copy_from = source.join(name)
+        s3.copy_object(
+            Bucket=target.bucket,
+            Key=target.join(name).key,
+            CopySource={"Bucket": copy_from.bucket, "Key": copy_from.key},
+        )
+    return target
+
+
+def withdraw_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri | None:
+    """Delete the published client artifacts of ``package`` (a delete marker each: the bucket keeps versions,
+    which batch owners may not read); returns where they were, None when the package never had any."""
+    try:
+        target = published_client_artifacts_uri(package)
+    except ModelPackageError:  # no client artifacts recorded: nothing was ever published
+        return None
+    for name in PUBLISHED_ARTIFACTS:
+        s3.delete_object(Bucket=target.bucket, Key=target.join(name).key)
+    return target
 
 
 def publish_decision(package: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@
     fhe-pipeline upsert                     create or update the pipeline (and its model package group)
     fhe-pipeline start [--dataset D] [--param Name=Value …] [--wait]
     fhe-pipeline run   [--dataset D] [--param Name=Value …]    upsert, start, follow, print the outcome
-    fhe-pipeline approve [--package-arn ARN] [--reject] [--note TEXT]   approve (or reject) a model package
+    fhe-pipeline approve [--package-arn ARN] [--reject] [--note TEXT]   approve (or reject) a model package,
+                                            publishing its client artifacts to batch owners (or withdrawing them)
     fhe-pipeline deploy [--package-arn ARN]  deploy the newest (or the given) Approved package on its version's own
                                             async endpoint, <endpoint name>-v<version>; other versions stay served,
                                             unless a retention rule (below) retires them
@@ -55,7 +56,7 @@ from common.settings import (
     from_outputs,
 )
 from pipelines import runs
-from pipelines.approval import ApprovalError, approve
+from pipelines.approval import ApprovalError, PublicationError, approve
 from pipelines.endpoint import EndpointError, deploy_endpoint
 from pipelines.retirement import RetirementError, retire, retire_by_rule, revoke
 
@@ -307,13 +308,19 @@ def run(args: argparse.Namespace, settings: PipelineSettings, endpoint: Endpoint
         return
     if args.command == "approve":
         decision = "Rejected" if args.reject else "Approved"
-        decided = approve(args.package_arn, settings.package_group, decision, args.note)
+        unfinished: PublicationError | None = None
+        try:
+            decided = approve(args.package_arn, settings.package_group, decision, args.note)
+        except PublicationError as error:  # decided all the same: a rejection's revocation still follows
+            decided, unfinished = error.decided, error
         outputs = getattr(args, "outputs", None)
         if args.reject and outputs:  # a served version stops being served at once
             decided["revocation"] = revoke(endpoint, decided["arn"], args.note, outputs["WorkflowTableName"])
         elif args.reject:
             note("without --deployment, a served version of it keeps its endpoint")
         print(json.dumps(decided, indent=2))
+        if unfinished is not None:
+            raise unfinished
         return
     if args.command == "deploy":
         which = args.package_arn or f"the newest Approved package of {endpoint.package_group}"

@@ -231,7 +231,8 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             customer_metadata_properties={
                 "model_type": model_type,
                 "pipeline_execution": run_prefix,
-                # Where batch owners fetch client.zip without touching model.tar.gz (and so server.zip).
+                # The run's client artifacts, apart from model.tar.gz (and so server.zip): what the approval
+                # publishes to batch owners (pipelines/approval.py).
                 CLIENT_ARTIFACTS_PROPERTY: evaluate.properties.ProcessingOutputConfig.Outputs["client"].S3Output.S3Uri,
             },
             skip_model_validation="None",

@@ -28,4 +28,3 @@ class Backend:
     region: str
     runtime: Runtime
     s3: Callable[[], Any]
-    sns: Callable[[], Any]

@@ -69,6 +69,9 @@ class Endpoints:
             raise ValidationError(
                 f'Cannot create already existing model "{self.backend.arn_prefix}:model/{name.lower()}".'
             )
+        # SageMaker reads the model and serves it only under the model's own role: without one it refuses the model,
+        # and nothing here may stand in for it (this server's own credentials are the administrator's).
+        role = required(body, "ExecutionRoleArn")
         container = body.get("PrimaryContainer") or (body.get("Containers") or [None])[0]
         if not isinstance(container, dict):
             raise ValidationError("PrimaryContainer is required")
@@ -83,7 +86,7 @@ class Endpoints:
             "ModelName": name,
             "ModelArn": f"{self.backend.arn_prefix}:model/{name.lower()}",
             "PrimaryContainer": container,
-            "ExecutionRoleArn": body.get("ExecutionRoleArn", ""),
+            "ExecutionRoleArn": role,
             "CreationTime": timestamp(),
         }
         self.backend.store.put("model", name, model)
@@ -303,7 +306,7 @@ class Endpoints:
     def _launch(self, fleet: Fleet, config_name: str) -> Host:
         config = self._get("endpoint-config", config_name, "Could not find endpoint configuration")
         model = self._get("model", config["ProductionVariants"][0]["ModelName"], "Could not find model")
-        host = launch(self.backend.runtime, self.backend.state_dir, self.backend.s3(), fleet.endpoint, config, model)
+        host = launch(self.backend.runtime, self.backend.state_dir, fleet.endpoint, config, model)
         workers = self.invocations.start_workers(host, fleet.waiting)
         log.info("endpoint %s: an instance serves on port %d (%d workers)", fleet.endpoint, host.port, workers)
         return host

@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,19 +49,17 @@ class Host:
     port: int
     root: Path
     config: dict[str, Any]
+    role_arn: str  # the model's execution role, which SageMaker's own calls for it use
     workers: list[threading.Thread] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     busy: int = 0  # invocations in flight
-    role_arn: str | None = None  # the model's execution role, which SageMaker's own calls for it use
     _session: Any = None
     _session_since: float = 0.0
 
-    def client(self, service: str, otherwise: Callable[[], Any]) -> Any:
+    def client(self, service: str) -> Any:
         """A client under the model's execution role, as SageMaker reads the request and writes the response and
-        the notification of an asynchronous invocation on AWS (``otherwise`` without a role). The session is
-        assumed again before its hour runs out."""
-        if not self.role_arn:
-            return otherwise()
+        the notification of an asynchronous invocation on AWS. The session is assumed again before its hour runs
+        out."""
         if self._session is None or time.monotonic() - self._session_since > ROLE_SESSION_REUSE_S:
             self._session, self._session_since = aws.role_session(self.role_arn, "SageMaker"), time.monotonic()
         return self._session.client(service)
@@ -76,28 +73,26 @@ class Host:
         return container_name(self.endpoint, self.generation)
 
 
-def launch(
-    runtime: Runtime, state_dir: Path, s3: Any, endpoint: str, config: dict[str, Any], model: dict[str, Any]
-) -> Host:
+def launch(runtime: Runtime, state_dir: Path, endpoint: str, config: dict[str, Any], model: dict[str, Any]) -> Host:
     """Start the serving container of ``model`` for ``endpoint`` and wait until it answers ``/ping``."""
     container = model["PrimaryContainer"]
+    role = model.get("ExecutionRoleArn")
+    if not role:  # a model stored before CreateModel required its role: never served with this server's credentials
+        raise RuntimeError(f"model {model['ModelName']} has no execution role; create it again with ExecutionRoleArn")
     generation = uuid.uuid4().hex[:8]
     root = state_dir / "endpoints" / endpoint / generation
     model_dir = root / "opt/ml/model"
     model_dir.mkdir(parents=True)
     source = S3Uri.parse(container["ModelDataUrl"])
     archive = root / "model.tar.gz"
-    role = model.get("ExecutionRoleArn")
     # SageMaker reads the model under the model's execution role.
-    (aws.role_session(role, "SageMaker").client("s3") if role else s3).download_file(
-        source.bucket, source.key, str(archive)
-    )
+    aws.role_session(role, "SageMaker").client("s3").download_file(source.bucket, source.key, str(archive))
     extract_tar(archive, model_dir)
     archive.unlink()
     port = free_port()
     # SageMaker serves on 8080; instances here share the host's network, so each gets its own port.
     environment = {
-        **aws_environment(model.get("ExecutionRoleArn")),
+        **aws_environment(role),
         **{k: str(v) for k, v in (container.get("Environment") or {}).items()},
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "FHE_BIND_HOST": "127.0.0.1",
@@ -109,7 +104,7 @@ def launch(
     log_file.close()
     (root / CONTAINER_FILE).write_text(json.dumps({"runtime": runtime.name, "name": serving.name}))
     (root / PID_FILE).write_text(str(process.pid))
-    host = Host(endpoint, generation, process, port, root, config, role_arn=role)
+    host = Host(endpoint, generation, process, port, root, config, role)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -164,7 +164,7 @@ class Invocations:
             return
         try:
             source = S3Uri.parse(invocation["InputLocation"])
-            s3 = host.client("s3", self.backend.s3)
+            s3 = host.client("s3")
             payload = s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
         except Exception as error:
             reason = f"ClientError: Failed to download data. {type(error).__name__}: {error}"
@@ -211,7 +211,7 @@ class Invocations:
         failure_reason: str | None,
         failure_body: bytes,
     ) -> None:
-        s3 = host.client("s3", self.backend.s3)
+        s3 = host.client("s3")
         config = host.config["AsyncInferenceConfig"]["OutputConfig"]
         notification = config.get("NotificationConfig") or {}
         message: dict[str, Any] = {
@@ -254,6 +254,6 @@ class Invocations:
             invocation["FailureReason"] = failure_reason
         invocation["CompletedTime"] = timestamp()
         if topic:
-            host.client("sns", self.backend.sns).publish(TopicArn=topic, Message=json.dumps(message))
+            host.client("sns").publish(TopicArn=topic, Message=json.dumps(message))
         self.backend.store.put("invocation", invocation["InferenceId"], invocation, parent=host.endpoint)
         log.info("invocation %s on %s: %s", invocation["InferenceId"], host.endpoint, invocation["Status"])

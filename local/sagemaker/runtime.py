@@ -84,11 +84,12 @@ def source_entrypoint(image_uri: str) -> list[str]:
 
 def aws_environment(role_arn: str | None) -> dict[str, str]:
     """The AWS settings a container gets: endpoints and region from this process, and credentials for
-    ``role_arn`` from STS AssumeRole, as SageMaker hands a job its role's session."""
+    ``role_arn`` from STS AssumeRole, as SageMaker hands a job or a model its role's session. Without a role a
+    container gets no credentials at all: this process's are the administrator's."""
+    if not role_arn:
+        raise ContainerError("SageMaker runs a container only under its role, and none was given")
     environment = {name: os.environ[name] for name in _AWS_SETTINGS if os.environ.get(name)}
     environment.setdefault("AWS_REGION", aws.region())
-    if not role_arn:
-        return {**environment, **{name: os.environ[name] for name in _CREDENTIALS if os.environ.get(name)}}
     try:
         return {**environment, **aws.role_credentials(role_arn, "SageMaker", SESSION_SECONDS)}
     except Exception as error:

@@ -78,7 +78,6 @@ class LocalSageMaker:
             region,
             self.runtime,
             s3=lambda: aws.client("s3"),
-            sns=lambda: aws.client("sns"),
         )
         self.pipelines = Pipelines(backend)
         self.autoscaling = Autoscaling(backend)

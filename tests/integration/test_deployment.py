@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from common import aws
+from common.artifacts import PUBLISHED_ARTIFACTS
 from common.deployment import describe_stack
 from common.model_package import version_endpoint
 from common.settings import from_outputs
@@ -26,6 +27,7 @@ from infrastructure import owners
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
 from local.people import ACTORS, acting_as, ensure_people, owner_actor
 from pipelines import runs
+from pipelines.approval import publish_client_artifacts, withdraw_client_artifacts
 from pipelines.endpoint import configure_scaling
 from tests.declared import declared_resources
 
@@ -124,14 +126,15 @@ def test_the_deployed_roles_grant_what_the_policy_tests_expect(deployed: dict[st
         f"arn:aws:s3:::{deployed[k]}" for k in ("DataBucketName", "ModelBucketName", "BundleBucketName")
     )
     run = "pipelines/fhe-deploy-test-training/e1"
+    published = f"{models}/published/{DEPLOYMENT.package_group}/1/client.zip"  # what an approval published
     client, endpoint = deployed["OwnerRoleArn"], deployed["EndpointRoleArn"]
-    assert _decisions(
-        client, "s3:GetObject", [f"{bundles}/outbox/{OWNER}/b/manifest.json", f"{models}/{run}/client/client.zip"]
-    ) == {
+    assert _decisions(client, "s3:GetObject", [f"{bundles}/outbox/{OWNER}/b/manifest.json", published]) == {
         f"{bundles}/outbox/{OWNER}/b/manifest.json": "allowed",
-        f"{models}/{run}/client/client.zip": "allowed",
+        published: "allowed",
     }
     refused = [
+        f"{models}/{run}/client/client.zip",  # the run's own copy, approved or not
+        f"{models}/{run}/client/preprocessing.json",
         f"{data}/datasets/d.csv",
         f"{models}/{run}/model/j/output/model.tar.gz",
         f"{models}/{run}/model/server.zip",
@@ -146,6 +149,10 @@ def test_the_deployed_roles_grant_what_the_policy_tests_expect(deployed: dict[st
     result = [f"{bundles}/outbox/{OWNER}/b/shards/00000.out"]
     assert set(_decisions(endpoint, "s3:PutObject", result).values()) == {"allowed"}
     assert set(_decisions(endpoint, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"implicitDeny"}
+    creator = deployed["EndpointCreatorRoleArn"]  # the approval's copy from the run to the published folder
+    assert set(_decisions(creator, "s3:GetObject", [f"{models}/{run}/client/client.zip"]).values()) == {"allowed"}
+    assert set(_decisions(creator, "s3:PutObject", [published]).values()) == {"allowed"}
+    assert set(_decisions(creator, "s3:PutObject", [f"{models}/{run}/client/client.zip"]).values()) == {"implicitDeny"}
     model_creator = deployed["ModelCreatorRoleArn"]
     assert set(_decisions(model_creator, "s3:GetObject", [f"{data}/datasets/d.csv"]).values()) == {"allowed"}
 
@@ -183,6 +190,33 @@ def test_the_local_stack_enforces_each_roles_policy_over_tls_only(deployed: dict
     assert auditor.list_objects_v2(Bucket=bundles, Prefix="outbox/")["KeyCount"] >= 1  # reads the sources
     for key in (f"outbox/{OWNER}/probe/manifest.json", f"quarantine/{OWNER}/probe/reason.json"):
         assert _refused(auditor.put_object, Bucket=bundles, Key=key, Body=b"{}") == "AccessDenied", key
+
+
+def test_ml_ops_publish_an_approved_packages_client_artifacts_and_only_those_reach_the_owner(
+    deployed: dict[str, str],
+) -> None:
+    """The approval's copy under ML ops' own role, on the local AWS that enforces IAM and KMS: from a run's client
+    folder to published/<group>/<version>/, which the owner reads, while the run's own copy stays refused to it;
+    the rejection's withdrawal leaves the owner nothing."""
+    models, run = deployed["ModelBucketName"], f"pipelines/{DEPLOYMENT.pipeline_name}/e-publish/client"
+    admin = aws.client("s3")
+    for name in PUBLISHED_ARTIFACTS:
+        admin.put_object(Bucket=models, Key=f"{run}/{name}", Body=f"{name} stand-in".encode())
+    package = {
+        "ModelPackageArn": f"arn:aws:sagemaker:{aws.region()}:000000000000:model-package/{DEPLOYMENT.package_group}/7",
+        "CustomerMetadataProperties": {"client_artifacts": f"s3://{models}/{run}"},
+    }
+    ml_ops = aws.role_session(deployed["EndpointCreatorRoleArn"], "ml-ops").client("s3")
+    owner = aws.role_session(deployed["OwnerRoleArn"], "owner").client("s3")
+    published = publish_client_artifacts(ml_ops, package)
+    assert published.key == f"published/{DEPLOYMENT.package_group}/7"
+    for name in PUBLISHED_ARTIFACTS:
+        body = owner.get_object(Bucket=models, Key=published.join(name).key)["Body"].read()
+        assert body == f"{name} stand-in".encode(), name
+        assert _refused(owner.get_object, Bucket=models, Key=f"{run}/{name}") == "AccessDenied", name
+    withdraw_client_artifacts(ml_ops, package)
+    for name in PUBLISHED_ARTIFACTS:
+        assert _refused(owner.get_object, Bucket=models, Key=published.join(name).key) in {"AccessDenied", "NoSuchKey"}
 
 
 def test_each_actor_works_under_its_own_role_and_no_other(deployed: dict[str, str]) -> None:

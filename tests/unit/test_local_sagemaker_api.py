@@ -113,12 +113,40 @@ def test_endpoint_api_validates_before_hosting(sagemaker: Any) -> None:
         )
     with pytest.raises(ClientError, match="PrimaryContainer"):
         sagemaker.create_model(ModelName="m1", ExecutionRoleArn=ROLE)
+    # SageMaker serves a model only under its own role: without one the model is refused, not run with whatever
+    # credentials the server has.
+    container = {"Image": "fhe-inference:latest", "ModelDataUrl": "s3://bucket-1/model.tar.gz"}
+    with pytest.raises(ClientError) as refused:
+        sagemaker.create_model(ModelName="m0", PrimaryContainer=container)
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    assert "ExecutionRoleArn" in refused.value.response["Error"]["Message"]
+    with pytest.raises(ClientError, match="Could not find model"):
+        sagemaker.describe_model(ModelName="m0")
     with pytest.raises(ClientError, match="does not exist"):
         sagemaker.create_model(
             ModelName="m2", ExecutionRoleArn=ROLE, PrimaryContainer={"ModelPackageName": "arn:nothing/1"}
         )
     with pytest.raises(ClientError, match="Could not find endpoint"):
         sagemaker.describe_endpoint(EndpointName="nowhere")
+
+
+def test_no_container_runs_without_its_role(tmp_path: Path) -> None:
+    """A job or a model without a role gets no credentials (this process's are the administrator's): its container
+    is refused before anything starts, as is a model stored without one."""
+    from local.sagemaker.hosting import launch
+    from local.sagemaker.runtime import ContainerError, ProcessRuntime, aws_environment
+
+    for role in (None, ""):
+        with pytest.raises(ContainerError, match="only under its role"):
+            aws_environment(role)
+    model = {
+        "ModelName": "m0",
+        "PrimaryContainer": {"Image": "fhe-inference:latest", "ModelDataUrl": "s3://bucket-1/model.tar.gz"},
+        "ExecutionRoleArn": "",
+    }
+    with pytest.raises(RuntimeError, match="no execution role"):
+        launch(ProcessRuntime(), tmp_path, "e-v1", {}, model)
+    assert not any(tmp_path.iterdir())
 
 
 def test_invoke_endpoint_async_on_a_missing_endpoint_is_a_validation_error(sagemaker: Any) -> None:
@@ -150,7 +178,7 @@ def decisions(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.approval import ApprovalError, approve
+    from pipelines.approval import ApprovalError, PublicationError, approve
 
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", sagemaker.meta.endpoint_url)
@@ -160,10 +188,18 @@ def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypa
     spec = {"Containers": [{"Image": "fhe-inference:latest", "ModelDataUrl": "s3://bucket-1/model.tar.gz"}]}
     for _ in range(2):
         sagemaker.create_model_package(ModelPackageGroupName="g1", InferenceSpecification=spec)
-    newest = approve(None, "g1", "Approved", "metrics reviewed")
+    # Package 2's run wrote no client artifacts: approved all the same, and the approval says what is missing.
+    with pytest.raises(PublicationError, match="not published") as unpublished:
+        approve(None, "g1", "Approved", "metrics reviewed")
+    newest = unpublished.value.decided
     assert newest["arn"].endswith("/g1/2") and newest["status"] == "Approved"
     rejected = approve(newest["arn"].replace("/2", "/1"), "g1", "Rejected", "gap too large")
-    assert rejected == {"arn": newest["arn"].replace("/2", "/1"), "status": "Rejected", "note": "gap too large"}
+    assert rejected == {
+        "arn": newest["arn"].replace("/2", "/1"),
+        "status": "Rejected",
+        "note": "gap too large",
+        "client_artifacts": None,
+    }
     with pytest.raises(ApprovalError, match="no package pending"):
         approve(None, "g1", "Approved", "")
     with pytest.raises(ApprovalError, match="decision"):
@@ -180,6 +216,57 @@ def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypa
         ("Model Package Approval", "Rejected", "gap too large"),
     ]
     assert all(e["detail"]["decided_by"].startswith("arn:aws:") for e in events)
+
+
+def test_an_approval_publishes_the_client_artifacts_and_a_rejection_withdraws_them(
+    sagemaker: Any, decisions: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Batch owners read client artifacts only under published/<group>/<version>/ (infrastructure/owner.yaml):
+    nothing is there before the approval, the approval copies the run's files (costs.json with them), a rejection
+    deletes them, and the client fetches the published copy."""
+    from client.errors import FheClientError
+    from client.model import fetch_model
+    from common.artifacts import COSTS_JSON, PUBLISHED_ARTIFACTS, VERSIONS_JSON
+    from common.versions import VersionsRecord
+    from pipelines.approval import approve
+
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", sagemaker.meta.endpoint_url)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="models-1")
+    sagemaker.create_model_package_group(ModelPackageGroupName="g1")
+    spec = {"Containers": [{"Image": "fhe-inference:latest", "ModelDataUrl": "s3://models-1/model.tar.gz"}]}
+    run = "pipelines/p/exec-1/client"
+    files = {name: f"{name} of exec-1".encode() for name in PUBLISHED_ARTIFACTS}
+    files[VERSIONS_JSON] = json.dumps(VersionsRecord.current().to_dict()).encode()
+    for name, body in files.items():
+        s3.put_object(Bucket="models-1", Key=f"{run}/{name}", Body=body)
+    arn = sagemaker.create_model_package(
+        ModelPackageGroupName="g1",
+        InferenceSpecification=spec,
+        CustomerMetadataProperties={"client_artifacts": f"s3://models-1/{run}"},
+    )["ModelPackageArn"]
+
+    def published() -> dict[str, bytes]:
+        listed = s3.list_objects_v2(Bucket="models-1", Prefix="published/").get("Contents", [])
+        return {o["Key"]: s3.get_object(Bucket="models-1", Key=o["Key"])["Body"].read() for o in listed}
+
+    assert published() == {}
+    assert approve(arn, "g1", "Approved", "metrics reviewed")["client_artifacts"] == "s3://models-1/published/g1/1"
+    assert published() == {f"published/g1/1/{name}": body for name, body in files.items()}
+    # The client reads the published copy, not the run's: the run's files changed after the approval are not seen.
+    s3.put_object(Bucket="models-1", Key=f"{run}/{COSTS_JSON}", Body=b"changed after the approval")
+    model = fetch_model(sagemaker, s3, group="g1", home=tmp_path / "home")
+    assert {p.name: p.read_bytes() for p in model.folder.iterdir() if p.name in files} == files
+    assert json.loads((model.folder / "package.json").read_text())["client_artifacts"] == "s3://models-1/published/g1/1"
+    approve(arn, "g1", "Rejected", "a defect found")
+    assert published() == {}
+    # Withdrawn: were the package Approved again elsewhere without publishing, the client would say so, by name.
+    sagemaker.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    with pytest.raises(FheClientError, match=r"not published .*fhe-pipeline approve --package-arn"):
+        fetch_model(sagemaker, s3, group="g1", home=tmp_path / "another-home")
+    kinds = [(e["detail-type"], e["detail"]["ModelApprovalStatus"]) for e in decisions()]
+    assert kinds == [("Model Package Approval", "Approved"), ("Model Package Approval", "Rejected")]
 
 
 def test_a_service_of_the_stack_never_inherits_another_stacks_endpoints(

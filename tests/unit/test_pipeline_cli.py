@@ -151,3 +151,34 @@ def test_a_retention_rule_keeps_a_version_with_running_bundles_for_the_next_run(
     assert answer["served_versions"] == {1: "e-v1", 3: "e-v3"}
     with pytest.raises(retirement.RetirementError, match="no retention rule"):
         retirement.retire_by_rule(EndpointSettings("g", "b", "r"), "arn:states:m")
+
+
+def test_a_rejection_revokes_its_version_even_when_its_client_artifacts_were_not_withdrawn(
+    deployed: list[EndpointSettings], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rejection is set and announced before its client artifacts are withdrawn; a withdrawal that fails must
+    not keep the rejected version served: the revocation runs, and the command fails naming what is left to do."""
+    import json
+
+    from pipelines.approval import PublicationError
+
+    arn = "arn:aws:sagemaker:us-east-1:000000000000:model-package/acme-models/2"
+    monkeypatch.setattr(cli, "read_outputs", lambda prefix: {**OUTPUTS, "WorkflowTableName": "acme-workflow"})
+
+    def approve(package_arn: str | None, group: str, decision: str, note: str) -> dict[str, Any]:
+        decided = {"arn": package_arn, "status": decision, "note": note, "client_artifacts": None}
+        raise PublicationError(f"{package_arn} is {decision} but its client artifacts are still published", decided)
+
+    revoked: list[tuple[str, str]] = []
+
+    def revoke(endpoint: EndpointSettings, package_arn: str, note: str, table: str) -> dict[str, Any]:
+        revoked.append((package_arn, table))
+        return {"endpoint": "acme-inference-v2", "deleted": True}
+
+    monkeypatch.setattr(cli, "approve", approve)
+    monkeypatch.setattr(cli, "revoke", revoke)
+    with pytest.raises(SystemExit, match="still published"):
+        cli.main(["approve", "--deployment", "acme", "--reject", "--package-arn", arn, "--note", "a defect"])
+    assert revoked == [(arn, "acme-workflow")]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["status"] == "Rejected" and printed["revocation"]["deleted"] is True

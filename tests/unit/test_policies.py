@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from common.artifacts import PUBLISHED_ARTIFACTS
 from infrastructure.templates import BOOTSTRAP, OWNER, PRODUCT
 from infrastructure.templates import DATA as DATA_TEMPLATE
 from tests.iam import ACCOUNT, PARAMETERS, REGION, Request, Template, decide
@@ -26,7 +27,9 @@ TRAINING_DATA = f"{DATA}/datasets/breast_cancer/breast_cancer.csv"
 TRAINING_SPLIT = f"{MODELS}/{RUN}/train/train.npz"
 MODEL_TAR = f"{MODELS}/{RUN}/model/fhe-train-1/output/model.tar.gz"
 SERVER_ZIPS = [f"{MODELS}/{RUN}/model/server.zip", f"{MODELS}/{RUN}/evaluation/server.zip", f"{ARTIFACTS}/server.zip"]
-CLIENT_ZIP = f"{MODELS}/{RUN}/client/client.zip"
+CLIENT_ZIP = f"{MODELS}/{RUN}/client/client.zip"  # the run's own copy, whatever the package's approval
+# What the approval of version 3 of the group publishes for batch owners (pipelines/approval.py).
+PUBLISHED = f"{MODELS}/published/fhe-models/3"
 EVALUATION_KEY = f"{BUNDLES}/inbox/clinic-a/keys/{'a' * 64}.ekey"
 SHARD = f"{BUNDLES}/inbox/clinic-a/bundle-1/shards/00000.fhe"
 RESULT = f"{BUNDLES}/outbox/clinic-a/bundle-1/shards/00000.out"
@@ -126,14 +129,15 @@ def test_an_owner_writes_only_its_inbox_and_reads_only_its_results_and_client_ar
     assert owner_can("s3:PutObject", EVALUATION_KEY)
     assert owner_can("s3:PutObject", f"{BUNDLES}/inbox/clinic-a/bundle-1/manifest.json")
     assert owner_can("s3:GetObject", RESULT)
-    assert owner_can("s3:GetObject", CLIENT_ZIP)
+    assert owner_can("s3:GetObject", f"{PUBLISHED}/client.zip")
     assert owner_can("s3:GetObject", f"{BUNDLES}/quarantine/clinic-a/bundle-1/reason.json")
     assert owner_can("s3:ListBucket", BUNDLES, **{"s3:prefix": "inbox/clinic-a/keys/"})
-    for target in [TRAINING_DATA, TRAINING_SPLIT, MODEL_TAR, *SERVER_ZIPS, SHARD, EVALUATION_KEY]:
+    for target in [TRAINING_DATA, TRAINING_SPLIT, MODEL_TAR, *SERVER_ZIPS, CLIENT_ZIP, SHARD, EVALUATION_KEY]:
         assert not owner_can("s3:GetObject", target), target
     for target in [RESULT, f"{BUNDLES}/requests/clinic-a/b/00000.json", f"{BUNDLES}/quarantine/clinic-a/b/reason.json"]:
         assert not owner_can("s3:PutObject", target), target
-    assert not owner_can("s3:PutObject", f"{MODELS}/{RUN}/client/client.zip")
+    assert not owner_can("s3:PutObject", CLIENT_ZIP)
+    assert not owner_can("s3:PutObject", f"{PUBLISHED}/client.zip")
     assert not owner_can("s3:ListBucket", BUNDLES, **{"s3:prefix": "requests/"})
     assert not owner_can("s3:ListBucket", DATA)
     # Nothing of another owner: not its inbox, its results, its quarantine records or its listing.
@@ -143,6 +147,37 @@ def test_an_owner_writes_only_its_inbox_and_reads_only_its_results_and_client_ar
     assert not owner_can("s3:GetObject", f"{BUNDLES}/quarantine/clinic-b/bundle-1/reason.json")
     for prefix in ("outbox/clinic-b/", "inbox/clinic-b/", "quarantine/clinic-b/", "outbox/", "inbox/clinic-a-x/"):
         assert not owner_can("s3:ListBucket", BUNDLES, **{"s3:prefix": prefix}), prefix
+
+
+def test_an_owner_reads_the_client_artifacts_of_an_approved_package_only() -> None:
+    """A pipeline run's Evaluate step writes its client artifacts (and preprocessing.json holds the training data's
+    per-feature ranges) before anyone approved it: batch owners cannot read them there, approved or not. The
+    approval publishes an Approved package's copy under published/<group>/<version>/, which owners read and which
+    only ML ops' approval (the endpoint creator) writes; a rejection deletes it, and an older version of a deleted
+    object stays unreadable."""
+    unapproved_run = "pipelines/fhe-training/exec-2"
+    for name in PUBLISHED_ARTIFACTS:
+        for run in (RUN, unapproved_run):
+            assert not owner_can("s3:GetObject", f"{MODELS}/{run}/client/{name}"), (run, name)
+        assert owner_can("s3:GetObject", f"{PUBLISHED}/{name}"), name
+        assert not owner_can("s3:GetObjectVersion", f"{PUBLISHED}/{name}"), name
+    assert not owner_can("s3:GetObject", f"{MODELS}/published/other-group/1/client.zip")
+    assert not owner_can("s3:ListBucket", MODELS, **{"s3:prefix": "published/fhe-models/"})
+    # The approval's copy: from any run's client folder to the group's published folder, and its withdrawal.
+    for name in PUBLISHED_ARTIFACTS:
+        assert can("EndpointCreatorRole", "s3:GetObject", f"{MODELS}/{unapproved_run}/client/{name}"), name
+        assert can("EndpointCreatorRole", "s3:PutObject", f"{PUBLISHED}/{name}"), name
+        assert can("EndpointCreatorRole", "s3:DeleteObject", f"{PUBLISHED}/{name}"), name
+    assert can("EndpointCreatorRole", "s3:ListBucket", MODELS, **{"s3:prefix": f"{RUN}/client/costs.json"})
+    assert can("EndpointCreatorRole", "kms:GenerateDataKey", PARAMETERS["KeyArn"])
+    # … and nothing else of a run, nor another group's folder.
+    for target in (f"{MODELS}/{RUN}/evaluation/evaluation.json", MODEL_TAR, TRAINING_SPLIT):
+        assert not can("EndpointCreatorRole", "s3:GetObject", target), target
+    assert not can("EndpointCreatorRole", "s3:ListBucket", MODELS, **{"s3:prefix": f"{RUN}/"})
+    for target in (CLIENT_ZIP, f"{MODELS}/published/other-group/1/client.zip"):
+        assert not can("EndpointCreatorRole", "s3:PutObject", target), target
+    writers = [role for role in roles() if can(role, "s3:PutObject", f"{PUBLISHED}/client.zip")]
+    assert writers == ["EndpointCreatorRole"]
 
 
 def test_endpoint_reads_keys_and_shards_and_writes_results_only() -> None:
