@@ -392,7 +392,13 @@ def test_dead_letters_of_the_workflow_are_drained_by_the_reconcile_function() ->
         str(_referenced(m["EventSourceArn"])): str(_referenced(m["FunctionName"]))
         for m in _of_type("AWS::Lambda::EventSourceMapping").values()
     }
-    for queue in ("ManifestDeadLetterQueue", "NotificationDeadLetterQueue", "ShardDeadLetterQueue", "OutcomeQueue"):
+    drained = (
+        "ManifestDeadLetterQueue",
+        "NotificationDeadLetterQueue",
+        "ShardDeadLetterQueue",
+        "OutcomeDeadLetterQueue",
+    )
+    for queue in (*drained, "OutcomeQueue"):
         assert consumed.get(queue) == "ReconcileFunction", queue
     rule = _of_type("AWS::Events::Rule")["ExecutionEndedRule"]
     assert rule["EventPattern"]["detail"]["status"] == ["FAILED", "TIMED_OUT", "ABORTED"]
