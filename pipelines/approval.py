@@ -1,4 +1,4 @@
-"""ML ops' decision on a model package: approve or reject it, and announce the decision with who made it."""
+"""ML ops' decision on a model package: approve or reject it, and announce the decision for the audit log."""
 
 from __future__ import annotations
 
@@ -35,13 +35,14 @@ def approve(package_arn: str | None, group: str, decision: str, note: str) -> di
 
 
 def publish_decision(package: dict[str, Any]) -> None:
-    """Announce an approval decision on the default event bus, where the audit log records it with who made it.
+    """Announce an approval decision on the default event bus, where the audit log records it.
 
-    On AWS SageMaker also sends its own state change event for every decision, including those made elsewhere
-    (the console); this one adds the decider's identity as STS reports it.
+    The announcement names the package and the decision only: the recorder reads what was decided, when and by
+    whom from the registry itself (DescribeModelPackage's LastModifiedBy), and refuses an announcement whose status
+    the registry does not hold or that names a decider of its own. On AWS SageMaker also sends its own state
+    change event for every decision, including those made elsewhere (the console).
     """
     detail = {k: package[k] for k in APPROVAL_FIELDS if k in package}
-    detail["decided_by"] = aws.client("sts").get_caller_identity()["Arn"]
     try:
         announce(APPROVAL_DECISION, detail, package["ModelPackageArn"])
     except RuntimeError as error:
