@@ -148,6 +148,10 @@ def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Sc
     [decision] = [a for a in report["approvals"] if a["package_arn"] == scenario.package_arn]
     assert decision["status"] == "Approved" and decision["note"] == "audit tests: metrics reviewed"
     assert decision["decided_by"].startswith("arn:aws:") and decision["seq"] >= 1
+    # What the product itself announced (the approval, the version served, both outcomes) was confirmed.
+    assert report["refused_events"] == []
+    [served] = report["endpoints"]
+    assert (served["endpoint"], served["model_package_arn"]) == (scenario.endpoint, scenario.package_arn)
 
     bundles = {b["bundle_id"]: b for b in report["bundles"]}
     assert set(bundles) == {"audit-good", "audit-missing-shard"}
@@ -219,6 +223,7 @@ def test_html_report_renders_in_headless_chromium(scenario: Scenario, tmp_path: 
     tables = _Tables()
     tables.feed(dom.stdout)
     assert tables.rows["checks-table"] == 1 + 5
+    assert tables.rows["refused-table"] == 1  # nothing refused: its header only
     assert tables.rows["pipeline-table"] == 1 + 2
     assert tables.rows["approvals-table"] >= 1 + 1
     assert tables.rows["bundles-table"] == 1 + 2
@@ -380,6 +385,8 @@ def test_ml_ops_cannot_forge_a_bundle_outcome_or_an_approval(
     refused = _refused_on_record(scenario, set(through.values()))
     layers = {name: put[name] if name not in through else "refused by the recorder" for name in forgeries}
     assert set(layers) == set(forgeries) and all(layer.startswith("refused by") for layer in layers.values()), layers
+    # The approvals are of ML ops' own source and detail type: IAM lets them through on any backend.
+    assert {"approval naming another decider", "approval the registry does not hold"} <= set(through), layers
     reasons = {name: str(refused[event_id].body["detail"]["reason"]) for name, event_id in through.items()}
     expected = {
         "bundle outcome": "the execution it names did not deliver (it is FAILED)",
