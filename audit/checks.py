@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from audit.signatures import SigningKey, signature_problems
 from common.audit_log import AuditRecord, chain_problems
 
 APPROVED = "Approved"
@@ -167,14 +168,21 @@ def objects_match_manifests(bundles: list[dict[str, Any]]) -> Check:
 
 
 def audit_log_unaltered(
-    records: list[AuditRecord], bundles: list[dict[str, Any]], current: dict[str, dict[str, str | None]]
+    records: list[AuditRecord],
+    bundles: list[dict[str, Any]],
+    current: dict[str, dict[str, str | None]],
+    signing_key: SigningKey,
 ) -> Check:
     check = Check(
         "audit_log_unaltered",
-        "The audit log's hash chain is unbroken, every bundle outcome is on record, and every result manifest "
-        "and quarantine record still has the sha256 recorded when it was written.",
+        "The audit log's hash chain is unbroken and every record carries the recorder's signature, every bundle "
+        "outcome is on record, and every result manifest and quarantine record still has the sha256 recorded when "
+        "it was written.",
     )
     check.failures.extend(chain_problems(records))
+    unsigned, notes = signature_problems(records, signing_key)
+    check.failures.extend(unsigned)
+    check.notes.extend(notes)
     recorded: dict[str, dict[str, Any]] = {}
     for record in records:
         body = record.body

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "pipeline_executions": len(data["pipeline_executions"]),
         "bundles": len(data["bundles"]),
         "approvals": len(data["approvals"]),
+        "refused_events": len(data["refused_events"]),
         "failed_checks": {c["name"]: c["failures"] for c in data["checks"] if not c["ok"]},
     }
     print(json.dumps(summary, indent=2))

@@ -1,12 +1,17 @@
 """Everything the audit report shows, read from the services' own APIs and records only: SageMaker (pipeline
 executions, steps, the model registry), Step Functions (executions and their histories), the bundle bucket's
 inbox, outbox and quarantine records, and the hash-chained audit log. Nothing here reads a key or decrypts.
+
+What a batch owner wrote (its manifests, its estimate.json) is read with a size limit and shown only as the types
+the report expects: a field of another type, too large or nested, is shown as missing or the file as unusable,
+never trusted to be what the report needs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,13 +19,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common.audit_log import AuditRecord, read_chain
+from common.audit_log import DECIDED_BY, REFUSED_EVENT, AuditRecord, read_chain, user_identity
 from common.aws import is_missing
 from common.bundle.manifest import Manifest, parse_manifest
+from common.bundle.schema import MAX_MANIFEST_BYTES
 from common.bundle_store import INBOX_PREFIX, BundleLayout, bundle_prefix
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, bundle_of_key, bundle_path
-from pipelines.executions import describe_run, identity, iso, model_package_summary, runs_between, seconds_between
+from pipelines.executions import describe_run, iso, model_package_summary, runs_between, seconds_between
 
 STAGES = ("Validate", "InferShards", "Assemble", "Quarantine")  # the top-level states a bundle passes through
 CHUNK = 8 * 1024 * 1024
@@ -46,6 +52,8 @@ class Sources:
     state_machine_arn: str
     bundle_bucket: str
     pipeline_name: str
+    kms: Any = None  # for the audit signing key's public key
+    signing_key_arn: str = ""
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -70,10 +78,12 @@ def sha256_of(s3: Any, uri: S3Uri) -> str | None:
 
 
 def read_manifest_if_any(s3: Any, uri: S3Uri) -> Manifest | None:
+    """The manifest at ``uri`` if it is there and valid; None otherwise. An owner wrote a request manifest, so at
+    most one byte more than a manifest may have is read."""
     if (body := _body_if_any(s3, uri)) is None:
         return None
     try:
-        return parse_manifest(body.read())
+        return parse_manifest(body.read(MAX_MANIFEST_BYTES + 1))
     except ValueError:
         return None  # a malformed manifest: the bundle's quarantine record says why
 
@@ -115,9 +125,9 @@ def approvals(records: list[AuditRecord]) -> list[dict[str, Any]]:
         detail = body.get("detail", {})
         modified = detail.get("LastModifiedTime")
         when = _when(modified) if isinstance(modified, str) and modified else _when(body["time"])
-        decided_by = detail.get("decided_by")
-        if not decided_by and isinstance(detail.get("LastModifiedBy"), dict):
-            decided_by = identity(detail["LastModifiedBy"])
+        decided_by = detail.get(DECIDED_BY)  # the registry's LastModifiedBy, as the recorder read it
+        if not decided_by and isinstance(detail.get("LastModifiedBy"), dict):  # a record of an earlier recorder
+            decided_by = user_identity(detail["LastModifiedBy"])
         decisions.append(
             {
                 "seq": record.seq,
@@ -131,6 +141,26 @@ def approvals(records: list[AuditRecord]) -> list[dict[str, Any]]:
             }
         )
     return sorted(decisions, key=lambda d: d["time"])
+
+
+def refused_events(records: list[AuditRecord]) -> list[dict[str, Any]]:
+    """Every event the recorder refused, oldest first: what it claimed to be (source, detail type) and why."""
+    refused = []
+    for record in records:
+        body = record.body
+        if body.get("kind") != REFUSED_EVENT:
+            continue
+        refused.append(
+            {
+                "seq": record.seq,
+                "time": body.get("time"),
+                "event_id": body.get("event_id"),
+                "source": body.get("source"),
+                "detail_type": body.get("subject"),
+                "reason": body.get("detail", {}).get("reason"),
+            }
+        )
+    return refused
 
 
 def version_endpoints(records: list[AuditRecord]) -> list[dict[str, Any]]:
@@ -279,24 +309,56 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-ESTIMATE_FIELDS = ("seconds", "fhe_seconds", "cost", "currency", "prices_as_of", "instance_type", "instances")
 MAX_ESTIMATE_BYTES = 16 * 1024
+MAX_SHOWN_TEXT = 64  # characters of an owner-written text field the report shows
+MAX_SHOWN_NUMBER = 1e15  # larger magnitudes are no estimate of seconds, instances or cost
+
+
+def shown_number(value: Any) -> int | float | None:
+    """A finite number of a sensible size as written; None for anything else (text, bool, NaN, huge, nested)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if abs(value) <= MAX_SHOWN_NUMBER else None
+
+
+def shown_text(value: Any) -> str | None:
+    """A short text as written (cut to MAX_SHOWN_TEXT characters); None for anything that is not text."""
+    return value[:MAX_SHOWN_TEXT] if isinstance(value, str) else None
+
+
+# The estimate's fields the report shows, each as the one type it can show.
+ESTIMATE_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "seconds": shown_number,
+    "fhe_seconds": shown_number,
+    "cost": shown_number,
+    "currency": shown_text,
+    "prices_as_of": shown_text,
+    "instance_type": shown_text,
+    "instances": shown_number,
+}
 
 
 def estimate_shown(s3: Any, uri: S3Uri) -> dict[str, Any] | None:
-    """The owner's estimate as the report shows it; the owner wrote it, so it is read with a limit and anything
-    unusable is said to be so rather than trusted."""
+    """The owner's estimate as the report shows it; the owner wrote it, so it is read with a limit, each known
+    field is kept only as the type the report shows (anything else is missing), and an estimate without its
+    seconds is said to be unusable rather than trusted."""
     body = _body_if_any(s3, uri)
     if body is None:
         return None
     data = body.read(MAX_ESTIMATE_BYTES + 1)
     try:
+        # NaN and Infinity parse, to be shown as missing like any other value that is no usable number.
         estimate = json.loads(data) if len(data) <= MAX_ESTIMATE_BYTES else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8, or digits past Python's limit); nested too deep
         estimate = None
-    if not isinstance(estimate, dict) or not isinstance(estimate.get("seconds"), int | float):
+    if not isinstance(estimate, dict):
         return {"unusable": str(uri)}
-    return {name: estimate.get(name) for name in ESTIMATE_FIELDS}
+    shown = {name: kind(estimate.get(name)) for name, kind in ESTIMATE_FIELDS.items()}
+    if shown["seconds"] is None:
+        return {"unusable": str(uri)}
+    return shown
 
 
 def bundle_runs(sources: Sources, window: Window) -> list[dict[str, Any]]:

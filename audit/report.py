@@ -7,16 +7,19 @@ import io
 import json
 import time
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from audit import checks, collect
+from audit.signatures import SigningKey
 from common import aws
-from common.audit_log import AuditRecord
+from common.audit_log import SIGNING_ALGORITHM, AuditRecord
 from common.deployment import read_outputs
 from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
 
 TEMPLATE = "report.html.j2"
+AUDIT_SIGNING_KEY_OUTPUT = "AuditSigningKeyArn"  # the data stack's output naming the recorder's signing key
 
 
 def _records_settled(sources: collect.Sources, bundles: list[dict[str, Any]], settle: float) -> list[AuditRecord]:
@@ -37,6 +40,14 @@ def _records_settled(sources: collect.Sources, bundles: list[dict[str, Any]], se
         time.sleep(2.0)
 
 
+def _in_window(window: collect.Window, time_text: Any) -> bool:
+    """Whether an event time (as EventBridge writes it) is in the window; one that does not parse is shown."""
+    try:
+        return window.holds(datetime.fromisoformat(str(time_text).replace("Z", "+00:00")))
+    except (TypeError, ValueError):
+        return True
+
+
 def build(sources: collect.Sources, window: collect.Window, *, settle: float = 30.0) -> dict[str, Any]:
     """Everything the report shows, as JSON-ready data."""
     sources.progress("pipeline executions")
@@ -45,6 +56,7 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
     bundles = collect.bundle_runs(sources, window)
     sources.progress("audit log")
     records = _records_settled(sources, bundles, settle)
+    signing_key = SigningKey.from_kms(sources.kms, sources.signing_key_arn)
     decisions = collect.approvals(records)
     package_arns = {str(r["model_package"]["arn"]) for r in pipeline_runs if "model_package" in r}
     package_arns |= {str(b["model_package_arn"]) for b in bundles if b.get("model_package_arn")}
@@ -62,7 +74,7 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
         checks.served_while_approved(bundles, decisions, registry),
         checks.result_versions_match_model(bundles, serving),
         checks.objects_match_manifests(bundles),
-        checks.audit_log_unaltered(records, bundles, current),
+        checks.audit_log_unaltered(records, bundles, current, signing_key),
     ]
     head = records[-1] if records else None
     return {
@@ -76,7 +88,11 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
                 "records": len(records),
                 "head_seq": head.seq if head else 0,
                 "head_digest": head.digest if head else None,
-                "integrity": "hash chain (sha256 over each record and its predecessor's digest)",
+                "integrity": (
+                    "hash chain (sha256 over each record and its predecessor's digest), each record signed by the "
+                    f"recorder ({SIGNING_ALGORITHM}, KMS key {signing_key.arn})"
+                ),
+                "signing_key": signing_key.arn,
             },
         },
         "ok": all(c.ok for c in results),
@@ -85,6 +101,7 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
         "model_packages": list(registry.values()),
         "approvals": [d for d in decisions if window.holds(datetime.fromisoformat(d["time"]))],
         "endpoints": collect.version_endpoints(records),
+        "refused_events": [e for e in collect.refused_events(records) if _in_window(window, e["time"])],
         "bundles": bundles,
         "inbox": manifests,
     }
@@ -149,24 +166,30 @@ def timeline_svg(report: dict[str, Any]) -> str:
     return svg[svg.index("<svg") :]  # drop the XML prolog: the SVG sits inside the HTML page
 
 
-def render_html(report: dict[str, Any]) -> str:
+@cache
+def _environment() -> Any:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    environment = Environment(
+    return Environment(
         loader=FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=select_autoescape(["html", "j2"]),
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def render_html(report: dict[str, Any]) -> str:
     from markupsafe import Markup
 
     chart = Markup(timeline_svg(report))  # noqa: S704 (matplotlib's own SVG: no value from the report is markup)
-    return environment.get_template(TEMPLATE).render(r=report, chart=chart)
+    return str(_environment().get_template(TEMPLATE).render(r=report, chart=chart))
 
 
 def sources_for(deployment: str, pipeline_name: str, progress: Any) -> collect.Sources:
     stack = read_outputs(deployment)
-    missing = [k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName") if k not in stack]
+    missing = [
+        k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName", AUDIT_SIGNING_KEY_OUTPUT) if k not in stack
+    ]
     if missing:
         raise RuntimeError(
             f"deployment {deployment} lacks the outputs {', '.join(missing)}: redeploy it (fhe-deploy up)"
@@ -179,6 +202,8 @@ def sources_for(deployment: str, pipeline_name: str, progress: Any) -> collect.S
         state_machine_arn=stack["StateMachineArn"],
         bundle_bucket=stack["BundleBucketName"],
         pipeline_name=pipeline_name,
+        kms=aws.client("kms"),
+        signing_key_arn=stack[AUDIT_SIGNING_KEY_OUTPUT],
         progress=progress,
     )
 

@@ -350,9 +350,12 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
             deleted.append(known["AuditTableName"])
         except dynamodb.exceptions.ResourceNotFoundException:
             pass
-    if "KeyArn" in known:
-        aws.client("kms").schedule_key_deletion(KeyId=known["KeyArn"], PendingWindowInDays=7)
-        report(f"key {known['KeyArn']}: deletion scheduled in 7 days")
+    # The keys outlive their stacks (the audit signing key is retained with the audit log): their deletion is
+    # scheduled, as AWS allows no sooner.
+    for output in ("KeyArn", "AuditSigningKeyArn"):
+        if output in known:
+            aws.client("kms").schedule_key_deletion(KeyId=known[output], PendingWindowInDays=7)
+            report(f"key {known[output]}: deletion scheduled in 7 days")
     return {"deleted": deleted, "kept": []}
 
 

@@ -3,10 +3,10 @@ that no step of the workflow could record itself.
 
 It takes, through SQS:
 - Step Functions' own "Execution Status Change" events for the workflow's executions that ended FAILED, TIMED_OUT or
-  ABORTED (EventBridge → the outcome queue, and its dead-letter queue). An execution that the Quarantine step ended has its record (the record
-  names the execution) and is left alone; one that ended otherwise (the Quarantine step itself failed, an operator
-  stopped it, it ran past its time limit) gets its record here: for a failed Quarantine step, the reason that step
-  was given, read from the execution's history.
+  ABORTED (EventBridge → the outcome queue, and its dead-letter queue). An execution that the Quarantine step ended
+  has its record (the record names the execution) and is left alone; one that ended otherwise (the Quarantine step
+  itself failed, an operator stopped it, it ran past its time limit) gets its record here: for a failed Quarantine
+  step, the reason that step was given, read from the execution's history.
 - What the dead-letter queues hold: a manifest event whose start failed past its retries (quarantined as
   ``start_failed``: no execution ran), a shard task the invoke function could never send (its wait is failed as
   ``ShardNotSent``, so the bundle's own Quarantine step records it), and an endpoint notification the notify

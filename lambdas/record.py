@@ -1,13 +1,31 @@
-"""Append what happened to the hash-chained audit log: EventBridge (bundle outcomes, approval decisions) → SQS →
-this function → the audit table.
+"""Append what happened to the hash-chained, signed audit log: EventBridge (bundle outcomes, approval decisions,
+versions served and retired) → SQS → this function → the audit table.
+
+An event is a claim, not a fact: whoever may put events on the bus chose its content. So an event is recorded only
+when its detail type is one its source sends (``EVENT_TYPES``) and the service that did the thing confirms it:
+
+- a bundle outcome: the result manifest or quarantine record exists at the bundle's own place in the bundle bucket
+  with the sha256 the event names, and the execution it names is one of this deployment's workflow, running that
+  bundle; what the record keeps is read from that object, not from the event;
+- an approval decision: the model package is in the registry, of the deployment's group, with the status the event
+  claims; what was decided, when and by whom is the registry's (DescribeModelPackage: LastModifiedBy), and an
+  event that names a decider of its own is refused;
+- a version served: its endpoint exists, is the deployment's endpoint of that version, and serves the package the
+  event names; a version retired: its endpoint is gone or going.
+
+An event that fails a check is not dropped: a ``refused_event`` record names its source, detail type and the reason
+(never its detail), so the audit report lists it. A check that cannot be made now (throttling, a service fault, a
+permission missing) fails the message, which the queue delivers again.
 
 Each event is recorded once (Powertools idempotency on the EventBridge event id), and a record is only written
 as the successor of the current last one (a conditional put on its sequence number): a writer that loses a race
-reads the new last record and tries again, so the chain never forks.
+reads the new last record and tries again, so the chain never forks. Each record is signed (KMS, the deployment's
+audit signing key) before it is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from functools import cache
@@ -27,24 +45,45 @@ from botocore.exceptions import ClientError
 
 from common import aws
 from common.audit_log import (
-    APPROVAL_DECISION,
+    APPROVAL_TYPES,
     BUNDLE_COMPLETED,
-    BUNDLE_QUARANTINED,
-    SAGEMAKER_PACKAGE_CHANGE,
+    BUNDLE_KINDS,
+    DECIDED_BY,
+    EVENT_TYPES,
     SERVING_KINDS,
+    SIGNING_ALGORITHM,
+    VERSION_SERVED,
     AuditRecord,
     approval_body,
     last_record,
+    refused_body,
 )
-from common.workflow import EventError, bundle_path
-from lambdas.runtime import TransientError, logger, metrics, setting, tracer, transient_aws_errors
+from common.aws import is_missing
+from common.bundle.manifest import package_ref, parse_manifest
+from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES
+from common.bundle_store import BundleLayout
+from common.model_package import version_endpoint
+from common.s3uri import S3Uri
+from common.workflow import BundleRef, EventError, bundle_path
+from lambdas.runtime import TransientError, client, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
 idempotency = IdempotencyConfig(event_key_jmespath="event_id", expires_after_seconds=30 * 24 * 3600)
 persistence = DynamoDBPersistenceLayer(table_name=setting("WORKFLOW_TABLE"))
 APPEND_ATTEMPTS = 20  # conditional-put races lost in a row before the message goes back to the queue
+MAX_RECORD_BYTES = MAX_MANIFEST_BYTES  # a result manifest or quarantine record read to be checked
+# Endpoint states in which a retired version's endpoint counts as gone.
+RETIRED_STATES = frozenset({"Deleting"})
+# What SageMaker answers for a name it does not have (describe calls name their resource).
+NOT_FOUND_CODES = frozenset({"ValidationException", "ResourceNotFound", "ResourceNotFoundException"})
 
-BUNDLE_KINDS = {BUNDLE_COMPLETED: "bundle_completed", BUNDLE_QUARANTINED: "bundle_quarantined"}
+
+class Refused(Exception):
+    """An event the recorder will not record as a fact; the reason is said without any of the event's content."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 @cache
@@ -63,36 +102,243 @@ def _event_body(event: EventBridgeEvent, kind: str, subject: str, detail: dict[s
     }
 
 
-def record_body(event: EventBridgeEvent) -> dict[str, Any]:
-    """What the chain keeps of an event: its kind, subject and detail, never anything from a bundle's content."""
-    detail = dict(event.detail)
-    if event.detail_type in (APPROVAL_DECISION, SAGEMAKER_PACKAGE_CHANGE):
-        return approval_body(detail, source=event.source, event_id=event.get_id, time=event.time)
+def _missing(error: ClientError) -> bool:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    return is_missing(error) or code in NOT_FOUND_CODES
+
+
+# ---- bundle outcomes -----------------------------------------------------------------------------------------
+
+
+def _record_bytes(uri: S3Uri, what: str) -> bytes:
+    """The object's bytes; Refused when it is not there or larger than any record the workflow writes."""
+    s3 = client("s3")
+    try:
+        with transient_aws_errors():
+            head = s3.head_object(Bucket=uri.bucket, Key=uri.key)
+            if int(head["ContentLength"]) > MAX_RECORD_BYTES:
+                raise Refused(f"the {what} it names is larger than any the workflow writes")
+            data: bytes = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    except ClientError as error:
+        if is_missing(error):
+            raise Refused(f"the {what} it names does not exist") from None
+        raise
+    return data
+
+
+def _execution_prefix(state_machine_arn: str) -> str:
+    """``arn:…:execution:<state machine name>:``: what every execution ARN of the state machine begins with."""
+    head, _, name = state_machine_arn.rpartition(":stateMachine:")
+    return f"{head}:execution:{name}:"
+
+
+def _check_execution(execution: Any, owner: str, bundle_id: str, *, completed: bool) -> None:
+    """The execution is one of this deployment's workflow, it ran this bundle, and (for a delivery) did not fail."""
+    state_machine = setting("STATE_MACHINE_ARN")
+    if not isinstance(execution, str) or not execution.startswith(_execution_prefix(state_machine)):
+        raise Refused("the execution it names is not one of this deployment's workflow")
+    sfn = client("stepfunctions")
+    try:
+        with transient_aws_errors():
+            described = sfn.describe_execution(executionArn=execution)
+    except ClientError as error:
+        if str(error.response.get("Error", {}).get("Code")) in ("ExecutionDoesNotExist", "InvalidArn"):
+            raise Refused("the execution it names does not exist") from None
+        raise
+    if described.get("stateMachineArn") != state_machine:
+        raise Refused("the execution it names is not one of this deployment's workflow")
+    try:
+        ran = BundleRef.from_dict(json.loads(described.get("input") or "{}").get("bundle"))
+        same = (ran.bucket, ran.owner, ran.bundle_id) == (setting("BUNDLE_BUCKET"), owner, bundle_id)
+    except (EventError, ValueError, AttributeError):
+        same = False
+    if not same:
+        raise Refused("the execution it names ran another bundle")
+    if completed and described.get("status") not in ("RUNNING", "SUCCEEDED"):
+        raise Refused(f"the execution it names did not deliver (it is {described.get('status')})")
+
+
+def bundle_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, Any]:
+    owner, bundle_id = detail.get("owner"), detail.get("bundle_id")
+    if not isinstance(owner, str) or not isinstance(bundle_id, str) or not BUNDLE_ID.match(bundle_id):
+        raise Refused("it names no valid owner and bundle id")
+    try:
+        layout = BundleLayout(setting("BUNDLE_BUCKET"), owner)
+    except ValueError:
+        raise Refused("it names no valid owner and bundle id") from None
+    completed = event.detail_type == BUNDLE_COMPLETED
+    execution = detail.get("execution")
+    # A delivery is always the workflow's; a quarantine record may also come from whoever accounts for a bundle
+    # whose workflow never ran (no execution to name), and the record in the bucket is then the fact.
+    if completed or execution:
+        _check_execution(execution, owner, bundle_id, completed=completed)
+    if completed:
+        what, uri = "result manifest", layout.result_manifest(bundle_id)
+        uri_field, sha_field = "result_manifest", "result_manifest_sha256"
+    else:
+        what, uri = "quarantine record", layout.quarantine_reason(bundle_id)
+        uri_field, sha_field = "reason_uri", "reason_sha256"
+    if detail.get(uri_field) != str(uri):
+        raise Refused(f"the {what} it names is not the bundle's own")
+    data = _record_bytes(uri, what)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if detail.get(sha_field) != sha256:
+        raise Refused(f"the {what}'s sha256 is not the one it names")
+    kept: dict[str, Any] = {"owner": owner, "bundle_id": bundle_id, "execution": execution or "", uri_field: str(uri)}
+    kept[sha_field] = sha256
+    try:
+        if completed:
+            manifest = parse_manifest(data)
+            if manifest.kind != "result" or manifest.bundle_id != bundle_id:
+                raise ValueError("not this bundle's result manifest")
+            kept.update(
+                model_package_arn=manifest.model.package_arn,
+                samples=manifest.total_samples,
+                shards=len(manifest.shards),
+            )
+        else:
+            reason = json.loads(data)
+            if reason.get("owner") != owner or reason.get("bundle_id") != bundle_id:
+                raise ValueError("not this bundle's quarantine record")
+            kept.update({k: reason.get(k) for k in ("stage", "shard", "code")})
+    except (ValueError, AttributeError, RecursionError):
+        raise Refused(f"the {what} it names is not one the workflow writes") from None
+    return _event_body(event, BUNDLE_KINDS[event.detail_type], bundle_path(owner, bundle_id), kept)
+
+
+# ---- approval decisions ----------------------------------------------------------------------------------------
+
+
+def decision_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, Any]:
+    if DECIDED_BY in detail:
+        raise Refused("it names its own decider; who decided is the registry's to say")
+    arn = detail.get("ModelPackageArn")
+    try:
+        group = package_ref(arn if isinstance(arn, str) else "").package_group
+    except ValueError:
+        raise Refused("it names no versioned model package") from None
+    if group != setting("MODEL_PACKAGE_GROUP"):
+        raise Refused("the package it names is not of this deployment's model package group")
+    try:
+        with transient_aws_errors():
+            package: dict[str, Any] = client("sagemaker").describe_model_package(ModelPackageName=arn)
+    except ClientError as error:
+        if _missing(error):
+            raise Refused("the registry has no model package of that name") from None
+        raise
+    status = package.get("ModelApprovalStatus")
+    if detail.get("ModelApprovalStatus") != status:
+        raise Refused(f"the registry's approval status of the package ({status}) is not the one it claims")
+    return approval_body(package, source=event.source, event_id=event.get_id, time=event.time)
+
+
+# ---- model versions served and retired -------------------------------------------------------------------------
+
+
+def _served_packages(sagemaker: Any, endpoint: dict[str, Any]) -> set[str]:
+    """The model packages an endpoint's configuration serves, as SageMaker describes its models."""
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    packages = set()
+    for variant in config.get("ProductionVariants", []):
+        model = sagemaker.describe_model(ModelName=variant["ModelName"])
+        for container in [model.get("PrimaryContainer") or {}, *model.get("Containers", [])]:
+            if container.get("ModelPackageName"):
+                packages.add(str(container["ModelPackageName"]))
+    return packages
+
+
+def serving_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, Any]:
+    endpoint, version = detail.get("endpoint"), detail.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not isinstance(endpoint, str):
+        raise Refused("it names no endpoint and version")
+    if endpoint != version_endpoint(setting("ENDPOINT_NAME"), version):
+        raise Refused("the endpoint it names is not this deployment's endpoint of that version")
+    sagemaker = client("sagemaker")
+    try:
+        with transient_aws_errors():
+            described: dict[str, Any] | None = sagemaker.describe_endpoint(EndpointName=endpoint)
+    except ClientError as error:
+        if not _missing(error):
+            raise
+        described = None
+    kept: dict[str, Any] = {"endpoint": endpoint, "version": version}
+    if event.detail_type == VERSION_SERVED:
+        if described is None:
+            raise Refused("the endpoint it names does not exist")
+        with transient_aws_errors():
+            served = _served_packages(sagemaker, described)
+        claimed = detail.get("model_package_arn")
+        if claimed not in served:
+            raise Refused("the endpoint it names does not serve the model package it names")
+        kept.update(model_package_arn=claimed, endpoint_created=described["CreationTime"].isoformat())
+    elif described is not None and described.get("EndpointStatus") not in RETIRED_STATES:
+        raise Refused(f"the endpoint it names is still there ({described.get('EndpointStatus')})")
+    # Who deployed or retired a version: SageMaker keeps no record of it (CloudTrail does), so the record keeps the
+    # announcer's own word, from the only role whose events:PutEvents grant allows this source.
+    for field in ("by", "revoked", "quarantined", "waited_for"):
+        if field in detail:
+            kept[field] = detail[field]
+    return _event_body(event, SERVING_KINDS[event.detail_type], endpoint, kept)
+
+
+# ---- the record ------------------------------------------------------------------------------------------------
+
+
+def verified_body(event: EventBridgeEvent) -> dict[str, Any]:
+    """What the chain keeps of an event once the service that did the thing confirmed it; Refused otherwise."""
+    if event.detail_type not in EVENT_TYPES.get(event.source, frozenset()):
+        raise Refused("its source does not send events of its detail type")
+    detail = event.raw_event.get("detail")
+    if not isinstance(detail, dict):
+        raise Refused("its detail is not an object")
     if event.detail_type in BUNDLE_KINDS:
-        if not isinstance(detail.get("bundle_id"), str) or not isinstance(detail.get("owner"), str):
-            raise EventError(f"a {event.detail_type} event without its owner and bundle_id")
-        subject = bundle_path(detail["owner"], detail["bundle_id"])
-        return _event_body(event, BUNDLE_KINDS[event.detail_type], subject, detail)
-    if event.detail_type in SERVING_KINDS:
-        if not isinstance(detail.get("endpoint"), str) or not isinstance(detail.get("version"), int):
-            raise EventError(f"a {event.detail_type} event without its endpoint and version")
-        return _event_body(event, SERVING_KINDS[event.detail_type], detail["endpoint"], detail)
-    raise EventError(f"the audit log does not record {event.detail_type!r} events")
+        return bundle_body(event, detail)
+    if event.detail_type in APPROVAL_TYPES:
+        return decision_body(event, detail)
+    return serving_body(event, detail)
+
+
+def record_body(event: EventBridgeEvent) -> dict[str, Any]:
+    """The verified body of ``event``, or the record of its refusal."""
+    try:
+        return verified_body(event)
+    except Refused as refusal:
+        logger.warning("event refused", extra={"detail_type": str(event.detail_type)[:128], "reason": refusal.reason})
+        metrics.add_metric(name="AuditEventsRefused", unit=MetricUnit.Count, value=1)
+        return refused_body(
+            source=str(event.source),
+            detail_type=str(event.detail_type),
+            event_id=str(event.get_id),
+            time=str(event.time),
+            reason=refusal.reason,
+        )
+
+
+def _signed(record: AuditRecord) -> AuditRecord:
+    with transient_aws_errors():
+        answer = client("kms").sign(
+            KeyId=setting("AUDIT_SIGNING_KEY"),
+            Message=record.signed_message,
+            MessageType="RAW",
+            SigningAlgorithm=SIGNING_ALGORITHM,
+        )
+    return record.signed(answer["Signature"], str(answer["KeyId"]))
 
 
 def _append(entry: dict[str, Any]) -> dict[str, Any]:
-    """Chain ``entry["body"]`` after the last record (``entry["event_id"]`` is the idempotency key)."""
+    """Chain ``entry["body"]`` after the last record, signed (``entry["event_id"]`` is the idempotency key)."""
     event_id, body, table = entry["event_id"], entry["body"], audit_table()
     for _ in range(APPEND_ATTEMPTS):
         with transient_aws_errors():
-            record = AuditRecord.next_after(last_record(table), body)
+            record = _signed(AuditRecord.next_after(last_record(table), body))
             try:
                 table.put_item(Item=record.to_item(), ConditionExpression="attribute_not_exists(seq)")
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise
                 continue  # another writer took this sequence number: chain after its record instead
-        logger.info("recorded", extra={"seq": record.seq, "kind": body["kind"], "subject": body["subject"]})
+        # The sequence number and kind only: a subject names a batch owner, which no log line may.
+        logger.info("recorded", extra={"seq": record.seq, "kind": body["kind"]})
         metrics.add_metric(name="AuditRecords", unit=MetricUnit.Count, value=1)
         return {"seq": record.seq, "digest": record.digest}
     raise TransientError(f"lost {APPEND_ATTEMPTS} appends in a row for event {event_id}")
@@ -106,7 +352,7 @@ append: Callable[..., dict[str, Any]] = idempotent_function(
 def record_handler(record: SQSRecord) -> dict[str, Any]:
     event = EventBridgeEvent(json.loads(record.body))
     body = record_body(event)
-    logger.append_keys(subject=body["subject"], kind=body["kind"])
+    logger.append_keys(kind=body["kind"])
     return dict(append(entry={"event_id": event.get_id, "body": body}))
 
 

@@ -13,10 +13,11 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from botocore.exceptions import ClientError
 
 from common import aws
+from common.audit_log import BUNDLE_EVENT_SOURCE
 from common.workflow import FailureReason
 
 SERVICE = "fhe-batch-workflow"
-EVENT_SOURCE = "fhe.batch-inference"  # the source of the completion and failure events this workflow publishes
+EVENT_SOURCE = BUNDLE_EVENT_SOURCE  # the source of the completion and failure events this workflow publishes
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace="FheBatchInference", service=SERVICE)

@@ -132,12 +132,13 @@ def _ministack_python() -> Path:
     # The venv may be shared between stacks (tests use a fresh state folder but one installation).
     venv = Path(os.environ.get("FHE_MINISTACK_VENV", stack_dir() / "ministack-venv"))
     python = venv / "bin" / "python"
-    marker = venv / f".ministack-{MINISTACK_VERSION}-boto3"
+    marker = venv / f".ministack-{MINISTACK_VERSION}-boto3-cryptography"
     if not marker.exists():
         print(f"installing ministack {MINISTACK_VERSION} into {venv} (first use only)…", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        # boto3 too: this interpreter runs the Lambda functions, and the Lambda runtime provides boto3.
-        packages = [f"ministack=={MINISTACK_VERSION}", "boto3"]
+        # boto3 too: this interpreter runs the Lambda functions, and the Lambda runtime provides boto3. And
+        # cryptography, without which ministack's KMS makes no asymmetric key (the audit log's signing key).
+        packages = [f"ministack=={MINISTACK_VERSION}", "boto3", "cryptography"]
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
         marker.touch()
     return python

@@ -4,6 +4,9 @@ publish the approved package's client artifacts where batch owners read them (or
 Batch owners' roles read client artifacts only under ``published/<group>/`` of the model bucket, which only this
 decision writes: IAM cannot tell an approved run's objects from an unapproved one's by their key, so approval is
 a copy into a place only approved packages reach.
+
+The decision's announcement names no decider: the audit log takes who decided from SageMaker's own record of
+the package (``LastModifiedBy``), never from a field the caller fills in.
 """
 
 from __future__ import annotations
@@ -112,13 +115,14 @@ def withdraw_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri | None:
 
 
 def publish_decision(package: dict[str, Any]) -> None:
-    """Announce an approval decision on the default event bus, where the audit log records it with who made it.
+    """Announce an approval decision on the default event bus, where the audit log records it.
 
-    On AWS SageMaker also sends its own state change event for every decision, including those made elsewhere
-    (the console); this one adds the decider's identity as STS reports it.
+    The announcement names the package and the decision only: the recorder reads what was decided, when and by
+    whom from the registry itself (DescribeModelPackage's LastModifiedBy), and refuses an announcement whose status
+    the registry does not hold or that names a decider of its own. On AWS SageMaker also sends its own state
+    change event for every decision, including those made elsewhere (the console).
     """
     detail = {k: package[k] for k in APPROVAL_FIELDS if k in package}
-    detail["decided_by"] = aws.client("sts").get_caller_identity()["Arn"]
     try:
         announce(APPROVAL_DECISION, detail, package["ModelPackageArn"])
     except RuntimeError as error:

@@ -11,6 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from common.audit_log import user_identity
 from common.s3uri import S3Uri
 from pipelines.pipeline import EVALUATION_FILE
 
@@ -23,17 +24,6 @@ def iso(value: datetime | None) -> str | None:
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 1) if start and end else None
-
-
-def identity(user_context: dict[str, Any] | None) -> str:
-    """A SageMaker UserContext as one name: the IAM ARN, else the Studio user profile."""
-    context = user_context or {}
-    return str(
-        context.get("IamIdentity", {}).get("Arn")
-        or context.get("UserProfileName")
-        or context.get("UserProfileArn")
-        or "unknown"
-    )
 
 
 def _read_json(s3: Any, uri: S3Uri) -> Any:
@@ -64,7 +54,7 @@ def model_package_summary(sagemaker: Any, package_arn: str) -> dict[str, Any]:
         "approval_note": package.get("ApprovalDescription", ""),
         "created": iso(package.get("CreationTime")),
         "last_modified": iso(package.get("LastModifiedTime")),
-        "last_modified_by": identity(package.get("LastModifiedBy")),
+        "last_modified_by": user_identity(package.get("LastModifiedBy")),
     }
 
 
@@ -83,7 +73,7 @@ def describe_run(sagemaker: Any, s3: Any, execution_arn: str) -> dict[str, Any]:
         "started": iso(execution.get("CreationTime")),
         "ended": iso(execution.get("LastModifiedTime")),
         "seconds": seconds_between(execution.get("CreationTime"), execution.get("LastModifiedTime")),
-        "started_by": identity(execution.get("CreatedBy")),
+        "started_by": user_identity(execution.get("CreatedBy")),
         "parameters": {p["Name"]: p["Value"] for p in parameters.get("PipelineParameters", [])},
         "steps": [
             {

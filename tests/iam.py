@@ -1,6 +1,7 @@
 """Reading the templates' IAM as AWS would: the intrinsics resolved to concrete ARNs, and a policy evaluator for the
 subset of IAM the templates use (Allow/Deny, Action/NotAction, Resource, Principal, and the condition operators
-below). An operator it does not know is an error, never a silent match.
+below, with the ForAllValues/ForAnyValue set qualifiers). An operator it does not know is an error, never a silent
+match. Another stack's export (``Fn::ImportValue``) resolves to the value in ``IMPORTS``.
 
 The evaluation order is AWS's within one account: an explicit Deny in any policy wins; otherwise an Allow in an
 identity policy or in the resource's policy allows; otherwise the request is implicitly denied.
@@ -9,8 +10,8 @@ identity policy or in the resource's policy allows; otherwise the request is imp
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ PARAMETERS = {
     "BundleBucketName": f"fhe-bundles-{ACCOUNT}-{REGION}",
     "AuditTableName": "fhe-audit",
 }
+# What the product stack imports from the data stack, by export name.
+IMPORTS = {"fhe-audit-signing-key": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/audit-signing-key"}
+ROOT = f"arn:aws:iam::{ACCOUNT}:root"  # in a resource policy: the account, whose IAM policies then decide
 PSEUDO = {
     "AWS::Partition": "aws",
     "AWS::Region": REGION,
@@ -131,6 +135,8 @@ class Template:
             value = node["Fn::Sub"]
             text, extra = (value, {}) if isinstance(value, str) else (value[0], value[1])
             return self._sub(text, extra)
+        if set(node) == {"Fn::ImportValue"}:
+            return IMPORTS[str(self.resolve(node["Fn::ImportValue"]))]
         if set(node) == {"Fn::Join"}:
             separator, items = node["Fn::Join"]
             return separator.join(str(self.resolve(item)) for item in items)
@@ -157,9 +163,10 @@ class Request:
     principal: str  # the role's ARN (aws:PrincipalArn)
     action: str
     resource: str
-    context: dict[str, str] = field(default_factory=dict)  # condition keys (any case) → value; absent = not sent
+    # Condition keys (any case) → value, a list for a multivalued key; absent = not sent.
+    context: Mapping[str, str | list[str]] = field(default_factory=dict)
 
-    def key(self, name: str) -> str | None:
+    def key(self, name: str) -> str | list[str] | None:
         lowered = {k.lower(): v for k, v in self.context.items()}
         lowered.setdefault("aws:principalarn", self.principal)
         lowered.setdefault("aws:securetransport", "true")
@@ -187,9 +194,20 @@ _NEGATED = {"StringNotEquals": "StringEquals", "StringNotLike": "StringLike", "A
 
 
 def _condition_holds(operator: str, key: str, expected: list[Any], request: Request) -> bool:
+    qualifier, _, operator = operator.rpartition(":")
+    if qualifier:
+        if qualifier not in ("ForAllValues", "ForAnyValue"):
+            raise ValueError(f"condition qualifier {qualifier} is not modelled; extend tests/iam.py")
+        values = request.key(key)
+        if values is None:  # no values: every one of none matches, and no one does
+            return qualifier == "ForAllValues"
+        each = [_condition_holds(operator, key, expected, replace(request, context={key: v})) for v in _as_list(values)]
+        return all(each) if qualifier == "ForAllValues" else any(each)
     if_exists = operator.endswith("IfExists")
     base = operator.removesuffix("IfExists")
     actual = request.key(key)
+    if isinstance(actual, list):
+        raise ValueError(f"{key} has several values: {operator} needs ForAllValues or ForAnyValue")
     if base == "Null":
         return (actual is None) == (str(expected[0]).lower() == "true")
     if actual is None:
@@ -213,7 +231,8 @@ def statement_applies(statement: dict[str, Any], request: Request, *, resource_p
     if resource_policy:
         principal = statement.get("Principal")
         aws_principals = _as_list(principal.get("AWS", [])) if isinstance(principal, dict) else [principal]
-        if not any(p == "*" or p == request.principal for p in aws_principals):
+        in_account = request.principal.startswith(f"arn:aws:iam::{ACCOUNT}:")
+        if not any(p == "*" or p == request.principal or (p == ROOT and in_account) for p in aws_principals):
             return False
     return all(
         _condition_holds(operator, key, _as_list(expected), request)

@@ -1,15 +1,19 @@
 """The audit report on the local stack: after a successful and a failed pipeline execution, an approval, a
 delivered and a quarantined bundle, fhe-audit lists them all, its HTML renders in headless Chromium, it carries no
 key or plaintext, and its consistency checks fail (naming what) when a model serves without being Approved or a
-record is altered."""
+record is altered. ML ops cannot forge the trail: a bundle outcome or an approval it puts on the bus is refused and
+listed in the report, and a tail of the audit log rewritten consistently by someone who can write the table but
+cannot sign fails the chain check, naming its first record."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from html.parser import HTMLParser
@@ -19,21 +23,38 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from botocore.exceptions import ClientError
 
 from audit import cli as audit_cli
 from audit import report as audit_report
 from audit.collect import Window
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from common import aws
-from common.audit_log import CHAIN
+from common.audit_log import (
+    BUNDLE_EVENT_SOURCE,
+    CHAIN,
+    REFUSED_EVENT,
+    REGISTRY_EVENT_SOURCE,
+    AuditRecord,
+    read_chain,
+)
 from common.bundle_store import BundleLayout
 from common.deployment import read_outputs
 from common.workflow import waiting_shards
 from containers.training.data import sample_records
+from local.people import People, acting_as, ensure_people
 from pipelines import runs
 from pipelines.approval import approve
 from pipelines.executions import runs_between
-from tests.integration.helpers import OWNER, deploy_and_serve, deployment_for, drop, injected_faults, settle
+from tests.integration.helpers import (
+    OWNER,
+    bundle_execution,
+    deploy_and_serve,
+    deployment_for,
+    drop,
+    injected_faults,
+    settle,
+)
 from tests.leaks import numbers_in_text, plaintext_fragments, private_key_fragments
 
 pytestmark = pytest.mark.integration
@@ -127,6 +148,10 @@ def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Sc
     [decision] = [a for a in report["approvals"] if a["package_arn"] == scenario.package_arn]
     assert decision["status"] == "Approved" and decision["note"] == "audit tests: metrics reviewed"
     assert decision["decided_by"].startswith("arn:aws:") and decision["seq"] >= 1
+    # What the product itself announced (the approval, the version served, both outcomes) was confirmed.
+    assert report["refused_events"] == []
+    [served] = report["endpoints"]
+    assert (served["endpoint"], served["model_package_arn"]) == (scenario.endpoint, scenario.package_arn)
 
     bundles = {b["bundle_id"]: b for b in report["bundles"]}
     assert set(bundles) == {"audit-good", "audit-missing-shard"}
@@ -198,6 +223,7 @@ def test_html_report_renders_in_headless_chromium(scenario: Scenario, tmp_path: 
     tables = _Tables()
     tables.feed(dom.stdout)
     assert tables.rows["checks-table"] == 1 + 5
+    assert tables.rows["refused-table"] == 1  # nothing refused: its header only
     assert tables.rows["pipeline-table"] == 1 + 2
     assert tables.rows["approvals-table"] >= 1 + 1
     assert tables.rows["bundles-table"] == 1 + 2
@@ -266,6 +292,179 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
         assert exited.value.code == audit_cli.CHECKS_FAILED
     finally:
         approve(scenario.package_arn, DEPLOYMENT.package_group, "Approved", "audit tests: reinstated")
+
+
+@pytest.fixture(scope="module")
+def people(scenario: Scenario) -> People:
+    """The deployment's actors (ML ops, the auditor…), each acting through its own role."""
+    return ensure_people(DEPLOYMENT.prefix, scenario.stack)
+
+
+def _audit_table(scenario: Scenario) -> Any:
+    return aws.session().resource("dynamodb").Table(scenario.stack["AuditTableName"])
+
+
+def _refused_on_record(scenario: Scenario, event_ids: set[str], timeout: float = 120.0) -> dict[str, AuditRecord]:
+    """The refused_event records of ``event_ids``, once the recorder has chained them all."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {
+            str(r.body.get("event_id")): r
+            for r in read_chain(_audit_table(scenario))
+            if r.body.get("kind") == REFUSED_EVENT and r.body.get("event_id") in event_ids
+        }
+        if set(found) == event_ids:
+            return found
+        assert time.monotonic() < deadline, f"the recorder chained only {sorted(found)} of {sorted(event_ids)}"
+        time.sleep(1.0)
+
+
+def _put_as(people: People, actor: str, source: str, detail_type: str, detail: dict[str, Any]) -> str:
+    """Put one event as ``actor``: the event id when the bus took it, or what refused it (IAM, EventBridge)."""
+    with acting_as(people, actor):
+        entry = {"Source": source, "DetailType": detail_type, "Detail": json.dumps(detail)}
+        try:
+            answer = aws.client("events").put_events(Entries=[entry])
+        except ClientError as error:
+            return f"refused by the local AWS: {error.response.get('Error', {}).get('Code')}"
+    [result] = answer["Entries"]
+    if answer.get("FailedEntryCount"):
+        return f"refused by the local AWS: {result.get('ErrorCode')}"
+    return str(result["EventId"])
+
+
+def test_ml_ops_cannot_forge_a_bundle_outcome_or_an_approval(
+    scenario: Scenario, people: People, tmp_path: Path
+) -> None:
+    """ML ops put on the bus what only the workflow or SageMaker may say. On AWS, IAM refuses the bundle outcome
+    (ML ops' events:PutEvents grant names its own source and detail types only); the local AWS evaluates no
+    events:source or events:detail-type condition, so here the event reaches the recorder, which refuses it:
+    either way it never becomes a fact. The approvals are ML ops' own kind of event, so IAM lets them through on
+    any backend: the recorder refuses them against the registry. Each refusal is on record and in the report the
+    auditor makes under its own role."""
+    since = datetime.now(tz=UTC) - timedelta(seconds=1)
+    machine, layout = scenario.stack["StateMachineArn"], _layout()
+    quarantined = bundle_execution(machine, "audit-missing-shard")
+    assert quarantined is not None
+    forgeries = {
+        # A delivery of the bundle that was quarantined, naming its real execution and the result it never had.
+        "bundle outcome": (
+            BUNDLE_EVENT_SOURCE,
+            "Bundle Completed",
+            {
+                "owner": OWNER,
+                "bundle_id": "audit-missing-shard",
+                "execution": quarantined["executionArn"],
+                "model_package_arn": scenario.package_arn,
+                "samples": 4,
+                "shards": 2,
+                "result_manifest": str(layout.result_manifest("audit-missing-shard")),
+                "result_manifest_sha256": "0" * 64,
+            },
+        ),
+        # The approval as the registry has it, but naming someone else as the one who decided.
+        "approval naming another decider": (
+            REGISTRY_EVENT_SOURCE,
+            "Model Package Approval",
+            {
+                "ModelPackageArn": scenario.package_arn,
+                "ModelApprovalStatus": "Approved",
+                "decided_by": "arn:aws:iam::000000000000:user/chief-medical-officer",
+            },
+        ),
+        # A decision the registry does not hold.
+        "approval the registry does not hold": (
+            REGISTRY_EVENT_SOURCE,
+            "Model Package Approval",
+            {"ModelPackageArn": scenario.package_arn, "ModelApprovalStatus": "Rejected"},
+        ),
+    }
+    put = {name: _put_as(people, "ml-ops", *forgery) for name, forgery in forgeries.items()}
+    through = {name: answer for name, answer in put.items() if not answer.startswith("refused by the local AWS")}
+    # Which layer refused each: the local AWS (IAM) or, for what it let through, the recorder.
+    refused = _refused_on_record(scenario, set(through.values()))
+    layers = {name: put[name] if name not in through else "refused by the recorder" for name in forgeries}
+    assert set(layers) == set(forgeries) and all(layer.startswith("refused by") for layer in layers.values()), layers
+    # The approvals are of ML ops' own source and detail type: IAM lets them through on any backend.
+    assert {"approval naming another decider", "approval the registry does not hold"} <= set(through), layers
+    reasons = {name: str(refused[event_id].body["detail"]["reason"]) for name, event_id in through.items()}
+    expected = {
+        "bundle outcome": "the execution it names did not deliver (it is FAILED)",
+        "approval naming another decider": "names its own decider",
+        "approval the registry does not hold": "registry's approval status of the package (Approved)",
+    }
+    for name, reason in reasons.items():
+        assert expected[name] in reason, (name, reason)
+    # The forged decider is nowhere on record, and no approval by that name was chained.
+    for record in read_chain(_audit_table(scenario)):
+        assert "chief-medical-officer" not in record.body_json, record.seq
+
+    with acting_as(people, "auditor"):
+        report = _audit(since, tmp_path / "forged")
+    listed = {e["event_id"]: e for e in report["refused_events"]}
+    for name, event_id in through.items():
+        assert listed[event_id]["reason"] == reasons[name] and listed[event_id]["seq"] == refused[event_id].seq
+    assert {listed[i]["detail_type"] for i in through.values()} <= {"Bundle Completed", "Model Package Approval"}
+    assert not [a for a in report["approvals"] if "chief-medical-officer" in str(a["decided_by"])]
+    html = tmp_path.joinpath("forged.html").read_text()
+    assert html.count("names its own decider") == ("approval naming another decider" in through)
+    [check] = [c for c in report["checks"] if c["name"] == "audit_log_unaltered"]
+    assert check["ok"], check["failures"]
+
+
+def test_the_auditor_reads_no_evaluation_key(scenario: Scenario, people: People) -> None:
+    s3, keys = aws.client("s3"), _layout().keys_prefix
+    [key] = [o["Key"] for o in s3.list_objects_v2(Bucket=keys.bucket, Prefix=keys.key + "/")["Contents"]]
+    manifest = _layout().request_manifest("audit-good")
+    with acting_as(people, "auditor"):
+        auditor = aws.client("s3")
+        assert auditor.get_object(Bucket=manifest.bucket, Key=manifest.key)["Body"].read()
+        with pytest.raises(ClientError) as refused:
+            auditor.get_object(Bucket=keys.bucket, Key=key)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+
+@pytest.fixture
+def restored_audit_log(scenario: Scenario) -> Iterator[list[AuditRecord]]:
+    """The audit log as it is; whatever a test rewrites in it is put back afterwards."""
+    records = list(read_chain(_audit_table(scenario)))
+    yield records
+    for record in records:
+        _audit_table(scenario).put_item(Item=record.to_item())
+
+
+def test_a_tail_rewritten_by_someone_who_cannot_sign_fails_the_chain_check_naming_its_first_record(
+    scenario: Scenario, restored_audit_log: list[AuditRecord], tmp_path: Path
+) -> None:
+    """Whoever can write the audit table (not the recorder's role: it may only append) rewrites the log's tail
+    consistently: one record changed, every digest after it recomputed. Without the recorder's key they cannot
+    sign, so the report's chain check fails at the first rewritten record."""
+    records = restored_audit_log
+    # The signing key is what the deployment's CloudFormation made of the template: asymmetric, for signing.
+    key = aws.client("kms").describe_key(KeyId=scenario.stack["AuditSigningKeyArn"])["KeyMetadata"]
+    assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert all(r.signature and r.signing_key for r in records), "every record the recorder wrote is signed"
+    # The first approval is rewritten to name another decider.
+    start = next(i for i, r in enumerate(records) if r.body.get("kind") == "approval")
+    assert len(records) - start >= 3, "a tail of several records"
+    rewritten = records[:start]
+    for original in records[start:]:
+        body = original.body
+        if original is records[start]:
+            body["detail"]["decided_by"] = "arn:aws:iam::000000000000:user/chief-medical-officer"
+        forged = AuditRecord.next_after(rewritten[-1] if rewritten else None, body)
+        rewritten.append(replace(forged, signature=original.signature, signing_key=original.signing_key))
+    table = _audit_table(scenario)
+    for record in rewritten[start:]:
+        table.put_item(Item=record.to_item())
+    report = _audit(scenario.since, tmp_path / "rewritten")
+    [check] = [c for c in report["checks"] if c["name"] == "audit_log_unaltered"]
+    assert not report["ok"] and not check["ok"]
+    first = records[start].seq
+    assert check["failures"][0].startswith(f"record {first} does not carry a valid signature"), check["failures"]
+    assert f"and {len(records) - start - 1} later record(s)" in check["failures"][0]
+    # The hash chain itself is consistent: only the signatures tell.
+    assert not [f for f in check["failures"] if "was altered" in f or "does not follow" in f], check["failures"]
 
 
 def test_an_altered_record_or_audit_log_entry_fails_the_check_naming_it(scenario: Scenario, tmp_path: Path) -> None:

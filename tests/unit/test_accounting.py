@@ -400,6 +400,7 @@ def test_dead_letters_of_the_workflow_are_drained_by_the_reconcile_function() ->
     )
     for queue in (*drained, "OutcomeQueue"):
         assert consumed.get(queue) == "ReconcileFunction", queue
+    assert consumed.get("AuditDeadLetterQueue") == "RecordFunction"
     rule = _of_type("AWS::Events::Rule")["ExecutionEndedRule"]
     assert rule["EventPattern"]["detail"]["status"] == ["FAILED", "TIMED_OUT", "ABORTED"]
 

@@ -206,7 +206,7 @@ def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypa
         approve(None, "g1", "Maybe", "")
     history = sagemaker.describe_model_package(ModelPackageName=rejected["arn"])["ApprovalDescription"]
     assert history == "gap too large"
-    # Each decision was announced for the audit log, with the decider as STS knows them.
+    # Each decision was announced for the audit log, naming no decider: who decided is the registry's to say.
     events = decisions()
     announced = [
         (e["detail-type"], e["detail"]["ModelApprovalStatus"], e["detail"]["ApprovalDescription"]) for e in events
@@ -215,7 +215,7 @@ def test_approve_and_reject_with_a_note(sagemaker: Any, decisions: Any, monkeypa
         ("Model Package Approval", "Approved", "metrics reviewed"),
         ("Model Package Approval", "Rejected", "gap too large"),
     ]
-    assert all(e["detail"]["decided_by"].startswith("arn:aws:") for e in events)
+    assert not [e for e in events if "decided_by" in e["detail"]]
 
 
 def test_an_approval_publishes_the_client_artifacts_and_a_rejection_withdraws_them(

@@ -4,14 +4,16 @@ the data, model, bundle and artifact buckets, and what every bucket refuses whoe
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from common.artifacts import PUBLISHED_ARTIFACTS
+from common.audit_log import BUNDLE_EVENT_SOURCE, EVENT_TYPES, REGISTRY_EVENT_SOURCE
 from infrastructure.templates import BOOTSTRAP, OWNER, PRODUCT
 from infrastructure.templates import DATA as DATA_TEMPLATE
-from tests.iam import ACCOUNT, PARAMETERS, REGION, Request, Template, decide
+from tests.iam import ACCOUNT, IMPORTS, PARAMETERS, REGION, Request, Template, decide
 
 PRODUCT_T = Template(PRODUCT)
 DATA_T = Template(DATA_TEMPLATE)
@@ -37,18 +39,18 @@ OTHER_OWNER = ["inbox/clinic-b/bundle-1/manifest.json", "outbox/clinic-b/bundle-
 ADMIN = [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}]
 
 
-def allowed(template: Template, role: str, action: str, resource: str, context: dict[str, str]) -> bool:
+def allowed(template: Template, role: str, action: str, resource: str, context: dict[str, str | list[str]]) -> bool:
     """Whether ``role`` of ``template`` may do ``action`` on ``resource``, its bucket's policy included."""
     request = Request(template.arn(role), action, resource, context)
     return decide(request, template.identity_policies(role), _bucket_policies(resource)) == "Allow"
 
 
-def can(role: str, action: str, resource: str, **context: str) -> bool:
+def can(role: str, action: str, resource: str, **context: str | list[str]) -> bool:
     """Whether ``role`` of the product stack may."""
     return allowed(PRODUCT_T, role, action, resource, context)
 
 
-def owner_can(action: str, resource: str, **context: str) -> bool:
+def owner_can(action: str, resource: str, **context: str | list[str]) -> bool:
     """Whether batch owner clinic-a's role (infrastructure/owner.yaml) may."""
     return allowed(OWNER_T, "OwnerRole", action, resource, context)
 
@@ -286,3 +288,128 @@ def test_the_data_buckets_outlive_their_stack() -> None:
     for name in ("DataBucket", "ModelBucket", "BundleBucket", "AuditTable"):
         assert DATA_T.resources[name].get("DeletionPolicy") == "Retain", name
     assert BOOTSTRAP_T.resources["Key"].get("DeletionPolicy") == "Retain"
+
+
+# ---- the audit trail: who may announce what, who may sign the log, what the auditor reads -----------------------
+
+DEFAULT_BUS = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/default"
+SIGNING_KEY = IMPORTS["fhe-audit-signing-key"]
+ALL_EVENT_PAIRS = sorted((source, kind) for source, kinds in EVENT_TYPES.items() for kind in kinds)
+# What each role may put on the bus; every other role may put nothing.
+OWN_EVENTS = {
+    "AssembleRole": {(BUNDLE_EVENT_SOURCE, "Bundle Completed")},
+    "QuarantineRole": {(BUNDLE_EVENT_SOURCE, "Bundle Quarantined")},
+    # A manifest dropped again under a delivered id, and the ends no workflow step recorded.
+    "StartRole": {(BUNDLE_EVENT_SOURCE, "Bundle Quarantined")},
+    "ReconcileRole": {(BUNDLE_EVENT_SOURCE, "Bundle Quarantined")},
+    "EndpointCreatorRole": {
+        (REGISTRY_EVENT_SOURCE, kind)
+        for kind in ("Model Package Approval", "Model Version Served", "Model Version Retired")
+    },
+}
+
+
+def may_put(template: Template, role: str, sources: list[str], kinds: list[str]) -> bool:
+    """Whether ``role`` may put one call's entries of these sources and detail types (one value per entry)."""
+    context: dict[str, str | list[str]] = {"events:source": sources, "events:detail-type": kinds}
+    return allowed(template, role, "events:PutEvents", DEFAULT_BUS, context)
+
+
+def test_each_role_may_put_only_its_own_events_on_the_bus() -> None:
+    for template in (PRODUCT_T, OWNER_T):
+        for role in roles(template):
+            sendable = {pair for pair in ALL_EVENT_PAIRS if may_put(template, role, [pair[0]], [pair[1]])}
+            assert sendable == OWN_EVENTS.get(role, set()), role
+            # Nothing outside the recorder's table either: another detail type of its own source, or another source.
+            for source, kind in OWN_EVENTS.get(role, set()):
+                assert not may_put(template, role, [source], ["Bundle Started"]), role
+                assert not may_put(template, role, ["com.example.other"], [kind]), role
+    # One call may carry several entries: a forged one among ML ops' own is refused with the whole call.
+    registry, forged = (REGISTRY_EVENT_SOURCE, "Model Package Approval"), (BUNDLE_EVENT_SOURCE, "Bundle Completed")
+    assert may_put(PRODUCT_T, "EndpointCreatorRole", [registry[0]], [registry[1]])
+    assert not may_put(PRODUCT_T, "EndpointCreatorRole", [registry[0], forged[0]], [registry[1], forged[1]])
+    # What each role may send is a pair the recorder accepts from that source.
+    assert set().union(*OWN_EVENTS.values()) <= set(ALL_EVENT_PAIRS)
+
+
+def test_every_put_events_grant_names_its_sources_and_detail_types() -> None:
+    """The check above asks about today's roles; this one holds any future grant to the same rule."""
+    for template in (PRODUCT_T, OWNER_T, DATA_T, BOOTSTRAP_T):
+        for role in roles(template):
+            for document in template.identity_policies(role):
+                for statement in document["Statement"]:
+                    actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                    if statement["Effect"] != "Allow" or not any(
+                        a.lower() in ("events:putevents", "events:*", "*") for a in actions
+                    ):
+                        continue
+                    keys = statement.get("Condition", {}).get("ForAllValues:StringEquals", {})
+                    assert {"events:source", "events:detail-type"} <= set(keys), (role, statement)
+
+
+def _key_policy() -> list[dict[str, Any]]:
+    return [DATA_T.properties("AuditSigningKey")["KeyPolicy"]]
+
+
+def kms_allows(template: Template, role: str, action: str) -> bool:
+    """Whether ``role`` may ``action`` on the audit signing key: KMS needs both its identity policies and the key
+    policy (whose account statements delegate to IAM) to allow, with the role's tags as its principal tags."""
+    tags: dict[str, str | list[str]] = {
+        f"aws:PrincipalTag/{t['Key']}": t["Value"] for t in template.properties(role).get("Tags", [])
+    }
+    request = Request(template.arn(role), action, SIGNING_KEY, tags)
+    return decide(request, template.identity_policies(role)) == "Allow" and decide(request, [], _key_policy()) == (
+        "Allow"
+    )
+
+
+def test_only_the_recorder_may_sign_the_audit_log_and_the_auditor_reads_the_public_key() -> None:
+    key = DATA_T.properties("AuditSigningKey")
+    assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert DATA_T.resources["AuditSigningKey"].get("DeletionPolicy") == "Retain", "signatures outlive the product"
+    signers = [(t, role) for t in (PRODUCT_T, OWNER_T) for role in roles(t) if kms_allows(t, role, "kms:Sign")]
+    assert [role for _, role in signers] == ["RecordRole"]
+    assert kms_allows(PRODUCT_T, "AuditorRole", "kms:GetPublicKey")
+    assert not kms_allows(PRODUCT_T, "AuditorRole", "kms:Sign")
+    # An administrator of the account holds every IAM permission, but the key policy lets no untagged principal sign.
+    administrator = Request(f"arn:aws:iam::{ACCOUNT}:role/Admin", "kms:Sign", SIGNING_KEY)
+    assert decide(administrator, ADMIN) == "Allow" and decide(administrator, [], _key_policy()) != "Allow"
+    assert decide(replace(administrator, action="kms:PutKeyPolicy"), [], _key_policy()) == "Allow"
+
+
+def test_the_auditor_reads_no_evaluation_key_and_the_recorder_only_what_it_checks() -> None:
+    manifest = f"{BUNDLES}/inbox/clinic-a/bundle-1/manifest.json"
+    estimate = f"{BUNDLES}/inbox/clinic-a/bundle-1/estimate.json"
+    result_manifest = f"{BUNDLES}/outbox/clinic-a/bundle-1/manifest.json"
+    reason = f"{BUNDLES}/quarantine/clinic-a/bundle-1/reason.json"
+    for target in (manifest, estimate, SHARD, result_manifest, RESULT, reason):
+        assert can("AuditorRole", "s3:GetObject", target), target
+    for target in (
+        EVALUATION_KEY,
+        f"{BUNDLES}/requests/clinic-a/bundle-1/00000.json",
+        f"{BUNDLES}/responses/fhe-inference-v3/x.out",
+    ):
+        assert not can("AuditorRole", "s3:GetObject", target), target
+        assert not can("AuditorRole", "s3:GetObjectVersion", target), target
+    for target in (result_manifest, reason):
+        assert can("RecordRole", "s3:GetObject", target), target
+    for target in (SHARD, RESULT, EVALUATION_KEY, manifest):
+        assert not can("RecordRole", "s3:GetObject", target), target
+    package = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/fhe-models/3"
+    assert can("RecordRole", "sagemaker:DescribeModelPackage", package)
+    assert not can("RecordRole", "sagemaker:DescribeModelPackage", package.replace("fhe-models", "other"))
+    assert not can("RecordRole", "sagemaker:UpdateModelPackage", package)
+    assert can(
+        "RecordRole", "states:DescribeExecution", f"arn:aws:states:{REGION}:{ACCOUNT}:execution:fhe-batch-inference:b-1"
+    )
+
+
+def test_the_event_checks_fail_on_a_grant_without_its_conditions() -> None:
+    """The checks above can fail: ML ops' PutEvents grant without its conditions lets it forge a bundle outcome."""
+    broken = Template(PRODUCT, PRODUCT_T.parameters)
+    broken.resources = copy.deepcopy(broken.resources)
+    statements = broken.resources["EndpointCreatorRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    [grant] = [s for s in statements if s["Action"] == "events:PutEvents"]
+    del grant["Condition"]
+    assert may_put(broken, "EndpointCreatorRole", [BUNDLE_EVENT_SOURCE], ["Bundle Completed"])
+    assert not may_put(PRODUCT_T, "EndpointCreatorRole", [BUNDLE_EVENT_SOURCE], ["Bundle Completed"])
