@@ -336,12 +336,11 @@ def _put_as(people: People, actor: str, source: str, detail_type: str, detail: d
 def test_ml_ops_cannot_forge_a_bundle_outcome_or_an_approval(
     scenario: Scenario, people: People, tmp_path: Path
 ) -> None:
-    """ML ops put on the bus what only the workflow or SageMaker may say. On AWS, IAM refuses the bundle outcome
-    (ML ops' events:PutEvents grant names its own source and detail types only); the local AWS evaluates no
-    events:source or events:detail-type condition, so here the event reaches the recorder, which refuses it:
-    either way it never becomes a fact. The approvals are ML ops' own kind of event, so IAM lets them through on
-    any backend: the recorder refuses them against the registry. Each refusal is on record and in the report the
-    auditor makes under its own role."""
+    """ML ops put on the bus what only the workflow or SageMaker may say. IAM refuses the bundle outcome (ML ops'
+    events:PutEvents grant names its own source and detail types only; the local AWS evaluates those conditions as
+    AWS does). The approvals are ML ops' own kind of event, so IAM lets them through: the recorder refuses them
+    against the registry. Each refusal by the recorder is on record and in the report the auditor makes under its
+    own role."""
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     machine, layout = scenario.stack["StateMachineArn"], _layout()
     quarantined = bundle_execution(machine, "audit-missing-shard")
@@ -385,8 +384,9 @@ def test_ml_ops_cannot_forge_a_bundle_outcome_or_an_approval(
     refused = _refused_on_record(scenario, set(through.values()))
     layers = {name: put[name] if name not in through else "refused by the recorder" for name in forgeries}
     assert set(layers) == set(forgeries) and all(layer.startswith("refused by") for layer in layers.values()), layers
-    # The approvals are of ML ops' own source and detail type: IAM lets them through on any backend.
-    assert {"approval naming another decider", "approval the registry does not hold"} <= set(through), layers
+    # The approvals are of ML ops' own source and detail type: IAM lets them through; the outcome is not ML ops'.
+    assert set(through) == {"approval naming another decider", "approval the registry does not hold"}, layers
+    assert put["bundle outcome"] == "refused by the local AWS: AccessDeniedException", layers
     reasons = {name: str(refused[event_id].body["detail"]["reason"]) for name, event_id in through.items()}
     expected = {
         "bundle outcome": "the execution it names did not deliver (it is FAILED)",
