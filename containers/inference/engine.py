@@ -121,8 +121,8 @@ def _failure(lost: EvaluatorLost, field: str, what: str) -> Exception:
     if lost.crashed:
         return BundleError(
             field,
-            f"{what} crashed the FHE evaluator ({lost.how}): they do not fit the served circuit; make the key with "
-            "`fhe-client keys` and the bundle with `fhe-client encrypt` for this model",
+            f"the FHE evaluator crashed ({lost.how}) on {what}, not made for the served circuit; make the key "
+            "with `fhe-client keys` and the bundle with `fhe-client encrypt` for this model",
             "evaluation_crashed",
         )
     return RuntimeError(f"the FHE evaluator was stopped ({lost.how})")

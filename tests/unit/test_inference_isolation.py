@@ -251,7 +251,7 @@ def test_a_crash_fails_its_own_request_only_and_the_evaluator_is_replaced(
         assert crashed.status_code == 400
         error = error_of(crashed)
         assert (error["field"], error["code"]) == ("shards[0]", "evaluation_crashed")
-        assert "crashed the FHE evaluator (SIG" in error["message"]
+        assert "the FHE evaluator crashed (SIG" in error["message"]
         assert responses["concurrent"].status_code == 200, responses["concurrent"].get_data()
         expected = clear_predictions(models["tree"], x).tolist()
         assert predictions(s3, clients["tree"], responses["concurrent"]) == expected
