@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from common import artifacts
+from common.bundle.schema import sha256_hex
 from containers.inference.engine import InferenceEngine
 from containers.training.circuit_cost import (
     CircuitCost,
@@ -114,12 +115,13 @@ def serve_shard(model_dir: Path, x: np.ndarray, workers: int) -> dict[str, Any]:
         client.generate_private_and_evaluation_keys()
         evaluation_keys = client.get_serialized_evaluation_keys()
         ciphertexts = [client.quantize_encrypt_serialize(row[None, :]) for row in x]
-        engine = InferenceEngine(model_dir, workers=workers)
+        engine = InferenceEngine(model_dir, evaluators=1, threads=workers)
+        key_sha256 = sha256_hex(evaluation_keys)
         try:
-            loaded = engine.load_keys(evaluation_keys, "bench")
-            engine.run_one(ciphertexts[0], loaded)  # first-call costs are not per-sample costs
+            # Loading the key and the first call's costs are not per-sample costs.
+            engine.evaluate(key_sha256, lambda: evaluation_keys, ciphertexts[:1], "bench")
             started = time.perf_counter()
-            outputs = engine.run_many(ciphertexts, loaded)
+            outputs = engine.evaluate(key_sha256, lambda: evaluation_keys, ciphertexts, "bench")
             seconds = time.perf_counter() - started
         finally:
             engine.close()

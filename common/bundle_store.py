@@ -132,18 +132,28 @@ def object_exists(s3: Any, uri: S3Uri) -> bool:
     return bool(listed) and listed[0]["Key"] == uri.key
 
 
-def get_bytes(s3: Any, uri: S3Uri, *, field: str, limit: int | None = None) -> bytes:
-    """Read one object; a missing object is a BundleError naming ``field``."""
+def get_bytes(s3: Any, uri: S3Uri, *, field: str, limit: int) -> bytes:
+    """Read one object of at most ``limit`` bytes; a missing or larger object is a BundleError naming ``field``.
+
+    One GET: its length is checked before any byte is read, and no more than ``limit`` + 1 bytes are read
+    whatever it says, so the bytes checked after (size, hash) are the very object's that is used; a HEAD first
+    would check one object and read another if it was replaced between the two."""
     try:
-        if limit is not None:
-            head = s3.head_object(Bucket=uri.bucket, Key=uri.key)
-            if head["ContentLength"] > limit:
-                raise BundleError(field, f"{uri} is {head['ContentLength']} bytes, more than {limit}", "too_large")
-        body: bytes = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+        response = s3.get_object(Bucket=uri.bucket, Key=uri.key)
     except s3.exceptions.ClientError as error:
         if is_missing(error):
             raise BundleError(field, f"{uri} does not exist", "missing_object") from None
         raise
+    stream = response["Body"]
+    try:
+        length = int(response.get("ContentLength", 0))
+        if length > limit:
+            raise BundleError(field, f"{uri} is {length} bytes, more than {limit}", "too_large")
+        body: bytes = stream.read(limit + 1)
+    finally:
+        stream.close()
+    if len(body) > limit:
+        raise BundleError(field, f"{uri} is more than {limit} bytes", "too_large")
     return body
 
 

@@ -1,87 +1,128 @@
-"""The FHE side of the endpoint: the compiled circuit, loaded once, and a bounded cache of evaluation keys.
+"""The FHE side of the endpoint, as the request handlers see it: the model's versions checked, a pool of evaluator
+processes (``containers.inference.pool``) that hold the circuit and the keys, and what a request's failure in
+one of them means for its owner.
 
-Concrete releases the GIL while it evaluates, so one thread per core evaluates the samples of a shard in
-parallel within this single process, sharing the loaded circuit and the deserialized keys.
+The serving app's own process never runs concrete's native code, nor imports concrete: an owner's key or
+ciphertexts that crash native code end one evaluator process and the request it ran, never the app, nor the
+requests of other owners that other evaluators are running.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-from cachetools import LRUCache
 
 from common import artifacts
-from common.bundle.schema import BundleError
+from common.bundle.schema import MAX_EVALUATION_KEY_BYTES, BundleError
 from common.versions import VersionsRecord
+from containers.inference.evaluator import Evaluator
+from containers.inference.pool import EvaluatorLost, EvaluatorPool
 
+# Keys kept in memory between requests, over all evaluators (each holds its share), weighed by what a loaded key
+# takes in memory: its payload as read plus its decompressed form.
 DEFAULT_KEY_CACHE_BYTES = 2 * 1024**3
+# One evaluator per shard the endpoint takes at once: the product's default InvocationsPerInstance.
+DEFAULT_EVALUATORS = 2
+# A request whose evaluator died while idle, before any of the request reached it, goes to another.
+_ATTEMPTS_BEFORE_ANY_INPUT = 2
 
 
-class _CachedKeys:
-    def __init__(self, keys: Any, size: int) -> None:
-        self.keys = keys
-        self.size = size
+def evaluators_from_environment() -> int:
+    """``FHE_EVALUATORS``, the evaluator processes (default 2: set it to the endpoint's InvocationsPerInstance)."""
+    return int(os.environ.get("FHE_EVALUATORS") or DEFAULT_EVALUATORS)
 
 
 class InferenceEngine:
     def __init__(
-        self, model_dir: Path, *, workers: int | None = None, key_cache_bytes: int = DEFAULT_KEY_CACHE_BYTES
+        self,
+        model_dir: Path,
+        *,
+        evaluators: int = DEFAULT_EVALUATORS,
+        threads: int | None = None,
+        key_cache_bytes: int = DEFAULT_KEY_CACHE_BYTES,
+        evaluator: type[Evaluator] = Evaluator,
     ) -> None:
-        from concrete.ml.deployment import FHEModelServer
-
+        """``threads``: each evaluator's threads for a shard's samples (default one per core); ``evaluator``: what
+        each evaluator process runs."""
         for name in (artifacts.SERVER_ZIP, artifacts.VERSIONS_JSON):
             if not (model_dir / name).is_file():
                 raise FileNotFoundError(f"the model folder {model_dir} lacks {name}")
         model_versions = VersionsRecord.from_dict(json.loads((model_dir / artifacts.VERSIONS_JSON).read_text()))
         self.versions = VersionsRecord.current()
         self.versions.check_compatible(model_versions, what="the model in /opt/ml/model")
-        self.server = FHEModelServer(str(model_dir))
-        self.server.load()
-        self.workers = workers or os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fhe")
-        self._keys: LRUCache[str, _CachedKeys] = LRUCache(maxsize=key_cache_bytes, getsizeof=lambda entry: entry.size)
-        self._keys_lock = threading.Lock()
+        self.threads = threads or os.cpu_count() or 1
+        self.key_cache_bytes = key_cache_bytes
+        self.pool = EvaluatorPool(
+            model_dir,
+            size=evaluators,
+            threads=self.threads,
+            key_cache_bytes=key_cache_bytes // evaluators,
+            evaluator=evaluator,
+        )
 
-    def evaluation_keys(self, sha256: str, fetch: Callable[[], bytes]) -> Any:
-        """The deserialized evaluation keys with content hash ``sha256``, fetched only on a cache miss."""
-        with self._keys_lock:
-            cached = self._keys.get(sha256)
-        if cached is not None:
-            return cached.keys
-        return self.load_keys(fetch(), sha256)
+    @property
+    def key_limit(self) -> int:
+        """The most bytes an evaluation key for the served circuit may take: what the circuit's keys take, within the
+        bundle format's limit."""
+        circuit = self.pool.facts.key_bytes
+        return MAX_EVALUATION_KEY_BYTES if circuit is None else min(circuit, MAX_EVALUATION_KEY_BYTES)
 
-    def load_keys(self, data: bytes, sha256: str) -> Any:
-        from concrete import fhe
-
-        try:
-            keys = fhe.EvaluationKeys.deserialize(data)
-        except Exception as error:  # concrete raises RuntimeError or ValueError on foreign bytes
+    def check_key_size(self, size: int, field: str = "evaluation_key") -> None:
+        """Refuse, before reading it, a key larger than a key of the served circuit can be."""
+        if size > self.key_limit:
             raise BundleError(
-                "evaluation_key", f"is not an evaluation key ({type(error).__name__})", "bad_key"
-            ) from None
-        with self._keys_lock:
-            self._keys[sha256] = _CachedKeys(keys, len(data))
-        return keys
+                field,
+                f"is {size} bytes, and a key of the served model takes at most {self.key_limit}: it is not a key of "
+                "this model; run `fhe-client keys` for it",
+                "bad_key",
+            )
 
-    def run_one(self, ciphertext: bytes, keys: Any, field: str = "query") -> bytes:
-        try:
-            result: bytes = self.server.run(ciphertext, keys)
-        except Exception as error:  # a ciphertext for another circuit or another key set
-            raise BundleError(
-                field, f"could not be evaluated with this model and key ({type(error).__name__})", "bad_ciphertext"
-            ) from None
-        return result
+    def evaluate(
+        self, key_sha256: str, fetch_key: Callable[[], bytes], ciphertexts: Sequence[bytes], field: str
+    ) -> list[bytes]:
+        """Evaluate ``ciphertexts`` with the key of content hash ``key_sha256``, fetched only when the evaluator
+        has not loaded it; results keep the input order."""
+        attempts_left = _ATTEMPTS_BEFORE_ANY_INPUT
+        while True:
+            with self.pool.evaluator(key_sha256) as evaluator:
+                try:
+                    loaded = evaluator.has_key(key_sha256)
+                except EvaluatorLost:
+                    attempts_left -= 1
+                    if attempts_left == 0:
+                        raise
+                    continue
+                try:
+                    if not loaded:
+                        evaluator.load_key(key_sha256, fetch_key())
+                except EvaluatorLost as lost:
+                    raise _failure(lost, "evaluation_key", "the evaluation key") from None
+                try:
+                    return evaluator.evaluate(key_sha256, ciphertexts, field)
+                except EvaluatorLost as lost:
+                    raise _failure(lost, field, "the evaluation key and these ciphertexts") from None
 
-    def run_many(self, ciphertexts: Sequence[bytes], keys: Any, field: str = "shard") -> list[bytes]:
-        """Evaluate every ciphertext on the worker threads; results keep the input order."""
-        futures = [self._pool.submit(self.run_one, c, keys, f"{field}.samples[{i}]") for i, c in enumerate(ciphertexts)]
-        return [future.result() for future in futures]
+    def status(self) -> dict[str, int]:
+        return {**self.pool.status(), "threads": self.threads}
+
+    @property
+    def serving(self) -> bool:
+        return self.pool.serving
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
+
+
+def _failure(lost: EvaluatorLost, field: str, what: str) -> Exception:
+    """What a request whose evaluator died tells: a crash is the input's (not retried, the owner can act on it);
+    a stop (the out-of-memory killer, a shutdown) is the endpoint's, an internal error."""
+    if lost.crashed:
+        return BundleError(
+            field,
+            f"the FHE evaluator crashed ({lost.how}) on {what}, not made for the served circuit; make the key "
+            "with `fhe-client keys` and the bundle with `fhe-client encrypt` for this model",
+            "evaluation_crashed",
+        )
+    return RuntimeError(f"the FHE evaluator was stopped ({lost.how})")

@@ -1,8 +1,9 @@
 """What ``POST /invocations`` does, for each kind of request it accepts.
 
 - A shard request (``{"fhe_request": "fhe-shard", ...}``, see ``common.bundle``): read and validate the
-  manifest, check model and versions, fetch the evaluation key (checked against its hash, cached), fetch the
-  shard (checked against its size and hash), evaluate every ciphertext, write the result shard to
+  manifest, check model and versions and the key's size against the served circuit's keys, fetch the shard
+  (checked against its size and hash), have an evaluator evaluate every ciphertext (fetching the evaluation key,
+  checked against its hash, only when that evaluator has not loaded it), write the result shard to
   ``result_uri`` and answer where it is.
 - The reference request (``{"evaluation_keys_uri": "s3://…", "encrypted_query_uri": "s3://…"}``): one
   serialized query, answered with the encrypted prediction bytes.
@@ -27,7 +28,6 @@ from containers.inference.engine import InferenceEngine
 
 log = logging.getLogger("containers.inference")
 
-MAX_REFERENCE_KEY_BYTES = 2 * 1024**3
 MAX_REFERENCE_QUERY_BYTES = 64 * 1024**2
 REFERENCE_FIELDS = ("evaluation_keys_uri", "encrypted_query_uri")
 
@@ -64,6 +64,7 @@ class Handlers:
             raise BundleError("kind", "the endpoint evaluates request bundles only")
         check_model(manifest, self.package_arn)
         check_versions(manifest, self.engine.versions)
+        self.engine.check_key_size(manifest.evaluation_key.size)
         entry = manifest.shard(request.shard_index)
 
         def fetch_key() -> bytes:
@@ -77,12 +78,12 @@ class Handlers:
             )
             return data
 
-        keys = self.engine.evaluation_keys(manifest.evaluation_key.sha256, fetch_key)
         data = read_shard(self.s3, manifest_uri, entry)
         field = f"shards[{entry.index}]"
         ciphertexts = parse_shard(data, expected_samples=entry.samples, field=field)
+        del data
         fhe_started = time.perf_counter()
-        outputs = self.engine.run_many(ciphertexts, keys, field=field)
+        outputs = self.engine.evaluate(manifest.evaluation_key.sha256, fetch_key, ciphertexts, field)
         fhe_seconds = time.perf_counter() - fhe_started
         result = encode_shard(outputs, kind="results")
         result_uri = S3Uri.parse(request.result_uri)
@@ -96,13 +97,13 @@ class Handlers:
             size=len(result),
         )
         log.info(
-            "shard evaluated: bundle %s shard %d, %d samples in %.3f s (FHE %.3f s) on %d workers",
+            "shard evaluated: bundle %s shard %d, %d samples in %.3f s (FHE %.3f s) on %d threads",
             manifest.bundle_id,
             entry.index,
             len(outputs),
             time.perf_counter() - started,
             fhe_seconds,
-            self.engine.workers,
+            self.engine.threads,
         )
         return Response(answer.to_json(), "application/json")
 
@@ -117,12 +118,11 @@ class Handlers:
                 raise BundleError(field, "is missing or not a string", "missing_field")
             uris[field] = S3Uri.parse(check_s3_uri(value, field))
         key_bytes = get_bytes(
-            self.s3, uris["evaluation_keys_uri"], field="evaluation_keys_uri", limit=MAX_REFERENCE_KEY_BYTES
+            self.s3, uris["evaluation_keys_uri"], field="evaluation_keys_uri", limit=self.engine.key_limit
         )
         query = get_bytes(
             self.s3, uris["encrypted_query_uri"], field="encrypted_query_uri", limit=MAX_REFERENCE_QUERY_BYTES
         )
-        keys = self.engine.evaluation_keys(sha256_hex(key_bytes), lambda: key_bytes)
-        prediction = self.engine.run_one(query, keys, field="encrypted_query_uri")
+        (prediction,) = self.engine.evaluate(sha256_hex(key_bytes), lambda: key_bytes, [query], "encrypted_query_uri")
         log.info("reference query evaluated: %d output bytes", len(prediction))
         return Response(prediction, "application/octet-stream")

@@ -57,7 +57,7 @@ def client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def engine(model_dir: Path) -> Iterator[InferenceEngine]:
-    engine = InferenceEngine(model_dir, workers=2)
+    engine = InferenceEngine(model_dir, evaluators=2, threads=2)
     yield engine
     engine.close()
 
@@ -148,9 +148,9 @@ def test_shard_request_writes_the_result_shard(engine: InferenceEngine, s3: Any,
     assert predicted == clear_predictions(model_dir, x).tolist()
 
 
-def test_evaluation_keys_are_fetched_once_and_cached(
-    engine: InferenceEngine, s3: Any, client: Any, model_dir: Path
-) -> None:
+def test_evaluation_keys_are_fetched_once_and_cached(s3: Any, client: Any, model_dir: Path) -> None:
+    # An engine of its own: no evaluator has loaded the key yet.
+    engine = InferenceEngine(model_dir, evaluators=2, threads=2)
     app = create_app(Handlers(engine, s3, PACKAGE_ARN))
     manifest = upload_bundle(s3, client, rows(model_dir, 2), "unit-bundle-2")
     upload_bundle(s3, client, rows(model_dir, 2), "unit-bundle-3")
@@ -159,9 +159,11 @@ def test_evaluation_keys_are_fetched_once_and_cached(
         "provide-client-params.s3.GetObject",
         lambda params, **_: key_reads.append(params["Key"]) if params["Key"].endswith(".ekey") else None,
     )
-    engine._keys.clear()
-    assert post(app, shard_request("unit-bundle-2")).status_code == 200
-    assert post(app, shard_request("unit-bundle-3")).status_code == 200
+    try:
+        assert post(app, shard_request("unit-bundle-2")).status_code == 200
+        assert post(app, shard_request("unit-bundle-3")).status_code == 200
+    finally:
+        engine.close()
     assert key_reads == [manifest.evaluation_key.uri.split("/", 3)[3]]
 
 
