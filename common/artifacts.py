@@ -24,3 +24,5 @@ PUBLISHED_PREFIX = "published"
 PUBLISHED_ARTIFACTS = (*CLIENT_ARTIFACTS, COSTS_JSON)
 # The model's environment names its package; the endpoint refuses bundles made for another package.
 PACKAGE_ARN_VARIABLE = "FHE_MODEL_PACKAGE_ARN"
+# The serving container's evaluator processes: the endpoint's invocations per instance (pipelines/endpoint.py).
+EVALUATORS_VARIABLE = "FHE_EVALUATORS"

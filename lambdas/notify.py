@@ -85,7 +85,10 @@ def failure_of(result: InferenceResult, shard: int) -> tuple[str, FailureReason]
         shard=shard,
         inference_id=result.inference_id,
     )
-    return ("ShardRejected" if cause.code != "endpoint_failed" else "ShardFailed"), cause
+    # The container's own fault (a 500: an evaluator killed by the system, a bug) is the instance's, as much as one
+    # that never answered: retried. Any code naming the shard's content is not.
+    retried = cause.code in ("endpoint_failed", "internal")
+    return ("ShardFailed" if retried else "ShardRejected"), cause
 
 
 class UnusableAnswer(ValueError):

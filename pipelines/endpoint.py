@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from common import aws
-from common.artifacts import PACKAGE_ARN_VARIABLE
+from common.artifacts import EVALUATORS_VARIABLE, PACKAGE_ARN_VARIABLE
 from common.audit_log import VERSION_SERVED
 from common.model_package import (
     ModelPackageError,
@@ -74,7 +74,14 @@ def deploy_endpoint(
     sagemaker.create_model(
         ModelName=model_name,
         ExecutionRoleArn=settings.role_arn,
-        PrimaryContainer={"ModelPackageName": package_arn, "Environment": {PACKAGE_ARN_VARIABLE: package_arn}},
+        PrimaryContainer={
+            "ModelPackageName": package_arn,
+            # One evaluator process per shard SageMaker sends an instance at once (containers/inference/pool.py).
+            "Environment": {
+                PACKAGE_ARN_VARIABLE: package_arn,
+                EVALUATORS_VARIABLE: str(settings.max_concurrent_invocations),
+            },
+        },
     )
     config_name = f"{settings.endpoint_name}-{suffix}"
     sagemaker.create_endpoint_config(

@@ -61,7 +61,8 @@ def create_app(handlers: Handlers | None = None) -> Flask:
                 raise BundleError("request", "the body must be a JSON object", "not_json")
             answer = handlers.handle(body)
         except BundleError as error:
-            log.warning("request refused (%s): %s", error.code, error)
+            # The code and field only: the message can name S3 places, which carry the owner's folder.
+            log.warning("request refused (%s) at %s", error.code, error.field)
             return _json(400, {"error": error.to_dict()})
         except Exception as error:
             error_id = getattr(error, "error_id", None) or uuid.uuid4().hex[:12]

@@ -30,8 +30,9 @@ _ATTEMPTS_BEFORE_ANY_INPUT = 2
 
 
 def evaluators_from_environment() -> int:
-    """``FHE_EVALUATORS``, the evaluator processes (default 2: set it to the endpoint's InvocationsPerInstance)."""
-    return int(os.environ.get("FHE_EVALUATORS") or DEFAULT_EVALUATORS)
+    """``FHE_EVALUATORS``, the evaluator processes (the deploy sets the endpoint's InvocationsPerInstance; 2, the
+    product's default, without it)."""
+    return int(os.environ.get(artifacts.EVALUATORS_VARIABLE) or DEFAULT_EVALUATORS)
 
 
 class InferenceEngine:

@@ -438,3 +438,23 @@ def test_a_deployment_refuses_a_concurrency_that_would_throttle_its_queues() -> 
 
     with pytest.raises(ValueError, match="dead-letter"):
         Deployment(function_concurrency=1)
+
+
+def test_a_container_fault_is_retried_and_a_refused_shard_is_not() -> None:
+    from lambdas.notify import InferenceResult, failure_of
+
+    def failed(error: dict[str, str]) -> str:
+        reason = f'ClientError: Received server error from primary with message "{json.dumps({"error": error})}".'
+        message = {
+            "eventName": "InferenceResult",
+            "invocationStatus": "Failed",
+            "inferenceId": "i",
+            "failureReason": reason,
+        }
+        return failure_of(InferenceResult.from_sns_envelope(json.dumps({"Message": json.dumps(message)})), 0)[0]
+
+    assert failed({"field": "request", "code": "internal", "message": "internal error 1a2b"}) == "ShardFailed"
+    assert (
+        failed({"field": "shards[0]", "code": "evaluation_crashed", "message": "the evaluator died"}) == "ShardRejected"
+    )
+    assert failed({"field": "evaluation_key", "code": "bad_key", "message": "bootstrap keys differ"}) == "ShardRejected"
