@@ -80,12 +80,12 @@ def post(app: Any, body: Any) -> Any:
     return app.test_client().post("/invocations", data=raw, content_type="application/json")
 
 
-def upload_bundle(s3: Any, client: Any, x: np.ndarray, bundle_id: str) -> Manifest:  # type: ignore[type-arg]
-    key = client.get_serialized_evaluation_keys()
+def upload(s3: Any, key: bytes, ciphertexts: list[bytes], bundle_id: str) -> Manifest:
+    """A one-shard bundle of ``ciphertexts`` under evaluation key ``key``, dropped as the client drops it."""
     layout = BundleLayout(BUCKET, UNIT_OWNER)
     key_uri = layout.evaluation_key(sha256_hex(key))
     s3.put_object(Bucket=BUCKET, Key=key_uri.key, Body=key)
-    shard = encode_shard([client.quantize_encrypt_serialize(row[None, :]) for row in x])
+    shard = encode_shard(ciphertexts)
     manifest = Manifest(
         kind="request",
         bundle_id=bundle_id,
@@ -93,10 +93,15 @@ def upload_bundle(s3: Any, client: Any, x: np.ndarray, bundle_id: str) -> Manife
         model=package_ref(PACKAGE_ARN),
         versions=VersionsRecord.current().to_dict(),
         evaluation_key=KeyRef(sha256_hex(key), str(key_uri), len(key)),
-        shards=(ShardEntry(0, shard_key(0), len(x), sha256_hex(shard), len(shard)),),
+        shards=(ShardEntry(0, shard_key(0), len(ciphertexts), sha256_hex(shard), len(shard)),),
     )
     put_bundle(s3, layout.request_prefix(bundle_id), manifest, lambda _: shard)
     return manifest
+
+
+def upload_bundle(s3: Any, client: Any, x: np.ndarray, bundle_id: str) -> Manifest:  # type: ignore[type-arg]
+    ciphertexts = [client.quantize_encrypt_serialize(row[None, :]) for row in x]
+    return upload(s3, client.get_serialized_evaluation_keys(), ciphertexts, bundle_id)
 
 
 def shard_request(bundle_id: str) -> dict[str, Any]:

@@ -19,12 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
 from common.bundle.messages import parse_shard_result
-from common.bundle.schema import sha256_hex, utc_now
-from common.bundle.shards import encode_shard, parse_shard
-from common.bundle_store import BundleLayout, put_bundle
-from common.versions import VersionsRecord
+from common.bundle.shards import parse_shard
 from containers.inference.app import create_app
 from containers.inference.engine import InferenceEngine
 from containers.inference.evaluator import Evaluator
@@ -33,8 +29,7 @@ from containers.training.data import builtin_dataset_csv
 from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
 from containers.training.train import train
-from tests.unit.conftest import UNIT_OWNER
-from tests.unit.test_inference_app import BUCKET, PACKAGE_ARN, clear_predictions, post, rows, shard_request
+from tests.unit.test_inference_app import BUCKET, PACKAGE_ARN, clear_predictions, post, rows, shard_request, upload
 
 # A well-formed serialized key set with no key at all: it deserializes, and evaluating a circuit that needs keys
 # with it crashes native code.
@@ -89,24 +84,6 @@ def engine(models: dict[str, Path]) -> Iterator[InferenceEngine]:
     engine = InferenceEngine(models["tree"], evaluators=2, threads=1)
     yield engine
     engine.close()
-
-
-def upload(s3: Any, key: bytes, ciphertexts: list[bytes], bundle_id: str) -> Manifest:
-    layout = BundleLayout(BUCKET, UNIT_OWNER)
-    key_uri = layout.evaluation_key(sha256_hex(key))
-    s3.put_object(Bucket=BUCKET, Key=key_uri.key, Body=key)
-    shard = encode_shard(ciphertexts)
-    manifest = Manifest(
-        kind="request",
-        bundle_id=bundle_id,
-        created_at=utc_now(),
-        model=package_ref(PACKAGE_ARN),
-        versions=VersionsRecord.current().to_dict(),
-        evaluation_key=KeyRef(sha256_hex(key), str(key_uri), len(key)),
-        shards=(ShardEntry(0, shard_key(0), len(ciphertexts), sha256_hex(shard), len(shard)),),
-    )
-    put_bundle(s3, layout.request_prefix(bundle_id), manifest, lambda _: shard)
-    return manifest
 
 
 def encrypt(client: Any, x: np.ndarray) -> list[bytes]:  # type: ignore[type-arg]
