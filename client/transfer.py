@@ -17,6 +17,7 @@ from common.bundle_store import (
     ESTIMATE_NAME,
     BundleLayout,
     get_bytes,
+    last_modified,
     object_exists,
     put_bundle,
     read_manifest,
@@ -62,18 +63,27 @@ def submit(s3: Any, layout: BundleLayout, folder: Path, *, progress: bool = True
 
 
 def wait(s3: Any, layout: BundleLayout, bundle_id: str, *, timeout: float, progress: bool = True) -> S3Uri:
-    """Until the result manifest or a quarantine record appears; returns the result manifest's URI."""
+    """Until the result manifest or a quarantine record of the bundle as last dropped appears; returns the result
+    manifest's URI. A record older than the manifest dropped is an earlier drop's and does not count; when both are
+    there, the newer one is the answer (a manifest dropped again under a delivered id is refused by a record newer
+    than the result)."""
     result = layout.result_manifest(bundle_id)
     quarantine = layout.quarantine_reason(bundle_id)
     started = time.monotonic()
     deadline = started + timeout
     with tqdm(desc=f"waiting for {bundle_id}", unit="s", disable=not progress, bar_format="{desc}: {elapsed}") as bar:
         while True:
-            if object_exists(s3, result):
-                return result
-            if object_exists(s3, quarantine):
+            dropped = last_modified(s3, layout.request_manifest(bundle_id))
+            delivered, refused = last_modified(s3, result), last_modified(s3, quarantine)
+            if (
+                refused is not None
+                and (dropped is None or refused >= dropped)  # not an earlier drop's
+                and (delivered is None or refused >= delivered)
+            ):
                 reason = json.loads(get_bytes(s3, quarantine, field="quarantine", limit=1024 * 1024))
                 raise BundleQuarantined(bundle_id, reason)
+            if delivered is not None and (dropped is None or delivered >= dropped):
+                return result
             # Looked for again after a fifth of the time waited so far (1 to 10 s): a result is seen at most 20%
             # late, and a long bundle costs a listing every 10 s.
             delay = min(10.0, max(1.0, 0.2 * (time.monotonic() - started)))

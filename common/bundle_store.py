@@ -27,6 +27,7 @@ import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from common.aws import is_missing
@@ -130,6 +131,16 @@ def object_exists(s3: Any, uri: S3Uri) -> bool:
     is under it (a batch owner and its own evaluation key) gets an answer instead of AccessDenied."""
     listed = s3.list_objects_v2(Bucket=uri.bucket, Prefix=uri.key, MaxKeys=1).get("Contents", [])
     return bool(listed) and listed[0]["Key"] == uri.key
+
+
+def last_modified(s3: Any, uri: S3Uri) -> datetime | None:
+    """When the object was last written, asked by listing its key (as :func:`object_exists`); None if it is not
+    there."""
+    listed = s3.list_objects_v2(Bucket=uri.bucket, Prefix=uri.key, MaxKeys=1).get("Contents", [])
+    if not listed or listed[0]["Key"] != uri.key:
+        return None
+    modified: datetime = listed[0]["LastModified"]
+    return modified
 
 
 def get_bytes(s3: Any, uri: S3Uri, *, field: str, limit: int) -> bytes:

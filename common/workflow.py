@@ -19,6 +19,8 @@ _MANIFEST_KEY = re.compile(
     rf"^{INBOX_PREFIX}/(?P<owner>{OWNER_PATTERN})/(?P<bundle>{BUNDLE_ID_PATTERN})/{re.escape(MANIFEST_NAME)}$"
 )
 MAX_MESSAGE = 4000  # characters of a failure's message kept in its reason
+# How long a bundle's execution may run: the state machine definition's TimeoutSeconds (a test holds them equal).
+BUNDLE_TIME_LIMIT_SECONDS = 7 * 24 * 3600
 
 
 class EventError(ValueError):

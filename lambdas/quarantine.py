@@ -16,6 +16,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from common.bundle.schema import sha256_hex
 from common.bundle_store import listed_objects, write_quarantine_reason
 from common.workflow import MAX_MESSAGE, BundleRef, FailureReason
 from lambdas.events import Failure
@@ -97,19 +98,36 @@ def record_quarantine(bundle: BundleRef, reason: FailureReason, execution: str |
             "inbox_objects": kept,
         }
         written = write_quarantine_reason(s3, layout, bundle.bundle_id, record)
-    detail: dict[str, Any] = {
-        "owner": bundle.owner,
-        "bundle_id": bundle.bundle_id,
-        "execution": execution,
-        "reason_uri": str(written.uri),
-        "reason_sha256": written.sha256,
-    }
-    detail.update({"stage": reason.stage, "shard": reason.shard, "code": reason.code})
+    detail = _announced(bundle, execution, written.sha256, reason.stage, reason.shard, reason.code)
     publish("Bundle Quarantined", detail)
     # The log names no owner (nor its folders): the bundle id and execution say which bundle.
     logger.warning("bundle quarantined", extra={k: detail[k] for k in ("bundle_id", "execution", "stage", "code")})
     metrics.add_metric(name="BundlesQuarantined", unit=MetricUnit.Count, value=1)
     return detail
+
+
+def _announced(
+    bundle: BundleRef, execution: str | None, sha256: str, stage: Any, shard: Any, code: Any
+) -> dict[str, Any]:
+    """The "Bundle Quarantined" event's detail: where the record is and its sha256, which the recorder checks."""
+    return {
+        "owner": bundle.owner,
+        "bundle_id": bundle.bundle_id,
+        "execution": execution,
+        "reason_uri": str(bundle.layout.quarantine_reason(bundle.bundle_id)),
+        "reason_sha256": sha256,
+        "stage": stage,
+        "shard": shard,
+        "code": code,
+    }
+
+
+def announce_quarantine(bundle: BundleRef, record: dict[str, Any], body: bytes) -> None:
+    """Announce a record already written (``body``, as it lies), for one whose announcement may have failed."""
+    detail = _announced(
+        bundle, record.get("execution"), sha256_hex(body), record.get("stage"), record.get("shard"), record.get("code")
+    )
+    publish("Bundle Quarantined", detail)
 
 
 def quarantine(failure: Failure) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,16 +30,27 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.aws import is_missing
-from common.workflow import BundleRef, EventError, FailureReason, WaitingShard, as_object
+from common.bundle.schema import BundleError
+from common.bundle_store import get_bytes
+from common.workflow import (
+    BUNDLE_TIME_LIMIT_SECONDS,
+    BundleRef,
+    EventError,
+    FailureReason,
+    WaitingShard,
+    as_object,
+)
 from lambdas.events import Failure, ShardTask
 from lambdas.notify import InferenceResult
-from lambdas.quarantine import failed_shard, reason_of, record_quarantine
+from lambdas.quarantine import announce_quarantine, failed_shard, reason_of, record_quarantine
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
 from lambdas.start import bundle_of
 
 processor = BatchProcessor(event_type=EventType.SQS)
 STATUS_CHANGE = "Step Functions Execution Status Change"
 QUARANTINE_STATE = "Quarantine"  # the state machine's state that records a failed bundle
+QUARANTINE_FAILED = "QuarantineFailed"  # the error of an execution whose Quarantine step failed
+MAX_RECORD_BYTES = 1024 * 1024
 SWEEP_LOOKBACK = timedelta(days=1)
 
 # How an execution that ended without a result is told to its owner, when no step recorded why.
@@ -78,21 +89,35 @@ class EndedExecution:
         )
 
 
-def recorded(bundle: BundleRef, execution: str) -> bool:
-    """Whether the bundle's quarantine record is this execution's (an older drop of the same id may have one)."""
+def current_record(bundle: BundleRef) -> tuple[dict[str, Any] | None, bytes]:
+    """The bundle's quarantine record as it is now (None when there is none), and its bytes."""
     uri = bundle.layout.quarantine_reason(bundle.bundle_id)
+    s3 = client("s3")
     try:
         with transient_aws_errors():
-            body = client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
-    except client("s3").exceptions.ClientError as error:
-        if is_missing(error):
-            return False
+            body: bytes = get_bytes(s3, uri, field="quarantine", limit=MAX_RECORD_BYTES)
+    except BundleError as error:
+        if error.code == "missing_object":
+            return None, b""
         raise
     try:
         record = json.loads(body)
     except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("execution") == execution
+        return None, body
+    return (record if isinstance(record, dict) else None), body
+
+
+def dropped_etag(bundle: BundleRef) -> str | None:
+    """The ETag of the bundle's manifest as it lies in the inbox now (None when it is gone)."""
+    uri = bundle.manifest_uri
+    try:
+        with transient_aws_errors():
+            head = client("s3").head_object(Bucket=uri.bucket, Key=uri.key)
+    except client("s3").exceptions.ClientError as error:
+        if is_missing(error):
+            return None
+        raise
+    return str(head.get("ETag", "")).strip('"')
 
 
 def quarantine_input(execution: str) -> dict[str, Any] | None:
@@ -114,21 +139,33 @@ def reason_for(ended: EndedExecution) -> FailureReason:
     if ended.status == "FAILED":
         given = quarantine_input(ended.arn)
         if given is not None:
-            # The Quarantine step failed: what it was to record is the owner's reason.
-            return reason_of(failed_shard(Failure.from_dict(given)))
+            # The Quarantine step failed: what it was to record is the owner's reason. Its input is the state's
+            # before the step's Parameters added the execution, which finding a failed shard needs.
+            return reason_of(failed_shard(replace(Failure.from_dict(given), execution=ended.arn)))
     code, message = _ENDED.get(ended.status, _ENDED["FAILED"])
     return FailureReason("workflow", code, message.format(error=ended.error or "no error named"), error=ended.error)
 
 
 def account_for(ended: EndedExecution) -> str:
     """Record the end of ``ended`` unless its record is there; says what was done."""
-    if ended.bundle is None:
+    bundle = ended.bundle
+    if bundle is None:
         return "not_a_bundle"
-    if recorded(ended.bundle, ended.arn):
+    record, body = current_record(bundle)
+    if record is not None and record.get("execution") == ended.arn:
+        if ended.error == QUARANTINE_FAILED:
+            # The step wrote the record and failed after it, announcing it or not: announced now. (The recorder
+            # may chain it twice; never not at all.)
+            announce_quarantine(bundle, record, body)
+            return "announced"
         return "recorded"
+    if dropped_etag(bundle) != bundle.etag:
+        # The bundle was dropped again since this execution ran: what its owner waits for is the newer drop's end,
+        # which this one's must not overwrite.
+        return "superseded"
     with transient_aws_errors():
         reason = reason_for(ended)
-    record_quarantine(ended.bundle, reason, ended.arn, execution_status=ended.status, recorded_by="reconcile")
+    record_quarantine(bundle, reason, ended.arn, execution_status=ended.status, recorded_by="reconcile")
     metrics.add_metric(name="BundlesReconciled", unit=MetricUnit.Count, value=1)
     return "quarantined"
 
@@ -211,15 +248,19 @@ def record_handler(record: SQSRecord) -> str:
 
 
 def ended_executions(since: datetime) -> Iterator[EndedExecution]:
+    """The executions that ended without success since ``since``. They are listed by their start, newest first:
+    one that started before ``since`` may have ended after it, up to the workflow's time limit later."""
     sfn = client("stepfunctions")
     for status in _ENDED:
         pages = sfn.get_paginator("list_executions").paginate(
             stateMachineArn=setting("STATE_MACHINE_ARN"), statusFilter=status
         )
         for listed in (e for page in pages for e in page["executions"]):
-            stopped = listed.get("stopDate")
+            started, stopped = listed.get("startDate"), listed.get("stopDate")
+            if isinstance(started, datetime) and started < since - timedelta(seconds=BUNDLE_TIME_LIMIT_SECONDS):
+                break
             if isinstance(stopped, datetime) and stopped < since:
-                break  # listed newest first
+                continue
             yield EndedExecution.from_description(sfn.describe_execution(executionArn=listed["executionArn"]))
 
 

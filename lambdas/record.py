@@ -60,8 +60,8 @@ from common.audit_log import (
 )
 from common.aws import is_missing
 from common.bundle.manifest import package_ref, parse_manifest
-from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES
-from common.bundle_store import BundleLayout
+from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES, BundleError
+from common.bundle_store import BundleLayout, get_bytes
 from common.model_package import version_endpoint
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, EventError, bundle_path
@@ -112,18 +112,13 @@ def _missing(error: ClientError) -> bool:
 
 def _record_bytes(uri: S3Uri, what: str) -> bytes:
     """The object's bytes; Refused when it is not there or larger than any record the workflow writes."""
-    s3 = client("s3")
     try:
-        with transient_aws_errors():
-            head = s3.head_object(Bucket=uri.bucket, Key=uri.key)
-            if int(head["ContentLength"]) > MAX_RECORD_BYTES:
-                raise Refused(f"the {what} it names is larger than any the workflow writes")
-            data: bytes = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
-    except ClientError as error:
-        if is_missing(error):
+        with transient_aws_errors():  # one bounded GET: the object checked is the object read
+            return get_bytes(client("s3"), uri, field=what, limit=MAX_RECORD_BYTES)
+    except BundleError as error:
+        if error.code == "missing_object":
             raise Refused(f"the {what} it names does not exist") from None
-        raise
-    return data
+        raise Refused(f"the {what} it names is larger than any the workflow writes") from None
 
 
 def _execution_prefix(state_machine_arn: str) -> str:

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle.schema import MAX_MANIFEST_BYTES, sha256_hex
+from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
 from common.bundle_store import get_bytes, object_exists
 from common.workflow import BundleRef, EventError, FailureReason, bundle_of_key
 from lambdas.quarantine import record_quarantine
@@ -63,7 +63,12 @@ def redropped(ref: BundleRef) -> dict[str, Any]:
     with transient_aws_errors():
         result_uri = ref.layout.result_manifest(ref.bundle_id)
         result = json.loads(get_bytes(s3, result_uri, field="result", limit=MAX_MANIFEST_BYTES))
-        dropped = sha256_hex(get_bytes(s3, ref.manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES))
+        try:
+            dropped: str | None = sha256_hex(
+                get_bytes(s3, ref.manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES)
+            )
+        except BundleError:  # gone, or larger than any manifest: not the one the result answers either way
+            dropped = None
     answered = (result.get("request") or {}).get("manifest_sha256") if isinstance(result, dict) else None
     if answered == dropped:
         logger.info("bundle already delivered for this manifest; not started again", extra={"bundle_id": ref.bundle_id})

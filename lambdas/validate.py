@@ -100,7 +100,11 @@ def check_endpoint(manifest: Manifest, endpoint: str, family: str | None = None)
     except ClientError as error:
         if family is not None and is_missing(error):
             raise not_served(manifest, family) from None
-        raise WorkflowError(STAGE, "endpoint_unavailable", f"endpoint {endpoint}: {error}") from None
+        # The owner reads this reason: the call and AWS's code, never the refusal's text (it can name roles and
+        # the account).
+        code = error.response.get("Error", {}).get("Code", "error")
+        message = f"endpoint {endpoint} could not be described ({error.operation_name}: {code})"
+        raise WorkflowError(STAGE, "endpoint_unavailable", message) from None
     except ModelPackageError as error:
         raise WorkflowError(STAGE, "endpoint_unavailable", f"endpoint {endpoint}: {error}") from None
     if status in _SETTLING:

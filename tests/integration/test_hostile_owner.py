@@ -190,5 +190,14 @@ def test_a_hostile_owner_harms_only_its_own_bundles(scene: Scene, tmp_path: Path
         for child in _children(execution["executionArn"]):
             scheduled = [e for e in child if e["type"] == "TaskScheduled"]
             assert len(scheduled) == 1, f"{bundle_id}: a shard was sent {len(scheduled)} times"
+    # In flight at the same time: the good bundle's execution overlaps each hostile one's.
+    for bundle_id, execution in ended.items():
+        assert delivered["startDate"] < execution["stopDate"] and execution["startDate"] < delivered["stopDate"], (
+            bundle_id
+        )
+    # No serving process restarted: each instance's app booted its worker once, and no evaluator process ended.
     boots = _boots(scene.endpoint)
     assert boots and all(count == 1 for count in boots.values()), f"serving workers restarted: {boots}"
+    ends = [line for log in boots for line in log.read_text(errors="replace").splitlines() if "FHE evaluator" in line
+            and "ended" in line]  # fmt: skip
+    assert not ends, ends

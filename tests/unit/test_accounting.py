@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from common.model_package import ModelPackageError, served_package
-from common.workflow import BundleRef, FailureReason, WaitingShard
+from common.workflow import BUNDLE_TIME_LIMIT_SECONDS, BundleRef, FailureReason, WaitingShard
 from infrastructure import templates
 from tests.unit.conftest import UNIT_BUCKET
 
@@ -75,6 +75,7 @@ def reconcile(monkeypatch: pytest.MonkeyPatch, s3: Any) -> Iterator[tuple[Module
         return {}
 
     monkeypatch.setattr(module, "record_quarantine", record)
+    monkeypatch.setattr(module, "dropped_etag", lambda bundle: bundle.etag)  # the drop these executions ran
     yield module, recorded
 
 
@@ -124,8 +125,7 @@ def test_a_failed_quarantine_step_records_the_reason_it_was_given(
                 }
             ),
         },
-        "execution": EXECUTION,
-    }
+    }  # as the state was entered: the step's Parameters add the execution only after
     history = [
         {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": "Validate", "input": "{}"}},
         {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": "Quarantine", "input": json.dumps(given)}},
@@ -151,6 +151,16 @@ def test_an_execution_the_quarantine_step_recorded_is_left_alone_and_children_ar
     child = _status_change("FAILED", input=json.dumps({"bundle": BUNDLE, "shard_index": 3}))
     assert module.record_handler(_record(child)) == "not_a_bundle"
     assert module.record_handler(_record(_status_change("SUCCEEDED"))) == "ignored"
+    assert len(recorded) == 1
+    announced: list[dict[str, Any]] = []
+    monkeypatch.setattr(module, "announce_quarantine", lambda bundle, record, body: announced.append(record))
+    # The Quarantine step wrote the record and failed after it: its announcement is made again.
+    assert module.record_handler(_record(_status_change("FAILED", error="QuarantineFailed"))) == "announced"
+    assert announced == [{"execution": EXECUTION}]
+    # The bundle dropped again since: an older execution's end never overwrites the newer drop's record.
+    s3.delete_object(Bucket=UNIT_BUCKET, Key=reason_key)
+    monkeypatch.setattr(module, "dropped_etag", lambda bundle: "a-newer-drop")
+    assert module.record_handler(_record(_status_change("ABORTED"))) == "superseded"
     assert len(recorded) == 1
 
 
@@ -223,12 +233,20 @@ def test_the_sweep_accounts_for_recent_ends_only(
 ) -> None:
     module, recorded = reconcile
     now = datetime(2026, 12, 4, 12, tzinfo=UTC)
-    listed = {
+    listed = {  # newest start first, as Step Functions lists them
         "ABORTED": [
-            {"executionArn": EXECUTION, "stopDate": datetime(2026, 12, 4, 11, tzinfo=UTC)},
-            {"executionArn": EXECUTION + "-old", "stopDate": datetime(2026, 12, 1, tzinfo=UTC)},
+            {"executionArn": EXECUTION, "startDate": datetime(2026, 12, 4, 10, tzinfo=UTC),
+             "stopDate": datetime(2026, 12, 4, 11, tzinfo=UTC)},
+            {"executionArn": EXECUTION + "-old", "startDate": datetime(2026, 12, 1, tzinfo=UTC),
+             "stopDate": datetime(2026, 12, 1, 1, tzinfo=UTC)},
+            # Started days ago, within the time limit, ended within the day: swept.
+            {"executionArn": EXECUTION + "-long", "startDate": datetime(2026, 11, 30, tzinfo=UTC),
+             "stopDate": datetime(2026, 12, 4, 9, tzinfo=UTC)},
+            # Started before any execution can still have been running a day ago: the listing stops here.
+            {"executionArn": EXECUTION + "-ancient", "startDate": datetime(2026, 11, 1, tzinfo=UTC),
+             "stopDate": datetime(2026, 12, 4, 9, tzinfo=UTC)},
         ]
-    }
+    }  # fmt: skip
     described: list[str] = []
 
     class Listing(FakeStepFunctions):
@@ -247,8 +265,8 @@ def test_the_sweep_accounts_for_recent_ends_only(
             return {**detail, "executionArn": executionArn}
 
     _use(monkeypatch, module, s3=s3, stepfunctions=Listing())
-    assert module.sweep(now) == {"quarantined": 1}
-    assert described == [EXECUTION] and recorded[0]["reason"].code == "execution_stopped"
+    assert module.sweep(now) == {"quarantined": 2}
+    assert described == [EXECUTION, EXECUTION + "-long"] and recorded[0]["reason"].code == "execution_stopped"
 
 
 def test_a_manifest_dropped_again_under_a_delivered_id_is_refused_with_a_record(
@@ -384,7 +402,7 @@ def test_every_dead_letter_queue_has_an_alarm_that_notifies_the_operators() -> N
         assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
         watched[queue] = (alarm["MetricName"], alarm["ComparisonOperator"], alarm["Threshold"])
     for queue in dead_letters:
-        assert watched.get(queue) == ("ApproximateNumberOfMessagesVisible", "GreaterThanOrEqualToThreshold", 1), queue
+        assert watched.get(queue) == ("NumberOfMessagesReceived", "GreaterThanOrEqualToThreshold", 1), queue
 
 
 def test_dead_letters_of_the_workflow_are_drained_by_the_reconcile_function() -> None:
@@ -412,14 +430,17 @@ def test_every_event_target_has_a_dead_letter_queue_and_every_queue_outlasts_its
                 assert _referenced(target["DeadLetterConfig"]["Arn"]) in _dead_letter_queues(), (name, target["Id"])
     functions, queues = _of_type("AWS::Lambda::Function"), _of_type("AWS::SQS::Queue")
     parameters = templates.load(templates.PRODUCT)["Parameters"]
+    mapped: dict[str, int] = {}
     for mapping in _of_type("AWS::Lambda::EventSourceMapping").values():
-        function = functions[str(_referenced(mapping["FunctionName"]))]
+        name = str(_referenced(mapping["FunctionName"]))
         queue = queues[str(_referenced(mapping["EventSourceArn"]))]
-        assert int(queue.get("VisibilityTimeout", 30)) >= int(function["Timeout"]), mapping
-        # A function reserved below its mapping's concurrency has the queue's messages throttled into the DLQ.
-        reserved = function["ReservedConcurrentExecutions"]
+        assert int(queue.get("VisibilityTimeout", 30)) >= int(functions[name]["Timeout"]), mapping
+        mapped[name] = mapped.get(name, 0) + int(mapping["ScalingConfig"]["MaximumConcurrency"])
+    for name, concurrency in mapped.items():
+        # A function reserved below what its mappings may run at once has their messages throttled into the DLQs.
+        reserved = functions[name]["ReservedConcurrentExecutions"]
         least = int(parameters["FunctionConcurrency"]["MinValue"]) if isinstance(reserved, dict) else int(reserved)
-        assert least >= int(mapping["ScalingConfig"]["MaximumConcurrency"]), mapping
+        assert least >= concurrency, (name, least, concurrency)
 
 
 def test_the_state_machine_logs_without_data_and_every_failure_path_ends_recorded() -> None:
@@ -427,7 +448,7 @@ def test_the_state_machine_logs_without_data_and_every_failure_path_ends_recorde
     logging = machine["LoggingConfiguration"]
     assert logging["IncludeExecutionData"] is False and logging["Level"] in ("ALL", "ERROR")
     definition = json.loads(templates.STATE_MACHINE.read_text())
-    assert isinstance(definition["TimeoutSeconds"], int)
+    assert definition["TimeoutSeconds"] == BUNDLE_TIME_LIMIT_SECONDS  # what the reconcile function's sweep assumes
     quarantine = definition["States"]["Quarantine"]
     assert quarantine["Catch"][0]["ErrorEquals"] == ["States.ALL"]
     assert definition["States"][quarantine["Catch"][0]["Next"]]["Type"] == "Fail"
@@ -458,3 +479,30 @@ def test_a_container_fault_is_retried_and_a_refused_shard_is_not() -> None:
         failed({"field": "shards[0]", "code": "evaluation_crashed", "message": "the evaluator died"}) == "ShardRejected"
     )
     assert failed({"field": "evaluation_key", "code": "bad_key", "message": "bootstrap keys differ"}) == "ShardRejected"
+
+
+def test_the_owner_waits_for_the_end_of_the_bundle_as_last_dropped(monkeypatch: pytest.MonkeyPatch, s3: Any) -> None:
+    """A record older than the manifest dropped is an earlier drop's; of a result and a record, the newer wins."""
+    from client import transfer
+    from client.errors import BundleQuarantined, WaitTimeout
+    from common.bundle_store import BundleLayout
+
+    layout = BundleLayout(UNIT_BUCKET, "clinic-a")
+    times: dict[str, datetime | None] = {}
+
+    def modified(s3: Any, uri: Any) -> datetime | None:
+        return times.get(uri.key.rsplit("/", 2)[0].split("/", 1)[0])
+
+    monkeypatch.setattr(transfer, "last_modified", modified)
+    s3.put_object(
+        Bucket=UNIT_BUCKET, Key="quarantine/clinic-a/b-001/reason.json", Body=b'{"code": "already_delivered"}'
+    )
+    t = [datetime(2026, 12, 4, hour, tzinfo=UTC) for hour in range(4)]
+    times.update(inbox=t[2], quarantine=t[1], outbox=t[3])  # an old record, the new drop's result
+    assert transfer.wait(s3, layout, "b-001", timeout=1, progress=False) == layout.result_manifest("b-001")
+    times.update(inbox=t[1], outbox=t[0], quarantine=t[2])  # a delivered id dropped again: refused after
+    with pytest.raises(BundleQuarantined):
+        transfer.wait(s3, layout, "b-001", timeout=1, progress=False)
+    times.update(inbox=t[3], outbox=t[0], quarantine=t[2])  # both older than the drop: still running
+    with pytest.raises(WaitTimeout):
+        transfer.wait(s3, layout, "b-001", timeout=0.5, progress=False)
