@@ -375,6 +375,12 @@ def test_only_the_recorder_may_sign_the_audit_log_and_the_auditor_reads_the_publ
     administrator = Request(f"arn:aws:iam::{ACCOUNT}:role/Admin", "kms:Sign", SIGNING_KEY)
     assert decide(administrator, ADMIN) == "Allow" and decide(administrator, [], _key_policy()) != "Allow"
     assert decide(replace(administrator, action="kms:PutKeyPolicy"), [], _key_policy()) == "Allow"
+    # A principal that tagged itself as the signer is not the recorder's role: it cannot sign either.
+    tagged = Request(
+        f"arn:aws:iam::{ACCOUNT}:role/Admin", "kms:Sign", SIGNING_KEY, {"aws:PrincipalTag/fhe-audit-signer": "fhe"}
+    )
+    assert decide(tagged, [], _key_policy()) != "Allow"
+    assert PRODUCT_T.arn("RecordRole") == f"arn:aws:iam::{ACCOUNT}:role/fhe-audit-recorder"
 
 
 def test_the_auditor_reads_no_evaluation_key_and_the_recorder_only_what_it_checks() -> None:
