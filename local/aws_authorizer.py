@@ -22,6 +22,9 @@ Rules of AWS that ministack does not apply:
   every event.
 - A standard execution that runs past its state machine's top-level ``TimeoutSeconds`` ends as ``TIMED_OUT`` (an
   ``ExecutionTimedOut`` history event and the EventBridge status change); ministack let it run.
+- ``aws:PrincipalArn`` of a role session is the role's ARN (``arn:aws:iam::<account>:role/<name>``), as AWS
+  documents, where ministack gave the session's (``arn:aws:sts::…:assumed-role/<name>/<session>``), which no
+  condition naming a role could match.
 - An execution that has ended (stopped, timed out) stays as it ended; ministack overwrote it as FAILED when its
   walk failed later."""
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import json
+import re
 import sys
 import threading
 from urllib.parse import parse_qs
@@ -48,6 +52,8 @@ _served = ministack.app
 _ministack_resource_arn = iam_actions.extract_resource_arn
 _ministack_run_execution = sfn._run_execution
 _ministack_request_context = iam_actions.request_tag_context
+_ministack_condition_key = iam._resolve_condition_key
+_ROLE_SESSION = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/.+$")
 _ministack_fail_execution = sfn._fail_execution
 
 
@@ -160,6 +166,15 @@ def request_context(service, iam_action, body, params) -> dict:
     }
 
 
+def condition_key(key, ctx):
+    """ministack's value of a condition key, with a role session's ``aws:PrincipalArn`` its role's ARN."""
+    value = _ministack_condition_key(key, ctx)
+    if key.lower() == "aws:principalarn" and isinstance(value, str) and (session := _ROLE_SESSION.match(value)):
+        partition, account, role = session.groups()
+        return f"arn:{partition}:iam::{account}:role/{role}"
+    return value
+
+
 def fail_execution(execution: dict, error, cause) -> None:
     if execution.get("status") == "RUNNING":
         _ministack_fail_execution(execution, error, cause)
@@ -192,5 +207,6 @@ if __name__ == "__main__":
     sfn._run_execution = run_execution  # looked up when an execution starts
     sfn._fail_execution = fail_execution
     iam_actions.request_tag_context = request_context  # imported from the module at each call by the dispatch
+    iam._resolve_condition_key = condition_key  # looked up at each condition evaluated
     sys.argv[1:] = []
     ministack.main()
