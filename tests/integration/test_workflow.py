@@ -29,6 +29,7 @@ from common.bundle_store import BundleLayout, object_exists
 from common.deployment import read_outputs
 from common.workflow import bundle_executions, executed_states, execution_bundle
 from containers.training.data import sample_records
+from infrastructure import templates
 from pipelines.models import clear_classes
 from tests import limits
 from tests.integration.helpers import (
@@ -499,10 +500,21 @@ def test_ten_bundles_at_once_complete_within_the_lambda_reservation(workflow: Wo
     outcomes = {bundle_id: _settle(workflow, bundle_id)["status"] for bundle_id in bundles}
     assert set(outcomes.values()) == {"SUCCEEDED"}, outcomes
     lambda_ = aws.client("lambda")
+    # As the template declares: the deployment's concurrency, or a number of the function's own (one at a time by
+    # design, or what its SQS mappings may run at once).
+    functions = [
+        r["Properties"]
+        for r in templates.load(templates.PRODUCT)["Resources"].values()
+        if r["Type"] == "AWS::Lambda::Function"
+    ]
+    declared = {
+        str(f["FunctionName"]["Fn::Sub"]).removeprefix("${Prefix}"): f["ReservedConcurrentExecutions"]
+        for f in functions
+    }
     for function in workflow.stack["FunctionNames"].split(","):
         reserved = lambda_.get_function_concurrency(FunctionName=function)["ReservedConcurrentExecutions"]
-        single = function.endswith(("-heartbeat", "-record", "-retrain"))  # one at a time by design
-        assert reserved == (1 if single else CONCURRENCY)
+        expected = declared[function.removeprefix(DEPLOYMENT.prefix)]
+        assert reserved == (CONCURRENCY if isinstance(expected, dict) else int(expected)), function
         intervals = _invocations(function)
         assert _max_overlap(intervals) <= reserved, (function, _max_overlap(intervals), reserved)
     for name in ("start", "validate", "invoke-shard", "notify", "assemble"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -573,6 +574,7 @@ def test_the_handler_records_a_queued_event_and_keeps_the_owner_out_of_its_logs(
 ) -> None:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+    caplog.set_level(logging.INFO, logger="fhe-batch-workflow")  # whatever level an earlier test left it at
     message = SQSRecord({"messageId": "m-1", "body": json.dumps(_event("Bundle Completed", _delivered(recorder)))})
     assert recorder.module.record_handler(message)["seq"] == 1
     forged = _event("Bundle Completed", {**_delivered(recorder), "result_manifest_sha256": "0" * 64}, event_id="f-1")
