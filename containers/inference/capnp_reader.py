@@ -160,6 +160,21 @@ class Struct:
     def _pointer_word(self, index: int) -> int | None:
         return self.start + self.data_words + index if index < self.pointer_count else None
 
+    def _list(self, index: int, element_size: int, what: str) -> tuple[int, int, int] | None:
+        """Where the list of pointer ``index`` lies (segment, first word, its count: of elements, or of words for a
+        list of structs), if it is a list of ``element_size`` (capnp's size code) of at most MAX_LIST_ELEMENTS;
+        None for a null pointer."""
+        word = self._pointer_word(index)
+        found = None if word is None else self.message._list_at(self.segment, word)
+        if found is None:
+            return None
+        segment, start, size, count = found
+        if size != element_size:
+            raise CapnpError(f"has another list where {what} belongs")
+        if element_size != _COMPOSITE and count > MAX_LIST_ELEMENTS:
+            raise CapnpError(f"has {what} of {count} elements")
+        return segment, start, count
+
     def struct(self, index: int) -> Struct:
         word = self._pointer_word(index)
         if word is None:
@@ -168,13 +183,10 @@ class Struct:
 
     def structs(self, index: int) -> list[Struct]:
         """The elements of a list of structs (an empty list when the pointer is null)."""
-        word = self._pointer_word(index)
-        found = None if word is None else self.message._list_at(self.segment, word)
+        found = self._list(index, _COMPOSITE, "a list of structs")
         if found is None:
             return []
-        segment, start, size, words = found
-        if size != _COMPOSITE:
-            raise CapnpError("has a list of values where a list of structs belongs")
+        segment, start, words = found
         tag = self.message._word(segment, start)
         if tag & 3 != _STRUCT:
             raise CapnpError("has a list of structs without its tag")
@@ -187,29 +199,19 @@ class Struct:
         return [Struct(self.message, segment, start + 1 + i * step, data_words, pointer_count) for i in range(count)]
 
     def uint32s(self, index: int) -> list[int]:
-        word = self._pointer_word(index)
-        found = None if word is None else self.message._list_at(self.segment, word)
+        found = self._list(index, 4, "a list of 32-bit integers")
         if found is None:
             return []
-        segment, start, size, count = found
-        if size != 4:
-            raise CapnpError("has another list where a list of 32-bit integers belongs")
-        if count > MAX_LIST_ELEMENTS:
-            raise CapnpError(f"has a list of {count} integers")
+        segment, start, count = found
         data = self.message.segments[segment][start * WORD_BYTES : start * WORD_BYTES + 4 * count]
         return [int.from_bytes(data[4 * i : 4 * i + 4], "little") for i in range(count)]
 
     def blob_sizes(self, index: int) -> list[int]:
         """The byte counts of a ``List(Data)`` (concrete's payloads: one or more blobs), without reading them."""
-        word = self._pointer_word(index)
-        found = None if word is None else self.message._list_at(self.segment, word)
+        found = self._list(index, 6, "a list of blobs")
         if found is None:
             return []
-        segment, start, size, count = found
-        if size != 6:
-            raise CapnpError("has another list where a list of blobs belongs")
-        if count > MAX_LIST_ELEMENTS:
-            raise CapnpError(f"has a list of {count} blobs")
+        segment, start, count = found
         sizes = []
         for element in range(count):
             blob = self.message._list_at(segment, start + element)
