@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from common.aws import is_missing
 from common.workflow import FailureReason, WaitingShard, waiting_shards
-from lambdas.runtime import client, logger, metrics, setting, tracer
+from lambdas.runtime import client, ended_waits, logger, metrics, setting, tracer
 
 _ALIVE = frozenset({"InService", "Updating", "SystemUpdating"})
 
@@ -55,7 +55,7 @@ def beat(table: str) -> dict[str, int]:
             cause = FailureReason("infer", "endpoint_unavailable", message, shard=shard.shard_index)
             sfn.send_task_failure(taskToken=token, error="EndpointUnavailable", cause=cause.to_json())
             counts["failed"] += 1
-        except (sfn.exceptions.TaskTimedOut, sfn.exceptions.TaskDoesNotExist, sfn.exceptions.InvalidToken):
+        except ended_waits(sfn):
             counts["stale"] += 1
         dynamodb.delete_item(TableName=table, Key=WaitingShard.key_of(shard.inference_id))
     logger.info("heartbeat round", extra=counts)

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from common.model_package import revocation_message
 from common.workflow import MAX_MESSAGE, FailureReason, WaitingShard
 from lambdas.events import ShardTask
-from lambdas.runtime import TransientError, client, logger, metrics, setting, tracer, transient_aws_errors
+from lambdas.runtime import TransientError, client, fail_wait, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
@@ -111,7 +111,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any] | None:
 
 def fail_shard(task: ShardTask, error: str, reason: FailureReason) -> None:
     """End the shard's wait now (this function holds its token) with ``error`` and ``reason`` as its cause."""
-    client("stepfunctions").send_task_failure(taskToken=task.task_token, error=error, cause=reason.to_json())
+    fail_wait(client("stepfunctions"), task.task_token, error, reason)
 
 
 @logger.inject_lambda_context(clear_state=True)  # keys appended per record must not leak into the next

@@ -22,7 +22,7 @@ from common.bundle.schema import MAX_MESSAGE_BYTES, BundleError
 from common.bundle_store import get_bytes, write_shard_result
 from common.s3uri import S3Uri
 from common.workflow import MAX_MESSAGE, EventError, FailureReason, WaitingShard
-from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
+from lambdas.runtime import client, ended_waits, logger, metrics, setting, tracer, transient_aws_errors
 
 processor = BatchProcessor(event_type=EventType.SQS)
 _CONTAINER_ERROR = '{"error"'
@@ -151,7 +151,7 @@ def complete(result: InferenceResult, table: str) -> str:
             else:
                 sfn.send_task_failure(taskToken=token, error=error, cause=cause.to_json())
                 outcome = error
-    except (sfn.exceptions.TaskTimedOut, sfn.exceptions.TaskDoesNotExist, sfn.exceptions.InvalidToken):
+    except ended_waits(sfn):
         # The wait already ended (timed out, or the execution stopped): nothing is waiting for this answer.
         outcome = "stale"
     with transient_aws_errors():

@@ -43,7 +43,7 @@ from common.workflow import (
 from lambdas.events import Failure, ShardTask
 from lambdas.notify import InferenceResult
 from lambdas.quarantine import announce_quarantine, failed_shard, reason_of, record_quarantine
-from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors
+from lambdas.runtime import client, fail_wait, logger, metrics, setting, tracer, transient_aws_errors
 from lambdas.start import bundle_of
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -198,20 +198,10 @@ def start_failed(event: dict[str, Any]) -> str:
     return "quarantined"
 
 
-def fail_wait(token: str, error: str, reason: FailureReason) -> str:
-    sfn = client("stepfunctions")
-    try:
-        with transient_aws_errors():
-            sfn.send_task_failure(taskToken=token, error=error, cause=reason.to_json())
-    except (sfn.exceptions.TaskTimedOut, sfn.exceptions.TaskDoesNotExist, sfn.exceptions.InvalidToken):
-        return "stale"  # the wait already ended, and with it the bundle's execution accounts for it
-    return error
-
-
 def shard_not_sent(task: ShardTask) -> str:
     message = "the workflow could not send this shard to the endpoint"
     reason = FailureReason("infer", "shard_not_sent", message, shard=task.shard_index)
-    return fail_wait(task.task_token, "ShardNotSent", reason)
+    return "ShardNotSent" if fail_wait(client("stepfunctions"), task.task_token, "ShardNotSent", reason) else "stale"
 
 
 def notification_lost(result: InferenceResult) -> str:
@@ -224,7 +214,11 @@ def notification_lost(result: InferenceResult) -> str:
     waiting = WaitingShard.from_item(item)
     message = "the endpoint answered this shard, but the workflow could not read its answer"
     reason = FailureReason("infer", "notification_lost", message, shard=waiting.shard_index)
-    outcome = fail_wait(waiting.task_token, "NotificationLost", reason)
+    outcome = (
+        "NotificationLost"
+        if fail_wait(client("stepfunctions"), waiting.task_token, "NotificationLost", reason)
+        else "stale"
+    )
     with transient_aws_errors():
         dynamodb.delete_item(TableName=table, Key=key)
     return outcome

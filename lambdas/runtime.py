@@ -102,3 +102,20 @@ def publish(detail_type: str, detail: dict[str, Any]) -> None:
         )
     if response.get("FailedEntryCount"):
         raise TransientError(f"EventBridge refused the {detail_type} event: {response['Entries']}")
+
+
+def ended_waits(stepfunctions: Any) -> tuple[type[Exception], ...]:
+    """What Step Functions answers for a task token whose wait has already ended (timed out, its execution stopped
+    or gone): nothing is waiting for the answer any more."""
+    errors = stepfunctions.exceptions
+    return (errors.TaskTimedOut, errors.TaskDoesNotExist, errors.InvalidToken)
+
+
+def fail_wait(sfn: Any, task_token: str, error: str, reason: FailureReason) -> bool:
+    """End a shard's wait with ``error`` and ``reason`` as its cause; False when it had already ended."""
+    try:
+        with transient_aws_errors():
+            sfn.send_task_failure(taskToken=task_token, error=error, cause=reason.to_json())
+    except ended_waits(sfn):
+        return False
+    return True
