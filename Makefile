@@ -28,8 +28,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(PY) -m local.stack up
-	eval "$$($(PY) -m local.stack env)" && $(PY) -m local.demo
+	$(PY) -m local.lifecycle up
+	eval "$$($(PY) -m local.lifecycle env)" && $(PY) -m examples.demo
 
 # Benchmarks, not tests: they print tables, write bench/results/*.json and docs/benchmarks.md + .png.
 bench: setup
@@ -42,9 +42,9 @@ bench: setup
 	$(PY) bench/recipe.py --datasets digits,digits_28x28,breast_cancer --tree-datasets breast_cancer \
 	  --recipes reference,tuned,searched,tree-reference,tree-tuned,tree-searched --fhe-samples 8 --search-seconds 720 \
 	  --name search
-	$(PY) -m local.stack up
-	eval "$$($(PY) -m local.stack env)" && $(PY) bench/workflow.py
-	eval "$$($(PY) -m local.stack env)" && $(PY) -m bench.scale
+	$(PY) -m local.lifecycle up
+	eval "$$($(PY) -m local.lifecycle env)" && $(PY) bench/workflow.py
+	eval "$$($(PY) -m local.lifecycle env)" && $(PY) -m bench.scale
 	$(PY) bench/report.py
 
 lint: setup
@@ -73,13 +73,13 @@ test: lint browser container-tools
 	$(PY) -m pytest --junitxml=.test-results.xml $(PYTEST_ARGS); status=$$?; $(PY) .ci/verdict.py .test-results.xml && exit $$status
 
 local-up: setup
-	$(PY) -m local.stack up
+	$(PY) -m local.lifecycle up
 
 local-down: setup
-	$(PY) -m local.stack down
+	$(PY) -m local.lifecycle down
 
 local-status: setup
-	$(PY) -m local.stack status
+	$(PY) -m local.lifecycle status
 
 clean: local-down
 	rm -rf .local-stack

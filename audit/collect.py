@@ -23,7 +23,7 @@ from common.audit_log import DECIDED_BY, REFUSED_EVENT, AuditRecord, read_chain,
 from common.aws import is_missing
 from common.bundle.manifest import Manifest, parse_manifest
 from common.bundle.schema import MAX_MANIFEST_BYTES
-from common.bundle_store import INBOX_PREFIX, BundleLayout, bundle_prefix
+from common.bundle.store import INBOX_PREFIX, BundleLayout, bundle_prefix
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, bundle_of_key, bundle_path
 from pipelines.executions import describe_run, iso, model_package_summary, runs_between, seconds_between

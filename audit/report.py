@@ -15,8 +15,8 @@ from audit import checks, collect
 from audit.signatures import SigningKey
 from common import aws
 from common.audit_log import SIGNING_ALGORITHM, AuditRecord
-from common.deployment import read_outputs
 from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
+from common.stack_outputs import read_outputs
 
 TEMPLATE = "report.html.j2"
 AUDIT_SIGNING_KEY_OUTPUT = "AuditSigningKeyArn"  # the data stack's output naming the recorder's signing key

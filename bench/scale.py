@@ -1,7 +1,7 @@
 """Production scale on the local stack: what orchestration costs per shard, a bundle of thousands of shards
 within Step Functions' limits, the endpoint's cold start from zero instances and its scale-out for a burst.
 
-    .venv/bin/python -m local.stack up && eval "$(.venv/bin/python -m local.stack env)"
+    .venv/bin/python -m local.lifecycle up && eval "$(.venv/bin/python -m local.lifecycle env)"
     .venv/bin/python -m bench.scale [--big-shards 2000] [--burst 6]
 
 1. ``fhe-deploy up`` with a short scale-in cooldown (``--scale-in-cooldown``), a logistic regression trained on
@@ -38,7 +38,7 @@ from client.encrypt import encrypt_rows
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from client.transfer import submit
 from common import aws
-from common.bundle_store import BundleLayout, object_exists
+from common.bundle.store import BundleLayout, object_exists
 from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions
 from containers.training.data import sample_records

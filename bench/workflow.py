@@ -1,6 +1,6 @@
 """Through the whole product on the local stack: container throughput, orchestration overhead, bytes per bundle.
 
-    .venv/bin/python -m local.stack up && eval "$(.venv/bin/python -m local.stack env)"
+    .venv/bin/python -m local.lifecycle up && eval "$(.venv/bin/python -m local.lifecycle env)"
     .venv/bin/python bench/workflow.py [--samples 100] [--shard-size 25] [--throughput-samples 32]
 
 1. ``fhe-deploy up``, the pipeline trains the tuned network (the product's defaults) on the digits data set,
@@ -38,13 +38,13 @@ from client import cli as client_cli
 from common import artifacts, aws
 from common.bundle.manifest import parse_manifest
 from common.bundle.messages import ShardRequest
-from common.bundle_store import BundleLayout, object_exists, put_bundle
+from common.bundle.store import BundleLayout, object_exists, put_bundle
 from common.s3uri import S3Uri
 from common.settings import EndpointSettings, from_outputs
 from containers.training.data import builtin_dataset_csv, load_table, write_records_csv
 from infrastructure.deployment import Deployment, up
+from local.lifecycle import sagemaker_state_dir
 from local.ports import free_port
-from local.stack import sagemaker_state_dir
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.models import download_model

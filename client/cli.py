@@ -51,14 +51,14 @@ from client.transfer import download_result, submit, wait
 from common import aws
 from common.bundle.manifest import package_ref
 from common.bundle.schema import BundleError
-from common.bundle_store import ESTIMATE_NAME, BundleLayout
+from common.bundle.store import ESTIMATE_NAME, BundleLayout
 from common.estimate import Estimate, EstimateError, EstimateTable, estimate, serving_of
 from common.model_package import ModelPackageError, served_versions, version_endpoint
 from common.s3uri import S3Uri
 from common.settings import ENDPOINT_NAME, MODEL_PACKAGE_GROUP
 from common.versions import VersionMismatchError
 
-DEFAULT_BUCKET = "fhe-batches"
+DEFAULT_BUCKET = "fhe-bundles"
 
 
 def _layout(args: argparse.Namespace) -> BundleLayout:

@@ -22,7 +22,7 @@ from client.errors import FheClientError
 from common import artifacts
 from common.bundle.manifest import KeyRef, ModelRef, package_ref
 from common.bundle.schema import sha256_hex
-from common.bundle_store import BundleLayout, object_exists
+from common.bundle.store import BundleLayout, object_exists
 from common.estimate import EstimateError, ModelCosts
 from common.model_package import describe, newest_approved, published_client_artifacts_uri, require_approved
 from common.preprocessing import PreprocessingRecord

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from client.errors import BundleQuarantined, FheClientError, WaitTimeout
 from common.bundle.manifest import Manifest, parse_manifest
 from common.bundle.schema import MANIFEST_NAME, check_relative_key
-from common.bundle_store import (
+from common.bundle.store import (
     ESTIMATE_NAME,
     BundleLayout,
     get_bytes,

@@ -10,7 +10,7 @@ from typing import Any
 
 from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE, PUBLISHED_PREFIX, VERSIONS_JSON
 from common.bundle.manifest import package_ref
-from common.bundle_store import get_bytes
+from common.bundle.store import get_bytes
 from common.s3uri import S3Uri
 from common.versions import VersionsRecord
 

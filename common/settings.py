@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from common.bundle_store import RESPONSES_PREFIX
+from common.bundle.store import RESPONSES_PREFIX
 from common.s3uri import S3Uri
 
 DEFAULT_PREFIX = "fhe"  # names a deployment's stacks and resources
@@ -124,7 +124,7 @@ def from_outputs(
     job_instance_type: str = JOB_INSTANCE_TYPE,
     endpoint_instance_type: str = ENDPOINT_INSTANCE_TYPE,
 ) -> DeployedSettings:
-    """The pipeline's and the endpoint's settings from a deployment's outputs (``common.deployment``)."""
+    """The pipeline's and the endpoint's settings from a deployment's outputs (``common.stack_outputs``)."""
     missing = [name for name in dict.fromkeys(PIPELINE_OUTPUTS + ENDPOINT_OUTPUTS) if not outputs.get(name)]
     if missing:
         raise SettingsError(f"the deployment's outputs lack {', '.join(missing)}; run `fhe-deploy up` again")

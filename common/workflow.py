@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from common.bundle.schema import BUNDLE_ID_PATTERN, MANIFEST_NAME, OWNER_PATTERN
-from common.bundle_store import INBOX_PREFIX, BundleLayout
+from common.bundle.store import INBOX_PREFIX, BundleLayout
 from common.s3uri import S3Uri
 
 _MANIFEST_KEY = re.compile(

@@ -22,8 +22,8 @@ import re
 import sys
 from collections.abc import Callable
 
-from common.deployment import DeploymentNotFound, read_outputs, stack_outputs
 from common.settings import SettingsError
+from common.stack_outputs import DeploymentNotFound, read_outputs, stack_outputs
 from infrastructure import images, owners, stacks
 from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import aws
-from common.deployment import StackNames, describe_stack, image_output, read_outputs, stack_outputs
 from common.settings import (
     DEFAULT_PREFIX,
     ENDPOINT_NAME,
@@ -36,6 +35,7 @@ from common.settings import (
     SCALE_OUT_COOLDOWN_S,
     from_outputs,
 )
+from common.stack_outputs import StackNames, describe_stack, image_output, read_outputs, stack_outputs
 from infrastructure import images, owners, package, stacks
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
 from pipelines import runs
@@ -113,7 +113,7 @@ class Deployment:
 
     def images(self, repositories: dict[str, str]) -> list[images.Image]:
         """The deployment's two images in the repositories the bootstrap stack names: ``--image-tag`` if given,
-        else each image's content tag here. (The tags a deployment was made with: ``common.deployment``.)"""
+        else each image's content tag here. (The tags a deployment was made with: ``common.stack_outputs``.)"""
         return images.images(repositories, self.image_tag, self.base_image)
 
     def bootstrap_parameters(self) -> dict[str, str]:

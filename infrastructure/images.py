@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import aws
-from common.deployment import IMAGE_ROLES, image_output, image_uri
+from common.stack_outputs import IMAGE_ROLES, image_output, image_uri
 from infrastructure.templates import ROOT
 
 ROLES = IMAGE_ROLES  # also the names of their stages in the Dockerfile

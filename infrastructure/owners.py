@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from common import aws
 from common.bundle.schema import BundleError, check_owner
-from common.deployment import DeploymentNotFound, StackNames, describe_stack, read_outputs, stack_outputs
+from common.stack_outputs import DeploymentNotFound, StackNames, describe_stack, read_outputs, stack_outputs
 from infrastructure import stacks
 from infrastructure.templates import OWNER
 

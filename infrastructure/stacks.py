@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common import aws
-from common.deployment import describe_stack, stack_outputs
+from common.stack_outputs import describe_stack, stack_outputs
 from infrastructure.templates import load
 
 _TERMINAL_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}

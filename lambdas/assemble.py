@@ -11,7 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.schema import BundleError
-from common.bundle_store import (
+from common.bundle.store import (
     read_manifest,
     read_shard_results,
     result_manifest,

@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.messages import ShardResult, parse_shard_result
 from common.bundle.schema import MAX_MESSAGE_BYTES, BundleError
-from common.bundle_store import get_bytes, write_shard_result
+from common.bundle.store import get_bytes, write_shard_result
 from common.s3uri import S3Uri
 from common.workflow import MAX_MESSAGE, EventError, FailureReason, WaitingShard
 from lambdas.runtime import client, ended_waits, logger, metrics, setting, tracer, transient_aws_errors

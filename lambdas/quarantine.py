@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.schema import sha256_hex
-from common.bundle_store import listed_objects, write_quarantine_reason
+from common.bundle.store import listed_objects, write_quarantine_reason
 from common.workflow import MAX_MESSAGE, BundleRef, FailureReason
 from lambdas.events import Failure
 from lambdas.runtime import client, logger, metrics, publish, tracer, transient_aws_errors

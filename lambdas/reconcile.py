@@ -31,7 +31,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.aws import is_missing
 from common.bundle.schema import BundleError
-from common.bundle_store import get_bytes
+from common.bundle.store import get_bytes
 from common.workflow import (
     BUNDLE_TIME_LIMIT_SECONDS,
     BundleRef,

@@ -61,7 +61,7 @@ from common.audit_log import (
 from common.aws import is_missing
 from common.bundle.manifest import package_ref, parse_manifest
 from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES, BundleError
-from common.bundle_store import BundleLayout, get_bytes
+from common.bundle.store import BundleLayout, get_bytes
 from common.model_package import version_endpoint
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, EventError, bundle_path

@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
-from common.bundle_store import get_bytes, object_exists
+from common.bundle.store import get_bytes, object_exists
 from common.workflow import BundleRef, EventError, FailureReason, bundle_of_key
 from lambdas.quarantine import record_quarantine
 from lambdas.runtime import client, logger, metrics, setting, tracer, transient_aws_errors

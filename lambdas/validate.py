@@ -26,7 +26,7 @@ from common.aws import is_missing
 from common.bundle.manifest import Manifest
 from common.bundle.schema import BundleError, check_relative_key
 from common.bundle.serving import check_model, check_versions
-from common.bundle_store import BundleLayout, bundle_prefix, listed_objects, read_manifest, write_shard_plan
+from common.bundle.store import BundleLayout, bundle_prefix, listed_objects, read_manifest, write_shard_plan
 from common.model_package import (
     ModelPackageError,
     require_approved,

@@ -7,7 +7,7 @@ signature, the session token and the clock skew with the caller's own secret, re
 evaluates its identity policies (and session policies, boundaries) for the action on the resource. The answer
 is the decision and the principal's ARN, never a credential.
 
-This file runs in ministack's own virtual environment (``local/stack.py`` starts it in place of
+This file runs in ministack's own virtual environment (``local/lifecycle.py`` starts it in place of
 ``python -m ministack``), so it imports nothing of the project's; it relies on ministack's request-pinning and
 evaluation functions of the pinned version, the ones its own dispatch uses.
 

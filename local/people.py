@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import aws
-from common.deployment import read_outputs
 from common.environment import scoped_environment
+from common.stack_outputs import read_outputs
 from infrastructure.owners import owners
 
 # Actor → the output naming its role; each batch owner is an actor too (owner_actor).
@@ -81,7 +81,7 @@ class People:
 
 
 def people_folder(prefix: str) -> Path:
-    from local.stack import stack_dir
+    from local.lifecycle import stack_dir
 
     return stack_dir() / "people" / prefix
 

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from common import aws
 from common.artifacts import CLIENT_ARTIFACTS, PUBLISHED_ARTIFACTS
 from common.audit_log import APPROVAL_DECISION, APPROVAL_FIELDS, REGISTRY_EVENT_SOURCE
-from common.bundle_store import object_exists
+from common.bundle.store import object_exists
 from common.model_package import (
     ModelPackageError,
     client_artifacts_uri,

@@ -37,7 +37,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from common import aws
-from common.deployment import DeploymentNotFound, read_outputs
 from common.settings import (
     BACKLOG_PER_INSTANCE,
     ENDPOINT_INSTANCE_TYPE,
@@ -55,6 +54,7 @@ from common.settings import (
     PipelineSettings,
     from_outputs,
 )
+from common.stack_outputs import DeploymentNotFound, read_outputs
 from pipelines import runs
 from pipelines.approval import ApprovalError, PublicationError, approve
 from pipelines.endpoint import EndpointError, deploy_endpoint
@@ -122,7 +122,7 @@ OPTIONS = (
         MODEL_PACKAGE_GROUP,
         "where packages are registered, approved and deployed from",
     ),
-    Option("--bundle-bucket", ("endpoint.output_bucket",), "FHE_BUNDLE_BUCKET", "fhe-batches", "deploy: its responses"),
+    Option("--bundle-bucket", ("endpoint.output_bucket",), "FHE_BUNDLE_BUCKET", "fhe-bundles", "deploy: its responses"),
     Option(
         "--endpoint-role-arn",
         ("endpoint.role_arn",),

@@ -32,7 +32,7 @@ MAX_KEY_LENGTH = 512
 MAX_URI_LENGTH = 1100
 MAX_MESSAGE_BYTES = 64 * 1024  # a shard request or result
 
-# "keys" names the folder of an owner's evaluation keys under inbox/<owner>/ (common/bundle_store.py), never a
+# "keys" names the folder of an owner's evaluation keys under inbox/<owner>/ (common/bundle/store.py), never a
 # bundle.
 BUNDLE_ID_PATTERN = r"(?!keys(?![A-Za-z0-9_-]))[A-Za-z0-9][A-Za-z0-9_-]{2,63}"
 BUNDLE_ID = re.compile(rf"^{BUNDLE_ID_PATTERN}$")

@@ -22,7 +22,7 @@ from common.bundle.messages import ShardResult, parse_shard_request
 from common.bundle.schema import BundleError, check_s3_uri, sha256_hex
 from common.bundle.serving import check_model, check_versions
 from common.bundle.shards import encode_shard, parse_shard
-from common.bundle_store import get_bytes, read_evaluation_key, read_manifest, read_shard
+from common.bundle.store import get_bytes, read_evaluation_key, read_manifest, read_shard
 from common.s3uri import S3Uri
 from containers.inference.engine import InferenceEngine
 

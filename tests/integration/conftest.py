@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common import aws
-from local import stack
+from local import lifecycle
 from local.ports import free_port
 from tests import limits
 
@@ -55,15 +55,15 @@ def running_stack(state: Path, runtime: str = "process") -> Iterator[dict[str, s
         "FHE_LOCAL_AWS_PORT": str(free_port()),
         "FHE_LOCAL_SAGEMAKER_PORT": str(free_port()),
     }
-    saved = {k: os.environ.get(k) for k in [*overrides, *stack.client_environment()]}
+    saved = {k: os.environ.get(k) for k in [*overrides, *lifecycle.client_environment()]}
     os.environ.update(overrides)
     try:
-        environment = stack.up(runtime)
+        environment = lifecycle.up(runtime)
         os.environ.update(environment)
         yield environment
         guard_step_functions_limits()  # what ended after the last test
     finally:
-        stack.down()
+        lifecycle.down()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

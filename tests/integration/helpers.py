@@ -21,11 +21,11 @@ from client.transfer import submit
 from common import aws
 from common.bundle.manifest import Manifest
 from common.bundle.schema import MANIFEST_NAME
-from common.bundle_store import BundleLayout
+from common.bundle.store import BundleLayout
 from common.settings import DeployedSettings, PipelineSettings, from_outputs
 from common.workflow import bundle_executions
 from infrastructure.deployment import Deployment, up
-from local import stack
+from local import lifecycle
 from local.sagemaker.faults import FAULTS_FILE
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
@@ -42,7 +42,7 @@ STANDALONE_PIPELINE = PipelineSettings(
 
 
 OWNER = "tests"  # the batch owner of the integration tests' bundles
-STANDALONE_BUNDLES = "fhe-batches-test"  # the inference path tests' bundle bucket
+STANDALONE_BUNDLES = "fhe-bundles-test"  # the inference path tests' bundle bucket
 STANDALONE_BUCKETS = (STANDALONE_PIPELINE.artifact_bucket, STANDALONE_BUNDLES)
 
 
@@ -150,7 +150,7 @@ def settle(state_machine_arn: str, bundle_id: str, timeout: float = 600.0) -> di
 @contextmanager
 def injected_faults(endpoint_name: str, rules: list[dict[str, Any]]) -> Iterator[None]:
     """The local SageMaker fails or delays the endpoint's invocations as ``rules`` say, until the block ends."""
-    path = stack.sagemaker_state_dir() / FAULTS_FILE
+    path = lifecycle.sagemaker_state_dir() / FAULTS_FILE
     path.write_text(json.dumps({endpoint_name: rules}))
     try:
         yield

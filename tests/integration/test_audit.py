@@ -38,8 +38,8 @@ from common.audit_log import (
     AuditRecord,
     read_chain,
 )
-from common.bundle_store import BundleLayout
-from common.deployment import read_outputs
+from common.bundle.store import BundleLayout
+from common.stack_outputs import read_outputs
 from common.workflow import waiting_shards
 from containers.training.data import sample_records
 from local.people import People, acting_as, ensure_people

@@ -32,12 +32,12 @@ from client.transfer import download_result, submit
 from common import artifacts, aws
 from common.bundle.messages import parse_shard_result
 from common.bundle.schema import sha256_hex
-from common.bundle_store import BundleLayout, result_manifest, write_result_manifest
+from common.bundle.store import BundleLayout, result_manifest, write_result_manifest
 from common.model_package import client_artifacts_uri
 from common.s3uri import S3Uri, download_prefix, ensure_bucket
 from containers.training.data import sample_records
 from infrastructure.images import ContainerEngine
-from local import stack
+from local import lifecycle
 from local.base_image import ensure_base_image
 from local.ports import free_port
 from local.sagemaker.runtime import Container, EngineRuntime, aws_environment
@@ -83,7 +83,7 @@ def image_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageStack
 
 
 def test_the_local_sagemaker_runs_the_built_images(image_stack: ImageStack) -> None:
-    assert stack.running_runtime(stack.local_sagemaker()) == image_stack.engine.name
+    assert lifecycle.running_runtime(lifecycle.local_sagemaker()) == image_stack.engine.name
     for role in ("Training", "Inference"):
         uri = image_stack.served.outputs[f"{role}ImageUri"]
         assert uri.startswith(image_stack.served.outputs[f"{role}RepositoryUri"] + ":src-")

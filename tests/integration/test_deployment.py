@@ -19,9 +19,9 @@ from botocore.exceptions import ClientError
 
 from common import aws
 from common.artifacts import PUBLISHED_ARTIFACTS
-from common.deployment import describe_stack
 from common.model_package import version_endpoint
 from common.settings import from_outputs
+from common.stack_outputs import describe_stack
 from infrastructure import deployment as deploy
 from infrastructure import owners
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT

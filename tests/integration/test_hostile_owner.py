@@ -28,12 +28,12 @@ from common import aws
 from common.bundle.manifest import KeyRef, Manifest, ShardEntry
 from common.bundle.schema import MANIFEST_NAME, sha256_hex
 from common.bundle.shards import encode_shard, parse_shard
-from common.bundle_store import BundleLayout
+from common.bundle.store import BundleLayout
 from common.settings import from_outputs
 from containers.training.data import sample_records
 from infrastructure import owners
 from infrastructure.deployment import up
-from local import stack
+from local import lifecycle
 from local.people import People, acting_as, ensure_people, owner_actor
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
@@ -69,7 +69,7 @@ class Scene:
 
 
 def _instance_logs(endpoint: str) -> list[Path]:
-    return sorted((stack.sagemaker_state_dir() / "endpoints" / endpoint).glob("*/container.log"))
+    return sorted((lifecycle.sagemaker_state_dir() / "endpoints" / endpoint).glob("*/container.log"))
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,11 @@ from common.archives import extract_tar
 from common.bundle.manifest import Manifest, parse_manifest
 from common.bundle.messages import ShardRequest, parse_shard_result
 from common.bundle.schema import MANIFEST_NAME, sha256_hex
-from common.bundle_store import BundleLayout, put_bundle, result_manifest, write_result_manifest
+from common.bundle.store import BundleLayout, put_bundle, result_manifest, write_result_manifest
 from common.model_package import client_artifacts_uri
 from common.s3uri import S3Uri, download_prefix, ensure_bucket
 from common.settings import EndpointSettings
-from local import stack
+from local import lifecycle
 from pipelines import runs
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
@@ -60,7 +60,7 @@ class Deployment:
 
 
 def _log_files() -> list[Path]:
-    return sorted(p for p in stack.stack_dir().rglob("*.log") if p.is_file())
+    return sorted(p for p in lifecycle.stack_dir().rglob("*.log") if p.is_file())
 
 
 @pytest.fixture(scope="module")
@@ -421,16 +421,16 @@ def _alive(pid: int) -> bool:
 
 
 def test_endpoint_survives_a_killed_local_sagemaker(deployment: Deployment, batch: Batch) -> None:
-    service = stack.local_sagemaker()
+    service = lifecycle.local_sagemaker()
     pid = service.pid()
     assert pid is not None
-    containers = [int(p.read_text()) for p in stack.sagemaker_state_dir().glob("endpoints/*/*/container.pid")]
+    containers = [int(p.read_text()) for p in lifecycle.sagemaker_state_dir().glob("endpoints/*/*/container.pid")]
     assert containers and all(_alive(c) for c in containers)
     os.kill(pid, signal.SIGKILL)  # no chance to stop its serving processes
     deadline = time.monotonic() + 30
     while service.pid() is not None and time.monotonic() < deadline:
         time.sleep(0.2)
-    stack.up()
+    lifecycle.up()
     sagemaker = aws.client("sagemaker")
     deadline = time.monotonic() + 300
     while sagemaker.describe_endpoint(EndpointName=deployment.endpoint["endpoint"])["EndpointStatus"] != "InService":

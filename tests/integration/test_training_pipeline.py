@@ -20,7 +20,7 @@ from common.model_package import client_artifacts_uri
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
 from common.settings import PipelineSettings
-from local import stack
+from local import lifecycle
 from pipelines import runs
 from tests.integration.helpers import STANDALONE_PIPELINE, ensure_standalone_role
 
@@ -233,14 +233,14 @@ def test_bad_input_fails_the_step_with_a_reason_and_the_stack_keeps_running(pipe
         execution = aws.client("sagemaker").describe_pipeline_execution(PipelineExecutionArn=started[case])
         assert execution["PipelineExecutionStatus"] == "Failed"
         assert phrase in execution["FailureReason"]
-    assert stack.local_sagemaker().healthy() and stack.local_aws().healthy()
+    assert lifecycle.local_sagemaker().healthy() and lifecycle.local_aws().healthy()
 
 
 def test_kill_and_restart_keeps_pipelines_executions_and_packages(succeeded: str) -> None:
     sagemaker = aws.client("sagemaker")
     executions_before = sagemaker.list_pipeline_executions(PipelineName=SETTINGS.pipeline_name)
     packages_before = packages()
-    service = stack.local_sagemaker()
+    service = lifecycle.local_sagemaker()
     pid = service.pid()
     assert pid is not None
     os.killpg(pid, signal.SIGKILL)
@@ -248,7 +248,7 @@ def test_kill_and_restart_keeps_pipelines_executions_and_packages(succeeded: str
     while service.healthy() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not service.healthy()
-    stack.up()
+    lifecycle.up()
     sagemaker = aws.client("sagemaker")
     assert sagemaker.describe_pipeline(PipelineName=SETTINGS.pipeline_name)["PipelineStatus"] == "Active"
     executions_after = sagemaker.list_pipeline_executions(PipelineName=SETTINGS.pipeline_name)

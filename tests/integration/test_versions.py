@@ -20,7 +20,7 @@ from audit.collect import Window
 from client import cli as client_cli
 from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
 from common import aws
-from common.bundle_store import object_exists
+from common.bundle.store import object_exists
 from common.model_package import served_versions, version_endpoint
 from common.workflow import waiting_shards
 from containers.training.data import sample_records

@@ -25,8 +25,8 @@ from client.transfer import download_result, submit
 from common import aws
 from common.bundle.manifest import Manifest, ModelRef, shard_key
 from common.bundle.schema import MANIFEST_NAME, MAX_SHARDS
-from common.bundle_store import BundleLayout, object_exists
-from common.deployment import read_outputs
+from common.bundle.store import BundleLayout, object_exists
+from common.stack_outputs import read_outputs
 from common.workflow import bundle_executions, executed_states, execution_bundle
 from containers.training.data import sample_records
 from infrastructure import templates
@@ -798,7 +798,7 @@ def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path
 def _every_log(workflow: Workflow) -> bytes:
     """Every log the deployment and the local stack wrote: the functions' log groups, the local SageMaker's and
     the local AWS's own logs, and every job's and endpoint container's log."""
-    from local.stack import stack_dir
+    from local.lifecycle import stack_dir
 
     texts = [
         e["message"].encode() for function in workflow.stack["FunctionNames"].split(",") for e in _log_events(function)

@@ -11,7 +11,7 @@ from moto import mock_aws
 
 from common import aws
 
-UNIT_BUCKET = "fhe-batches-unit"
+UNIT_BUCKET = "fhe-bundles-unit"
 UNIT_OWNER = "clinic-a"  # the batch owner of the unit tests' bundles
 # Where a local stack's clients are pointed: a unit test never reaches a server, not even the stack an integration
 # test of the same session still runs (its session fixture stops it only at the end).

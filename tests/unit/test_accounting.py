@@ -485,7 +485,7 @@ def test_the_owner_waits_for_the_end_of_the_bundle_as_last_dropped(monkeypatch: 
     """A record older than the manifest dropped is an earlier drop's; of a result and a record, the newer wins."""
     from client import transfer
     from client.errors import BundleQuarantined, WaitTimeout
-    from common.bundle_store import BundleLayout
+    from common.bundle.store import BundleLayout
 
     layout = BundleLayout(UNIT_BUCKET, "clinic-a")
     times: dict[str, datetime | None] = {}

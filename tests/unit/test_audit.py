@@ -32,7 +32,7 @@ from common.audit_log import (
 )
 from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
 from common.bundle.shards import min_shard_bytes
-from common.bundle_store import BundleLayout
+from common.bundle.store import BundleLayout
 from tests.unit.conftest import UNIT_BUCKET
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -588,7 +588,7 @@ def test_the_handler_records_a_queued_event_and_keeps_the_owner_out_of_its_logs(
 def test_an_owners_estimate_is_shown_as_written_or_said_to_be_unusable(s3: Any) -> None:
     """The owner writes estimate.json: the audit reads it with a limit and shows only its known fields."""
     from audit.collect import MAX_ESTIMATE_BYTES, estimate_shown
-    from common.bundle_store import BundleLayout
+    from common.bundle.store import BundleLayout
     from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
     uri = BundleLayout(UNIT_BUCKET, UNIT_OWNER).estimate("b-1")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from audit import report as audit_report
 from audit.collect import ESTIMATE_FIELDS, MAX_ESTIMATE_BYTES, estimate_shown, read_manifest_if_any
-from common.bundle_store import BundleLayout
+from common.bundle.store import BundleLayout
 from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)

@@ -362,7 +362,7 @@ def test_shard_results_are_read_at_their_fixed_keys_for_the_requests_shards_only
     """Assemble's read: every record of the request's shards, a page of keys at a time; a record an earlier drop
     of the same bundle id left for a shard this request does not have is not read."""
     from common.bundle.messages import ShardResult
-    from common.bundle_store import BundleLayout, read_shard_results, write_shard_plan, write_shard_result
+    from common.bundle.store import BundleLayout, read_shard_results, write_shard_plan, write_shard_result
 
     layout = BundleLayout(UNIT_BUCKET, UNIT_OWNER)
     for index in range(1003):  # more than one listing page

@@ -15,7 +15,7 @@ from client.transfer import submit, wait
 from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
 from common.bundle.schema import sha256_hex, utc_now
 from common.bundle.shards import encode_shard
-from common.bundle_store import BundleLayout, write_quarantine_reason
+from common.bundle.store import BundleLayout, write_quarantine_reason
 from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
 FEATURES = ["radius", "texture", "area"]

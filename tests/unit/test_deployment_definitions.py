@@ -88,7 +88,7 @@ def test_function_package_holds_the_handlers_and_no_fhe_code() -> None:
     with zipfile.ZipFile(io.BytesIO(package.functions_zip())) as archive:
         names = set(archive.namelist())
         sources = {name: archive.read(name).decode() for name in names if name.startswith("lambdas/")}
-    assert {"lambdas/start.py", "common/bundle/manifest.py", "common/bundle_store.py"} <= names
+    assert {"lambdas/start.py", "common/bundle/manifest.py", "common/bundle/store.py"} <= names
     for name, source in sources.items():
         imported = set()
         for node in ast.walk(ast.parse(source)):

@@ -95,7 +95,7 @@ def test_the_image_requirements_are_the_projects_own() -> None:
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of what the images and the tag read, as the repository root."""
-    for name in ("containers", "common", "constraints.txt", "README.md", "local/stack.py"):
+    for name in ("containers", "common", "constraints.txt", "README.md", "local/lifecycle.py"):
         source, target = ROOT / name, tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
@@ -120,7 +120,7 @@ def test_the_tag_covers_exactly_each_images_inputs(tree: Path) -> None:
     assert all(len(tag) == 20 and tag.startswith("src-") for tag in first.values())
     assert _tags() == first, "stable"
     _append(tree / "README.md")
-    _append(tree / "local/stack.py")
+    _append(tree / "local/lifecycle.py")
     assert _tags() == first, "files no image copies"
     _append(tree / "common/bundle/messages.py")  # the serving app's only
     second = _tags()

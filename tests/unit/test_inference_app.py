@@ -16,7 +16,7 @@ from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, sh
 from common.bundle.messages import ShardRequest, parse_shard_result
 from common.bundle.schema import sha256_hex, utc_now
 from common.bundle.shards import encode_shard, parse_shard
-from common.bundle_store import BundleLayout, put_bundle
+from common.bundle.store import BundleLayout, put_bundle
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.inference.app import create_app
@@ -178,7 +178,7 @@ def test_evaluation_keys_are_fetched_once_and_cached(s3: Any, client: Any, model
         (b"not json", "request", "not_json"),
         ([1, 2], "request", "not_json"),
         ({"hello": 1}, "request", "invalid"),
-        ({"evaluation_keys_uri": "s3://fhe-batches-unit/ref/keys.bin"}, "encrypted_query_uri", "missing_field"),
+        ({"evaluation_keys_uri": "s3://fhe-bundles-unit/ref/keys.bin"}, "encrypted_query_uri", "missing_field"),
         (
             {"evaluation_keys_uri": "s3://x/../../etc", "encrypted_query_uri": "s3://b-1/q"},
             "evaluation_keys_uri",

@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("audit", "bench", "client", "common", "containers", "infrastructure", "lambdas", "local", "pipelines")
+PACKAGES = (
+    "audit",
+    "bench",
+    "client",
+    "common",
+    "containers",
+    "infrastructure",
+    "lambdas",
+    "local",
+    "pipelines",
+    "examples",
+)
 
 
 def _modules(folder: str) -> Iterator[Path]:
@@ -83,9 +94,9 @@ def test_no_test_or_benchmark_imports_the_demo(folder: str) -> None:
     offenders = [
         str(path.relative_to(ROOT))
         for path in _modules(folder)
-        if any(name == "local.demo" or name.startswith("local.demo.") for name in _imports(path))
+        if any(name == "examples.demo" or name.startswith("examples.demo.") for name in _imports(path))
     ]
-    assert not offenders, f"{folder}/ imports local/demo.py: {offenders}"
+    assert not offenders, f"{folder}/ imports examples/demo.py: {offenders}"
 
 
 def test_bundle_format_modules_stay_small() -> None:

@@ -277,14 +277,14 @@ def test_a_service_of_the_stack_never_inherits_another_stacks_endpoints(
     import sys
     import time
 
-    from local import stack
+    from local import lifecycle
 
     monkeypatch.setenv("FHE_LOCAL_STACK_DIR", str(tmp_path))
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
-    probe = stack.Service("probe", 0, "/")
+    probe = lifecycle.Service("probe", 0, "/")
     script = "import os; print(sorted(k for k in os.environ if k.startswith('AWS_ENDPOINT_URL')))"
-    stack._spawn(probe, [sys.executable, "-c", script], {"AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:3"})
+    lifecycle._spawn(probe, [sys.executable, "-c", script], {"AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:3"})
     deadline = time.monotonic() + 30
     while "]" not in probe.log_file.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from common.bundle.schema import BundleError
-from common.bundle_store import get_bytes
+from common.bundle.store import get_bytes
 from common.s3uri import S3Uri
 from tests.unit.conftest import UNIT_BUCKET
 

@@ -15,7 +15,7 @@ from lambdas.quarantine import reason_of
 from lambdas.runtime import BundleRejected
 
 BUNDLE = {
-    "bucket": "fhe-batches",
+    "bucket": "fhe-bundles",
     "bundle_id": "b-001",
     "manifest_key": "inbox/clinic-a/b-001/manifest.json",
     "etag": "abc",
@@ -273,7 +273,7 @@ def test_a_shard_is_sent_only_if_its_package_is_still_approved_once_parked(
 def test_validate_refuses_an_evaluation_key_outside_the_owners_own_keys() -> None:
     """The endpoint reads any inbox object, so a manifest naming another owner's key is refused before any read."""
     from common.bundle.manifest import KeyRef, Manifest
-    from common.bundle_store import BundleLayout
+    from common.bundle.store import BundleLayout
     from lambdas import validate
 
     ref = BundleRef.from_dict(BUNDLE)

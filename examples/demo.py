@@ -5,7 +5,7 @@
     agreement with the clear model → retraining: a new version served beside the first, a bundle for each
     delivered, the first retired → audit report (audit-report.html and .json), time per stage.
 
-    python -m local.demo [--samples 100] [--shard-size 25] [--report audit-report]
+    python -m examples.demo [--samples 100] [--shard-size 25] [--report audit-report]
 
 The ML-ops parts use the pipeline and deploy modules, the batch owner's parts the ``fhe-client`` commands; the
 clear-model comparison at the end downloads ``model.tar.gz`` as ML ops would (a batch owner never sees it).
@@ -240,7 +240,7 @@ def rollover(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m local.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m examples.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--samples", type=int, default=DemoSettings.samples)
     parser.add_argument("--shard-size", type=int, default=DemoSettings.shard_size)
@@ -257,9 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-image", default="", help="with --images: the images' base (python -m local.base_image)")
     args = parser.parse_args(argv)
     if args.images:
-        from local import stack
+        from local import lifecycle
 
-        running = stack.running_runtime(stack.local_sagemaker())
+        running = lifecycle.running_runtime(lifecycle.local_sagemaker())
         if running != args.images:
             parser.error(f"--images {args.images} needs `fhe-local up --runtime {args.images}` (it runs {running})")
     # The SageMaker SDK turns the root logger to INFO on import; the demo prints its own progress.
