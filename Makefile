@@ -21,10 +21,10 @@ setup: $(VENV)/.installed
 
 # concrete-ml pins torch 2.3.1 (a large download): installed once, then reused until pyproject.toml changes.
 # constraints.txt holds the exact tested versions, so pip resolves at once.
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml emulators/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar off -e ".[dev]" -c constraints.txt
+	$(PY) -m pip install --progress-bar off -e ".[dev]" -e ./emulators -c constraints.txt
 	touch $@
 
 demo: setup

@@ -33,8 +33,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from aws_emulators.sagemaker.runtime import RUNTIMES
+
 from common.estimate import TABLE_VARIABLE
-from local.sagemaker.runtime import RUNTIMES
 from local.tls import TlsMaterial, ensure_tls
 
 MINISTACK_VERSION = "1.5.33"
@@ -185,7 +186,7 @@ def running_runtime(service: Service) -> str | None:
 
 def up(runtime: str = "process") -> dict[str, str]:
     """Start whatever is not running yet; idempotent. Returns the client environment. ``runtime`` says how the
-    local SageMaker runs containers (``local/sagemaker/runtime.py``); a running one must already use it."""
+    local SageMaker runs containers (``aws_emulators.sagemaker.runtime``); a running one must already use it."""
     base = stack_dir()
     aws, sagemaker = local_aws(), local_sagemaker()
     if not aws.healthy():
@@ -226,7 +227,7 @@ def up(runtime: str = "process") -> dict[str, str]:
             [
                 sys.executable,
                 "-m",
-                "local.sagemaker.server",
+                "aws_emulators.sagemaker.server",
                 "--host",
                 HOST,
                 "--port",
@@ -274,7 +275,7 @@ def down() -> None:
         stopped = _stop(service)
         print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
     # A local SageMaker that was killed cannot stop the endpoints it hosted; their pids are on record.
-    from local.sagemaker.hosting import stop_orphaned_containers
+    from aws_emulators.sagemaker.hosting import stop_orphaned_containers
 
     stop_orphaned_containers(sagemaker_state_dir())
 

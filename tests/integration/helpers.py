@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from aws_emulators.sagemaker.faults import FAULTS_FILE
 
 from client.encrypt import encrypt_rows
 from client.model import ClientModel
@@ -26,7 +27,6 @@ from common.settings import DeployedSettings, PipelineSettings, from_outputs
 from common.workflow import bundle_executions
 from infrastructure.deployment import Deployment, up
 from local import lifecycle
-from local.sagemaker.faults import FAULTS_FILE
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.runs import train_and_register

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aws_emulators.sagemaker.runtime import Container, EngineRuntime, aws_environment
 
 from client.decrypt import decrypt_result
 from client.encrypt import encrypt_rows
@@ -40,7 +41,6 @@ from infrastructure.images import ContainerEngine
 from local import lifecycle
 from local.base_image import ensure_base_image
 from local.ports import free_port
-from local.sagemaker.runtime import Container, EngineRuntime, aws_environment
 from pipelines.models import clear_classes, download_model
 from tests.integration.conftest import running_stack
 from tests.integration.helpers import OWNER, Served, deploy_and_serve, deployment_for, settle

@@ -3,9 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from local.sagemaker.errors import ValidationError
-from local.sagemaker.expressions import (
+from aws_emulators.sagemaker.errors import ValidationError
+from aws_emulators.sagemaker.expressions import (
     Context,
     ExpressionError,
     evaluate_condition,
@@ -13,7 +12,7 @@ from local.sagemaker.expressions import (
     resolve,
     step_references,
 )
-from local.sagemaker.step_runner import StepGraph, typed_parameters
+from aws_emulators.sagemaker.step_runner import StepGraph, typed_parameters
 
 
 def context() -> Context:

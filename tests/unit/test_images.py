@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from aws_emulators.sagemaker.runtime import Container, ContainerError, EngineRuntime, ProcessRuntime, aws_environment
 
 from infrastructure import images
 from infrastructure.templates import ROOT
-from local.sagemaker.runtime import Container, ContainerError, EngineRuntime, ProcessRuntime, aws_environment
 
 PROJECT_PACKAGES = {"common", "containers", "pipelines", "local", "client", "lambdas", "infrastructure", "audit"}
 ENTRY_POINTS = {"training": "containers.training.__main__", "inference": "containers.inference.__main__"}

@@ -11,9 +11,8 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_emulators.sagemaker.server import LocalSageMaker, make_handler
 from botocore.exceptions import ClientError
-
-from local.sagemaker.server import LocalSageMaker, make_handler
 
 
 @pytest.fixture
@@ -133,8 +132,8 @@ def test_endpoint_api_validates_before_hosting(sagemaker: Any) -> None:
 def test_no_container_runs_without_its_role(tmp_path: Path) -> None:
     """A job or a model without a role gets no credentials (this process's are the administrator's): its container
     is refused before anything starts, as is a model stored without one."""
-    from local.sagemaker.hosting import launch
-    from local.sagemaker.runtime import ContainerError, ProcessRuntime, aws_environment
+    from aws_emulators.sagemaker.hosting import launch
+    from aws_emulators.sagemaker.runtime import ContainerError, ProcessRuntime, aws_environment
 
     for role in (None, ""):
         with pytest.raises(ContainerError, match="only under its role"):
@@ -294,7 +293,7 @@ def test_a_service_of_the_stack_never_inherits_another_stacks_endpoints(
 def test_every_call_is_authorized_for_its_action_on_the_resource_it_names(tmp_path: Path) -> None:
     """The local SageMaker asks the local AWS (here a stand-in answering from a fixed grant) about each call: the
     signed request as received, the action, the resource, and iam:PassRole for a role handed on."""
-    from local.sagemaker.authorization import Authorizer, SignedRequest
+    from aws_emulators.sagemaker.authorization import Authorizer, SignedRequest
 
     asked: list[tuple[str, str]] = []
     granted = {("sagemaker:CreatePipeline", "arn:aws:sagemaker:us-east-1:000000000000:pipeline/p"),

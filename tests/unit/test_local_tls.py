@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from aws_emulators.sagemaker.server import LocalSageMaker, make_handler, serve_tls
 from cryptography import x509
 
-from local.sagemaker.server import LocalSageMaker, make_handler, serve_tls
 from local.tls import ensure_tls
 
 

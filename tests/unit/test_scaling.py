@@ -13,12 +13,12 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_emulators.sagemaker.autoscaling import ScalingState, decide
+from aws_emulators.sagemaker.server import LocalSageMaker, make_handler
 
 from common.settings import ENDPOINT_OUTPUTS, PIPELINE_OUTPUTS, EndpointSettings, from_outputs
 from infrastructure import package
 from infrastructure.deployment import Deployment
-from local.sagemaker.autoscaling import ScalingState, decide
-from local.sagemaker.server import LocalSageMaker, make_handler
 from pipelines.endpoint import configure_scaling, delete_endpoint, family_endpoints
 
 RESOURCE = "endpoint/scaled-v1/variant/AllTraffic"

@@ -14,9 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import aws
-from common.s3uri import S3Uri
-from local.sagemaker.autoscaling import (
+from aws_emulators.sagemaker.autoscaling import (
     BACKLOG_METRIC,
     NO_CAPACITY_METRIC,
     Autoscaling,
@@ -24,12 +22,14 @@ from local.sagemaker.autoscaling import (
     decide,
     resource_id,
 )
-from local.sagemaker.backend import Backend, timestamp
-from local.sagemaker.errors import ValidationError, required
-from local.sagemaker.hosting import Host, launch, stop_orphaned_containers, terminate
-from local.sagemaker.invocations import DEFAULT_INVOCATION_TIMEOUT_S, Invocations
+from aws_emulators.sagemaker.backend import Backend, timestamp
+from aws_emulators.sagemaker.errors import ValidationError, required
+from aws_emulators.sagemaker.hosting import Host, launch, stop_orphaned_containers, terminate
+from aws_emulators.sagemaker.invocations import DEFAULT_INVOCATION_TIMEOUT_S, Invocations
+from common import aws
+from common.s3uri import S3Uri
 
-log = logging.getLogger("local.sagemaker.endpoints")
+log = logging.getLogger("aws_emulators.sagemaker.endpoints")
 
 SCALING_PERIOD_S = float(os.environ.get("LOCAL_SAGEMAKER_SCALING_PERIOD_S", "2"))
 METRICS_PERIOD_S = 10.0  # how often the backlog metrics go to CloudWatch

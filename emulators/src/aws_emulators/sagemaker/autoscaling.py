@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from local.sagemaker.backend import Backend, timestamp
-from local.sagemaker.errors import ApiError, ValidationError, required
+from aws_emulators.sagemaker.backend import Backend, timestamp
+from aws_emulators.sagemaker.errors import ApiError, ValidationError, required
 
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"

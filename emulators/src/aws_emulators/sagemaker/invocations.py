@@ -18,13 +18,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from aws_emulators.sagemaker.backend import Backend, timestamp
+from aws_emulators.sagemaker.errors import ResourceInUse, ValidationError
+from aws_emulators.sagemaker.faults import Faults
+from aws_emulators.sagemaker.hosting import Host
 from common.s3uri import S3Uri
-from local.sagemaker.backend import Backend, timestamp
-from local.sagemaker.errors import ResourceInUse, ValidationError
-from local.sagemaker.faults import Faults
-from local.sagemaker.hosting import Host
 
-log = logging.getLogger("local.sagemaker.invocations")
+log = logging.getLogger("aws_emulators.sagemaker.invocations")
 
 DEFAULT_INVOCATION_TIMEOUT_S = 900
 DEFAULT_CONCURRENCY = 4

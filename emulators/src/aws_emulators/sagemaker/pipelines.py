@@ -8,11 +8,11 @@ import logging
 import secrets
 from typing import Any
 
-from local.sagemaker.backend import Backend, timestamp
-from local.sagemaker.errors import ResourceNotFound, ValidationError, required
-from local.sagemaker.step_runner import ExecutionRunner, parameter_text, typed_parameters
+from aws_emulators.sagemaker.backend import Backend, timestamp
+from aws_emulators.sagemaker.errors import ResourceNotFound, ValidationError, required
+from aws_emulators.sagemaker.step_runner import ExecutionRunner, parameter_text, typed_parameters
 
-log = logging.getLogger("local.sagemaker")
+log = logging.getLogger("aws_emulators.sagemaker")
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
 

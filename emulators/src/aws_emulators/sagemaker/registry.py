@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from local.sagemaker.errors import ResourceNotFound, ValidationError, required
-from local.sagemaker.store import Store
+from aws_emulators.sagemaker.errors import ResourceNotFound, ValidationError, required
+from aws_emulators.sagemaker.store import Store
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 

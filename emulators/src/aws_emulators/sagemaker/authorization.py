@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from local.sagemaker.errors import AccessDenied, InternalFailure, Unauthenticated
+from aws_emulators.sagemaker.errors import AccessDenied, InternalFailure, Unauthenticated
 
 ROUTE = "/_fhe/authorize"
 PASSED_TO = "sagemaker.amazonaws.com"  # the service a role passed to SageMaker is passed to

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aws_emulators.sagemaker.runtime import Container, Runtime, aws_environment, runtime
 from common import aws
 from common.archives import extract_tar
 from common.s3uri import S3Uri
 from local.ports import free_port
-from local.sagemaker.runtime import Container, Runtime, aws_environment, runtime
 
-log = logging.getLogger("local.sagemaker.hosting")
+log = logging.getLogger("aws_emulators.sagemaker.hosting")
 
 ROLE_SESSION_REUSE_S = 45 * 60  # the role's sessions last an hour
 START_TIMEOUT_S = float(os.environ.get("LOCAL_SAGEMAKER_ENDPOINT_START_TIMEOUT_S", "300"))

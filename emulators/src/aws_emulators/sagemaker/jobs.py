@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aws_emulators.sagemaker.runtime import Container, ContainerError, Runtime, aws_environment
 from common.s3uri import S3Uri, download_prefix, upload_directory
-from local.sagemaker.runtime import Container, ContainerError, Runtime, aws_environment
 
 FAILURE_TAIL_LINES = 5
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local.sagemaker.registry import Registry
-from local.sagemaker.runtime import Runtime
-from local.sagemaker.store import Store
+from aws_emulators.sagemaker.registry import Registry
+from aws_emulators.sagemaker.runtime import Runtime
+from aws_emulators.sagemaker.store import Store
 
 
 def timestamp() -> float:

@@ -7,7 +7,7 @@ sagemaker-runtime's ``InvokeEndpointAsync``, and Application Auto Scaling's JSON
 
 Binds to loopback only. An operation it does not implement answers ``UnknownOperationException``. With
 ``--authorize-with URL`` (the local AWS), every call is authorized by IAM there, as on AWS
-(``local/sagemaker/authorization.py``).
+(``emulators/src/aws_emulators/sagemaker/authorization.py``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import aws
-from local.sagemaker.authorization import (
+from aws_emulators.sagemaker.authorization import (
     Authorizer,
     Permission,
     SignedRequest,
@@ -36,16 +35,17 @@ from local.sagemaker.authorization import (
     sagemaker_permission,
     scaling_permission,
 )
-from local.sagemaker.autoscaling import Autoscaling
-from local.sagemaker.backend import Backend
-from local.sagemaker.endpoints import Endpoints
-from local.sagemaker.errors import ApiError, UnknownOperation, ValidationError
-from local.sagemaker.pipelines import Pipelines
-from local.sagemaker.registry import Registry
-from local.sagemaker.runtime import RUNTIMES, ContainerError, runtime
-from local.sagemaker.store import Store
+from aws_emulators.sagemaker.autoscaling import Autoscaling
+from aws_emulators.sagemaker.backend import Backend
+from aws_emulators.sagemaker.endpoints import Endpoints
+from aws_emulators.sagemaker.errors import ApiError, UnknownOperation, ValidationError
+from aws_emulators.sagemaker.pipelines import Pipelines
+from aws_emulators.sagemaker.registry import Registry
+from aws_emulators.sagemaker.runtime import RUNTIMES, ContainerError, runtime
+from aws_emulators.sagemaker.store import Store
+from common import aws
 
-log = logging.getLogger("local.sagemaker")
+log = logging.getLogger("aws_emulators.sagemaker")
 ACCOUNT_ID = "000000000000"
 _ACCESS_KEY = re.compile(r"Credential=([^/]+)/")
 SCALING_SERVICE = "AnyScaleFrontendService"  # Application Auto Scaling's target prefix

@@ -11,13 +11,13 @@ import shutil
 import threading
 from typing import Any
 
+from aws_emulators.sagemaker.backend import Backend, timestamp
+from aws_emulators.sagemaker.errors import ApiError, ResourceNotFound, ValidationError
+from aws_emulators.sagemaker.expressions import Context, ExpressionError, evaluate_condition, resolve, step_references
+from aws_emulators.sagemaker.jobs import JobFailed, run_processing_job, run_training_job
 from common.s3uri import S3Uri
-from local.sagemaker.backend import Backend, timestamp
-from local.sagemaker.errors import ApiError, ResourceNotFound, ValidationError
-from local.sagemaker.expressions import Context, ExpressionError, evaluate_condition, resolve, step_references
-from local.sagemaker.jobs import JobFailed, run_processing_job, run_training_job
 
-log = logging.getLogger("local.sagemaker")
+log = logging.getLogger("aws_emulators.sagemaker")
 
 
 class ExecutionRunner:
