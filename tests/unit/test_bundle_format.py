@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import struct
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/fhe-models/3"
 SAMPLES = [b"ciphertext-%d" % i * (i + 1) for i in range(3)]
 SHARD = encode_shard(SAMPLES)
-EXAMPLES = Counter[str]()
 
 
 def valid_manifest(shards: int = 2) -> dict[str, Any]:
@@ -281,14 +279,12 @@ FUZZ = settings(max_examples=6000, deadline=5000, suppress_health_check=list(Hea
 @given(malformed_manifests())
 def test_fuzz_malformed_manifests_are_refused(case: tuple[bytes | dict[str, Any], str]) -> None:
     value, field_prefix = case
-    EXAMPLES["manifest"] += 1
     _assert_refused(copy.deepcopy(value), field_prefix)
 
 
 @settings(max_examples=1500, deadline=5000, suppress_health_check=list(HealthCheck), database=None)
 @given(st.binary(max_size=300) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 def test_fuzz_arbitrary_bytes_are_refused_as_manifests(raw: bytes) -> None:
-    EXAMPLES["raw"] += 1
     _assert_refused(raw, "")
 
 
@@ -318,7 +314,6 @@ def malformed_shards(draw: st.DrawFn) -> bytes:
 @settings(max_examples=4000, deadline=5000, suppress_health_check=list(HealthCheck), database=None)
 @given(malformed_shards())
 def test_fuzz_malformed_shards_are_refused(data: bytes) -> None:
-    EXAMPLES["shard"] += 1
     with pytest.raises(BundleError) as raised:
         parse_shard(data, expected_samples=len(SAMPLES), field="shards[0]")
     assert raised.value.field.startswith("shards[0]")
@@ -345,17 +340,9 @@ def _not_all_valid(request: dict[str, Any]) -> bool:
     ).filter(_not_all_valid)
 )
 def test_fuzz_malformed_shard_requests_are_refused(request: dict[str, Any]) -> None:
-    EXAMPLES["shard_request"] += 1
     with pytest.raises(BundleError) as raised:
         parse_shard_request(json.dumps(request))
     assert raised.value.field in ("manifest_uri", "shard_index", "result_uri")
-
-
-def test_fuzzing_covered_at_least_ten_thousand_inputs() -> None:
-    """Runs after the fuzz tests above (file order): they generated at least 10,000 malformed inputs."""
-    if not EXAMPLES:
-        pytest.skip("run together with the fuzz tests")
-    assert sum(EXAMPLES.values()) >= 10_000, EXAMPLES
 
 
 def test_shard_results_are_read_at_their_fixed_keys_for_the_requests_shards_only(s3: Any) -> None:

@@ -1,36 +1,43 @@
-"""The code's layout as ARCHITECTURE.md agrees it: no import cycle between top-level packages (imports inside
-functions count), the auditor's code independent of the Lambdas, tests and benchmarks independent of the demo,
-and no module of the bundle format over its size budget."""
+"""The code's layout as docs/architecture.md describes it: the product's wheel holds the product only, no product
+module imports the emulators, the development stack, the demo, the benchmarks or the tests, no two files import
+each other however indirectly (imports inside functions count), and no module of the bundle format grows past its
+size budget."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = (
-    "audit",
-    "bench",
-    "client",
-    "common",
-    "containers",
-    "infrastructure",
-    "lambdas",
-    "local",
-    "pipelines",
-    "examples",
-)
+# What the product's wheel ships, and what lives beside it in the repository only.
+PRODUCT = ("audit", "client", "common", "containers", "infrastructure", "lambdas", "pipelines")
+BESIDE = ("bench", "examples", "local", "tests")
+EMULATORS_SOURCE = ROOT / "emulators" / "src"
+EMULATOR_PACKAGES = tuple(sorted(p.name for p in EMULATORS_SOURCE.iterdir() if (p / "__init__.py").exists()))
 
 
-def _modules(folder: str) -> Iterator[Path]:
-    yield from sorted((ROOT / folder).rglob("*.py"))
+def _module_name(path: Path) -> str:
+    base = EMULATORS_SOURCE if path.is_relative_to(EMULATORS_SOURCE) else ROOT
+    parts = path.relative_to(base).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _files() -> Iterator[Path]:
+    for folder in (*PRODUCT, *BESIDE):
+        yield from sorted((ROOT / folder).rglob("*.py"))
+    yield from sorted(EMULATORS_SOURCE.rglob("*.py"))
+    yield from sorted((ROOT / "emulators" / "tests").rglob("*.py"))
 
 
 def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, at any depth (inside functions too), as dotted names."""
+    """Every module ``path`` imports, at any depth (inside functions too), as dotted names, ``from a import b``
+    giving both ``a`` and ``a.b`` (``b`` may be a module)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -41,50 +48,80 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def package_graph() -> dict[str, set[str]]:
-    """Top-level package → the other top-level packages its modules import."""
+def module_graph() -> dict[str, set[str]]:
+    """Module → the project's modules it imports (a name resolved to the longest module it starts with)."""
+    files = {_module_name(path): path for path in _files()}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
     graph: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        imported = {name.split(".")[0] for path in _modules(package) for name in _imports(path)}
-        graph[package] = (imported & set(PACKAGES)) - {package}
+    for module, path in files.items():
+        targets = {resolve(name) for name in _imports(path)}
+        graph[module] = {t for t in targets if t is not None and t != module}
     return graph
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as the path that closes it, or None."""
+    """A cycle in ``graph`` as the path that closes it, or None (iterative depth-first search)."""
     state: dict[str, str] = {}
-
-    def visit(node: str, path: list[str]) -> list[str] | None:
-        state[node] = "open"
-        for target in sorted(graph.get(node, ())):
-            if state.get(target) == "open":
-                return [*path[path.index(target) :], target] if target in path else [*path, target]
-            if target not in state and (found := visit(target, [*path, target])):
-                return found
-        state[node] = "done"
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (found := visit(node, [node])):
-            return found
+    for start in sorted(graph):
+        if start in state:
+            continue
+        path: list[str] = [start]
+        pending: list[Iterator[str]] = [iter(sorted(graph[start]))]
+        state[start] = "open"
+        while pending:
+            target = next(pending[-1], None)
+            if target is None:
+                state[path.pop()] = "done"
+                pending.pop()
+            elif state.get(target) == "open":
+                return [*path[path.index(target) :], target]
+            elif target not in state:
+                state[target] = "open"
+                path.append(target)
+                pending.append(iter(sorted(graph.get(target, ()))))
     return None
 
 
-def test_the_cycle_finder_finds_a_cycle() -> None:
+def test_the_cycle_finder_finds_a_cycle_and_only_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_no_import_cycle_between_top_level_packages() -> None:
-    cycle = find_cycle(package_graph())
-    assert cycle is None, f"the top-level packages import each other: {' → '.join(cycle or [])}"
+def test_no_two_files_import_each_other() -> None:
+    cycle = find_cycle(module_graph())
+    assert cycle is None, f"these modules import each other: {' → '.join(cycle or [])}"
+
+
+def test_no_product_module_imports_what_lives_beside_the_product() -> None:
+    outside = {*BESIDE, *EMULATOR_PACKAGES}
+    offenders = {
+        module: sorted(t for t in targets if t.split(".")[0] in outside)
+        for module, targets in module_graph().items()
+        if module.split(".")[0] in PRODUCT
+    }
+    assert not {m: t for m, t in offenders.items() if t}, "the product imports the emulators or the development stack"
+
+
+def test_the_emulators_import_nothing_of_the_product_or_the_development_stack() -> None:
+    project = {*PRODUCT, *BESIDE}
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(n for n in _imports(path) if n.split(".")[0] in project)
+        for path in [*EMULATORS_SOURCE.rglob("*.py"), *(ROOT / "emulators" / "tests").rglob("*.py")]
+    }
+    assert EMULATOR_PACKAGES, "emulators/src holds the emulators' packages"
+    assert not {p: n for p, n in offenders.items() if n}
 
 
 def test_the_auditor_does_not_import_the_lambdas() -> None:
     offenders = [
-        str(path.relative_to(ROOT))
-        for path in _modules("audit")
-        if any(n.split(".")[0] == "lambdas" for n in _imports(path))
+        module
+        for module, targets in module_graph().items()
+        if module.split(".")[0] == "audit" and any(t.split(".")[0] == "lambdas" for t in targets)
     ]
     assert not offenders, f"audit/ imports lambdas/: {offenders}"
 
@@ -92,11 +129,25 @@ def test_the_auditor_does_not_import_the_lambdas() -> None:
 @pytest.mark.parametrize("folder", ["tests", "bench"])
 def test_no_test_or_benchmark_imports_the_demo(folder: str) -> None:
     offenders = [
-        str(path.relative_to(ROOT))
-        for path in _modules(folder)
-        if any(name == "examples.demo" or name.startswith("examples.demo.") for name in _imports(path))
+        module
+        for module, targets in module_graph().items()
+        if module.split(".")[0] == folder and any(t.startswith("examples") for t in targets)
     ]
-    assert not offenders, f"{folder}/ imports examples/demo.py: {offenders}"
+    assert not offenders, f"{folder}/ imports examples/: {offenders}"
+
+
+def test_the_products_wheel_holds_the_product_only(tmp_path: Path) -> None:
+    """Built as pip builds it for an install (without fetching a build backend: the one installed here)."""
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*build, "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("fhe_batch_inference-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    assert tops == set(PRODUCT), f"the wheel's packages: {sorted(tops)}"
 
 
 def test_bundle_format_modules_stay_small() -> None:
