@@ -6,6 +6,7 @@ size budget."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import zipfile
@@ -154,3 +155,22 @@ def test_bundle_format_modules_stay_small() -> None:
     sizes = {path.name: len(path.read_text().splitlines()) for path in (ROOT / "common" / "bundle").glob("*.py")}
     assert sizes, "common/bundle/ holds the bundle format"
     assert max(sizes.values()) <= 350, f"modules of the bundle format over 350 lines: {sizes}"
+
+
+def _readme_layout() -> list[str]:
+    """The paths README's layout table names in its first column ("What is here")."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## What is here", 1)[1].split("\n\n", 2)[1]
+    first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    return [path for cell in first_cells for path in re.findall(r"`([^`]+)`", cell)]
+
+
+def test_the_readmes_layout_table_matches_the_tree() -> None:
+    named = _readme_layout()
+    assert named, "README's layout table names the project's folders"
+    missing = [path for path in named if not (ROOT / path).exists()]
+    assert not missing, f"README's layout table names what is not there: {missing}"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    folders = {line.split("/")[0] for line in tracked.splitlines() if "/" in line and not line.startswith(".")}
+    unnamed = sorted(folders - {path.rstrip("/").split("/")[0] for path in named})
+    assert not unnamed, f"folders README's layout table leaves out: {unnamed}"
