@@ -46,8 +46,8 @@ from infrastructure.deployment import Deployment, up
 from local.lifecycle import sagemaker_state_dir
 from local.ports import free_port
 from pipelines.approval import approve
+from pipelines.clear_predictions import download_model
 from pipelines.endpoint import deploy_endpoint
-from pipelines.models import download_model
 from pipelines.runs import train_and_register
 
 SHARD_LOG = re.compile(

@@ -76,6 +76,9 @@ class EndpointSettings:
     retire_after_days: float = 0.0
     success_topic_arn: str | None = None
     error_topic_arn: str | None = None
+    # The CloudFormation service role each served version's stack is made with (the deployment's); None: the
+    # caller's own permissions.
+    stack_role_arn: str | None = None
 
     @property
     def output_path(self) -> S3Uri:
@@ -103,6 +106,8 @@ PIPELINE_OUTPUTS = (
     "ModelPackageGroup",
 )
 ENDPOINT_OUTPUTS = ("ModelPackageGroup", "BundleBucketName", "EndpointRoleArn", "EndpointName")
+# The service role served versions' stacks are made with (infrastructure/product.yaml).
+VERSION_STACK_ROLE_OUTPUT = "ServedVersionStackRoleArn"
 # The endpoint's scaling a deployment records (its workflow's concurrency follows them): output → field.
 SCALING_OUTPUTS = {
     "EndpointMaxInstances": "max_instances",
@@ -151,6 +156,7 @@ def from_outputs(
         # A deployment from before these were recorded has the defaults.
         **{field: int(outputs[name]) for name, field in SCALING_OUTPUTS.items() if outputs.get(name)},
         **retention,
+        stack_role_arn=outputs.get(VERSION_STACK_ROLE_OUTPUT),
         success_topic_arn=outputs.get("EndpointSuccessTopicArn"),
         error_topic_arn=outputs.get("EndpointErrorTopicArn"),
     )

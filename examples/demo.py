@@ -43,8 +43,8 @@ from infrastructure import owners
 from infrastructure.deployment import Deployment, up
 from local.people import People, acting_as, ensure_people, owner_actor
 from pipelines.approval import approve
+from pipelines.clear_predictions import clear_classes
 from pipelines.endpoint import deploy_endpoint
-from pipelines.models import clear_classes
 from pipelines.retirement import retire
 from pipelines.runs import train_and_register
 

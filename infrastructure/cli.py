@@ -10,6 +10,8 @@ credentials differ.
     fhe-deploy owner remove NAME [--prefix fhe]
     fhe-deploy owner list [--prefix fhe]     the owners and their roles
     fhe-deploy down [--prefix fhe] [--delete-data]
+                                             every served model version's stack, the pipeline, the owners' roles
+                                             and the product stack; with --delete-data the key and buckets too
 
 What each command does: infrastructure/deployment.py.
 """
@@ -26,6 +28,7 @@ from common.settings import SettingsError
 from common.stack_outputs import DeploymentNotFound, read_outputs, stack_outputs
 from infrastructure import images, owners, stacks
 from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
+from pipelines.endpoint import EndpointError
 
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # the templates' AllowedPattern for Prefix
 
@@ -189,7 +192,14 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(owner_command(args, progress), indent=2))
         else:
             print(json.dumps(down(deployment, delete_data=args.delete_data, report=progress), indent=2))
-    except (stacks.StackError, images.ImageError, DeploymentNotFound, SettingsError, owners.OwnerError) as error:
+    except (
+        stacks.StackError,
+        images.ImageError,
+        DeploymentNotFound,
+        SettingsError,
+        owners.OwnerError,
+        EndpointError,
+    ) as error:
         raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
 
 

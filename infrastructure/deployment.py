@@ -10,8 +10,9 @@ creator's role. Every step is idempotent: run it again after a change.
 ``--dry-run`` prints every resource it would create, the uploads, the image builds and the pipeline, and changes
 nothing.
 
-``down`` deletes the endpoint, the pipeline, the batch owners' roles (``fhe-deploy owner add``) and the product
-stack; the bootstrap and data stacks (the key, the
+``down`` deletes every served model version's stack (each version's endpoint and scaling, found by the stacks'
+tag naming the deployment's endpoint family), the pipeline, the batch owners' roles (``fhe-deploy owner add``) and
+the product stack; the bootstrap and data stacks (the key, the
 buckets, the audit log) stay, so a later ``up`` finds everything again. ``down --delete-data`` removes them too,
 contents included, and schedules the key's deletion.
 """
@@ -39,7 +40,7 @@ from common.stack_outputs import StackNames, describe_stack, image_output, read_
 from infrastructure import images, owners, package, stacks
 from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
 from pipelines import runs
-from pipelines.endpoint import delete_endpoint, family_endpoints
+from pipelines.endpoint import delete_stack, version_stacks
 
 STACK_TIMEOUT_S = 1200.0
 DATA_OUTPUTS = ("DataBucketName", "ModelBucketName", "BundleBucketName", "AuditTableName")
@@ -305,9 +306,10 @@ def _delete_pipeline(pipeline_name: str, report: Report) -> None:
 
 
 def down(deployment: Deployment, *, delete_data: bool = False, report: Report = print) -> dict[str, list[str]]:
-    """Tear the deployment down: the endpoint, the pipeline and the product stack. The bootstrap and data stacks
-    (key, artifact bucket, image repositories, buckets, audit log) stay, so a later ``up`` finds its data again,
-    unless ``delete_data``: then they go too, contents included, and the key is scheduled for deletion.
+    """Tear the deployment down: every served version's stack, the pipeline and the product stack. The bootstrap
+    and data stacks (key, artifact bucket, image repositories, buckets, audit log) stay, so a later ``up`` finds
+    its data again, unless ``delete_data``: then they go too, contents included, and the key is scheduled for
+    deletion.
     Returns what was deleted and what was kept."""
     known: dict[str, str] = {}
     for name in (deployment.bootstrap_stack, deployment.data_stack, deployment.product_stack):
@@ -316,14 +318,17 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
     if not known:
         report(f"no deployment {deployment.prefix}: none of its stacks exists")
         return {"deleted": [], "kept": []}
-    # Only what the deployment itself names: a teardown never reaches for a default name of another one.
+    # Only what the deployment itself names: a teardown never reaches for a default name of another one. Every
+    # served version's stack goes first (its scaling, then its endpoint), before the product stack that holds the
+    # service role it was made with.
+    deleted: list[str] = []
     if "EndpointName" in known:
-        for endpoint in family_endpoints(known["EndpointName"]):
-            deleted_endpoint = delete_endpoint(endpoint)
-            report(f"endpoint {endpoint}: scaling deregistered{', endpoint deleted' if deleted_endpoint else ''}")
+        for stack_name in version_stacks(known["EndpointName"]):
+            if delete_stack(stack_name, report=report):
+                deleted.append(stack_name)
     if "PipelineName" in known:
         _delete_pipeline(known["PipelineName"], report)
-    deleted: list[str] = owners.remove_all(deployment.prefix, report)
+    deleted += owners.remove_all(deployment.prefix, report)
     if stacks.delete(deployment.product_stack, timeout=STACK_TIMEOUT_S, report=report):
         deleted.append(deployment.product_stack)
     if not delete_data:

@@ -1,6 +1,7 @@
 """Command line for the training pipeline.
 
-    fhe-pipeline definition                 print the definition JSON (offline, no credentials needed)
+    fhe-pipeline definition                 print the definition JSON (offline: no credentials needed, only the
+                                            pipeline's role, from --deployment or --pipeline-role-arn)
     fhe-pipeline upsert                     create or update the pipeline (and its model package group)
     fhe-pipeline start [--dataset D] [--param Name=Value …] [--wait]
     fhe-pipeline run   [--dataset D] [--param Name=Value …]    upsert, start, follow, print the outcome
@@ -14,8 +15,14 @@
                                             bundles is kept and named. Without the flags, the deployment's rule
                                             (fhe-deploy up --keep-versions / --retire-after-days), which deploy
                                             also applies after each deploy
-    fhe-pipeline retire --version N [--drain SECONDS]  delete version N's endpoint once no running bundle uses
-                                            it (refuses, naming them, unless --drain); needs --deployment
+    fhe-pipeline retire --version N [--drain SECONDS]  delete version N's stack (its endpoint and scaling) once
+                                            no running bundle uses it (refuses, naming them, unless --drain); needs
+                                            --deployment
+    fhe-pipeline predict --package-arn ARN --dataset records.csv   a registered version's clear (quantized)
+                                            predictions, one class per record: what encrypted inference reproduces
+
+Each served version is a CloudFormation stack, <endpoint name>-v<version>, made under the deployment's service
+role (--stack-role-arn): deploy creates or updates it, retire deletes it.
 
 Where it runs is decided only by the AWS configuration (``AWS_ENDPOINT_URL*`` for the local stack).
 ``--dataset`` takes a bundled data set (``breast_cancer``, ``digits``) or a local CSV / NPY file; it is
@@ -24,7 +31,7 @@ uploaded under ``s3://<data bucket>/datasets/`` and passed as ``InputDataUri``.
 ``--deployment PREFIX`` takes the roles, buckets, images, topics, endpoint and model package group of a
 deployment made by ``fhe-deploy up --prefix PREFIX``, from its stacks. Each value is, in this order: the flag
 given on the command line (it wins over the deployment, and the command says so), the deployment's, the FHE_*
-variable, the default.
+variable, the default. The roles have no default: without a deployment, give them.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ import json
 import os
 import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from common import aws
+from common.preprocessing import SchemaError
 from common.settings import (
     BACKLOG_PER_INSTANCE,
     ENDPOINT_INSTANCE_TYPE,
@@ -57,10 +66,11 @@ from common.settings import (
 from common.stack_outputs import DeploymentNotFound, read_outputs
 from pipelines import runs
 from pipelines.approval import ApprovalError, PublicationError, approve
+from pipelines.clear_predictions import PredictionError, clear_classes
 from pipelines.endpoint import EndpointError, deploy_endpoint
 from pipelines.retirement import RetirementError, retire, retire_by_rule, revoke
 
-COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy", "retire")
+COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy", "retire", "predict")
 
 
 @dataclass(frozen=True)
@@ -84,14 +94,13 @@ class Option:
         return self.default if value is None else type(self.default)(value) if self.default is not None else value
 
 
-LOCAL_ROLE = "arn:aws:iam::000000000000:role/{}"  # the local stack's roles, when no deployment names them
 OPTIONS = (
     Option("--pipeline-name", ("pipeline.pipeline_name",), "FHE_PIPELINE_NAME", PIPELINE_NAME, "the pipeline"),
     Option(
         "--pipeline-role-arn",
         ("pipeline.role_arn",),
         "FHE_PIPELINE_ROLE_ARN",
-        LOCAL_ROLE.format("fhe-pipeline"),
+        None,
         "the role the pipeline's jobs run under",
     ),
     Option(
@@ -127,8 +136,15 @@ OPTIONS = (
         "--endpoint-role-arn",
         ("endpoint.role_arn",),
         "FHE_ENDPOINT_ROLE_ARN",
-        LOCAL_ROLE.format("fhe-endpoint"),
+        None,
         "deploy: the endpoint's execution role",
+    ),
+    Option(
+        "--stack-role-arn",
+        ("endpoint.stack_role_arn",),
+        "FHE_STACK_ROLE_ARN",
+        None,
+        "deploy: the CloudFormation service role the version's stack is made with (default: your own permissions)",
     ),
     Option("--endpoint-name", ("endpoint.endpoint_name",), "FHE_ENDPOINT_NAME", ENDPOINT_NAME, "deploy: the endpoint"),
     Option(
@@ -249,7 +265,9 @@ def parser() -> argparse.ArgumentParser:
         kind = type(option.default) if isinstance(option.default, int | float) else str
         parser.add_argument(option.flag, type=kind, help=f"{option.help}; or {option.variable}{shown}")
     parser.add_argument("--region", default=aws.region())
-    parser.add_argument("--dataset", help="bundled data set name, local CSV/NPY file, or s3:// URI")
+    parser.add_argument(
+        "--dataset", help="start, run: bundled data set name, local CSV/NPY file, or s3:// URI; predict: a CSV file"
+    )
     parser.add_argument(
         "--param", action="append", default=[], metavar="Name=Value", help="pipeline parameter override (repeatable)"
     )
@@ -258,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--package-arn",
         help="approve: this package (default: the newest pending one); deploy: this Approved package (default: the "
-        "newest Approved one), on its version's own endpoint",
+        "newest Approved one), on its version's own endpoint; predict: the registered version to predict with",
     )
     parser.add_argument("--reject", action="store_true", help="approve: reject the package instead")
     parser.add_argument("--version", type=int, help="retire: the model version whose endpoint goes")
@@ -277,11 +295,41 @@ def note(line: str) -> None:
     print(f"note: {line}", file=sys.stderr, flush=True)
 
 
+# The role each command needs: the settings field that holds it, and what it is.
+ROLES_NEEDED = {
+    "definition": ("pipeline.role_arn", "the pipeline's role"),
+    "upsert": ("pipeline.role_arn", "the pipeline's role"),
+    "run": ("pipeline.role_arn", "the pipeline's role"),
+    "deploy": ("endpoint.role_arn", "the endpoint's execution role"),
+}
+
+
+def require_role(command: str, settings: DeployedSettings) -> None:
+    """A command that names a role refuses to run without one, naming both ways to give it."""
+    if command not in ROLES_NEEDED:
+        return
+    target, what = ROLES_NEEDED[command]
+    part, field = target.split(".")
+    if not getattr(getattr(settings, part), field):
+        option = _BY_FIELD[target]
+        raise SystemExit(
+            f"fhe-pipeline {command}: {what} is not known: give --deployment PREFIX (its stacks name it) or "
+            f"{option.flag} ARN (or set {option.variable})"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         outputs = read_outputs(args.deployment) if args.deployment else None
         settings = resolve(args, outputs, note)
+        require_role(args.command, settings)
+        if args.command == "predict":
+            if not args.package_arn or not args.dataset:
+                raise SystemExit("fhe-pipeline predict: give --package-arn ARN and --dataset records.csv")
+            classes = clear_classes(args.package_arn, csv_path=Path(args.dataset))
+            print(json.dumps({"model_package": args.package_arn, "classes": classes}, indent=2))
+            return
         if args.command == "retire":
             rule = args.keep is not None or args.older_than_days is not None
             if outputs is None or (args.version is not None and rule):
@@ -298,7 +346,15 @@ def main(argv: list[str] | None = None) -> None:
             return
         args.outputs = outputs
         run(args, settings.pipeline, settings.endpoint)
-    except (DeploymentNotFound, ApprovalError, EndpointError, RetirementError, runs.PipelineRunError) as error:
+    except (
+        DeploymentNotFound,
+        ApprovalError,
+        EndpointError,
+        RetirementError,
+        runs.PipelineRunError,
+        PredictionError,
+        SchemaError,
+    ) as error:
         raise SystemExit(f"fhe-pipeline {args.command}: {error}") from None
 
 
@@ -325,7 +381,7 @@ def run(args: argparse.Namespace, settings: PipelineSettings, endpoint: Endpoint
     if args.command == "deploy":
         which = args.package_arn or f"the newest Approved package of {endpoint.package_group}"
         print(f"deploying {which} on its version's endpoint ({endpoint.endpoint_name}-v<version>)…")
-        deployed = deploy_endpoint(endpoint, wait_seconds=args.timeout, package_arn=args.package_arn)
+        deployed = deploy_endpoint(endpoint, wait_seconds=args.timeout, package_arn=args.package_arn, report=note)
         outputs = getattr(args, "outputs", None)
         if (endpoint.keep_versions or endpoint.retire_after_days) and outputs:
             # The retention rule, now that the new version serves; a version with running bundles stays for now.

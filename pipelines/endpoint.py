@@ -1,27 +1,31 @@
-"""Deploy an Approved model package (the newest of its group unless named) to its own asynchronous endpoint,
-``<family>-v<version>``, that scales with its backlog. Every served version keeps its endpoint: deploying a new
-version touches no other, so a batch owner's keys for an older version keep working until it is retired.
+"""Deploy an Approved model package (the newest of its group unless named) as its own served version: a
+CloudFormation stack, ``<family>-v<version>``, whose asynchronous endpoint of the same name scales with its
+backlog. Every served version keeps its stack: deploying a new version touches no other, so a batch owner's keys
+for an older version keep working until it is retired (pipelines/retirement.py deletes the stack).
 
-It creates a Model from the package (its environment names the package, which the container checks every
-bundle against), an EndpointConfig with AsyncInferenceConfig (S3 output and failure paths, SNS success and error
-topics, invocations per instance) and the Endpoint, or points the version's existing endpoint at the new configuration.
-Names carry the package version and a timestamp so a redeploy never collides.
+The stack (infrastructure/served_version.yaml) holds the Model made from the package (its environment names the
+package, which the container checks every bundle against), the EndpointConfig with AsyncInferenceConfig (S3
+output and failure paths, SNS success and error topics, invocations per instance), the Endpoint, and its scaling
+(Application Auto Scaling, as AWS recommends for asynchronous endpoints): a scalable target on the variant's
+DesiredInstanceCount from ``min_instances`` (0: no instance while idle) to ``max_instances``; target tracking on
+ApproximateBacklogSizePerInstance; and, since target tracking cannot act on a per-instance metric when there is
+no instance, a step policy that adds one, fired by a CloudWatch alarm on HasBacklogWithoutCapacity.
 
-Then its scaling (Application Auto Scaling, as AWS recommends for asynchronous endpoints): a scalable target on
-the variant's DesiredInstanceCount from ``min_instances`` (0: no instance while idle) to ``max_instances``;
-target tracking on ApproximateBacklogSizePerInstance; and, since target tracking cannot act on a per-instance
-metric when there is no instance, a step policy that adds one, fired by a CloudWatch alarm on
-HasBacklogWithoutCapacity. :func:`delete_endpoint` takes all of it down again.
+Redeploying a version updates its stack: new settings give a new Model and EndpointConfig (named by a digest of
+those settings), the endpoint is updated in place to them, and CloudFormation deletes the old ones; the same
+settings again change nothing. The stack is created under the deployment's CloudFormation service role, which
+alone holds the rights to make these resources.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from common import aws
-from common.artifacts import EVALUATORS_VARIABLE, PACKAGE_ARN_VARIABLE
+from common import aws, stacks
 from common.audit_log import VERSION_SERVED
 from common.model_package import (
     ModelPackageError,
@@ -32,15 +36,41 @@ from common.model_package import (
     version_endpoint,
 )
 from common.settings import EndpointSettings
+from common.stack_outputs import describe_stack
 from pipelines.approval import announce
 
-VARIANT = "AllTraffic"
-SCALING = {"ServiceNamespace": "sagemaker", "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
-METRICS_NAMESPACE = "AWS/SageMaker"
+SERVED_VERSION_TEMPLATE = Path(__file__).resolve().parents[1] / "infrastructure" / "served_version.yaml"
+STACK_TIMEOUT_S = 1800.0  # a stack's deletion waits for its endpoint's
+# The tags every served version's stack carries: teardown finds a deployment's versions by the family tag.
+FAMILY_TAG = "fhe:endpoint-family"
+VERSION_TAG = "fhe:model-version"
+PACKAGE_TAG = "fhe:model-package-arn"
+# The parameters that make the Model and the EndpointConfig: their digest names both (the stack's Revision).
+_REVISED_BY = (
+    "ModelPackageArn",
+    "ExecutionRoleArn",
+    "InstanceType",
+    "InitialInstanceCount",
+    "InvocationsPerInstance",
+    "OutputPath",
+    "FailurePath",
+    "SuccessTopicArn",
+    "ErrorTopicArn",
+)
 
 
 class EndpointError(RuntimeError):
     pass
+
+
+def version_stack(family: str, version: int) -> str:
+    """The stack of model version ``version`` of endpoint ``family``: named as the endpoint it holds."""
+    return version_endpoint(family, version)
+
+
+def version_stacks(family: str) -> list[str]:
+    """Every served version's stack of endpoint ``family``, in whatever state (teardown)."""
+    return stacks.tagged(FAMILY_TAG, family)
 
 
 def notification_topics(settings: EndpointSettings) -> tuple[str, str]:
@@ -51,11 +81,53 @@ def notification_topics(settings: EndpointSettings) -> tuple[str, str]:
     return success, error
 
 
+def check_scaling_limits(settings: EndpointSettings) -> None:
+    if not 0 <= settings.min_instances <= settings.max_instances or settings.max_instances < 1:
+        raise EndpointError(
+            f"instances must satisfy 0 ≤ minimum ≤ maximum, maximum ≥ 1; got {settings.min_instances} and "
+            f"{settings.max_instances}"
+        )
+
+
+def stack_parameters(
+    settings: EndpointSettings, package_arn: str, version: int, topics: tuple[str, str]
+) -> dict[str, str]:
+    """The served version stack's parameters (infrastructure/served_version.yaml) for ``package_arn``."""
+    parameters = {
+        "EndpointName": version_endpoint(settings.endpoint_name, version),
+        "ModelPackageArn": package_arn,
+        "ExecutionRoleArn": settings.role_arn,
+        "InstanceType": settings.instance_type,
+        "InitialInstanceCount": str(settings.instance_count),
+        "InvocationsPerInstance": str(settings.max_concurrent_invocations),
+        "OutputPath": str(settings.output_path),
+        "FailurePath": str(settings.failure_path),
+        "SuccessTopicArn": topics[0],
+        "ErrorTopicArn": topics[1],
+        "MinInstances": str(settings.min_instances),
+        "MaxInstances": str(settings.max_instances),
+        "BacklogPerInstance": str(settings.backlog_per_instance),
+        "ScaleInCooldown": str(settings.scale_in_cooldown),
+        "ScaleOutCooldown": str(settings.scale_out_cooldown),
+    }
+    revised = json.dumps({name: parameters[name] for name in _REVISED_BY}, sort_keys=True)
+    return {**parameters, "Revision": hashlib.sha256(revised.encode()).hexdigest()[:12]}
+
+
+def _quiet(line: str) -> None:
+    del line
+
+
 def deploy_endpoint(
-    settings: EndpointSettings, wait_seconds: float = 900.0, package_arn: str | None = None
+    settings: EndpointSettings,
+    wait_seconds: float = 900.0,
+    package_arn: str | None = None,
+    report: Callable[[str], None] = _quiet,
 ) -> dict[str, Any]:
-    """Deploy (or redeploy) the endpoint of ``package_arn``'s version, or of the newest Approved package; waits up
-    to ``wait_seconds`` for it to be InService. No other version's endpoint is touched."""
+    """Deploy (or redeploy) the stack of ``package_arn``'s version, or of the newest Approved package; waits up
+    to ``wait_seconds`` for it (and so its endpoint, InService) to settle, reporting its progress. No other
+    version's stack is touched."""
+    check_scaling_limits(settings)
     sagemaker = aws.client("sagemaker")
     if package_arn:
         package = describe(sagemaker, package_arn)
@@ -67,187 +139,67 @@ def deploy_endpoint(
         package = newest_approved(sagemaker, settings.package_group)
     package_arn = str(package["ModelPackageArn"])
     version = int(package["ModelPackageVersion"])
-    endpoint_name = version_endpoint(settings.endpoint_name, version)
-    success_topic, error_topic = notification_topics(settings)
-    suffix = f"v{version}-{time.strftime('%Y%m%d%H%M%S')}"
-    model_name = f"{settings.endpoint_name}-{suffix}"
-    sagemaker.create_model(
-        ModelName=model_name,
-        ExecutionRoleArn=settings.role_arn,
-        PrimaryContainer={
-            "ModelPackageName": package_arn,
-            # One evaluator process per shard SageMaker sends an instance at once (containers/inference/pool.py).
-            "Environment": {
-                PACKAGE_ARN_VARIABLE: package_arn,
-                EVALUATORS_VARIABLE: str(settings.max_concurrent_invocations),
-            },
-        },
-    )
-    config_name = f"{settings.endpoint_name}-{suffix}"
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=config_name,
-        ProductionVariants=[
-            {
-                "VariantName": VARIANT,
-                "ModelName": model_name,
-                "InstanceType": settings.instance_type,
-                "InitialInstanceCount": settings.instance_count,
-            }
-        ],
-        AsyncInferenceConfig={
-            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": settings.max_concurrent_invocations},
-            "OutputConfig": {
-                "S3OutputPath": str(settings.output_path),
-                "S3FailurePath": str(settings.failure_path),
-                "NotificationConfig": {"SuccessTopic": success_topic, "ErrorTopic": error_topic},
-            },
-        },
-    )
+    stack = version_stack(settings.endpoint_name, version)
+    if describe_stack(stack) is None and version in served_versions(
+        sagemaker, settings.endpoint_name, serving_only=False
+    ):
+        raise EndpointError(
+            f"endpoint {version_endpoint(settings.endpoint_name, version)} exists outside a stack (an earlier release "
+            "made it): delete it and its scaling, then deploy the version again"
+        )
+    topics = notification_topics(settings)
+    parameters = stack_parameters(settings, package_arn, version, topics)
+    tags = {FAMILY_TAG: settings.endpoint_name, VERSION_TAG: str(version), PACKAGE_TAG: package_arn}
     try:
-        sagemaker.describe_endpoint(EndpointName=endpoint_name)
-        exists = True
-    except sagemaker.exceptions.ClientError:
-        exists = False
-    if exists:
-        sagemaker.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=config_name)
-    else:
-        sagemaker.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=config_name)
-    status = wait_in_service(sagemaker, endpoint_name, wait_seconds) if wait_seconds > 0 else "Creating"
-    scaling = configure_scaling(settings, endpoint_name)
+        outputs = stacks.apply(
+            stack,
+            SERVED_VERSION_TEMPLATE,
+            parameters,
+            timeout=wait_seconds,
+            report=report,
+            role_arn=settings.stack_role_arn,
+            tags=tags,
+        )
+    except stacks.StackError as error:
+        raise EndpointError(f"version {version} was not deployed: {error}") from None
+    endpoint_name = outputs["EndpointName"]
+    status = str(sagemaker.describe_endpoint(EndpointName=endpoint_name)["EndpointStatus"])
     by = aws.client("sts").get_caller_identity()["Arn"]
     served = {"endpoint": endpoint_name, "version": version, "model_package_arn": package_arn, "by": by}
     announce(VERSION_SERVED, served, package_arn)  # for the audit log
     return {
         "endpoint": endpoint_name,
         "version": version,
+        "stack": stack,
         "status": status,
         "served_versions": served_versions(sagemaker, settings.endpoint_name),
         "model_package": package_arn,
-        "model": model_name,
-        "endpoint_config": config_name,
-        "output_path": str(settings.output_path),
-        "failure_path": str(settings.failure_path),
-        "success_topic": success_topic,
-        "error_topic": error_topic,
-        "scaling": scaling,
+        "model": outputs["ModelName"],
+        "endpoint_config": outputs["EndpointConfigName"],
+        "output_path": parameters["OutputPath"],
+        "failure_path": parameters["FailurePath"],
+        "success_topic": topics[0],
+        "error_topic": topics[1],
+        "scaling": {
+            "min_instances": settings.min_instances,
+            "max_instances": settings.max_instances,
+            "backlog_per_instance": settings.backlog_per_instance,
+            "scale_in_cooldown": settings.scale_in_cooldown,
+            "scale_out_cooldown": settings.scale_out_cooldown,
+        },
     }
 
 
-def _resource_id(endpoint_name: str) -> str:
-    return f"endpoint/{endpoint_name}/variant/{VARIANT}"
+def delete_version_stack(family: str, version: int, *, report: Callable[[str], None] = _quiet) -> bool:
+    """Delete version ``version``'s stack: its alarm, policies and scalable target, then its endpoint, endpoint
+    configuration and model (CloudFormation deletes in that order). False when there was no stack."""
+    return delete_stack(version_stack(family, version), report=report)
 
 
-def _alarm_name(endpoint_name: str) -> str:
-    return f"{endpoint_name}-backlog-without-capacity"
-
-
-def configure_scaling(settings: EndpointSettings, endpoint_name: str) -> dict[str, Any]:
-    """The scalable target of ``endpoint_name`` (one of ``settings``' family), its two policies and the alarm
-    that fires the step policy (idempotent: a redeploy updates them)."""
-    if not 0 <= settings.min_instances <= settings.max_instances or settings.max_instances < 1:
-        raise EndpointError(
-            f"instances must satisfy 0 ≤ minimum ≤ maximum, maximum ≥ 1; got {settings.min_instances} and "
-            f"{settings.max_instances}"
-        )
-    scaling, name = aws.client("application-autoscaling"), endpoint_name
-    target = {**SCALING, "ResourceId": _resource_id(name)}
-    scaling.register_scalable_target(**target, MinCapacity=settings.min_instances, MaxCapacity=settings.max_instances)
-    dimensions = [{"Name": "EndpointName", "Value": name}]
-    scaling.put_scaling_policy(
-        **target,
-        PolicyName=f"{name}-backlog-per-instance",
-        PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": settings.backlog_per_instance,
-            "CustomizedMetricSpecification": {
-                "MetricName": "ApproximateBacklogSizePerInstance",
-                "Namespace": METRICS_NAMESPACE,
-                "Dimensions": dimensions,
-                "Statistic": "Average",
-            },
-            "ScaleInCooldown": settings.scale_in_cooldown,
-            "ScaleOutCooldown": settings.scale_out_cooldown,
-        },
-    )
-    from_zero = scaling.put_scaling_policy(
-        **target,
-        PolicyName=f"{name}-from-zero",
-        PolicyType="StepScaling",
-        StepScalingPolicyConfiguration={
-            "AdjustmentType": "ChangeInCapacity",
-            "MetricAggregationType": "Maximum",
-            "Cooldown": settings.scale_out_cooldown,
-            "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
-        },
-    )["PolicyARN"]
-    aws.client("cloudwatch").put_metric_alarm(
-        AlarmName=_alarm_name(name),
-        AlarmDescription=f"{name} has requests waiting and no instance: start one",
-        Namespace=METRICS_NAMESPACE,
-        MetricName="HasBacklogWithoutCapacity",
-        Dimensions=dimensions,
-        Statistic="Maximum",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=1.0,
-        ComparisonOperator="GreaterThanOrEqualToThreshold",
-        TreatMissingData="missing",
-        AlarmActions=[from_zero],
-    )
-    return {
-        "min_instances": settings.min_instances,
-        "max_instances": settings.max_instances,
-        "backlog_per_instance": settings.backlog_per_instance,
-        "scale_in_cooldown": settings.scale_in_cooldown,
-        "scale_out_cooldown": settings.scale_out_cooldown,
-    }
-
-
-def family_endpoints(family: str) -> list[str]:
-    """Every endpoint of ``family``, in whatever state, every one whose scaling outlived it, and the single
-    endpoint named ``family`` itself that deployments made before versions had their own endpoints (teardown)."""
-    sagemaker = aws.client("sagemaker")
-    names = set(served_versions(sagemaker, family, serving_only=False).values())
-    with contextlib.suppress(sagemaker.exceptions.ClientError):  # "Could not find endpoint": none from before
-        names.add(str(sagemaker.describe_endpoint(EndpointName=family)["EndpointName"]))
-    pages = aws.client("application-autoscaling").get_paginator("describe_scalable_targets")
-    prefix = f"endpoint/{family}-v"
-    for page in pages.paginate(ServiceNamespace=SCALING["ServiceNamespace"]):
-        for target in page.get("ScalableTargets", []):
-            if target["ResourceId"].startswith(prefix):
-                names.add(target["ResourceId"].split("/")[1])
-    return sorted(names)
-
-
-def delete_endpoint(endpoint_name: str) -> bool:
-    """The endpoint's scaling (target, policies, alarm), then the endpoint; False when there was no endpoint."""
-    scaling, resource = aws.client("application-autoscaling"), _resource_id(endpoint_name)
-    # Deregistering deletes the target's policies on AWS; deleted first all the same, so no backend keeps any.
-    policies = scaling.describe_scaling_policies(ServiceNamespace=SCALING["ServiceNamespace"], ResourceId=resource)
-    for policy in policies["ScalingPolicies"]:
-        scaling.delete_scaling_policy(**SCALING, ResourceId=resource, PolicyName=policy["PolicyName"])
-    with contextlib.suppress(scaling.exceptions.ObjectNotFoundException):  # never scaled, or deregistered already
-        scaling.deregister_scalable_target(**SCALING, ResourceId=resource)
-    aws.client("cloudwatch").delete_alarms(AlarmNames=[_alarm_name(endpoint_name)])
-    sagemaker = aws.client("sagemaker")
+def delete_stack(stack: str, *, report: Callable[[str], None] = _quiet) -> bool:
+    """Delete a served version's stack by name (teardown), waiting for its resources to go; CloudFormation acts
+    with the service role the stack was made with."""
     try:
-        sagemaker.delete_endpoint(EndpointName=endpoint_name)
-    except sagemaker.exceptions.ClientError as error:
-        if "Could not find" in str(error) or "does not exist" in str(error):
-            return False
-        raise
-    return True
-
-
-def wait_in_service(sagemaker: Any, endpoint_name: str, timeout: float, poll: float = 2.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        endpoint = sagemaker.describe_endpoint(EndpointName=endpoint_name)
-        status = str(endpoint["EndpointStatus"])
-        if status == "InService":
-            return status
-        if status == "Failed":
-            raise EndpointError(f"endpoint {endpoint_name} failed: {endpoint.get('FailureReason')}")
-        if time.monotonic() > deadline:
-            raise EndpointError(f"endpoint {endpoint_name} is still {status} after {timeout:.0f} s")
-        time.sleep(poll)
+        return stacks.delete(stack, timeout=STACK_TIMEOUT_S, report=report)
+    except stacks.StackError as error:
+        raise EndpointError(str(error)) from None

@@ -1,10 +1,12 @@
-"""Retire a served model version: its endpoint goes once no running bundle uses it. Revoke one (a rejected
-package): its endpoint goes at once, and the bundles waiting on it are quarantined naming the revocation.
+"""Retire a served model version: its stack (endpoint, configuration, model, scaling, alarm) is deleted once no
+running bundle uses its endpoint. Revoke one (a rejected package): its stack goes at once, and the bundles waiting
+on its endpoint are quarantined naming the revocation.
 
 A bundle is using a version's endpoint from the moment Validate routes it there (its plan names the endpoint)
 until its execution ends. Retirement refuses, naming those bundles, or waits for them (``wait_seconds``), and
-then deletes the endpoint with its scaling. A bundle dropped afterwards for that version is quarantined at
-Validate, naming the versions still served; one still being validated at that moment meets the same fate.
+then deletes the version's stack, waiting for its resources to go. A bundle dropped afterwards for that version
+is quarantined at Validate, naming the versions still served; one still being validated at that moment meets the
+same fate.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from common.audit_log import VERSION_RETIRED
 from common.bundle.manifest import package_ref
 from common.model_package import revocation_message, served_versions, version_endpoint
 from common.settings import EndpointSettings
+from common.stack_outputs import describe_stack
 from common.workflow import MAX_MESSAGE, FailureReason, WaitingShard, bundle_of_execution, waiting_shards
 from pipelines.approval import announce
-from pipelines.endpoint import delete_endpoint
+from pipelines.endpoint import EndpointError, delete_version_stack, version_stack
 
 
 class RetirementError(RuntimeError):
@@ -62,7 +65,7 @@ def retire(
     poll: float = 5.0,
     report: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Delete version ``version``'s endpoint once no running bundle uses it; with ``wait_seconds`` 0, refuse
+    """Delete version ``version``'s stack once no running bundle uses its endpoint; with ``wait_seconds`` 0, refuse
     while one does."""
     sagemaker, stepfunctions = aws.client("sagemaker"), aws.client("stepfunctions")
     served = served_versions(sagemaker, settings.endpoint_name)
@@ -80,13 +83,27 @@ def retire(
             )
         report(f"waiting for {len(running)} running bundle(s) on {endpoint}: {', '.join(running)}")
         time.sleep(poll)
-    delete_endpoint(endpoint)
+    _delete_stack(settings, version, report)
     by = aws.client("sts").get_caller_identity()["Arn"]
     retired = {"endpoint": endpoint, "version": version, "waited_for": sorted(waited_for), "by": by}
     announce(VERSION_RETIRED, retired, endpoint)  # for the audit log
-    report(f"version {version} retired: {endpoint} and its scaling deleted")
+    report(f"version {version} retired: its stack {version_stack(settings.endpoint_name, version)} deleted")
     remaining = served_versions(sagemaker, settings.endpoint_name)
     return {"retired": endpoint, "version": version, "waited_for": sorted(waited_for), "served_versions": remaining}
+
+
+def _delete_stack(settings: EndpointSettings, version: int, report: Callable[[str], None]) -> None:
+    """The version's stack deleted, its resources gone; a served endpoint without a stack is named, not left."""
+    try:
+        deleted = delete_version_stack(settings.endpoint_name, version, report=report)
+    except EndpointError as error:
+        raise RetirementError(f"version {version} was not retired: {error}") from None
+    if not deleted:
+        raise RetirementError(
+            f"version {version}'s endpoint {version_endpoint(settings.endpoint_name, version)} has no stack "
+            f"{version_stack(settings.endpoint_name, version)} (an earlier release made it outside one): delete it "
+            "and its scaling by hand"
+        )
 
 
 def versions_to_retire(
@@ -142,11 +159,14 @@ def revoke(
     settings: EndpointSettings, package_arn: str, note: str, workflow_table: str, report: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """A rejected package stops being served at once: the shards waiting on its version's endpoint fail naming
-    the revocation (their bundles are quarantined with it, not retried), then the endpoint and its scaling go."""
+    the revocation (their bundles are quarantined with it, not retried), then the version's stack goes."""
     version = package_ref(package_arn).package_version
     endpoint = version_endpoint(settings.endpoint_name, version)
     sagemaker, stepfunctions, dynamodb = aws.client("sagemaker"), aws.client("stepfunctions"), aws.client("dynamodb")
-    if version not in served_versions(sagemaker, settings.endpoint_name, serving_only=False):
+    stack = version_stack(settings.endpoint_name, version)
+    if version not in served_versions(sagemaker, settings.endpoint_name, serving_only=False) and not describe_stack(
+        stack
+    ):
         return {"revoked": None, "version": version, "quarantined": []}
     message = revocation_message(package_arn, version, note)
     stopped = set()
@@ -157,9 +177,9 @@ def revoke(
             stepfunctions.send_task_failure(taskToken=shard.task_token, error="ShardRejected", cause=cause.to_json())
         dynamodb.delete_item(TableName=workflow_table, Key=WaitingShard.key_of(shard.inference_id))
         stopped.add(shard.bundle_id)
-    delete_endpoint(endpoint)
+    _delete_stack(settings, version, report)
     by = aws.client("sts").get_caller_identity()["Arn"]
     detail = {"endpoint": endpoint, "version": version, "revoked": True, "quarantined": sorted(stopped), "by": by}
     announce(VERSION_RETIRED, detail, endpoint)  # for the audit log
-    report(f"version {version} revoked: {endpoint} deleted, {len(stopped)} running bundle(s) quarantined")
+    report(f"version {version} revoked: its stack {stack} deleted, {len(stopped)} running bundle(s) quarantined")
     return {"revoked": endpoint, "version": version, "quarantined": sorted(stopped)}

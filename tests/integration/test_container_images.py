@@ -41,7 +41,7 @@ from infrastructure.images import ContainerEngine
 from local import lifecycle
 from local.base_image import ensure_base_image
 from local.ports import free_port
-from pipelines.models import clear_classes, download_model
+from pipelines.clear_predictions import clear_classes, download_model
 from tests.integration.conftest import running_stack
 from tests.integration.helpers import OWNER, Served, deploy_and_serve, deployment_for, settle
 

@@ -19,7 +19,6 @@ from botocore.exceptions import ClientError
 
 from common import aws
 from common.artifacts import PUBLISHED_ARTIFACTS
-from common.model_package import version_endpoint
 from common.settings import from_outputs
 from common.stack_outputs import describe_stack
 from infrastructure import deployment as deploy
@@ -28,7 +27,6 @@ from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT
 from local.people import ACTORS, acting_as, ensure_people, owner_actor
 from pipelines import runs
 from pipelines.approval import publish_client_artifacts, withdraw_client_artifacts
-from pipelines.endpoint import configure_scaling
 from tests.declared import declared_resources
 
 pytestmark = pytest.mark.integration
@@ -294,21 +292,12 @@ def test_a_round_is_skipped_while_a_run_is_going(deployed: dict[str, str]) -> No
 def test_teardown_keeps_the_data_unless_asked(deployed: dict[str, str]) -> None:
     s3 = aws.client("s3")
     s3.put_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv", Body=b"a,b\n1,2\n")
-    served = version_endpoint(DEPLOYMENT.endpoint_name, 1)
-    configure_scaling(from_outputs(deployed, region=aws.region()).endpoint, served)  # as `fhe-pipeline deploy` does
-    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{served}/variant/AllTraffic"
-    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"]
+    # (A served version's stack and its deletion by teardown: tests/integration/test_versions.py.)
     result = deploy.down(DEPLOYMENT, report=lambda line: None)
     assert result == {
         "deleted": [f"{DEPLOYMENT.prefix}-owner-{OWNER}", DEPLOYMENT.product_stack],  # the owners' roles go too
         "kept": [DEPLOYMENT.bootstrap_stack, DEPLOYMENT.data_stack],
     }
-    assert (
-        scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"] == []
-    ), "teardown deregisters the endpoint's scaling"
-    assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)["ScalingPolicies"] == []
-    alarms = aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{DEPLOYMENT.endpoint_name}-")
-    assert alarms["MetricAlarms"] == []
     assert describe_stack(DEPLOYMENT.product_stack) is None
     assert s3.get_object(Bucket=deployed["DataBucketName"], Key="datasets/kept.csv")["Body"].read() == b"a,b\n1,2\n"
     sagemaker = aws.client("sagemaker")

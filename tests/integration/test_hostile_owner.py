@@ -36,8 +36,8 @@ from infrastructure.deployment import up
 from local import lifecycle
 from local.people import People, acting_as, ensure_people, owner_actor
 from pipelines.approval import approve
+from pipelines.clear_predictions import clear_classes
 from pipelines.endpoint import deploy_endpoint
-from pipelines.models import clear_classes
 from pipelines.runs import train_and_register
 from tests import limits
 from tests.integration.helpers import deployment_for, settle

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluatio
 from common import aws
 from common.bundle.store import object_exists
 from common.model_package import served_versions, version_endpoint
+from common.stack_outputs import describe_stack
+from common.stacks import resources as stack_resources
 from common.workflow import waiting_shards
 from containers.training.data import sample_records
+from infrastructure.deployment import down
 from pipelines.approval import approve
-from pipelines.endpoint import deploy_endpoint
+from pipelines.endpoint import FAMILY_TAG, deploy_endpoint, version_stack
 from pipelines.retirement import RetirementError, retire, revoke, routed_endpoint, running_bundles
 from pipelines.runs import train_and_register
 from tests.integration.helpers import OWNER, Served, deploy_and_serve, deployment_for, drop, injected_faults, settle
@@ -33,6 +37,7 @@ from tests.integration.helpers import OWNER, Served, deploy_and_serve, deploymen
 pytestmark = pytest.mark.integration
 
 DEPLOYMENT = deployment_for("versions", function_concurrency=2, scale_in_cooldown=15, scale_out_cooldown=5)
+STACKS = deployment_for("version-stacks", function_concurrency=2, max_instances=3, scale_in_cooldown=45)
 
 
 def _owner(served: Served, home: Path, package_arn: str) -> ClientModel:
@@ -121,6 +126,7 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
             served.settings.endpoint, 1, served.state_machine_arn, wait_seconds=300, poll=2, report=lambda line: None
         )
     assert retired["retired"] == served.endpoint and retired["waited_for"] == ["running-v1"], retired
+    assert describe_stack(version_stack(DEPLOYMENT.endpoint_name, 1)) is None, "retiring deletes the version's stack"
     assert settle(served.state_machine_arn, "running-v1", 60.0)["status"] == "SUCCEEDED"
     assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {2: deployed["endpoint"]}
 
@@ -195,3 +201,83 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
         window, tmp_path / "audit-after", deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name
     )
     assert after["ok"], [c for c in after["checks"] if not c["ok"]]
+
+
+def _scaling_of(endpoint: str) -> tuple[list[Any], list[Any], list[Any]]:
+    """The scalable targets, scaling policies and alarms that exist for ``endpoint``, read from their services."""
+    scaling, resource = aws.client("application-autoscaling"), f"endpoint/{endpoint}/variant/AllTraffic"
+    targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])
+    policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)
+    alarms = aws.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{endpoint}-")
+    return targets["ScalableTargets"], policies["ScalingPolicies"], alarms["MetricAlarms"]
+
+
+def test_a_served_version_is_a_stack_and_teardown_deletes_it(local_stack: dict[str, str]) -> None:
+    """The version's endpoint, configuration, model, scaling target, both policies and the alarm read from its
+    stack's resources, made under the deployment's service role; a redeploy updates the stack in place; ``fhe-deploy
+    down`` deletes the stack, and with it every one of those resources."""
+    served = deploy_and_serve(STACKS, "versions tests: a version's stack")
+    stack = version_stack(STACKS.endpoint_name, 1)
+    described = describe_stack(stack)
+    assert described is not None and described["StackStatus"] == "CREATE_COMPLETE", described
+    assert described.get("RoleARN") == served.outputs["ServedVersionStackRoleArn"]
+    tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+    assert tags[FAMILY_TAG] == STACKS.endpoint_name and tags["fhe:model-package-arn"] == served.package_arn
+    live = {logical: r for logical, r in stack_resources(stack).items()}
+    assert {logical: r["ResourceType"] for logical, r in live.items()} == {
+        "Model": "AWS::SageMaker::Model",
+        "EndpointConfig": "AWS::SageMaker::EndpointConfig",
+        "Endpoint": "AWS::SageMaker::Endpoint",
+        "ScalableTarget": "AWS::ApplicationAutoScaling::ScalableTarget",
+        "BacklogPerInstancePolicy": "AWS::ApplicationAutoScaling::ScalingPolicy",
+        "FromZeroPolicy": "AWS::ApplicationAutoScaling::ScalingPolicy",
+        "BacklogWithoutCapacityAlarm": "AWS::CloudWatch::Alarm",
+    }
+    assert all(r["ResourceStatus"].endswith("_COMPLETE") for r in live.values()), live
+
+    def named(logical: str) -> str:  # SageMaker's physical id is its ARN; the name ends it
+        return str(live[logical]["PhysicalResourceId"]).rsplit("/", 1)[-1]
+
+    sagemaker = aws.client("sagemaker")
+    endpoint = sagemaker.describe_endpoint(EndpointName=named("Endpoint"))
+    assert endpoint["EndpointName"] == served.endpoint == stack and endpoint["EndpointStatus"] == "InService"
+    assert endpoint["EndpointConfigName"] == named("EndpointConfig")
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=named("EndpointConfig"))
+    assert config["ProductionVariants"][0]["ModelName"] == named("Model")
+    output = config["AsyncInferenceConfig"]["OutputConfig"]
+    assert output["NotificationConfig"]["SuccessTopic"] == served.outputs["EndpointSuccessTopicArn"]
+    model = sagemaker.describe_model(ModelName=named("Model"))
+    assert model["PrimaryContainer"]["ModelPackageName"] == served.package_arn
+    assert model["ExecutionRoleArn"] == served.outputs["EndpointRoleArn"]
+    [target], policies, [alarm] = _scaling_of(stack)
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (0, 3)
+    by_type = {p["PolicyType"]: p for p in policies}
+    assert set(by_type) == {"TargetTrackingScaling", "StepScaling"}
+    tracking = by_type["TargetTrackingScaling"]["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["CustomizedMetricSpecification"]["MetricName"] == "ApproximateBacklogSizePerInstance"
+    assert tracking["ScaleInCooldown"] == 45
+    assert alarm["AlarmName"] == live["BacklogWithoutCapacityAlarm"]["PhysicalResourceId"]
+    assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
+    assert alarm["AlarmActions"] == [by_type["StepScaling"]["PolicyARN"]]
+
+    # A redeploy with new settings updates the same stack: a new configuration, the endpoint updated in place.
+    again = deploy_endpoint(
+        replace(served.settings.endpoint, max_concurrent_invocations=3), package_arn=served.package_arn
+    )
+    assert again["stack"] == stack and again["endpoint_config"] != named("EndpointConfig")
+    updated = sagemaker.describe_endpoint(EndpointName=stack)
+    assert (
+        updated["EndpointConfigName"] == again["endpoint_config"]
+        and updated["CreationTime"] == endpoint["CreationTime"]
+    )
+    with pytest.raises(sagemaker.exceptions.ClientError):  # the old configuration went with the update
+        sagemaker.describe_endpoint_config(EndpointConfigName=named("EndpointConfig"))
+
+    # fhe-deploy down deletes the version's stack, and so its endpoint, configuration, model, scaling and alarm.
+    result = down(STACKS, delete_data=True, report=lambda line: None)
+    assert stack in result["deleted"], result
+    assert describe_stack(stack) is None
+    assert served_versions(sagemaker, STACKS.endpoint_name, serving_only=False) == {}
+    with pytest.raises(sagemaker.exceptions.ClientError):
+        sagemaker.describe_model(ModelName=model["ModelName"])
+    assert _scaling_of(stack) == ([], [], [])

@@ -30,7 +30,7 @@ from common.stack_outputs import read_outputs
 from common.workflow import bundle_executions, executed_states, execution_bundle
 from containers.training.data import sample_records
 from infrastructure import templates
-from pipelines.models import clear_classes
+from pipelines.clear_predictions import clear_classes
 from tests import limits
 from tests.integration.helpers import (
     OWNER,

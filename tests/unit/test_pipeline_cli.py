@@ -23,6 +23,7 @@ OUTPUTS = {
     "EndpointName": "acme-inference",
     "EndpointSuccessTopicArn": "arn:aws:sns:us-east-1:000000000000:acme-success",
     "EndpointErrorTopicArn": "arn:aws:sns:us-east-1:000000000000:acme-errors",
+    "ServedVersionStackRoleArn": "arn:aws:iam::000000000000:role/acme-served-version-stacks",
 }
 
 
@@ -38,7 +39,9 @@ def deployed(monkeypatch: pytest.MonkeyPatch) -> list[EndpointSettings]:
 
     made: list[EndpointSettings] = []
 
-    def deploy_endpoint(settings: EndpointSettings, wait_seconds: float, package_arn: str | None) -> dict[str, Any]:
+    def deploy_endpoint(
+        settings: EndpointSettings, wait_seconds: float, package_arn: str | None, **_: Any
+    ) -> dict[str, Any]:
         made.append(settings)
         return {"endpoint": settings.endpoint_name, "status": "InService"}
 
@@ -57,6 +60,7 @@ def test_an_explicit_package_group_is_the_one_deployed_and_the_override_is_named
     assert (endpoint.endpoint_name, endpoint.output_bucket) == ("acme-inference", "acme-bundles")
     assert endpoint.role_arn == OUTPUTS["EndpointRoleArn"]
     assert endpoint.success_topic_arn == OUTPUTS["EndpointSuccessTopicArn"]
+    assert endpoint.stack_role_arn == OUTPUTS["ServedVersionStackRoleArn"], "the version's stack is made under it"
     captured = capsys.readouterr()
     assert "--package-group other overrides the deployment acme's acme-models" in captured.err
     assert "newest Approved package of other on its version's endpoint (acme-inference-v<version>)" in captured.out
@@ -92,11 +96,34 @@ def test_without_a_deployment_the_variables_then_the_defaults_hold(monkeypatch: 
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FHE_BUNDLE_BUCKET", "my-bundles")
     monkeypatch.setenv("FHE_INVOCATIONS_PER_INSTANCE", "3")
+    monkeypatch.setenv("FHE_ENDPOINT_ROLE_ARN", "arn:aws:iam::000000000000:role/mine")
     args = cli.parser().parse_args(["deploy", "--endpoint-name", "mine"])
     settings = cli.resolve(args, None, note=pytest.fail)
+    assert (settings.endpoint.role_arn, settings.endpoint.stack_role_arn) == (
+        "arn:aws:iam::000000000000:role/mine",
+        None,
+    )
     assert (settings.endpoint.output_bucket, settings.endpoint.max_concurrent_invocations) == ("my-bundles", 3)
     assert (settings.endpoint.endpoint_name, settings.endpoint.package_group) == ("mine", "fhe-models")
     assert settings.pipeline.pipeline_name == "fhe-training"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "variable"),
+    [
+        (["deploy"], "--endpoint-role-arn", "FHE_ENDPOINT_ROLE_ARN"),
+        (["definition"], "--pipeline-role-arn", "FHE_PIPELINE_ROLE_ARN"),
+        (["upsert"], "--pipeline-role-arn", "FHE_PIPELINE_ROLE_ARN"),
+    ],
+)
+def test_without_a_deployment_or_a_flag_a_command_that_needs_a_role_names_both(
+    deployed: list[EndpointSettings], argv: list[str], flag: str, variable: str
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        cli.main(argv)
+    message = str(refused.value.code)
+    assert "--deployment PREFIX" in message and flag in message and variable in message, message
+    assert deployed == [], "nothing was deployed"
 
 
 def test_deploy_applies_the_deployments_retention_rule_once_the_new_version_serves(

@@ -217,11 +217,39 @@ def test_the_other_roles_stay_off_the_data_they_do_not_need() -> None:
     assert not can("RecordRole", "dynamodb:UpdateItem", AUDIT_TABLE)
     assert not can("RecordRole", "dynamodb:DeleteItem", AUDIT_TABLE)
     assert can("RecordRole", "dynamodb:PutItem", AUDIT_TABLE)
+    # Served versions are stacks: ML ops pass the stacks' service role to CloudFormation, which alone passes the
+    # endpoint's role to SageMaker; ML ops may make and delete the versions' stacks, not the product's.
     assert can(
+        "EndpointCreatorRole",
+        "iam:PassRole",
+        PRODUCT_T.arn("ServedVersionStackRole"),
+        **{"iam:PassedToService": "cloudformation.amazonaws.com"},
+    )
+    assert not can(
         "EndpointCreatorRole",
         "iam:PassRole",
         PRODUCT_T.arn("EndpointRole"),
         **{"iam:PassedToService": "sagemaker.amazonaws.com"},
+    )
+    assert can(
+        "ServedVersionStackRole",
+        "iam:PassRole",
+        PRODUCT_T.arn("EndpointRole"),
+        **{"iam:PassedToService": "sagemaker.amazonaws.com"},
+    )
+    version_stack = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/fhe-inference-v3/1"
+    for action in ("cloudformation:CreateStack", "cloudformation:UpdateStack", "cloudformation:DeleteStack"):
+        assert can("EndpointCreatorRole", action, version_stack), action
+        assert not can("EndpointCreatorRole", action, f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/fhe/1"), action
+    assert not can(
+        "EndpointCreatorRole",
+        "sagemaker:CreateEndpoint",
+        f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/fhe-inference-v3",
+    )
+    assert can(
+        "ServedVersionStackRole",
+        "sagemaker:CreateEndpoint",
+        f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/fhe-inference-v3",
     )
     assert not can(
         "EndpointCreatorRole",
