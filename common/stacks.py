@@ -7,14 +7,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from common import aws
 from common.stack_outputs import describe_stack, stack_outputs
 
 _TERMINAL_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
-CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
+# IAM: the stacks create roles, some named; AUTO_EXPAND: the product template's SAM transform.
+CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 
 
 class StackError(RuntimeError):
@@ -51,7 +51,7 @@ def _wait(name: str, timeout: float, report: Callable[[str], None], seen: set[st
 
 def apply(
     name: str,
-    template: Path,
+    template: str,
     parameters: Mapping[str, str],
     *,
     timeout: float,
@@ -60,12 +60,12 @@ def apply(
     role_arn: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Create the stack or update it to ``template`` with ``parameters``; wait; return its outputs. A template
-    over CloudFormation's inline limit (51,200 bytes) is read from ``staging_bucket``, where it is put first.
+    """Create the stack or update it to ``template`` (its text, ``infrastructure.templates.body``) with
+    ``parameters``; wait; return its outputs. A template over CloudFormation's inline limit (51,200 bytes) is read
+    from ``staging_bucket``, where it is put first, under a key named after the stack and the template's hash.
     ``role_arn``: the service role CloudFormation acts with (None: the caller's own permissions); ``tags`` go on
     the stack, and CloudFormation puts them on each resource that takes tags."""
     cloudformation = aws.client("cloudformation")
-    body = template.read_bytes()
     arguments: dict[str, Any] = {
         "StackName": name,
         "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
@@ -76,9 +76,10 @@ def apply(
     if tags:
         arguments["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
     if staging_bucket is None:
-        arguments["TemplateBody"] = body.decode()
+        arguments["TemplateBody"] = template
     else:
-        key = f"templates/{template.stem}-{hashlib.sha256(body).hexdigest()[:16]}.yaml"
+        body = template.encode()
+        key = f"templates/{name}-{hashlib.sha256(body).hexdigest()[:16]}.template"
         aws.client("s3").put_object(Bucket=staging_bucket, Key=key, Body=body)
         # Path-style: the form CloudFormation accepts for every bucket name.
         arguments["TemplateURL"] = f"https://s3.{aws.region()}.amazonaws.com/{staging_bucket}/{key}"

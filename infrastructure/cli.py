@@ -24,9 +24,10 @@ import re
 import sys
 from collections.abc import Callable
 
+from common import stacks
 from common.settings import SettingsError
 from common.stack_outputs import DeploymentNotFound, read_outputs, stack_outputs
-from infrastructure import images, owners, stacks
+from infrastructure import images, owners
 from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
 from pipelines.endpoint import EndpointError
 

@@ -4,9 +4,9 @@ credentials differ. ``fhe-deploy`` (infrastructure/cli.py) is its command line.
 ``up`` runs, in order: the bootstrap stack (infrastructure/bootstrap.yaml: the KMS key, the artifact bucket, the
 image repositories) → the data stack (infrastructure/data.yaml: the data, model and bundle buckets, the audit log)
 → the images (with --build-images) → the functions, layer and state machine definition staged in the artifact
-bucket → the product stack (infrastructure/product.yaml: roles, functions, state machine, queues, topics,
-schedule) → bucket settings and reserved concurrency confirmed → the SageMaker pipeline upserted with the model
-creator's role. Every step is idempotent: run it again after a change.
+bucket → the product stack (infrastructure/product.yaml and its concerns in infrastructure/product/: messaging,
+functions, workflow, audit, retraining, the SageMaker roles; assembled into one template) → the SageMaker pipeline
+upserted with the model creator's role. Every step is idempotent: run it again after a change.
 ``--dry-run`` prints every resource it would create, the uploads, the image builds and the pipeline, and changes
 nothing.
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import aws
+from common import aws, stacks
 from common.settings import (
     DEFAULT_PREFIX,
     ENDPOINT_NAME,
@@ -37,15 +37,15 @@ from common.settings import (
     from_outputs,
 )
 from common.stack_outputs import StackNames, describe_stack, image_output, read_outputs, stack_outputs
-from infrastructure import images, owners, package, stacks
-from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, resources
+from infrastructure import images, owners, package
+from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, body, resources
 from pipelines import runs
 from pipelines.endpoint import delete_stack, version_stacks
 
 STACK_TIMEOUT_S = 1200.0
 DATA_OUTPUTS = ("DataBucketName", "ModelBucketName", "BundleBucketName", "AuditTableName")
 Report = Callable[[str], None]
-# The SQS event sources' MaximumConcurrency (infrastructure/product.yaml): the least SQS allows. A function reserved
+# The SQS event sources' MaximumConcurrency (infrastructure/product/): the least SQS allows. A function reserved
 # below it would have the queue's messages throttled into the dead-letter queue.
 MIN_FUNCTION_CONCURRENCY = 2
 
@@ -234,18 +234,13 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     """Deploy or update everything; returns the deployment's outputs (both stacks, the images, the pipeline)."""
     bootstrap = stacks.apply(
         deployment.bootstrap_stack,
-        BOOTSTRAP,
+        body(BOOTSTRAP),
         deployment.bootstrap_parameters(),
         timeout=STACK_TIMEOUT_S,
         report=report,
     )
-    key = {"Key.Arn": bootstrap["KeyArn"]}
-    stacks.check_bucket_settings(
-        deployment.bootstrap_stack, BOOTSTRAP, {**deployment.bootstrap_parameters(), **key}, report
-    )
     data_parameters = deployment.data_parameters(bootstrap)
-    data = stacks.apply(deployment.data_stack, DATA, data_parameters, timeout=STACK_TIMEOUT_S, report=report)
-    stacks.check_bucket_settings(deployment.data_stack, DATA, data_parameters, report)
+    data = stacks.apply(deployment.data_stack, body(DATA), data_parameters, timeout=STACK_TIMEOUT_S, report=report)
     wanted = deployment.images(bootstrap)
     if deployment.build_images:
         build_images(deployment, wanted, report)
@@ -259,13 +254,12 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     parameters = deployment.product_parameters(bootstrap, data, staged)
     stacks.apply(
         deployment.product_stack,
-        PRODUCT,
+        body(PRODUCT),
         parameters,
         timeout=STACK_TIMEOUT_S,
         report=report,
         staging_bucket=bootstrap["ArtifactBucketName"],
     )
-    stacks.check_reserved_concurrency(deployment.product_stack, PRODUCT, parameters, report)
     outputs = read_outputs(deployment.prefix)
     pipeline = from_outputs(outputs, region=aws.region(), job_instance_type=deployment.job_instance_type).pipeline
     outputs["PipelineArn"] = runs.upsert(pipeline, report)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from common import aws
+from common import aws, stacks
 from common.bundle.schema import BundleError, check_owner
 from common.stack_outputs import DeploymentNotFound, StackNames, describe_stack, read_outputs, stack_outputs
-from infrastructure import stacks
-from infrastructure.templates import OWNER
+from infrastructure.templates import OWNER, body
 
 STACK_TIMEOUT_S = 600.0
 _GONE = "DELETE_COMPLETE"
@@ -49,7 +48,7 @@ def add(
     """Create (or update) owner ``name``'s role; returns its stack's outputs (``Owner``, ``OwnerRoleArn``)."""
     stack = StackNames(prefix).owner(_checked(name))
     parameters = owner_parameters(read_outputs(prefix), prefix, name, trusted_principal)
-    return stacks.apply(stack, OWNER, parameters, timeout=STACK_TIMEOUT_S, report=report)
+    return stacks.apply(stack, body(OWNER), parameters, timeout=STACK_TIMEOUT_S, report=report)
 
 
 def remove(prefix: str, name: str, *, report: Callable[[str], None] = print) -> bool:

@@ -153,7 +153,7 @@ def deploy_endpoint(
     try:
         outputs = stacks.apply(
             stack,
-            SERVED_VERSION_TEMPLATE,
+            SERVED_VERSION_TEMPLATE.read_text(),
             parameters,
             timeout=wait_seconds,
             report=report,

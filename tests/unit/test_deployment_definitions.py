@@ -1,6 +1,7 @@
-"""The deployment's definitions: the ASL passes statelint, both templates pass cfn-lint, the product template and
-the ASL agree on every substitution, the functions' package holds what the handlers import (and no concrete-ml),
-and the dry run lists every resource."""
+"""The deployment's definitions: the ASL passes statelint, every template passes cfn-lint as its stack is given it
+(the product's assembled from its files by concern, refusing a name declared twice), the product template and the ASL
+agree on every substitution, what every function shares is stated once, the functions' package holds what the
+handlers import (and no concrete-ml), and the dry run lists every resource."""
 
 from __future__ import annotations
 
@@ -37,29 +38,52 @@ def test_state_machine_passes_statelint(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_statelint_rejects_a_broken_definition(tmp_path: Path) -> None:
-    definition = json.loads(_filled(templates.STATE_MACHINE.read_text()))
-    del definition["States"]["Validate"]["Next"]  # a Task that neither ends nor goes on
-    path = tmp_path / "broken.asl.json"
-    path.write_text(json.dumps(definition))
-    assert _statelint(path).returncode != 0
-
-
 @pytest.mark.parametrize(
     "template", [templates.BOOTSTRAP, templates.DATA, templates.PRODUCT, templates.OWNER], ids=lambda p: p.name
 )
-def test_template_passes_cfn_lint(template: Path) -> None:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "cfn-lint"), str(template)], capture_output=True, text=True
-    )
+def test_template_passes_cfn_lint_as_its_stack_is_given_it(template: Path, tmp_path: Path) -> None:
+    given = tmp_path / template.name
+    given.write_text(templates.body(template))
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(given)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_cfn_lint_rejects_a_broken_template(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(templates.PRODUCT.read_text().replace("!GetAtt ShardQueue.Arn", "!GetAtt NoSuchQueue.Arn", 1))
-    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(broken)], capture_output=True)
-    assert result.returncode != 0
+def test_the_product_template_is_its_head_and_every_concern_gathered() -> None:
+    concerns = {part.stem for part in templates.parts(templates.PRODUCT)}
+    assert concerns == {"messaging", "functions", "workflow", "audit", "retraining", "sagemaker"}
+    assembled = templates.source(templates.PRODUCT)
+    by_file = [set(templates.source(part)["Resources"]) for part in templates.parts(templates.PRODUCT)]
+    assert set(assembled["Resources"]) == set().union(*by_file) and sum(map(len, by_file)) == len(
+        assembled["Resources"]
+    )
+    assert json.loads(templates.body(templates.PRODUCT)) == assembled
+    assert (
+        templates.parts(templates.BOOTSTRAP) == []
+        and templates.body(templates.BOOTSTRAP) == templates.BOOTSTRAP.read_text()
+    )
+
+
+def _product_in(folder: Path, **parts: str) -> Path:
+    folder.mkdir()
+    head = folder / "product.yaml"
+    head.write_text("Parameters:\n  Prefix: {Type: String}\nOutputs:\n  Queue: {Value: !Ref Queue}\n")
+    (folder / "product").mkdir()
+    for name, text in parts.items():
+        (folder / "product" / f"{name}.yaml").write_text(text)
+    return head
+
+
+def test_assembly_refuses_a_name_declared_twice_and_a_section_that_is_the_heads(tmp_path: Path) -> None:
+    queue = "Resources:\n  Queue: {Type: AWS::SQS::Queue}\n"
+    head = _product_in(tmp_path / "twice", messaging=queue, workflow=queue)
+    twice = "Resources Queue is declared in both product/messaging.yaml and product/workflow.yaml"
+    with pytest.raises(templates.TemplateError, match=re.escape(twice)):
+        templates.source(head)
+    head = _product_in(tmp_path / "outputs", messaging=queue + "Outputs:\n  Other: {Value: x}\n")
+    with pytest.raises(templates.TemplateError, match=re.escape("product/messaging.yaml declares Outputs")):
+        templates.source(head)
+    head = _product_in(tmp_path / "once", messaging=queue)
+    assert templates.resources(head) == {"Queue": "AWS::SQS::Queue"}
 
 
 def test_template_fills_every_placeholder_of_the_state_machine() -> None:
@@ -67,6 +91,30 @@ def test_template_fills_every_placeholder_of_the_state_machine() -> None:
     machine = templates.load(templates.PRODUCT)["Resources"]["BatchStateMachine"]["Properties"]
     assert placeholders and placeholders == set(machine["DefinitionSubstitutions"])
     assert "arn:aws:lambda" not in templates.STATE_MACHINE.read_text(), "ARNs come from substitutions only"
+
+
+def test_what_every_function_shares_is_stated_once() -> None:
+    written = templates.source(templates.PRODUCT)
+    shared = written["Globals"]["Function"]
+    functions = {n: r for n, r in written["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+    assert len(functions) == 10 and "AWS::Lambda::Function" not in {r["Type"] for r in written["Resources"].values()}
+    for name, function in functions.items():
+        repeated = set(function["Properties"]) & {"Runtime", "CodeUri", "Layers", "Tracing", "MemorySize"}
+        assert not repeated, (name, repeated)
+        assert "POWERTOOLS_LOG_LEVEL" not in function["Properties"].get("Environment", {}).get("Variables", {}), name
+    # As deployed, each function has them, its own variables beside the shared one.
+    processed = templates.load(templates.PRODUCT)["Resources"]
+    for name in functions:
+        properties = processed[name]["Properties"]
+        assert processed[name]["Type"] == "AWS::Lambda::Function"
+        assert properties["Runtime"] == shared["Runtime"] and properties["Layers"] == shared["Layers"], name
+        assert properties["Code"] == {"S3Bucket": {"Ref": "ArtifactBucket"}, "S3Key": {"Ref": "FunctionsKey"}}, name
+        assert properties["TracingConfig"] == {"Mode": "Active"}, name
+        assert properties["Environment"]["Variables"]["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}, name
+    assert "WORKFLOW_TABLE" in processed["StartFunction"]["Properties"]["Environment"]["Variables"]
+    # A function's own reservation wins over the deployment's.
+    assert processed["HeartbeatFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+    assert processed["StartFunction"]["Properties"]["ReservedConcurrentExecutions"] == {"Ref": "FunctionConcurrency"}
 
 
 def test_every_function_has_a_reservation_and_a_handler_that_exists() -> None:
