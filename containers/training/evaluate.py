@@ -26,9 +26,10 @@ from common.estimate import ModelCosts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, container_path, run_entry_point
-from containers.training.models import TrainingSettings, clear_predictions
+from containers.training.concrete_internals import clear_predictions
 from containers.training.search import SEARCH_SPACE, SearchResult, lever_value
 from containers.training.train import load_split
+from containers.training.training_settings import TrainingSettings
 
 METRICS_GROUP = "multiclass_classification_metrics"
 
