@@ -6,9 +6,9 @@ Pure: it knows levers, their values, an accuracy and a cost per candidate, and n
 - **Within budget**: a candidate whose accuracy loses at most the budget against the reference (``Budget``).
 - **Descent**: from the start (the given levers), each round assesses every one-lever change of the current
   candidate, in the space's order of levers and values, and moves to the cheapest one within budget (ties: the
-  more accurate, then the first assessed), if it saves at least ``MIN_SAVING`` of the current cost and some of it
-  (accuracy is not traded for nothing). If the start is not within budget, the first move is to the cheapest
-  change that is, whatever its cost.
+  more accurate, then the first in that order), if it saves at least ``MIN_SAVING`` of the current cost and some
+  of it (accuracy is not traded for nothing). If the start is not within budget, the first move is to the
+  cheapest change that is, whatever its cost.
 - **Stop**: no change saves (``NO_SAVING``); the time is up, checked before each change is assessed, so the
   candidate in progress finishes and the moves of that round still count (``TIME_SPENT``); or the start is within
   budget and its circuit has no bootstrap, so no lever can save anything (``NO_BOOTSTRAP``).
@@ -168,7 +168,7 @@ def _assess_neighbours(
 
 def _best_move(current: Assessment, neighbours: list[Explored[Assessment]], budget: Budget) -> int | None:
     """Of ``neighbours``, the position of the cheapest within budget that saves enough (ties: the more accurate,
-    then the first); None when none does."""
+    then the first in ``neighbours``); None when none does."""
     current_within = budget.admits(current.accuracy)
     better = [
         position
