@@ -47,11 +47,12 @@ from containers.training.circuit_cost import (
     circuit_parameters,
     measure_pace,
 )
+from containers.training.concrete_internals import activation_rounding, clear_predictions
 from containers.training.data import builtin_dataset_csv
-from containers.training.models import TrainingSettings, clear_predictions
 from containers.training.preprocess import preprocess
 from containers.training.search import SEARCH_SPACE, SearchSettings, chosen_settings, lever_value, search
 from containers.training.train import load_split, train
+from containers.training.training_settings import TrainingSettings
 
 # The reference deployment's network, with Concrete ML's own defaults for everything it did not set: an
 # unbounded accumulator, exact rounding, p_error 2^-40, no compression.
@@ -93,17 +94,6 @@ def variant(spec: str) -> tuple[str, TrainingSettings]:
         lever, _, value = change.partition("=")
         levers[lever.strip()] = value.strip()
     return name, TrainingSettings.from_hyperparameters(levers)
-
-
-def activation_rounding(model: Any) -> tuple[int, str]:
-    """Bits removed before the first activation, and how (the circuit's rounding)."""
-    for _, operation in model.quantized_module_.quant_layers_dict.values():
-        removed = (getattr(operation, "lsbs_to_remove", None) or {}).get("matmul", 0)
-        if removed:
-            rounding = operation.rounding_threshold_bits
-            method = rounding.get("method") if isinstance(rounding, dict) else None
-            return int(removed), str(getattr(method, "value", method or "exact"))
-    return 0, "exact"
 
 
 def serve_shard(model_dir: Path, x: np.ndarray, workers: int) -> dict[str, Any]:  # type: ignore[type-arg]

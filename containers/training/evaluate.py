@@ -26,9 +26,10 @@ from common.estimate import ModelCosts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, container_path, run_entry_point
-from containers.training.models import TrainingSettings, clear_predictions
-from containers.training.search import SEARCH_SPACE, SearchResult, lever_value
+from containers.training.concrete_internals import clear_predictions
+from containers.training.search import SearchResult, levers_of
 from containers.training.train import load_split
+from containers.training.training_settings import TrainingSettings
 
 METRICS_GROUP = "multiclass_classification_metrics"
 
@@ -158,7 +159,7 @@ def evaluate(
         # What the model does not see and why, and what ML ops kept despite the identifier check.
         "columns": {"left_out": columns.left_out, "id_columns": columns.id_columns, "warnings": columns.warnings},
         # The levers of the circuit evaluated here, and how the Train step's search chose them (None: no search).
-        "levers": {lever: lever_value(settings, lever) for lever in SEARCH_SPACE.get(settings.model_type, {})},
+        "levers": levers_of(settings),
         "search": SearchResult.summary(training["search"]) if training.get("search") else None,
     }
     output.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,10 @@ stays within ML ops' accuracy budget of the float model.
 - **Cost** comes from the compiled circuit alone: the optimizer's complexity of its bootstraps and key switches,
   priced in seconds by one measurement of a bootstrap on this machine (``circuit_cost``). No candidate runs in
   real FHE.
-- **Search**: greedy descent from the given levers. Each round tries every one-lever change of the current
-  candidate and moves to the cheapest one within budget, if it saves at least ``MIN_SAVING`` of the time
-  (accuracy is not traded for nothing); it stops when no change saves or the time budget is spent. If the given
-  levers are not within budget themselves, the first move is to the cheapest neighbour that is. If nothing
-  explored is within budget, the search chooses nothing and the given levers are trained, for CheckQuality to
-  judge as before.
+- **Search**: ``search_policy``'s greedy descent from the given levers decides which candidates to assess,
+  where to move, when to stop (no one-lever change saves enough, or the time budget is spent) and what to
+  choose; this module assesses candidates for it. If nothing explored is within budget, the search chooses
+  nothing and the given levers are trained, for CheckQuality to judge as before.
 
 Why not SageMaker's tuning (a TuningStep): a tuning job maximizes or minimizes one metric; it has no constraint,
 so "cheapest within a budget" would become a penalty whose weight decides the answer, and the budget is relative
@@ -28,8 +26,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +35,9 @@ import numpy.typing as npt
 
 from containers.contract import StepInputError
 from containers.training.circuit_cost import CircuitCost, Pace, measure_pace
-from containers.training.models import TrainingSettings, clear_predictions
+from containers.training.concrete_internals import clear_predictions
+from containers.training.search_policy import Budget, StopReason, descend, stop_text
+from containers.training.training_settings import TrainingSettings
 
 # The values each lever may take, per model type; the given (or default) value is always a candidate too.
 SEARCH_SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
@@ -56,7 +56,6 @@ SEARCH_SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
 # Levers that change the compiled circuit only: a candidate that differs from a fitted one only in these reuses
 # its fit.
 COMPILE_LEVERS = ("rounding", "p_error")
-MIN_SAVING = 0.02  # a move must save at least this share of the expected time
 SIMULATIONS_WITH_ERRORS = 3  # draws per candidate whose bootstraps may err (p_error above Concrete's default)
 NO_SEARCH = 0.0
 # The Train step's hyperparameters that set the search, and the SearchSettings field each sets.
@@ -125,8 +124,21 @@ def searched_levers(settings: TrainingSettings, pinned: frozenset[str]) -> dict[
     }
 
 
-@dataclass
+def levers_of(settings: TrainingSettings) -> dict[str, Any]:
+    """The values in effect of every lever of the model type's search space, pinned ones included."""
+    return {lever: lever_value(settings, lever) for lever in SEARCH_SPACE.get(settings.model_type, {})}
+
+
+def settings_for(given: TrainingSettings, levers: Mapping[str, Any]) -> TrainingSettings:
+    """The given settings with the levers whose values differ from those the given ones have in effect."""
+    changed = {lever: value for lever, value in levers.items() if value != lever_value(given, lever)}
+    return replace(given, **changed)
+
+
+@dataclass(frozen=True)
 class Candidate:
+    """One assessed candidate, as ``training.json`` records it."""
+
     levers: dict[str, Any]
     validation_accuracy: float
     within_budget: bool
@@ -136,11 +148,22 @@ class Candidate:
     expected_seconds_per_sample: float | None  # on one core; None where no bootstrap asked for a measurement
     seconds_spent: float
 
+    @property
+    def accuracy(self) -> float:
+        return self.validation_accuracy
+
+    @property
+    def cost(self) -> float:
+        """Expected seconds where measured; a circuit without bootstraps costs next to nothing."""
+        if self.expected_seconds_per_sample is not None:
+            return self.expected_seconds_per_sample
+        return 0.0 if self.bootstraps == 0 else math.inf
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchResult:
     accuracy_budget: float
     time_budget_seconds: float
@@ -148,18 +171,26 @@ class SearchResult:
     validation_rows: int
     pinned: list[str]
     space: dict[str, list[Any]]
-    candidates: list[Candidate] = field(default_factory=list)
-    chosen: int | None = None  # index into candidates; None: nothing explored was within budget
-    stopped: str = ""
-    seconds: float = 0.0
-    pace: dict[str, Any] | None = None
+    candidates: list[Candidate]  # in the order they were assessed
+    path: list[int]  # the candidates the descent moved through (indices), the given levers first
+    chosen: int | None  # index into candidates; None: nothing explored was within budget
+    stop: StopReason
+    seconds: float
+    pace: dict[str, Any] | None
 
     @property
     def chosen_candidate(self) -> Candidate | None:
         return None if self.chosen is None else self.candidates[self.chosen]
 
+    @property
+    def stopped(self) -> str:
+        """Why it stopped, in words."""
+        return stop_text(self.stop, chose=self.chosen is not None)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["stop_reason"] = data.pop("stop").value
+        data["stopped"] = self.stopped
         data["chosen_levers"] = self.chosen_candidate.levers if self.chosen_candidate else None
         return data
 
@@ -173,11 +204,37 @@ class SearchResult:
             "time_budget_seconds": record.get("time_budget_seconds"),
             "float_accuracy": record.get("float_accuracy"),
             "explored": len(record.get("candidates", [])),
+            "stop_reason": record.get("stop_reason"),
             "stopped": record.get("stopped"),
             "seconds": record.get("seconds"),
             "pinned": record.get("pinned", []),
             "chosen": record["candidates"][chosen] if chosen is not None else None,
         }
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """The training split less a held-out validation split (what candidates are fitted on), and that split."""
+
+    x_fit: npt.NDArray[Any]
+    y_fit: npt.NDArray[Any]
+    x_val: npt.NDArray[Any]
+    y_val: npt.NDArray[Any]
+
+    @classmethod
+    def hold_out(cls, x: npt.NDArray[Any], y: npt.NDArray[Any], options: SearchSettings) -> ValidationSplit:
+        from sklearn.model_selection import train_test_split
+
+        try:
+            x_fit, x_val, y_fit, y_val = train_test_split(
+                x, y, test_size=options.validation_size, random_state=options.seed, stratify=y
+            )
+        except ValueError as error:
+            raise StepInputError(
+                f"the training split is too small to hold out a validation split for the lever search ({error}); "
+                "set SearchSeconds=0 to train the given levers without a search"
+            ) from None
+        return cls(x_fit=x_fit, y_fit=y_fit, x_val=x_val, y_val=y_val)
 
 
 class _Fits:
@@ -196,6 +253,73 @@ class _Fits:
         return self.models[key]
 
 
+class CandidateAssessor:
+    """Assesses candidates for the policy: fits (reused across compile-only levers), compiles, simulates on the
+    validation split and prices the circuit, measuring the pace of a bootstrap at the first circuit that has one."""
+
+    def __init__(
+        self,
+        given: TrainingSettings,
+        split: ValidationSplit,
+        fits: _Fits,
+        budget: Budget,
+        progress: Callable[[str], None],
+        pace_of: Callable[[], Pace],
+    ) -> None:
+        self.given, self.split, self.fits, self.budget = given, split, fits, budget
+        self.progress, self.pace_of = progress, pace_of
+        self.pace: Pace | None = None
+        self.assessed = 0
+
+    def __call__(self, levers: dict[str, Any]) -> Candidate:
+        begun = time.monotonic()
+        settings = settings_for(self.given, levers)
+        model = self.fits.model(settings)
+        cost = CircuitCost.of(settings.compile(model, self.split.x_fit))
+        accuracy = self.simulated_accuracy(model, settings)
+        pace = self.pace_for(cost)
+        candidate = Candidate(
+            levers=dict(levers),
+            validation_accuracy=accuracy,
+            within_budget=self.budget.admits(accuracy),
+            bootstraps=cost.bootstraps,
+            complexity=cost.complexity,
+            parameters=cost.parameters,
+            expected_seconds_per_sample=pace.seconds(cost) if pace else None,
+            seconds_spent=round(time.monotonic() - begun, 2),
+        )
+        self.assessed += 1
+        self.progress(
+            f"lever search: #{self.assessed} {_levers_text(candidate.levers)}: validation "
+            f"{accuracy:.4f}{'' if candidate.within_budget else ' (outside the budget)'}, {cost.bootstraps} "
+            f"bootstraps, {_seconds_text(candidate.expected_seconds_per_sample)}"
+        )
+        return candidate
+
+    def simulated_accuracy(self, model: Any, settings: TrainingSettings) -> float:
+        """On the validation split, in FHE simulation; the mean of several draws where bootstraps may err."""
+        draws = SIMULATIONS_WITH_ERRORS if settings.effective_p_error > 0 else 1
+        x_val, y_val = self.split.x_val, self.split.y_val
+        return float(np.mean([(model.predict(x_val, fhe="simulate") == y_val).mean() for _ in range(draws)]))
+
+    def pace_for(self, cost: CircuitCost) -> Pace | None:
+        """The measured pace, measured now if this is the first circuit with bootstraps."""
+        if cost.bootstraps and self.pace is None:
+            self.progress("lever search: measuring a bootstrap on one core, to price circuits in seconds")
+            self.pace = self.pace_of()
+        return self.pace
+
+
+@dataclass(frozen=True)
+class Deadline:
+    started: float
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+
+    def passed(self) -> bool:
+        return self.clock() - self.started >= self.seconds
+
+
 def search(
     given: TrainingSettings,
     pinned: frozenset[str],
@@ -206,133 +330,36 @@ def search(
     pace_of: Callable[[], Pace] = measure_pace,
 ) -> SearchResult:
     """Search the unpinned levers of ``given`` (see the module's docstring). ``x``/``y`` is the training split."""
-    from sklearn.model_selection import train_test_split
-
-    started = time.monotonic()
-    try:
-        x_fit, x_val, y_fit, y_val = train_test_split(
-            x, y, test_size=options.validation_size, random_state=options.seed, stratify=y
-        )
-    except ValueError as error:
-        raise StepInputError(
-            f"the training split is too small to hold out a validation split for the lever search ({error}); "
-            "set SearchSeconds=0 to train the given levers without a search"
-        ) from None
-    fits = _Fits(x_fit, y_fit)
+    deadline = Deadline(time.monotonic(), options.seconds)
+    split = ValidationSplit.hold_out(x, y, options)
+    fits = _Fits(split.x_fit, split.y_fit)
     space = searched_levers(given, pinned)
-    baseline = fits.model(given)
-    float_accuracy = float((clear_predictions(baseline, x_val) == y_val).mean())
+    float_accuracy = float((clear_predictions(fits.model(given), split.x_val) == split.y_val).mean())
+    budget = Budget(reference_accuracy=float_accuracy, accuracy_loss=options.accuracy_budget)
+    shown_pinned = sorted(pinned & set(SEARCH_SPACE.get(given.model_type, {})))
+    progress(
+        f"lever search: {given.model_type}, float model {float_accuracy:.4f} on {len(split.y_val)} validation rows, "
+        f"budget {options.accuracy_budget:.4f}, {options.seconds:.0f} s; searching "
+        f"{', '.join(space) or 'nothing'}{'; pinned ' + ', '.join(shown_pinned) if shown_pinned else ''}"
+    )
+    assessor = CandidateAssessor(given, split, fits, budget, progress, pace_of)
+    descent = descend(levers_of(given), space, assessor, budget, deadline.passed)
     result = SearchResult(
         accuracy_budget=options.accuracy_budget,
         time_budget_seconds=options.seconds,
         float_accuracy=float_accuracy,
-        validation_rows=len(y_val),
-        pinned=sorted(pinned & set(SEARCH_SPACE.get(given.model_type, {}))),
+        validation_rows=len(split.y_val),
+        pinned=shown_pinned,
         space={lever: list(values) for lever, values in space.items()},
+        candidates=[explored.assessment for explored in descent.explored],
+        path=list(descent.path),
+        chosen=descent.chosen,
+        stop=descent.stop,
+        seconds=round(time.monotonic() - deadline.started, 1),
+        pace=assessor.pace.to_dict() if assessor.pace else None,
     )
-    pace: list[Pace] = []  # measured once, at the first circuit with bootstraps
-    explored: dict[tuple[Any, ...], Candidate] = {}
-    progress(
-        f"lever search: {given.model_type}, float model {float_accuracy:.4f} on {len(y_val)} validation rows, "
-        f"budget {options.accuracy_budget:.4f}, {options.seconds:.0f} s; searching "
-        f"{', '.join(space) or 'nothing'}{'; pinned ' + ', '.join(result.pinned) if result.pinned else ''}"
-    )
-
-    def levers_of(settings: TrainingSettings) -> dict[str, Any]:
-        return {lever: lever_value(settings, lever) for lever in SEARCH_SPACE.get(given.model_type, {})}
-
-    def evaluate(settings: TrainingSettings) -> Candidate:
-        key = tuple(levers_of(settings).items())
-        if key in explored:
-            return explored[key]
-        begun = time.monotonic()
-        model = fits.model(settings)
-        circuit = settings.compile(model, x_fit)
-        draws = SIMULATIONS_WITH_ERRORS if settings.effective_p_error > 0 else 1
-        accuracy = float(np.mean([(model.predict(x_val, fhe="simulate") == y_val).mean() for _ in range(draws)]))
-        cost = CircuitCost.of(circuit)
-        if cost.bootstraps and not pace:
-            progress("lever search: measuring a bootstrap on one core, to price circuits in seconds")
-            pace.append(pace_of())
-        candidate = Candidate(
-            levers=levers_of(settings),
-            validation_accuracy=accuracy,
-            within_budget=float_accuracy - accuracy <= options.accuracy_budget + 1e-9,
-            bootstraps=cost.bootstraps,
-            complexity=cost.complexity,
-            parameters=cost.parameters,
-            expected_seconds_per_sample=pace[0].seconds(cost) if pace else None,
-            seconds_spent=round(time.monotonic() - begun, 2),
-        )
-        explored[key] = candidate
-        result.candidates.append(candidate)
-        progress(
-            f"lever search: #{len(result.candidates)} {_levers_text(candidate.levers)}: validation "
-            f"{accuracy:.4f}{'' if candidate.within_budget else ' (outside the budget)'}, {cost.bootstraps} "
-            f"bootstraps, {_seconds_text(candidate.expected_seconds_per_sample)}"
-        )
-        return candidate
-
-    def out_of_time() -> bool:
-        return time.monotonic() - started >= options.seconds
-
-    current_settings, current = given, evaluate(given)
-    result.stopped = "no one-lever change saves time within the budget"
-    if current.within_budget and current.bootstraps == 0:
-        result.stopped = "the circuit has no bootstrap: its time is the run's fixed cost, no lever saves any"
-    while result.stopped != "the circuit has no bootstrap: its time is the run's fixed cost, no lever saves any":
-        moves: list[tuple[Candidate, TrainingSettings]] = []
-        for lever, values in space.items():
-            for value in values:
-                if value == lever_value(current_settings, lever):
-                    continue
-                if out_of_time():
-                    result.stopped = "time budget spent"
-                    break
-                neighbour = replace(current_settings, **{lever: value})
-                moves.append((evaluate(neighbour), neighbour))
-            if result.stopped == "time budget spent":
-                break
-        better = [
-            (candidate, settings)
-            for candidate, settings in moves
-            if candidate.within_budget and _saves(candidate, current)
-        ]
-        if not better:
-            break
-        current, current_settings = min(better, key=lambda m: (_cost(m[0]), -m[0].validation_accuracy))
-        if result.stopped == "time budget spent":
-            break
-    if current.within_budget:
-        result.chosen = result.candidates.index(current)
-    else:
-        result.stopped += "; nothing explored is within the budget: the given levers are trained"
-    result.seconds = round(time.monotonic() - started, 1)
-    result.pace = pace[0].to_dict() if pace else None
-    chosen = result.chosen_candidate
-    progress(
-        f"lever search: {len(result.candidates)} candidates in {result.seconds:.0f} s ({result.stopped}); chosen: "
-        + (
-            f"{_levers_text(chosen.levers)}, validation {chosen.validation_accuracy:.4f}, {chosen.bootstraps} "
-            f"bootstraps, {_seconds_text(chosen.expected_seconds_per_sample)}"
-            if chosen
-            else "none"
-        )
-    )
+    progress(_conclusion(result))
     return result
-
-
-def _cost(candidate: Candidate) -> float:
-    """Expected seconds where measured; a circuit without bootstraps costs next to nothing."""
-    if candidate.expected_seconds_per_sample is not None:
-        return candidate.expected_seconds_per_sample
-    return 0.0 if candidate.bootstraps == 0 else math.inf
-
-
-def _saves(candidate: Candidate, current: Candidate) -> bool:
-    if not current.within_budget:  # the given levers are outside the budget: any candidate within it will do
-        return True
-    return _cost(candidate) <= (1 - MIN_SAVING) * _cost(current) and _cost(candidate) < _cost(current)
 
 
 def chosen_settings(given: TrainingSettings, result: SearchResult) -> TrainingSettings:
@@ -341,7 +368,20 @@ def chosen_settings(given: TrainingSettings, result: SearchResult) -> TrainingSe
     return replace(given, **chosen.levers) if chosen else given
 
 
-def _levers_text(levers: dict[str, Any]) -> str:
+def _conclusion(result: SearchResult) -> str:
+    chosen = result.chosen_candidate
+    return (
+        f"lever search: {len(result.candidates)} candidates in {result.seconds:.0f} s ({result.stopped}); chosen: "
+        + (
+            f"{_levers_text(chosen.levers)}, validation {chosen.validation_accuracy:.4f}, {chosen.bootstraps} "
+            f"bootstraps, {_seconds_text(chosen.expected_seconds_per_sample)}"
+            if chosen
+            else "none"
+        )
+    )
+
+
+def _levers_text(levers: Mapping[str, Any]) -> str:
     return ", ".join(f"{k.removeprefix('module__')}={v}" for k, v in levers.items())
 
 

@@ -23,8 +23,8 @@ from common import artifacts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, channel_dir, hyperparameters, model_dir, run_entry_point
-from containers.training.models import TrainingSettings
 from containers.training.search import SearchSettings, chosen_settings, search
+from containers.training.training_settings import TrainingSettings
 
 
 def load_split(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]

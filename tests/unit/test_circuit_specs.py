@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from common.bundle.schema import BundleError
 from containers.inference.circuit_specs import CircuitSpecs
 from containers.training.data import builtin_dataset_csv
-from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
 from containers.training.train import load_split, train
+from containers.training.training_settings import TrainingSettings
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from containers.inference.app import create_app
 from containers.inference.engine import InferenceEngine
 from containers.inference.handlers import Handlers
 from containers.training.data import builtin_dataset_csv
-from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
 from containers.training.train import train
+from containers.training.training_settings import TrainingSettings
 from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
 PACKAGE_ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/fhe-models/1"

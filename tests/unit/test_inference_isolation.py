@@ -26,9 +26,9 @@ from containers.inference.engine import InferenceEngine
 from containers.inference.evaluator import Evaluator
 from containers.inference.handlers import Handlers
 from containers.training.data import builtin_dataset_csv
-from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
 from containers.training.train import train
+from containers.training.training_settings import TrainingSettings
 from tests.unit.test_inference_app import BUCKET, PACKAGE_ARN, clear_predictions, post, rows, shard_request, upload
 
 # A well-formed serialized key set with no key at all: it deserializes, and evaluating a circuit that needs keys

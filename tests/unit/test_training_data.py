@@ -8,8 +8,8 @@ import pytest
 from common.preprocessing import PreprocessingRecord, SchemaError
 from containers.contract import StepInputError
 from containers.training.data import ColumnChoice, builtin_dataset_csv, find_input_file, load_table
-from containers.training.models import TrainingSettings
 from containers.training.preprocess import encode_labels, preprocess
+from containers.training.training_settings import TrainingSettings
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -12,9 +12,9 @@ import pytest
 from common import artifacts
 from containers.training.data import builtin_dataset_csv
 from containers.training.evaluate import evaluate
-from containers.training.models import TrainingSettings
 from containers.training.preprocess import preprocess
 from containers.training.train import train
+from containers.training.training_settings import TrainingSettings
 
 SMALL = {
     "logistic_regression": TrainingSettings(model_type="logistic_regression"),
@@ -81,27 +81,6 @@ def test_train_then_evaluate(model_type: str, splits: Path, tmp_path: Path) -> N
         assert metrics["programmable_bootstrap_count"] > 0
 
 
-def test_approximate_rounding_needs_fewer_bootstraps_and_survives_model_json(splits: Path, tmp_path: Path) -> None:
-    """The rounding lever changes the circuit Train compiles, and Evaluate's reload compiles the same one."""
-    from concrete.ml.common.serialization.loaders import loads
-
-    from containers.training.train import load_split
-
-    network = {**SMALL["neural_network"].to_dict(), "module__n_accum_bits": 32, "p_error": 0.05}
-    counts = {}
-    for rounding in ("exact", "approximate"):
-        settings = TrainingSettings(**{**network, "rounding": rounding})
-        model_dir = tmp_path / rounding
-        summary = train(settings, splits / "train", splits / "preprocessing", model_dir)
-        counts[rounding] = summary["circuit"]["programmable_bootstrap_count"]
-        reloaded = loads((model_dir / artifacts.MODEL_JSON).read_text())
-        x_train, _ = load_split(splits / "train", "train")
-        again = settings.compile(reloaded, x_train).statistics["programmable_bootstrap_count"]
-        assert again == counts[rounding], rounding
-    # Exact rounding takes one bootstrap per removed bit on top of each activation's own.
-    assert 0 < counts["approximate"] < counts["exact"]
-
-
 def test_an_unknown_rounding_is_refused_by_name() -> None:
     from containers.contract import StepInputError
 
@@ -128,58 +107,50 @@ def test_the_compression_hyperparameters_switch_compression(splits: Path) -> Non
     assert sizes[True][0] < sizes[False][0] and sizes[True][1] < sizes[False][1], sizes
 
 
-def test_the_lever_search_stays_within_its_budget_and_keeps_pinned_levers(splits: Path, tmp_path: Path) -> None:
-    """Every candidate keeps the pinned depth; the chosen one is within the budget on the validation split and no
-    dearer than the given levers; Train fits it, and Evaluate reports its levers and how they were chosen."""
-    from containers.training.search import MIN_SAVING, SearchSettings, search
-    from containers.training.train import load_split
+def test_train_searches_the_unset_levers_and_fits_the_choice_evaluate_reports(splits: Path, tmp_path: Path) -> None:
+    """One real search inside Train (the policy's decisions are test_search_policy.py's): every candidate is a real
+    circuit, fitted with the pinned depth, simulated on the validation split and priced at a measured bootstrap;
+    Train fits the chosen levers, training.json records the search with its stop reason as a value, and Evaluate
+    reports the levers and how they were chosen."""
+    from containers.training.search import SearchSettings
+    from containers.training.search_policy import StopReason, stop_text
 
-    x, y = load_split(splits / "train", "train")
-    raw = {"model_type": "decision_tree", "max_depth": "3", "n_bits": "0", "rounding": "auto"}
+    raw = {"model_type": "decision_tree", "max_depth": "2", "n_bits": "0", "rounding": "auto"}
     given, pinned = TrainingSettings.from_hyperparameters(raw), TrainingSettings.given_levers(raw)
-    assert pinned == {"max_depth"} and given.max_depth == 3 and given.n_bits == 0
+    assert pinned == {"max_depth"} and given.max_depth == 2 and given.n_bits == 0
     budget = 0.02
-    result = search(given, pinned, x, y, SearchSettings(accuracy_budget=budget, seconds=600), progress=lambda _: None)
-    assert len(result.candidates) > 2 and result.stopped.startswith("no one-lever change")
-    assert {c.levers["max_depth"] for c in result.candidates} == {3}
-    assert {c.levers["n_bits"] for c in result.candidates} == set(result.space["n_bits"])
-    for candidate in result.candidates:
-        assert candidate.within_budget == (result.float_accuracy - candidate.validation_accuracy <= budget + 1e-9)
-        assert candidate.bootstraps > 0 and candidate.expected_seconds_per_sample
-    chosen, first = result.chosen_candidate, result.candidates[0]
-    assert chosen is not None and chosen.within_budget
-    assert result.float_accuracy - chosen.validation_accuracy <= budget
-    assert first.levers == {"n_bits": given.effective_n_bits, "max_depth": 3}
-    assert chosen.expected_seconds_per_sample <= first.expected_seconds_per_sample  # type: ignore[operator]
-    # It stopped where no one-lever change within the budget saves what a move must save.
-    for candidate in result.candidates:
-        changed = [k for k in chosen.levers if candidate.levers[k] != chosen.levers[k]]
-        if len(changed) == 1 and candidate.within_budget:
-            saving = 1 - candidate.expected_seconds_per_sample / chosen.expected_seconds_per_sample  # type: ignore[operator]
-            assert saving < MIN_SAVING, (candidate, chosen)
-
-    # No budget at all: nothing that loses accuracy on the validation split is ever chosen.
-    strict = search(given, pinned, x, y, SearchSettings(accuracy_budget=0.0, seconds=600), progress=lambda _: None)
-    assert strict.chosen is None or strict.candidates[strict.chosen].validation_accuracy >= strict.float_accuracy
-
-    # A spent time budget explores the given levers only, and says so.
-    hurried = search(given, pinned, x, y, SearchSettings(seconds=1e-6), progress=lambda _: None)
-    assert len(hurried.candidates) == 1 and hurried.stopped.startswith("time budget spent")
-
     model_dir = tmp_path / "model"
     summary = train(given, splits / "train", splits / "preprocessing", model_dir, SearchSettings(budget, 600), pinned)
     record = json.loads((model_dir / artifacts.TRAINING_JSON).read_text())
-    assert record["search"]["chosen_levers"] == summary["search"]["chosen_levers"]
+    searched = record["search"]
+    assert searched["chosen_levers"] == summary["search"]["chosen_levers"]
+    assert searched["stop_reason"] == StopReason.NO_SAVING.value
+    assert searched["stopped"] == stop_text(StopReason.NO_SAVING, chose=True)
+
+    candidates, chosen = searched["candidates"], searched["candidates"][searched["chosen"]]
+    assert {c["levers"]["max_depth"] for c in candidates} == {2}
+    assert {c["levers"]["n_bits"] for c in candidates} == set(searched["space"]["n_bits"])
+    assert candidates[0]["levers"] == {"n_bits": given.effective_n_bits, "max_depth": 2}
+    assert searched["path"][0] == 0 and searched["path"][-1] == searched["chosen"]
+    assert searched["pace"]["seconds_per_complexity"] > 0
+    for candidate in candidates:
+        loss = searched["float_accuracy"] - candidate["validation_accuracy"]
+        assert candidate["within_budget"] == (loss <= budget + 1e-9)
+        assert candidate["bootstraps"] > 0 and candidate["expected_seconds_per_sample"] > 0
+    assert chosen["within_budget"]
+    assert chosen["expected_seconds_per_sample"] <= candidates[0]["expected_seconds_per_sample"]
+
     trained = TrainingSettings(**record["settings"])
-    assert (trained.effective_n_bits, trained.max_depth) == tuple(record["search"]["chosen_levers"].values())
+    assert {"n_bits": trained.effective_n_bits, "max_depth": trained.max_depth} == chosen["levers"]
     model_input = tmp_path / "model-input"
     model_input.mkdir()
     with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
         for path in model_dir.iterdir():
             tar.add(path, arcname=path.name)
     report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
-    assert report["levers"] == record["search"]["chosen_levers"]
-    assert report["search"]["chosen"]["levers"] == report["levers"] and report["search"]["pinned"] == sorted(pinned)
+    assert report["levers"] == chosen["levers"]
+    assert report["search"]["chosen"] == chosen and report["search"]["pinned"] == sorted(pinned)
+    assert report["search"]["stop_reason"] == StopReason.NO_SAVING.value
 
 
 def test_the_search_settings_are_checked_by_name() -> None:

@@ -1,4 +1,5 @@
-"""The quantized Concrete ML models the product trains, and the levers ML ops may set on them.
+"""What ML ops set for a training: the model type (one of the quantized Concrete ML models the product trains)
+and its levers, and how those settings build and compile the model.
 
 Every lever arrives as a SageMaker hyperparameter (a string); ``TrainingSettings.from_hyperparameters``
 checks names, types and ranges and says which one is wrong.
@@ -9,10 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import numpy as np
-
-from common.environment import scoped_environment
 from containers.contract import StepInputError
+from containers.training import concrete_internals
 
 MODEL_TYPES = ("logistic_regression", "decision_tree", "xgboost", "neural_network")
 
@@ -155,14 +154,9 @@ class TrainingSettings:
     def compile(self, model: Any, x: Any) -> Any:
         """Compile a fitted model to its FHE circuit: the same in Train and Evaluate, so both get one circuit."""
         if self.model_type == "neural_network":
-            set_rounding(model, self.rounding)
-        # Concrete ML turns both compressions on whatever the configuration says, unless these variables
-        # say otherwise; they are its only switch.
-        switches = {
-            "USE_KEY_COMPRESSION": "1" if self.compress_evaluation_keys else "0",
-            "USE_INPUT_COMPRESSION": "1" if self.compress_input_ciphertexts else "0",
-        }
-        with scoped_environment(switches):
+            concrete_internals.set_rounding(model, approximate=self.rounding == "approximate")
+        # Concrete ML compresses whatever the configuration says unless told otherwise (concrete_internals).
+        with concrete_internals.compression(self.compress_evaluation_keys, self.compress_input_ciphertexts):
             return model.compile(x, **self.compile_options())
 
     def compile_options(self) -> dict[str, Any]:
@@ -177,44 +171,6 @@ class TrainingSettings:
         if self.effective_p_error > 0:
             options["p_error"] = self.effective_p_error
         return options
-
-
-def clear_predictions(model: Any, x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
-    """The model outside FHE and before output quantization: the reference the FHE gap is measured against, each
-    model type by what its float model really is.
-
-    - Linear models: the float scikit-learn model, on float inputs (Concrete ML quantizes it after training).
-    - Trees and boosted trees: Concrete ML fits the scikit-learn or XGBoost model on the quantized inputs, so
-      its thresholds are in that integer space; on float inputs every sample falls on one side of every split.
-      The float model is run on the inputs quantized as in training.
-    - Networks are trained quantization-aware: they have no float twin, their quantized clear predictions are
-      the reference.
-    """
-    from concrete.ml.sklearn.base import BaseTreeEstimatorMixin, SklearnLinearModelMixin
-
-    if isinstance(model, BaseTreeEstimatorMixin):
-        return np.asarray(model.sklearn_model.predict(model.quantize_input(x)))
-    if isinstance(model, SklearnLinearModelMixin) and model.sklearn_model is not None:
-        return np.asarray(model.sklearn_model.predict(x))
-    return np.asarray(model.predict(x, fhe="disable"))
-
-
-def set_rounding(model: Any, method: str) -> None:
-    """Make the accumulator roundings of a fitted built-in network ``exact`` or ``approximate``.
-
-    Concrete ML inserts these roundings itself (power-of-two scaling) and always makes them exact; it offers
-    the choice only through ``compile_torch_model``. The choice is stored on the quantized operations, so
-    ``model.json`` keeps it and a model loaded from it compiles to the same circuit.
-    """
-    from concrete import fhe
-
-    exactness = fhe.Exactness.APPROXIMATE if method == "approximate" else fhe.Exactness.EXACT
-    for _, operation in model.quantized_module_.quant_layers_dict.values():
-        rounding = getattr(operation, "rounding_threshold_bits", None)
-        if isinstance(rounding, dict):
-            rounding = rounding.get("n_bits")
-        if isinstance(rounding, int):
-            operation.rounding_threshold_bits = {"n_bits": rounding, "method": exactness}
 
 
 def is_unset(name: str, text: str) -> bool:
