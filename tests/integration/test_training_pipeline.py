@@ -90,7 +90,7 @@ def test_model_package_is_registered_with_metrics_pending_approval(succeeded: st
     assert metrics["fhe_latency_seconds_per_sample"] > 0 and metrics["fhe_seconds_per_sample_served"] > 0
     # The Train step searched the unset levers: a linear model's circuit has no bootstrap, so it kept them.
     assert report["levers"] == {"n_bits": 8} and report["search"]["chosen"]["levers"] == report["levers"]
-    assert report["search"]["explored"] == 1 and "no bootstrap" in report["search"]["stopped"]
+    assert report["search"]["explored"] == 1 and report["search"]["stop_reason"] == "no_bootstrap"
 
 
 def test_the_uci_file_with_its_id_named_trains_a_model_without_it(pipeline: PipelineSettings) -> None:
