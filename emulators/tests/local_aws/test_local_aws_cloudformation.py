@@ -389,6 +389,7 @@ def test_a_served_versions_stack_makes_its_resources_in_the_local_sagemaker(
     resources = _resources(cloudformation, "served-v1")
     assert {r["ResourceStatus"] for r in resources.values()} == {"CREATE_COMPLETE"}
     outputs = _outputs(served_version)
+    assert served_version["RoleARN"] == account.deployer
 
     endpoint = sagemaker.describe_endpoint(EndpointName="served-v1")
     assert endpoint["EndpointStatus"] == "InService"
@@ -443,6 +444,7 @@ def test_an_update_replaces_the_configuration_and_moves_the_endpoint_to_it(
     cloudformation.update_stack(StackName="served-v1", UsePreviousTemplate=True, Parameters=_parameters(account, "2"))
     stack = _settled(cloudformation, "served-v1")
     assert stack["StackStatus"] == "UPDATE_COMPLETE", _failures(cloudformation, "served-v1")
+    assert stack["RoleARN"] == account.deployer
     after = _outputs(stack)
     assert after["ModelName"] != before["ModelName"]
     assert after["EndpointConfigName"] != before["EndpointConfigName"]
@@ -493,7 +495,11 @@ def test_a_role_that_does_not_trust_cloudformation_is_refused(local_aws: LocalAw
         cloudformation.describe_stacks(StackName="served-untrusted")
 
 
-def test_a_caller_who_may_not_pass_the_role_is_refused(local_aws: LocalAws, account: Account) -> None:
+def test_a_caller_who_may_not_pass_the_role_is_refused_and_without_one_acts_as_itself(
+    local_aws: LocalAws, account: Account
+) -> None:
+    """Refused before anything starts when the caller may not pass the service role to CloudFormation; without a
+    service role the stack's resources are made with the caller's own credentials, so what it may not do fails."""
     iam = local_aws.client("iam")
     iam.create_user(UserName="releaser-without-pass-role")
     allowed = {"Effect": "Allow", "Action": "cloudformation:*", "Resource": "*"}
@@ -503,13 +509,24 @@ def test_a_caller_who_may_not_pass_the_role_is_refused(local_aws: LocalAws, acco
     cloudformation = local_aws.client(
         "cloudformation", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"]
     )
-    with pytest.raises(ClientError, match="not authorized to perform: iam:PassRole"):
+    with pytest.raises(ClientError, match="not authorized to perform: iam:PassRole") as refused:
         cloudformation.create_stack(
             StackName="served-not-passed",
             TemplateBody=json.dumps(SERVED_VERSION),
             Parameters=_parameters(account, "1"),
             RoleARN=account.deployer,
         )
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    cloudformation.create_stack(
+        StackName="served-as-caller",
+        TemplateBody=json.dumps(SERVED_VERSION),
+        Parameters=_parameters(account, "1"),
+        OnFailure="DO_NOTHING",
+    )
+    assert _settled(cloudformation, "served-as-caller")["StackStatus"] == "CREATE_FAILED"
+    failures = _failures(cloudformation, "served-as-caller")
+    assert any(f.startswith("Model:") and "releaser-without-pass-role" in f for f in failures), failures
+    cloudformation.delete_stack(StackName="served-as-caller")
 
 
 def test_the_local_sagemaker_decides_with_the_service_roles_own_permissions(

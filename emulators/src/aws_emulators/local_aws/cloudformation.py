@@ -3,8 +3,8 @@
 - **A stack's service role.** CreateStack, UpdateStack and DeleteStack naming ``RoleARN`` run the operation under
   that role, as AWS does: the caller must be allowed ``iam:PassRole`` on it (``iam:PassedToService``
   ``cloudformation.amazonaws.com``), its trust policy must let ``cloudformation.amazonaws.com`` assume it, and the
-  stack keeps it for its later operations. Without one, the operation runs with the caller's own credentials.
-  ministack ignored ``RoleARN``.
+  stack keeps it for its later operations (DescribeStacks shows it). Without one, the operation runs with the
+  caller's own credentials. ministack ignored ``RoleARN``.
 - **The resources of a served version**: ``AWS::SageMaker::Model``, ``AWS::SageMaker::EndpointConfig``,
   ``AWS::SageMaker::Endpoint``, ``AWS::ApplicationAutoScaling::ScalableTarget`` and
   ``AWS::ApplicationAutoScaling::ScalingPolicy`` (ministack refused them as unrecognized types). They are made
@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement, tostring
+from xml.sax.saxutils import escape
 
 import boto3
 from botocore import xform_name
@@ -189,8 +190,6 @@ def _under_stack_identity(handler: Callable[[dict[str, Any]], Any]) -> Callable[
 
     def run(params: dict[str, Any]) -> Any:
         stack_name = _p(params, "StackName") or ""
-        if not stack_name and _p(params, "ChangeSetName", "").startswith("arn:"):
-            stack_name = _p(params, "ChangeSetName").split(":changeSet/", 1)[0]
         record = _stack_record(stack_name)
         role_arn = _p(params, ROLE_KEY) or (record or {}).get(ROLE_KEY) or ""
         try:
@@ -207,6 +206,23 @@ def _under_stack_identity(handler: Callable[[dict[str, Any]], Any]) -> Callable[
         if record is not None and _p(params, ROLE_KEY):
             record[ROLE_KEY] = role_arn
         return response
+
+    return run
+
+
+def _describe_with_roles(describe: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    """DescribeStacks with each stack's ``RoleARN``, as AWS answers (ministack's answer leaves it out)."""
+
+    def run(params: dict[str, Any]) -> Any:
+        status, headers, body = describe(params)
+        if status != 200:
+            return status, headers, body
+        text = body.decode()
+        for record in list(cfn._stacks.values()):
+            if record.get(ROLE_KEY):
+                stack_id = f"<StackId>{escape(record['StackId'])}</StackId>"
+                text = text.replace(stack_id, f"{stack_id}<RoleARN>{escape(record[ROLE_KEY])}</RoleARN>")
+        return status, headers, text.encode()
 
     return run
 
@@ -661,6 +677,7 @@ def install() -> None:
     cfn.handle_request = handle_request  # the service module's entry, looked up by ministack's router
     for action in STACK_OPERATIONS:
         handlers._ACTION_HANDLERS[action] = _under_stack_identity(handlers._ACTION_HANDLERS[action])
+    handlers._ACTION_HANDLERS["DescribeStacks"] = _describe_with_roles(handlers._ACTION_HANDLERS["DescribeStacks"])
     provisioners._RESOURCE_HANDLERS.update(HANDLERS)
     provisioners._REPLACING_PROPERTIES.update(CREATE_ONLY)
     stacks._runs_on_worker_thread = runs_on_worker_thread
