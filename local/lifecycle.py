@@ -1,21 +1,24 @@
-"""Lifecycle of the local stack: the local AWS (ministack, in its own virtual environment) and the local
-SageMaker, both bound to 127.0.0.1, with their state under ``.local-stack/`` so a restart loses nothing.
+"""Lifecycle of the local stack: the local AWS (ministack with the emulators' extension, in its own virtual
+environment: ``aws_emulators.local_aws``) and the local SageMaker, both bound to 127.0.0.1, with their state under
+``.local-stack/`` so a restart loses nothing.
 
 As strict as AWS where it can be: both serve only TLS, with a certificate authority of the stack's own that
 clients trust through ``AWS_CA_BUNDLE`` (``local/tls.py``), and the local AWS enforces IAM (ministack's
 ``AUTH=true``: identity, resource and bucket policies; each Lambda runs under its execution role's session).
 
-    fhe-local up        start both (installs ministack on first use), print the environment to use them
-                        --runtime podman|docker: the local SageMaker runs jobs and endpoints from the built
-                        images (``fhe-deploy images --no-push``) instead of the source tree
-    fhe-local status    is each one running and healthy
-    fhe-local env       print the environment variables that point clients at the local stack (with the local
-                        AWS's administrator credentials, for fhe-deploy)
-    fhe-local people --deployment PREFIX
-                        after fhe-deploy up (and each fhe-deploy owner add): a profile per actor of the deployment
-                        (trainer, ml-ops, auditor, owner-<name> for each batch owner), each assuming its role;
-                        prints the exports that leave the administrator behind
-    fhe-local down      stop both
+    python -m local.lifecycle up        start both (installs ministack on first use), print the environment to
+                                        use them; --runtime podman|docker: the local SageMaker runs jobs and
+                                        endpoints from the built images (``fhe-deploy images --no-push``) instead
+                                        of the source tree
+    python -m local.lifecycle status    is each one running and healthy
+    python -m local.lifecycle env       print the environment variables that point clients at the local stack
+                                        (with the local AWS's administrator credentials, for fhe-deploy)
+    python -m local.lifecycle people --deployment PREFIX
+                                        after fhe-deploy up (and each fhe-deploy owner add): a profile per actor
+                                        of the deployment (trainer, ml-ops, auditor, owner-<name> for each batch
+                                        owner), each assuming its role; prints the exports that leave the
+                                        administrator behind
+    python -m local.lifecycle down      stop both
 """
 
 from __future__ import annotations
@@ -33,18 +36,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from aws_emulators.local_aws import launch
 from aws_emulators.sagemaker.runtime import RUNTIMES
 
 from common.estimate import TABLE_VARIABLE
+from local.stack_folder import stack_dir as stack_dir  # where the stack keeps its state, for its users too
 from local.tls import TlsMaterial, ensure_tls
 
-MINISTACK_VERSION = "1.5.33"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
-
-
-def stack_dir() -> Path:
-    return Path(os.environ.get("FHE_LOCAL_STACK_DIR", Path.cwd() / ".local-stack")).resolve()
 
 
 def sagemaker_state_dir() -> Path:
@@ -131,18 +131,7 @@ def client_environment() -> dict[str, str]:
 
 def _ministack_python() -> Path:
     # The venv may be shared between stacks (tests use a fresh state folder but one installation).
-    venv = Path(os.environ.get("FHE_MINISTACK_VENV", stack_dir() / "ministack-venv"))
-    python = venv / "bin" / "python"
-    marker = venv / f".ministack-{MINISTACK_VERSION}-boto3-cryptography"
-    if not marker.exists():
-        print(f"installing ministack {MINISTACK_VERSION} into {venv} (first use only)…", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        # boto3 too: this interpreter runs the Lambda functions, and the Lambda runtime provides boto3. And
-        # cryptography, without which ministack's KMS makes no asymmetric key (the audit log's signing key).
-        packages = [f"ministack=={MINISTACK_VERSION}", "boto3", "cryptography"]
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
-        marker.touch()
-    return python
+    return launch.ensure_ministack(Path(os.environ.get("FHE_MINISTACK_VENV", stack_dir() / "ministack-venv")))
 
 
 def _spawn(service: Service, command: list[str], environment: dict[str, str]) -> None:
@@ -191,35 +180,23 @@ def up(runtime: str = "process") -> dict[str, str]:
     aws, sagemaker = local_aws(), local_sagemaker()
     if not aws.healthy():
         python = _ministack_python()
-        _spawn(
-            aws,
-            # ministack, with the route where the local SageMaker has its calls authorized.
-            [str(python), str(Path(__file__).with_name("aws_authorizer.py"))],
-            {
-                "BIND_HOST": HOST,
-                "GATEWAY_PORT": str(aws.port),
-                "PERSIST_STATE": "1",
-                "STATE_DIR": str(base / "ministack" / "state"),
-                "S3_PERSIST": "1",
-                "S3_DATA_DIR": str(base / "ministack" / "s3"),
-                "LOG_LEVEL": "WARNING",
-                "AUTH": "true",
-                "USE_SSL": "1",
-                "MINISTACK_SSL_CERT": str(tls().certificate),
-                "MINISTACK_SSL_KEY": str(tls().key),
-                # What its Lambda functions trust when they call the stack back.
-                "AWS_CA_BUNDLE": str(tls().authority),
-                # The Lambda functions run under this process and inherit its environment: their SageMaker
-                # calls go to the local SageMaker, as their other calls go to the local AWS.
-                "AWS_ENDPOINT_URL_SAGEMAKER": sagemaker.url,
-                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": sagemaker.url,
-            },
+        # ministack, with the emulators' routes, resource types and corrections (aws_emulators.local_aws).
+        environment = launch.environment(
+            host=HOST,
+            port=aws.port,
+            state_dir=base / "ministack",
+            certificate=tls().certificate,
+            key=tls().key,
+            ca_bundle=tls().authority,
+            sagemaker_url=sagemaker.url,
         )
+        _spawn(aws, launch.command(python), environment)
         _wait_healthy(aws)
     running = running_runtime(sagemaker)
     if running is not None and running != runtime:
         raise RuntimeError(
-            f"the local SageMaker on {sagemaker.url} runs the {running} runtime, not {runtime}: `fhe-local down` first"
+            f"the local SageMaker on {sagemaker.url} runs the {running} runtime, not {runtime}: "
+            "`python -m local.lifecycle down` first"
         )
     if running is None:
         _spawn(
@@ -292,7 +269,7 @@ def status() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="fhe-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m local.lifecycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=("up", "down", "status", "env", "people"))
     parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT", "fhe"), help="people: its prefix")

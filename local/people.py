@@ -9,7 +9,7 @@ through its profile:
     <prefix>-auditor    the auditor's role
     <prefix>-owner-<name>   each batch owner's role (``fhe-deploy owner add NAME``)
 
-    fhe-local people --deployment fhe    make them (idempotent), print the exports that use them
+    python -m local.lifecycle people --deployment fhe    make them (idempotent), print the exports that use them
 
 On AWS the source identity is a person's own (IAM Identity Center, a federated login); nothing here runs there."""
 
@@ -26,6 +26,7 @@ from common import aws
 from common.environment import scoped_environment
 from common.stack_outputs import read_outputs
 from infrastructure.owners import owners
+from local.stack_folder import stack_dir
 
 # Actor → the output naming its role; each batch owner is an actor too (owner_actor).
 ACTORS = {
@@ -81,8 +82,6 @@ class People:
 
 
 def people_folder(prefix: str) -> Path:
-    from local.lifecycle import stack_dir
-
     return stack_dir() / "people" / prefix
 
 
