@@ -1,6 +1,6 @@
 """The endpoint's scaling: the policies the endpoint deployment writes (readable through boto3 on moto and on the
-local SageMaker alike), the local SageMaker's scaling decisions, and the workflow's concurrency that follows the
-endpoint's largest size."""
+local SageMaker alike) and the workflow's concurrency that follows the endpoint's largest size. The local
+SageMaker's own scaling decisions are tested with it (emulators/tests)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_emulators.sagemaker.autoscaling import ScalingState, decide
 from aws_emulators.sagemaker.server import LocalSageMaker, make_handler
 
 from common.settings import ENDPOINT_OUTPUTS, PIPELINE_OUTPUTS, EndpointSettings, from_outputs
@@ -22,48 +21,6 @@ from infrastructure.deployment import Deployment
 from pipelines.endpoint import configure_scaling, delete_endpoint, family_endpoints
 
 RESOURCE = "endpoint/scaled-v1/variant/AllTraffic"
-TARGET = {"MinCapacity": 0, "MaxCapacity": 2}
-STEP = {
-    "PolicyARN": "arn:step",
-    "PolicyName": "from-zero",
-    "PolicyType": "StepScaling",
-    "StepScalingPolicyConfiguration": {
-        "AdjustmentType": "ChangeInCapacity",
-        "Cooldown": 5,
-        "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
-    },
-}
-TRACKING = {
-    "PolicyARN": "arn:tracking",
-    "PolicyName": "backlog",
-    "PolicyType": "TargetTrackingScaling",
-    "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 2.0, "ScaleInCooldown": 30, "ScaleOutCooldown": 10},
-}
-
-
-def test_from_zero_only_through_a_step_policy_an_alarm_fires() -> None:
-    state = ScalingState(desired=0)
-    assert decide(state, TARGET, [STEP, TRACKING], set(), backlog=3, now=100.0) == (0, ""), "no alarm wired"
-    after, cause = decide(state, TARGET, [STEP, TRACKING], {"arn:step"}, backlog=3, now=100.0)
-    assert after == 1 and "HasBacklogWithoutCapacity" in cause and "from-zero" in cause
-    assert decide(state, TARGET, [STEP, TRACKING], {"arn:step"}, backlog=0, now=100.0) == (0, ""), "nothing waits"
-
-
-def test_target_tracking_scales_out_within_the_maximum_and_in_only_after_the_cooldown() -> None:
-    state = ScalingState(desired=1, last_needed=0.0, last_scale_out=0.0)
-    after, _ = decide(state, TARGET, [STEP, TRACKING], set(), backlog=9, now=100.0)
-    assert after == 2, "ceil(9 / 2) = 5, held to the maximum"
-    state = ScalingState(desired=2, last_needed=100.0, last_scale_out=100.0)
-    assert decide(state, TARGET, [TRACKING], set(), backlog=1, now=120.0) == (2, ""), "within the scale-in cooldown"
-    after, cause = decide(state, TARGET, [TRACKING], set(), backlog=0, now=131.0)
-    assert after == 0 and "backlog 0" in cause
-    busy = ScalingState(desired=1, last_needed=0.0, last_scale_out=0.0)
-    assert decide(busy, TARGET, [TRACKING], set(), backlog=2, now=500.0) == (1, ""), "one instance is needed"
-    assert busy.last_needed == 500.0
-
-
-def test_a_desired_count_outside_the_targets_limits_is_brought_back() -> None:
-    assert decide(ScalingState(desired=5), TARGET, [], set(), backlog=0, now=0.0)[0] == 2
 
 
 def _local_scaling(tmp_path: Path) -> Iterator[str]:

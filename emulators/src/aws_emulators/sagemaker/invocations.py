@@ -22,7 +22,7 @@ from aws_emulators.sagemaker.backend import Backend, timestamp
 from aws_emulators.sagemaker.errors import ResourceInUse, ValidationError
 from aws_emulators.sagemaker.faults import Faults
 from aws_emulators.sagemaker.hosting import Host
-from common.s3uri import S3Uri
+from aws_emulators.sagemaker.s3_objects import S3Uri
 
 log = logging.getLogger("aws_emulators.sagemaker.invocations")
 
