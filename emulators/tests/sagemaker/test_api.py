@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ROLE, Served, serve
+from sagemaker_fixtures import ROLE, Served, serve
 
 from aws_emulators.sagemaker.authorization import Authorizer, SignedRequest
 from aws_emulators.sagemaker.configuration import Configuration

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import Served
+from sagemaker_fixtures import Served
 
 from aws_emulators.sagemaker.autoscaling import ScalingState, decide
 

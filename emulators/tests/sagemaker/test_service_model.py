@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import NO_AWS, REGION, ROLE, Served, serve
-from service_model import ResponseLog, service_model, shape_errors, success_errors
+from sagemaker_fixtures import NO_AWS, REGION, ROLE, Served, serve
+from service_model_check import ResponseLog, service_model, shape_errors, success_errors
 
 from aws_emulators.sagemaker.configuration import Configuration
 
@@ -304,8 +304,11 @@ def test_the_check_refuses_what_the_service_would_never_answer() -> None:
     string for a timestamp, and the wrong HTTP status are each caught."""
     sagemaker = service_model("sagemaker")
     describe = sagemaker.operation_model("DescribePipelineExecution")
-    good: dict[str, Any] = {"PipelineExecutionArn": "arn:aws:sagemaker:us-east-1:0:pipeline/p/execution/x", "CreationTime": 1.0,
-            "PipelineExecutionStatus": "Succeeded"}  # fmt: skip
+    good: dict[str, Any] = {
+        "PipelineExecutionArn": "arn:aws:sagemaker:us-east-1:0:pipeline/p/execution/x",
+        "CreationTime": 1.0,
+        "PipelineExecutionStatus": "Succeeded",
+    }
     assert success_errors(describe, 200, {}, json.dumps(good).encode()) == []
     changes: list[tuple[dict[str, Any], str]] = [
         ({"PipelineExecutionStatus": "Done"}, "not one of"),
