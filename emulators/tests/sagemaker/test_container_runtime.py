@@ -78,6 +78,9 @@ def test_the_process_runtime_runs_the_configured_stand_in_without_the_servers_cr
     assert command == ["/usr/bin/python3", "-m", "acme.training", "train"]
     assert environment["AWS_ACCESS_KEY_ID"] == "role-key" and environment["X"] == "1"
     assert environment[ROOT_VARIABLE] == str(tmp_path)
+    own = Container("job", "acme-training:1", [], tmp_path, entrypoint=["python3", "-m", "acme.preprocess"])
+    python = ProcessRuntime({}, python="/opt/venv/bin/python").command(own)[0]
+    assert python == ["/opt/venv/bin/python", "-m", "acme.preprocess"], "the job's entry point, on that interpreter"
     bare = Container("job", "acme-training:1", [], tmp_path)
     assert "AWS_ACCESS_KEY_ID" not in runtime.command(bare)[1], "no role given: no credentials at all"
     with pytest.raises(ContainerError, match=r"acme-unknown:1 has no command standing in for it here \(configured: "):

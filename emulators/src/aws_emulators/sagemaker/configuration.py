@@ -35,6 +35,9 @@ class Configuration:
     # For the process runtime: image repository name -> the command line that stands in for the image. A
     # repository "<anything>-<name>" matches "<name>" too (a deployment's "acme-training" is "training").
     process_commands: dict[str, list[str]] = field(default_factory=dict)
+    # For the process runtime: the interpreter that runs a command whose first word is ``python`` or ``python3``
+    # (a job's own entry point names the image's interpreter); empty: the one the local SageMaker runs under.
+    process_python: str = ""
     # Variables every serving container gets beside the model's own Environment (a loopback bind address, say:
     # instances share the host's network here).
     serving_environment: dict[str, str] = field(default_factory=dict)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -88,12 +89,14 @@ def aws_environment(role_arn: str | None, aws: AwsClients | None = None) -> dict
 
 class ProcessRuntime:
     """The command standing in for each image (by its repository name), with ``SAGEMAKER_CONTAINER_ROOT``
-    moving ``/``. A job that names its own entry point runs that."""
+    moving ``/``. A job that names its own entry point runs that; a command's ``python`` or ``python3`` is
+    ``python`` (by default the interpreter this process runs under)."""
 
     name = "process"
 
-    def __init__(self, commands: dict[str, list[str]]) -> None:
+    def __init__(self, commands: dict[str, list[str]], python: str = "") -> None:
         self.commands = {name: list(command) for name, command in commands.items()}
+        self.python = python or sys.executable
 
     def stand_in(self, image_uri: str) -> list[str]:
         """The command standing in for ``image_uri``: its repository's name, or the name's last "-" part."""
@@ -108,7 +111,9 @@ class ProcessRuntime:
         self.stand_in(image_uri)
 
     def command(self, container: Container) -> tuple[list[str], dict[str, str]]:
-        argv = container.entrypoint or self.stand_in(container.image_uri)
+        argv = list(container.entrypoint or self.stand_in(container.image_uri))
+        if argv[0] in ("python", "python3"):
+            argv[0] = self.python
         environment = {
             **{k: v for k, v in os.environ.items() if k not in _CREDENTIALS},
             **container.environment,
@@ -184,7 +189,7 @@ class EngineRuntime:
         subprocess.run(self.engine.command("rm", "--force", name), capture_output=True, check=False)
 
 
-def runtime(name: str, process_commands: dict[str, list[str]] | None = None) -> Runtime:
+def runtime(name: str, process_commands: dict[str, list[str]] | None = None, process_python: str = "") -> Runtime:
     if name not in RUNTIMES:
         raise ContainerError(f"unknown runtime {name!r} (use {', '.join(RUNTIMES)})")
-    return ProcessRuntime(process_commands or {}) if name == "process" else EngineRuntime(name)
+    return ProcessRuntime(process_commands or {}, process_python) if name == "process" else EngineRuntime(name)

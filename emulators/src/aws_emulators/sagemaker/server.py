@@ -73,7 +73,7 @@ class LocalSageMaker:
         self.state_dir = state_dir
         self.configuration = configuration = configuration or Configuration()
         self.authorizer = authorizer
-        self.runtime = runtime(configuration.runtime, configuration.process_commands)
+        self.runtime = runtime(configuration.runtime, configuration.process_commands, configuration.process_python)
         self.store = Store(state_dir / "sagemaker.sqlite3")
         arn_prefix = self.arn_prefix = configuration.arn_prefix
         self.registry = Registry(self.store, arn_prefix)
@@ -323,6 +323,9 @@ def arguments() -> argparse.ArgumentParser:
         "repeatable",
     )
     parser.add_argument(
+        "--process-python", help="the process runtime's interpreter for python/python3 (default: its own)"
+    )
+    parser.add_argument(
         "--serving-env",
         action="append",
         metavar="NAME=VALUE",
@@ -342,6 +345,7 @@ def configuration_from(args: argparse.Namespace) -> Configuration:
         region=args.region,
         runtime=args.runtime,
         process_commands=dict(args.process_command) if args.process_command else None,
+        process_python=args.process_python,
         serving_environment=dict(args.serving_env) if args.serving_env else None,
         endpoint_start_timeout_s=args.endpoint_start_timeout,
         scaling_period_s=args.scaling_period,
