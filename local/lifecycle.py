@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import ssl
 import subprocess
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_emulators.local_aws import launch
-from aws_emulators.sagemaker.runtime import RUNTIMES
+from aws_emulators.sagemaker.container_runtime import RUNTIMES
 
 from common.estimate import TABLE_VARIABLE
 from local.stack_folder import stack_dir as stack_dir  # where the stack keeps its state, for its users too
@@ -175,7 +176,7 @@ def running_runtime(service: Service) -> str | None:
 
 def up(runtime: str = "process") -> dict[str, str]:
     """Start whatever is not running yet; idempotent. Returns the client environment. ``runtime`` says how the
-    local SageMaker runs containers (``aws_emulators.sagemaker.runtime``); a running one must already use it."""
+    local SageMaker runs containers (``process``, ``podman`` or ``docker``); a running one must already use it."""
     base = stack_dir()
     aws, sagemaker = local_aws(), local_sagemaker()
     if not aws.healthy():
@@ -213,6 +214,15 @@ def up(runtime: str = "process") -> dict[str, str]:
                 str(sagemaker_state_dir()),
                 "--runtime",
                 runtime,
+                # The product's images, as the process runtime runs them: their entry points from this
+                # interpreter, where the containers' code is installed as in the images.
+                "--process-command",
+                f"training={shlex.join([sys.executable, '-m', 'containers.training'])}",
+                "--process-command",
+                f"inference={shlex.join([sys.executable, '-m', 'containers.inference'])}",
+                # Instances share the host's network: the serving app binds to loopback only.
+                "--serving-env",
+                "FHE_BIND_HOST=127.0.0.1",
                 "--tls-certificate",
                 str(tls().certificate),
                 "--tls-key",

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aws_emulators.sagemaker.runtime import Container, EngineRuntime, aws_environment
+from aws_emulators.sagemaker.container_runtime import Container, EngineRuntime, aws_environment
 
 from client.decrypt import decrypt_result
 from client.encrypt import encrypt_rows

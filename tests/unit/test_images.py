@@ -6,14 +6,12 @@ is tests/integration/test_container_images.py."""
 from __future__ import annotations
 
 import ast
-import json
 import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import tomllib
-from aws_emulators.sagemaker.runtime import Container, ContainerError, EngineRuntime, ProcessRuntime, aws_environment
 
 from infrastructure import images
 from infrastructure.templates import ROOT
@@ -200,47 +198,3 @@ def test_without_a_working_engine_the_error_says_what_to_install(
         images.ContainerEngine.find()
     with pytest.raises(images.ImageError, match="unknown container engine"):
         images.ContainerEngine.find("rkt")
-
-
-def test_the_engine_runtime_runs_the_image_as_sagemaker_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(_fake_engine(tmp_path / "bin").parent))
-    runtime = EngineRuntime("podman")
-    container = Container(
-        "fhe-preprocess-1",
-        "1.dkr.ecr.r.amazonaws.com/acme-training:src-0123456789abcdef",
-        ["--label-column", "label"],
-        tmp_path / "job",
-        {"AWS_SECRET_ACCESS_KEY": "secret-value", "AWS_ENDPOINT_URL": "http://127.0.0.1:4566"},
-        entrypoint=["python", "-m", "containers.training", "preprocess"],
-    )
-    command, environment = runtime.command(container)
-    assert command[1:9] == ["run", "--rm", "--name", "fhe-preprocess-1", "--network", "host", "--pull", "never"]
-    assert f"{tmp_path / 'job/opt/ml'}:/opt/ml" in command
-    assert command[command.index("--entrypoint") + 1] == json.dumps(container.entrypoint)
-    assert command[-3:] == [container.image_uri, "--label-column", "label"]
-    # Variables by name only: their values reach the container through the engine's environment.
-    assert "AWS_SECRET_ACCESS_KEY" in command and not any("secret-value" in part for part in command)
-    assert environment["AWS_SECRET_ACCESS_KEY"] == "secret-value"
-
-
-def test_a_job_gets_its_roles_session_not_the_servers_credentials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from moto import mock_aws
-
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "server-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-secret")
-    with mock_aws():
-        session = aws_environment("arn:aws:iam::123456789012:role/acme-model-creator")
-        both = ProcessRuntime().command(
-            Container("job", "acme-training:1", ["train"], tmp_path, {**session, "SM_EXTRA": "1"})
-        )
-    command, environment = both
-    assert session["AWS_ACCESS_KEY_ID"] != "server-key" and session["AWS_SESSION_TOKEN"]
-    assert environment["AWS_ACCESS_KEY_ID"] == session["AWS_ACCESS_KEY_ID"]
-    assert environment["SAGEMAKER_CONTAINER_ROOT"] == str(tmp_path) and environment["SM_EXTRA"] == "1"
-    assert command[1:] == ["-m", "containers.training", "train"]
-    with pytest.raises(ContainerError, match="not available to the local SageMaker"):
-        ProcessRuntime().command(Container("job", "acme-unknown:1", [], tmp_path))

@@ -28,10 +28,9 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_emulators.local_aws import launch
 from botocore.exceptions import ClientError
 
-from local.tls import ensure_tls
+from aws_emulators.local_aws import launch
 
 pytestmark = pytest.mark.integration
 
@@ -92,9 +91,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
+def local_aws(tmp_path_factory: pytest.TempPathFactory, test_authority: tuple[Path, Path, Path]) -> Iterator[LocalAws]:
     state = tmp_path_factory.mktemp("local-aws")
-    tls = ensure_tls(state / "tls")
+    authority, certificate, key = test_authority
     python = launch.ensure_ministack(Path(os.environ.get("FHE_MINISTACK_VENV", REPO / ".local-stack/ministack-venv")))
     aws_url, sagemaker_url = f"https://{HOST}:{_free_port()}", f"https://{HOST}:{_free_port()}"
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -102,25 +101,24 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
         host=HOST,
         port=int(aws_url.rsplit(":", 1)[1]),
         state_dir=state / "ministack",
-        certificate=tls.certificate,
-        key=tls.key,
-        ca_bundle=tls.authority,
+        certificate=certificate,
+        key=key,
+        ca_bundle=authority,
         sagemaker_url=sagemaker_url,
     )
     sagemaker_environment = {
         "AWS_ENDPOINT_URL": aws_url,
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
-        "AWS_CA_BUNDLE": str(tls.authority),
+        "AWS_CA_BUNDLE": str(authority),
         "AWS_ACCESS_KEY_ID": ADMIN["aws_access_key_id"],
         "AWS_SECRET_ACCESS_KEY": ADMIN["aws_secret_access_key"],
-        "LOCAL_SAGEMAKER_IMAGES": json.dumps(
-            {"stand-in-serving": [sys.executable, str(Path(__file__).with_name("serving_container.py"))]}
-        ),
     }
     sagemaker_command = [sys.executable, "-m", "aws_emulators.sagemaker.server", "--host", HOST]
     sagemaker_command += ["--port", sagemaker_url.rsplit(":", 1)[1], "--state-dir", str(state / "sagemaker")]
-    sagemaker_command += ["--tls-certificate", str(tls.certificate), "--tls-key", str(tls.key)]
+    sagemaker_command += ["--tls-certificate", str(certificate), "--tls-key", str(key)]
+    stand_in = f"stand-in-serving={sys.executable} {Path(__file__).with_name('serving_container.py')}"
+    sagemaker_command += ["--process-command", stand_in, "--serving-env", f"FHE_BIND_HOST={HOST}"]
     sagemaker_command += ["--authorize-with", aws_url]
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -140,8 +138,8 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
                         start_new_session=True,
                     )
                 )
-            _wait_healthy(health, tls.authority, processes[-1], log)
-        yield LocalAws(aws_url, sagemaker_url, tls.authority)
+            _wait_healthy(health, authority, processes[-1], log)
+        yield LocalAws(aws_url, sagemaker_url, authority)
     finally:
         for process in reversed(processes):
             _stop(process)

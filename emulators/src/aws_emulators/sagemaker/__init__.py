@@ -1,1 +1,2 @@
-"""A local SageMaker: the subset of the SageMaker API this product calls, executing pipelines for real."""
+"""A local SageMaker: SageMaker pipelines (executed for real), the model registry and asynchronous
+endpoints with their scaling, over the services' own protocols; the operations are listed in the README."""

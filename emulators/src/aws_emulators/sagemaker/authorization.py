@@ -1,7 +1,7 @@
 """Every call to the local SageMaker is authorized as SageMaker authorizes it on AWS: the caller is the identity
 that signed the request, and the decision is IAM's. The local SageMaker keeps no credentials and evaluates no
 policy of its own: it hands the signed request, the IAM action and the resource ARN to the local AWS
-(``POST /_fhe/authorize``, ``local/aws_authorizer.py``), which checks the signature with the caller's secret and
+(``POST /_fhe/authorize``, a route the local AWS adds for it), which checks the signature with the caller's secret and
 evaluates the caller's policies, and answers with the decision and the caller's ARN.
 
 What each operation is authorized for follows AWS's Service Authorization Reference: the action is

@@ -1,12 +1,12 @@
-"""Application Auto Scaling for the local SageMaker's endpoints: the API calls the product makes (scalable targets,
+"""Application Auto Scaling for the local SageMaker's endpoints: the API calls a deployment makes (scalable targets,
 scaling policies, scaling activities, over the store) and the decision each scaling round takes from them.
 
 On AWS, Application Auto Scaling acts on CloudWatch alarms: target tracking creates its own alarms on
-``ApproximateBacklogSizePerInstance``, and a step policy acts when the alarm it is an action of fires (the product
+``ApproximateBacklogSizePerInstance``, and a step policy acts when the alarm it is an action of fires (a deployment
 wires it to ``HasBacklogWithoutCapacity``). Here the endpoints' scaling round plays both parts: it publishes those
 metrics to CloudWatch as SageMaker does, and :func:`decide` applies the policies to the backlog it measures
 directly; a step policy counts only when a CloudWatch alarm on ``HasBacklogWithoutCapacity`` names it as an action
-(what the product must have wired on AWS)."""
+(what a deployment must have wired on AWS)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ Hosting one serving container lives in ``hosting``, the invocation queue in ``in
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -26,12 +25,10 @@ from aws_emulators.sagemaker.backend import Backend, timestamp
 from aws_emulators.sagemaker.errors import ValidationError, required
 from aws_emulators.sagemaker.hosting import Host, launch, stop_orphaned_containers, terminate
 from aws_emulators.sagemaker.invocations import DEFAULT_INVOCATION_TIMEOUT_S, Invocations
-from common import aws
-from common.s3uri import S3Uri
+from aws_emulators.sagemaker.s3_objects import S3Uri, S3UriError
 
 log = logging.getLogger("aws_emulators.sagemaker.endpoints")
 
-SCALING_PERIOD_S = float(os.environ.get("LOCAL_SAGEMAKER_SCALING_PERIOD_S", "2"))
 METRICS_PERIOD_S = 10.0  # how often the backlog metrics go to CloudWatch
 METRICS_NAMESPACE = "AWS/SageMaker"
 
@@ -112,9 +109,12 @@ class Endpoints:
         async_config = body.get("AsyncInferenceConfig")
         if async_config is not None:
             output = async_config.get("OutputConfig") or {}
-            S3Uri.parse(output.get("S3OutputPath", ""))
-            if output.get("S3FailurePath"):
-                S3Uri.parse(output["S3FailurePath"])
+            try:
+                S3Uri.parse(output.get("S3OutputPath", ""))
+                if output.get("S3FailurePath"):
+                    S3Uri.parse(output["S3FailurePath"])
+            except S3UriError as error:
+                raise ValidationError(f"AsyncInferenceConfig.OutputConfig: {error}") from None
         config = {
             **{k: v for k, v in body.items() if k != "Tags"},
             "EndpointConfigArn": f"{self.backend.arn_prefix}:endpoint-config/{name.lower()}",
@@ -244,10 +244,12 @@ class Endpoints:
             for host in list(fleet.hosts):
                 self._stop_instance(fleet, host, wait=False)
 
-    def invoke_endpoint_async(self, name: str, headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    def invoke_endpoint_async(self, name: str, headers: dict[str, str]) -> dict[str, Any]:
+        """Queue a request; the answer's ``Body`` and ``Headers``, as the REST protocol carries them."""
         with self._lock:
             fleet = self._fleets.get(name)
-        return self.invocations.accept(name, headers, fleet.waiting if fleet else None)
+        body, response_headers = self.invocations.accept(name, headers, fleet.waiting if fleet else None)
+        return {"Body": body, "Headers": response_headers}
 
     def _get(self, kind: str, name: str, message: str) -> dict[str, Any]:
         document = self.backend.store.get(kind, name)
@@ -306,7 +308,7 @@ class Endpoints:
     def _launch(self, fleet: Fleet, config_name: str) -> Host:
         config = self._get("endpoint-config", config_name, "Could not find endpoint configuration")
         model = self._get("model", config["ProductionVariants"][0]["ModelName"], "Could not find model")
-        host = launch(self.backend.runtime, self.backend.state_dir, fleet.endpoint, config, model)
+        host = launch(self.backend, fleet.endpoint, config, model)
         workers = self.invocations.start_workers(host, fleet.waiting)
         log.info("endpoint %s: an instance serves on port %d (%d workers)", fleet.endpoint, host.port, workers)
         return host
@@ -348,7 +350,7 @@ class Endpoints:
     # ---------------------------------------------------------------- scaling
 
     def _scale_forever(self) -> None:
-        while not self._stop.wait(SCALING_PERIOD_S):
+        while not self._stop.wait(self.backend.configuration.scaling_period_s):
             with self._lock:
                 fleets = list(self._fleets.values())
             for fleet in fleets:
@@ -395,7 +397,7 @@ class Endpoints:
     def _wired_step_policies(self, endpoint: str) -> set[str]:
         """The actions of the CloudWatch alarms on the endpoint's HasBacklogWithoutCapacity."""
         try:
-            alarms = aws.client("cloudwatch").describe_alarms_for_metric(
+            alarms = self.backend.aws.client("cloudwatch").describe_alarms_for_metric(
                 MetricName=NO_CAPACITY_METRIC,
                 Namespace=METRICS_NAMESPACE,
                 Dimensions=[{"Name": "EndpointName", "Value": endpoint}],
@@ -414,7 +416,7 @@ class Endpoints:
             (NO_CAPACITY_METRIC, 1.0 if backlog and not instances else 0.0),
         ]
         try:
-            aws.client("cloudwatch").put_metric_data(
+            self.backend.aws.client("cloudwatch").put_metric_data(
                 Namespace=METRICS_NAMESPACE,
                 MetricData=[{"MetricName": n, "Dimensions": dimensions, "Value": v, "Unit": "Count"} for n, v in data],
             )

@@ -1,6 +1,7 @@
 """Hosting an endpoint's serving container as SageMaker does: the model extracted into ``/opt/ml/model`` of the
 container's own root, ``<image> serve`` run by the runtime (a process or an engine's container) on a free
-loopback port, healthy once ``GET /ping`` answers; and stopped again, even when an earlier run left it behind."""
+loopback port (``SAGEMAKER_BIND_TO_PORT``), healthy once ``GET /ping`` answers; and stopped again, even when an
+earlier run left it behind."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.error
@@ -19,16 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aws_emulators.sagemaker.runtime import Container, Runtime, aws_environment, runtime
-from common import aws
-from common.archives import extract_tar
-from common.s3uri import S3Uri
-from local.ports import free_port
+from aws_emulators.sagemaker.aws_clients import AwsClients
+from aws_emulators.sagemaker.backend import Backend
+from aws_emulators.sagemaker.container_runtime import Container, Runtime, aws_environment, runtime
+from aws_emulators.sagemaker.s3_objects import S3Uri
 
 log = logging.getLogger("aws_emulators.sagemaker.hosting")
 
 ROLE_SESSION_REUSE_S = 45 * 60  # the role's sessions last an hour
-START_TIMEOUT_S = float(os.environ.get("LOCAL_SAGEMAKER_ENDPOINT_START_TIMEOUT_S", "300"))
 PID_FILE = "container.pid"
 CONTAINER_FILE = "container.json"  # which runtime runs it, under which container name
 
@@ -50,6 +51,7 @@ class Host:
     root: Path
     config: dict[str, Any]
     role_arn: str  # the model's execution role, which SageMaker's own calls for it use
+    aws: AwsClients
     workers: list[threading.Thread] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     busy: int = 0  # invocations in flight
@@ -61,7 +63,7 @@ class Host:
         the notification of an asynchronous invocation on AWS. The session is assumed again before its hour runs
         out."""
         if self._session is None or time.monotonic() - self._session_since > ROLE_SESSION_REUSE_S:
-            self._session, self._session_since = aws.role_session(self.role_arn, "SageMaker"), time.monotonic()
+            self._session, self._session_since = self.aws.role_session(self.role_arn, "SageMaker"), time.monotonic()
         return self._session.client(service)
 
     @property
@@ -73,29 +75,48 @@ class Host:
         return container_name(self.endpoint, self.generation)
 
 
-def launch(runtime: Runtime, state_dir: Path, endpoint: str, config: dict[str, Any], model: dict[str, Any]) -> Host:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def extract_model(archive: Path, destination: Path) -> None:
+    """Unpack ``model.tar.gz`` as SageMaker does, refusing what a model archive never holds: a member that is
+    absolute, climbs out with ``..``, is a link or a device (tarfile's ``data`` filter)."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(destination, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise RuntimeError(f"the model archive cannot be extracted: {error}") from None
+
+
+def launch(backend: Backend, endpoint: str, config: dict[str, Any], model: dict[str, Any]) -> Host:
     """Start the serving container of ``model`` for ``endpoint`` and wait until it answers ``/ping``."""
+    runtime, aws = backend.runtime, backend.aws
     container = model["PrimaryContainer"]
     role = model.get("ExecutionRoleArn")
     if not role:  # a model stored before CreateModel required its role: never served with this server's credentials
         raise RuntimeError(f"model {model['ModelName']} has no execution role; create it again with ExecutionRoleArn")
+    runtime.ensure_image(container["Image"])
     generation = uuid.uuid4().hex[:8]
-    root = state_dir / "endpoints" / endpoint / generation
+    root = backend.state_dir / "endpoints" / endpoint / generation
     model_dir = root / "opt/ml/model"
     model_dir.mkdir(parents=True)
     source = S3Uri.parse(container["ModelDataUrl"])
     archive = root / "model.tar.gz"
     # SageMaker reads the model under the model's execution role.
     aws.role_session(role, "SageMaker").client("s3").download_file(source.bucket, source.key, str(archive))
-    extract_tar(archive, model_dir)
+    extract_model(archive, model_dir)
     archive.unlink()
     port = free_port()
     # SageMaker serves on 8080; instances here share the host's network, so each gets its own port.
     environment = {
-        **aws_environment(role),
+        **aws_environment(role, aws),
+        **backend.configuration.serving_environment,
         **{k: str(v) for k, v in (container.get("Environment") or {}).items()},
         "SAGEMAKER_BIND_TO_PORT": str(port),
-        "FHE_BIND_HOST": "127.0.0.1",
     }
     serving = Container(container_name(endpoint, generation), container["Image"], ["serve"], root, environment)
     command, process_environment = runtime.command(serving)
@@ -104,8 +125,9 @@ def launch(runtime: Runtime, state_dir: Path, endpoint: str, config: dict[str, A
     log_file.close()
     (root / CONTAINER_FILE).write_text(json.dumps({"runtime": runtime.name, "name": serving.name}))
     (root / PID_FILE).write_text(str(process.pid))
-    host = Host(endpoint, generation, process, port, root, config, role)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    host = Host(endpoint, generation, process, port, root, config, role, aws)
+    timeout = backend.configuration.endpoint_start_timeout_s
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = (root / "container.log").read_text(errors="replace").strip().splitlines()[-5:]
@@ -119,7 +141,7 @@ def launch(runtime: Runtime, state_dir: Path, endpoint: str, config: dict[str, A
         time.sleep(0.5)
     process.kill()
     runtime.remove(serving.name)
-    raise RuntimeError(f"the serving container did not answer /ping within {START_TIMEOUT_S:.0f} s")
+    raise RuntimeError(f"the serving container did not answer /ping within {timeout:.0f} s")
 
 
 def terminate(runtime: Runtime, host: Host) -> None:

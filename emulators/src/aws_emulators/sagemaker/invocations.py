@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aws_emulators.sagemaker.backend import Backend, timestamp
-from aws_emulators.sagemaker.errors import ResourceInUse, ValidationError
+from aws_emulators.sagemaker.errors import ValidationError
 from aws_emulators.sagemaker.faults import Faults
 from aws_emulators.sagemaker.hosting import Host
-from common.s3uri import S3Uri
+from aws_emulators.sagemaker.s3_objects import S3Uri
 
 log = logging.getLogger("aws_emulators.sagemaker.invocations")
 
@@ -110,7 +110,8 @@ class Invocations:
         )
         with self.backend.store.transaction():
             if self.backend.store.get("invocation", inference_id):
-                raise ResourceInUse(f"InferenceId {inference_id} was already used")
+                # The queue is keyed by it; sagemaker-runtime refuses with ValidationError only.
+                raise ValidationError(f"InferenceId {inference_id} was already used")
             now = timestamp()
             ttl = int(headers.get("x-amzn-sagemaker-requestttlseconds") or 6 * 3600)
             timeout = int(headers.get("x-amzn-sagemaker-invocationtimeoutseconds") or DEFAULT_INVOCATION_TIMEOUT_S)

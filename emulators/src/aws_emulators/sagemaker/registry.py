@@ -40,7 +40,14 @@ class Registry:
             groups = [g for g in groups if body["NameContains"] in g["ModelPackageGroupName"]]
         if body.get("SortOrder", "Ascending") == "Descending":
             groups.reverse()
-        return {"ModelPackageGroupSummaryList": groups}
+        keys = (
+            "ModelPackageGroupName",
+            "ModelPackageGroupArn",
+            "ModelPackageGroupDescription",
+            "CreationTime",
+            "ModelPackageGroupStatus",
+        )
+        return {"ModelPackageGroupSummaryList": [{k: g[k] for k in keys if k in g} for g in groups]}
 
     def _group(self, name_or_arn: str) -> dict[str, Any]:
         name = name_or_arn.rsplit("/", 1)[-1] if name_or_arn.startswith("arn:") else name_or_arn
@@ -65,6 +72,8 @@ class Registry:
             now = time.time()
             package = {
                 **{k: v for k, v in body.items() if k not in ("ClientToken", "Tags")},
+                # A versioned package is named by its group.
+                "ModelPackageName": group["ModelPackageGroupName"],
                 "ModelPackageGroupName": group["ModelPackageGroupName"],
                 "ModelPackageVersion": version,
                 "ModelPackageArn": arn,
@@ -75,7 +84,6 @@ class Registry:
                 "LastModifiedTime": now,
                 "CreatedBy": created_by or {},
                 "LastModifiedBy": created_by or {},
-                "ApprovalHistory": [{"ModelApprovalStatus": status, "Time": now, "ApprovalDescription": ""}],
             }
             self.store.put("model-package", arn, package, parent=group["ModelPackageGroupName"])
         return {"ModelPackageArn": arn}
@@ -124,9 +132,6 @@ class Registry:
                     raise ValidationError(f"ModelApprovalStatus must be one of {', '.join(APPROVAL_STATUSES)}")
                 package["ModelApprovalStatus"] = status
                 package["ApprovalDescription"] = body.get("ApprovalDescription", "")
-                package.setdefault("ApprovalHistory", []).append(
-                    {"ModelApprovalStatus": status, "Time": now, "ApprovalDescription": package["ApprovalDescription"]}
-                )
             for key in ("CustomerMetadataProperties", "ModelCard", "InferenceSpecification", "SourceUri"):
                 if key in body:
                     package[key] = body[key]

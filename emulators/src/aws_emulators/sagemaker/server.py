@@ -1,13 +1,15 @@
 """HTTP front of the local SageMaker: SageMaker's JSON protocol (``X-Amz-Target: SageMaker.<Operation>``),
 sagemaker-runtime's ``InvokeEndpointAsync``, and Application Auto Scaling's JSON protocol
-(``X-Amz-Target: AnyScaleFrontendService.<Operation>``) for the endpoints' scaling: point
+(``X-Amz-Target: AnyScaleFrontendService.<Operation>``) for the endpoints' scaling. Point
+``AWS_ENDPOINT_URL_SAGEMAKER``, ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` and
 ``AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING`` here.
 
-    fhe-local-sagemaker --port 4599 --state-dir .local-stack/sagemaker
+    local-sagemaker --port 4599 --state-dir state/sagemaker \
+        --process-command "training=python -m my_images.training" --serving-env BIND_HOST=127.0.0.1
 
 Binds to loopback only. An operation it does not implement answers ``UnknownOperationException``. With
-``--authorize-with URL`` (the local AWS), every call is authorized by IAM there, as on AWS
-(``emulators/src/aws_emulators/sagemaker/authorization.py``).
+``--authorize-with URL`` (a local AWS with the authorization route), every call is authorized by IAM there, as
+on AWS (``authorization.py``). The configuration (``--config FILE`` and the options) is ``configuration.py``'s.
 """
 
 from __future__ import annotations
@@ -36,54 +38,53 @@ from aws_emulators.sagemaker.authorization import (
     scaling_permission,
 )
 from aws_emulators.sagemaker.autoscaling import Autoscaling
+from aws_emulators.sagemaker.aws_clients import AwsClients
 from aws_emulators.sagemaker.backend import Backend
+from aws_emulators.sagemaker.configuration import (
+    RUNTIMES,
+    Configuration,
+    ConfigurationError,
+    assignment,
+    process_command,
+)
+from aws_emulators.sagemaker.container_runtime import ContainerError, runtime
 from aws_emulators.sagemaker.endpoints import Endpoints
 from aws_emulators.sagemaker.errors import ApiError, UnknownOperation, ValidationError
-from aws_emulators.sagemaker.pipelines import Pipelines
+from aws_emulators.sagemaker.pipeline_executions import Pipelines
 from aws_emulators.sagemaker.registry import Registry
-from aws_emulators.sagemaker.runtime import RUNTIMES, ContainerError, runtime
 from aws_emulators.sagemaker.store import Store
-from common import aws
 
 log = logging.getLogger("aws_emulators.sagemaker")
-ACCOUNT_ID = "000000000000"
 _ACCESS_KEY = re.compile(r"Credential=([^/]+)/")
-SCALING_SERVICE = "AnyScaleFrontendService"  # Application Auto Scaling's target prefix
+# The services served, by botocore's name, and the target prefix of the JSON protocol ones.
+SAGEMAKER, RUNTIME, SCALING = "sagemaker", "sagemaker-runtime", "application-autoscaling"
+TARGET_PREFIXES = {"SageMaker": SAGEMAKER, "AnyScaleFrontendService": SCALING}
 _ASYNC_INVOCATION = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations$")
 
 Operation = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
 class LocalSageMaker:
-    """The operations, by name, over one store."""
+    """The operations of each service served, by name, over one store."""
 
     def __init__(
-        self,
-        state_dir: Path,
-        region: str = aws.DEFAULT_REGION,
-        runtime_name: str = "process",
-        authorizer: Authorizer | None = None,
+        self, state_dir: Path, configuration: Configuration | None = None, authorizer: Authorizer | None = None
     ) -> None:
         self.state_dir = state_dir
+        self.configuration = configuration = configuration or Configuration()
         self.authorizer = authorizer
-        self.runtime = runtime(runtime_name)
+        self.runtime = runtime(configuration.runtime, configuration.process_commands, configuration.process_python)
         self.store = Store(state_dir / "sagemaker.sqlite3")
-        arn_prefix = self.arn_prefix = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
+        arn_prefix = self.arn_prefix = configuration.arn_prefix
         self.registry = Registry(self.store, arn_prefix)
         backend = Backend(
-            self.store,
-            self.registry,
-            state_dir,
-            arn_prefix,
-            region,
-            self.runtime,
-            s3=lambda: aws.client("s3"),
+            self.store, self.registry, state_dir, configuration, self.runtime, AwsClients(configuration.region)
         )
         self.pipelines = Pipelines(backend)
         self.autoscaling = Autoscaling(backend)
         self.endpoints = Endpoints(backend, self.autoscaling)
         p, r, e, a = self.pipelines, self.registry, self.endpoints, self.autoscaling
-        self.operations: dict[str, Operation] = {
+        sagemaker: dict[str, Operation] = {
             "CreatePipeline": p.create_pipeline,
             "UpdatePipeline": p.update_pipeline,
             "DescribePipeline": p.describe_pipeline,
@@ -116,7 +117,7 @@ class LocalSageMaker:
             "ListEndpoints": lambda b, c: e.list_endpoints(b),
             "DeleteEndpoint": lambda b, c: e.delete_endpoint(b),
         }
-        self.scaling_operations: dict[str, Operation] = {
+        scaling: dict[str, Operation] = {
             "RegisterScalableTarget": lambda b, c: a.register_scalable_target(b),
             "DescribeScalableTargets": lambda b, c: a.describe_scalable_targets(b),
             "DeregisterScalableTarget": lambda b, c: a.deregister_scalable_target(b),
@@ -125,6 +126,22 @@ class LocalSageMaker:
             "DeleteScalingPolicy": lambda b, c: a.delete_scaling_policy(b),
             "DescribeScalingActivities": lambda b, c: a.describe_scaling_activities(b),
         }
+        # sagemaker-runtime is REST-JSON: its one operation reads the endpoint from the path and the rest from
+        # headers, which the handler gathers into the body it passes.
+        runtime_operations: dict[str, Operation] = {
+            "InvokeEndpointAsync": lambda b, c: e.invoke_endpoint_async(b["EndpointName"], b["Headers"]),
+        }
+        # The dispatch table: every operation served, by service (botocore's service name) and operation name.
+        self.services: dict[str, dict[str, Operation]] = {
+            SAGEMAKER: sagemaker,
+            SCALING: scaling,
+            RUNTIME: runtime_operations,
+        }
+
+    def resume(self) -> tuple[list[str], list[str]]:
+        """After a start on an existing state folder: the executions that were running run on, the endpoints that
+        were serving serve again. Returns both, by ARN and by name."""
+        return self.pipelines.resume_unfinished(), self.endpoints.resume()
 
     def caller(self, request: SignedRequest, permission: Permission) -> dict[str, Any]:
         """Who signed ``request``, once authorized for ``permission`` (SageMaker's ``CreatedBy`` shape); without
@@ -133,17 +150,16 @@ class LocalSageMaker:
             authorization = next((v for k, v in request.headers if k.lower() == "authorization"), "")
             match = _ACCESS_KEY.search(authorization)
             key = match.group(1) if match else "anonymous"
-            return {"IamIdentity": {"Arn": f"arn:aws:iam::{ACCOUNT_ID}:user/{key}", "PrincipalId": key}}
+            account = self.configuration.account_id
+            return {"IamIdentity": {"Arn": f"arn:aws:iam::{account}:user/{key}", "PrincipalId": key}}
         principal = self.authorizer.authorize(request, permission)
         return {"IamIdentity": {"Arn": principal, "PrincipalId": principal.rsplit("/", 1)[-1]}}
 
-    def call(
-        self, operation: str, body: dict[str, Any], caller: dict[str, Any], service: str = "SageMaker"
-    ) -> dict[str, Any]:
-        operations = self.scaling_operations if service == SCALING_SERVICE else self.operations
-        handler = operations.get(operation) if service in (SCALING_SERVICE, "SageMaker") else None
+    def call(self, service: str, operation: str, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        """``operation`` of ``service`` (botocore's service name) with its request ``body``."""
+        handler = self.services.get(service, {}).get(operation)
         if handler is None:
-            raise UnknownOperation(f"The local SageMaker does not implement {service}.{operation}")
+            raise UnknownOperation(f"The local SageMaker does not implement {service} {operation}")
         return handler(body, caller)
 
 
@@ -175,10 +191,12 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
                 if not match:
                     raise UnknownOperation(f"the local SageMaker runtime does not implement {path}")
                 endpoint = urllib.parse.unquote(match["name"])
-                service.caller(self._signed(raw), runtime_permission(endpoint, service.arn_prefix))
+                caller = service.caller(self._signed(raw), runtime_permission(endpoint, service.arn_prefix))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                result, extra = service.endpoints.invoke_endpoint_async(endpoint, headers)
-                self._send(202, result, extra)
+                answer = service.call(
+                    RUNTIME, "InvokeEndpointAsync", {"EndpointName": endpoint, "Headers": headers}, caller
+                )
+                self._send(202, answer["Body"], answer["Headers"])
             except ApiError as error:
                 # REST-JSON names the error in a header; the runtime calls its client errors ValidationError.
                 code = "ValidationError" if error.code == "ValidationException" else error.code
@@ -186,7 +204,8 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") in ("", "/health", "/ping"):
-                self._send(200, {"status": "running", "service": "local-sagemaker", "runtime": service.runtime.name})
+                health = {"status": "running", "service": "local-sagemaker", "runtime": service.runtime.name}
+                self._send(200, health)
             else:
                 self._send(404, {"__type": "NotFound", "message": self.path})
 
@@ -198,9 +217,10 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
                 self._runtime(path, raw)
                 return
             target = self.headers.get("X-Amz-Target", "")
-            service_name, _, operation = target.partition(".")
+            prefix, _, operation = target.partition(".")
             try:
-                if service_name not in ("SageMaker", SCALING_SERVICE):
+                service_name = TARGET_PREFIXES.get(prefix)
+                if service_name is None:
                     raise UnknownOperation(f"unknown target {target!r}")
                 try:
                     body = json.loads(raw or b"{}")
@@ -208,11 +228,11 @@ def make_handler(service: LocalSageMaker) -> type[BaseHTTPRequestHandler]:
                     raise ValidationError("request body is not JSON") from None
                 permission = (
                     scaling_permission(operation)
-                    if service_name == SCALING_SERVICE
+                    if service_name == SCALING
                     else sagemaker_permission(operation, body, service.arn_prefix)
                 )
                 caller = service.caller(self._signed(raw), permission)
-                result = service.call(operation, body, caller, service_name)
+                result = service.call(service_name, operation, body, caller)
                 self._send(200, result)
             except ApiError as error:
                 self._send(error.status, {"__type": error.code, "message": error.message})
@@ -235,7 +255,7 @@ def serve(
     host: str,
     port: int,
     state_dir: Path,
-    runtime_name: str = "process",
+    configuration: Configuration,
     tls: tuple[Path, Path] | None = None,
     authorizer: Authorizer | None = None,
 ) -> None:
@@ -243,22 +263,22 @@ def serve(
     if not ipaddress.ip_address(host).is_loopback:
         raise SystemExit(f"the local SageMaker binds to loopback addresses only, not {host}")
     try:
-        service = LocalSageMaker(state_dir, runtime_name=runtime_name, authorizer=authorizer)
+        service = LocalSageMaker(state_dir, configuration, authorizer)
     except ContainerError as error:
-        raise SystemExit(f"the local SageMaker cannot use the {runtime_name} runtime: {error}") from None
-    resumed = service.pipelines.resume_unfinished()
-    hosted = service.endpoints.resume()
+        raise SystemExit(f"the local SageMaker cannot use the {configuration.runtime} runtime: {error}") from None
+    resumed, hosted = service.resume()
     server = ThreadingHTTPServer((host, port), make_handler(service))
     server.daemon_threads = True
     if tls is not None:
         serve_tls(server, *tls)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     log.info(
-        "local SageMaker on %s://%s:%d (state in %s); resumed %d execution(s), %d endpoint(s)",
+        "local SageMaker on %s://%s:%d (state in %s, %s runtime); resumed %d execution(s), %d endpoint(s)",
         "https" if tls else "http",
         host,
         port,
         state_dir,
+        configuration.runtime,
         len(resumed),
         len(hosted),
     )
@@ -272,13 +292,13 @@ def serve(
         service.store.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fhe-local-sagemaker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="local-sagemaker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address to bind to (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=4599)
-    parser.add_argument("--state-dir", type=Path, default=Path(".local-stack/sagemaker"))
+    parser.add_argument("--state-dir", type=Path, default=Path("local-sagemaker"), help="where its state is kept")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--tls-certificate", type=Path, help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="… and this key (PEM)")
@@ -287,13 +307,58 @@ def main(argv: list[str] | None = None) -> None:
         metavar="URL",
         help="the local AWS that authenticates and authorizes every call (trusting AWS_CA_BUNDLE); default: none",
     )
+    parser.add_argument("--config", type=Path, help="a JSON file of configuration (the options below win over it)")
+    parser.add_argument("--account-id", help="the account in its ARNs (default 000000000000)")
+    parser.add_argument("--region", help="the region of its ARNs and clients (default: AWS_REGION, else us-east-1)")
     parser.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="process",
-        help="how jobs and endpoints run: the source tree's entry points (process) or the built images",
+        "--runtime", choices=RUNTIMES, help="how jobs and endpoints run: a process per container, or the image in "
+        "podman or docker (default process)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--process-command",
+        action="append",
+        metavar="IMAGE=COMMAND",
+        type=process_command,
+        help="the process runtime's stand-in for images named IMAGE (or <prefix>-IMAGE), split as a shell would; "
+        "repeatable",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--process-python", help="the process runtime's interpreter for python/python3 (default: its own)"
+    )
+    parser.add_argument(
+        "--serving-env",
+        action="append",
+        metavar="NAME=VALUE",
+        type=assignment,
+        help="a variable every serving container gets; repeatable",
+    )
+    parser.add_argument("--endpoint-start-timeout", type=float, help="seconds an instance has to answer /ping (300)")
+    parser.add_argument("--scaling-period", type=float, help="seconds between scaling rounds (2)")
+    return parser
+
+
+def configuration_from(args: argparse.Namespace) -> Configuration:
+    """The configuration file's, with the options given on the command line applied over it."""
+    base = Configuration.from_file(args.config) if args.config else Configuration()
+    return base.with_changes(
+        account_id=args.account_id,
+        region=args.region,
+        runtime=args.runtime,
+        process_commands=dict(args.process_command) if args.process_command else None,
+        process_python=args.process_python,
+        serving_environment=dict(args.serving_env) if args.serving_env else None,
+        endpoint_start_timeout_s=args.endpoint_start_timeout,
+        scaling_period_s=args.scaling_period,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments()
+    try:
+        args = parser.parse_args(argv)
+        configuration = configuration_from(args)
+    except ConfigurationError as error:
+        parser.error(str(error))
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -301,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--tls-certificate and --tls-key go together")
     tls = (args.tls_certificate, args.tls_key) if args.tls_certificate else None
     authorizer = Authorizer(args.authorize_with, os.environ.get("AWS_CA_BUNDLE")) if args.authorize_with else None
-    serve(args.host, args.port, args.state_dir, args.runtime, tls, authorizer)
+    serve(args.host, args.port, args.state_dir, configuration, tls, authorizer)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from typing import Any
 from aws_emulators.sagemaker.backend import Backend, timestamp
 from aws_emulators.sagemaker.errors import ApiError, ResourceNotFound, ValidationError
 from aws_emulators.sagemaker.expressions import Context, ExpressionError, evaluate_condition, resolve, step_references
-from aws_emulators.sagemaker.jobs import JobFailed, run_processing_job, run_training_job
-from common.s3uri import S3Uri
+from aws_emulators.sagemaker.jobs import JobFailed, describe, run_processing_job, run_training_job
+from aws_emulators.sagemaker.s3_objects import S3Uri
 
 log = logging.getLogger("aws_emulators.sagemaker")
 
@@ -215,17 +215,28 @@ class ExecutionRunner:
             shutil.rmtree(root)  # a rerun after a restart starts from a clean container
         root.mkdir(parents=True)
         started = timestamp()
-        job = {**request, "Status": "InProgress", "CreationTime": started}
-        self.backend.store.put(resource, job_name, job)
+        start, end = (
+            ("ProcessingStartTime", "ProcessingEndTime")
+            if kind == "Processing"
+            else ("TrainingStartTime", "TrainingEndTime")
+        )
+        times = {"CreationTime": started, start: started}
+        self.backend.store.put(resource, job_name, describe(kind, job_name, job_arn, request, "InProgress", **times))
         try:
             runner = run_processing_job if kind == "Processing" else run_training_job
-            result = runner(self.backend.s3(), job_name, request, root, job_arn, self.backend.runtime)
+            result = runner(self.backend, job_name, request, root, job_arn)
         except JobFailed as error:
-            prefix = "ProcessingJob" if kind == "Processing" else "TrainingJob"
-            failed = {f"{prefix}Status": "Failed", "FailureReason": str(error), "EndTime": timestamp()}
-            self.backend.store.put(resource, job_name, {**job, **failed})
+            ended = timestamp()
+            failed = describe(
+                kind, job_name, job_arn, request, "Failed", **times, FailureReason=str(error), **{end: ended},
+                LastModifiedTime=ended,
+            )  # fmt: skip
+            self.backend.store.put(resource, job_name, failed)
             raise
-        self.backend.store.put(resource, job_name, {**result.properties, "CreationTime": started})
+        ended = timestamp()
+        self.backend.store.put(
+            resource, job_name, {**result.properties, **times, end: ended, "LastModifiedTime": ended}
+        )
         outcome: dict[str, Any] = {"Properties": result.properties}
         files = {}
         for spec in step.get("PropertyFiles", []):

@@ -84,7 +84,8 @@ class Pipelines:
         return {"PipelineArn": pipeline["PipelineArn"], "PipelineVersionId": pipeline["PipelineVersionId"]}
 
     def describe_pipeline(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
-        return self._pipeline(required(body, "PipelineName"))
+        # The version is UpdatePipeline's and the executions' to say, not DescribePipeline's.
+        return {k: v for k, v in self._pipeline(required(body, "PipelineName")).items() if k != "PipelineVersionId"}
 
     def list_pipelines(self, body: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
         keys = (

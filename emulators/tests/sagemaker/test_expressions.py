@@ -1,8 +1,11 @@
+"""The expression language of pipeline definitions, the step graph and typed parameters."""
+
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+
 from aws_emulators.sagemaker.errors import ValidationError
 from aws_emulators.sagemaker.expressions import (
     Context,
