@@ -37,7 +37,7 @@ from tests.integration.helpers import OWNER, Served, deploy_and_serve, deploymen
 pytestmark = pytest.mark.integration
 
 DEPLOYMENT = deployment_for("versions", function_concurrency=2, scale_in_cooldown=15, scale_out_cooldown=5)
-STACKS = deployment_for("version-stacks", function_concurrency=2, max_instances=3, scale_in_cooldown=45)
+STACKS = deployment_for("vstacks", function_concurrency=2, max_instances=3, scale_in_cooldown=45)
 
 
 def _owner(served: Served, home: Path, package_arn: str) -> ClientModel:
