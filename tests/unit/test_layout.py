@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -138,14 +139,13 @@ def test_no_test_or_benchmark_imports_the_demo(folder: str) -> None:
 
 
 def test_the_products_wheel_holds_the_product_only(tmp_path: Path) -> None:
-    """Built as pip builds it for an install (without fetching a build backend: the one installed here)."""
+    """Built as pip builds it for an install, from a copy of the tree (a build folder left in the checkout could
+    add stale modules), without fetching a build backend: the one installed here."""
+    source = tmp_path / "source"
+    leave_out = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "results")
+    shutil.copytree(ROOT, source, ignore=leave_out)
     build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-    subprocess.run(
-        [*build, "-w", str(tmp_path), str(ROOT)],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
+    subprocess.run([*build, "-w", str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("fhe_batch_inference-*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
     assert tops == set(PRODUCT), f"the wheel's packages: {sorted(tops)}"
