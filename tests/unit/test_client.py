@@ -1,4 +1,5 @@
-"""The client's parts that need no FHE: reading inputs, submitting (manifest last), waiting, predictions."""
+"""The batch owner's client: reading inputs, submitting (manifest last), waiting, predictions, the CLI's parsing
+and printing, and the library (``BatchClient``) from keys to predictions with real Concrete on moto."""
 
 from __future__ import annotations
 
@@ -373,8 +374,8 @@ def test_the_client_library_runs_a_bundle_from_keys_to_predictions(
         app = create_app(Handlers(engine, aws.client("s3"), package_arn)).test_client()
         results = []
         for entry in encrypted.manifest.shards:
-            request = LAYOUT.shard_request(encrypted.bundle_id, entry.index).to_json()
-            response = app.post("/invocations", data=request, content_type="application/json")
+            shard = LAYOUT.shard_request(encrypted.bundle_id, entry.index).to_json()
+            response = app.post("/invocations", data=shard, content_type="application/json")
             assert response.status_code == 200, response.get_data()
             results.append(parse_shard_result(response.get_data()))
     finally:
