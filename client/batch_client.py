@@ -224,7 +224,7 @@ class Decrypted:
     bundle_id: str
     predictions: Path
     classes: tuple[str, ...]
-    probabilities: npt.NDArray[np.float64] = field(repr=False)  # one row per input row, one column per class
+    probabilities: npt.NDArray[np.float64] = field(repr=False, compare=False)  # a row per input row, a column per class
     accuracy: Accuracy | None  # with the owner's labels kept at encryption
 
     @property
