@@ -195,9 +195,9 @@ def rollover(
     people: People,
     training: dict[str, Any],
 ) -> dict[str, Any]:
-    client = owner_actor(DEMO_OWNER)
     """Retraining without stranding a batch owner: a new version served beside the first, a bundle for each
     delivered, then the first version retired once its bundles are done."""
+    client = owner_actor(DEMO_OWNER)
     with timings.stage("retrain: a new version trained, approved and served beside the first"):
         with acting_as(people, "trainer"):
             second = train_and_register(deployed.pipeline, **training)
