@@ -34,11 +34,9 @@ from typing import Any
 import numpy as np
 
 from bench.workflow import BENCH_OWNER, container_logs, fhe_seconds
-from client.encrypt import encrypt_rows
-from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
-from client.transfer import submit
+from client.batch_client import BatchClient, ClientSettings
 from common import aws
-from common.bundle.store import BundleLayout, object_exists
+from common.bundle.store import object_exists
 from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions
 from containers.training.data import sample_records
@@ -51,10 +49,10 @@ from tests import limits
 
 class Bench:
     def __init__(
-        self, deployed: DeployedSettings, state_machine_arn: str, endpoint: str, model: ClientModel, work: Path
+        self, deployed: DeployedSettings, state_machine_arn: str, endpoint: str, owner: BatchClient, work: Path
     ) -> None:
-        self.deployed, self.state_machine_arn, self.model, self.work = deployed, state_machine_arn, model, work
-        self.layout = BundleLayout(deployed.endpoint.output_bucket, BENCH_OWNER)
+        self.deployed, self.state_machine_arn, self.owner, self.work = deployed, state_machine_arn, owner, work
+        self.layout = owner.layout
         self.endpoint = endpoint  # the one serving the model's version
         self.pool = sample_records(4096, seed=11)
 
@@ -73,11 +71,10 @@ class Bench:
     def encrypt(self, name: str, samples: int, shard_size: int) -> Path:
         folder = self.work / name
         rows = np.resize(self.pool, (samples, self.pool.shape[1]))
-        encrypt_rows(self.model, rows, folder, shard_size=shard_size, bundle_id=name, progress=False)
-        return folder
+        return self.owner.encrypt(rows, folder, shard_size=shard_size, bundle_id=name).folder
 
     def drop(self, folder: Path) -> float:
-        submit(aws.client("s3"), self.layout, folder, progress=False)
+        self.owner.submit(folder)
         return time.monotonic()
 
     def wait_for_result(self, name: str, dropped: float, timeout: float = 7200.0) -> float:
@@ -204,10 +201,9 @@ def main() -> None:
     endpoint = deploy_endpoint(deployed.endpoint)["endpoint"]
     with tempfile.TemporaryDirectory(prefix="fhe-scale-") as scratch:
         work = Path(scratch)
-        s3 = aws.client("s3")
-        model = fetch_model(aws.client("sagemaker"), s3, group=deployed.endpoint.package_group, home=work / "home")
-        upload_evaluation_key(s3, BundleLayout(deployed.endpoint.output_bucket, BENCH_OWNER), model, ensure_keys(model))
-        bench = Bench(deployed, outputs["StateMachineArn"], endpoint, model, work)
+        owner = BatchClient(ClientSettings.for_deployment(outputs, BENCH_OWNER, home=work / "home"))
+        owner.keys()
+        bench = Bench(deployed, outputs["StateMachineArn"], endpoint, owner, work)
         cold = bench.cold_start()
         per_shard = [bench.bundle(f"per-shard-{n}", args.shards, n) for n in (1, 10, 100)]
         big = bench.bundle(f"big-{args.big_shards}", args.big_shards, 1)

@@ -34,13 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from client import cli as client_cli
+from client.batch_client import BatchClient, ClientSettings
 from common import artifacts, aws
-from common.bundle.manifest import parse_manifest
 from common.bundle.messages import ShardRequest
-from common.bundle.store import BundleLayout, object_exists, put_bundle
+from common.bundle.store import object_exists, put_bundle
 from common.s3uri import S3Uri
-from common.settings import EndpointSettings, from_outputs
+from common.settings import from_outputs
 from containers.training.data import builtin_dataset_csv, load_table, write_records_csv
 from infrastructure.deployment import Deployment, up
 from local.lifecycle import sagemaker_state_dir
@@ -95,27 +94,16 @@ def fhe_seconds(log_text: str, bundle_id: str) -> tuple[float, int]:
 
 
 def run_bundle(
-    endpoint: EndpointSettings,
-    served: str,
-    shard_size: int,
-    work: Path,
-    common: list[str],
-    package_arn: str,
-    name: str,
+    owner: BatchClient, served: str, shard_size: int, work: Path, package_arn: str, name: str
 ) -> dict[str, Any]:
     """``served``: the endpoint serving the package's version."""
     s3 = aws.client("s3")
-    layout = BundleLayout(endpoint.output_bucket, BENCH_OWNER)
-    folder = work / name
-    client_cli.answer(
-        ["encrypt", str(work / "records.csv"), "--out", str(folder), "--shard-size", str(shard_size),
-         "--package-arn", package_arn, *common, "--quiet"]
-    )  # fmt: skip
-    manifest = parse_manifest((folder / "manifest.json").read_bytes())
+    encrypted = owner.encrypt(work / "records.csv", work / name, shard_size=shard_size, package_arn=package_arn)
+    manifest, folder = encrypted.manifest, encrypted.folder
     put_bytes = sum(entry.size for entry in manifest.shards) + len((folder / "manifest.json").read_bytes())
-    client_cli.answer(["submit", str(folder), "--package-arn", package_arn, *common, "--quiet"])
+    owner.submit(folder)
     dropped = time.monotonic()
-    result = layout.result_manifest(manifest.bundle_id)
+    result = owner.layout.result_manifest(manifest.bundle_id)
     while not object_exists(s3, result):
         if time.monotonic() - dropped > 1800:
             raise SystemExit(f"bundle {manifest.bundle_id} gave no result in 30 minutes")
@@ -212,12 +200,14 @@ def main() -> None:
     bundles = []
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as scratch:
         work = Path(scratch)
-        common = ["--owner", BENCH_OWNER, "--bucket", bucket, "--group", group, "--home", str(work / "home")]
-        client_cli.answer(["keys", *common, "--quiet"])
+        owner = BatchClient(
+            ClientSettings(BENCH_OWNER, bucket, group, deployed.endpoint.endpoint_name, home=work / "home")
+        )
+        owner.keys()
         names, x = digits_rows(args.samples)
         write_records_csv(work / "records.csv", names, x)
         for name in ("first", "second"):
-            bundle = run_bundle(deployed.endpoint, served, args.shard_size, work, common, package_arn, name)
+            bundle = run_bundle(owner, served, args.shard_size, work, package_arn, name)
             bundles.append(bundle)
             print(
                 f"bundle {name}: {bundle['samples']} samples in {bundle['shards']} shards, "
@@ -228,13 +218,9 @@ def main() -> None:
                 flush=True,
             )
         throughput_rows = work / "throughput"
-        write_records_csv(work / "records.csv", names, x[: args.throughput_samples])
-        client_cli.answer(
-            ["encrypt", str(work / "records.csv"), "--out", str(throughput_rows), "--shard-size",
-             str(args.throughput_samples), "--package-arn", package_arn, *common, "--quiet"]
-        )  # fmt: skip
+        sample = x[: args.throughput_samples]
+        manifest = owner.encrypt(sample, throughput_rows, shard_size=len(sample), package_arn=package_arn).manifest
         # Put aside from the inbox, so that the workflow does not pick it up while the container is measured.
-        manifest = parse_manifest((throughput_rows / "manifest.json").read_bytes())
         manifest_uri = put_bundle(
             aws.client("s3"),
             S3Uri(bucket, f"bench/{manifest.bundle_id}"),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from common.bundle.schema import BundleError
+from common.estimate import EstimateError
+from common.model_package import ModelPackageError
+from common.versions import VersionMismatchError
+
 
 class FheClientError(Exception):
     """Named apart from botocore's ClientError: this one is the batch owner's to act on."""
@@ -21,4 +26,15 @@ class BundleQuarantined(FheClientError):
 
 
 class WaitTimeout(FheClientError):
-    pass
+    """No result or quarantine record of the bundle within the time given."""
+
+
+# Everything the client raises whose message tells the owner what is wrong and what to do: its own errors, a
+# bundle that breaks the format, no usable model package, artifacts of other concrete releases, no estimate.
+ACTIONABLE_ERRORS: tuple[type[Exception], ...] = (
+    FheClientError,
+    BundleError,
+    ModelPackageError,
+    VersionMismatchError,
+    EstimateError,
+)

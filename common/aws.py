@@ -27,9 +27,10 @@ def session() -> boto3.Session:
     return boto3.Session(region_name=region())
 
 
-def client(service: str) -> Any:
-    """A boto3 client with adaptive retries; the endpoint is whatever botocore's configuration says."""
-    return session().client(service, config=_RETRIES)
+def client(service: str, under: boto3.Session | None = None) -> Any:
+    """A boto3 client with adaptive retries, of ``under`` (default: a session of the environment's credentials); the
+    endpoint is whatever botocore's configuration says."""
+    return (under or session()).client(service, config=_RETRIES)
 
 
 def role_credentials(role_arn: str, session_name: str, seconds: int = 3600) -> dict[str, str]:

@@ -19,18 +19,23 @@ class ModelPackageError(LookupError):
     """No usable model package: none approved, or one without what the caller needs."""
 
 
-def newest_approved(sagemaker: Any, group: str) -> dict[str, Any]:
-    """The full description of the newest Approved package in ``group``."""
+def approved_packages(sagemaker: Any, group: str) -> list[dict[str, Any]]:
+    """The summaries of every Approved package in ``group``, oldest version first."""
     paginator = sagemaker.get_paginator("list_model_packages")
     approved = [
         summary
         for page in paginator.paginate(ModelPackageGroupName=group, ModelApprovalStatus="Approved")
         for summary in page.get("ModelPackageSummaryList", [])
     ]
+    return sorted(approved, key=lambda s: int(s.get("ModelPackageVersion", 0)))
+
+
+def newest_approved(sagemaker: Any, group: str) -> dict[str, Any]:
+    """The full description of the newest Approved package in ``group``."""
+    approved = approved_packages(sagemaker, group)
     if not approved:
         raise ModelPackageError(f"model package group {group!r} has no Approved package; approve one first")
-    newest = max(approved, key=lambda s: int(s.get("ModelPackageVersion", 0)))
-    return describe(sagemaker, newest["ModelPackageArn"])
+    return describe(sagemaker, approved[-1]["ModelPackageArn"])
 
 
 SERVING_STATUSES = frozenset({"InService", "Creating", "Updating", "SystemUpdating", "RollingBack"})

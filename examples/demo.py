@@ -7,7 +7,8 @@
 
     python -m examples.demo [--samples 100] [--shard-size 25] [--report audit-report]
 
-The ML-ops parts use the pipeline and deploy modules, the batch owner's parts the ``fhe-client`` commands; the
+The ML-ops parts use the pipeline and deploy modules, the batch owner's parts the client library (``BatchClient``,
+what ``fhe-client`` runs); the
 clear-model comparison at the end downloads ``model.tar.gz`` as ML ops would (a batch owner never sees it).
 
 Administrator credentials deploy, and nothing else: every later step runs as its actor, under the actor's role
@@ -34,7 +35,7 @@ import numpy as np
 
 from audit import report as audit_report
 from audit.collect import Window
-from client import cli as client_cli
+from client.batch_client import BatchClient, ClientSettings
 from common import aws
 from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions, executed_states
@@ -118,50 +119,37 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         work = Path(scratch)
         source = work / "records.csv"
         x = sample_uci_records(settings.samples, source)  # id, diagnosis, the features: as the owner has them
-        common = [
-            "--owner", DEMO_OWNER, "--bucket", stack["BundleBucketName"], "--group", group,
-            "--home", str(work / "home"), "--endpoint", deployment.endpoint_name,
-        ]  # fmt: skip
+        # The owner's client: its AWS clients are made at each call, under the role ``acting_as`` sets.
+        owner = BatchClient(
+            ClientSettings.for_deployment(stack, DEMO_OWNER, home=work / "home"),
+            notes=lambda line: print(f"  {line}", flush=True),  # the estimate, the accuracy against the labels
+        )
         with timings.stage("client: keys, encrypt, drop"), acting_as(people, client):
-            keys = client_cli.answer(["keys", *common, "--quiet"])
-            bundle = client_cli.answer(
-                [
-                    "encrypt",
-                    str(source),
-                    "--out",
-                    str(work / "bundle"),
-                    "--shard-size",
-                    str(settings.shard_size),
-                    "--package-arn",
-                    keys["model_package"],
-                    "--label-column",
-                    "diagnosis",
-                    *common,
-                    "--quiet",
-                ]
+            keys = owner.keys()
+            bundle = owner.encrypt(
+                source,
+                work / "bundle",
+                shard_size=settings.shard_size,
+                package_arn=keys.model_package,
+                label_column="diagnosis",
             )  # the ids come back by themselves: the model records id as its IdColumns
-            client_cli.answer(
-                ["submit", str(work / "bundle"), "--package-arn", keys["model_package"], *common, "--quiet"]
-            )
+            owner.submit(bundle.folder)
         with timings.stage(WORKFLOW_STAGE), acting_as(people, client):
-            client_cli.answer(["wait", bundle["bundle_id"], "--timeout", "1800", *common, "--quiet"])
+            owner.wait(bundle.bundle_id, timeout=1800)
         with timings.stage("client: decrypt"), acting_as(people, client):
-            decrypted = client_cli.answer(
-                ["decrypt", bundle["bundle_id"], "--out", str(work / "predictions.csv"), *common, "--quiet"]
-            )
-            with (work / "predictions.csv").open(newline="") as handle:
-                predictions = list(csv.DictReader(handle))
-            predicted = [row["predicted_class"] for row in predictions]
-            keyed_by = next(iter(predictions[0])) if predictions else None
+            decrypted = owner.decrypt(bundle.bundle_id, work / "predictions.csv")
+            with decrypted.predictions.open(newline="") as handle:
+                keyed_by = next(iter(csv.reader(handle)), [None])[0]
+            predicted = decrypted.predicted_classes
         with acting_as(people, "trainer"):  # ML ops' own copy of the model, for the comparison
             expected = clear_classes(package_arn, x)
         versions = rollover(
-            deployed, stack["StateMachineArn"], package_arn, source, work, common, timings, people, settings.training
+            deployed, stack["StateMachineArn"], package_arn, source, work, owner, timings, people, settings.training
         )
     agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
     with timings.stage("audit report"), acting_as(people, "auditor"):
         sfn = aws.client("stepfunctions")
-        arns = bundle_executions(sfn, stack["StateMachineArn"], bundle["bundle_id"], DEMO_OWNER)
+        arns = bundle_executions(sfn, stack["StateMachineArn"], bundle.bundle_id, DEMO_OWNER)
         execution = sfn.describe_execution(executionArn=arns[0]) if arns else {}
         states = executed_states(sfn, execution["executionArn"]) if execution else []
         audit = audit_report.run(
@@ -173,13 +161,13 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         )
     return {
         "model_package": package_arn,
-        "bundle_id": bundle["bundle_id"],
+        "bundle_id": bundle.bundle_id,
         "samples": len(predicted),
-        "shards": bundle["shards"],
+        "shards": len(bundle.manifest.shards),
         "agreement_with_clear_model": round(agreement, 4),
         "predictions_keyed_by": keyed_by,
-        "accuracy_against_the_owners_labels": decrypted.get("accuracy"),
-        "estimate": bundle.get("estimate"),
+        "accuracy_against_the_owners_labels": decrypted.accuracy.to_dict() if decrypted.accuracy else None,
+        "estimate": bundle.estimate.to_dict() if bundle.estimate else None,
         "workflow_seconds": timings.stages[WORKFLOW_STAGE],
         "execution_seconds": (
             round((execution["stopDate"] - execution["startDate"]).total_seconds(), 1)
@@ -202,14 +190,14 @@ def rollover(
     first: str,
     source: Path,
     work: Path,
-    common: list[str],
+    owner: BatchClient,
     timings: Timings,
     people: People,
     training: dict[str, Any],
 ) -> dict[str, Any]:
-    client = owner_actor(DEMO_OWNER)
     """Retraining without stranding a batch owner: a new version served beside the first, a bundle for each
     delivered, then the first version retired once its bundles are done."""
+    client = owner_actor(DEMO_OWNER)
     with timings.stage("retrain: a new version trained, approved and served beside the first"):
         with acting_as(people, "trainer"):
             second = train_and_register(deployed.pipeline, **training)
@@ -221,16 +209,13 @@ def rollover(
             f"{', '.join(str(v) for v in served['served_versions'])}"
         )
     with timings.stage("client: a bundle for each version, both delivered"), acting_as(people, client):
-        client_cli.answer(["keys", "--package-arn", second, *common, "--quiet"])  # beside version 1's keys
+        owner.keys(second)  # beside version 1's keys
         delivered = {}
         for package in (first, second):
             version = package.rsplit("/", 1)[-1]
-            out = work / f"predictions-v{version}.csv"
-            answer = client_cli.answer(
-                ["run", str(source), "--out", str(out), "--package-arn", package, *common, "--quiet"]
-            )
-            delivered[f"v{version}"] = answer["bundle_id"]
-            print(f"version {version}: bundle {answer['bundle_id']} delivered, {answer['rows']} predictions")
+            done = owner.run(source, work / f"predictions-v{version}.csv", package_arn=package)
+            delivered[f"v{version}"] = done.bundle_id
+            print(f"version {version}: bundle {done.bundle_id} delivered, {done.decrypted.rows} predictions")
     with timings.stage("retire the first version"), acting_as(people, "ml-ops"):
         retired = retire(
             deployed.endpoint, int(first.rsplit("/", 1)[-1]), state_machine_arn, wait_seconds=600, report=print

@@ -28,7 +28,8 @@ from botocore.exceptions import ClientError
 from audit import cli as audit_cli
 from audit import report as audit_report
 from audit.collect import Window
-from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
+from client.batch_client import BatchClient, ClientSettings
+from client.model import ClientModel, ensure_keys
 from common import aws
 from common.audit_log import (
     BUNDLE_EVENT_SOURCE,
@@ -110,10 +111,8 @@ def scenario(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
         ],
     )
     assert runs.follow(failed, 900.0, out=io.StringIO())["PipelineExecutionStatus"] == "Failed"
-    s3 = aws.client("s3")
-    home = tmp_path_factory.mktemp("home")
-    model = fetch_model(aws.client("sagemaker"), s3, group=DEPLOYMENT.package_group, home=home)
-    upload_evaluation_key(s3, _layout(), model, ensure_keys(model))
+    owner = BatchClient(ClientSettings.for_deployment(served.outputs, OWNER, home=tmp_path_factory.mktemp("home")))
+    model = owner.keys().model
     x, folder = sample_records(12), tmp_path_factory.mktemp("bundles")
     _drop(model, x[:4], folder, "audit-good", skip_shard=False)
     _drop(model, x[4:8], folder, "audit-missing-shard", skip_shard=True)

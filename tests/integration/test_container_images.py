@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 from aws_emulators.sagemaker.container_runtime import Container, EngineRuntime, aws_environment
 
+from client.batch_client import BatchClient, ClientSettings
 from client.decrypt import decrypt_result
 from client.encrypt import encrypt_rows
-from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
+from client.model import ClientModel, ensure_keys, upload_evaluation_key
 from client.transfer import download_result, submit
 from common import artifacts, aws
 from common.bundle.messages import parse_shard_result
@@ -72,11 +73,8 @@ def image_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageStack
     )
     with running_stack(tmp_path_factory.mktemp("image-stack"), runtime=engine.name):
         served = deploy_and_serve(deployment, "image tests")
-        s3 = aws.client("s3")
-        model = fetch_model(
-            aws.client("sagemaker"), s3, group=deployment.package_group, home=tmp_path_factory.mktemp("home")
-        )
-        upload_evaluation_key(s3, served.layout, model, ensure_keys(model))
+        owner = BatchClient(ClientSettings.for_deployment(served.outputs, OWNER, home=tmp_path_factory.mktemp("home")))
+        model = owner.keys().model
         executions = aws.client("sagemaker").list_pipeline_executions(PipelineName=deployment.pipeline_name)
         latest = executions["PipelineExecutionSummaries"][0]["PipelineExecutionArn"]
         yield ImageStack(served, engine, latest, model)

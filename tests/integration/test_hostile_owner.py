@@ -20,9 +20,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from client.batch_client import BatchClient, ClientSettings
 from client.decrypt import decrypt_result
 from client.encrypt import encrypt_rows
-from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
+from client.model import ClientModel
 from client.transfer import download_result, submit
 from common import aws
 from common.bundle.manifest import KeyRef, Manifest, ShardEntry
@@ -82,15 +83,12 @@ def scene(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     for name in (GOOD, HOSTILE):
         owners.add(DEPLOYMENT.prefix, name, report=lambda line: None)
     people = ensure_people(DEPLOYMENT.prefix, outputs)
-    bucket = outputs["BundleBucketName"]
     known = {}
     for name in (GOOD, HOSTILE):
+        client = BatchClient(ClientSettings.for_deployment(outputs, name, home=tmp_path_factory.mktemp(name)))
         with acting_as(people, owner_actor(name)):  # each owner fetches, makes and uploads its own keys
-            sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
-            model = fetch_model(sagemaker, s3, group=DEPLOYMENT.package_group, home=tmp_path_factory.mktemp(name))
-            layout = BundleLayout(bucket, name)
-            upload_evaluation_key(s3, layout, model, ensure_keys(model))
-        known[name] = Owner(name, layout, model)
+            model = client.keys().model
+        known[name] = Owner(name, client.layout, model)
     return Scene(package_arn, endpoint, outputs["StateMachineArn"], people, known, tmp_path_factory.mktemp("bundles"))
 
 

@@ -18,8 +18,8 @@ import pytest
 
 from audit import report as audit_report
 from audit.collect import Window
-from client import cli as client_cli
-from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
+from client.batch_client import BatchClient, ClientSettings
+from client.model import ClientModel
 from common import aws
 from common.bundle.store import object_exists
 from common.model_package import served_versions, version_endpoint
@@ -40,12 +40,15 @@ DEPLOYMENT = deployment_for("versions", function_concurrency=2, scale_in_cooldow
 STACKS = deployment_for("vstacks", function_concurrency=2, max_instances=3, scale_in_cooldown=45)
 
 
+def _client(served: Served, home: Path, notes: list[str] | None = None) -> BatchClient:
+    """The batch owner's client, with its own home; its notes collected in ``notes``."""
+    settings = ClientSettings.for_deployment(served.outputs, OWNER, home=home)
+    return BatchClient(settings, notes=None if notes is None else notes.append)
+
+
 def _owner(served: Served, home: Path, package_arn: str) -> ClientModel:
     """A batch owner with keys for ``package_arn``'s version, its evaluation key uploaded."""
-    s3 = aws.client("s3")
-    model = fetch_model(aws.client("sagemaker"), s3, group=DEPLOYMENT.package_group, package_arn=package_arn, home=home)
-    upload_evaluation_key(s3, served.layout, model, ensure_keys(model))
-    return model
+    return _client(served, home).keys(package_arn).model
 
 
 def _instances(endpoint: str) -> int:
@@ -55,7 +58,7 @@ def _instances(endpoint: str) -> int:
 
 
 def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
-    local_stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    local_stack: dict[str, str], tmp_path: Path
 ) -> None:
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     served = deploy_and_serve(DEPLOYMENT, "versions tests: version 1")
@@ -104,14 +107,13 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
         time.sleep(2)
 
     # The batch owner sees both versions served and which its keys are for, and is told a newer one is served.
-    common = ["--owner", OWNER, "--bucket", served.layout.bucket, "--group", DEPLOYMENT.package_group, "--endpoint",
-              DEPLOYMENT.endpoint_name, "--quiet"]  # fmt: skip
-    listed = client_cli.answer(["versions", *common, "--home", str(tmp_path / "home-1")])
-    assert [(v["version"], v["local_keys"]) for v in listed["served"]] == [(1, True), (2, False)], listed
-    assert listed["local_keys"] == [1] and listed["newest_served"] == 2
-    capsys.readouterr()
-    keys = client_cli.answer(["keys", *common, "--package-arn", first, "--home", str(tmp_path / "home-1")])
-    assert keys["newer_version_served"] == 2 and "model version 2 is served" in capsys.readouterr().err
+    notes: list[str] = []
+    client = _client(served, tmp_path / "home-1", notes)
+    listed = client.versions()
+    assert [(v.version, v.local_keys) for v in listed.served] == [(1, True), (2, False)], listed
+    assert listed.local_keys == (1,) and listed.newest_served == 2
+    keys = client.keys(first)
+    assert keys.newer_version_served == 2 and any("model version 2 is served" in note for note in notes), notes
 
     # Retiring version 1 while one of its bundles runs: refused naming it, then waited for; the bundle completes.
     with injected_faults(served.endpoint, [{"input_contains": f"requests/{OWNER}/running-v1/", "delay_seconds": 8}]):

@@ -18,9 +18,10 @@ import numpy.typing as npt
 import pytest
 from botocore.exceptions import ClientError
 
+from client.batch_client import BatchClient, ClientSettings
 from client.decrypt import decrypt_result
 from client.encrypt import encrypt_rows
-from client.model import ClientModel, ensure_keys, fetch_model, upload_evaluation_key
+from client.model import ClientModel
 from client.transfer import download_result, submit
 from common import aws
 from common.bundle.manifest import Manifest, ModelRef, shard_key
@@ -93,10 +94,7 @@ def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     events_queue = _queue("fhe-workflow-test-events", {"source": ["fhe.batch-inference"]})
     s3_pattern = {"source": ["aws.s3"], "detail": {"bucket": {"name": [_layout().bucket]}}}
     s3_events_queue = _queue("fhe-workflow-test-s3-events", s3_pattern)
-    s3 = aws.client("s3")
-    home = tmp_path_factory.mktemp("home")
-    model = fetch_model(aws.client("sagemaker"), s3, group=DEPLOYMENT.package_group, home=home)
-    upload_evaluation_key(s3, _layout(), model, ensure_keys(model))
+    model = _client(outputs, tmp_path_factory.mktemp("home")).keys().model
     x = sample_records(64)
     return Workflow(
         package_arn,
@@ -110,6 +108,11 @@ def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
         [],
         tmp_path_factory.mktemp("bundles"),
     )
+
+
+def _client(outputs: dict[str, str], home: Path, owner: str = OWNER) -> BatchClient:
+    """A batch owner's client on the deployment of ``outputs``, with its own home."""
+    return BatchClient(ClientSettings.for_deployment(outputs, owner, home=home))
 
 
 def _drop(w: Workflow, bundle_id: str, rows: slice, shard_size: int) -> Manifest:
@@ -279,11 +282,7 @@ def test_bundle_runs_through_the_workflow_and_decrypts_to_the_clear_predictions(
     assert not object_exists(s3, _layout().quarantine_reason("first-bundle"))
 
 
-def test_client_cli_run_from_csv_to_predictions_through_the_workflow(
-    workflow: Workflow, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from client import cli as client_cli
-
+def test_client_run_from_csv_to_predictions_through_the_workflow(workflow: Workflow, tmp_path: Path) -> None:
     rows = 12
     source = tmp_path / "patients.csv"
     names = workflow.model.preprocessing.feature_names
@@ -294,24 +293,12 @@ def test_client_cli_run_from_csv_to_predictions_through_the_workflow(
     ]
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "predictions.csv"
-    arguments = [
-        "--owner",
-        OWNER,
-        "--bucket",
-        _layout().bucket,
-        "--group",
-        DEPLOYMENT.package_group,
-        "--home",
-        str(workflow.model.folder.parents[1]),
-    ]
-    client_cli.main(
-        ["run", str(source), "--out", str(out), "--shard-size", "4", "--quiet", "--timeout", "300", *arguments]
-    )
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["samples"] == rows and summary["shards"] == 3 and summary["keys"]["uploaded"] is False
+    done = _client(workflow.stack, workflow.model.folder.parents[1]).run(source, out, shard_size=4, timeout=300)
+    assert done.encrypted.manifest.total_samples == rows and len(done.encrypted.manifest.shards) == 3
+    assert done.keys.uploaded is False and done.encrypted.ignored_columns == ("label",)
     predicted = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
-    assert predicted == workflow.expected[:rows]
-    assert _settle(workflow, summary["bundle_id"])["status"] == "SUCCEEDED"
+    assert predicted == workflow.expected[:rows] == done.decrypted.predicted_classes
+    assert _settle(workflow, done.bundle_id)["status"] == "SUCCEEDED"
 
 
 def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: Workflow) -> None:
@@ -726,7 +713,6 @@ def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path
     local AWS that enforces IAM: both use the same bundle id, both are delivered; owner A's credentials are refused
     B's result, B's listing, a manifest under B's bundle id, server.zip and the training data (AccessDenied), and
     B's result is untouched by it all."""
-    from client import cli as client_cli
     from containers.training.data import write_records_csv
     from infrastructure import owners
     from local.people import acting_as, ensure_people, owner_actor
@@ -745,26 +731,13 @@ def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path
         source = write_records_csv(
             tmp_path / f"{owner}.csv", workflow.model.preprocessing.feature_names, workflow.x[picked]
         )
-        home = str(tmp_path / f"home-{owner}")
-        arguments = ["--owner", owner, "--bucket", _layout().bucket, "--group", DEPLOYMENT.package_group,
-                     "--home", home, "--endpoint", DEPLOYMENT.endpoint_name, "--quiet"]  # fmt: skip
-        with acting_as(people, owner_actor(owner)):
-            delivered[owner] = client_cli.answer(
-                [
-                    "run",
-                    str(source),
-                    "--out",
-                    str(tmp_path / f"{owner}.out.csv"),
-                    "--bundle-id",
-                    "same-id",
-                    "--timeout",
-                    "300",
-                    *arguments,
-                ]
-            )
+        client = _client(workflow.stack, tmp_path / f"home-{owner}", owner)
+        with acting_as(people, owner_actor(owner)):  # the client's AWS clients are made under the owner's role
+            delivered[owner] = client.run(source, tmp_path / f"{owner}.out.csv", bundle_id="same-id", timeout=300)
         predicted = [line.split(",")[1] for line in (tmp_path / f"{owner}.out.csv").read_text().splitlines()[1:]]
         assert predicted == workflow.expected[picked], owner
-        assert delivered[owner]["manifest"] == f"s3://{_layout().bucket}/inbox/{owner}/same-id/{MANIFEST_NAME}"
+        manifest = delivered[owner].submitted.manifest
+        assert str(manifest) == f"s3://{_layout().bucket}/inbox/{owner}/same-id/{MANIFEST_NAME}"
     b_result = BundleLayout(_layout().bucket, "clinic-b").result_manifest("same-id")
     with acting_as(people, owner_actor("clinic-b")):
         before = aws.client("s3").get_object(Bucket=b_result.bucket, Key=b_result.key)["Body"].read()
@@ -821,7 +794,6 @@ def test_the_owners_ids_stay_on_its_machine_and_key_its_predictions(workflow: Wo
     """A scoring file with an id column and the owner's labels: predictions.csv is keyed by the ids, the accuracy
     against the labels is printed, and no S3 object of the deployment and no log holds any id value."""
     from audit.collect import estimate_shown
-    from client import cli as client_cli
 
     rows = 6
     ids = [f"{patient}" for patient in np.random.default_rng(11).choice(np.arange(10**8, 10**9), rows, replace=False)]
@@ -836,25 +808,23 @@ def test_the_owners_ids_stay_on_its_machine_and_key_its_predictions(workflow: Wo
     source = tmp_path / "scoring.csv"
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "predictions.csv"
-    home = str(workflow.model.folder.parents[1])
-    arguments = ["run", str(source), "--out", str(out), "--id-column", "id", "--label-column", "label",
-                 "--owner", OWNER, "--bucket", _layout().bucket, "--group", DEPLOYMENT.package_group,
-                 "--endpoint", DEPLOYMENT.endpoint_name, "--home", home, "--timeout", "300", "--quiet"]  # fmt: skip
-    answer = client_cli.answer(arguments)
+    client = _client(workflow.stack, workflow.model.folder.parents[1])
+    done = client.run(source, out, id_columns=["id"], label_column="label", timeout=300)
     written = out.read_text().splitlines()
     assert written[0].startswith("id,row,predicted_class,")
     assert [line.split(",")[0] for line in written[1:]] == ids
     assert [line.split(",")[2] for line in written[1:]] == workflow.expected[50 : 50 + rows]
-    assert answer["ignored_columns"] == ["ward"] and answer["id_columns"] == ["id"]
-    assert answer["accuracy"] == {"accuracy": 1.0, "correct": rows, "rows": rows}  # labels: the clear model's
+    assert done.encrypted.ignored_columns == ("ward",) and done.encrypted.id_columns == ("id",)
+    accuracy = done.decrypted.accuracy  # labels: the clear model's
+    assert accuracy is not None and (accuracy.accuracy, accuracy.correct, accuracy.rows) == (1.0, rows, rows)
     # The estimate made before paying went up beside the manifest, where the audit report reads it.
-    made = answer["estimate"]
-    assert made["samples"] == rows and made["instance_type"] and made["cost"] > 0 and made["prices_as_of"]
-    shown = estimate_shown(aws.client("s3"), _layout().estimate(answer["bundle_id"]))
-    assert shown is not None and (shown["seconds"], shown["cost"]) == (made["seconds"], made["cost"])
+    made = done.encrypted.estimate
+    assert made is not None and made.samples == rows and made.instance_type and made.cost > 0 and made.prices_as_of
+    shown = estimate_shown(aws.client("s3"), _layout().estimate(done.bundle_id))
+    assert shown is not None and (shown["seconds"], shown["cost"]) == (made.seconds, made.cost)
     stack = workflow.stack
     objects = _every_object([stack["BundleBucketName"], stack["ModelBucketName"], stack["DataBucketName"]])
     logs = _every_log(workflow)
-    assert answer["bundle_id"].encode() in logs, "the scan sees this bundle's logs"
+    assert done.bundle_id.encode() in logs, "the scan sees this bundle's logs"
     leaked = [patient for patient in ids if patient.encode() in objects or patient.encode() in logs]
     assert not leaked, leaked

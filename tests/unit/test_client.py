@@ -1,4 +1,5 @@
-"""The client's parts that need no FHE: reading inputs, submitting (manifest last), waiting, predictions."""
+"""The batch owner's client: reading inputs, submitting (manifest last), waiting, predictions, the CLI's parsing
+and printing, and the library (``BatchClient``) from keys to predictions with real Concrete on moto."""
 
 from __future__ import annotations
 
@@ -233,3 +234,165 @@ def test_an_estimate_is_made_of_measured_costs_the_endpoints_limits_and_a_dated_
     broken.write_text("{}")
     with pytest.raises(EstimateError, match="not usable"):
         EstimateTable.load(broken)
+
+
+def test_the_cli_parses_calls_the_library_and_prints_its_answer(
+    s3: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fhe-client wait``: settings from the environment, the answer as JSON on stdout; a quarantined bundle is the
+    owner's to act on: its reason on stderr, exit status 2."""
+    from client.cli import main
+
+    monkeypatch.setenv("FHE_OWNER", UNIT_OWNER)
+    monkeypatch.setenv("FHE_BUCKET", BUCKET)
+    s3.put_object(Bucket=BUCKET, Key=f"outbox/{UNIT_OWNER}/bundle-6/manifest.json", Body=b"{}")
+    main(["wait", "bundle-6", "--timeout", "5", "--quiet"])
+    assert json.loads(capsys.readouterr().out) == {
+        "result": f"s3://{BUCKET}/outbox/{UNIT_OWNER}/bundle-6/manifest.json"
+    }
+    write_quarantine_reason(s3, LAYOUT, "bundle-7", {"stage": "validate", "message": "shards[0]: checksum"})
+    with pytest.raises(SystemExit) as exited:
+        main(["wait", "bundle-7", "--timeout", "5", "--quiet"])
+    printed = capsys.readouterr()
+    assert exited.value.code == 2 and not printed.out
+    assert printed.err.strip() == "fhe-client wait: bundle bundle-7 was quarantined: shards[0]: checksum"
+
+
+def test_settings_come_from_the_environment_or_a_deployments_outputs(tmp_path: Path) -> None:
+    from client.batch_client import BatchClient, ClientSettings
+
+    settings = ClientSettings.from_environment({"FHE_OWNER": "clinic-b", "FHE_BUCKET": "b", "FHE_ENDPOINT_NAME": "e"})
+    assert (settings.owner, settings.bucket, settings.endpoint, settings.home) == ("clinic-b", "b", "e", None)
+    outputs = {"BundleBucketName": "bundles", "ModelPackageGroup": "g", "EndpointName": "fhe-x"}
+    made = ClientSettings.for_deployment(outputs, UNIT_OWNER, home=tmp_path)
+    assert made == ClientSettings(UNIT_OWNER, "bundles", "g", "fhe-x", tmp_path)
+    assert BatchClient(made).layout == LAYOUT.__class__("bundles", UNIT_OWNER)
+    with pytest.raises(FheClientError, match="lack EndpointName"):
+        ClientSettings.for_deployment({"BundleBucketName": "b", "ModelPackageGroup": "g"}, UNIT_OWNER)
+    with pytest.raises(FheClientError, match="name the batch owner"):
+        _ = BatchClient(ClientSettings()).layout
+    with pytest.raises(FheClientError, match="run `fhe-client keys` first"):
+        BatchClient(made).model()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real compiled model (logistic regression on breast cancer), as the training step leaves it."""
+    from containers.training.data import builtin_dataset_csv
+    from containers.training.models import TrainingSettings
+    from containers.training.preprocess import preprocess
+    from containers.training.train import train
+
+    root = tmp_path_factory.mktemp("model")
+    source = builtin_dataset_csv("breast_cancer", root / "in" / "bc.csv")
+    preprocess(source.parent, root / "splits", "label", 0.25, 3)
+    train(TrainingSettings(model_type="logistic_regression"), root / "splits/train", root / "splits/preprocessing",
+          root / "m")  # fmt: skip
+    return root / "m"
+
+
+def test_the_client_library_runs_a_bundle_from_keys_to_predictions(
+    s3: Any, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On moto: an Approved package with its published client artifacts; the library lists versions, makes keys
+    (real Concrete) and uploads the evaluation key once, encrypts a CSV with ids and labels, submits it; the
+    product's serving app answers each shard and the result manifest is assembled as the workflow does; the
+    library waits, decrypts to the clear model's classes, keyed by the ids, scored against the labels."""
+    from concrete.ml.common.serialization.loaders import loads
+    from sklearn.datasets import load_breast_cancer
+
+    from client.batch_client import BatchClient, ClientSettings
+    from common import artifacts, aws
+    from common.bundle.messages import parse_shard_result
+    from common.bundle.store import read_manifest, result_manifest, write_result_manifest
+    from common.preprocessing import PreprocessingRecord
+    from containers.inference.app import create_app
+    from containers.inference.engine import InferenceEngine
+    from containers.inference.handlers import Handlers
+
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    sagemaker = aws.client("sagemaker")
+    s3.create_bucket(Bucket="models")
+    sagemaker.create_model_package_group(ModelPackageGroupName="g")
+    recorded = {artifacts.CLIENT_ARTIFACTS_PROPERTY: "s3://models/pipelines/p/exec-1/client"}
+    package_arn = sagemaker.create_model_package(
+        ModelPackageGroupName="g",
+        InferenceSpecification={
+            "Containers": [{"Image": "fhe-inference:latest", "ModelDataUrl": "s3://models/model.tar.gz"}],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        CustomerMetadataProperties=recorded,
+    )["ModelPackageArn"]
+    notes: list[str] = []
+    client = BatchClient(ClientSettings(UNIT_OWNER, BUCKET, "g", "fhe-e", tmp_path / "home"), notes=notes.append)
+    assert client.versions().approved_not_served == ()  # pending: nothing to fetch yet
+    # Given again: moto's update drops the properties it is not given (SageMaker keeps them).
+    sagemaker.update_model_package(
+        ModelPackageArn=package_arn, ModelApprovalStatus="Approved", CustomerMetadataProperties=recorded
+    )
+    for name in artifacts.CLIENT_ARTIFACTS:  # what the approval publishes (pipelines/approval.py)
+        s3.upload_file(str(trained / name), "models", f"published/g/1/{name}")
+
+    keys = client.keys()
+    assert keys.model_package == package_arn and keys.uploaded and keys.newer_version_served is None
+    assert keys.evaluation_key.uri == str(LAYOUT.evaluation_key(keys.evaluation_key.sha256))
+    uploaded = s3.head_object(Bucket=BUCKET, Key=LAYOUT.evaluation_key(keys.evaluation_key.sha256).key)
+    assert uploaded["ContentLength"] == keys.evaluation_key.size
+    assert client.keys().uploaded is False  # the same key set, already there
+    listed = client.versions()
+    assert (listed.served, listed.approved_not_served, listed.local_keys) == ((), (1,), (1,))
+
+    record = PreprocessingRecord.load(trained / artifacts.PREPROCESSING_JSON)
+    data = load_breast_cancer()
+    x, labels = data.data[:5], data.target[:5]
+    source = tmp_path / "scoring.csv"
+    source.write_text(
+        "\n".join(
+            [",".join(["patient", "diagnosis", "ward", *record.feature_names])]
+            + [
+                ",".join([f"P-{i}", str(label), "east", *map(repr, row.tolist())])
+                for i, (row, label) in enumerate(zip(x, labels, strict=True))
+            ]
+        )
+        + "\n"
+    )
+    encrypted = client.encrypt(
+        source, tmp_path / "bundle", shard_size=2, id_columns=["patient"], label_column="diagnosis"
+    )
+    assert (encrypted.manifest.total_samples, len(encrypted.manifest.shards)) == (5, 3)
+    assert (encrypted.id_columns, encrypted.ignored_columns, encrypted.estimate) == (("patient",), ("ward",), None)
+    assert any(note.startswith("no estimate: the limits of endpoint fhe-e-v1") for note in notes), notes
+    submitted = client.submit(encrypted.folder)
+    assert submitted.manifest == LAYOUT.request_manifest(encrypted.bundle_id)
+    with pytest.raises(FheClientError, match="already submitted"):
+        client.submit(encrypted.folder)
+
+    # The service's side: the serving app answers each shard request, Assemble writes the result manifest.
+    engine = InferenceEngine(trained, evaluators=1, threads=1)
+    try:
+        app = create_app(Handlers(engine, aws.client("s3"), package_arn)).test_client()
+        results = []
+        for entry in encrypted.manifest.shards:
+            shard = LAYOUT.shard_request(encrypted.bundle_id, entry.index).to_json()
+            response = app.post("/invocations", data=shard, content_type="application/json")
+            assert response.status_code == 200, response.get_data()
+            results.append(parse_shard_result(response.get_data()))
+    finally:
+        engine.close()
+    request, request_sha256 = read_manifest(s3, submitted.manifest)
+    prefix = LAYOUT.result_prefix(encrypted.bundle_id)
+    write_result_manifest(s3, LAYOUT, result_manifest(request, request_sha256, prefix, results))
+
+    assert client.wait(encrypted.bundle_id, timeout=5).result == LAYOUT.result_manifest(encrypted.bundle_id)
+    decrypted = client.decrypt(encrypted.bundle_id, tmp_path / "predictions.csv")
+    clear = loads((trained / artifacts.MODEL_JSON).read_text()).predict(record.transform(x), fhe="disable")
+    assert decrypted.predicted_classes == [decrypted.classes[int(c)] for c in clear]
+    lines = decrypted.predictions.read_text().splitlines()
+    assert lines[0].startswith("patient,row,predicted_class,") and [line.split(",")[0] for line in lines[1:]] == [
+        f"P-{i}" for i in range(5)
+    ]
+    assert decrypted.accuracy is not None and decrypted.accuracy.rows == 5
+    assert decrypted.accuracy.correct == sum(
+        p == str(label) for p, label in zip(decrypted.predicted_classes, labels, strict=True)
+    )
