@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         "--images",
         choices=("podman", "docker"),
         help="build both images with this engine and run the jobs and the endpoint from them (the local SageMaker "
-        "must run that runtime: fhe-local up --runtime ENGINE)",
+        "must run that runtime: python -m local.lifecycle up --runtime ENGINE)",
     )
     parser.add_argument("--base-image", default="", help="with --images: the images' base (python -m local.base_image)")
     args = parser.parse_args(argv)
@@ -246,7 +246,10 @@ def main(argv: list[str] | None = None) -> None:
 
         running = lifecycle.running_runtime(lifecycle.local_sagemaker())
         if running != args.images:
-            parser.error(f"--images {args.images} needs `fhe-local up --runtime {args.images}` (it runs {running})")
+            parser.error(
+                f"--images {args.images} needs `python -m local.lifecycle up --runtime {args.images}` "
+                f"(it runs {running})"
+            )
     # The SageMaker SDK turns the root logger to INFO on import; the demo prints its own progress.
     logging.basicConfig(level=logging.WARNING, force=True)
     settings = DemoSettings(

@@ -1,8 +1,8 @@
 """The real images, built here and run as SageMaker runs them: ``fhe-deploy up --build-images`` builds both with
 the container engine (podman on a machine without a daemon, on the registry-free base where the official one
 cannot be pulled), the local SageMaker runs the pipeline's jobs and the async endpoint from those images
-(``fhe-local up --runtime podman``), a bundle goes through the workflow, and the inference image is started
-as ``<image> serve`` with the registered model in ``/opt/ml/model`` and asked directly.
+(``python -m local.lifecycle up --runtime podman``), a bundle goes through the workflow, and the inference image is
+started as ``<image> serve`` with the registered model in ``/opt/ml/model`` and asked directly.
 
 Marked ``images`` (it builds two images of about 6 GB): ``pytest -m "not images"`` leaves it out.
 ``FHE_IMAGE_ENGINE`` picks the engine (default: the first of Docker and podman that works); ``FHE_BASE_IMAGE``

@@ -279,9 +279,9 @@ def test_settings_come_from_the_environment_or_a_deployments_outputs(tmp_path: P
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real compiled model (logistic regression on breast cancer), as the training step leaves it."""
     from containers.training.data import builtin_dataset_csv
-    from containers.training.models import TrainingSettings
     from containers.training.preprocess import preprocess
     from containers.training.train import train
+    from containers.training.training_settings import TrainingSettings
 
     root = tmp_path_factory.mktemp("model")
     source = builtin_dataset_csv("breast_cancer", root / "in" / "bc.csv")
