@@ -58,6 +58,20 @@ def test_each_image_copies_exactly_the_modules_its_entry_point_imports(role: str
     assert not any(s.startswith(("local/", "pipelines/")) for s in copied)
 
 
+def test_each_module_lands_where_its_package_is_imported_from() -> None:
+    """A module copied into another folder than its own would not import in the image (``common.bundle.store``
+    copied into ``common/``): each copied module's destination is its own folder."""
+    text = (ROOT / "containers" / "Dockerfile").read_text().replace("\\\n", " ")
+    misplaced = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0] != "COPY" or any(w.startswith("--") for w in words[1:]):
+            continue
+        *sources, destination = words[1:]
+        misplaced += [s for s in sources if s.endswith(".py") and f"{Path(s).parent.as_posix()}/" != destination]
+    assert not misplaced, f"modules copied outside their own folder: {misplaced}"
+
+
 def test_both_images_stand_on_one_fhe_runtime_with_the_linker() -> None:
     training, inference = images.stage_instructions("training"), images.stage_instructions("inference")
     shared = training.index("FROM fhe-runtime AS training")

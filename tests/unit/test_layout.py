@@ -147,8 +147,12 @@ def test_the_products_wheel_holds_the_product_only(tmp_path: Path) -> None:
     build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run([*build, "-w", str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("fhe_batch_inference-*.whl")
-    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if name.endswith(".py")}
     assert tops == set(PRODUCT), f"the wheel's packages: {sorted(tops)}"
+    # The data the product reads beside its modules: the estimate table and the templates it deploys.
+    assert {"common/estimates.json", "infrastructure/served_version.yaml", "infrastructure/product.yaml"} <= set(names)
+    assert any(name.startswith("infrastructure/product/") for name in names)
 
 
 def test_bundle_format_modules_stay_small() -> None:
