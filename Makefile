@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/recipe.py --datasets digits,digits_28x28,breast_cancer --tree-datasets breast_cancer \
 	  --recipes reference,tuned,searched,tree-reference,tree-tuned,tree-searched --fhe-samples 8 --search-seconds 720 \
 	  --name search
+	$(PY) -m bench.budget --splits 10 --search-seconds 120
 	$(PY) -m local.lifecycle up
 	eval "$$($(PY) -m local.lifecycle env)" && $(PY) bench/workflow.py
 	eval "$$($(PY) -m local.lifecycle env)" && $(PY) -m bench.scale

@@ -4,8 +4,8 @@
 
 The document keeps its hand-written analysis; only the part between the two ``benchmarks:`` markers is
 rewritten, from ``recipe.json`` (bench/recipe.py), ``workflow.json`` (bench/workflow.py), ``scale.json``
-(bench/scale.py) and ``search.json`` (bench/recipe.py with the searched recipes); the lever search's candidates
-are charted in ``benchmarks-search.png``.
+(bench/scale.py), ``search.json`` (bench/recipe.py with the searched recipes) and ``budget.json``
+(bench/budget.py); the lever search's candidates are charted in ``benchmarks-search.png``.
 """
 
 from __future__ import annotations
@@ -235,6 +235,81 @@ def search_chart(search: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def budget_section(budget: dict[str, Any]) -> list[str]:
+    """The certified budget over repeated splits: how often each rule's circuit stayed within it on the test split."""
+    first = budget["summary"][0] if budget["summary"] else {}
+    target = 1 - _confidence(budget)
+    lines = [
+        "### The accuracy budget on data the search never saw",
+        "",
+        f"`{budget['command']}` ({budget['machine']['cores']} cores, {budget['seconds'] / 60:.0f} min)",
+        "",
+        f"Budget {first.get('budget', 0) * 100:.1f} points at {1 - target:.0%} confidence. Per data set, over "
+        "random train/test splits: the share of runs whose circuit lost at most the budget against the float model "
+        "on the test split (the mean of its simulation draws, row by row), for the certified choice (what the "
+        "product trains), the choice by the validation split's point estimate (the rule before certification) and "
+        "the given levers (today's default); for the certified choice, the share not beyond the budget at the test "
+        "split's own confidence interval (CheckQuality's rule: the interval's lower end within the budget); the worst "
+        "test-split loss of the first two; how often the certified "
+        "choice was cheaper than the given levers, and how often it was the exact circuit (certified by "
+        "construction); the median bound certified; the certified choice's expected speed (the search's cost "
+        "model, one core) against the reference recipe and the given levers, the point-estimate choice's against "
+        "the reference; the search's median time, certification included.",
+        "",
+        "| data set | runs | certification rows | within: certified / estimate / given | certified, at the test "
+        "interval | worst loss: certified / "
+        "estimate | cheaper than given | exact circuit | median bound | speed-up certified: vs reference, vs given | "
+        "speed-up estimate vs reference | search s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in budget["summary"]:
+        runs = [r for r in budget["runs"] if (r["dataset"], r["kind"]) == (row["dataset"], row["kind"])]
+        exact = sum(bool(r.get("by_construction")) for r in runs) / len(runs)
+        at_interval = _within_at_interval(runs, row["budget"])
+        lines.append(
+            f"| {row['dataset']} ({row['kind']}) | {row['runs']} | {row['certification_rows']} "
+            f"| {row['within_certified']:.0%} / {row['within_estimate']:.0%} / {row['within_given']:.0%} "
+            f"| {at_interval:.0%} | {row['loss_certified_worst'] * 100:+.2f} / {row['loss_estimate_worst'] * 100:+.2f} "
+            f"| {row['chose_cheaper']:.0%} | {exact:.0%} | {row['certified_bound_median'] * 100:.2f} "
+            f"| {_speedup(row['speedup_vs_reference'])}, {_speedup(row['speedup_vs_given'])} "
+            f"| {_speedup(row['estimate_speedup_vs_reference'])} | {row['search_seconds_median']:.0f} |"
+        )
+    lines += ["", "Targets:", ""]
+    for row in budget["summary"]:
+        runs = [r for r in budget["runs"] if (r["dataset"], r["kind"]) == (row["dataset"], row["kind"])]
+        lines.append(
+            f"- {row['dataset']} ({row['kind']}): the certified choice within the budget in "
+            f"{row['within_certified']:.0%} of {row['runs']} runs (target ≥ {1 - target:.0%}): "
+            f"{verdict(row['within_certified'] >= 1 - target)}; not beyond it at the test interval in "
+            f"{_within_at_interval(runs, row['budget']):.0%}; the point-estimate choice within it in "
+            f"{row['within_estimate']:.0%}."
+        )
+    digits = [row for row in budget["summary"] if (row["dataset"], row["kind"]) == ("digits", "network")]
+    for row in digits:
+        lines.append(
+            f"- digits (network): the certified choice is {_speedup(row['speedup_vs_reference'])} the reference "
+            f"(median, expected; target ≥ {SPEED_UP_TARGET:.0f}×, or the cost of certification stated): "
+            f"{verdict(row['speedup_vs_reference'] >= SPEED_UP_TARGET)}; the point-estimate choice was "
+            f"{_speedup(row['estimate_speedup_vs_reference'])}."
+        )
+    return lines
+
+
+def _within_at_interval(runs: list[dict[str, Any]], budget: float) -> float:
+    """The share of runs whose certified circuit's test-split loss is not beyond the budget at the test split's
+    confidence interval (the lower end within it): the rule CheckQuality applies."""
+    return float(sum(r["circuits"]["certified"]["interval"][0] <= budget + 1e-9 for r in runs) / len(runs))
+
+
+def _confidence(budget: dict[str, Any]) -> float:
+    command = budget["command"].split()
+    return float(command[command.index("--confidence") + 1]) if "--confidence" in command else 0.95
+
+
+def _speedup(ratio: float) -> str:
+    return f"{ratio:.1f}×"
+
+
 def workflow_section(workflow: dict[str, Any]) -> list[str]:
     lines = [
         "### 3. Throughput, 4. orchestration overhead and 5. bytes per bundle",
@@ -389,7 +464,7 @@ def main() -> None:
     args = parser.parse_args()
     found = {
         name: json.loads((args.results / f"{name}.json").read_text())
-        for name in ("recipe", "variants", "workflow", "scale", "search")
+        for name in ("recipe", "variants", "workflow", "scale", "search", "budget")
         if (args.results / f"{name}.json").exists()
     }
     recipe, variants, workflow = found.get("recipe"), found.get("variants"), found.get("workflow")
@@ -415,6 +490,8 @@ def main() -> None:
         search_picture = args.doc.with_name(f"{args.doc.stem}-search.png")
         search_chart(found["search"], search_picture)
         body += [*search_section(found["search"]), "", f"![the lever search's candidates]({search_picture.name})", ""]
+    if found.get("budget"):
+        body += [*budget_section(found["budget"]), ""]
     if workflow:
         body += [*workflow_section(workflow), ""]
     if found.get("scale"):

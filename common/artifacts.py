@@ -5,6 +5,9 @@ from __future__ import annotations
 CLIENT_ZIP = "client.zip"  # quantizers + client specs: all a batch owner needs to make keys
 SERVER_ZIP = "server.zip"  # the compiled FHE circuit: all the endpoint needs
 MODEL_JSON = "model.json"  # the fitted Concrete ML model (clear reference, simulation)
+# The float model the accuracy budget is measured against: the given levers' model fitted on the same training
+# split (the same model as model.json when the lever search kept the given levers). Evaluate's reference.
+FLOAT_MODEL_JSON = "float_model.json"
 PREPROCESSING_JSON = "preprocessing.json"
 VERSIONS_JSON = "versions.json"
 TRAINING_JSON = "training.json"  # hyperparameters and training statistics

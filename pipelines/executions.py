@@ -94,21 +94,36 @@ def describe_run(sagemaker: Any, s3: Any, execution_arn: str) -> dict[str, Any]:
     }
     report = evaluation_report(sagemaker, s3, steps)
     run["metrics"] = {k: v["value"] for k, v in report.get("multiclass_classification_metrics", {}).items()}
-    # The FHE levers of the circuit evaluated, and whether the Train step's search chose them.
-    search = report.get("search") or {}
+    # The FHE levers of the circuit evaluated, how the Train step's search chose them and what it certified, and
+    # the budget's promise checked on the test split.
     run["levers"] = report.get("levers") or {}
-    run["levers_chosen_by"] = (
-        f"chosen by the search (budget {search.get('accuracy_budget')}, {search.get('explored')} explored)"
-        if search.get("chosen")
-        else "given (no search)"
-        if not search
-        else "given (the search found nothing within its budget)"
-    )
+    run["levers_chosen_by"] = levers_chosen_by(report.get("search") or {})
+    run["budget"] = report.get("budget")
     for step in steps:
         package_arn = step.get("Metadata", {}).get("RegisterModel", {}).get("Arn")
         if package_arn:
             run["model_package"] = model_package_summary(sagemaker, package_arn)
     return run
+
+
+def levers_chosen_by(search: dict[str, Any]) -> str:
+    """How the evaluated circuit's levers were chosen, and the loss certified for it, in words."""
+    if not search:
+        return "given (no search)"
+    guaranteed = search.get("certified_loss") or {}
+    bound = guaranteed.get("bound")
+    budget = search.get("accuracy_budget")
+    certified = (
+        f"certified by construction (the float model's exact circuit, wrong at most {bound:.1e} of the samples)"
+        if guaranteed.get("by_construction") and bound is not None
+        else f"at most {bound * 100:.2f} points lost at {search.get('confidence', 0):.0%} confidence on "
+        f"{search.get('certification_rows')} certification rows"
+        if bound is not None
+        else "no certification recorded"
+    )
+    if search.get("chosen"):
+        return f"chosen by the search (budget {budget}, {search.get('explored')} explored): {certified}"
+    return f"given (the search certified no candidate within the budget {budget}): {certified}"
 
 
 def runs_between(sagemaker: Any, pipeline_name: str, since: datetime, until: datetime) -> list[str]:

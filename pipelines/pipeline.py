@@ -80,9 +80,11 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     n_accum_bits = ParameterInteger("NetworkAccumulatorBits", default_value=32)  # 32: unbounded; never searched
     rounding = ParameterString("NetworkRounding", default_value="auto")
     p_error = ParameterFloat("PError", default_value=0.0)
-    # Points of accuracy (0.01 = one) the search may lose on its validation split against the float model, and
-    # the seconds it may take.
+    # Points of accuracy (0.01 = one) the circuit may lose against the float model, how sure the search must be
+    # of it (1 - δ: the search certifies its choice on rows it did not choose on), and the seconds it may take.
+    # CheckQuality fails a model whose test-split loss is above the budget beyond its interval.
     accuracy_budget = ParameterFloat("AccuracyBudget", default_value=0.01)
+    budget_confidence = ParameterFloat("BudgetConfidence", default_value=0.95)
     search_seconds = ParameterInteger("SearchSeconds", default_value=300)
     accuracy_threshold = ParameterFloat("AccuracyThreshold", default_value=0.85)
     max_gap = ParameterFloat("MaxAccuracyGap", default_value=0.03)
@@ -170,6 +172,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             "rounding": rounding,
             "p_error": p_error,
             "accuracy_budget": accuracy_budget,
+            "budget_confidence": budget_confidence,
             "search_seconds": search_seconds,
         },
         input_data_config=[
@@ -203,6 +206,9 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
 
     fhe_accuracy = evaluation_metric("accuracy_fhe_simulation")
     accuracy_gap = evaluation_metric("accuracy_gap_clear_vs_fhe")
+    budget_loss = evaluation_metric("accuracy_loss_vs_float")
+    budget_loss_lower = evaluation_metric("accuracy_loss_vs_float_lower")
+    budget_loss_upper = evaluation_metric("accuracy_loss_vs_float_upper")
 
     evaluation_uri = Join(
         on="/",
@@ -251,7 +257,17 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
                 accuracy_gap,
                 " (allowed <= ",
                 max_gap,
-                ")",
+                "), loss against the float model on the test split ",
+                budget_loss,
+                " (interval ",
+                budget_loss_lower,
+                " to ",
+                budget_loss_upper,
+                " at confidence ",
+                budget_confidence,
+                "; budget ",
+                accuracy_budget,
+                ": fails when the whole interval is above it)",
             ],
         ),
     )
@@ -260,6 +276,8 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
         conditions=[
             ConditionGreaterThanOrEqualTo(left=fhe_accuracy, right=accuracy_threshold),
             ConditionLessThanOrEqualTo(left=accuracy_gap, right=max_gap),
+            # The budget's promise: the test split's loss is not above the budget beyond its interval.
+            ConditionLessThanOrEqualTo(left=budget_loss_lower, right=accuracy_budget),
         ],
         if_steps=[register],
         else_steps=[fail],
@@ -286,6 +304,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             rounding,
             p_error,
             accuracy_budget,
+            budget_confidence,
             search_seconds,
             accuracy_threshold,
             max_gap,

@@ -2,6 +2,11 @@
 ciphertext sizes and the circuit's PBS count, written as ``evaluation.json`` in SageMaker's model quality
 metrics shape (``multiclass_classification_metrics.<name>.value``).
 
+It checks the accuracy budget's promise on the test split, which neither the search nor the fit saw: the
+circuit's loss against the float model (``float_model.json``), paired row by row, with its confidence interval at
+the budget's confidence (``certification.interval``). CheckQuality fails a model whose interval lies wholly above
+the budget.
+
 The real FHE part uses exactly the deployment path: ``client.zip`` makes keys and ciphertexts,
 ``server.zip`` evaluates them, the client decrypts.
 """
@@ -15,6 +20,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,9 @@ from common.estimate import ModelCosts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, container_path, run_entry_point
+from containers.training import certification
 from containers.training.concrete_internals import clear_predictions
-from containers.training.search import SearchResult, levers_of
+from containers.training.search import SearchResult, SearchSettings, levers_of, simulated_draws
 from containers.training.train import load_split
 from containers.training.training_settings import TrainingSettings
 
@@ -96,6 +103,64 @@ def served_seconds_per_sample(server: Any, queries: list[bytes], evaluation_keys
     return (time.perf_counter() - started) / len(queries)
 
 
+@dataclass(frozen=True)
+class BudgetCheck:
+    """The accuracy budget's promise checked on the test split: the circuit's loss against the float model (the
+    mean of its simulation draws, row by row) and its two-sided interval at the budget's confidence."""
+
+    accuracy_budget: float
+    confidence: float
+    rows: int
+    float_accuracy: float
+    loss: float
+    lower: float
+    upper: float
+
+    @classmethod
+    def on_test_split(
+        cls,
+        training: dict[str, Any],
+        labels: np.ndarray,  # type: ignore[type-arg]
+        float_predictions: np.ndarray,  # type: ignore[type-arg]
+        draws: list[np.ndarray],  # type: ignore[type-arg]
+    ) -> BudgetCheck:
+        recorded = training.get("budget") or {}  # models trained before the budget was recorded: the defaults
+        accuracy_budget = float(recorded.get("accuracy_loss", SearchSettings.accuracy_budget))
+        confidence = float(recorded.get("confidence", SearchSettings.confidence))
+        losses = certification.paired_losses(labels, float_predictions, draws)
+        lower, upper = certification.interval(losses, confidence)
+        return cls(
+            accuracy_budget=accuracy_budget,
+            confidence=confidence,
+            rows=len(labels),
+            float_accuracy=float((float_predictions == labels).mean()),
+            loss=float(losses.mean()),
+            lower=lower,
+            upper=upper,
+        )
+
+    @property
+    def verdict(self) -> str:
+        """Within the budget, above it beyond the interval (CheckQuality fails the model), or not decided."""
+        if self.upper <= self.accuracy_budget:
+            return "within the budget, interval included"
+        if self.lower > self.accuracy_budget:
+            return "above the budget beyond the interval"
+        return "the interval spans the budget: the test split cannot tell"
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "accuracy_float_model": self.float_accuracy,
+            "accuracy_loss_vs_float": self.loss,
+            "accuracy_loss_vs_float_lower": self.lower,
+            "accuracy_loss_vs_float_upper": self.upper,
+            "accuracy_budget": self.accuracy_budget,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+
 def predict_classes(scores: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
     return scores.argmax(axis=1) if scores.ndim == 2 and scores.shape[1] > 1 else (scores.ravel() > 0.5).astype(int)
 
@@ -120,12 +185,17 @@ def evaluate(
         columns = PreprocessingRecord.load(files / artifacts.PREPROCESSING_JSON)
         settings = TrainingSettings(**training["settings"])
         model = loads((files / artifacts.MODEL_JSON).read_text())
+        # Models trained before the budget was certified have no float model of their own: their own clear model.
+        float_file = files / artifacts.FLOAT_MODEL_JSON
+        float_model = loads(float_file.read_text()) if float_file.exists() else model
         # Same data, same options as Train: the same circuit as server.zip, here for simulation.
         circuit = settings.compile(model, x_train)
 
         clear = clear_predictions(model, x_test)
         quantized = model.predict(x_test, fhe="disable")
-        simulated = model.predict(x_test, fhe="simulate")
+        draws = simulated_draws(model, settings, x_test)
+        simulated = draws[0]
+        budget = BudgetCheck.on_test_split(training, y_test, clear_predictions(float_model, x_test), draws)
 
         sample = x_test[: min(fhe_samples, len(x_test))]
         fhe = run_fhe_sample(files, sample)
@@ -136,7 +206,7 @@ def evaluate(
     fhe_pred = predict_classes(fhe["scores"])
     n = len(sample)
     accuracy_clear = float((clear == y_test).mean())
-    accuracy_simulated = float((simulated == y_test).mean())
+    accuracy_simulated = float(np.mean([(draw == y_test).mean() for draw in draws]))
     values = {
         "accuracy": accuracy_clear,
         "accuracy_quantized_clear": float((quantized == y_test).mean()),
@@ -150,6 +220,7 @@ def evaluate(
         "input_ciphertext_bytes_per_sample": float(np.mean(fhe["input_bytes"])),
         "output_ciphertext_bytes_per_sample": float(np.mean(fhe["output_bytes"])),
         "programmable_bootstrap_count": float(circuit.statistics.get("programmable_bootstrap_count", 0)),
+        **budget.metrics(),
     }
     report = {
         METRICS_GROUP: {name: metric(value) for name, value in values.items()},
@@ -161,6 +232,7 @@ def evaluate(
         # The levers of the circuit evaluated here, and how the Train step's search chose them (None: no search).
         "levers": levers_of(settings),
         "search": SearchResult.summary(training["search"]) if training.get("search") else None,
+        "budget": budget.to_dict(),
     }
     output.mkdir(parents=True, exist_ok=True)
     (output / "evaluation.json").write_text(json.dumps(report, indent=2))

@@ -3,8 +3,9 @@
 Reads the ``train`` and ``preprocessing`` channels and the hyperparameters; first searches the levers ML ops left
 unset for the cheapest circuit within the accuracy budget (``search.py``; ``search_seconds=0`` turns it off), then
 fits the chosen levers on the whole training split. Writes into the model folder (which SageMaker packs as
-``model.tar.gz``): ``client.zip``, ``server.zip``, ``model.json``, ``preprocessing.json``, ``versions.json`` and
-``training.json`` (with the search: every candidate explored and the one chosen).
+``model.tar.gz``): ``client.zip``, ``server.zip``, ``model.json``, ``float_model.json`` (the given levers' model,
+which the accuracy budget is measured against), ``preprocessing.json``, ``versions.json`` and ``training.json``
+(the budget and its confidence; with the search: every candidate explored, those certified and the one chosen).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from common import artifacts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, channel_dir, hyperparameters, model_dir, run_entry_point
-from containers.training.search import SearchSettings, chosen_settings, search
+from containers.training.search import SearchSettings, chosen_settings, same_fit, search
 from containers.training.training_settings import TrainingSettings
 
 
@@ -68,8 +69,9 @@ def train(
     record = PreprocessingRecord.load(preprocessing_dir / artifacts.PREPROCESSING_JSON)
     if x.shape[1] != record.n_features:
         raise StepInputError(f"train data has {x.shape[1]} features but the schema records {record.n_features}")
-    searched = None
-    if lever_search is not None and lever_search.enabled:
+    lever_search = lever_search or SearchSettings(seconds=0)
+    given, searched = settings, None
+    if lever_search.enabled:
         searched = search(settings, pinned, x, y, lever_search, progress=lambda line: print(line, flush=True))
         settings = chosen_settings(settings, searched)
 
@@ -89,6 +91,11 @@ def train(
         for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP):
             shutil.move(str(Path(scratch) / name), output / name)
     (output / artifacts.MODEL_JSON).write_text(model.dumps())
+    float_model = model
+    if not same_fit(given, settings):  # the search chose other levers: the float model is still the given levers'
+        float_model = given.build_model()
+        float_model.fit(x, y)
+    (output / artifacts.FLOAT_MODEL_JSON).write_text(float_model.dumps())
     record.save(output / artifacts.PREPROCESSING_JSON)
     (output / artifacts.VERSIONS_JSON).write_text(json.dumps(VersionsRecord.current().to_dict(), indent=2))
     summary = {
@@ -99,6 +106,8 @@ def train(
         "fit_seconds": fit_seconds,
         "compile_seconds": compile_seconds,
         "circuit": compile_statistics(circuit),
+        # What Evaluate checks the test split against: the loss allowed against the float model, and how sure.
+        "budget": {"accuracy_loss": lever_search.accuracy_budget, "confidence": lever_search.confidence},
         "search": searched.to_dict() if searched else None,
     }
     (output / artifacts.TRAINING_JSON).write_text(json.dumps(summary, indent=2, default=str))

@@ -138,7 +138,8 @@ def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Sc
     for metric in ("accuracy", "accuracy_fhe_simulation", "accuracy_fhe", "fhe_latency_seconds_per_sample"):
         assert good["metrics"][metric] > 0, metric
     assert good["metrics"]["evaluation_key_bytes"] > 0 and good["started_by"].startswith("arn:aws:")
-    assert good["levers"] == {"n_bits": 8} and good["levers_chosen_by"].startswith("chosen by the search")
+    assert good["levers"] == {"n_bits": 8} and "certification rows" in good["levers_chosen_by"]
+    assert good["budget"]["rows"] > 0 and good["budget"]["verdict"]
     assert bad["status"] == "Failed" and "model_package" not in bad
     assert bad["parameters"]["AccuracyThreshold"] == "1.01" and bad["failure_reason"]
     assert {s["name"]: s.get("condition") for s in bad["steps"]}["CheckQuality"] == "False"

@@ -88,9 +88,16 @@ def test_model_package_is_registered_with_metrics_pending_approval(succeeded: st
     assert metrics["evaluation_key_bytes"] > 0
     assert metrics["input_ciphertext_bytes_per_sample"] > 0
     assert metrics["fhe_latency_seconds_per_sample"] > 0 and metrics["fhe_seconds_per_sample_served"] > 0
-    # The Train step searched the unset levers: a linear model's circuit has no bootstrap, so it kept them.
-    assert report["levers"] == {"n_bits": 8} and report["search"]["chosen"]["levers"] == report["levers"]
+    # The Train step searched the unset levers: a linear model's circuit has no bootstrap, so it kept them; the
+    # certification rows bound its loss, and the test split's check of the budget is in the report.
+    assert report["levers"] == {"n_bits": 8}
     assert report["search"]["explored"] == 1 and report["search"]["stop_reason"] == "no_bootstrap"
+    certified = report["search"]["certified_loss"]
+    assert certified["candidate"] == 0 and certified["bound"] >= certified["loss"]
+    assert report["search"]["confidence"] == 0.95 and report["search"]["certification_rows"] > 0
+    budget = report["budget"]
+    assert budget["accuracy_budget"] == 0.01 and budget["lower"] <= budget["loss"] <= budget["upper"]
+    assert metrics["accuracy_loss_vs_float_lower"] <= metrics["accuracy_budget"]  # CheckQuality let it through
 
 
 def test_the_uci_file_with_its_id_named_trains_a_model_without_it(pipeline: PipelineSettings) -> None:

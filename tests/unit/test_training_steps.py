@@ -107,50 +107,83 @@ def test_the_compression_hyperparameters_switch_compression(splits: Path) -> Non
     assert sizes[True][0] < sizes[False][0] and sizes[True][1] < sizes[False][1], sizes
 
 
-def test_train_searches_the_unset_levers_and_fits_the_choice_evaluate_reports(splits: Path, tmp_path: Path) -> None:
-    """One real search inside Train (the policy's decisions are test_search_policy.py's): every candidate is a real
-    circuit, fitted with the pinned depth, simulated on the validation split and priced at a measured bootstrap;
-    Train fits the chosen levers, training.json records the search with its stop reason as a value, and Evaluate
-    reports the levers and how they were chosen."""
+def test_train_searches_the_unset_levers_certifies_the_choice_and_evaluate_checks_it(
+    splits: Path, tmp_path: Path
+) -> None:
+    """One real search inside Train (the policy's decisions are test_search_policy.py's, the certification's
+    statistics test_certification.py's): every candidate is a real circuit, fitted with the pinned depth, simulated
+    on the validation split and priced at a measured bootstrap; the ones tested on the certification rows are the
+    Pareto front of those within the budget, in order, stopping at the first failure; Train fits the cheapest
+    certified (or the given levers) and the given levers' float model; Evaluate reports the levers, the
+    certification and the test split's loss against that float model with its interval."""
     from containers.training.search import SearchSettings
     from containers.training.search_policy import StopReason, stop_text
 
     raw = {"model_type": "decision_tree", "max_depth": "2", "n_bits": "0", "rounding": "auto"}
     given, pinned = TrainingSettings.from_hyperparameters(raw), TrainingSettings.given_levers(raw)
     assert pinned == {"max_depth"} and given.max_depth == 2 and given.n_bits == 0
-    budget = 0.02
+    budget = 0.05
     model_dir = tmp_path / "model"
-    summary = train(given, splits / "train", splits / "preprocessing", model_dir, SearchSettings(budget, 600), pinned)
+    options = SearchSettings(accuracy_budget=budget, seconds=600, confidence=0.9)
+    summary = train(given, splits / "train", splits / "preprocessing", model_dir, options, pinned)
     record = json.loads((model_dir / artifacts.TRAINING_JSON).read_text())
     searched = record["search"]
     assert searched["chosen_levers"] == summary["search"]["chosen_levers"]
     assert searched["stop_reason"] == StopReason.NO_SAVING.value
     assert searched["stopped"] == stop_text(StopReason.NO_SAVING, chose=True)
+    assert record["budget"] == {"accuracy_loss": budget, "confidence": 0.9}
 
-    candidates, chosen = searched["candidates"], searched["candidates"][searched["chosen"]]
+    candidates = searched["candidates"]
     assert {c["levers"]["max_depth"] for c in candidates} == {2}
     assert {c["levers"]["n_bits"] for c in candidates} == set(searched["space"]["n_bits"])
     assert candidates[0]["levers"] == {"n_bits": given.effective_n_bits, "max_depth": 2}
-    assert searched["path"][0] == 0 and searched["path"][-1] == searched["chosen"]
+    assert searched["path"][0] == 0 and searched["path"][-1] == searched["estimated"]
     assert searched["pace"]["seconds_per_complexity"] > 0
     for candidate in candidates:
         loss = searched["float_accuracy"] - candidate["validation_accuracy"]
         assert candidate["within_budget"] == (loss <= budget + 1e-9)
+        assert candidate["validation_bound"] >= loss - 1e-9
         assert candidate["bootstraps"] > 0 and candidate["expected_seconds_per_sample"] > 0
-    assert chosen["within_budget"]
-    assert chosen["expected_seconds_per_sample"] <= candidates[0]["expected_seconds_per_sample"]
+
+    certified = searched["certification"]
+    tested = certified["tested"]
+    assert certified["rows"] > 0 and certified["confidence"] == 0.9
+    assert all(t["certified"] for t in tested[:-1])  # fixed sequence: only the last tested may have failed
+    assert all(candidates[t["candidate"]]["within_budget"] for t in tested)
+    for t in [*tested, certified["given"]]:
+        assert t["bound"] >= t["loss"] and t["certified"] == (t["bound"] <= budget + 1e-3)
+    assert certified["given"]["candidate"] == 0
+    if searched["chosen"] is None:
+        assert not any(t["certified"] for t in tested) and "the given levers are kept" in searched["certified"]
+        expected = {"n_bits": given.effective_n_bits, "max_depth": 2}
+    else:
+        chosen = candidates[searched["chosen"]]
+        costs = [candidates[t["candidate"]]["expected_seconds_per_sample"] for t in tested if t["certified"]]
+        assert chosen["expected_seconds_per_sample"] == min(costs)
+        assert searched["certified"].startswith("certified: loses at most")
+        expected = chosen["levers"]
 
     trained = TrainingSettings(**record["settings"])
-    assert {"n_bits": trained.effective_n_bits, "max_depth": trained.max_depth} == chosen["levers"]
+    assert {"n_bits": trained.effective_n_bits, "max_depth": trained.max_depth} == expected
+    assert (model_dir / artifacts.FLOAT_MODEL_JSON).stat().st_size > 0
     model_input = tmp_path / "model-input"
     model_input.mkdir()
     with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
         for path in model_dir.iterdir():
             tar.add(path, arcname=path.name)
     report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
-    assert report["levers"] == chosen["levers"]
-    assert report["search"]["chosen"] == chosen and report["search"]["pinned"] == sorted(pinned)
+    assert report["levers"] == expected
+    assert report["search"]["pinned"] == sorted(pinned)
     assert report["search"]["stop_reason"] == StopReason.NO_SAVING.value
+    assert report["search"]["certification_rows"] == certified["rows"]
+    assert report["search"]["certified_loss"]["bound"] >= report["search"]["certified_loss"]["loss"]
+    checked = report["budget"]
+    assert (checked["accuracy_budget"], checked["confidence"], checked["rows"]) == (budget, 0.9, 143)
+    assert checked["lower"] <= checked["loss"] <= checked["upper"]
+    metrics = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
+    assert metrics["accuracy_loss_vs_float"] == pytest.approx(
+        metrics["accuracy_float_model"] - metrics["accuracy_fhe_simulation"]
+    )
 
 
 def test_the_search_settings_are_checked_by_name() -> None:
@@ -169,3 +202,39 @@ def test_the_search_settings_are_checked_by_name() -> None:
     raw = {"n_bits": "0", "module__n_prune_neurons_percentage": "0", "rounding": "auto", "p_error": "0.0"}
     assert TrainingSettings.given_levers(raw) == {"module__n_prune_neurons_percentage"}
     assert TrainingSettings.given_levers({"module__n_prune_neurons_percentage": "-1.0", "NBits": ""}) == set()
+
+
+def test_a_network_whose_budget_the_rows_cannot_certify_gets_the_float_models_exact_circuit(
+    splits: Path, tmp_path: Path
+) -> None:
+    """Breast cancer's 128 certification rows cannot certify one point for any circuit that may err (a one-point
+    budget needs some 400 rows even without a single loss), so the search trains the given network compiled to
+    compute its float model itself, certified by construction; the record says how many rows the given levers would
+    need, and on the test split the circuit loses nothing against the float model."""
+    from containers.training.search import EXACT_LEVERS, SearchSettings
+
+    given = TrainingSettings(model_type="neural_network", max_epochs=10)
+    model_dir = tmp_path / "model"
+    options = SearchSettings(accuracy_budget=0.01, seconds=1)  # the given levers, then time is up
+    train(given, splits / "train", splits / "preprocessing", model_dir, options, frozenset())
+    searched = json.loads((model_dir / artifacts.TRAINING_JSON).read_text())["search"]
+    certified = searched["certification"]
+    exact = certified["exact"]
+    assert certified["rows"] < 400 and not certified["given"]["certified"]
+    assert exact["by_construction"] and exact["certified"] and exact["bound"] < 1e-6
+    assert searched["chosen"] == exact["candidate"]
+    assert searched["candidates"][exact["candidate"]]["levers"] == {
+        **searched["candidates"][0]["levers"],
+        **EXACT_LEVERS["neural_network"],
+    }
+    assert searched["certified"].startswith("certified by construction")
+    assert "rows like these would certify them" in searched["certified"] or "no number of rows" in searched["certified"]
+
+    model_input = tmp_path / "model-input"
+    model_input.mkdir()
+    with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
+        for path in model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
+    assert report["budget"]["loss"] == 0.0 and report["budget"]["lower"] <= 0.0 <= report["budget"]["upper"]
+    assert report["search"]["certified_loss"]["by_construction"]
