@@ -6,6 +6,7 @@ import json
 import tarfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,12 +63,7 @@ def test_train_then_evaluate(model_type: str, splits: Path, tmp_path: Path) -> N
     versions = json.loads((model_dir / artifacts.VERSIONS_JSON).read_text())
     assert versions["concrete_ml"] == "1.9.0"
 
-    model_input = tmp_path / "model-input"
-    model_input.mkdir()
-    with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
-        for path in model_dir.iterdir():
-            tar.add(path, arcname=path.name)
-    report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
+    report = _evaluated(model_dir, splits, tmp_path)
     metrics = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
     assert metrics["accuracy_fhe_simulation"] > 0.8
     # The clear reference is right for this model type: as accurate as its quantized form, give or take the
@@ -166,12 +162,7 @@ def test_train_searches_the_unset_levers_certifies_the_choice_and_evaluate_check
     trained = TrainingSettings(**record["settings"])
     assert {"n_bits": trained.effective_n_bits, "max_depth": trained.max_depth} == expected
     assert (model_dir / artifacts.FLOAT_MODEL_JSON).stat().st_size > 0
-    model_input = tmp_path / "model-input"
-    model_input.mkdir()
-    with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
-        for path in model_dir.iterdir():
-            tar.add(path, arcname=path.name)
-    report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
+    report = _evaluated(model_dir, splits, tmp_path)
     assert report["levers"] == expected
     assert report["search"]["pinned"] == sorted(pinned)
     assert report["search"]["stop_reason"] == StopReason.NO_SAVING.value
@@ -230,11 +221,16 @@ def test_a_network_whose_budget_the_rows_cannot_certify_gets_the_float_models_ex
     assert searched["certified"].startswith("certified by construction")
     assert "rows like these would certify them" in searched["certified"] or "no number of rows" in searched["certified"]
 
+    report = _evaluated(model_dir, splits, tmp_path)
+    assert report["budget"]["loss"] == 0.0 and report["budget"]["lower"] <= 0.0 <= report["budget"]["upper"]
+    assert report["search"]["certified_loss"]["by_construction"]
+
+
+def _evaluated(model_dir: Path, splits: Path, tmp_path: Path) -> dict[str, Any]:
+    """The Evaluate step's report on a trained model, packed as SageMaker hands it over."""
     model_input = tmp_path / "model-input"
     model_input.mkdir()
     with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
         for path in model_dir.iterdir():
             tar.add(path, arcname=path.name)
-    report = evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
-    assert report["budget"]["loss"] == 0.0 and report["budget"]["lower"] <= 0.0 <= report["budget"]["upper"]
-    assert report["search"]["certified_loss"]["by_construction"]
+    return evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
