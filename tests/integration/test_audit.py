@@ -229,7 +229,10 @@ def test_html_report_renders_in_headless_chromium(scenario: Scenario, tmp_path: 
     assert tables.rows["bundles-table"] == 1 + 2
     assert tables.rows["objects-table"] == 1 + 3 + 3 + 3  # good: 3 in, 3 out; quarantined: manifest + 2 shards
     assert "All consistency checks passed." in dom.stdout and "<svg" in dom.stdout
-    assert "<code>n_bits=8</code>" in dom.stdout and "chosen by the search" in dom.stdout  # the circuit's levers
+    # The circuit's levers, how they were chosen with what the certification rows guarantee, and the test split's
+    # check of the budget.
+    assert "<code>n_bits=8</code>" in dom.stdout and "certification rows" in dom.stdout
+    assert "points lost against the float model" in dom.stdout
 
 
 def test_report_carries_no_private_key_bytes_and_no_plaintext(scenario: Scenario) -> None:
