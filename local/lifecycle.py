@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_emulators.local_aws import launch
+from aws_emulators.nitro.authority import AttestationAuthority
 from aws_emulators.sagemaker.container_runtime import RUNTIMES
 
 from common.estimate import TABLE_VARIABLE
@@ -55,6 +56,12 @@ def sagemaker_state_dir() -> Path:
 def tls() -> TlsMaterial:
     """The stack's TLS material, made on first use."""
     return ensure_tls(stack_dir() / "tls")
+
+
+def attestation_authority() -> AttestationAuthority:
+    """The stack's attestation root (where AWS's Nitro root stands), made on first use: its NSMs sign enclaves'
+    attestation documents under it, and its KMS trusts those documents and no others."""
+    return AttestationAuthority.ensure(stack_dir() / "attestation")
 
 
 def _trusting() -> ssl.SSLContext:
@@ -190,6 +197,7 @@ def up(runtime: str = "process") -> dict[str, str]:
             key=tls().key,
             ca_bundle=tls().authority,
             sagemaker_url=sagemaker.url,
+            attestation_root=attestation_authority().root_path,
         )
         _spawn(aws, launch.command(python), environment)
         _wait_healthy(aws)

@@ -66,8 +66,31 @@ def test_authority(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 
 SAGEMAKER_TESTS = Path(__file__).with_name("sagemaker")
-sys.path.insert(0, str(SAGEMAKER_TESTS))  # its helper modules, imported by name as pytest imports its test files
+LOCAL_AWS_TESTS = Path(__file__).with_name("local_aws")
+# Their helper modules, imported by name as pytest imports its test files.
+sys.path[:0] = [str(SAGEMAKER_TESTS), str(LOCAL_AWS_TESTS)]
+from local_aws_fixtures import LocalAws, running_local_aws  # noqa: E402
 from sagemaker_fixtures import NO_AWS, REGION, Served, serve  # noqa: E402
+
+from aws_emulators.nitro.authority import AttestationAuthority  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def attestation_authority(tmp_path_factory: pytest.TempPathFactory) -> AttestationAuthority:
+    """An attestation root of the tests' own, made as the local stack makes its own."""
+    return AttestationAuthority.ensure(tmp_path_factory.mktemp("attestation"))
+
+
+@pytest.fixture(scope="session")
+def local_aws(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_authority: tuple[Path, Path, Path],
+    attestation_authority: AttestationAuthority,
+) -> Iterator[LocalAws]:
+    """The local AWS and the local SageMaker, shared by the local AWS's test modules; stopped after the session."""
+    root = attestation_authority.root_path
+    with running_local_aws(tmp_path_factory.mktemp("local-aws"), test_authority, root) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
-"""The distribution stands alone: its code and its tests import only themselves, boto3 and botocore (the local
-AWS's extension also ministack, which it extends and runs in; the tests also pytest and cryptography) beside the
-standard library, imports inside functions included (the tests' helper modules are their own); its README lists
+"""The distribution stands alone: its code and its tests import only themselves and its declared dependencies
+(boto3 and botocore; cbor2, pycose, cryptography and asn1crypto for attestation documents and KMS's envelopes; the
+local AWS's extension also ministack, which it extends and runs in; the tests also pytest) beside the standard
+library, imports inside functions included (the tests' helper modules are their own); its README lists
 exactly the operations the server's dispatch table serves."""
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import pytest
 from aws_emulators.sagemaker.server import LocalSageMaker
 
 DISTRIBUTION = Path(__file__).resolve().parents[2]
-ALLOWED = {
-    "src": {"aws_emulators", "boto3", "botocore"},
-    "tests": {"aws_emulators", "boto3", "botocore", "pytest", "cryptography"},
-}
+DEPENDENCIES = {"boto3", "botocore", "cbor2", "pycose", "cryptography", "asn1crypto"}  # as pyproject.toml declares
+ALLOWED = {"src": {"aws_emulators", *DEPENDENCIES}, "tests": {"aws_emulators", "pytest", *DEPENDENCIES}}
 TEST_HELPERS = {helper.stem for helper in (DISTRIBUTION / "tests").rglob("*.py")}
 README_SECTIONS = {
     "sagemaker": "SageMaker",

@@ -1,7 +1,7 @@
 """The local AWS: ministack (PyPI, in a virtual environment of its own) extended where the product needs more, and
 corrected where ministack is laxer or stricter than AWS. ``python -m aws_emulators.local_aws`` runs it in that
-environment (``launch`` installs and starts it); everything here but ``launch`` imports ministack and nothing else
-of this distribution's.
+environment (``launch`` installs and starts it); everything here but ``launch`` imports ministack and, of this
+distribution, only ``aws_emulators.nitro`` (the attestation documents KMS verifies).
 
 Added:
 - ``POST /_fhe/authorize`` (``authorize``): the local SageMaker has each call it receives authenticated and
@@ -16,6 +16,11 @@ refused): ``cloudwatch:DeleteAlarms`` naming one alarm is authorized on the alar
 call naming a map run (``ListExecutions``, ``DescribeMapRun``) on the map run's ARN.
 
 Rules of AWS that ministack does not apply:
+- KMS's ``Recipient`` (``kms_recipient``): an attested call from a Nitro enclave. The attestation document is
+  verified against the trusted root (``LOCAL_ATTESTATION_ROOT``), its measurements are the values of the key
+  policy's ``kms:RecipientAttestation:*`` condition keys, and the answer is ``CiphertextForRecipient`` (CMS
+  EnvelopedData to the document's RSA key) without ``Plaintext``; ministack ignored ``Recipient`` and answered the
+  plaintext, and no condition naming a measurement could match.
 - ``events:PutEvents`` carries the condition keys ``events:source`` and ``events:detail-type`` (each entry's), so a
   policy can let a role send only its own events; ministack leaves them out, and a policy naming them refused
   every event.

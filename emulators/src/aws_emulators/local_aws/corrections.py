@@ -14,6 +14,8 @@ from ministack.core import iam_actions
 from ministack.core import iam_evaluator as iam
 from ministack.services import stepfunctions as sfn
 
+from aws_emulators.local_aws.kms_recipient import request_condition_keys
+
 _ministack_resource_arn = iam_actions.extract_resource_arn
 _ministack_run_execution = sfn._run_execution
 _ministack_request_context = iam_actions.request_tag_context
@@ -96,8 +98,11 @@ def run_execution(exec_arn: str) -> None:
 
 
 def request_context(service: str, iam_action: str, body: bytes, params: dict[str, Any]) -> dict[str, Any]:
-    """ministack's request condition keys, with PutEvents' own: every entry's source and detail type."""
+    """ministack's request condition keys, with PutEvents' own (every entry's source and detail type) and KMS's
+    attestation keys of a verified ``Recipient``."""
     context: dict[str, Any] = _ministack_request_context(service, iam_action, body, params)
+    if service == "kms":
+        return {**context, **request_condition_keys(iam_action, body)}
     if iam_action != "events:PutEvents":
         return context
     try:

@@ -13,12 +13,16 @@ MINISTACK_VERSION = "1.5.33"
 SAM_TRANSLATOR_VERSION = "1.106.0"
 # boto3: ministack runs Lambda functions in its own interpreter, and the Lambda runtime provides boto3 (the
 # CloudFormation extension calls the local SageMaker with it too). cryptography: without it ministack's KMS makes no
-# asymmetric key.
+# asymmetric key, and KMS's Recipient verifies attestation documents with it, cbor2 and pycose, and writes its CMS
+# answer with asn1crypto.
 PACKAGES = (
     f"ministack=={MINISTACK_VERSION}",
     f"aws-sam-translator=={SAM_TRANSLATOR_VERSION}",
     "boto3",
     "cryptography",
+    "cbor2",
+    "pycose",
+    "asn1crypto",
 )
 PACKAGE = Path(__file__).resolve().parents[1]  # aws_emulators, as it is here (a source tree or an installation)
 # The variables that point the local AWS at the local SageMaker: its Lambda functions' calls and its CloudFormation's
@@ -70,10 +74,14 @@ def environment(
     key: Path,
     ca_bundle: Path,
     sagemaker_url: str,
+    attestation_root: Path | None = None,
 ) -> dict[str, str]:
     """The local AWS's settings: loopback TLS with the stack's certificate, IAM enforced, state kept under
-    ``state_dir`` across restarts, and the local SageMaker at ``sagemaker_url``."""
+    ``state_dir`` across restarts, the local SageMaker at ``sagemaker_url``, and KMS trusting enclaves whose
+    attestation documents chain to ``attestation_root`` (a PEM certificate; none trusted without it)."""
+    attestation = {"LOCAL_ATTESTATION_ROOT": str(attestation_root)} if attestation_root else {}
     return {
+        **attestation,
         "PYTHONPATH": str(import_root(state_dir / "extension")),
         "BIND_HOST": host,
         "GATEWAY_PORT": str(port),
