@@ -1,0 +1,196 @@
+"""The enclave path's cryptography on the local stack (IAM enforced, KMS's ``Recipient`` as AWS applies it): an
+enclave started from the image a key policy pins gets the data key an owner made, opened inside the enclave only,
+and serves a shard whose predictions only the owner opens, equal to the model's in clear; an enclave from the image
+changed by one byte is refused; the owner's role may make data keys and never decrypt; one owner's data key does
+not open for another owner's bundle."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xgboost
+from aws_emulators.nitro.measurement import image_sha384
+from aws_emulators.nitro.nsm import NsmServer, nsm_for_image
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric import x25519
+from sklearn.datasets import load_breast_cancer
+
+from common import aws
+from common.bundle.enclave_crypto import (
+    ShardBinding,
+    encrypt_records,
+    open_results,
+    records_from_bytes,
+    records_to_bytes,
+)
+from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
+from containers.enclave.key_release import KeyRelease
+from containers.enclave.models import XGBOOST_JSON, load_model
+from containers.enclave.nsm import Nsm, SocketTransport
+from local import lifecycle
+
+pytestmark = pytest.mark.integration
+
+ENCLAVE_ROLE, OWNER_ROLE = "test-enclave-instance", "test-enclave-owner"
+ALICE = ShardBinding(owner="alice", bundle_id="b-0001", shard=0)
+CONTEXT = ALICE.encryption_context()
+
+
+def _role(name: str, actions: list[str]) -> str:
+    iam = aws.client("iam")
+    account = aws.client("sts").get_caller_identity()["Account"]
+    trust = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "sts:AssumeRole"}
+    arn = str(
+        iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [trust]})
+        )["Role"]["Arn"]
+    )
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+    iam.put_role_policy(RoleName=name, PolicyName="kms", PolicyDocument=json.dumps(policy))
+    return arn
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("enclave-images")
+    measured, changed = folder / "measured.img", folder / "changed.img"
+    content = bytearray(b"the enclave application, as built" * 200)
+    measured.write_bytes(bytes(content))
+    content[100] ^= 1
+    changed.write_bytes(bytes(content))
+    return measured, changed
+
+
+@pytest.fixture(scope="module")
+def key(local_stack: dict[str, str], images: tuple[Path, Path]) -> dict[str, Any]:
+    enclave_role, owner_role = _role(ENCLAVE_ROLE, ["kms:Decrypt"]), _role(OWNER_ROLE, ["kms:*"])
+    account = enclave_role.split(":")[4]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Action": ["kms:Describe*", "kms:Get*", "kms:Put*", "kms:List*"],
+                "Resource": "*",
+            },
+            {"Effect": "Allow", "Principal": {"AWS": owner_role}, "Action": "kms:GenerateDataKey", "Resource": "*"},
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": enclave_role},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {
+                    "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": image_sha384(images[0])}
+                },
+            },
+        ],
+    }
+    key_id = aws.client("kms").create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+    owner = aws.role_session(owner_role, "owner")
+    made = aws.client("kms", owner).generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=CONTEXT)
+    return {"made": made, "enclave": aws.role_session(enclave_role, "enclave"), "owner": owner}
+
+
+@pytest.fixture
+def nsm_for(tmp_path: Path) -> Iterator[Any]:
+    servers: list[NsmServer] = []
+
+    def start(image: Path) -> Nsm:
+        path = tmp_path / f"nsm-{len(servers)}.sock"
+        servers.append(NsmServer(path, nsm_for_image(image, lifecycle.attestation_authority())))
+        servers[-1].start()
+        return Nsm(SocketTransport(path))
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_measured_enclave_gets_the_owners_data_key(
+    key: dict[str, Any], images: tuple[Path, Path], nsm_for: Any
+) -> None:
+    release = KeyRelease(aws.client("kms", key["enclave"]), nsm_for(images[0]))
+    released = release.data_key(key["made"]["CiphertextBlob"], encryption_context=CONTEXT, model_digest=b"m" * 32)
+    assert released.data_key == key["made"]["Plaintext"]
+
+
+@pytest.mark.parametrize(
+    ("role", "image"),
+    [("enclave", 1), ("owner", 0)],
+    ids=["an-image-changed-by-one-byte", "the-owners-role-with-a-genuine-document"],
+)
+def test_the_key_is_refused_to_another_measurement_and_to_the_owners_role(
+    key: dict[str, Any], images: tuple[Path, Path], nsm_for: Any, role: str, image: int
+) -> None:
+    release = KeyRelease(aws.client("kms", key[role]), nsm_for(images[image]))
+    with pytest.raises(ClientError) as refused:
+        release.data_key(key["made"]["CiphertextBlob"], encryption_context=CONTEXT, model_digest=b"m" * 32)
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Any]:
+    """A boosted model saved as XGBoost JSON, and records of its features."""
+    features, labels = load_breast_cancer(return_X_y=True)
+    trained = xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(features[:400], labels[:400])
+    path = tmp_path_factory.mktemp("model") / "model.json"
+    trained.get_booster().save_model(path)
+    return path.read_bytes(), features[400:460]
+
+
+def _work(key: dict[str, Any], records: Any, served_as: ShardBinding, owner: x25519.X25519PrivateKey) -> ShardWork:
+    """Alice's shard (her data key, her records), served as ``served_as`` with ``owner``'s public key."""
+    return ShardWork(
+        binding=served_as,
+        encrypted_data_key=key["made"]["CiphertextBlob"],
+        encrypted_records=encrypt_records(key["made"]["Plaintext"], records_to_bytes(records), ALICE),
+        owner_public_key=owner.public_key().public_bytes_raw(),
+    )
+
+
+def _enclave(key: dict[str, Any], model_bytes: bytes, nsm: Nsm) -> EnclaveApplication:
+    return EnclaveApplication(load_model(XGBOOST_JSON, model_bytes), KeyRelease(aws.client("kms", key["enclave"]), nsm))
+
+
+def test_a_shard_is_served_and_only_its_owner_opens_predictions_equal_to_the_clear_models(
+    key: dict[str, Any], images: tuple[Path, Path], nsm_for: Any, model: tuple[bytes, Any]
+) -> None:
+    model_bytes, records = model
+    owner_key = x25519.X25519PrivateKey.generate()
+    answer = _enclave(key, model_bytes, nsm_for(images[0])).run(_work(key, records, ALICE, owner_key))
+    assert answer.samples == len(records)
+    predictions = records_from_bytes(open_results(owner_key, answer.sealed_results, ALICE), "results", max_values=10**6)
+    clear = xgboost.Booster(model_file=bytearray(model_bytes)).predict(xgboost.DMatrix(records))
+    assert np.array_equal(predictions, clear.astype(np.float64))
+    with pytest.raises(ValueError, match="does not open"):
+        open_results(x25519.X25519PrivateKey.generate(), answer.sealed_results, ALICE)
+
+
+def test_another_owners_bundle_cannot_use_this_owners_data_key(
+    key: dict[str, Any], images: tuple[Path, Path], nsm_for: Any, model: tuple[bytes, Any]
+) -> None:
+    """Bob copies Alice's encrypted key and records into a bundle of his own, with his public key: the enclave takes
+    the owner from where the bundle lies, KMS refuses the key under Bob's context, and nothing is sealed to Bob."""
+    model_bytes, records = model
+    bob = ShardBinding(owner="bob", bundle_id=ALICE.bundle_id, shard=0)
+    with pytest.raises(ShardRefused) as refused:
+        _enclave(key, model_bytes, nsm_for(images[0])).run(_work(key, records, bob, x25519.X25519PrivateKey.generate()))
+    assert refused.value.reason == "key_refused"
+
+
+def test_the_application_names_an_enclave_of_another_measurement_as_attestation_refused(
+    key: dict[str, Any], images: tuple[Path, Path], nsm_for: Any, model: tuple[bytes, Any]
+) -> None:
+    model_bytes, records = model
+    with pytest.raises(ShardRefused) as refused:
+        _enclave(key, model_bytes, nsm_for(images[1])).run(
+            _work(key, records, ALICE, x25519.X25519PrivateKey.generate())
+        )
+    assert refused.value.reason == "attestation_refused"
