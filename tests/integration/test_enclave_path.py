@@ -7,6 +7,9 @@ not open for another owner's bundle."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import pytest
 import xgboost
 from aws_emulators.nitro.measurement import image_sha384
 from aws_emulators.nitro.nsm import NsmServer, nsm_for_image
+from aws_emulators.nitro.runner import EnclaveRunner
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric import x25519
 from sklearn.datasets import load_breast_cancer
@@ -29,12 +33,16 @@ from common.bundle.enclave_crypto import (
     records_to_bytes,
 )
 from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
+from containers.enclave.image import SOURCES, build_image
 from containers.enclave.key_release import KeyRelease
 from containers.enclave.models import XGBOOST_JSON, load_model
 from containers.enclave.nsm import Nsm, SocketTransport
+from containers.enclave.parent import EnclaveConnection
 from local import lifecycle
+from tests.leaks import numbers_in_text, plaintext_fragments
 
 pytestmark = pytest.mark.integration
+PROJECT = Path(__file__).resolve().parents[2]
 
 ENCLAVE_ROLE, OWNER_ROLE = "test-enclave-instance", "test-enclave-owner"
 ALICE = ShardBinding(owner="alice", bundle_id="b-0001", shard=0)
@@ -57,13 +65,15 @@ def _role(name: str, actions: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The enclave image built from the sources, and one built from sources changed by one byte."""
     folder = tmp_path_factory.mktemp("enclave-images")
-    measured, changed = folder / "measured.img", folder / "changed.img"
-    content = bytearray(b"the enclave application, as built" * 200)
-    measured.write_bytes(bytes(content))
-    content[100] ^= 1
-    changed.write_bytes(bytes(content))
-    return measured, changed
+    changed_sources = folder / "changed-sources"
+    for name in SOURCES:
+        (changed_sources / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT / name, changed_sources / name)
+    models = changed_sources / "containers/enclave/models.py"
+    models.write_bytes(models.read_bytes() + b"\n")
+    return build_image(folder / "measured.pyz"), build_image(folder / "changed.pyz", root=changed_sources)
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +204,52 @@ def test_the_application_names_an_enclave_of_another_measurement_as_attestation_
             _work(key, records, ALICE, x25519.X25519PrivateKey.generate())
         )
     assert refused.value.reason == "attestation_refused"
+
+
+@pytest.fixture
+def running_enclave(images: tuple[Path, Path], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Start an enclave from one of the images as its own process, as the local fleet will: measured by the
+    runner, its NSM a socket, its only way out the channel and KMS's endpoint (no credentials of its own)."""
+    runners: list[EnclaveRunner] = []
+
+    def start(image: Path) -> tuple[EnclaveRunner, EnclaveConnection]:
+        runner = EnclaveRunner(image, tmp_path / f"enclave-{len(runners)}", lifecycle.attestation_authority())
+        runners.append(runner)
+        listening = runner.folder / "enclave.sock"
+        environment = {name: os.environ[name] for name in ("AWS_ENDPOINT_URL", "AWS_CA_BUNDLE", "AWS_REGION", "PATH")}
+        environment["FHE_NSM"] = f"unix:{runner.nsm_socket}"
+        runner.start([sys.executable, str(image), "--listen", f"unix:{listening}"], environment, ready=listening)
+        return runner, EnclaveConnection(f"unix:{listening}")
+
+    yield start
+    for runner in runners:
+        runner.stop()
+
+
+def test_the_enclave_process_from_the_measured_image_serves_a_shard_through_its_parent(
+    key: dict[str, Any], images: tuple[Path, Path], model: tuple[bytes, Any], running_enclave: Any
+) -> None:
+    model_bytes, records = model
+    runner, parent = running_enclave(images[0])
+    assert parent.load_model(XGBOOST_JSON, model_bytes) == load_model(XGBOOST_JSON, model_bytes).digest
+    owner_key = x25519.X25519PrivateKey.generate()
+    answer = parent.serve_shard(_work(key, records, ALICE, owner_key), session=key["enclave"])
+    predictions = records_from_bytes(open_results(owner_key, answer.sealed_results, ALICE), "results", max_values=10**6)
+    clear = xgboost.Booster(model_file=bytearray(model_bytes)).predict(xgboost.DMatrix(records))
+    assert np.array_equal(predictions, clear.astype(np.float64))
+    log = runner.log.read_text()
+    assert f"running {images[0]}" in log  # the code that ran is the image's
+    fragments = plaintext_fragments(records, records) + plaintext_fragments(predictions, predictions)
+    assert not numbers_in_text(log.encode(), fragments)
+
+
+def test_an_enclave_process_from_the_image_changed_by_one_byte_is_refused_its_key(
+    key: dict[str, Any], images: tuple[Path, Path], model: tuple[bytes, Any], running_enclave: Any
+) -> None:
+    model_bytes, records = model
+    runner, parent = running_enclave(images[1])
+    parent.load_model(XGBOOST_JSON, model_bytes)
+    with pytest.raises(ShardRefused) as refused:
+        parent.serve_shard(_work(key, records, ALICE, x25519.X25519PrivateKey.generate()), session=key["enclave"])
+    assert refused.value.reason == "attestation_refused"
+    assert runner.image_sha384 != image_sha384(images[0])

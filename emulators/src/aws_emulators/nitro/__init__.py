@@ -11,6 +11,8 @@ documents chain to.
 - ``nsm``: the NSM of one running enclave, over a local socket in place of ``/dev/nsm``: it answers the NSM API's
   ``Attestation``, ``DescribePCR`` and ``GetRandom`` requests, with the PCRs of the image it was started for, which
   the enclave cannot choose.
+- ``runner``: an enclave started from its image as ``nitro-cli run-enclave`` starts one: measured, given its NSM,
+  its entry point run as a process with only the environment it is given.
 
 What differs from AWS is named where it is done: the root is the stack's own, not AWS's; the transport is a local
 socket, not the ``/dev/nsm`` device.
