@@ -1,7 +1,7 @@
 """Does the accuracy budget hold on data the search never saw? The lever search repeated over random splits.
 
     .venv/bin/python -m bench.budget [--datasets digits,digits_28x28,breast_cancer] [--tree-datasets breast_cancer]
-        [--splits 10] [--accuracy-budget 0.01] [--confidence 0.95] [--search-seconds 90] [--workers 2]
+        [--splits 10] [--first-split 0] [--accuracy-budget 0.01] [--confidence 0.95] [--search-seconds 90] [--workers 2]
 
 For each data set (networks on ``--datasets``, trees on ``--tree-datasets``) and each of ``--splits`` random
 train/test splits (the Preprocess step's own code, a different seed each), the Train step's search runs from the
@@ -241,6 +241,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="digits,digits_28x28,breast_cancer", help="networks on these")
     parser.add_argument("--tree-datasets", default="breast_cancer", help="trees on these")
     parser.add_argument("--splits", type=int, default=10, help="random train/test splits per data set")
+    parser.add_argument(
+        "--first-split", type=int, default=0, help="the first split's seed: extends an earlier run with new splits"
+    )
     parser.add_argument("--accuracy-budget", type=float, default=0.01)
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--search-seconds", type=float, default=90.0, help="the search's time budget per run")
@@ -258,7 +261,7 @@ def main() -> None:
         Task(dataset, kind, seed, args.accuracy_budget, args.confidence, args.search_seconds, pace)
         for kind, datasets in (("network", args.datasets), ("tree", args.tree_datasets))
         for dataset in filter(None, datasets.split(","))
-        for seed in range(args.splits)
+        for seed in range(args.first_split, args.first_split + args.splits)
     ]
     started = time.monotonic()
     runs = []
