@@ -50,24 +50,35 @@ def connect(address: str, timeout: float) -> socket.socket:
     return stream
 
 
-def send(stream: socket.socket, message: dict[str, Any]) -> None:
-    body = cbor2.dumps(message)
-    if len(body) > MESSAGE_LIMIT:
-        raise ChannelError(f"a message of {len(body)} bytes is over the channel's limit of {MESSAGE_LIMIT}")
+def write_frame(stream: socket.socket, body: bytes, limit: int) -> None:
+    """``body`` prefixed by its length, the framing of this channel and of the NSM emulator's socket."""
+    if len(body) > limit:
+        raise ChannelError(f"a message of {len(body)} bytes is over the channel's limit of {limit}")
     stream.sendall(_LENGTH.pack(len(body)) + body)
 
 
-def receive(stream: socket.socket) -> dict[str, Any] | None:
-    """The next message, or None when the other side closed the channel between messages."""
+def read_frame(stream: socket.socket, limit: int) -> bytes | None:
+    """The next frame's body, or None when the other side closed the stream between frames."""
     header = _read(stream, _LENGTH.size, allow_end=True)
     if header is None:
         return None
     (length,) = _LENGTH.unpack(header)
-    if length > MESSAGE_LIMIT:
-        raise ChannelError(f"a message of {length} bytes is over the channel's limit of {MESSAGE_LIMIT}")
-    body = _read(stream, length, allow_end=False)
+    if length > limit:
+        raise ChannelError(f"a message of {length} bytes is over the channel's limit of {limit}")
+    return _read(stream, length, allow_end=False)
+
+
+def send(stream: socket.socket, message: dict[str, Any]) -> None:
+    write_frame(stream, cbor2.dumps(message), MESSAGE_LIMIT)
+
+
+def receive(stream: socket.socket) -> dict[str, Any] | None:
+    """The next message, or None when the other side closed the channel between messages."""
+    body = read_frame(stream, MESSAGE_LIMIT)
+    if body is None:
+        return None
     try:
-        message = cbor2.loads(body or b"")
+        message = cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, RecursionError) as error:
         raise ChannelError("a message is not CBOR") from error
     if not isinstance(message, dict):

@@ -6,7 +6,8 @@ answered ``{"Attestation": {"document"}}``; ``"GetRandom"`` answered ``{"GetRand
 
 - on a Nitro instance, the ``/dev/nsm`` device: one ``ioctl`` per request (``_IOWR(0x0A, 0, struct nsm_message)``,
   the request and response buffers as two ``iovec``, as the NSM driver and the NSM API library define them);
-- on the local stack, a Unix socket to the NSM emulator, each message length-prefixed (``unix:PATH``).
+- on the local stack, a Unix socket to the NSM emulator, each message framed as the parent-enclave channel frames
+  its own (``unix:PATH``).
 
 ``FHE_NSM`` names it (``/dev/nsm`` by default)."""
 
@@ -16,17 +17,17 @@ import ctypes
 import fcntl
 import os
 import socket
-import struct
 from pathlib import Path
 from typing import Any, Protocol
 
 import cbor2
 
+from containers.enclave import channel
+
 NSM_VARIABLE = "FHE_NSM"
 NSM_DEVICE = "/dev/nsm"
 REQUEST_LIMIT = 0x1000  # the NSM driver's limits
 RESPONSE_LIMIT = 0x3000
-_LENGTH = struct.Struct(">I")
 
 
 class NsmError(Exception):
@@ -85,22 +86,14 @@ class SocketTransport:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
             stream.settimeout(30)
             stream.connect(str(self.path))
-            stream.sendall(_LENGTH.pack(len(request)) + request)
-            (length,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
-            if length > RESPONSE_LIMIT:
-                raise NsmError(f"the NSM answered {length} bytes, over the limit of {RESPONSE_LIMIT}")
-            return _read_exactly(stream, length)
-
-
-def _read_exactly(stream: socket.socket, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = stream.recv(left)
-        if not chunk:
-            raise NsmError("the NSM closed the connection inside an answer")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+            try:
+                channel.write_frame(stream, request, REQUEST_LIMIT)
+                answer = channel.read_frame(stream, RESPONSE_LIMIT)
+            except channel.ChannelError as error:
+                raise NsmError(f"the NSM's socket: {error}") from error
+            if answer is None:
+                raise NsmError("the NSM closed the connection without answering")
+            return answer
 
 
 def transport_from_environment() -> Transport:
