@@ -25,6 +25,7 @@ BOOTSTRAP = ROOT / "infrastructure" / "bootstrap.yaml"
 DATA = ROOT / "infrastructure" / "data.yaml"
 PRODUCT = ROOT / "infrastructure" / "product.yaml"
 OWNER = ROOT / "infrastructure" / "owner.yaml"
+ENCLAVE = ROOT / "infrastructure" / "enclave.yaml"
 STATE_MACHINE = ROOT / "statemachines" / "batch_inference.asl.json"
 
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"

@@ -38,6 +38,7 @@ from containers.enclave.key_release import KeyRelease
 from containers.enclave.models import XGBOOST_JSON, load_model
 from containers.enclave.nsm import Nsm, SocketTransport
 from containers.enclave.parent import EnclaveConnection
+from infrastructure import templates
 from local import lifecycle
 from tests.leaks import numbers_in_text, plaintext_fragments
 
@@ -253,3 +254,93 @@ def test_an_enclave_process_from_the_image_changed_by_one_byte_is_refused_its_ke
         parent.serve_shard(_work(key, records, ALICE, x25519.X25519PrivateKey.generate()), session=key["enclave"])
     assert refused.value.reason == "attestation_refused"
     assert runner.image_sha384 != image_sha384(images[0])
+
+
+# ------------------------------------------------------------------------------- the deployment's enclave key stack
+
+PREFIX = "encl"
+
+
+@pytest.fixture(scope="module")
+def enclave_stack(local_stack: dict[str, str], images: tuple[Path, Path]) -> dict[str, str]:
+    """``infrastructure/enclave.yaml`` deployed with the measured image's measurement, as the runner reports it."""
+    cloudformation = aws.client("cloudformation")
+    cloudformation.create_stack(
+        StackName=f"{PREFIX}-enclave",
+        TemplateBody=templates.body(templates.ENCLAVE),
+        Parameters=[
+            {"ParameterKey": "Prefix", "ParameterValue": PREFIX},
+            {"ParameterKey": "EnclaveImageSha384", "ParameterValue": image_sha384(images[0])},
+        ],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    cloudformation.get_waiter("stack_create_complete").wait(
+        StackName=f"{PREFIX}-enclave", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
+    stack = cloudformation.describe_stacks(StackName=f"{PREFIX}-enclave")["Stacks"][0]
+    return {output["OutputKey"]: output["OutputValue"] for output in stack["Outputs"]}
+
+
+def _owner_session(name: str) -> Any:
+    iam = aws.client("iam")
+    account = aws.client("sts").get_caller_identity()["Account"]
+    trust = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "sts:AssumeRole"}
+    arn = iam.create_role(
+        RoleName=f"{PREFIX}-owner-{name}",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [trust]}),
+        Tags=[{"Key": "owner", "Value": name}],
+    )["Role"]["Arn"]
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
+    iam.put_role_policy(RoleName=f"{PREFIX}-owner-{name}", PolicyName="kms", PolicyDocument=json.dumps(policy))
+    return aws.role_session(arn, name)
+
+
+def test_the_key_policy_pins_the_deployments_measurement_output(enclave_stack: dict[str, str]) -> None:
+    policy = json.loads(aws.client("kms").get_key_policy(KeyId=enclave_stack["EnclaveKeyArn"])["Policy"])
+    decrypting = [statement for statement in policy["Statement"] if "kms:Decrypt" in str(statement["Action"])]
+    assert decrypting and all(
+        statement["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:ImageSha384"]
+        == enclave_stack["EnclaveImageSha384"]
+        for statement in decrypting
+    )
+
+
+def test_owners_make_data_keys_for_themselves_and_only_the_measured_enclave_opens_them(
+    enclave_stack: dict[str, str],
+    images: tuple[Path, Path],
+    model: tuple[bytes, Any],
+    running_enclave: Any,
+) -> None:
+    alice = _owner_session("alice")
+    owner_kms = aws.client("kms", alice)
+    made = owner_kms.generate_data_key(
+        KeyId=enclave_stack["EnclaveKeyArn"], KeySpec="AES_256", EncryptionContext=ALICE.encryption_context()
+    )
+    with pytest.raises(ClientError) as refused:  # a key bound to another owner
+        owner_kms.generate_data_key(
+            KeyId=enclave_stack["EnclaveKeyArn"], KeySpec="AES_256", EncryptionContext={"owner": "bob", "bundle": "b"}
+        )
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    with pytest.raises(ClientError) as refused:  # an owner never decrypts
+        owner_kms.decrypt(CiphertextBlob=made["CiphertextBlob"], EncryptionContext=ALICE.encryption_context())
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
+    instance = aws.role_session(enclave_stack["EnclaveInstanceRoleArn"], "enclave-instance")
+    with pytest.raises(ClientError) as refused:  # the instances' role itself, without the enclave's Recipient
+        aws.client("kms", instance).decrypt(
+            CiphertextBlob=made["CiphertextBlob"], EncryptionContext=ALICE.encryption_context()
+        )
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
+    model_bytes, records = model
+    _, parent = running_enclave(images[0])
+    parent.load_model(XGBOOST_JSON, model_bytes)
+    owner_key = x25519.X25519PrivateKey.generate()
+    work = _work({"made": made}, records, ALICE, owner_key)
+    predictions = records_from_bytes(
+        open_results(owner_key, parent.serve_shard(work, session=instance).sealed_results, ALICE),
+        "results",
+        max_values=10**6,
+    )
+    clear = xgboost.Booster(model_file=bytearray(model_bytes)).predict(xgboost.DMatrix(records))
+    assert np.array_equal(predictions, clear.astype(np.float64))

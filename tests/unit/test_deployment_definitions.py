@@ -39,7 +39,9 @@ def test_state_machine_passes_statelint(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "template", [templates.BOOTSTRAP, templates.DATA, templates.PRODUCT, templates.OWNER], ids=lambda p: p.name
+    "template",
+    [templates.BOOTSTRAP, templates.DATA, templates.PRODUCT, templates.OWNER, templates.ENCLAVE],
+    ids=lambda p: p.name,
 )
 def test_template_passes_cfn_lint_as_its_stack_is_given_it(template: Path, tmp_path: Path) -> None:
     given = tmp_path / template.name

@@ -21,6 +21,12 @@ Rules of AWS that ministack does not apply:
   policy's ``kms:RecipientAttestation:*`` condition keys, and the answer is ``CiphertextForRecipient`` (CMS
   EnvelopedData to the document's RSA key) without ``Plaintext``; ministack ignored ``Recipient`` and answered the
   plaintext, and no condition naming a measurement could match.
+- KMS requests carry ``kms:EncryptionContext:<key>`` (the key's name in any case) and
+  ``kms:EncryptionContextKeys`` from their encryption context; ministack left them out, and a key policy binding a
+  data key to its caller's owner refused every request.
+- Policy variables in a condition's values (``${aws:PrincipalTag/owner}``, ``${key, 'default'}``, ``${*}``) are
+  replaced by the request's values, and a variable whose key the request lacks (without a default) fails the
+  condition, as AWS documents; ministack compared the variable's text itself.
 - ``events:PutEvents`` carries the condition keys ``events:source`` and ``events:detail-type`` (each entry's), so a
   policy can let a role send only its own events; ministack leaves them out, and a policy naming them refused
   every event.

@@ -21,7 +21,16 @@ _ministack_run_execution = sfn._run_execution
 _ministack_request_context = iam_actions.request_tag_context
 _ministack_condition_key = iam._resolve_condition_key
 _ministack_fail_execution = sfn._fail_execution
+_ministack_conditions_met = iam._conditions_met
 _ROLE_SESSION = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/.+$")
+# A policy variable in a condition's value: ``${aws:PrincipalTag/owner}``, ``${key, 'default'}``; ``${*}``, ``${?}``
+# and ``${$}`` stand for the characters themselves.
+_POLICY_VARIABLE = re.compile(r"\$\{([^}',]+)(?:,\s*'([^']*)')?\s*\}")
+_LITERALS = {"*": "*", "?": "?", "$": "$"}
+
+
+class _Unresolved(Exception):
+    """A policy variable whose key the request does not carry, and without a default."""
 
 
 def _named_alarms(body: bytes, query: dict[str, list[str]]) -> list[str]:
@@ -97,12 +106,28 @@ def run_execution(exec_arn: str) -> None:
             timer.cancel()
 
 
+def _encryption_context_keys(body: bytes) -> dict[str, Any]:
+    """KMS's ``kms:EncryptionContext:<key>`` (each pair of the request's encryption context; the key's name is
+    matched without regard to case, as AWS does) and ``kms:EncryptionContextKeys``."""
+    try:
+        context = json.loads(body or b"{}").get("EncryptionContext")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return {}
+    if not isinstance(context, dict) or not context:
+        return {}
+    pairs = {str(key): str(value) for key, value in context.items()}
+    return {
+        **{f"kms:encryptioncontext:{key.lower()}": value for key, value in pairs.items()},
+        "kms:encryptioncontextkeys": sorted(pairs),
+    }
+
+
 def request_context(service: str, iam_action: str, body: bytes, params: dict[str, Any]) -> dict[str, Any]:
     """ministack's request condition keys, with PutEvents' own (every entry's source and detail type) and KMS's
-    attestation keys of a verified ``Recipient``."""
+    (the encryption context's, and the attestation keys of a verified ``Recipient``)."""
     context: dict[str, Any] = _ministack_request_context(service, iam_action, body, params)
     if service == "kms":
-        return {**context, **request_condition_keys(iam_action, body)}
+        return {**context, **_encryption_context_keys(body), **request_condition_keys(iam_action, body)}
     if iam_action != "events:PutEvents":
         return context
     try:
@@ -126,6 +151,42 @@ def condition_key(key: str, ctx: Any) -> Any:
     return value
 
 
+def _substituted(value: Any, ctx: Any) -> Any:
+    if isinstance(value, list):
+        return [_substituted(item, ctx) for item in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def resolve(variable: re.Match[str]) -> str:
+        key, default = variable.group(1).strip(), variable.group(2)
+        if key in _LITERALS:
+            return _LITERALS[key]
+        resolved = condition_key(key, ctx)
+        if isinstance(resolved, str):
+            return resolved
+        if default is not None:
+            return default
+        raise _Unresolved(key)
+
+    return _POLICY_VARIABLE.sub(resolve, value)
+
+
+def conditions_met(conditions: dict[str, Any], ctx: Any) -> bool:
+    """ministack's evaluation of a statement's conditions, with the policy variables in their values replaced by the
+    request's values, as AWS does; a variable whose key the request lacks (and has no default) fails the condition.
+    ministack compared the text ``${aws:PrincipalTag/owner}`` itself, which no request could match."""
+    try:
+        substituted = {
+            operator: {key: _substituted(expected, ctx) for key, expected in pairs.items()}
+            if isinstance(pairs, dict)
+            else pairs
+            for operator, pairs in (conditions or {}).items()
+        }
+    except _Unresolved:
+        return False
+    return bool(_ministack_conditions_met(substituted, ctx))
+
+
 def fail_execution(execution: dict[str, Any], error: str, cause: str) -> None:
     if execution.get("status") == "RUNNING":
         _ministack_fail_execution(execution, error, cause)
@@ -138,3 +199,4 @@ def install() -> None:
     sfn._fail_execution = fail_execution
     iam_actions.request_tag_context = request_context  # imported from the module at each call by the dispatch
     iam._resolve_condition_key = condition_key  # looked up at each condition evaluated
+    iam._conditions_met = conditions_met  # looked up at each statement evaluated
