@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ _PACKAGE_ARN = re.compile(
 )
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,31}$")
-_MANIFEST_FIELDS = (
+HEADER_FIELDS = (  # every bundle's manifest, whichever path serves it
     "format",
     "format_version",
     "kind",
@@ -48,11 +48,11 @@ _MANIFEST_FIELDS = (
     "created_at",
     "model",
     "versions",
-    "evaluation_key",
     "shards",
     "total_samples",
     "request",
 )
+_MANIFEST_FIELDS = (*HEADER_FIELDS, "evaluation_key")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def package_ref(package_arn: str) -> ModelRef:
     return ModelRef(package_arn, match["group"], int(match["version"]))
 
 
-def _model(top: Fields) -> ModelRef:
+def model_field(top: Fields) -> ModelRef:
     fields = Fields(top.get("model"), "model", ("package_arn", "package_group", "package_version"))
     model = package_ref(fields.string("package_arn", _PACKAGE_ARN, 256))
     if fields.string("package_group", max_length=63) != model.package_group:
@@ -153,7 +153,8 @@ def _model(top: Fields) -> ModelRef:
     return model
 
 
-def _shards(top: Fields) -> tuple[ShardEntry, ...]:
+def shards_field(top: Fields, min_bytes: Callable[[int], int] = min_shard_bytes) -> tuple[ShardEntry, ...]:
+    """The manifest's shards; ``min_bytes(samples)`` is the smallest object that can hold that many samples."""
     raw_shards = top.get("shards")
     if not isinstance(raw_shards, list):
         raise BundleError("shards", f"must be a list, not {type(raw_shards).__name__}")
@@ -174,16 +175,31 @@ def _shards(top: Fields) -> tuple[ShardEntry, ...]:
             raise BundleError(fields.name("key"), f"{key!r} is used by an earlier shard")
         seen_keys.add(key)
         samples = fields.integer("samples", 1, MAX_SAMPLES_PER_SHARD)
-        size = fields.integer("size", min_shard_bytes(1), MAX_SHARD_BYTES)
-        if size < min_shard_bytes(samples):
+        size = fields.integer("size", min_bytes(1), MAX_SHARD_BYTES)
+        if size < min_bytes(samples):
             raise BundleError(fields.name("size"), f"{size} bytes cannot hold {samples} samples")
         shards.append(ShardEntry(index, key, samples, fields.string("sha256", SHA256, 64), size))
     return tuple(shards)
 
 
-def parse_manifest(data: bytes | str | Mapping[str, Any]) -> Manifest:
-    """Validate a manifest (bytes, text or an already-decoded object) and return it typed."""
-    top = Fields(load_json(data, "manifest", MAX_MANIFEST_BYTES), "", _MANIFEST_FIELDS)
+@dataclass(frozen=True)
+class ManifestHeader:
+    """What every bundle's manifest holds, whichever path serves it (FHE here, the enclave in ``enclave_manifest``)."""
+
+    kind: Kind
+    bundle_id: str
+    created_at: str
+    model: ModelRef
+    versions: dict[str, str]
+    shards: tuple[ShardEntry, ...]
+    request_manifest_sha256: str | None
+
+
+def read_header(
+    data: bytes | str | Mapping[str, Any], allowed: Sequence[str], min_bytes: Callable[[int], int]
+) -> tuple[Fields, ManifestHeader]:
+    """The manifest's object (only ``allowed`` fields) and its common part, validated."""
+    top = Fields(load_json(data, "manifest", MAX_MANIFEST_BYTES), "", allowed)
     if top.get("format") != FORMAT:
         raise BundleError("format", f"must be {FORMAT!r}, got {str(top.get('format'))[:40]!r}")
     version = top.integer("format_version", 1, 1_000_000)
@@ -194,16 +210,10 @@ def parse_manifest(data: bytes | str | Mapping[str, Any]) -> Manifest:
         raise BundleError("kind", f"must be 'request' or 'result', got {kind!r}")
     bundle_id = top.string("bundle_id", BUNDLE_ID, 64)
     created_at = top.string("created_at", _TIMESTAMP, 32)
-    model = _model(top)
+    model = model_field(top)
     version_fields = Fields(top.get("versions"), "versions", VERSION_FIELDS)
     versions = {name: version_fields.string(name, _VERSION, 32) for name in VERSION_FIELDS}
-    key_fields = Fields(top.get("evaluation_key"), "evaluation_key", ("sha256", "uri", "size"))
-    key = KeyRef(
-        sha256=key_fields.string("sha256", SHA256, 64),
-        uri=key_fields.s3_uri("uri"),
-        size=key_fields.integer("size", 1, MAX_EVALUATION_KEY_BYTES),
-    )
-    shards = _shards(top)
+    shards = shards_field(top, min_bytes)
     total = sum(s.samples for s in shards)
     if total > MAX_TOTAL_SAMPLES:
         raise BundleError("total_samples", f"{total} samples is more than {MAX_TOTAL_SAMPLES}", "too_large")
@@ -217,4 +227,29 @@ def parse_manifest(data: bytes | str | Mapping[str, Any]) -> Manifest:
         request_sha = request.string("manifest_sha256", SHA256, 64)
     elif "request" in top.data:
         raise BundleError("request", "only a result manifest names a request")
-    return Manifest(kind, bundle_id, created_at, model, versions, key, shards, request_sha)  # type: ignore[arg-type]
+    header = ManifestHeader(kind, bundle_id, created_at, model, versions, shards, request_sha)  # type: ignore[arg-type]
+    return top, header
+
+
+def parse_manifest(data: bytes | str | Mapping[str, Any]) -> Manifest:
+    """Validate an FHE bundle's manifest (bytes, text or an already-decoded object) and return it typed."""
+    loaded = load_json(data, "manifest", MAX_MANIFEST_BYTES)
+    if "enclave" in loaded:
+        raise BundleError("enclave", "names an enclave bundle, which the FHE path does not serve", "wrong_path")
+    top, header = read_header(loaded, _MANIFEST_FIELDS, min_shard_bytes)
+    key_fields = Fields(top.get("evaluation_key"), "evaluation_key", ("sha256", "uri", "size"))
+    key = KeyRef(
+        sha256=key_fields.string("sha256", SHA256, 64),
+        uri=key_fields.s3_uri("uri"),
+        size=key_fields.integer("size", 1, MAX_EVALUATION_KEY_BYTES),
+    )
+    return Manifest(
+        header.kind,
+        header.bundle_id,
+        header.created_at,
+        header.model,
+        header.versions,
+        key,
+        header.shards,
+        header.request_manifest_sha256,
+    )

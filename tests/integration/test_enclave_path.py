@@ -6,6 +6,7 @@ not open for another owner's bundle."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric import x25519
 from sklearn.datasets import load_breast_cancer
 
+from client.enclave_bundle import encrypt_enclave_bundle, open_enclave_result, owner_key, public_bytes
 from common import aws
 from common.bundle.enclave_crypto import (
     ShardBinding,
@@ -32,6 +34,10 @@ from common.bundle.enclave_crypto import (
     records_from_bytes,
     records_to_bytes,
 )
+from common.bundle.enclave_manifest import parse_enclave_manifest, result_manifest
+from common.bundle.manifest import package_ref
+from common.bundle.schema import MANIFEST_NAME, sha256_hex
+from common.versions import VersionsRecord
 from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
 from containers.enclave.image import SOURCES, build_image
 from containers.enclave.key_release import KeyRelease
@@ -281,17 +287,30 @@ def enclave_stack(local_stack: dict[str, str], images: tuple[Path, Path]) -> dic
     return {output["OutputKey"]: output["OutputValue"] for output in stack["Outputs"]}
 
 
-def _owner_session(name: str) -> Any:
-    iam = aws.client("iam")
-    account = aws.client("sts").get_caller_identity()["Account"]
-    trust = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "sts:AssumeRole"}
-    arn = iam.create_role(
-        RoleName=f"{PREFIX}-owner-{name}",
-        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [trust]}),
-        Tags=[{"Key": "owner", "Value": name}],
-    )["Role"]["Arn"]
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
-    iam.put_role_policy(RoleName=f"{PREFIX}-owner-{name}", PolicyName="kms", PolicyDocument=json.dumps(policy))
+def _owner_session(name: str, enclave_key_arn: str) -> Any:
+    """A batch owner's role as ``infrastructure/owner.yaml`` makes it (its bucket and model names unused here)."""
+    cloudformation = aws.client("cloudformation")
+    given = {
+        "Prefix": PREFIX,
+        "Owner": name,
+        "KeyArn": enclave_key_arn,  # its own policy then allows Decrypt on the key: the key policy still refuses
+        "ModelBucketName": "unused",
+        "BundleBucketName": "unused",
+        "ModelPackageGroup": "unused",
+        "EndpointName": "unused",
+        "EnclaveKeyArn": enclave_key_arn,
+    }
+    cloudformation.create_stack(
+        StackName=f"{PREFIX}-owner-{name}",
+        TemplateBody=templates.body(templates.OWNER),
+        Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in given.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    cloudformation.get_waiter("stack_create_complete").wait(
+        StackName=f"{PREFIX}-owner-{name}", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
+    outputs = cloudformation.describe_stacks(StackName=f"{PREFIX}-owner-{name}")["Stacks"][0]["Outputs"]
+    arn = next(output["OutputValue"] for output in outputs if output["OutputKey"] == "OwnerRoleArn")
     return aws.role_session(arn, name)
 
 
@@ -305,42 +324,82 @@ def test_the_key_policy_pins_the_deployments_measurement_output(enclave_stack: d
     )
 
 
+def _serve_bundle(parent: EnclaveConnection, folder: Path, owner: str, session: Any) -> tuple[bytes, dict[int, bytes]]:
+    """The parent's part for one bundle lying under ``owner``'s folder: each shard through the enclave, then the
+    result manifest."""
+    request_bytes = (folder / MANIFEST_NAME).read_bytes()
+    request = parse_enclave_manifest(request_bytes)
+    sealed = {}
+    for shard in request.shards:
+        work = ShardWork(
+            binding=ShardBinding(owner, request.bundle_id, shard.index),
+            encrypted_data_key=request.enclave.data_key,
+            encrypted_records=(folder / shard.key).read_bytes(),
+            owner_public_key=request.enclave.owner_public_key,
+        )
+        sealed[shard.index] = parent.serve_shard(work, session=session).sealed_results
+    return result_manifest(request, sha256_hex(request_bytes), sealed).to_json(), sealed
+
+
 def test_owners_make_data_keys_for_themselves_and_only_the_measured_enclave_opens_them(
     enclave_stack: dict[str, str],
     images: tuple[Path, Path],
     model: tuple[bytes, Any],
     running_enclave: Any,
+    tmp_path: Path,
 ) -> None:
-    alice = _owner_session("alice")
-    owner_kms = aws.client("kms", alice)
-    made = owner_kms.generate_data_key(
-        KeyId=enclave_stack["EnclaveKeyArn"], KeySpec="AES_256", EncryptionContext=ALICE.encryption_context()
+    alice = _owner_session("alice", enclave_stack["EnclaveKeyArn"])
+    bob = _owner_session("bob", enclave_stack["EnclaveKeyArn"])
+    model_bytes, records = model
+    home = tmp_path / "alice-home"
+    request = encrypt_enclave_bundle(
+        aws.client("kms", alice),
+        key_arn=enclave_stack["EnclaveKeyArn"],
+        owner="alice",
+        model=package_ref("arn:aws:sagemaker:us-east-1:000000000000:model-package/enclave-model/1"),
+        versions=VersionsRecord.current().to_dict(),
+        rows=records,
+        owner_public_key=public_bytes(owner_key(home)),
+        destination=tmp_path / "bundle",
+        bundle_id="b-0001",
+        shard_size=25,
+        progress=False,
     )
+    owner_kms = aws.client("kms", alice)
     with pytest.raises(ClientError) as refused:  # a key bound to another owner
         owner_kms.generate_data_key(
             KeyId=enclave_stack["EnclaveKeyArn"], KeySpec="AES_256", EncryptionContext={"owner": "bob", "bundle": "b"}
         )
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    context = {"owner": "alice", "bundle": request.bundle_id}
     with pytest.raises(ClientError) as refused:  # an owner never decrypts
-        owner_kms.decrypt(CiphertextBlob=made["CiphertextBlob"], EncryptionContext=ALICE.encryption_context())
+        owner_kms.decrypt(CiphertextBlob=request.enclave.data_key, EncryptionContext=context)
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
-
     instance = aws.role_session(enclave_stack["EnclaveInstanceRoleArn"], "enclave-instance")
     with pytest.raises(ClientError) as refused:  # the instances' role itself, without the enclave's Recipient
-        aws.client("kms", instance).decrypt(
-            CiphertextBlob=made["CiphertextBlob"], EncryptionContext=ALICE.encryption_context()
-        )
+        aws.client("kms", instance).decrypt(CiphertextBlob=request.enclave.data_key, EncryptionContext=context)
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
 
-    model_bytes, records = model
     _, parent = running_enclave(images[0])
     parent.load_model(XGBOOST_JSON, model_bytes)
-    owner_key = x25519.X25519PrivateKey.generate()
-    work = _work({"made": made}, records, ALICE, owner_key)
-    predictions = records_from_bytes(
-        open_results(owner_key, parent.serve_shard(work, session=instance).sealed_results, ALICE),
-        "results",
-        max_values=10**6,
+    result, sealed = _serve_bundle(parent, tmp_path / "bundle", "alice", instance)
+    predictions = open_enclave_result(
+        owner_key(home), "alice", (tmp_path / "bundle" / MANIFEST_NAME).read_bytes(), result, sealed
     )
     clear = xgboost.Booster(model_file=bytearray(model_bytes)).predict(xgboost.DMatrix(records))
-    assert np.array_equal(predictions, clear.astype(np.float64))
+    assert len(request.shards) == 3 and np.array_equal(predictions, clear.astype(np.float64))
+
+    # Bob copies Alice's bundle into his own folder with his own public key: served as his, the key is refused.
+    bob_bundle = tmp_path / "bob-bundle"
+    shutil.copytree(tmp_path / "bundle", bob_bundle)
+    copied = json.loads((bob_bundle / MANIFEST_NAME).read_bytes())
+    copied["enclave"]["owner_public_key"] = base64.b64encode(public_bytes(owner_key(tmp_path / "bob-home"))).decode()
+    (bob_bundle / MANIFEST_NAME).write_text(json.dumps(copied))
+    with pytest.raises(ShardRefused) as served:
+        _serve_bundle(parent, bob_bundle, "bob", instance)
+    assert served.value.reason == "key_refused"
+    with pytest.raises(ClientError) as refused:  # nor can Bob make a key in Alice's name
+        aws.client("kms", bob).generate_data_key(
+            KeyId=enclave_stack["EnclaveKeyArn"], KeySpec="AES_256", EncryptionContext=context
+        )
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
