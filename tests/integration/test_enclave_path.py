@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from sklearn.datasets import load_breast_cancer
 
 from client.enclave_bundle import encrypt_enclave_bundle, open_enclave_result, owner_key, public_bytes
-from common import aws
+from common import aws, stacks
 from common.bundle.enclave_crypto import (
     ShardBinding,
     encrypt_records,
@@ -34,7 +35,7 @@ from common.bundle.enclave_crypto import (
     records_from_bytes,
     records_to_bytes,
 )
-from common.bundle.enclave_manifest import parse_enclave_manifest, result_manifest
+from common.bundle.enclave_manifest import parse_enclave_manifest, result_manifest, sealed_results_key
 from common.bundle.manifest import package_ref
 from common.bundle.schema import MANIFEST_NAME, sha256_hex
 from common.versions import VersionsRecord
@@ -44,6 +45,7 @@ from containers.enclave.key_release import KeyRelease
 from containers.enclave.models import XGBOOST_JSON, load_model
 from containers.enclave.nsm import Nsm, SocketTransport
 from containers.enclave.parent import EnclaveConnection
+from containers.enclave.worker import ShardWorker, poll
 from infrastructure import templates
 from local import lifecycle
 from tests.leaks import numbers_in_text, plaintext_fragments
@@ -267,51 +269,41 @@ def test_an_enclave_process_from_the_image_changed_by_one_byte_is_refused_its_ke
 PREFIX = "encl"
 
 
+BUCKET = "encl-bundles"
+
+
 @pytest.fixture(scope="module")
 def enclave_stack(local_stack: dict[str, str], images: tuple[Path, Path]) -> dict[str, str]:
     """``infrastructure/enclave.yaml`` deployed with the measured image's measurement, as the runner reports it."""
-    cloudformation = aws.client("cloudformation")
-    cloudformation.create_stack(
-        StackName=f"{PREFIX}-enclave",
-        TemplateBody=templates.body(templates.ENCLAVE),
-        Parameters=[
-            {"ParameterKey": "Prefix", "ParameterValue": PREFIX},
-            {"ParameterKey": "EnclaveImageSha384", "ParameterValue": image_sha384(images[0])},
-        ],
-        Capabilities=["CAPABILITY_NAMED_IAM"],
-    )
-    cloudformation.get_waiter("stack_create_complete").wait(
-        StackName=f"{PREFIX}-enclave", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-    )
-    stack = cloudformation.describe_stacks(StackName=f"{PREFIX}-enclave")["Stacks"][0]
-    return {output["OutputKey"]: output["OutputValue"] for output in stack["Outputs"]}
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.80.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.80.1.0/24")["Subnet"]["SubnetId"]
+    aws.client("s3").create_bucket(Bucket=BUCKET)
+    given = {
+        "Prefix": PREFIX,
+        "EnclaveImageSha384": image_sha384(images[0]),
+        "BundleBucketName": BUCKET,
+        "ArtifactBucketName": BUCKET,
+        "ImageId": "ami-0123456789abcdef0",
+        "SubnetIds": subnet,
+    }
+    return stacks.apply(f"{PREFIX}-enclave", templates.body(templates.ENCLAVE), given, timeout=120, report=print)
 
 
 def _owner_session(name: str, enclave_key_arn: str) -> Any:
     """A batch owner's role as ``infrastructure/owner.yaml`` makes it (its bucket and model names unused here)."""
-    cloudformation = aws.client("cloudformation")
     given = {
         "Prefix": PREFIX,
         "Owner": name,
         "KeyArn": enclave_key_arn,  # its own policy then allows Decrypt on the key: the key policy still refuses
         "ModelBucketName": "unused",
-        "BundleBucketName": "unused",
+        "BundleBucketName": BUCKET,
         "ModelPackageGroup": "unused",
         "EndpointName": "unused",
         "EnclaveKeyArn": enclave_key_arn,
     }
-    cloudformation.create_stack(
-        StackName=f"{PREFIX}-owner-{name}",
-        TemplateBody=templates.body(templates.OWNER),
-        Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in given.items()],
-        Capabilities=["CAPABILITY_NAMED_IAM"],
-    )
-    cloudformation.get_waiter("stack_create_complete").wait(
-        StackName=f"{PREFIX}-owner-{name}", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-    )
-    outputs = cloudformation.describe_stacks(StackName=f"{PREFIX}-owner-{name}")["Stacks"][0]["Outputs"]
-    arn = next(output["OutputValue"] for output in outputs if output["OutputKey"] == "OwnerRoleArn")
-    return aws.role_session(arn, name)
+    outputs = stacks.apply(f"{PREFIX}-owner-{name}", templates.body(templates.OWNER), given, timeout=120, report=print)
+    return aws.role_session(outputs["OwnerRoleArn"], name)
 
 
 def test_the_key_policy_pins_the_deployments_measurement_output(enclave_stack: dict[str, str]) -> None:
@@ -403,3 +395,241 @@ def test_owners_make_data_keys_for_themselves_and_only_the_measured_enclave_open
             KeyId=enclave_stack["EnclaveKeyArn"], KeySpec="AES_256", EncryptionContext=context
         )
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+# ------------------------------------------------------------------------- the parent serving the workflow's shards
+
+PACKAGE = "arn:aws:sagemaker:us-east-1:000000000000:model-package/enclave-model/1"
+
+
+def _shard_machine(queue_url: str) -> str:
+    """A state machine whose one Map queues each shard for the fleet and waits on its task token, as the workflow's
+    enclave route does."""
+    iam = aws.client("iam")
+    trust = {"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    role = iam.create_role(
+        RoleName=f"{PREFIX}-shard-machine",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [trust]}),
+    )["Role"]["Arn"]
+    send = {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}
+    iam.put_role_policy(
+        RoleName=f"{PREFIX}-shard-machine",
+        PolicyName="send",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [send]}),
+    )
+    wait = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {
+            "QueueUrl": queue_url,
+            "MessageBody": {
+                "bundle.$": "$.bundle",
+                "model_package_arn.$": "$.model_package_arn",
+                "shard_index.$": "$.shard_index",
+                "task_token.$": "$$.Task.Token",
+            },
+        },
+        "TimeoutSeconds": 300,
+        "End": True,
+    }
+    definition = {
+        "StartAt": "Shards",
+        "States": {
+            "Shards": {
+                "Type": "Map",
+                "ItemsPath": "$.shards",
+                "ItemSelector": {
+                    "bundle.$": "$.bundle",
+                    "model_package_arn.$": "$.model_package_arn",
+                    "shard_index.$": "$$.Map.Item.Value",
+                },
+                "ItemProcessor": {"StartAt": "Serve", "States": {"Serve": wait}},
+                "End": True,
+            }
+        },
+    }
+    return str(
+        aws.client("stepfunctions").create_state_machine(
+            name=f"{PREFIX}-shards", definition=json.dumps(definition), roleArn=role
+        )["stateMachineArn"]
+    )
+
+
+@pytest.fixture(scope="module")
+def shard_machine(enclave_stack: dict[str, str]) -> str:
+    return _shard_machine(enclave_stack["EnclaveShardQueueUrl"])
+
+
+def _drop(enclave_stack: dict[str, str], records: Any, bundle_id: str, home: Path, folder: Path) -> dict[str, str]:
+    """Alice's bundle, written by the client under her role and dropped in her inbox; its BundleRef."""
+    alice = _owner_session("alice", enclave_stack["EnclaveKeyArn"])
+    manifest = encrypt_enclave_bundle(
+        aws.client("kms", alice),
+        key_arn=enclave_stack["EnclaveKeyArn"],
+        owner="alice",
+        model=package_ref(PACKAGE),
+        versions=VersionsRecord.current().to_dict(),
+        rows=records,
+        owner_public_key=public_bytes(owner_key(home)),
+        destination=folder,
+        bundle_id=bundle_id,
+        shard_size=25,
+        progress=False,
+    )
+    s3 = aws.client("s3", alice)
+    for shard in manifest.shards:
+        s3.put_object(Bucket=BUCKET, Key=f"inbox/alice/{bundle_id}/{shard.key}", Body=(folder / shard.key).read_bytes())
+    key = f"inbox/alice/{bundle_id}/{MANIFEST_NAME}"
+    etag = s3.put_object(Bucket=BUCKET, Key=key, Body=(folder / MANIFEST_NAME).read_bytes())["ETag"]
+    return {"bucket": BUCKET, "bundle_id": bundle_id, "manifest_key": key, "etag": etag}
+
+
+def _run_fleet_until_done(
+    execution: str, worker: ShardWorker, queue_url: str, session: Any, timeout: float = 120.0
+) -> dict[str, Any]:
+    sfn, sqs = aws.client("stepfunctions"), aws.client("sqs", session)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = sfn.describe_execution(executionArn=execution)
+        if described["status"] != "RUNNING":
+            return dict(described)
+        poll(sqs, queue_url, worker, wait_seconds=1)
+    raise AssertionError(f"{execution} still running after {timeout:.0f} s")
+
+
+def _worker(enclave_stack: dict[str, str], parent: EnclaveConnection, image: Path, instance: Any) -> ShardWorker:
+    return ShardWorker(
+        aws.client("s3", instance),
+        aws.client("stepfunctions", instance),
+        parent,
+        image_sha384=image_sha384(image),
+        lend=lambda: instance,
+    )
+
+
+def test_the_parent_serves_the_workflows_shards_and_the_owner_opens_the_result(
+    enclave_stack: dict[str, str],
+    shard_machine: str,
+    images: tuple[Path, Path],
+    model: tuple[bytes, Any],
+    running_enclave: Any,
+    tmp_path: Path,
+) -> None:
+    model_bytes, records = model
+    bundle = _drop(enclave_stack, records, "b-0002", tmp_path / "home", tmp_path / "bundle")
+    instance = aws.role_session(enclave_stack["EnclaveInstanceRoleArn"], "enclave-instance")
+    runner, parent = running_enclave(images[0])
+    digest = parent.load_model(XGBOOST_JSON, model_bytes)
+    started = aws.client("stepfunctions").start_execution(
+        stateMachineArn=shard_machine,
+        input=json.dumps({"bundle": bundle, "model_package_arn": PACKAGE, "shards": [0, 1, 2]}),
+    )
+    ended = _run_fleet_until_done(
+        started["executionArn"],
+        _worker(enclave_stack, parent, images[0], instance),
+        enclave_stack["EnclaveShardQueueUrl"],
+        instance,
+    )
+    assert ended["status"] == "SUCCEEDED", ended.get("cause")
+    served = json.loads(ended["output"])
+    assert [shard["shard_index"] for shard in served] == [0, 1, 2]
+    assert {(shard["image_sha384"], shard["model_digest"]) for shard in served} == {(image_sha384(images[0]), digest)}
+
+    s3 = aws.client("s3")
+    request_bytes = s3.get_object(Bucket=BUCKET, Key=bundle["manifest_key"])["Body"].read()
+    request = parse_enclave_manifest(request_bytes)
+    sealed = {
+        shard.index: s3.get_object(Bucket=BUCKET, Key=f"outbox/alice/b-0002/{sealed_results_key(shard.index)}")[
+            "Body"
+        ].read()
+        for shard in request.shards
+    }
+    result = result_manifest(request, sha256_hex(request_bytes), sealed).to_json()
+    predictions = open_enclave_result(owner_key(tmp_path / "home"), "alice", request_bytes, result, sealed)
+    clear = xgboost.Booster(model_file=bytearray(model_bytes)).predict(xgboost.DMatrix(records))
+    assert np.array_equal(predictions, clear.astype(np.float64))  # 100% agreement with the clear model
+    fragments = plaintext_fragments(records, records) + plaintext_fragments(predictions, predictions)
+    for listed in s3.list_objects_v2(Bucket=BUCKET)["Contents"]:  # no record or prediction in any object
+        body = s3.get_object(Bucket=BUCKET, Key=listed["Key"])["Body"].read()
+        assert not numbers_in_text(body, fragments), listed["Key"]
+    assert not numbers_in_text(runner.log.read_bytes(), fragments)
+
+
+def test_a_bundle_served_by_an_enclave_changed_by_one_byte_fails_as_attestation_refused_naming_it(
+    enclave_stack: dict[str, str],
+    shard_machine: str,
+    images: tuple[Path, Path],
+    model: tuple[bytes, Any],
+    running_enclave: Any,
+    tmp_path: Path,
+) -> None:
+    model_bytes, records = model
+    bundle = _drop(enclave_stack, records[:10], "b-0003", tmp_path / "home", tmp_path / "bundle")
+    instance = aws.role_session(enclave_stack["EnclaveInstanceRoleArn"], "enclave-instance")
+    _, parent = running_enclave(images[1])
+    parent.load_model(XGBOOST_JSON, model_bytes)
+    started = aws.client("stepfunctions").start_execution(
+        stateMachineArn=shard_machine,
+        input=json.dumps({"bundle": bundle, "model_package_arn": PACKAGE, "shards": [0]}),
+    )
+    ended = _run_fleet_until_done(
+        started["executionArn"],
+        _worker(enclave_stack, parent, images[1], instance),
+        enclave_stack["EnclaveShardQueueUrl"],
+        instance,
+    )
+    assert ended["status"] == "FAILED"
+    history = aws.client("stepfunctions").get_execution_history(executionArn=started["executionArn"])["events"]
+    failed = [event["taskFailedEventDetails"] for event in history if event["type"] == "TaskFailed"]
+    assert failed and failed[0]["error"] == "ShardRefused"
+    reason = json.loads(failed[0]["cause"])
+    assert (reason["code"], reason["shard"]) == ("attestation_refused", 0)
+    assert image_sha384(images[1]) in reason["message"] and image_sha384(images[0]) not in reason["message"]
+    assert not aws.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="outbox/alice/b-0003/").get("Contents")
+
+
+def _failed_reason(execution: str) -> tuple[str, dict[str, Any]]:
+    history = aws.client("stepfunctions").get_execution_history(executionArn=execution)["events"]
+    failed = [event["taskFailedEventDetails"] for event in history if event["type"] == "TaskFailed"]
+    assert failed, "no task failed"
+    return failed[0]["error"], json.loads(failed[0]["cause"])
+
+
+def test_a_shard_of_another_model_or_without_an_enclave_fails_with_its_reason(
+    enclave_stack: dict[str, str], shard_machine: str, model: tuple[bytes, Any], tmp_path: Path
+) -> None:
+    _, records = model
+    bundle = _drop(enclave_stack, records[:5], "b-0004", tmp_path / "home", tmp_path / "bundle")
+    instance = aws.role_session(enclave_stack["EnclaveInstanceRoleArn"], "enclave-instance")
+    nowhere = EnclaveConnection(f"unix:{tmp_path / 'no-enclave.sock'}", timeout=2)
+    worker = ShardWorker(
+        aws.client("s3", instance), aws.client("stepfunctions", instance), nowhere, image_sha384="0" * 96,
+        lend=lambda: instance,
+    )  # fmt: skip
+    for package, (error, code) in (
+        (PACKAGE.replace("/1", "/2"), ("ShardRefused", "model_mismatch")),  # not the package the workflow chose
+        (PACKAGE, ("ShardFailed", "enclave_unavailable")),  # retried by the workflow: the enclave may come back
+    ):
+        started = aws.client("stepfunctions").start_execution(
+            stateMachineArn=shard_machine,
+            input=json.dumps({"bundle": bundle, "model_package_arn": package, "shards": [0]}),
+        )
+        ended = _run_fleet_until_done(started["executionArn"], worker, enclave_stack["EnclaveShardQueueUrl"], instance)
+        assert ended["status"] == "FAILED"
+        named, reason = _failed_reason(started["executionArn"])
+        assert (named, reason["code"], reason["shard"]) == (error, code, 0)
+
+
+def test_the_fleet_launches_enclave_enabled_instances_from_zero(enclave_stack: dict[str, str]) -> None:
+    (group,) = aws.client("autoscaling").describe_auto_scaling_groups(
+        AutoScalingGroupNames=[enclave_stack["EnclaveFleetName"]]
+    )["AutoScalingGroups"]
+    assert (group["MinSize"], group["DesiredCapacity"]) == (0, 0)
+    template = group["LaunchTemplate"]
+    (version,) = aws.client("ec2").describe_launch_template_versions(
+        LaunchTemplateId=template["LaunchTemplateId"], Versions=[str(template["Version"])]
+    )["LaunchTemplateVersions"]
+    assert version["LaunchTemplateData"]["EnclaveOptions"] == {"Enabled": True}
+    policies = aws.client("autoscaling").describe_policies(AutoScalingGroupName=group["AutoScalingGroupName"])
+    kinds = {policy["PolicyType"] for policy in policies["ScalingPolicies"]}
+    assert kinds == {"TargetTrackingScaling", "StepScaling"}

@@ -24,6 +24,7 @@ Rules of AWS that ministack does not apply:
 - KMS requests carry ``kms:EncryptionContext:<key>`` (the key's name in any case) and
   ``kms:EncryptionContextKeys`` from their encryption context; ministack left them out, and a key policy binding a
   data key to its caller's owner refused every request.
+- EC2 launch templates keep and show ``EnclaveOptions`` (an enclave fleet's instances); ministack dropped it.
 - Policy variables in a condition's values (``${aws:PrincipalTag/owner}``, ``${key, 'default'}``, ``${*}``) are
   replaced by the request's values, and a variable whose key the request lacks (without a default) fails the
   condition, as AWS documents; ministack compared the variable's text itself.

@@ -12,6 +12,7 @@ from typing import Any
 
 from ministack.core import iam_actions
 from ministack.core import iam_evaluator as iam
+from ministack.services import ec2
 from ministack.services import stepfunctions as sfn
 
 from aws_emulators.local_aws.kms_recipient import request_condition_keys
@@ -22,6 +23,8 @@ _ministack_request_context = iam_actions.request_tag_context
 _ministack_condition_key = iam._resolve_condition_key
 _ministack_fail_execution = sfn._fail_execution
 _ministack_conditions_met = iam._conditions_met
+_ministack_parse_lt_data = ec2._parse_lt_data
+_ministack_lt_data_xml = ec2._lt_data_xml
 _ROLE_SESSION = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/.+$")
 # A policy variable in a condition's value: ``${aws:PrincipalTag/owner}``, ``${key, 'default'}``; ``${*}``, ``${?}``
 # and ``${$}`` stand for the characters themselves.
@@ -187,6 +190,28 @@ def conditions_met(conditions: dict[str, Any], ctx: Any) -> bool:
     return bool(_ministack_conditions_met(substituted, ctx))
 
 
+def _flag(value: Any) -> str:
+    return "true" if str(value).lower() == "true" else "false"
+
+
+def launch_template_data(params: dict[str, Any], prefix: str = "LaunchTemplateData") -> dict[str, Any]:
+    """ministack's launch template data of a CreateLaunchTemplate(Version) request, with ``EnclaveOptions``, which
+    it dropped."""
+    data: dict[str, Any] = _ministack_parse_lt_data(params, prefix)
+    enabled = ec2._p(params, f"{prefix}.EnclaveOptions.Enabled")
+    if enabled:
+        data["EnclaveOptions"] = {"Enabled": _flag(enabled) == "true"}
+    return data
+
+
+def launch_template_data_xml(data: dict[str, Any]) -> str:
+    """ministack's rendering of launch template data, with ``EnclaveOptions``, which it left out."""
+    xml: str = _ministack_lt_data_xml(data)
+    if isinstance(options := data.get("EnclaveOptions"), dict) and "Enabled" in options:
+        xml += f"<enclaveOptions><enabled>{_flag(options['Enabled'])}</enabled></enclaveOptions>"
+    return xml
+
+
 def fail_execution(execution: dict[str, Any], error: str, cause: str) -> None:
     if execution.get("status") == "RUNNING":
         _ministack_fail_execution(execution, error, cause)
@@ -200,3 +225,5 @@ def install() -> None:
     iam_actions.request_tag_context = request_context  # imported from the module at each call by the dispatch
     iam._resolve_condition_key = condition_key  # looked up at each condition evaluated
     iam._conditions_met = conditions_met  # looked up at each statement evaluated
+    ec2._parse_lt_data = launch_template_data  # looked up by CreateLaunchTemplate(Version)
+    ec2._lt_data_xml = launch_template_data_xml  # looked up by each rendering of a version
