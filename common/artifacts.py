@@ -19,6 +19,12 @@ COSTS_JSON = "costs.json"
 # of the server side. The Evaluate step publishes these next to the model (customer metadata "client_artifacts").
 CLIENT_ARTIFACTS = (CLIENT_ZIP, PREPROCESSING_JSON, VERSIONS_JSON)
 CLIENT_ARTIFACTS_PROPERTY = "client_artifacts"
+# The path that serves a registered model (customer metadata "model_kind"): "fhe" (a compiled circuit, the default
+# of packages registered before there were two) or "enclave" (a float model served in the attested enclave), and an
+# enclave model's SHA-256 ("model_digest"), which the enclave's attestation document must carry.
+MODEL_KIND_PROPERTY = "model_kind"
+MODEL_DIGEST_PROPERTY = "model_digest"
+MODEL_KINDS = ("fhe", "enclave")
 # Where an Approved package's client artifacts (and costs) are published for batch owners, in the model bucket:
 # published/<group>/<version>/. The approval copies them there and a rejection withdraws them; batch owners' roles
 # read only there, so what a run made before its approval (the training data's per-feature ranges in

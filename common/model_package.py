@@ -8,7 +8,15 @@ import json
 import re
 from typing import Any
 
-from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, PACKAGE_ARN_VARIABLE, PUBLISHED_PREFIX, VERSIONS_JSON
+from common.artifacts import (
+    CLIENT_ARTIFACTS_PROPERTY,
+    MODEL_DIGEST_PROPERTY,
+    MODEL_KIND_PROPERTY,
+    MODEL_KINDS,
+    PACKAGE_ARN_VARIABLE,
+    PUBLISHED_PREFIX,
+    VERSIONS_JSON,
+)
 from common.bundle.manifest import package_ref
 from common.bundle.store import get_bytes
 from common.s3uri import S3Uri
@@ -75,6 +83,25 @@ def revocation_message(package_arn: str, version: int, note: str = "") -> str:
     return (
         f"model package {package_arn} was rejected{f' ({note})' if note else ''}: version {version} is no longer served"
     )
+
+
+def model_kind(package: dict[str, Any]) -> str:
+    """The path that serves ``package``: ``fhe`` or ``enclave`` (its customer metadata ``model_kind``; ``fhe`` when
+    absent, as every package registered before the enclave path was)."""
+    kind = str((package.get("CustomerMetadataProperties") or {}).get(MODEL_KIND_PROPERTY, "fhe"))
+    if kind not in MODEL_KINDS:
+        raise ModelPackageError(f"{package['ModelPackageArn']} names an unknown model kind {kind!r}")
+    return kind
+
+
+def enclave_model_digest(package: dict[str, Any]) -> str:
+    """The SHA-256 of an enclave model's bytes, as registered: what the enclave's attestation must name."""
+    digest = str((package.get("CustomerMetadataProperties") or {}).get(MODEL_DIGEST_PROPERTY, ""))
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ModelPackageError(
+            f"{package['ModelPackageArn']} records no enclave model digest ({MODEL_DIGEST_PROPERTY})"
+        )
+    return digest
 
 
 def client_artifacts_uri(package: dict[str, Any]) -> S3Uri:

@@ -10,10 +10,14 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle.schema import BundleError
+from common.bundle.enclave_manifest import EnclaveManifest, parse_enclave_manifest
+from common.bundle.enclave_manifest import result_manifest as enclave_result_manifest
+from common.bundle.manifest import Manifest, parse_manifest
+from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
 from common.bundle.store import (
-    read_manifest,
+    get_bytes,
     read_shard_results,
+    result_entries,
     result_manifest,
     write_result_manifest,
 )
@@ -23,16 +27,30 @@ from lambdas.runtime import BundleRejected, client, logger, metrics, publish, tr
 STAGE = "assemble"
 
 
+def _answer(s3: Any, bundle: BundleRef, plan: dict[str, Any]) -> Manifest | EnclaveManifest:
+    """The result manifest of the bundle's path: its shards' results checked against the request's shards."""
+    layout = bundle.layout
+    data = get_bytes(s3, bundle.manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES)
+    request_sha256 = sha256_hex(data)
+    if request_sha256 != plan.get("request_sha256"):
+        raise BundleError("manifest", "changed while the bundle was running", "manifest_changed")
+    prefix = layout.result_prefix(bundle.bundle_id)
+    if plan.get("path") == "enclave":
+        sealed = parse_enclave_manifest(data)
+        indices = [entry.index for entry in sealed.shards]
+        results = read_shard_results(s3, layout, bundle.bundle_id, indices)
+        shards = result_entries(sealed.shards, sealed.bundle_id, prefix, results)
+        return enclave_result_manifest(sealed, request_sha256, shards)
+    request = parse_manifest(data)
+    results = read_shard_results(s3, layout, bundle.bundle_id, [entry.index for entry in request.shards])
+    return result_manifest(request, request_sha256, prefix, results)
+
+
 def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[str, Any]:
     s3, layout = client("s3"), bundle.layout
     try:
         with transient_aws_errors():
-            request, request_sha256 = read_manifest(s3, bundle.manifest_uri)
-            if request_sha256 != plan.get("request_sha256"):
-                raise BundleError("manifest", "changed while the bundle was running", "manifest_changed")
-            indices = [entry.index for entry in request.shards]
-            shard_results = read_shard_results(s3, layout, bundle.bundle_id, indices)
-            answer = result_manifest(request, request_sha256, layout.result_prefix(bundle.bundle_id), shard_results)
+            answer = _answer(s3, bundle, plan)
             written = write_result_manifest(s3, layout, answer)
     except BundleError as error:
         raise BundleRejected(STAGE, error.code, str(error), field=error.field) from None
@@ -42,7 +60,7 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[st
         "owner": bundle.owner,
         "bundle_id": bundle.bundle_id,
         "execution": execution,
-        "model_package_arn": request.model.package_arn,
+        "model_package_arn": answer.model.package_arn,
         "samples": answer.total_samples,
         "shards": len(answer.shards),
         "result_manifest": str(written.uri),

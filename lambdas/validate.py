@@ -9,12 +9,19 @@ bundle owner's own, under ``inbox/<owner>/keys/``) and
 every shard object (present, of the recorded size: the bundle's folder listed a page at a time).
 A failed check raises BundleRejected naming the field (and shard): the bundle is quarantined, nothing invoked.
 
+An enclave bundle (``common/bundle/enclave_manifest.py``) is validated for the enclave path instead: its manifest,
+the model package (Approved, and registered as an enclave model), its data key made under the deployment's enclave
+key (``ENCLAVE_KEY_ARN``; a deployment without the enclave path refuses it), and every shard object. Which path a
+bundle takes is the registered model's kind: a bundle whose manifest is for the other path is refused
+(``wrong_path``), so an FHE bundle never reaches an enclave, nor an enclave bundle an endpoint.
+
 The shard plan goes to S3 (``requests/<owner>/<bundle id>/plan.json``), where the Distributed Map's ItemReader reads it:
 what the execution's state carries is the same few hundred bytes whatever the bundle's size.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -23,12 +30,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from common.aws import is_missing
-from common.bundle.manifest import Manifest
-from common.bundle.schema import BundleError, check_relative_key
+from common.bundle.enclave_manifest import bundle_path, parse_enclave_manifest
+from common.bundle.manifest import Manifest, ModelRef, ShardEntry, parse_manifest
+from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, check_relative_key, sha256_hex
 from common.bundle.serving import check_model, check_versions
-from common.bundle.store import BundleLayout, bundle_prefix, listed_objects, read_manifest, write_shard_plan
+from common.bundle.store import BundleLayout, bundle_prefix, get_bytes, listed_objects, write_shard_plan
 from common.model_package import (
     ModelPackageError,
+    model_kind,
     require_approved,
     served_package,
     served_versions,
@@ -60,24 +69,32 @@ def rejected(error: BundleError) -> BundleRejected:
     return BundleRejected(STAGE, error.code, str(error), field=error.field, shard=shard)
 
 
-def approved_package(manifest: Manifest) -> dict[str, Any]:
+def approved_package(model: ModelRef, path: str) -> dict[str, Any]:
+    """The bundle's model package: registered, Approved, and served by ``path`` (the bundle's own)."""
     sagemaker = client("sagemaker")
     try:
         with transient_aws_errors():
-            package: dict[str, Any] = sagemaker.describe_model_package(ModelPackageName=manifest.model.package_arn)
+            package: dict[str, Any] = sagemaker.describe_model_package(ModelPackageName=model.package_arn)
     except ClientError as error:
         if is_missing(error):
             raise BundleRejected(
                 STAGE,
                 "unknown_model",
-                f"model package {manifest.model.package_arn} is not registered",
+                f"model package {model.package_arn} is not registered",
                 field="model.package_arn",
             ) from None
         raise
     try:
         require_approved(package)
+        kind = model_kind(package)
     except ModelPackageError as error:
         raise BundleRejected(STAGE, "model_not_approved", str(error), field="model.package_arn") from None
+    if kind != path:
+        message = (
+            f"model package {model.package_arn} is served by the {kind} path, and this is an {path} bundle: "
+            f"encrypt it again for the {kind} path (`fhe-client`)"
+        )
+        raise BundleRejected(STAGE, "wrong_path", message, field="model.package_arn")
     return package
 
 
@@ -154,13 +171,13 @@ def check_evaluation_key(manifest: Manifest, layout: BundleLayout) -> None:
     check_object_size(uri, manifest.evaluation_key.size, "evaluation_key")
 
 
-def check_shards(manifest: Manifest, manifest_uri: S3Uri) -> None:
+def check_shards(shards: tuple[ShardEntry, ...], manifest_uri: S3Uri) -> None:
     """Every shard object present with its recorded size: one listing of the bundle's folder, not a request per
     shard."""
     prefix = bundle_prefix(manifest_uri)
     with transient_aws_errors():
         sizes = {obj["Key"]: int(obj["Size"]) for obj in listed_objects(client("s3"), prefix)}
-    for entry in manifest.shards:
+    for entry in shards:
         field = f"shards[{entry.index}]"
         try:
             uri = prefix.join(check_relative_key(entry.key, f"{field}.key"))
@@ -169,42 +186,85 @@ def check_shards(manifest: Manifest, manifest_uri: S3Uri) -> None:
         check_size(uri, sizes.get(uri.key), entry.size, field)
 
 
-def validate(bundle: BundleRef, family: str) -> dict[str, Any]:
+def _check_request(kind: str, bundle_id: str, bundle: BundleRef) -> None:
+    if kind != "request":
+        raise BundleError("kind", f"the inbox takes request manifests, this one is {kind!r}")
+    if bundle_id != bundle.bundle_id:
+        problem = f"the manifest says {bundle_id!r}, it lies under {bundle.bundle_id!r}"
+        raise BundleError("bundle_id", problem, "bundle_id_mismatch")
+
+
+def _plan(
+    bundle: BundleRef, path: str, shards: tuple[ShardEntry, ...], package_arn: str, sha256: str
+) -> dict[str, Any]:
+    with transient_aws_errors():
+        plan = write_shard_plan(client("s3"), bundle.layout, bundle.bundle_id, [entry.index for entry in shards])
+    samples = sum(entry.samples for entry in shards)
+    logger.info("bundle valid", extra={"path": path, "shards": len(shards), "samples": samples})
+    metrics.add_metric(name="BundlesValidated", unit=MetricUnit.Count, value=1)
+    return {
+        "path": path,
+        "model_package_arn": package_arn,
+        "request_sha256": sha256,
+        "samples": samples,
+        "shards": len(shards),
+        "shard_plan": {"Bucket": plan.bucket, "Key": plan.key},  # the ItemReader's parameters
+    }
+
+
+def validate_fhe(bundle: BundleRef, data: bytes, family: str) -> dict[str, Any]:
     """``family``: the deployment's endpoint name, which each served version's endpoint extends."""
     try:
-        with transient_aws_errors():
-            manifest, manifest_sha256 = read_manifest(client("s3"), bundle.manifest_uri)
-        if manifest.kind != "request":
-            raise BundleError("kind", f"the inbox takes request manifests, this one is {manifest.kind!r}")
-        if manifest.bundle_id != bundle.bundle_id:
-            problem = f"the manifest says {manifest.bundle_id!r}, it lies under {bundle.bundle_id!r}"
-            raise BundleError("bundle_id", problem, "bundle_id_mismatch")
+        manifest = parse_manifest(data)
+        _check_request(manifest.kind, manifest.bundle_id, bundle)
     except BundleError as error:
         raise rejected(error) from None
-    package = approved_package(manifest)
+    package = approved_package(manifest.model, "fhe")
     endpoint = version_endpoint(family, manifest.model.package_version)
     check_endpoint(manifest, endpoint, family)
     check_releases(manifest, package)
     check_evaluation_key(manifest, bundle.layout)
-    check_shards(manifest, bundle.manifest_uri)
-    with transient_aws_errors():
-        plan = write_shard_plan(
-            client("s3"), bundle.layout, bundle.bundle_id, [entry.index for entry in manifest.shards]
-        )
-    logger.info("bundle valid", extra={"shards": len(manifest.shards), "samples": manifest.total_samples})
-    metrics.add_metric(name="BundlesValidated", unit=MetricUnit.Count, value=1)
-    return {
-        "endpoint": endpoint,
-        "model_package_arn": manifest.model.package_arn,
-        "request_sha256": manifest_sha256,
-        "samples": manifest.total_samples,
-        "shards": len(manifest.shards),
-        "shard_plan": {"Bucket": plan.bucket, "Key": plan.key},  # the ItemReader's parameters
-    }
+    check_shards(manifest.shards, bundle.manifest_uri)
+    plan = _plan(bundle, "fhe", manifest.shards, manifest.model.package_arn, sha256_hex(data))
+    return {**plan, "endpoint": endpoint}
+
+
+def validate_enclave(bundle: BundleRef, data: bytes, enclave_key_arn: str) -> dict[str, Any]:
+    """``enclave_key_arn``: the deployment's enclave key (empty where it has no enclave path)."""
+    try:
+        manifest = parse_enclave_manifest(data)
+        _check_request(manifest.kind, manifest.bundle_id, bundle)
+    except BundleError as error:
+        raise rejected(error) from None
+    if not enclave_key_arn:
+        message = "this deployment has no enclave path: its models are served with FHE (`fhe-client`)"
+        raise BundleRejected(STAGE, "path_not_deployed", message, field="enclave")
+    if manifest.enclave.key_arn != enclave_key_arn:
+        problem = f"the data key was made under {manifest.enclave.key_arn}, not the deployment's enclave key"
+        raise rejected(BundleError("enclave.key_arn", problem, "foreign_key"))
+    model = manifest.header.model
+    approved_package(model, "enclave")
+    check_shards(manifest.shards, bundle.manifest_uri)
+    return {**_plan(bundle, "enclave", manifest.shards, model.package_arn, sha256_hex(data)), "endpoint": None}
+
+
+def validate(bundle: BundleRef, family: str, enclave_key_arn: str = "") -> dict[str, Any]:
+    """The bundle's plan, for the path its manifest is for (the model's kind decides whether it may take it)."""
+    try:
+        with transient_aws_errors():
+            data = get_bytes(client("s3"), bundle.manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES)
+        path = bundle_path(data)
+    except BundleError as error:
+        raise rejected(error) from None
+    if path == "enclave":
+        return validate_enclave(bundle, data, enclave_key_arn)
+    return validate_fhe(bundle, data, family)
 
 
 @logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return validate(BundleRef.from_dict(event.get("bundle")), setting("ENDPOINT_NAME"))
+    return validate(
+        BundleRef.from_dict(event.get("bundle")), setting("ENDPOINT_NAME"), os.environ.get("ENCLAVE_KEY_ARN", "")
+    )

@@ -27,11 +27,9 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from common.bundle.schema import BundleError
+from common.bundle.schema import NONCE_BYTES, OWNER_KEY_BYTES, BundleError
 
 DATA_KEY_BYTES = 32
-NONCE_BYTES = 12
-OWNER_KEY_BYTES = 32  # an X25519 public key, raw
 SEAL = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 

@@ -23,12 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from common.bundle.enclave_crypto import NONCE_BYTES, OWNER_KEY_BYTES
-from common.bundle.manifest import HEADER_FIELDS, ManifestHeader, ShardEntry, read_header
+from common.bundle.manifest import HEADER_FIELDS, ManifestHeader, ModelRef, ShardEntry, read_header
 from common.bundle.schema import (
     FORMAT,
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
+    NONCE_BYTES,
+    OWNER_KEY_BYTES,
     SHARD_FOLDER,
     BundleError,
     Fields,
@@ -87,6 +88,10 @@ class EnclaveManifest:
     @property
     def bundle_id(self) -> str:
         return self.header.bundle_id
+
+    @property
+    def model(self) -> ModelRef:
+        return self.header.model
 
     @property
     def shards(self) -> tuple[ShardEntry, ...]:
@@ -156,18 +161,21 @@ def parse_enclave_manifest(data: bytes | str | Mapping[str, Any]) -> EnclaveMani
     return EnclaveManifest(header, EnclaveKeys(key_arn, data_key, owner_key))
 
 
-def result_manifest(request: EnclaveManifest, request_sha256: str, sealed: Mapping[int, bytes]) -> EnclaveManifest:
-    """The result bundle's manifest answering ``request``: one sealed object per request shard, same samples."""
+def sealed_entries(request: EnclaveManifest, sealed: Mapping[int, bytes]) -> tuple[ShardEntry, ...]:
+    """The result shards of ``sealed`` objects (by shard index), one per request shard, same samples."""
     entries = []
     for shard in request.shards:
         if shard.index not in sealed:
             raise BundleError(f"shards[{shard.index}]", "has no sealed result", "missing_shard")
-        data = sealed[shard.index]
-        entries.append(
-            ShardEntry(shard.index, sealed_results_key(shard.index), shard.samples, sha256_hex(data), len(data))
-        )
+        data, key = sealed[shard.index], sealed_results_key(shard.index)
+        entries.append(ShardEntry(shard.index, key, shard.samples, sha256_hex(data), len(data)))
+    return tuple(entries)
+
+
+def result_manifest(request: EnclaveManifest, request_sha256: str, shards: tuple[ShardEntry, ...]) -> EnclaveManifest:
+    """The result bundle's manifest answering ``request`` with its result ``shards`` (the sealed predictions)."""
     header = request.header
     answered = ManifestHeader(
-        "result", header.bundle_id, utc_now(), header.model, dict(header.versions), tuple(entries), request_sha256
+        "result", header.bundle_id, utc_now(), header.model, dict(header.versions), shards, request_sha256
     )
     return EnclaveManifest(answered, request.enclave)

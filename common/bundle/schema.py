@@ -31,6 +31,9 @@ MAX_EVALUATION_KEY_BYTES = 2 * 1024**3
 MAX_KEY_LENGTH = 512
 MAX_URI_LENGTH = 1100
 MAX_MESSAGE_BYTES = 64 * 1024  # a shard request or result
+# The enclave path's sizes (enclave_crypto, enclave_manifest): an X25519 public key, raw; AES-GCM's nonce.
+OWNER_KEY_BYTES = 32
+NONCE_BYTES = 12
 
 # "keys" names the folder of an owner's evaluation keys under inbox/<owner>/ (common/bundle/store.py), never a
 # bundle.

@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from common.aws import is_missing
 from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, shard_key
@@ -250,20 +250,21 @@ def put_bundle(
     return manifest_uri
 
 
-def result_manifest(
-    request: Manifest, request_sha256: str, result_prefix: S3Uri, results: Sequence[ShardResult]
-) -> Manifest:
-    """The result manifest answering ``request``: one result shard per request shard, same samples."""
+def result_entries(
+    request_shards: Sequence[ShardEntry], bundle_id: str, result_prefix: S3Uri, results: Sequence[ShardResult]
+) -> tuple[ShardEntry, ...]:
+    """The result bundle's shards answering the request's: one result object per request shard, same samples, each
+    under the result bundle's prefix (whichever path served it)."""
     by_index: dict[int, ShardResult] = {}
     for result in results:
         field = f"results[{result.shard_index}]"
-        if result.bundle_id != request.bundle_id:
-            raise BundleError(field, f"answers bundle {result.bundle_id}, not {request.bundle_id}")
+        if result.bundle_id != bundle_id:
+            raise BundleError(field, f"answers bundle {result.bundle_id}, not {bundle_id}")
         if result.shard_index in by_index:
             raise BundleError(field, "appears twice")
         by_index[result.shard_index] = result
     shards = []
-    for entry in request.shards:
+    for entry in request_shards:
         field = f"results[{entry.index}]"
         if entry.index not in by_index:
             raise BundleError(field, "is missing: every request shard needs its result", "missing_result")
@@ -275,8 +276,15 @@ def result_manifest(
             raise BundleError(f"{field}.result_uri", f"{uri} is not under {result_prefix}", "escapes_prefix")
         key = check_relative_key(uri.key[len(result_prefix.key) + 1 :], f"{field}.result_uri")
         shards.append(ShardEntry(entry.index, key, result.samples, result.sha256, result.size))
-    if len(by_index) != len(request.shards):
-        raise BundleError("results", f"{len(by_index)} results for {len(request.shards)} shards")
+    if len(by_index) != len(request_shards):
+        raise BundleError("results", f"{len(by_index)} results for {len(request_shards)} shards")
+    return tuple(shards)
+
+
+def result_manifest(
+    request: Manifest, request_sha256: str, result_prefix: S3Uri, results: Sequence[ShardResult]
+) -> Manifest:
+    """The result manifest answering ``request``: one result shard per request shard, same samples."""
     return Manifest(
         kind="result",
         bundle_id=request.bundle_id,
@@ -284,7 +292,7 @@ def result_manifest(
         model=request.model,
         versions=dict(request.versions),
         evaluation_key=request.evaluation_key,
-        shards=tuple(shards),
+        shards=result_entries(request.shards, request.bundle_id, result_prefix, results),
         request_manifest_sha256=request_sha256,
     )
 
@@ -302,7 +310,19 @@ def _put_record(s3: Any, uri: S3Uri, body: bytes) -> WrittenRecord:
     return WrittenRecord(uri, hashlib.sha256(body).hexdigest())
 
 
-def write_result_manifest(s3: Any, layout: BundleLayout, manifest: Manifest) -> WrittenRecord:
+class ResultManifest(Protocol):
+    """A result manifest of either path (``Manifest``, ``enclave_manifest.EnclaveManifest``)."""
+
+    @property
+    def bundle_id(self) -> str: ...
+
+    @property
+    def shards(self) -> tuple[ShardEntry, ...]: ...
+
+    def to_json(self) -> bytes: ...
+
+
+def write_result_manifest(s3: Any, layout: BundleLayout, manifest: ResultManifest) -> WrittenRecord:
     """Write the result manifest after checking that every result shard it lists is in place."""
     prefix = layout.result_prefix(manifest.bundle_id)
     for entry in manifest.shards:

@@ -35,7 +35,12 @@ from common.bundle.enclave_crypto import (
     records_from_bytes,
     records_to_bytes,
 )
-from common.bundle.enclave_manifest import parse_enclave_manifest, result_manifest, sealed_results_key
+from common.bundle.enclave_manifest import (
+    parse_enclave_manifest,
+    result_manifest,
+    sealed_entries,
+    sealed_results_key,
+)
 from common.bundle.manifest import package_ref
 from common.bundle.schema import MANIFEST_NAME, sha256_hex
 from common.versions import VersionsRecord
@@ -330,7 +335,7 @@ def _serve_bundle(parent: EnclaveConnection, folder: Path, owner: str, session: 
             owner_public_key=request.enclave.owner_public_key,
         )
         sealed[shard.index] = parent.serve_shard(work, session=session).sealed_results
-    return result_manifest(request, sha256_hex(request_bytes), sealed).to_json(), sealed
+    return result_manifest(request, sha256_hex(request_bytes), sealed_entries(request, sealed)).to_json(), sealed
 
 
 def test_owners_make_data_keys_for_themselves_and_only_the_measured_enclave_opens_them(
@@ -544,7 +549,7 @@ def test_the_parent_serves_the_workflows_shards_and_the_owner_opens_the_result(
         ].read()
         for shard in request.shards
     }
-    result = result_manifest(request, sha256_hex(request_bytes), sealed).to_json()
+    result = result_manifest(request, sha256_hex(request_bytes), sealed_entries(request, sealed)).to_json()
     predictions = open_enclave_result(owner_key(tmp_path / "home"), "alice", request_bytes, result, sealed)
     clear = xgboost.Booster(model_file=bytearray(model_bytes)).predict(xgboost.DMatrix(records))
     assert np.array_equal(predictions, clear.astype(np.float64))  # 100% agreement with the clear model

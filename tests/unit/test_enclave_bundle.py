@@ -26,7 +26,7 @@ from common.bundle.enclave_crypto import (
     records_to_bytes,
     seal_results,
 )
-from common.bundle.enclave_manifest import bundle_path, parse_enclave_manifest, result_manifest
+from common.bundle.enclave_manifest import bundle_path, parse_enclave_manifest, result_manifest, sealed_entries
 from common.bundle.manifest import package_ref, parse_manifest
 from common.bundle.schema import MANIFEST_NAME, BundleError, sha256_hex
 from common.versions import VersionsRecord
@@ -77,7 +77,7 @@ def _serve(kms: Any, folder: Path, owner: str) -> tuple[bytes, dict[int, bytes]]
         sealed[shard.index] = seal_results(
             request.enclave.owner_public_key, records_to_bytes(records.sum(axis=1)), binding
         )
-    return result_manifest(request, sha256_hex(request_bytes), sealed).to_json(), sealed
+    return result_manifest(request, sha256_hex(request_bytes), sealed_entries(request, sealed)).to_json(), sealed
 
 
 def test_the_owner_writes_a_bundle_and_opens_its_result(kms: Any, tmp_path: Path) -> None:
