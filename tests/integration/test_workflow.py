@@ -261,7 +261,7 @@ def test_bundle_runs_through_the_workflow_and_decrypts_to_the_clear_predictions(
     execution = _settle(workflow, "first-bundle")
     assert execution["status"] == "SUCCEEDED", execution
     states = executed_states(aws.client("stepfunctions"), execution["executionArn"])
-    assert states[:3] == ["Validate", "InferShards", "Assemble"] and states[-1] == "Delivered", states
+    assert states[:4] == ["Validate", "ChoosePath", "InferShards", "Assemble"] and states[-1] == "Delivered", states
     parent = json.dumps(_history(execution["executionArn"]), default=str)
     assert "waitForTaskToken" not in parent, "no shard's work is in the bundle's own history"
     children = _shard_histories(execution["executionArn"])
