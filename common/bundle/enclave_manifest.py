@@ -25,8 +25,6 @@ from typing import Any, Literal
 
 from common.bundle.manifest import HEADER_FIELDS, ManifestHeader, ModelRef, ShardEntry, read_header
 from common.bundle.schema import (
-    FORMAT,
-    FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
     NONCE_BYTES,
     OWNER_KEY_BYTES,
@@ -102,29 +100,7 @@ class EnclaveManifest:
         return sum(shard.samples for shard in self.header.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        header = self.header
-        data: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": header.kind,
-            "bundle_id": header.bundle_id,
-            "created_at": header.created_at,
-            "model": {
-                "package_arn": header.model.package_arn,
-                "package_group": header.model.package_group,
-                "package_version": header.model.package_version,
-            },
-            "versions": dict(header.versions),
-            "enclave": self.enclave.to_dict(),
-            "shards": [
-                {"index": s.index, "key": s.key, "samples": s.samples, "sha256": s.sha256, "size": s.size}
-                for s in header.shards
-            ],
-            "total_samples": self.total_samples,
-        }
-        if header.kind == "result":
-            data["request"] = {"bundle_id": header.bundle_id, "manifest_sha256": header.request_manifest_sha256}
-        return data
+        return {**self.header.to_dict(), "enclave": self.enclave.to_dict()}
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()

@@ -94,32 +94,12 @@ class Manifest:
         return sum(s.samples for s in self.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": self.kind,
-            "bundle_id": self.bundle_id,
-            "created_at": self.created_at,
-            "model": {
-                "package_arn": self.model.package_arn,
-                "package_group": self.model.package_group,
-                "package_version": self.model.package_version,
-            },
-            "versions": dict(self.versions),
-            "evaluation_key": {
-                "sha256": self.evaluation_key.sha256,
-                "uri": self.evaluation_key.uri,
-                "size": self.evaluation_key.size,
-            },
-            "shards": [
-                {"index": s.index, "key": s.key, "samples": s.samples, "sha256": s.sha256, "size": s.size}
-                for s in self.shards
-            ],
-            "total_samples": self.total_samples,
-        }
-        if self.kind == "result":
-            data["request"] = {"bundle_id": self.bundle_id, "manifest_sha256": self.request_manifest_sha256}
-        return data
+        header = ManifestHeader(
+            self.kind, self.bundle_id, self.created_at, self.model, self.versions, self.shards,
+            self.request_manifest_sha256,
+        )  # fmt: skip
+        key = self.evaluation_key
+        return {**header.to_dict(), "evaluation_key": {"sha256": key.sha256, "uri": key.uri, "size": key.size}}
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()
@@ -193,6 +173,30 @@ class ManifestHeader:
     versions: dict[str, str]
     shards: tuple[ShardEntry, ...]
     request_manifest_sha256: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The common part's JSON form; each path adds its own section."""
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "bundle_id": self.bundle_id,
+            "created_at": self.created_at,
+            "model": {
+                "package_arn": self.model.package_arn,
+                "package_group": self.model.package_group,
+                "package_version": self.model.package_version,
+            },
+            "versions": dict(self.versions),
+            "shards": [
+                {"index": s.index, "key": s.key, "samples": s.samples, "sha256": s.sha256, "size": s.size}
+                for s in self.shards
+            ],
+            "total_samples": sum(s.samples for s in self.shards),
+        }
+        if self.kind == "result":
+            data["request"] = {"bundle_id": self.bundle_id, "manifest_sha256": self.request_manifest_sha256}
+        return data
 
 
 def read_header(
