@@ -18,6 +18,11 @@ COSTS_JSON = "costs.json"
 # What a batch owner fetches from a registered model: enough to make keys, encrypt and decrypt, and nothing
 # of the server side. The Evaluate step publishes these next to the model (customer metadata "client_artifacts").
 CLIENT_ARTIFACTS = (CLIENT_ZIP, PREPROCESSING_JSON, VERSIONS_JSON)
+# An enclave model (ModelKind=enclave) in model.tar.gz: its file (common/enclave_model.py names it per format) and
+# this record of its format, SHA-256 and features. Its owners get the record (what will serve their data, by
+# digest), never the model.
+ENCLAVE_MODEL_JSON = "enclave_model.json"
+ENCLAVE_CLIENT_ARTIFACTS = (ENCLAVE_MODEL_JSON, PREPROCESSING_JSON, VERSIONS_JSON)
 CLIENT_ARTIFACTS_PROPERTY = "client_artifacts"
 # The path that serves a registered model (customer metadata "model_kind"): "fhe" (a compiled circuit, the default
 # of packages registered before there were two) or "enclave" (a float model served in the attested enclave), and an
@@ -31,6 +36,19 @@ MODEL_KINDS = ("fhe", "enclave")
 # preprocessing.json) stays out of their reach.
 PUBLISHED_PREFIX = "published"
 PUBLISHED_ARTIFACTS = (*CLIENT_ARTIFACTS, COSTS_JSON)
+ENCLAVE_PUBLISHED_ARTIFACTS = (*ENCLAVE_CLIENT_ARTIFACTS, COSTS_JSON)
+
+
+def client_artifacts(kind: str) -> tuple[str, ...]:
+    """What a batch owner needs of a registered model of ``kind`` (one of MODEL_KINDS)."""
+    return ENCLAVE_CLIENT_ARTIFACTS if kind == "enclave" else CLIENT_ARTIFACTS
+
+
+def published_artifacts(kind: str) -> tuple[str, ...]:
+    """What the approval of a model of ``kind`` publishes: its client artifacts and, when measured, its costs."""
+    return ENCLAVE_PUBLISHED_ARTIFACTS if kind == "enclave" else PUBLISHED_ARTIFACTS
+
+
 # The model's environment names its package; the endpoint refuses bundles made for another package.
 PACKAGE_ARN_VARIABLE = "FHE_MODEL_PACKAGE_ARN"
 # The serving container's evaluator processes: the endpoint's invocations per instance (pipelines/endpoint.py).

@@ -17,13 +17,14 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common import aws
-from common.artifacts import CLIENT_ARTIFACTS, PUBLISHED_ARTIFACTS
+from common.artifacts import client_artifacts, published_artifacts
 from common.audit_log import APPROVAL_DECISION, APPROVAL_FIELDS, REGISTRY_EVENT_SOURCE
 from common.bundle.store import object_exists
 from common.model_package import (
     ModelPackageError,
     client_artifacts_uri,
     describe,
+    model_kind,
     published_client_artifacts_uri,
 )
 from common.s3uri import S3Uri
@@ -86,10 +87,11 @@ def approve(package_arn: str | None, group: str, decision: str, note: str) -> di
 
 def publish_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri:
     """Copy the client artifacts (and costs, when measured) of ``package``'s run to where batch owners read them;
-    returns that place. The run must have all of ``CLIENT_ARTIFACTS``."""
+    returns that place. The run must have all the client artifacts of the package's kind (``client_artifacts``)."""
     source, target = client_artifacts_uri(package), published_client_artifacts_uri(package)
-    present = [name for name in PUBLISHED_ARTIFACTS if object_exists(s3, source.join(name))]
-    missing = [name for name in CLIENT_ARTIFACTS if name not in present]
+    kind = model_kind(package)
+    present = [name for name in published_artifacts(kind) if object_exists(s3, source.join(name))]
+    missing = [name for name in client_artifacts(kind) if name not in present]
     if missing:
         raise ModelPackageError(f"its run has no {', '.join(missing)} under {source}")
     for name in present:
@@ -109,7 +111,7 @@ def withdraw_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri | None:
         target = published_client_artifacts_uri(package)
     except ModelPackageError:  # no client artifacts recorded: nothing was ever published
         return None
-    for name in PUBLISHED_ARTIFACTS:
+    for name in published_artifacts(model_kind(package)):
         s3.delete_object(Bucket=target.bucket, Key=target.join(name).key)
     return target
 

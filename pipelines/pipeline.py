@@ -1,5 +1,6 @@
-"""The FHE training pipeline: Preprocess → Train (a lever search, then the fit) → Evaluate → CheckQuality →
-Register | Fail.
+"""The training pipeline: Preprocess → Train (a lever search, then the fit) → Evaluate → CheckQuality →
+Register | Fail. With ModelKind=enclave it trains a float model for the attested enclave (no circuit, no search),
+evaluated in clear and registered with its kind and digest.
 
 This module only assembles steps; each step's work lives in ``containers/training``.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.artifacts import CLIENT_ARTIFACTS_PROPERTY
+from common.artifacts import CLIENT_ARTIFACTS_PROPERTY, MODEL_DIGEST_PROPERTY, MODEL_KIND_PROPERTY
 from common.settings import PipelineSettings
 
 TRAINING_ENTRYPOINT = ["python", "-m", "containers.training"]
@@ -66,6 +67,8 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     ignore_columns = ParameterString("IgnoreColumns", default_value="")
     id_columns = ParameterString("IdColumns", default_value="")
     identifier_features = ParameterString("IdentifierFeatures", default_value="refuse")
+    # "fhe" (a compiled circuit) or "enclave" (a float model served in the attested enclave); checked by Train.
+    model_kind = ParameterString("ModelKind", default_value="fhe")
     # No enum here: the Train step checks the model type and names the allowed ones in its FailureReason.
     model_type = ParameterString("ModelType", default_value="logistic_regression")
     # The FHE levers. Their defaults leave them unset: the Train step's search chooses them within AccuracyBudget
@@ -160,6 +163,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
         sagemaker_session=session,
         output_data_config=OutputDataConfig(s3_output_path=Join(on="/", values=[run_prefix, "model"])),
         hyperparameters={
+            "model_kind": model_kind,
             "model_type": model_type,
             "n_bits": n_bits,
             "max_depth": max_depth,
@@ -204,8 +208,9 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     def evaluation_metric(name: str) -> Any:
         return JsonGet(step_name=evaluate.name, property_file=evaluation_report, json_path=METRIC_PATH.format(name))
 
-    fhe_accuracy = evaluation_metric("accuracy_fhe_simulation")
-    accuracy_gap = evaluation_metric("accuracy_gap_clear_vs_fhe")
+    # What is served: the circuit (its FHE simulation) for an FHE model, the float model itself for an enclave one.
+    served_accuracy = evaluation_metric("accuracy_served")
+    accuracy_gap = evaluation_metric("accuracy_gap_clear_vs_served")
     budget_loss = evaluation_metric("accuracy_loss_vs_float")
     budget_loss_lower = evaluation_metric("accuracy_loss_vs_float_lower")
     budget_loss_upper = evaluation_metric("accuracy_loss_vs_float_upper")
@@ -236,6 +241,12 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             approval_status="PendingManualApproval",
             customer_metadata_properties={
                 "model_type": model_type,
+                MODEL_KIND_PROPERTY: model_kind,
+                # What serves the model (server.zip, or the enclave model's file), as Evaluate hashed it: what an
+                # enclave attests to, and what the audit checks a served bundle against.
+                MODEL_DIGEST_PROPERTY: JsonGet(
+                    step_name=evaluate.name, property_file=evaluation_report, json_path="model_digest"
+                ),
                 "pipeline_execution": run_prefix,
                 # The run's client artifacts, apart from model.tar.gz (and so server.zip): what the approval
                 # publishes to batch owners (pipelines/approval.py).
@@ -249,11 +260,11 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
         error_message=Join(
             on="",
             values=[
-                "Model quality below the bar: FHE-simulated accuracy ",
-                fhe_accuracy,
+                "Model quality below the bar: served accuracy (FHE-simulated, or clear for an enclave model) ",
+                served_accuracy,
                 " (required >= ",
                 accuracy_threshold,
-                "), clear-vs-FHE accuracy gap ",
+                "), clear-vs-served accuracy gap ",
                 accuracy_gap,
                 " (allowed <= ",
                 max_gap,
@@ -274,7 +285,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
     check_quality = ConditionStep(
         name="CheckQuality",
         conditions=[
-            ConditionGreaterThanOrEqualTo(left=fhe_accuracy, right=accuracy_threshold),
+            ConditionGreaterThanOrEqualTo(left=served_accuracy, right=accuracy_threshold),
             ConditionLessThanOrEqualTo(left=accuracy_gap, right=max_gap),
             # The budget's promise: the test split's loss is not above the budget beyond its interval.
             ConditionLessThanOrEqualTo(left=budget_loss_lower, right=accuracy_budget),
@@ -292,6 +303,7 @@ def build_pipeline(settings: PipelineSettings, sagemaker_session: Any = None) ->
             ignore_columns,
             id_columns,
             identifier_features,
+            model_kind,
             model_type,
             n_bits,
             max_depth,

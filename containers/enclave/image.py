@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # The enclave application's import closure within the product (its tests run the image, so a missing module fails).
 SOURCES = (
     "common/__init__.py",
+    "common/artifacts.py",
+    "common/enclave_model.py",
     "common/s3uri.py",
     "common/bundle/__init__.py",
     "common/bundle/schema.py",

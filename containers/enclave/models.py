@@ -13,9 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-XGBOOST_JSON = "xgboost-json"
-ONNX = "onnx"
-FORMATS = (XGBOOST_JSON, ONNX)
+from common.enclave_model import FORMATS, XGBOOST_JSON
+
 MAX_MODEL_BYTES = 512 * 1024**2
 
 

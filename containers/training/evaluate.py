@@ -1,6 +1,8 @@
-"""Evaluate step: accuracy in clear, in FHE simulation and in real FHE execution, FHE latency, key and
-ciphertext sizes and the circuit's PBS count, written as ``evaluation.json`` in SageMaker's model quality
-metrics shape (``multiclass_classification_metrics.<name>.value``).
+"""Evaluate step: accuracy in clear, in FHE simulation and in real FHE execution, FHE latency, key and ciphertext
+sizes and the circuit's PBS count, written as ``evaluation.json`` in SageMaker's model quality metrics shape
+(``multiclass_classification_metrics.<name>.value``). An enclave model (ModelKind=enclave) is evaluated in clear
+(``evaluate_enclave``). Both kinds write what CheckQuality gates: ``accuracy_served``,
+``accuracy_gap_clear_vs_served`` and the budget's interval; and ``model_digest``, which Register records.
 
 It checks the accuracy budget's promise on the test split, which neither the search nor the fit saw: the
 circuit's loss against the float model (``float_model.json``), paired row by row, with its confidence interval at
@@ -14,6 +16,7 @@ The real FHE part uses exactly the deployment path: ``client.zip`` makes keys an
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +31,7 @@ import numpy as np
 
 from common import artifacts
 from common.archives import extract_tar
+from common.enclave_model import EnclaveModelError, EnclaveModelRecord
 from common.estimate import ModelCosts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
@@ -45,14 +49,22 @@ def metric(value: float) -> dict[str, Any]:
     return {"value": value, "standard_deviation": "NaN"}
 
 
-def unpack_model(model_input: Path, destination: Path) -> Path:
+def extract_model(model_input: Path, destination: Path) -> Path:
     archives = sorted(model_input.glob("*.tar.gz")) if model_input.is_dir() else [model_input]
     if not archives:
         raise StepInputError(f"no model.tar.gz in the model input ({model_input})")
     extract_tar(archives[0], destination)
+    return destination
+
+
+def require_fhe_files(destination: Path) -> Path:
     for name in (artifacts.CLIENT_ZIP, artifacts.SERVER_ZIP, artifacts.MODEL_JSON, artifacts.VERSIONS_JSON):
         if not (destination / name).exists():
             raise StepInputError(f"model.tar.gz lacks {name}")
+    return check_versions(destination)
+
+
+def check_versions(destination: Path) -> Path:
     record = VersionsRecord.from_dict(json.loads((destination / artifacts.VERSIONS_JSON).read_text()))
     VersionsRecord.current().check_compatible(record, what="the model")
     return destination
@@ -173,36 +185,106 @@ def evaluate(
     fhe_samples: int,
     client_output: Path | None = None,
 ) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        files = extract_model(model_input, Path(scratch))
+        if EnclaveModelRecord.present(files):
+            return evaluate_enclave(check_versions(files), test_dir, output, client_output)
+        return evaluate_fhe(require_fhe_files(files), train_dir, test_dir, output, fhe_samples, client_output)
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def evaluate_enclave(files: Path, test_dir: Path, output: Path, client_output: Path | None) -> dict[str, Any]:
+    """An enclave model (ModelKind=enclave) evaluated in clear, loaded by the enclave's own loader
+    (``containers/enclave/models.py``): what is served is this float model itself, so its loss against the float
+    model is nil and its served accuracy is its clear accuracy."""
+    from containers.enclave.models import ModelError, load_model
+
+    x_test, y_test = load_split(test_dir, "test")
+    try:
+        record, content = EnclaveModelRecord.load(files)
+        model = load_model(record.format, content)
+    except (EnclaveModelError, ModelError) as error:
+        raise StepInputError(f"the enclave model does not load: {error}") from None
+    if model.features != x_test.shape[1]:
+        raise StepInputError(f"the enclave model takes {model.features} features, the test split has {x_test.shape[1]}")
+    training = json.loads((files / artifacts.TRAINING_JSON).read_text())
+    columns = PreprocessingRecord.load(files / artifacts.PREPROCESSING_JSON)
+    started = time.perf_counter()
+    predictions = predict_classes(model.predict(x_test.astype(np.float64)))
+    seconds = (time.perf_counter() - started) / len(y_test)
+    accuracy = float((predictions == y_test).mean())
+    values = {
+        "accuracy": accuracy,
+        "accuracy_served": accuracy,
+        "accuracy_gap_clear_vs_served": 0.0,
+        "accuracy_float_model": accuracy,
+        "accuracy_loss_vs_float": 0.0,
+        "accuracy_loss_vs_float_lower": 0.0,
+        "accuracy_loss_vs_float_upper": 0.0,
+        "enclave_seconds_per_sample": seconds,  # in clear, on the Evaluate step's instance
+        "model_bytes": float(len(content)),
+    }
+    report = {
+        METRICS_GROUP: {name: metric(value) for name, value in values.items()},
+        "model_kind": "enclave",
+        "model_type": record.model_type,
+        "model_digest": record.sha256,
+        "model_format": record.format,
+        "test_rows": len(y_test),
+        "columns": {"left_out": columns.left_out, "id_columns": columns.id_columns, "warnings": columns.warnings},
+        "settings": training.get("settings"),
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "evaluation.json").write_text(json.dumps(report, indent=2))
+    if client_output is not None:
+        client_output.mkdir(parents=True, exist_ok=True)
+        for name in artifacts.ENCLAVE_CLIENT_ARTIFACTS:
+            shutil.copyfile(files / name, client_output / name)
+    print(json.dumps({"evaluation": values}), flush=True)
+    return report
+
+
+def evaluate_fhe(
+    files: Path,
+    train_dir: Path,
+    test_dir: Path,
+    output: Path,
+    fhe_samples: int,
+    client_output: Path | None = None,
+) -> dict[str, Any]:
     from concrete.ml.common.serialization.loaders import loads
 
     if fhe_samples < 1:
         raise StepInputError(f"the FHE sample size must be at least 1, got {fhe_samples}")
     x_train, _ = load_split(train_dir, "train")
     x_test, y_test = load_split(test_dir, "test")
-    with tempfile.TemporaryDirectory() as scratch:
-        files = unpack_model(model_input, Path(scratch))
-        training = json.loads((files / artifacts.TRAINING_JSON).read_text())
-        columns = PreprocessingRecord.load(files / artifacts.PREPROCESSING_JSON)
-        settings = TrainingSettings(**training["settings"])
-        model = loads((files / artifacts.MODEL_JSON).read_text())
-        # Models trained before the budget was certified have no float model of their own: their own clear model.
-        float_file = files / artifacts.FLOAT_MODEL_JSON
-        float_model = loads(float_file.read_text()) if float_file.exists() else model
-        # Same data, same options as Train: the same circuit as server.zip, here for simulation.
-        circuit = settings.compile(model, x_train)
+    training = json.loads((files / artifacts.TRAINING_JSON).read_text())
+    columns = PreprocessingRecord.load(files / artifacts.PREPROCESSING_JSON)
+    settings = TrainingSettings(**training["settings"])
+    model = loads((files / artifacts.MODEL_JSON).read_text())
+    # Models trained before the budget was certified have no float model of their own: their own clear model.
+    float_file = files / artifacts.FLOAT_MODEL_JSON
+    float_model = loads(float_file.read_text()) if float_file.exists() else model
+    # Same data, same options as Train: the same circuit as server.zip, here for simulation.
+    circuit = settings.compile(model, x_train)
 
-        clear = clear_predictions(model, x_test)
-        quantized = model.predict(x_test, fhe="disable")
-        draws = simulated_draws(model, settings, x_test)
-        simulated = draws[0]
-        budget = BudgetCheck.on_test_split(training, y_test, clear_predictions(float_model, x_test), draws)
+    clear = clear_predictions(model, x_test)
+    quantized = model.predict(x_test, fhe="disable")
+    draws = simulated_draws(model, settings, x_test)
+    simulated = draws[0]
+    budget = BudgetCheck.on_test_split(training, y_test, clear_predictions(float_model, x_test), draws)
 
-        sample = x_test[: min(fhe_samples, len(x_test))]
-        fhe = run_fhe_sample(files, sample)
-        if client_output is not None:
-            client_output.mkdir(parents=True, exist_ok=True)
-            for name in artifacts.CLIENT_ARTIFACTS:
-                shutil.copyfile(files / name, client_output / name)
+    sample = x_test[: min(fhe_samples, len(x_test))]
+    fhe = run_fhe_sample(files, sample)
+    model_digest = sha256_file(files / artifacts.SERVER_ZIP)  # what the endpoint serves
+    if client_output is not None:
+        client_output.mkdir(parents=True, exist_ok=True)
+        for name in artifacts.CLIENT_ARTIFACTS:
+            shutil.copyfile(files / name, client_output / name)
     fhe_pred = predict_classes(fhe["scores"])
     n = len(sample)
     accuracy_clear = float((clear == y_test).mean())
@@ -213,6 +295,9 @@ def evaluate(
         "accuracy_fhe_simulation": accuracy_simulated,
         "accuracy_fhe": float((fhe_pred == y_test[:n]).mean()),
         "accuracy_gap_clear_vs_fhe": accuracy_clear - accuracy_simulated,
+        # What CheckQuality gates, for either kind of model: the accuracy of what is served and its gap to clear.
+        "accuracy_served": accuracy_simulated,
+        "accuracy_gap_clear_vs_served": accuracy_clear - accuracy_simulated,
         "fhe_agreement_with_simulation": float((fhe_pred == simulated[:n]).mean()),
         "fhe_latency_seconds_per_sample": float(np.mean(fhe["latency_seconds"])),
         "fhe_seconds_per_sample_served": float(fhe["served_seconds_per_sample"]),
@@ -224,7 +309,9 @@ def evaluate(
     }
     report = {
         METRICS_GROUP: {name: metric(value) for name, value in values.items()},
+        "model_kind": "fhe",
         "model_type": settings.model_type,
+        "model_digest": model_digest,
         "test_rows": len(y_test),
         "fhe_sample_size": n,
         # What the model does not see and why, and what ML ops kept despite the identifier check.

@@ -1,4 +1,5 @@
-"""Train step: fit a quantized Concrete ML model, compile it to an FHE circuit and save the deployment files.
+"""Train step: fit a quantized Concrete ML model, compile it to an FHE circuit and save the deployment files (or,
+with ``model_kind=enclave``, a float model for the attested enclave: ``enclave_training.py``).
 
 Reads the ``train`` and ``preprocessing`` channels and the hyperparameters; first searches the levers ML ops left
 unset for the cheapest circuit within the accuracy budget (``search.py``; ``search_seconds=0`` turns it off), then
@@ -24,8 +25,12 @@ from common import artifacts
 from common.preprocessing import PreprocessingRecord
 from common.versions import VersionsRecord
 from containers.contract import StepInputError, channel_dir, hyperparameters, model_dir, run_entry_point
+from containers.training.enclave_training import EnclaveTrainingSettings, train_enclave_model
 from containers.training.search import SearchSettings, chosen_settings, same_fit, search
 from containers.training.training_settings import TrainingSettings
+
+# The pipeline's ModelKind: "fhe" (a compiled circuit, the default) or "enclave" (a float model, enclave_training.py).
+MODEL_KIND_HYPERPARAMETER = "model_kind"
 
 
 def load_split(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
@@ -53,6 +58,22 @@ def compile_statistics(circuit: Any) -> dict[str, Any]:
     return {k: stats[k] for k in keys if k in stats}
 
 
+def load_training_inputs(train_dir: Path, preprocessing_dir: Path) -> tuple[Any, Any, PreprocessingRecord]:
+    x, y = load_split(train_dir, "train")
+    record = PreprocessingRecord.load(preprocessing_dir / artifacts.PREPROCESSING_JSON)
+    if x.shape[1] != record.n_features:
+        raise StepInputError(f"train data has {x.shape[1]} features but the schema records {record.n_features}")
+    return x, y, record
+
+
+def train_enclave(
+    settings: EnclaveTrainingSettings, train_dir: Path, preprocessing_dir: Path, output: Path
+) -> dict[str, Any]:
+    """Fit an enclave model (ModelKind=enclave) and write its model folder."""
+    x, y, record = load_training_inputs(train_dir, preprocessing_dir)
+    return train_enclave_model(settings, x, y, record, output)
+
+
 def train(
     settings: TrainingSettings,
     train_dir: Path,
@@ -65,10 +86,7 @@ def train(
     ``pinned`` ones kept as given)."""
     from concrete.ml.deployment import FHEModelDev
 
-    x, y = load_split(train_dir, "train")
-    record = PreprocessingRecord.load(preprocessing_dir / artifacts.PREPROCESSING_JSON)
-    if x.shape[1] != record.n_features:
-        raise StepInputError(f"train data has {x.shape[1]} features but the schema records {record.n_features}")
+    x, y, record = load_training_inputs(train_dir, preprocessing_dir)
     lever_search = lever_search or SearchSettings(seconds=0)
     given, searched = settings, None
     if lever_search.enabled:
@@ -122,6 +140,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def job() -> None:
         lever_search, raw = SearchSettings.from_hyperparameters(hyperparameters())
+        kind = raw.pop(MODEL_KIND_HYPERPARAMETER, "fhe").strip() or "fhe"
+        if kind not in artifacts.MODEL_KINDS:
+            raise StepInputError(f"unknown model kind {kind!r}; choose one of {', '.join(artifacts.MODEL_KINDS)}")
+        if kind == "enclave":
+            # A float model: no circuit, so no lever search (its budget settings are the pipeline's defaults).
+            train_enclave(EnclaveTrainingSettings.from_hyperparameters(raw), channel_dir("train"),
+                          channel_dir("preprocessing"), model_dir())  # fmt: skip
+            return
         settings = TrainingSettings.from_hyperparameters(raw)
         pinned = TrainingSettings.given_levers(raw)
         train(settings, channel_dir("train"), channel_dir("preprocessing"), model_dir(), lever_search, pinned)

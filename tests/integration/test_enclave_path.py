@@ -43,11 +43,12 @@ from common.bundle.enclave_manifest import (
 )
 from common.bundle.manifest import package_ref
 from common.bundle.schema import MANIFEST_NAME, sha256_hex
+from common.enclave_model import XGBOOST_JSON
 from common.versions import VersionsRecord
 from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
 from containers.enclave.image import SOURCES, build_image
 from containers.enclave.key_release import KeyRelease
-from containers.enclave.models import XGBOOST_JSON, load_model
+from containers.enclave.models import load_model
 from containers.enclave.nsm import Nsm, SocketTransport
 from containers.enclave.parent import EnclaveConnection
 from containers.enclave.worker import ShardWorker, poll

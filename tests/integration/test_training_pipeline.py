@@ -16,7 +16,8 @@ import pytest
 
 from common import aws
 from common.archives import extract_tar
-from common.model_package import client_artifacts_uri
+from common.enclave_model import EnclaveModelRecord
+from common.model_package import client_artifacts_uri, enclave_model_digest, model_kind
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
 from common.settings import PipelineSettings
@@ -131,6 +132,41 @@ def _read_text(uri: S3Uri) -> str:
     return str(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read().decode())
 
 
+def test_an_enclave_model_is_trained_evaluated_in_clear_and_registered_with_its_kind_and_digest(
+    pipeline: PipelineSettings,
+) -> None:
+    """ModelKind=enclave through the same pipeline: a 50-tree XGBoost model saved as XGBoost JSON (no circuit, no
+    pickle), evaluated in clear, registered with model_kind=enclave and the SHA-256 of the very file the package's
+    model.tar.gz holds; its client artifacts are the model's record, never the model."""
+    parameters = {"ModelKind": "enclave", "ModelType": "xgboost", "NEstimators": "50"}
+    arn = run_execution([{"Name": k, "Value": v} for k, v in parameters.items()])
+    steps = steps_of(arn)
+    assert all(s["StepStatus"] == "Succeeded" for s in steps.values()), {
+        n: s.get("FailureReason") for n, s in steps.items()
+    }
+    package = aws.client("sagemaker").describe_model_package(
+        ModelPackageName=steps["Register"]["Metadata"]["RegisterModel"]["Arn"]
+    )
+    assert model_kind(package) == "enclave"
+    digest = enclave_model_digest(package)
+    model_uri = S3Uri.parse(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = Path(scratch) / "model.tar.gz"
+        aws.client("s3").download_file(model_uri.bucket, model_uri.key, str(archive))
+        extract_tar(archive, Path(scratch) / "model")
+        record, content = EnclaveModelRecord.load(Path(scratch) / "model")
+        names = {path.name for path in (Path(scratch) / "model").iterdir()}
+    assert record.sha256 == digest and record.format == "xgboost-json" and record.features == 30
+    assert "server.zip" not in names and not any(name.endswith((".pkl", ".pickle")) for name in names)
+    assert json.loads(content)["learner"]["gradient_booster"]["model"]["gbtree_model_param"]["num_trees"] == "50"
+    report_uri = S3Uri.parse(package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"])
+    report = json.loads(aws.client("s3").get_object(Bucket=report_uri.bucket, Key=report_uri.key)["Body"].read())
+    metrics = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
+    assert report["model_kind"] == "enclave" and metrics["accuracy_served"] == metrics["accuracy"] > 0.9
+    client = client_artifacts_uri(package)
+    assert EnclaveModelRecord.from_dict(json.loads(_read_text(client.join("enclave_model.json")))) == record
+
+
 def test_registered_model_runs_in_real_fhe(succeeded: str) -> None:
     """client.zip + server.zip from the registered model.tar.gz: keygen, encrypt, server run, decrypt."""
     from concrete.ml.common.serialization.loaders import loads
@@ -184,7 +220,8 @@ def test_threshold_above_reach_fails_with_reason_and_registers_nothing(pipeline:
     assert "Register" not in steps
     assert steps["CheckQuality"]["Metadata"]["Condition"]["Outcome"] == "False"
     reason = steps["QualityTooLow"]["FailureReason"]
-    assert "required >= 1.01" in reason and "FHE-simulated accuracy 0." in reason
+    assert "required >= 1.01" in reason
+    assert "served accuracy (FHE-simulated, or clear for an enclave model) 0." in reason
     assert steps["QualityTooLow"]["StepStatus"] == "Failed"
     assert len(packages()) == before
 

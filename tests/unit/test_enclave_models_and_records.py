@@ -28,7 +28,8 @@ from common.bundle.enclave_crypto import (
     seal_results,
 )
 from common.bundle.schema import BundleError
-from containers.enclave.models import ONNX, XGBOOST_JSON, ModelError, load_model
+from common.enclave_model import ONNX, XGBOOST_JSON
+from containers.enclave.models import ModelError, load_model
 
 FEATURES, LABELS = load_breast_cancer(return_X_y=True)
 BINDING = ShardBinding(owner="alice", bundle_id="b-0001", shard=3)

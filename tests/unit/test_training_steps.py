@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from dataclasses import replace
@@ -66,6 +67,9 @@ def test_train_then_evaluate(model_type: str, splits: Path, tmp_path: Path) -> N
     report = _evaluated(model_dir, splits, tmp_path)
     metrics = {k: v["value"] for k, v in report["multiclass_classification_metrics"].items()}
     assert metrics["accuracy_fhe_simulation"] > 0.8
+    # What CheckQuality gates for either kind, and the digest Register records: here the circuit's.
+    assert metrics["accuracy_served"] == metrics["accuracy_fhe_simulation"] and report["model_kind"] == "fhe"
+    assert report["model_digest"] == hashlib.sha256((model_dir / artifacts.SERVER_ZIP).read_bytes()).hexdigest()
     # The clear reference is right for this model type: as accurate as its quantized form, give or take the
     # quantization (a tree's float model fed float inputs would predict one class: about 0.63 here).
     assert metrics["accuracy"] > 0.8
