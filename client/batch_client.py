@@ -36,7 +36,14 @@ import numpy.typing as npt
 from botocore.exceptions import BotoCoreError, ClientError
 
 from client.decrypt import decrypt_result, write_predictions
-from client.encrypt import DEFAULT_SHARD_SIZE, InputRows, encrypt_rows, read_input
+from client.enclave_bundle import (
+    class_probabilities,
+    encrypt_enclave_bundle,
+    open_enclave_result,
+    owner_key,
+    public_bytes,
+)
+from client.encrypt import DEFAULT_SHARD_SIZE, InputRows, encrypt_rows, new_bundle_id, read_input
 from client.errors import FheClientError, InputError
 from client.kept import KeptColumns, accuracy, keep, kept_for
 from client.model import (
@@ -48,13 +55,22 @@ from client.model import (
     fetch_model,
     upload_evaluation_key,
 )
-from client.transfer import download_result, load_local_bundle, submit, wait
+from client.transfer import (
+    download_enclave_shards,
+    download_result,
+    load_local_bundle,
+    read_either_manifest,
+    submit,
+    wait,
+)
 from common import aws
+from common.bundle.enclave_manifest import EnclaveManifest
 from common.bundle.manifest import KeyRef, Manifest, package_ref
-from common.bundle.schema import BundleError
-from common.bundle.store import ESTIMATE_NAME, BundleLayout
+from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError
+from common.bundle.store import ESTIMATE_NAME, BundleLayout, get_bytes
 from common.estimate import Estimate, EstimateError, EstimateTable, estimate, serving_of
 from common.model_package import approved_packages, served_versions, version_endpoint
+from common.preprocessing import SchemaError
 from common.s3uri import S3Uri
 from common.settings import ENDPOINT_NAME, MODEL_PACKAGE_GROUP
 
@@ -79,10 +95,14 @@ class ClientSettings:
     group: str = MODEL_PACKAGE_GROUP
     endpoint: str = ENDPOINT_NAME
     home: Path | None = None
+    # The deployment's enclave key (enclave stack output EnclaveKeyArn): enclave bundles' data keys are made under
+    # it. Empty: the deployment has no enclave path.
+    enclave_key_arn: str = ""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
-        """``FHE_OWNER``, ``FHE_BUCKET``, ``FHE_MODEL_PACKAGE_GROUP``, ``FHE_ENDPOINT_NAME`` (the home stays None:
+        """``FHE_OWNER``, ``FHE_BUCKET``, ``FHE_MODEL_PACKAGE_GROUP``, ``FHE_ENDPOINT_NAME``, ``FHE_ENCLAVE_KEY_ARN``
+        (the home stays None:
         ``FHE_CLIENT_HOME`` is read where the home is used)."""
         env = os.environ if environ is None else environ
         return cls(
@@ -90,6 +110,7 @@ class ClientSettings:
             bucket=env.get("FHE_BUCKET", DEFAULT_BUCKET),
             group=env.get("FHE_MODEL_PACKAGE_GROUP", MODEL_PACKAGE_GROUP),
             endpoint=env.get("FHE_ENDPOINT_NAME", ENDPOINT_NAME),
+            enclave_key_arn=env.get("FHE_ENCLAVE_KEY_ARN", ""),
         )
 
     @classmethod
@@ -98,7 +119,14 @@ class ClientSettings:
         missing = [name for name in ("BundleBucketName", "ModelPackageGroup", "EndpointName") if not outputs.get(name)]
         if missing:
             raise FheClientError(f"the deployment's outputs lack {', '.join(missing)}; run `fhe-deploy up` again")
-        return cls(owner, outputs["BundleBucketName"], outputs["ModelPackageGroup"], outputs["EndpointName"], home)
+        return cls(
+            owner,
+            outputs["BundleBucketName"],
+            outputs["ModelPackageGroup"],
+            outputs["EndpointName"],
+            home,
+            outputs.get("EnclaveKeyArn", ""),
+        )
 
     @property
     def models_folder(self) -> Path:
@@ -138,10 +166,11 @@ class Versions:
 
 @dataclass(frozen=True)
 class Keys:
-    """A model version's client artifacts fetched and its keys made; the evaluation key in the owner's folder."""
+    """A model version's client artifacts fetched and its keys made; the evaluation key in the owner's folder (an
+    enclave model has none: its results are sealed to the owner's key pair, whose public half is here)."""
 
     model: ClientModel
-    evaluation_key: KeyRef
+    evaluation_key: KeyRef | None
     uploaded: bool  # False: the same evaluation key was there already
     newer_version_served: int | None  # a version newer than the keys' one that is served, if any
 
@@ -149,22 +178,31 @@ class Keys:
     def model_package(self) -> str:
         return self.model.ref.package_arn
 
+    owner_public_key: bytes | None = None  # an enclave model's: what its results are sealed to
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "newer_version_served": self.newer_version_served,
             "model_package": self.model_package,
-            "keys": str(self.model.keys_folder),
-            "evaluation_key": self.evaluation_key.uri,
-            "evaluation_key_bytes": self.evaluation_key.size,
-            "uploaded": self.uploaded,
+            "model_kind": self.model.kind,
         }
+        if self.evaluation_key is not None:
+            answer |= {
+                "keys": str(self.model.keys_folder),
+                "evaluation_key": self.evaluation_key.uri,
+                "evaluation_key_bytes": self.evaluation_key.size,
+                "uploaded": self.uploaded,
+            }
+        if self.owner_public_key is not None:
+            answer["owner_public_key"] = self.owner_public_key.hex()
+        return answer
 
 
 @dataclass(frozen=True)
 class Encrypted:
     """A request bundle on disk: the manifest and its ciphertext shards under ``folder``."""
 
-    manifest: Manifest
+    manifest: Manifest | EnclaveManifest
     folder: Path
     id_columns: tuple[str, ...]  # kept on this machine, never encrypted
     ignored_columns: tuple[str, ...]  # neither feature, id nor label
@@ -287,6 +325,10 @@ class BatchClient:
         return aws.client(service, self._session)
 
     @property
+    def _home(self) -> Path:
+        return self.settings.home or client_home()
+
+    @property
     def layout(self) -> BundleLayout:
         """The owner's folders in the bundle bucket."""
         if not self.settings.owner:
@@ -340,6 +382,8 @@ class BatchClient:
         model = fetch_model(
             self._aws("sagemaker"), s3, group=self.settings.group, package_arn=package_arn, home=self.settings.home
         )
+        if model.kind == "enclave":  # no evaluation key: results come sealed to the owner's key pair
+            return Keys(model, None, False, None, public_bytes(owner_key(self._home)))
         evaluation_key = ensure_keys(model)
         ref, uploaded = upload_evaluation_key(s3, self.layout, model, evaluation_key)
         newer = [v for v in self.served_versions() if v > model.ref.package_version]
@@ -413,16 +457,49 @@ class BatchClient:
             name = source.name if isinstance(source, Path) else "the input"
             self._notes(f"column(s) {', '.join(rows.ignored)} of {name} are not used by the model and are ignored")
         made: Estimate | None = None
-        try:
-            made = self._estimate(model, len(rows.x), shard_size)
-        except EstimateError as error:  # the estimate informs; encryption goes on without it
-            self._notes(f"no estimate: {error}")
-        manifest = encrypt_rows(model, rows.x, out, shard_size=shard_size, bundle_id=bundle_id, progress=self._bars)
+        manifest: Manifest | EnclaveManifest
+        if model.kind == "enclave":
+            self._notes("no estimate: the enclave path's costs are not measured yet")
+            manifest = self._encrypt_for_enclave(model, rows.x, out, shard_size, bundle_id)
+        else:
+            try:
+                made = self._estimate(model, len(rows.x), shard_size)
+            except EstimateError as error:  # the estimate informs; encryption goes on without it
+                self._notes(f"no estimate: {error}")
+            manifest = encrypt_rows(model, rows.x, out, shard_size=shard_size, bundle_id=bundle_id, progress=self._bars)
         if made is not None:
             (out / ESTIMATE_NAME).write_text(json.dumps(made.to_dict(), indent=2))
         # Never uploaded: the ids come back next to the predictions, the labels score them.
         keep(self.settings.home, manifest.bundle_id, KeptColumns(rows.ids, label_column, rows.labels))
         return Encrypted(manifest, out, tuple(rows.ids), tuple(rows.ignored), made)
+
+    def _encrypt_for_enclave(
+        self, model: ClientModel, x: npt.NDArray[np.float64], out: Path, shard_size: int, bundle_id: str | None
+    ) -> EnclaveManifest:
+        """The rows as the model takes them, encrypted under a data key KMS makes for this owner's bundle on the
+        deployment's enclave key (the owner's role may make data keys, never decrypt them)."""
+        if not self.settings.enclave_key_arn:
+            raise FheClientError(
+                f"{model.ref.package_arn} is served in the enclave: name the deployment's enclave key "
+                "(FHE_ENCLAVE_KEY_ARN, the enclave stack's output EnclaveKeyArn)"
+            )
+        try:
+            prepared = model.preprocessing.transform(x).astype(np.float64)
+        except SchemaError as error:
+            raise InputError(str(error)) from None
+        return encrypt_enclave_bundle(
+            self._aws("kms"),
+            key_arn=self.settings.enclave_key_arn,
+            owner=self.layout.owner,
+            model=model.ref,
+            versions=model.versions.to_dict(),
+            rows=prepared,
+            owner_public_key=public_bytes(owner_key(self._home)),
+            destination=out,
+            bundle_id=bundle_id or new_bundle_id(),
+            shard_size=shard_size,
+            progress=self._bars,
+        )
 
     def submit(self, folder: Path) -> Submitted:
         """Upload the bundle in ``folder`` under ``inbox/<owner>/<bundle id>/``: the shards, then the manifest."""
@@ -432,7 +509,7 @@ class BatchClient:
             model = ClientModel.for_package(manifest.model.package_arn, self.settings.home)
         except FheClientError:
             model = None  # encrypted elsewhere: the upload checks that its evaluation key is in S3
-        if model is not None:
+        if model is not None and isinstance(manifest, Manifest):
             ensure_evaluation_key_uploaded(s3, model)
         return Submitted(manifest.bundle_id, submit(s3, layout, folder, progress=self._bars))
 
@@ -448,9 +525,19 @@ class BatchClient:
         return self._decrypt(self.layout.result_manifest(bundle_id), out)
 
     def _decrypt(self, manifest_uri: S3Uri, out: Path) -> Decrypted:
-        manifest, shards = download_result(self._aws("s3"), manifest_uri)
-        model = ClientModel.for_package(manifest.model.package_arn, self.settings.home)
-        probabilities = decrypt_result(model, manifest, shards, progress=self._bars)
+        s3 = self._aws("s3")
+        found, data = read_either_manifest(s3, manifest_uri)
+        model = ClientModel.for_package(found.model.package_arn, self.settings.home)
+        if isinstance(found, EnclaveManifest):
+            shards = download_enclave_shards(s3, manifest_uri, found)
+            request = get_bytes(s3, self.layout.request_manifest(found.bundle_id), field="manifest",
+                                limit=MAX_MANIFEST_BYTES)  # fmt: skip
+            opened = open_enclave_result(owner_key(self._home), self.layout.owner, request, data, shards)
+            probabilities = class_probabilities(opened, len(model.preprocessing.classes))
+            manifest: Manifest | EnclaveManifest = found
+        else:
+            manifest, fhe_shards = download_result(s3, manifest_uri)
+            probabilities = decrypt_result(model, manifest, fhe_shards, progress=self._bars)
         kept = kept_for(self.settings.home, manifest.bundle_id)
         if kept.rows not in (None, len(probabilities)):
             raise FheClientError(

@@ -16,6 +16,11 @@ owner's role reaches them), FHE_BUCKET (where bundles go), FHE_MODEL_PACKAGE_GRO
 FHE_ENDPOINT_NAME (the deployment's endpoint name, which each served version's endpoint extends),
 FHE_CLIENT_HOME (keys and model files, default ~/.fhe-batch). The private key never leaves FHE_CLIENT_HOME.
 
+A model served in the attested enclave (ModelKind=enclave) takes the same commands: `keys` makes the owner's
+X25519 key pair (results come back sealed to it) instead of FHE keys, `encrypt` encrypts the rows under a data key
+KMS makes for this owner's bundle on the deployment's enclave key (FHE_ENCLAVE_KEY_ARN), `decrypt` opens the
+sealed result.
+
 Each model version is served by its own endpoint, and keys belong to one version: keys for several versions live
 side by side in the client home, `--package-arn` pins one, and `keys` and `run` warn when a newer version than
 the keys' is served.
@@ -40,7 +45,7 @@ def _note(text: str) -> None:
 
 
 def client_of(args: argparse.Namespace) -> BatchClient:
-    settings = ClientSettings(args.owner, args.bucket, args.group, args.endpoint, args.home)
+    settings = ClientSettings(args.owner, args.bucket, args.group, args.endpoint, args.home, args.enclave_key_arn)
     return BatchClient(settings, notes=_note, progress_bars=not args.quiet)
 
 
@@ -136,6 +141,11 @@ def parser() -> argparse.ArgumentParser:
         "--endpoint",
         default=defaults.endpoint,
         help="the deployment's endpoint name, which each served version's endpoint extends (<name>-v<version>)",
+    )
+    common.add_argument(
+        "--enclave-key-arn",
+        default=defaults.enclave_key_arn,
+        help="the deployment's enclave key (FHE_ENCLAVE_KEY_ARN): data keys for bundles of an enclave model",
     )
     common.add_argument("--home", type=Path, default=None, help="client home (default FHE_CLIENT_HOME or ~/.fhe-batch)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -147,3 +147,14 @@ def open_enclave_result(
             raise BundleError(field, f"holds {len(values)} predictions, the manifest says {entry.samples}")
         predictions.append(values)
     return np.concatenate(predictions, axis=0)
+
+
+def class_probabilities(predictions: npt.NDArray[np.float64], classes: int) -> npt.NDArray[np.float64]:
+    """The enclave model's predictions as one probability per class and row: a binary model's single column (the
+    second class's probability, as XGBoost's ``binary:logistic`` answers) is spread over both classes."""
+    if predictions.ndim == 1 and classes == 2:
+        positive = np.clip(predictions, 0.0, 1.0)
+        return np.stack([1.0 - positive, positive], axis=1)
+    if predictions.ndim == 2 and predictions.shape[1] == classes:
+        return predictions
+    raise FheClientError(f"the enclave's predictions have shape {predictions.shape}; the model has {classes} classes")

@@ -1,8 +1,10 @@
 """The client's copy of a model: its client artifacts (never ``server.zip``) and its keys, in the client home.
 
 <home>/models/<group>-v<version>/
-    package.json           the model package ARN, group, version
+    package.json           the model package ARN, where its client artifacts came from, its kind (fhe | enclave)
     client.zip, preprocessing.json, versions.json, costs.json (the measured costs per sample, if published)
+                           (an enclave model: enclave_model.json in place of client.zip; its results are sealed to
+                           the owner's key pair in the client home, client/enclave_bundle.py)
     keys/                  the private key set (owner-only: 0700 folder, 0600 files)
     evaluation_key.json    sha256, size and S3 URI of the uploaded evaluation key
 """
@@ -24,7 +26,14 @@ from common.bundle.manifest import KeyRef, ModelRef, package_ref
 from common.bundle.schema import sha256_hex
 from common.bundle.store import BundleLayout, object_exists
 from common.estimate import EstimateError, ModelCosts
-from common.model_package import describe, newest_approved, published_client_artifacts_uri, require_approved
+from common.model_package import (
+    ModelPackageError,
+    describe,
+    model_kind,
+    newest_approved,
+    published_client_artifacts_uri,
+    require_approved,
+)
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
 from common.versions import VersionsRecord
@@ -50,6 +59,7 @@ def _private_folder(path: Path) -> Path:
 class ClientModel:
     folder: Path
     ref: ModelRef
+    kind: str = "fhe"  # the path that serves it (common.artifacts.MODEL_KINDS)
 
     @classmethod
     def open(cls, folder: Path) -> ClientModel:
@@ -57,7 +67,7 @@ class ClientModel:
             data = json.loads((folder / PACKAGE_JSON).read_text())
         except FileNotFoundError:
             raise FheClientError(f"{folder} holds no model; run `fhe-client keys` first") from None
-        return cls(folder, package_ref(data["package_arn"]))
+        return cls(folder, package_ref(data["package_arn"]), str(data.get("model_kind", "fhe")))
 
     @classmethod
     def for_package(cls, package_arn: str, home: Path | None = None) -> ClientModel:
@@ -119,10 +129,14 @@ def fetch_model(
     package = describe(sagemaker, package_arn) if package_arn else newest_approved(sagemaker, group)
     require_approved(package)
     ref = package_ref(package["ModelPackageArn"])
+    try:
+        kind = model_kind(package)
+    except ModelPackageError as error:
+        raise FheClientError(str(error)) from None
     folder = _private_folder((home or client_home()) / "models" / f"{ref.package_group}-v{ref.package_version}")
     # The copy the approval published, the only one a batch owner's role may read (pipelines/approval.py).
     source = published_client_artifacts_uri(package)
-    for name in artifacts.CLIENT_ARTIFACTS:
+    for name in artifacts.client_artifacts(kind):
         target = folder / name
         if not target.exists():
             uri = source.join(name)
@@ -139,10 +153,10 @@ def fetch_model(
         with contextlib.suppress(s3.exceptions.ClientError):
             s3.download_file(costs.bucket, costs.key, str(folder / artifacts.COSTS_JSON))
     (folder / PACKAGE_JSON).write_text(
-        json.dumps({"package_arn": ref.package_arn, "client_artifacts": str(source)}, indent=2)
+        json.dumps({"package_arn": ref.package_arn, "client_artifacts": str(source), "model_kind": kind}, indent=2)
     )
     (folder.parent / CURRENT).write_text(folder.name)
-    model = ClientModel(folder, ref)
+    model = ClientModel(folder, ref, kind)
     VersionsRecord.current().check_compatible(model.versions, what=f"model {ref.package_arn}")
     return model
 

@@ -11,8 +11,9 @@ from typing import Any
 from tqdm import tqdm
 
 from client.errors import BundleQuarantined, FheClientError, WaitTimeout
+from common.bundle.enclave_manifest import EnclaveManifest, parse_enclave_manifest
 from common.bundle.manifest import Manifest, parse_manifest
-from common.bundle.schema import MANIFEST_NAME, check_relative_key
+from common.bundle.schema import MANIFEST_NAME, MAX_MANIFEST_BYTES, BundleError, check_relative_key
 from common.bundle.store import (
     ESTIMATE_NAME,
     BundleLayout,
@@ -26,9 +27,19 @@ from common.bundle.store import (
 from common.s3uri import S3Uri
 
 
-def load_local_bundle(folder: Path) -> Manifest:
+def parse_either_manifest(data: bytes) -> Manifest | EnclaveManifest:
+    """A manifest of the FHE path, or of the enclave path (its ``enclave`` section)."""
     try:
-        return parse_manifest((folder / MANIFEST_NAME).read_bytes())
+        return parse_manifest(data)
+    except BundleError as error:
+        if error.code != "wrong_path":
+            raise
+    return parse_enclave_manifest(data)
+
+
+def load_local_bundle(folder: Path) -> Manifest | EnclaveManifest:
+    try:
+        return parse_either_manifest((folder / MANIFEST_NAME).read_bytes())
     except FileNotFoundError:
         raise FheClientError(f"{folder} holds no {MANIFEST_NAME}; make one with `fhe-client encrypt`") from None
 
@@ -36,14 +47,8 @@ def load_local_bundle(folder: Path) -> Manifest:
 def submit(s3: Any, layout: BundleLayout, folder: Path, *, progress: bool = True) -> S3Uri:
     """Upload a local bundle under ``inbox/<owner>/<bundle id>/``; the manifest goes last and commits it."""
     manifest = load_local_bundle(folder)
-    key = S3Uri.parse(manifest.evaluation_key.uri)
-    if key.bucket != layout.bucket or not key.key.startswith(layout.keys_prefix.key + "/"):
-        raise FheClientError(
-            f"bundle {manifest.bundle_id} names the evaluation key {key}, which is not owner {layout.owner}'s "
-            f"(under {layout.keys_prefix}/): run `fhe-client keys --owner {layout.owner}`, then encrypt again"
-        )
-    if not object_exists(s3, S3Uri.parse(manifest.evaluation_key.uri)):
-        raise FheClientError(f"the evaluation key {manifest.evaluation_key.uri} is not in S3; run `fhe-client keys`")
+    if isinstance(manifest, Manifest):  # an enclave bundle carries its data key in its manifest
+        _check_evaluation_key(s3, layout, manifest)
     prefix = layout.request_prefix(manifest.bundle_id)
     if object_exists(s3, prefix.join(MANIFEST_NAME)):
         raise FheClientError(f"bundle {manifest.bundle_id} was already submitted ({prefix.join(MANIFEST_NAME)})")
@@ -60,6 +65,17 @@ def submit(s3: Any, layout: BundleLayout, folder: Path, *, progress: bool = True
             lambda entry: (folder / check_relative_key(entry.key, f"shards[{entry.index}].key")).read_bytes(),
             bar.update,
         )
+
+
+def _check_evaluation_key(s3: Any, layout: BundleLayout, manifest: Manifest) -> None:
+    key = S3Uri.parse(manifest.evaluation_key.uri)
+    if key.bucket != layout.bucket or not key.key.startswith(layout.keys_prefix.key + "/"):
+        raise FheClientError(
+            f"bundle {manifest.bundle_id} names the evaluation key {key}, which is not owner {layout.owner}'s "
+            f"(under {layout.keys_prefix}/): run `fhe-client keys --owner {layout.owner}`, then encrypt again"
+        )
+    if not object_exists(s3, S3Uri.parse(manifest.evaluation_key.uri)):
+        raise FheClientError(f"the evaluation key {manifest.evaluation_key.uri} is not in S3; run `fhe-client keys`")
 
 
 def wait(s3: Any, layout: BundleLayout, bundle_id: str, *, timeout: float, progress: bool = True) -> S3Uri:
@@ -99,3 +115,16 @@ def download_result(s3: Any, manifest_uri: S3Uri) -> tuple[Manifest, dict[int, b
     if manifest.kind != "result":
         raise FheClientError(f"{manifest_uri} is a {manifest.kind} manifest, not a result")
     return manifest, {entry.index: read_shard(s3, manifest_uri, entry) for entry in manifest.shards}
+
+
+def read_either_manifest(s3: Any, manifest_uri: S3Uri) -> tuple[Manifest | EnclaveManifest, bytes]:
+    """The manifest at ``manifest_uri``, of either path, and its bytes."""
+    data = get_bytes(s3, manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES)
+    return parse_either_manifest(data), data
+
+
+def download_enclave_shards(s3: Any, manifest_uri: S3Uri, manifest: EnclaveManifest) -> dict[int, bytes]:
+    """An enclave result's sealed shards, each checked against its size and sha256."""
+    if manifest.kind != "result":
+        raise FheClientError(f"{manifest_uri} is a {manifest.kind} manifest, not a result")
+    return {entry.index: read_shard(s3, manifest_uri, entry) for entry in manifest.shards}

@@ -232,7 +232,7 @@ def read_evaluation_key(s3: Any, manifest: Manifest) -> bytes:
 def put_bundle(
     s3: Any,
     prefix: S3Uri,
-    manifest: Manifest,
+    manifest: EitherPathManifest,
     shard_bytes: Callable[[ShardEntry], bytes],
     progress: Callable[[int], None] | None = None,
 ) -> S3Uri:
@@ -310,8 +310,8 @@ def _put_record(s3: Any, uri: S3Uri, body: bytes) -> WrittenRecord:
     return WrittenRecord(uri, hashlib.sha256(body).hexdigest())
 
 
-class ResultManifest(Protocol):
-    """A result manifest of either path (``Manifest``, ``enclave_manifest.EnclaveManifest``)."""
+class EitherPathManifest(Protocol):
+    """A manifest of either path (``Manifest``, ``enclave_manifest.EnclaveManifest``)."""
 
     @property
     def bundle_id(self) -> str: ...
@@ -322,7 +322,7 @@ class ResultManifest(Protocol):
     def to_json(self) -> bytes: ...
 
 
-def write_result_manifest(s3: Any, layout: BundleLayout, manifest: ResultManifest) -> WrittenRecord:
+def write_result_manifest(s3: Any, layout: BundleLayout, manifest: EitherPathManifest) -> WrittenRecord:
     """Write the result manifest after checking that every result shard it lists is in place."""
     prefix = layout.result_prefix(manifest.bundle_id)
     for entry in manifest.shards:

@@ -336,6 +336,7 @@ def test_the_client_library_runs_a_bundle_from_keys_to_predictions(
 
     keys = client.keys()
     assert keys.model_package == package_arn and keys.uploaded and keys.newer_version_served is None
+    assert keys.evaluation_key is not None and keys.model.kind == "fhe"
     assert keys.evaluation_key.uri == str(LAYOUT.evaluation_key(keys.evaluation_key.sha256))
     uploaded = s3.head_object(Bucket=BUCKET, Key=LAYOUT.evaluation_key(keys.evaluation_key.sha256).key)
     assert uploaded["ContentLength"] == keys.evaluation_key.size
