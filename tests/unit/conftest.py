@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,3 +44,28 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         client = aws.client("s3")
         client.create_bucket(Bucket=UNIT_BUCKET)
         yield client
+
+
+@pytest.fixture(scope="session")
+def breast_cancer_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Preprocess step's output for breast cancer (label ``label``, a quarter held out, seed 3): ``train/``,
+    ``test/``, ``preprocessing/``."""
+    from containers.training.data import builtin_dataset_csv
+    from containers.training.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("breast-cancer")
+    source = builtin_dataset_csv("breast_cancer", root / "in" / "bc.csv")
+    preprocess(source.parent, root / "out", "label", 0.25, 3)
+    return root / "out"
+
+
+def evaluated(model_dir: Path, splits: Path, out: Path, client_output: Path | None = None) -> dict[str, Any]:
+    """The Evaluate step's report on a trained model folder, packed as SageMaker hands it over (one FHE sample)."""
+    from containers.training.evaluate import evaluate
+
+    model_input = out / "model-input"
+    model_input.mkdir()
+    with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
+        for path in model_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    return evaluate(model_input, splits / "train", splits / "test", out / "evaluation", 1, client_output)

@@ -27,9 +27,7 @@ from common.bundle.store import BundleLayout, write_result_manifest
 from common.enclave_model import EnclaveModelRecord
 from common.preprocessing import PreprocessingRecord
 from containers.enclave.models import load_model
-from containers.training.data import builtin_dataset_csv
 from containers.training.enclave_training import EnclaveTrainingSettings
-from containers.training.preprocess import preprocess
 from containers.training.train import train_enclave
 from tests.unit.conftest import UNIT_BUCKET, UNIT_OWNER
 
@@ -37,13 +35,11 @@ LAYOUT = BundleLayout(UNIT_BUCKET, UNIT_OWNER)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    source = builtin_dataset_csv("breast_cancer", root / "in" / "bc.csv")
-    preprocess(source.parent, root / "splits", "label", 0.25, 3)
+def trained(tmp_path_factory: pytest.TempPathFactory, breast_cancer_splits: Path) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "m"
     settings = EnclaveTrainingSettings(model_type="xgboost", n_estimators=20, max_depth=3)
-    train_enclave(settings, root / "splits/train", root / "splits/preprocessing", root / "m")
-    return root / "m"
+    train_enclave(settings, breast_cancer_splits / "train", breast_cancer_splits / "preprocessing", folder)
+    return folder
 
 
 def _serve_in_enclave(s3: Any, kms: Any, trained: Path, request_bytes: bytes) -> None:

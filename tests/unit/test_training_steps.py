@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,9 @@ from typing import Any
 import pytest
 
 from common import artifacts
-from containers.training.data import builtin_dataset_csv
-from containers.training.evaluate import evaluate
-from containers.training.preprocess import preprocess
 from containers.training.train import train
 from containers.training.training_settings import TrainingSettings
+from tests.unit.conftest import evaluated
 
 SMALL = {
     "logistic_regression": TrainingSettings(model_type="logistic_regression"),
@@ -40,11 +37,8 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    source = builtin_dataset_csv("breast_cancer", root / "in" / "bc.csv")
-    preprocess(source.parent, root / "out", "label", 0.25, 3)
-    return root / "out"
+def splits(breast_cancer_splits: Path) -> Path:
+    return breast_cancer_splits
 
 
 @pytest.mark.parametrize("model_type", list(SMALL))
@@ -232,9 +226,4 @@ def test_a_network_whose_budget_the_rows_cannot_certify_gets_the_float_models_ex
 
 def _evaluated(model_dir: Path, splits: Path, tmp_path: Path) -> dict[str, Any]:
     """The Evaluate step's report on a trained model, packed as SageMaker hands it over."""
-    model_input = tmp_path / "model-input"
-    model_input.mkdir()
-    with tarfile.open(model_input / "model.tar.gz", "w:gz") as tar:
-        for path in model_dir.iterdir():
-            tar.add(path, arcname=path.name)
-    return evaluate(model_input, splits / "train", splits / "test", tmp_path / "evaluation", fhe_samples=1)
+    return evaluated(model_dir, splits, tmp_path)
