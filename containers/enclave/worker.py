@@ -12,20 +12,26 @@ from the manifest: the enclave binds the shard to it, so one owner's key never o
 from __future__ import annotations
 
 import json
+import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cbor2
 from botocore.exceptions import ClientError
 
+from common.archives import UnsafeArchiveError, extract_tar
 from common.bundle.enclave_crypto import ShardBinding
 from common.bundle.enclave_manifest import parse_enclave_manifest, sealed_results_key
 from common.bundle.messages import ShardResult
 from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
 from common.bundle.store import BundleLayout, get_bytes, read_shard, write_shard_result
+from common.enclave_model import EnclaveModelError, EnclaveModelRecord
+from common.model_package import ModelPackageError, describe, enclave_model_digest, model_kind
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, EventError, FailureReason, as_object, text_field
 from containers.enclave.application import ShardRefused, ShardWork
@@ -38,7 +44,7 @@ HEARTBEAT_SECONDS = 60.0  # the workflow's HeartbeatSeconds is 300: a few beats 
 # enclave will not change on a retry.
 RETRIED = "ShardFailed"
 REFUSED = "ShardRefused"
-_RETRIED_REASONS = {"no_credentials", "enclave_unavailable"}
+_RETRIED_REASONS = {"no_credentials", "enclave_unavailable", "model_unreadable"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,55 @@ class EnclaveShardTask:
         )
 
 
+class ServedModel:
+    """The model this parent's enclave serves: the enclave model of the shard's package, as registered. Each shard's
+    package is looked up in the registry (a revoked package serves nothing more); the model is loaded into the
+    enclave from the package's ``model.tar.gz`` only when its registered digest differs from the one loaded, and is
+    refused unless the file, the registry and the enclave's own digest agree."""
+
+    def __init__(self, sagemaker: Any, s3: Any, enclave: EnclaveConnection) -> None:
+        self.sagemaker = sagemaker
+        self.s3 = s3
+        self.enclave = enclave
+        self.loaded: str | None = None  # the digest the enclave reported for the model it holds
+
+    def ensure(self, package_arn: str) -> str:
+        """Load ``package_arn``'s model into the enclave unless it holds it already; its registered digest."""
+        try:
+            package = describe(self.sagemaker, package_arn)
+            if package.get("ModelApprovalStatus") != "Approved":
+                raise ShardRefused("model_revoked", f"{package_arn} is {package.get('ModelApprovalStatus')}")
+            if model_kind(package) != "enclave":
+                raise ShardRefused("wrong_path", f"{package_arn} is not an enclave model")
+            digest = enclave_model_digest(package)
+        except ModelPackageError as error:
+            raise ShardRefused("model_unusable", str(error)) from None
+        except ClientError as error:  # retried: a throttled or unreachable registry may answer next time
+            raise ShardRefused("model_unreadable", f"the registry did not describe {package_arn}: {error}") from None
+        if digest == self.loaded:
+            return digest
+        uri = S3Uri.parse(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+        with tempfile.TemporaryDirectory() as scratch:
+            archive = Path(scratch) / "model.tar.gz"
+            try:
+                self.s3.download_file(uri.bucket, uri.key, str(archive))
+            except ClientError as error:  # retried: the bucket may answer on the next try
+                raise ShardRefused("model_unreadable", f"{package_arn}'s model.tar.gz: {error}") from None
+            try:
+                extract_tar(archive, Path(scratch) / "model")
+                record, content = EnclaveModelRecord.load(Path(scratch) / "model")
+            except (EnclaveModelError, UnsafeArchiveError, tarfile.TarError) as error:
+                raise ShardRefused("model_unusable", f"{package_arn}'s model.tar.gz: {error}") from None
+        if record.sha256 != digest:
+            raise ShardRefused("model_unusable", f"{package_arn}'s model.tar.gz holds a model other than registered")
+        self.loaded = None  # until the enclave confirms the new one
+        loaded = self.enclave.load_model(record.format, content)
+        if loaded != digest:
+            raise ShardRefused("model_unusable", f"the enclave loaded a model of another digest than {package_arn}'s")
+        self.loaded = loaded
+        return digest
+
+
 def served_by(attestation_document: bytes) -> dict[str, str]:
     """The enclave measurement (PCR0) and the model digest (``user_data``) of the document KMS released the shard's
     key to. Read, not verified: KMS verified it before releasing the key, and the audit verifies it again."""
@@ -85,6 +140,7 @@ class ShardWorker:
         sfn: Any,
         enclave: EnclaveConnection,
         *,
+        model: ServedModel | None,
         image_sha384: str,
         lend: Callable[[], Any],
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
@@ -92,6 +148,7 @@ class ShardWorker:
         self.s3 = s3
         self.sfn = sfn
         self.enclave = enclave
+        self.model = model  # None: the enclave's model is loaded by the caller (and not checked against a package)
         self.image_sha384 = image_sha384  # this enclave's measurement, as the image was built
         self.lend = lend  # the session whose credentials the enclave's KMS calls are made with
         self.heartbeat_seconds = heartbeat_seconds
@@ -128,6 +185,7 @@ class ShardWorker:
         entry = manifest.header.shards[task.shard_index] if task.shard_index < len(manifest.shards) else None
         if entry is None:
             raise BundleError("shard_index", f"bundle {manifest.bundle_id} has no shard {task.shard_index}")
+        digest = self.model.ensure(task.model_package_arn) if self.model is not None else None
         work = ShardWork(
             binding=ShardBinding(layout.owner, manifest.bundle_id, entry.index),
             encrypted_data_key=manifest.enclave.data_key,
@@ -135,6 +193,9 @@ class ShardWorker:
             owner_public_key=manifest.enclave.owner_public_key,
         )
         answer = self.enclave.serve_shard(work, session=self.lend())
+        served = served_by(answer.attestation_document)
+        if digest is not None and served["model_digest"] != digest:
+            raise ShardRefused("model_unusable", f"the enclave attested a model other than {task.model_package_arn}'s")
         if answer.samples != entry.samples:
             raise ShardRefused("invalid_records", f"the shard holds {answer.samples} records, the manifest says "
                                f"{entry.samples}")  # fmt: skip
@@ -149,7 +210,7 @@ class ShardWorker:
             len(answer.sealed_results),
         )
         write_shard_result(self.s3, layout, result)
-        return result, served_by(answer.attestation_document)
+        return result, served
 
     def handle(self, task: EnclaveShardTask) -> str:
         """Serve the task's shard and complete its wait; the outcome's name (``served`` or the refusal's reason)."""

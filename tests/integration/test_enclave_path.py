@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from sklearn.datasets import load_breast_cancer
 
 from client.enclave_bundle import encrypt_enclave_bundle, open_enclave_result, owner_key, public_bytes
-from common import aws, stacks
+from common import artifacts, aws, stacks
 from common.bundle.enclave_crypto import (
     ShardBinding,
     encrypt_records,
@@ -43,7 +44,7 @@ from common.bundle.enclave_manifest import (
 )
 from common.bundle.manifest import package_ref
 from common.bundle.schema import MANIFEST_NAME, sha256_hex
-from common.enclave_model import XGBOOST_JSON
+from common.enclave_model import XGBOOST_JSON, EnclaveModelRecord
 from common.versions import VersionsRecord
 from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
 from containers.enclave.image import SOURCES, build_image
@@ -51,7 +52,7 @@ from containers.enclave.key_release import KeyRelease
 from containers.enclave.models import load_model
 from containers.enclave.nsm import Nsm, SocketTransport
 from containers.enclave.parent import EnclaveConnection
-from containers.enclave.worker import ShardWorker, poll
+from containers.enclave.worker import ServedModel, ShardWorker, poll
 from infrastructure import templates
 from local import lifecycle
 from tests.leaks import numbers_in_text, plaintext_fragments
@@ -290,6 +291,9 @@ def enclave_stack(local_stack: dict[str, str], images: tuple[Path, Path]) -> dic
         "EnclaveImageSha384": image_sha384(images[0]),
         "BundleBucketName": BUCKET,
         "ArtifactBucketName": BUCKET,
+        "ModelBucketName": BUCKET,
+        "ModelPackageGroupName": package_ref(PACKAGE).package_group,
+        "KeyArn": aws.client("kms").create_key(Description="the deployment's bucket key")["KeyMetadata"]["Arn"],
         "ImageId": "ami-0123456789abcdef0",
         "SubnetIds": subnet,
     }
@@ -503,11 +507,53 @@ def _run_fleet_until_done(
     raise AssertionError(f"{execution} still running after {timeout:.0f} s")
 
 
-def _worker(enclave_stack: dict[str, str], parent: EnclaveConnection, image: Path, instance: Any) -> ShardWorker:
+@pytest.fixture(scope="module")
+def registered_model(
+    enclave_stack: dict[str, str], model: tuple[bytes, Any], tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """PACKAGE registered as the training pipeline registers an enclave model (model_kind, model_digest, its
+    model.tar.gz in the model bucket) and Approved; its digest."""
+    model_bytes, _ = model
+    folder = tmp_path_factory.mktemp("registered")
+    record = EnclaveModelRecord.of(XGBOOST_JSON, model_bytes, 30, "xgboost")
+    record.save(folder, model_bytes)
+    with tarfile.open(folder / "model.tar.gz", "w:gz") as tar:
+        for name in (record.file, artifacts.ENCLAVE_MODEL_JSON):
+            tar.add(folder / name, arcname=name)
+    key = "pipelines/run-1/model/model.tar.gz"
+    aws.client("s3").upload_file(str(folder / "model.tar.gz"), BUCKET, key)
+    sagemaker = aws.client("sagemaker")
+    sagemaker.create_model_package_group(ModelPackageGroupName=package_ref(PACKAGE).package_group)
+    created = sagemaker.create_model_package(
+        ModelPackageGroupName=package_ref(PACKAGE).package_group,
+        InferenceSpecification={
+            "Containers": [
+                {"Image": "000000000000.dkr.ecr.us-east-1.amazonaws.com/unused", "ModelDataUrl": f"s3://{BUCKET}/{key}"}
+            ],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/octet-stream"],
+        },
+        CustomerMetadataProperties={
+            artifacts.MODEL_KIND_PROPERTY: "enclave",
+            artifacts.MODEL_DIGEST_PROPERTY: record.sha256,
+        },
+        ModelApprovalStatus="Approved",
+    )
+    assert created["ModelPackageArn"] == PACKAGE
+    return record.sha256
+
+
+def _worker(
+    enclave_stack: dict[str, str], parent: EnclaveConnection, image: Path, instance: Any, *, loads_model: bool = False
+) -> ShardWorker:
+    """The parent's worker under the instance role; with ``loads_model``, it loads each shard's package's model
+    into its enclave from the registry, as the fleet's does."""
+    s3 = aws.client("s3", instance)
     return ShardWorker(
-        aws.client("s3", instance),
+        s3,
         aws.client("stepfunctions", instance),
         parent,
+        model=ServedModel(aws.client("sagemaker", instance), s3, parent) if loads_model else None,
         image_sha384=image_sha384(image),
         lend=lambda: instance,
     )
@@ -518,21 +564,24 @@ def test_the_parent_serves_the_workflows_shards_and_the_owner_opens_the_result(
     shard_machine: str,
     images: tuple[Path, Path],
     model: tuple[bytes, Any],
+    registered_model: str,
     running_enclave: Any,
     tmp_path: Path,
 ) -> None:
+    """The parent, under the instance role, loads the registered package's model into its enclave from the
+    registry (approval, kind, digest) and the model bucket, then serves the shards."""
     model_bytes, records = model
     bundle = _drop(enclave_stack, records, "b-0002", tmp_path / "home", tmp_path / "bundle")
     instance = aws.role_session(enclave_stack["EnclaveInstanceRoleArn"], "enclave-instance")
     runner, parent = running_enclave(images[0])
-    digest = parent.load_model(XGBOOST_JSON, model_bytes)
+    digest = registered_model
     started = aws.client("stepfunctions").start_execution(
         stateMachineArn=shard_machine,
         input=json.dumps({"bundle": bundle, "model_package_arn": PACKAGE, "shards": [0, 1, 2]}),
     )
     ended = _run_fleet_until_done(
         started["executionArn"],
-        _worker(enclave_stack, parent, images[0], instance),
+        _worker(enclave_stack, parent, images[0], instance, loads_model=True),
         enclave_stack["EnclaveShardQueueUrl"],
         instance,
     )
@@ -602,16 +651,17 @@ def _failed_reason(execution: str) -> tuple[str, dict[str, Any]]:
 
 
 def test_a_shard_of_another_model_or_without_an_enclave_fails_with_its_reason(
-    enclave_stack: dict[str, str], shard_machine: str, model: tuple[bytes, Any], tmp_path: Path
+    enclave_stack: dict[str, str],
+    shard_machine: str,
+    images: tuple[Path, Path],
+    model: tuple[bytes, Any],
+    tmp_path: Path,
 ) -> None:
     _, records = model
     bundle = _drop(enclave_stack, records[:5], "b-0004", tmp_path / "home", tmp_path / "bundle")
     instance = aws.role_session(enclave_stack["EnclaveInstanceRoleArn"], "enclave-instance")
     nowhere = EnclaveConnection(f"unix:{tmp_path / 'no-enclave.sock'}", timeout=2)
-    worker = ShardWorker(
-        aws.client("s3", instance), aws.client("stepfunctions", instance), nowhere, image_sha384="0" * 96,
-        lend=lambda: instance,
-    )  # fmt: skip
+    worker = _worker(enclave_stack, nowhere, images[0], instance)
     for package, (error, code) in (
         (PACKAGE.replace("/1", "/2"), ("ShardRefused", "model_mismatch")),  # not the package the workflow chose
         (PACKAGE, ("ShardFailed", "enclave_unavailable")),  # retried by the workflow: the enclave may come back
