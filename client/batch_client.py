@@ -45,7 +45,7 @@ from client.enclave_bundle import (
 )
 from client.encrypt import DEFAULT_SHARD_SIZE, InputRows, encrypt_rows, new_bundle_id, read_input
 from client.errors import FheClientError, InputError
-from client.kept import KeptColumns, accuracy, keep, kept_for
+from client.kept import KeptColumns, accuracy, keep, keep_request, kept_for, kept_request
 from client.model import (
     EVALUATION_KEY_JSON,
     ClientModel,
@@ -66,8 +66,8 @@ from client.transfer import (
 from common import aws
 from common.bundle.enclave_manifest import EnclaveManifest
 from common.bundle.manifest import KeyRef, Manifest, package_ref
-from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError
-from common.bundle.store import ESTIMATE_NAME, BundleLayout, get_bytes
+from common.bundle.schema import BundleError
+from common.bundle.store import ESTIMATE_NAME, BundleLayout
 from common.estimate import Estimate, EstimateError, EstimateTable, estimate, serving_of
 from common.model_package import approved_packages, served_versions, version_endpoint
 from common.preprocessing import SchemaError
@@ -487,7 +487,7 @@ class BatchClient:
             prepared = model.preprocessing.transform(x).astype(np.float64)
         except SchemaError as error:
             raise InputError(str(error)) from None
-        return encrypt_enclave_bundle(
+        manifest = encrypt_enclave_bundle(
             self._aws("kms"),
             key_arn=self.settings.enclave_key_arn,
             owner=self.layout.owner,
@@ -500,6 +500,8 @@ class BatchClient:
             shard_size=shard_size,
             progress=self._bars,
         )
+        keep_request(self.settings.home, manifest.bundle_id, manifest.to_json())
+        return manifest
 
     def submit(self, folder: Path) -> Submitted:
         """Upload the bundle in ``folder`` under ``inbox/<owner>/<bundle id>/``: the shards, then the manifest."""
@@ -530,8 +532,7 @@ class BatchClient:
         model = ClientModel.for_package(found.model.package_arn, self.settings.home)
         if isinstance(found, EnclaveManifest):
             shards = download_enclave_shards(s3, manifest_uri, found)
-            request = get_bytes(s3, self.layout.request_manifest(found.bundle_id), field="manifest",
-                                limit=MAX_MANIFEST_BYTES)  # fmt: skip
+            request = kept_request(self.settings.home, found.bundle_id)
             opened = open_enclave_result(owner_key(self._home), self.layout.owner, request, data, shards)
             probabilities = class_probabilities(opened, len(model.preprocessing.classes))
             manifest: Manifest | EnclaveManifest = found

@@ -2,8 +2,10 @@
 rows (written back as the first columns of ``predictions.csv``) and its own labels (scored after decryption).
 
     <home>/bundles/<bundle id>.json    {"ids": {column: [value per row]}, "label_column", "labels"}  (0600)
+    <home>/bundles/<bundle id>.request.json   an enclave bundle's request manifest, as encrypted  (0600)
 
-``encrypt`` writes it, ``decrypt`` reads it; a bundle encrypted elsewhere simply has none."""
+``encrypt`` writes them, ``decrypt`` reads them; a bundle encrypted elsewhere simply has none. An enclave result is
+opened against its request manifest, which the owner's role may write to the inbox but not read back."""
 
 from __future__ import annotations
 
@@ -38,17 +40,39 @@ def _path(home: Path | None, bundle_id: str) -> Path:
     return (home or client_home()) / FOLDER / f"{bundle_id}.json"
 
 
+def _write_private(path: Path, body: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(stat.S_IRWXU)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(body)
+    return path
+
+
 def keep(home: Path | None, bundle_id: str, kept: KeptColumns) -> Path | None:
     """Record ``kept`` for ``bundle_id`` (owner-only file); nothing when there is nothing to keep."""
     if not kept.ids and kept.labels is None:
         return None
-    path = _path(home, bundle_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(stat.S_IRWXU)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(asdict(kept), handle)
-    return path
+    return _write_private(_path(home, bundle_id), json.dumps(asdict(kept)).encode())
+
+
+def _request_path(home: Path | None, bundle_id: str) -> Path:
+    return (home or client_home()) / FOLDER / f"{bundle_id}.request.json"
+
+
+def keep_request(home: Path | None, bundle_id: str, manifest: bytes) -> Path:
+    """Keep an enclave bundle's request manifest, which its result is opened against."""
+    return _write_private(_request_path(home, bundle_id), manifest)
+
+
+def kept_request(home: Path | None, bundle_id: str) -> bytes:
+    try:
+        return _request_path(home, bundle_id).read_bytes()
+    except FileNotFoundError:
+        raise FheClientError(
+            f"no request manifest kept for bundle {bundle_id}: an enclave bundle's result is opened where it was "
+            "encrypted (its client home)"
+        ) from None
 
 
 def kept_for(home: Path | None, bundle_id: str) -> KeptColumns:

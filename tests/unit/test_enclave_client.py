@@ -124,6 +124,9 @@ def test_the_client_runs_an_enclave_bundle_with_the_same_commands(
     submitted = client.submit(encrypted.folder)
     request_bytes = s3.get_object(Bucket=UNIT_BUCKET, Key=submitted.manifest.key)["Body"].read()
     assert parse_enclave_manifest(request_bytes).model.package_arn == package_arn
+    # The result is opened against the request as kept on this machine: the owner's role cannot read its inbox.
+    assert (home / "bundles" / f"{encrypted.bundle_id}.request.json").read_bytes() == request_bytes
+    s3.delete_object(Bucket=UNIT_BUCKET, Key=submitted.manifest.key)
 
     _serve_in_enclave(s3, kms, trained, request_bytes)
     assert client.wait(encrypted.bundle_id, timeout=5).result == LAYOUT.result_manifest(encrypted.bundle_id)
