@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml emulators/pyproject.toml constraints.txt
 
 demo: setup
 	$(PY) -m local.lifecycle up
-	eval "$$($(PY) -m local.lifecycle env)" && $(PY) -m examples.demo
+	eval "$$($(PY) -m local.lifecycle env)" && $(PY) -m examples.demo $$($(PY) -m local.lifecycle enclave-image)
 
 # Benchmarks, not tests: they print tables, write bench/results/*.json and docs/benchmarks.md + .png.
 bench: setup

@@ -36,6 +36,11 @@ class StackNames:
     def product(self) -> str:
         return self.prefix
 
+    @property
+    def enclave(self) -> str:
+        """The enclave path (infrastructure/enclave.yaml), where the deployment has one."""
+        return f"{self.prefix}-enclave"
+
     def owner(self, owner: str) -> str:
         """A batch owner's stack (its role): infrastructure/owner.yaml."""
         return f"{self.owner_prefix}{owner}"
@@ -79,14 +84,16 @@ def image_output(role: str, what: str) -> str:
 
 
 def read_outputs(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
-    """The outputs of a deployment's three stacks, and the URIs of the images it was deployed with (the tags the
-    product stack recorded, not this source tree's, which may have changed since)."""
+    """The outputs of a deployment's three stacks (and its enclave path's, where it has one), and the URIs of the
+    images it was deployed with (the tags the product stack recorded, not this source tree's, which may have
+    changed since)."""
     names = StackNames(prefix)
     bootstrap, data, product = (stack_outputs(name) for name in names.all)
+    enclave = stack_outputs(names.enclave) if describe_stack(names.enclave) is not None else {}
     images = {
         image_output(role, "ImageUri"): image_uri(bootstrap[repository], product[tag])
         for role in IMAGE_ROLES
         if (repository := image_output(role, "RepositoryUri")) in bootstrap
         and (tag := image_output(role, "ImageTag")) in product
     }
-    return {**bootstrap, **data, **product, **images}
+    return {**bootstrap, **data, **enclave, **product, **images}

@@ -2,6 +2,8 @@
 credentials differ.
 
     fhe-deploy up [--prefix fhe] [--endpoint fhe-inference] [--schedule "rate(7 days)"] [--build-images] [--dry-run]
+                  [--enclave-image EIF --enclave-ami AMI --enclave-subnets S1,S2 [--enclave-image-sha384 PCR0]]
+                                             with the enclave path: its key, shard queue and fleet of instances
     fhe-deploy images [--prefix fhe] [--engine docker|podman] [--base-image REF] [--no-push]
                                              build (and push) the training and inference images
     fhe-deploy outputs [--prefix fhe]        buckets, roles, topics, state machine, tables of a deployment
@@ -19,17 +21,23 @@ What each command does: infrastructure/deployment.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from common import stacks
 from common.settings import SettingsError
 from common.stack_outputs import DeploymentNotFound, read_outputs, stack_outputs
 from infrastructure import images, owners
 from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
+from infrastructure.enclave_fleet import EnclaveFleet, EnclaveFleetError
 from pipelines.endpoint import EndpointError
+
+# The enclave fleet's defaults (an EnclaveFleet itself needs its image, AMI and subnets).
+FLEET_DEFAULTS = {field.name: field.default for field in dataclasses.fields(EnclaveFleet)}
 
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")  # the templates' AllowedPattern for Prefix
 
@@ -134,7 +142,51 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="up: print what it would create, change nothing")
     parser.add_argument("--json", action="store_true", help="up --dry-run: the plan as JSON")
     parser.add_argument("--delete-data", action="store_true", help="down: also the buckets, audit table and key")
+    enclave = parser.add_argument_group(
+        "the enclave path (infrastructure/enclave_fleet.py)", "up: deployed with --enclave-image; FHE only without"
+    )
+    enclave.add_argument("--enclave-image", type=Path, help="the enclave's EIF (nitro-cli build-enclave)")
+    enclave.add_argument(
+        "--enclave-image-sha384", default="", help="its measurement (PCR0), where nitro-cli cannot read it here"
+    )
+    enclave.add_argument("--enclave-ami", default="", help="the instances' AMI (with the Nitro Enclaves CLI)")
+    enclave.add_argument("--enclave-subnets", default="", help="the instances' subnets, comma-separated")
+    enclave.add_argument("--enclave-instance-type", default=FLEET_DEFAULTS["instance_type"], help="(%(default)s)")
+    enclave.add_argument(
+        "--enclave-max-instances", type=positive, default=FLEET_DEFAULTS["max_instances"], help="(%(default)s)"
+    )
+    enclave.add_argument(
+        "--enclave-shards-per-instance",
+        type=positive,
+        default=FLEET_DEFAULTS["shards_per_instance"],
+        help="the backlog per instance the fleet scales to keep (%(default)s)",
+    )
+    enclave.add_argument(
+        "--enclave-memory-mib", type=at_least(512), default=FLEET_DEFAULTS["memory_mib"], help="(%(default)s)"
+    )
+    enclave.add_argument(
+        "--enclave-wake-after",
+        type=positive,
+        default=FLEET_DEFAULTS["wake_after_seconds"],
+        help="seconds a shard waits with no instance before one starts (%(default)s)",
+    )
     return parser
+
+
+def enclave_fleet(args: argparse.Namespace) -> EnclaveFleet | None:
+    if args.enclave_image is None:
+        return None
+    return EnclaveFleet(
+        image=args.enclave_image,
+        image_sha384=args.enclave_image_sha384,
+        ami=args.enclave_ami,
+        subnets=tuple(s for s in args.enclave_subnets.split(",") if s),
+        instance_type=args.enclave_instance_type,
+        max_instances=args.enclave_max_instances,
+        shards_per_instance=args.enclave_shards_per_instance,
+        memory_mib=args.enclave_memory_mib,
+        wake_after_seconds=args.enclave_wake_after,
+    )
 
 
 def owner_command(args: argparse.Namespace, progress: Report) -> object:
@@ -152,6 +204,10 @@ def owner_command(args: argparse.Namespace, progress: Report) -> object:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     off = args.schedule.strip().lower() == "off"
+    try:
+        fleet = enclave_fleet(args)
+    except EnclaveFleetError as error:
+        raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
     deployment = Deployment(
         prefix=args.prefix,
         endpoint_name=args.endpoint,
@@ -175,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         scale_out_cooldown=args.scale_out_cooldown,
         keep_versions=args.keep_versions,
         retire_after_days=args.retire_after_days,
+        enclave=fleet,
     )
     progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
@@ -200,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         SettingsError,
         owners.OwnerError,
         EndpointError,
+        EnclaveFleetError,
     ) as error:
         raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
 

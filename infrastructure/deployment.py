@@ -10,6 +10,10 @@ upserted with the model creator's role. Every step is idempotent: run it again a
 ``--dry-run`` prints every resource it would create, the uploads, the image builds and the pipeline, and changes
 nothing.
 
+With ``enclave`` (``fhe-deploy up --enclave-image …``), ``up`` also deploys the enclave path after the data stack
+(infrastructure/enclave.yaml: the key released to the image's measurement, the shard queue, the fleet; see
+infrastructure/enclave_fleet.py) and gives the product stack its key and queue.
+
 ``down`` deletes every served model version's stack (each version's endpoint and scaling, found by the stacks'
 tag naming the deployment's endpoint family), the pipeline, the batch owners' roles (``fhe-deploy owner add``) and
 the product stack; the bootstrap and data stacks (the key, the
@@ -38,7 +42,8 @@ from common.settings import (
 )
 from common.stack_outputs import StackNames, describe_stack, image_output, read_outputs, stack_outputs
 from infrastructure import images, owners, package
-from infrastructure.templates import BOOTSTRAP, DATA, PRODUCT, body, resources
+from infrastructure.enclave_fleet import EnclaveFleet, staged_wheel
+from infrastructure.templates import BOOTSTRAP, DATA, ENCLAVE, PRODUCT, body, resources
 from pipelines import runs
 from pipelines.endpoint import delete_stack, version_stacks
 
@@ -80,6 +85,8 @@ class Deployment:
     # (0: no such rule).
     keep_versions: int = 0
     retire_after_days: float = 0.0
+    # The enclave path (infrastructure/enclave_fleet.py); None: FHE only, and Validate refuses enclave bundles.
+    enclave: EnclaveFleet | None = None
 
     def __post_init__(self) -> None:
         if self.function_concurrency < MIN_FUNCTION_CONCURRENCY:
@@ -94,7 +101,8 @@ class Deployment:
         return self.max_instances * self.invocations_per_instance
 
     def uploads(self) -> list[package.Upload]:
-        return package.uploads(map_concurrency=self.map_concurrency)
+        enclave_concurrency = self.enclave.map_concurrency if self.enclave else None
+        return package.uploads(map_concurrency=self.map_concurrency, enclave_concurrency=enclave_concurrency)
 
     @property
     def stacks(self) -> StackNames:
@@ -112,6 +120,10 @@ class Deployment:
     def product_stack(self) -> str:
         return self.stacks.product
 
+    @property
+    def enclave_stack(self) -> str:
+        return self.stacks.enclave
+
     def images(self, repositories: dict[str, str]) -> list[images.Image]:
         """The deployment's two images in the repositories the bootstrap stack names: ``--image-tag`` if given,
         else each image's content tag here. (The tags a deployment was made with: ``common.stack_outputs``.)"""
@@ -128,9 +140,29 @@ class Deployment:
             "QuarantineRetentionDays": str(self.quarantine_retention_days),
         }
 
-    def product_parameters(
-        self, bootstrap: dict[str, str], data: dict[str, str], staged: list[package.Upload]
+    def enclave_parameters(
+        self, bootstrap: dict[str, str], data: dict[str, str], measurement: str, wheel_key: str
     ) -> dict[str, str]:
+        assert self.enclave is not None
+        return self.enclave.parameters(
+            self.prefix,
+            measurement,
+            wheel_key,
+            bundle_bucket=data["BundleBucketName"],
+            artifact_bucket=bootstrap["ArtifactBucketName"],
+            model_bucket=data["ModelBucketName"],
+            package_group=self.package_group,
+            key_arn=bootstrap["KeyArn"],
+        )
+
+    def product_parameters(
+        self,
+        bootstrap: dict[str, str],
+        data: dict[str, str],
+        staged: list[package.Upload],
+        enclave: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        enclave = enclave or {}
         return {
             "Prefix": self.prefix,
             "KeyArn": bootstrap["KeyArn"],
@@ -153,6 +185,8 @@ class Deployment:
             "ScaleOutCooldownSeconds": str(self.scale_out_cooldown),
             "KeepVersions": str(self.keep_versions),
             "RetireAfterDays": str(self.retire_after_days),
+            "EnclaveKeyArn": enclave.get("EnclaveKeyArn", ""),
+            "EnclaveShardQueueUrl": enclave.get("EnclaveShardQueueUrl", ""),
         }
 
 
@@ -170,6 +204,19 @@ def plan(deployment: Deployment) -> dict[str, Any]:
     }
     data = {name: f"<data:{name}>" for name in DATA_OUTPUTS}
     wanted = deployment.images(placeholders)
+    enclave_stacks = []
+    enclave: dict[str, str] = {}
+    if deployment.enclave is not None:
+        measurement = deployment.enclave.image_sha384 or "<nitro-cli describe-eif:PCR0>"
+        enclave = {"EnclaveKeyArn": "<enclave:EnclaveKeyArn>", "EnclaveShardQueueUrl": "<enclave:EnclaveShardQueueUrl>"}
+        enclave_stacks.append(
+            {
+                "name": deployment.enclave_stack,
+                "template": ENCLAVE.name,
+                "parameters": deployment.enclave_parameters(placeholders, data, measurement, "enclave/<wheel>"),
+                "resources": resources(ENCLAVE),
+            }
+        )
     return {
         "stacks": [
             {
@@ -184,10 +231,11 @@ def plan(deployment: Deployment) -> dict[str, Any]:
                 "parameters": deployment.data_parameters(placeholders),
                 "resources": resources(DATA),
             },
+            *enclave_stacks,
             {
                 "name": deployment.product_stack,
                 "template": PRODUCT.name,
-                "parameters": deployment.product_parameters(placeholders, data, staged),
+                "parameters": deployment.product_parameters(placeholders, data, staged, enclave),
                 "resources": resources(PRODUCT),
             },
         ],
@@ -251,7 +299,8 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     for upload in staged:
         s3.put_object(Bucket=bootstrap["ArtifactBucketName"], Key=upload.key, Body=upload.body)
     report(f"staged {len(staged)} artifacts in s3://{bootstrap['ArtifactBucketName']}/workflow/")
-    parameters = deployment.product_parameters(bootstrap, data, staged)
+    enclave = deploy_enclave_path(deployment, bootstrap, data, report) if deployment.enclave else None
+    parameters = deployment.product_parameters(bootstrap, data, staged, enclave)
     stacks.apply(
         deployment.product_stack,
         body(PRODUCT),
@@ -264,6 +313,23 @@ def up(deployment: Deployment, report: Report = print) -> dict[str, str]:
     pipeline = from_outputs(outputs, region=aws.region(), job_instance_type=deployment.job_instance_type).pipeline
     outputs["PipelineArn"] = runs.upsert(pipeline, report)
     return outputs
+
+
+def deploy_enclave_path(
+    deployment: Deployment, bootstrap: dict[str, str], data: dict[str, str], report: Report
+) -> dict[str, str]:
+    """The enclave image and the parent's wheel staged in the artifact bucket, then the enclave stack; its outputs."""
+    fleet = deployment.enclave
+    assert fleet is not None
+    measurement = fleet.measurement()
+    s3 = aws.client("s3")
+    s3.upload_file(str(fleet.image), bootstrap["ArtifactBucketName"], fleet.image_key(measurement))
+    wheel_name, wheel = staged_wheel()
+    wheel_key = f"enclave/{wheel_name}"
+    s3.put_object(Bucket=bootstrap["ArtifactBucketName"], Key=wheel_key, Body=wheel)
+    report(f"enclave image {measurement} and the parent's wheel staged in s3://{bootstrap['ArtifactBucketName']}/")
+    parameters = deployment.enclave_parameters(bootstrap, data, measurement, wheel_key)
+    return stacks.apply(deployment.enclave_stack, body(ENCLAVE), parameters, timeout=STACK_TIMEOUT_S, report=report)
 
 
 def build_images(deployment: Deployment, wanted: list[images.Image], report: Report) -> None:
@@ -306,7 +372,7 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
     deletion.
     Returns what was deleted and what was kept."""
     known: dict[str, str] = {}
-    for name in (deployment.bootstrap_stack, deployment.data_stack, deployment.product_stack):
+    for name in (deployment.bootstrap_stack, deployment.data_stack, deployment.enclave_stack, deployment.product_stack):
         if describe_stack(name) is not None:
             known.update(stack_outputs(name))
     if not known:
@@ -323,8 +389,11 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
     if "PipelineName" in known:
         _delete_pipeline(known["PipelineName"], report)
     deleted += owners.remove_all(deployment.prefix, report)
-    if stacks.delete(deployment.product_stack, timeout=STACK_TIMEOUT_S, report=report):
-        deleted.append(deployment.product_stack)
+    # The product stack queues the enclave fleet's shards: it goes first. The enclave key outlives its stack (the
+    # owners' bundles are encrypted under it): its deletion is scheduled with the data's, below.
+    for stack_name in (deployment.product_stack, deployment.enclave_stack):
+        if stacks.delete(stack_name, timeout=STACK_TIMEOUT_S, report=report):
+            deleted.append(stack_name)
     if not delete_data:
         kept = [name for name in (deployment.bootstrap_stack, deployment.data_stack) if describe_stack(name)]
         report(f"kept {', '.join(kept)}: the key, buckets and audit log (fhe-deploy down --delete-data removes them)")
@@ -351,7 +420,7 @@ def down(deployment: Deployment, *, delete_data: bool = False, report: Report = 
             pass
     # The keys outlive their stacks (the audit signing key is retained with the audit log): their deletion is
     # scheduled, as AWS allows no sooner.
-    for output in ("KeyArn", "AuditSigningKeyArn"):
+    for output in ("KeyArn", "AuditSigningKeyArn", "EnclaveKeyArn"):
         if output in known:
             aws.client("kms").schedule_key_deletion(KeyId=known[output], PendingWindowInDays=7)
             report(f"key {known[output]}: deletion scheduled in 7 days")

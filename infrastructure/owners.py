@@ -39,6 +39,8 @@ def owner_parameters(outputs: dict[str, str], prefix: str, name: str, trusted_pr
         "BundleBucketName": outputs["BundleBucketName"],
         "ModelPackageGroup": outputs["ModelPackageGroup"],
         "EndpointName": outputs["EndpointName"],
+        # Data keys for its enclave bundles, where the deployment has the enclave path.
+        "EnclaveKeyArn": outputs.get("EnclaveKeyArn", ""),
     }
 
 

@@ -1,9 +1,9 @@
 """What the product stack's functions are made of: a zip of ``lambdas/`` and ``common/``, a Powertools layer built
-from the installed distributions, and the state machine definition with the deployment's Map concurrency. Each is
+from the installed distributions, and the state machine definition with the deployment's Maps' concurrency. Each is
 staged in the artifact bucket under a key that carries its content hash, so a deploy that changes nothing replaces
 nothing.
 
-The Map's MaxConcurrency is the one value of the definition set here rather than by the template's
+The Maps' MaxConcurrency is the one value of the definition set here rather than by the template's
 DefinitionSubstitutions: those substitute text inside JSON strings, and MaxConcurrency must be a JSON number
 (MaxConcurrencyPath would read it from the input, but the local Step Functions does not implement it)."""
 
@@ -23,6 +23,7 @@ FUNCTION_PACKAGES = ("lambdas", "common")
 LAYER_DISTRIBUTIONS = ("aws-lambda-powertools", "aws-xray-sdk", "wrapt", "jmespath", "typing-extensions")
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry a fixed time, so one source gives one hash
 SHARD_MAP_STATE = "InferShards"
+ENCLAVE_SHARD_MAP_STATE = "InferShardsInEnclave"
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,16 @@ def powertools_layer_zip() -> bytes:
     return _zip(files)
 
 
-def state_machine_definition(map_concurrency: int) -> bytes:
-    """The definition, its shard Map sending at most ``map_concurrency`` shards at once."""
-    if map_concurrency < 1:
-        raise ValueError(f"the Map's concurrency must be at least 1, not {map_concurrency}")
+def state_machine_definition(map_concurrency: int, enclave_concurrency: int | None = None) -> bytes:
+    """The definition, its shard Map sending at most ``map_concurrency`` shards at once to the endpoint, and its
+    enclave Map ``enclave_concurrency`` to the enclave fleet (the definition's own value where there is none)."""
     definition = json.loads(STATE_MACHINE.read_text())
-    definition["States"][SHARD_MAP_STATE]["MaxConcurrency"] = map_concurrency
+    for state, concurrency in ((SHARD_MAP_STATE, map_concurrency), (ENCLAVE_SHARD_MAP_STATE, enclave_concurrency)):
+        if concurrency is None:
+            continue
+        if concurrency < 1:
+            raise ValueError(f"the Map's concurrency must be at least 1, not {concurrency}")
+        definition["States"][state]["MaxConcurrency"] = concurrency
     return (json.dumps(definition, indent=2) + "\n").encode()
 
 
@@ -76,9 +81,10 @@ def _upload(parameter: str, name: str, body: bytes, suffix: str) -> Upload:
     return Upload(parameter, f"workflow/{name}-{hashlib.sha256(body).hexdigest()[:16]}{suffix}", body)
 
 
-def uploads(map_concurrency: int) -> list[Upload]:
+def uploads(map_concurrency: int, enclave_concurrency: int | None = None) -> list[Upload]:
+    definition = state_machine_definition(map_concurrency, enclave_concurrency)
     return [
         _upload("FunctionsKey", "functions", functions_zip(), ".zip"),
         _upload("PowertoolsLayerKey", "powertools-layer", powertools_layer_zip(), ".zip"),
-        _upload("StateMachineKey", "batch_inference", state_machine_definition(map_concurrency), ".asl.json"),
+        _upload("StateMachineKey", "batch_inference", definition, ".asl.json"),
     ]

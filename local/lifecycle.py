@@ -18,7 +18,14 @@ clients trust through ``AWS_CA_BUNDLE`` (``local/tls.py``), and the local AWS en
                                         of the deployment (trainer, ml-ops, auditor, owner-<name> for each batch
                                         owner), each assuming its role; prints the exports that leave the
                                         administrator behind
-    python -m local.lifecycle down      stop both
+    python -m local.lifecycle enclave-image [OUT]
+                                        build the enclave image from this source tree (default
+                                        .local-stack/enclave.eif) and print (on stdout, alone) the fhe-deploy
+                                        options that deploy the enclave path with it: its measurement as the
+                                        local Nitro runner reads it, an AMI id and a subnet of the local AWS
+                                        (which launches nothing itself: the stack's fleet runs the group's
+                                        instances, local/fleet.py)
+    python -m local.lifecycle down      stop everything
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 
 from aws_emulators.local_aws import launch
 from aws_emulators.nitro.authority import AttestationAuthority
+from aws_emulators.nitro.measurement import image_sha384
 from aws_emulators.sagemaker.container_runtime import RUNTIMES
 
 from common.estimate import TABLE_VARIABLE
@@ -62,6 +70,61 @@ def attestation_authority() -> AttestationAuthority:
     """The stack's attestation root (where AWS's Nitro root stands), made on first use: its NSMs sign enclaves'
     attestation documents under it, and its KMS trusts those documents and no others."""
     return AttestationAuthority.ensure(stack_dir() / "attestation")
+
+
+# The local AWS validates no AMI: any well-formed id serves, as the instances are the local fleet's processes.
+LOCAL_AMI = "ami-0000000000000000f"
+LOCAL_NETWORK_TAG = "fhe-local-enclave-fleet"
+
+
+@dataclass(frozen=True)
+class LocalEnclaveImage:
+    """The enclave image built here, measured as the local runner measures it, and where its fleet launches."""
+
+    image: Path
+    image_sha384: str
+    ami: str
+    subnet: str
+
+    def deploy_options(self) -> list[str]:
+        return [
+            "--enclave-image", str(self.image),
+            "--enclave-image-sha384", self.image_sha384,
+            "--enclave-ami", self.ami,
+            "--enclave-subnets", self.subnet,
+        ]  # fmt: skip
+
+
+def _local_subnet() -> str:
+    """The subnet enclave fleets launch in on the local AWS (made once, found by its tag afterwards)."""
+    import boto3
+
+    given = client_environment()  # the administrator's, as fhe-deploy uses
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=given["AWS_ENDPOINT_URL"],
+        verify=given["AWS_CA_BUNDLE"],
+        region_name=given["AWS_REGION"],
+        aws_access_key_id=given["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=given["AWS_SECRET_ACCESS_KEY"],
+    )
+    tagged = [{"Name": "tag:Name", "Values": [LOCAL_NETWORK_TAG]}]
+    found = ec2.describe_subnets(Filters=tagged)["Subnets"]
+    if found:
+        return str(found[0]["SubnetId"])
+    vpc = ec2.create_vpc(CidrBlock="10.90.0.0/16")["Vpc"]["VpcId"]
+    subnet = str(ec2.create_subnet(VpcId=vpc, CidrBlock="10.90.1.0/24")["Subnet"]["SubnetId"])
+    ec2.create_tags(Resources=[vpc, subnet], Tags=[{"Key": "Name", "Value": LOCAL_NETWORK_TAG}])
+    return subnet
+
+
+def enclave_image(out: Path | None = None) -> LocalEnclaveImage:
+    """Build the enclave image from this source tree (``containers/enclave/image.py``), as the local runner will
+    run it; on AWS ``nitro-cli build-enclave`` makes the EIF and ``nitro-cli describe-eif`` reads its PCR0."""
+    from containers.enclave.image import build_image
+
+    image = build_image(out or stack_dir() / "enclave.eif")
+    return LocalEnclaveImage(image, image_sha384(image), LOCAL_AMI, _local_subnet())
 
 
 def _trusting() -> ssl.SSLContext:
@@ -113,6 +176,15 @@ def local_aws() -> Service:
 
 def local_sagemaker() -> Service:
     return Service("local-sagemaker", int(os.environ.get("FHE_LOCAL_SAGEMAKER_PORT", "4599")), "/health")
+
+
+def local_fleet() -> Service:
+    """The enclave fleets' instances (``local/fleet.py``): no port, alive while its process is."""
+    return Service("local-fleet", 0, "")
+
+
+def fleet_state_dir() -> Path:
+    return stack_dir() / "fleet"
 
 
 LOCAL_ESTIMATE_TABLE = Path(__file__).with_name("estimates.json")
@@ -241,6 +313,11 @@ def up(runtime: str = "process") -> dict[str, str]:
             client_environment(),
         )
         _wait_healthy(sagemaker)
+    fleet = local_fleet()
+    if fleet.pid() is None:
+        command = ["-m", "local.fleet", "--state-dir", str(fleet_state_dir())]
+        attestation = ["--attestation-dir", str(attestation_authority().folder)]
+        _spawn(fleet, [sys.executable, *command, *attestation], client_environment())
     return client_environment()
 
 
@@ -266,22 +343,27 @@ def _stop(service: Service, timeout: float = 15.0) -> bool:
 
 
 def down() -> None:
-    for service in (local_sagemaker(), local_aws()):
+    for service in (local_fleet(), local_sagemaker(), local_aws()):
         stopped = _stop(service)
         print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
     # A local SageMaker that was killed cannot stop the endpoints it hosted; their pids are on record.
     from aws_emulators.sagemaker.hosting import stop_orphaned_containers
 
     stop_orphaned_containers(sagemaker_state_dir())
+    from local.fleet import stop_orphans
+
+    stop_orphans(fleet_state_dir())
 
 
 def status() -> bool:
     all_ok = True
-    for service in (local_aws(), local_sagemaker()):
-        pid, healthy = service.pid(), service.healthy()
+    for service in (local_aws(), local_sagemaker(), local_fleet()):
+        pid = service.pid()
+        healthy = service.healthy() if service.port else pid is not None
         all_ok &= healthy
         state = "healthy" if healthy else ("running, not answering" if pid else "stopped")
-        print(f"{service.name:16} {service.url:24} {state}" + (f" (pid {pid})" if pid else ""))
+        where = service.url if service.port else "(no port)"
+        print(f"{service.name:16} {where:24} {state}" + (f" (pid {pid})" if pid else ""))
     return all_ok
 
 
@@ -289,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m local.lifecycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("up", "down", "status", "env", "people"))
+    parser.add_argument("command", choices=("up", "down", "status", "env", "people", "enclave-image"))
+    parser.add_argument("out", nargs="?", type=Path, help="enclave-image: where the image goes")
     parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT", "fhe"), help="people: its prefix")
     parser.add_argument(
         "--runtime",
@@ -308,6 +391,11 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(f"export {k}={v}" for k, v in environment.items()))
     elif args.command == "down":
         down()
+    elif args.command == "enclave-image":
+        built = enclave_image(args.out)
+        print(f"enclave image {built.image}, measurement (PCR0) {built.image_sha384}", file=sys.stderr)
+        print(f"deploy it with: fhe-deploy up {shlex.join(built.deploy_options())}", file=sys.stderr)
+        print(shlex.join(built.deploy_options()))  # the options alone, for scripts (make demo)
     elif args.command == "env":
         print("\n".join(f"export {k}={v}" for k, v in client_environment().items()))
     elif args.command == "people":

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from common import artifacts, aws
 from common.archives import extract_tar
+from common.enclave_model import EnclaveModelRecord
 from common.model_package import describe
 from common.preprocessing import PreprocessingRecord
 from common.s3uri import S3Uri
@@ -55,16 +56,24 @@ def read_records(path: Path, feature_names: list[str]) -> npt.NDArray[np.float64
 def clear_classes(
     package_arn: str, x: npt.NDArray[np.float64] | None = None, *, csv_path: Path | None = None
 ) -> list[str]:
-    """The clear (quantized) model's class names for ``x``, or for the records of ``csv_path``: what FHE must
-    reproduce."""
-    from concrete.ml.common.serialization.loaders import loads
-
+    """The clear model's class names for ``x``, or for the records of ``csv_path``: what FHE (the quantized model
+    in clear) or the enclave (the float model, by the enclave's own loader) must reproduce."""
     with tempfile.TemporaryDirectory(prefix="fhe-model-") as scratch:
         folder = download_model(package_arn, Path(scratch))
-        model = loads((folder / artifacts.MODEL_JSON).read_text())
         record = PreprocessingRecord.from_json((folder / artifacts.PREPROCESSING_JSON).read_text())
         if x is None:
             if csv_path is None:
                 raise PredictionError("give the records: an array or a CSV file")
             x = read_records(csv_path, record.feature_names)
-        return [record.classes[int(c)] for c in model.predict(record.transform(x), fhe="disable")]
+        prepared = record.transform(x)
+        if (folder / artifacts.ENCLAVE_MODEL_JSON).exists():
+            from client.enclave_bundle import class_probabilities
+            from containers.enclave.models import load_model
+
+            kept, content = EnclaveModelRecord.load(folder)
+            predicted = load_model(kept.format, content).predict(prepared.astype(np.float64))
+            return [record.classes[int(c)] for c in class_probabilities(predicted, len(record.classes)).argmax(1)]
+        from concrete.ml.common.serialization.loaders import loads
+
+        model = loads((folder / artifacts.MODEL_JSON).read_text())
+        return [record.classes[int(c)] for c in model.predict(prepared, fhe="disable")]

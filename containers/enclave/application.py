@@ -23,6 +23,7 @@ from common.bundle.enclave_crypto import (
 from common.bundle.schema import MAX_SAMPLES_PER_SHARD, BundleError
 from containers.enclave.key_release import KeyRelease, KeyReleaseRefused
 from containers.enclave.models import EnclaveModel
+from containers.enclave.nsm import NsmError
 
 MAX_FEATURES = 100_000
 
@@ -54,6 +55,13 @@ class EnclaveApplication:
         self.model = model
         self.key_release = key_release
 
+    def _pcr0(self) -> str:
+        """This enclave's image measurement as its NSM reports it (what KMS compared with the key policy)."""
+        try:
+            return self.key_release.nsm.describe_pcr(0).hex()
+        except NsmError as error:
+            return f"(unknown: {error})"
+
     def run(self, work: ShardWork) -> ShardAnswer:
         try:
             released = self.key_release.data_key(
@@ -64,7 +72,9 @@ class EnclaveApplication:
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code == "AccessDeniedException":
-                raise ShardRefused("attestation_refused", "KMS refused this enclave's measurement") from error
+                raise ShardRefused(
+                    "attestation_refused", f"KMS refused the bundle's data key to enclave measurement {self._pcr0()}"
+                ) from error
             raise ShardRefused("key_refused", f"KMS refused the data key ({code})") from error
         except KeyReleaseRefused as error:
             raise ShardRefused("key_refused", str(error)) from error

@@ -125,6 +125,13 @@ class Nsm:
             raise NsmError(f"the NSM's answer to {answer} has an unexpected shape")
         return dict(response[answer])
 
+    def describe_pcr(self, index: int) -> bytes:
+        """The value of one of this enclave's measurement registers (PCR0: the image)."""
+        data = self._call({"DescribePCR": {"index": index}}, "DescribePCR").get("data")
+        if not isinstance(data, bytes) or not data:
+            raise NsmError(f"the NSM's answer to DescribePCR {index} carries no value")
+        return data
+
     def attestation(self, *, public_key: bytes, user_data: bytes | None = None, nonce: bytes | None = None) -> bytes:
         """A signed attestation document carrying this enclave's measurements and these fields."""
         request = {"Attestation": {"public_key": public_key, "user_data": user_data, "nonce": nonce}}

@@ -220,17 +220,12 @@ class ShardWorker:
         except (ChannelError, OSError) as error:
             return self._fail(task, "enclave_unavailable", f"the enclave did not answer ({type(error).__name__})", None)
         except ShardRefused as refusal:
-            return self._fail(task, refusal.reason, self._refusal_message(refusal), None)
+            return self._fail(task, refusal.reason, refusal.detail, None)
         except BundleError as error:
             return self._fail(task, error.code, str(error), error.field)
         output = {"shard_index": result.shard_index, "samples": result.samples, **served}
         self._complete(lambda: self.sfn.send_task_success(taskToken=task.task_token, output=json.dumps(output)))
         return "served"
-
-    def _refusal_message(self, refusal: ShardRefused) -> str:
-        if refusal.reason == "attestation_refused":
-            return f"KMS refused the bundle's data key to enclave measurement {self.image_sha384}"
-        return refusal.detail
 
     def _fail(self, task: EnclaveShardTask, code: str, message: str, field: str | None) -> str:
         error = RETRIED if code in _RETRIED_REASONS else REFUSED

@@ -289,6 +289,7 @@ def enclave_stack(local_stack: dict[str, str], images: tuple[Path, Path]) -> dic
     given = {
         "Prefix": PREFIX,
         "EnclaveImageSha384": image_sha384(images[0]),
+        "ParentWheelKey": "enclave/fhe_batch_inference-0.1.0-py3-none-any.whl",
         "BundleBucketName": BUCKET,
         "ArtifactBucketName": BUCKET,
         "ModelBucketName": BUCKET,

@@ -1,0 +1,127 @@
+"""The enclave path of a deployment (``infrastructure/enclave.yaml``): the key released to one enclave measurement,
+the shard queue and the Auto Scaling group of enclave instances. ``fhe-deploy up --enclave-image FILE`` adds it:
+
+- the enclave image is the EIF that ``nitro-cli build-enclave`` made; its measurement (PCR0) is read where AWS
+  reads it, ``nitro-cli describe-eif``, or given with ``--enclave-image-sha384`` where nitro-cli does not exist
+  (the local stack builds and measures its images itself: ``python -m local.lifecycle enclave-image``);
+- the image goes to the artifact bucket as ``enclave/<measurement>.eif``, where the instances fetch it, and the
+  parent's code as the product's wheel (``enclave/<wheel>``), which they install;
+- the key policy pins the measurement; the product stack receives the key and the queue, and the workflow's
+  enclave Map sends at most as many shards at once as the fleet keeps waiting at its largest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from infrastructure.templates import ROOT
+
+MEASUREMENT = re.compile(r"^[0-9a-f]{96}$")
+IMAGE_PREFIX = "enclave/"
+
+
+class EnclaveFleetError(ValueError):
+    """An enclave path that cannot be deployed as given."""
+
+
+@dataclass(frozen=True)
+class EnclaveFleet:
+    """The operator's choices for the enclave path."""
+
+    image: Path
+    image_sha384: str = ""  # empty: nitro-cli describe-eif reads it
+    ami: str = ""
+    subnets: tuple[str, ...] = ()
+    instance_type: str = "m5.xlarge"
+    max_instances: int = 4
+    shards_per_instance: int = 4
+    memory_mib: int = 4096
+    wake_after_seconds: int = 120
+
+    def __post_init__(self) -> None:
+        if self.image_sha384 and not MEASUREMENT.match(self.image_sha384):
+            raise EnclaveFleetError(
+                f"enclave measurement {self.image_sha384!r}: 96 lowercase hexadecimal digits (a SHA-384), as "
+                "nitro-cli describe-eif prints PCR0"
+            )
+        if not self.ami or not self.subnets:
+            raise EnclaveFleetError(
+                "the enclave fleet needs its instances' AMI (--enclave-ami) and subnets (--enclave-subnets)"
+            )
+        if self.max_instances < 1 or self.shards_per_instance < 1:
+            raise EnclaveFleetError("the enclave fleet needs at least one instance and one shard per instance")
+
+    @property
+    def map_concurrency(self) -> int:
+        """Shards the workflow queues at once: the backlog the fleet keeps at its largest."""
+        return self.max_instances * self.shards_per_instance
+
+    def measurement(self) -> str:
+        """The image's PCR0: as given, else as ``nitro-cli describe-eif`` reads it."""
+        if self.image_sha384:
+            return self.image_sha384
+        if shutil.which("nitro-cli") is None:
+            raise EnclaveFleetError(
+                f"no nitro-cli here to read the measurement of {self.image}: give it with --enclave-image-sha384"
+            )
+        described = subprocess.run(
+            ["nitro-cli", "describe-eif", "--eif-path", str(self.image)], capture_output=True, text=True, check=False
+        )
+        if described.returncode != 0:
+            raise EnclaveFleetError(f"nitro-cli describe-eif {self.image}: {described.stderr.strip()[-500:]}")
+        pcr0 = str(json.loads(described.stdout)["Measurements"]["PCR0"]).lower()
+        if not MEASUREMENT.match(pcr0):
+            raise EnclaveFleetError(f"nitro-cli describe-eif {self.image}: PCR0 {pcr0!r} is no SHA-384")
+        return pcr0
+
+    def image_key(self, measurement: str) -> str:
+        return f"{IMAGE_PREFIX}{measurement}.eif"
+
+    def parameters(
+        self, prefix: str, measurement: str, wheel_key: str, *, bundle_bucket: str, artifact_bucket: str,
+        model_bucket: str, package_group: str, key_arn: str,
+    ) -> dict[str, str]:  # fmt: skip
+        return {
+            "Prefix": prefix,
+            "EnclaveImageSha384": measurement,
+            "ParentWheelKey": wheel_key,
+            "BundleBucketName": bundle_bucket,
+            "ArtifactBucketName": artifact_bucket,
+            "ModelBucketName": model_bucket,
+            "ModelPackageGroupName": package_group,
+            "KeyArn": key_arn,
+            "ImageId": self.ami,
+            "InstanceType": self.instance_type,
+            "SubnetIds": ",".join(self.subnets),
+            "MaxInstances": str(self.max_instances),
+            "ShardsPerInstance": str(self.shards_per_instance),
+            "EnclaveMemoryMiB": str(self.memory_mib),
+            "WakeAfterSeconds": str(self.wake_after_seconds),
+        }
+
+
+def parent_wheel(folder: Path) -> Path:
+    """The product's wheel, which the instances install to run the parent (``containers.enclave.fleet``)."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(folder),
+         str(ROOT)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if built.returncode != 0:
+        raise EnclaveFleetError(f"building the parent's wheel failed: {built.stderr.strip()[-800:]}")
+    (wheel,) = folder.glob("fhe_batch_inference-*.whl")
+    return wheel
+
+
+def staged_wheel() -> tuple[str, bytes]:
+    """The wheel's name and bytes, built in a temporary folder."""
+    with tempfile.TemporaryDirectory() as folder:
+        wheel = parent_wheel(Path(folder))
+        return wheel.name, wheel.read_bytes()
