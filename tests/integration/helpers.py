@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from common.bundle.schema import MANIFEST_NAME
 from common.bundle.store import BundleLayout
 from common.settings import DeployedSettings, PipelineSettings, from_outputs
 from common.workflow import bundle_executions
+from containers.enclave.image import ROOT as SOURCE_ROOT
+from containers.enclave.image import SOURCES, build_image
 from infrastructure.deployment import Deployment, up
 from local import lifecycle
 from pipelines.approval import approve
@@ -156,3 +159,15 @@ def injected_faults(endpoint_name: str, rules: list[dict[str, Any]]) -> Iterator
         yield
     finally:
         path.write_text(json.dumps({endpoint_name: []}))
+
+
+def image_changed_by_one_byte(folder: Path, out: Path) -> Path:
+    """The enclave image built from its sources with one byte added (a newline at the end of models.py): the same
+    behaviour, another measurement."""
+    sources = folder / "changed-sources"
+    for name in SOURCES:
+        (sources / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SOURCE_ROOT / name, sources / name)
+    models = sources / "containers/enclave/models.py"
+    models.write_bytes(models.read_bytes() + b"\n")
+    return build_image(out, root=sources)

@@ -47,7 +47,7 @@ from common.bundle.schema import MANIFEST_NAME, sha256_hex
 from common.enclave_model import XGBOOST_JSON, EnclaveModelRecord
 from common.versions import VersionsRecord
 from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
-from containers.enclave.image import SOURCES, build_image
+from containers.enclave.image import build_image
 from containers.enclave.key_release import KeyRelease
 from containers.enclave.models import load_model
 from containers.enclave.nsm import Nsm, SocketTransport
@@ -55,10 +55,10 @@ from containers.enclave.parent import EnclaveConnection
 from containers.enclave.worker import ServedModel, ShardWorker, poll
 from infrastructure import templates
 from local import lifecycle
+from tests.integration.helpers import image_changed_by_one_byte
 from tests.leaks import numbers_in_text, plaintext_fragments
 
 pytestmark = pytest.mark.integration
-PROJECT = Path(__file__).resolve().parents[2]
 
 ENCLAVE_ROLE, OWNER_ROLE = "test-enclave-instance", "test-enclave-owner"
 ALICE = ShardBinding(owner="alice", bundle_id="b-0001", shard=0)
@@ -83,13 +83,7 @@ def _role(name: str, actions: list[str]) -> str:
 def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The enclave image built from the sources, and one built from sources changed by one byte."""
     folder = tmp_path_factory.mktemp("enclave-images")
-    changed_sources = folder / "changed-sources"
-    for name in SOURCES:
-        (changed_sources / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PROJECT / name, changed_sources / name)
-    models = changed_sources / "containers/enclave/models.py"
-    models.write_bytes(models.read_bytes() + b"\n")
-    return build_image(folder / "measured.pyz"), build_image(folder / "changed.pyz", root=changed_sources)
+    return build_image(folder / "measured.pyz"), image_changed_by_one_byte(folder, folder / "changed.pyz")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from common.bundle.schema import MANIFEST_NAME
 from common.bundle.store import BundleLayout
 from common.settings import from_outputs
 from common.workflow import bundle_executions
-from containers.enclave.image import SOURCES, build_image
 from containers.training.data import sample_uci_records
 from infrastructure import owners
 from infrastructure.deployment import up
@@ -38,11 +37,10 @@ from local import lifecycle
 from pipelines.approval import approve
 from pipelines.clear_predictions import clear_classes
 from pipelines.runs import train_and_register
-from tests.integration.helpers import deployment_for
+from tests.integration.helpers import deployment_for, image_changed_by_one_byte
 from tests.leaks import numbers_in_text, plaintext_fragments
 
 pytestmark = pytest.mark.integration
-PROJECT = Path(__file__).resolve().parents[2]
 SETTLE_TIMEOUT = 600.0
 
 
@@ -207,13 +205,7 @@ def test_an_image_changed_by_one_byte_gets_no_key_and_its_bundle_is_quarantined_
     """Someone replaces the enclave image in the artifact bucket: instances boot from it, but KMS releases no key
     to its measurement; the bundle is quarantined as attestation_refused, naming the measurement that asked."""
     d = deployed
-    sources = tmp_path / "sources"
-    for name in SOURCES:
-        (sources / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PROJECT / name, sources / name)
-    models = sources / "containers/enclave/models.py"
-    models.write_bytes(models.read_bytes() + b"\n")
-    changed = build_image(tmp_path / "changed.eif", root=sources)
+    changed = image_changed_by_one_byte(tmp_path, tmp_path / "changed.eif")
     uri = d.outputs["EnclaveImageUri"].removeprefix("s3://").split("/", 1)
     s3 = aws.client("s3")
     _fleet_at_zero(d.group)
