@@ -103,36 +103,66 @@ def _client(service: str) -> Any:
     return aws.client(service)
 
 
-def enclave_groups() -> list[EnclaveGroup]:
-    """The groups of enclave-enabled instances the local AWS holds, with their tags' image and queue."""
-    autoscaling, ec2, iam, cloudwatch = (_client(name) for name in ("autoscaling", "ec2", "iam", "cloudwatch"))
-    found = []
-    for group in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]:
-        tags, template = _tags(group), group.get("LaunchTemplate")
-        if not template or not {IMAGE_TAG, MEASUREMENT_TAG, QUEUE_TAG} <= tags.keys():
-            continue
-        data = _launch_data(ec2, template)
-        if not data.get("EnclaveOptions", {}).get("Enabled"):
-            continue
-        named = data.get("IamInstanceProfile", {})
-        profile_name = named.get("Name") or str(named.get("Arn", "")).rsplit("/", 1)[-1]
-        profile = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]
-        target, wake = _policies(autoscaling, cloudwatch, group["AutoScalingGroupName"])
-        found.append(
-            EnclaveGroup(
-                name=group["AutoScalingGroupName"],
-                image_uri=tags[IMAGE_TAG],
-                image_sha384=tags[MEASUREMENT_TAG],
-                queue_url=tags[QUEUE_TAG],
-                role_arn=profile["Roles"][0]["Arn"],
-                max_size=int(group["MaxSize"]),
-                desired=int(group["DesiredCapacity"]),
-                instance_ids=tuple(instance["InstanceId"] for instance in group.get("Instances", [])),
-                target_per_instance=target,
-                wake_after_s=wake,
+@dataclass(frozen=True)
+class _LaunchSettings:
+    """What a group's instances run as and how it scales: changed only by a stack update."""
+
+    role_arn: str
+    target_per_instance: float | None
+    wake_after_s: float | None
+
+
+class GroupReader:
+    """The groups of enclave-enabled instances the local AWS holds, with their tags' image and queue. Capacity and
+    instances are read at each look; the launch template's role and the scaling policies, which only a stack update
+    changes, every ``reread_s`` seconds."""
+
+    def __init__(self, reread_s: float = 30.0) -> None:
+        self.reread_s = reread_s
+        self._settings: dict[tuple[str, str], tuple[float, _LaunchSettings | None]] = {}
+
+    def _launch_settings(self, group: dict[str, Any], now: float) -> _LaunchSettings | None:
+        template = group["LaunchTemplate"]
+        key = (group["AutoScalingGroupARN"], f"{template['LaunchTemplateId']}:{template.get('Version')}")
+        read_at, settings = self._settings.get(key, (-self.reread_s, None))
+        if now - read_at < self.reread_s:
+            return settings
+        data = _launch_data(_client("ec2"), template)
+        settings = None
+        if data.get("EnclaveOptions", {}).get("Enabled"):
+            named = data.get("IamInstanceProfile", {})
+            profile_name = named.get("Name") or str(named.get("Arn", "")).rsplit("/", 1)[-1]
+            profile = _client("iam").get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]
+            target, wake = _policies(_client("autoscaling"), _client("cloudwatch"), group["AutoScalingGroupName"])
+            settings = _LaunchSettings(profile["Roles"][0]["Arn"], target, wake)
+        self._settings[key] = (now, settings)
+        return settings
+
+    def groups(self, now: float, names: list[str] | None = None) -> list[EnclaveGroup]:
+        asked = {"AutoScalingGroupNames": names} if names else {}
+        found = []
+        for group in _client("autoscaling").describe_auto_scaling_groups(**asked)["AutoScalingGroups"]:
+            tags = _tags(group)
+            if not group.get("LaunchTemplate") or not {IMAGE_TAG, MEASUREMENT_TAG, QUEUE_TAG} <= tags.keys():
+                continue
+            settings = self._launch_settings(group, now)
+            if settings is None:
+                continue
+            found.append(
+                EnclaveGroup(
+                    name=group["AutoScalingGroupName"],
+                    image_uri=tags[IMAGE_TAG],
+                    image_sha384=tags[MEASUREMENT_TAG],
+                    queue_url=tags[QUEUE_TAG],
+                    role_arn=settings.role_arn,
+                    max_size=int(group["MaxSize"]),
+                    desired=int(group["DesiredCapacity"]),
+                    instance_ids=tuple(instance["InstanceId"] for instance in group.get("Instances", [])),
+                    target_per_instance=settings.target_per_instance,
+                    wake_after_s=settings.wake_after_s,
+                )
             )
-        )
-    return found
+        return found
 
 
 @dataclass
@@ -274,12 +304,13 @@ class Fleet:
     def __init__(self, folder: Path, authority: AttestationAuthority, scaler: Scaler | None = None) -> None:
         self.folder, self.authority = folder, authority
         self.scaler = scaler or Scaler()
+        self.reader = GroupReader()
         self.instances: dict[str, Instance] = {}
 
     def step(self, now: float) -> None:
         autoscaling, sqs = _client("autoscaling"), _client("sqs")
         wanted: dict[str, EnclaveGroup] = {}
-        for group in enclave_groups():
+        for group in self.reader.groups(now):
             try:
                 attributes = sqs.get_queue_attributes(
                     QueueUrl=group.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
@@ -290,7 +321,7 @@ class Fleet:
             if desired != group.desired:
                 LOG.info("group %s: desired capacity %d -> %d", group.name, group.desired, desired)
                 autoscaling.set_desired_capacity(AutoScalingGroupName=group.name, DesiredCapacity=desired)
-                (group,) = [g for g in enclave_groups() if g.name == group.name] or [group]
+                (group,) = self.reader.groups(now, [group.name]) or [group]  # its instance records, reconciled
             wanted.update(dict.fromkeys(group.instance_ids, group))
         for instance_id in [i for i in self.instances if i not in wanted or not self.instances[i].running()]:
             LOG.info("instance %s: stopping", instance_id)
