@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from audit.collect import SERVING_STAGES
 from audit.signatures import SigningKey, signature_problems
 from common.audit_log import AuditRecord, chain_problems
 
@@ -90,7 +91,7 @@ def served_while_approved(
         "Every model package that served a bundle was Approved for the whole time the endpoint served it.",
     )
     for bundle in bundles:
-        serving = bundle["stages"].get("InferShards")
+        serving = next((bundle["stages"][name] for name in SERVING_STAGES if name in bundle["stages"]), None)
         package_arn = bundle.get("model_package_arn")
         if not serving or not package_arn:
             continue  # never reached the endpoint
@@ -120,7 +121,8 @@ def result_versions_match_model(
 ) -> Check:
     check = Check(
         "result_versions_match_model",
-        "Every result records the model package that served it and the releases that model was built with.",
+        "Every result records the model package that served it and, for FHE, the releases that model was built "
+        "with (an enclave model's digest is checked against its shards' attestations).",
     )
     for bundle in bundles:
         if bundle["outcome"] != "delivered":
@@ -130,6 +132,8 @@ def result_versions_match_model(
                 f"bundle {bundle['bundle']}: the result names {bundle.get('result_model_package_arn')}, "
                 f"the workflow validated {bundle.get('model_package_arn')}"
             )
+            continue
+        if bundle.get("path") == "enclave":
             continue
         model = serving.get(str(bundle.get("model_package_arn")))
         recorded = bundle.get("result_versions") or {}
@@ -148,6 +152,56 @@ def result_versions_match_model(
                 f"bundle {bundle['bundle']}: the result records Python {recorded.get('python')}, "
                 f"the model {model.get('python')}"
             )
+    return check
+
+
+def enclave_served_as_attested(
+    bundles: list[dict[str, Any]], key_policy: dict[str, Any] | None, model_digests: Mapping[str, str | None]
+) -> Check:
+    check = Check(
+        "enclave_served_as_attested",
+        "Every shard of a delivered enclave bundle was served by an enclave whose attestation document verifies "
+        "against the Nitro attestation root and was made for that shard, with a measurement the enclave key's "
+        "policy releases keys to and the registered model's digest; the policy releases keys to measured enclaves "
+        "only.",
+    )
+    delivered = [b for b in bundles if b.get("path") == "enclave" and b["outcome"] == "delivered"]
+    if key_policy is None:
+        if delivered:
+            check.failures.append("enclave bundles were delivered, but the deployment names no enclave key")
+        return check
+    if key_policy.get("error"):
+        check.failures.append(
+            f"the enclave key's policy ({key_policy['key_arn']}) is unreadable: {key_policy['error']}"
+        )
+    for statement in key_policy["unattested"]:
+        check.failures.append(
+            f"the enclave key's policy statement {statement} allows kms:Decrypt without pinning an enclave measurement"
+        )
+    pinned = set(key_policy["measurements"])
+    for bundle in delivered:
+        name, package_arn = bundle["bundle"], str(bundle.get("model_package_arn"))
+        registered = model_digests.get(package_arn)
+        if not bundle.get("served_by"):
+            check.failures.append(f"bundle {name}: no shard has an attestation document")
+        for shard in bundle.get("served_by", []):
+            where = f"bundle {name}, shard {shard['shard']}"
+            if shard["problem"]:
+                check.failures.append(f"{where}: {shard['problem']}")
+                continue
+            if shard["image_sha384"] not in pinned:
+                check.failures.append(
+                    f"{where}: served by enclave measurement {shard['image_sha384']}, which the enclave key's policy "
+                    f"does not name (it names {', '.join(sorted(pinned)) or 'none'}; a policy changed since says so "
+                    "in CloudTrail's PutKeyPolicy events)"
+                )
+            if registered is None:
+                check.failures.append(f"{where}: the registered digest of {package_arn}'s model cannot be read")
+            elif shard["model_digest"] != registered:
+                check.failures.append(
+                    f"{where}: the enclave served model digest {shard['model_digest']}, {package_arn} registers "
+                    f"{registered}"
+                )
     return check
 
 

@@ -1,12 +1,14 @@
 """fhe-audit: what ran, on which model, with what outcome, for a time window, without any data.
 
     fhe-audit [--since 2026-11-22T00:00Z] [--until 2026-11-23T00:00Z] [--out audit-report]
-              [--deployment fhe] [--pipeline-name fhe-training]
+              [--deployment fhe] [--pipeline-name fhe-training] [--attestation-root PEM]
 
 Reads SageMaker (pipeline executions, steps, the model registry), Step Functions (executions and histories), the
 bundle bucket's inbox/outbox/quarantine records and the hash-chained audit log, then writes ``<out>.html``
-(tables and a timeline) and ``<out>.json`` (the same content). Exit status: 0 when every consistency check
-passes, 3 when one fails (the failures are printed), 2 for bad arguments or an unreachable service.
+(tables and a timeline) and ``<out>.json`` (the same content). Enclave bundles are checked against the
+attestation documents their enclaves presented, verified against AWS's Nitro Enclaves root (or the PEM file
+``--attestation-root`` or ``FHE_ATTESTATION_ROOT`` names: the local stack's own root). Exit status: 0 when every
+consistency check passes, 3 when one fails (the failures are printed), 2 for bad arguments or an unreachable service.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from audit import collect
 from audit.report import run
+from common.attestation import ROOT_VARIABLE, AttestationInvalid, trusted_root
 from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
 
 CHECKS_FAILED = 3
@@ -50,12 +53,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--settle", type=float, default=30.0, help="seconds to wait for just-ended bundles to reach the audit log"
     )
+    parser.add_argument(
+        "--attestation-root",
+        type=Path,
+        help=f"PEM certificate enclaves' attestation documents must chain to (default: ${ROOT_VARIABLE}, else AWS's "
+        "Nitro Enclaves root)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     until = args.until or datetime.now(tz=UTC)
     since = args.since or until - timedelta(hours=24)
     if since >= until:
         parser.error(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
+
+    try:
+        root = trusted_root(args.attestation_root)
+    except AttestationInvalid as error:
+        parser.error(str(error))
 
     def progress(line: str) -> None:
         if not args.quiet:
@@ -69,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             pipeline_name=args.pipeline_name,
             settle=args.settle,
             progress=progress,
+            attestation_root=root,
         )
     except RuntimeError as error:
         print(f"fhe-audit: {error}", file=sys.stderr)

@@ -18,17 +18,25 @@ from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
+from cryptography import x509
 
+from common.attestation import DOCUMENT_LIMIT, AttestationInvalid, verify_attestation
 from common.audit_log import DECIDED_BY, REFUSED_EVENT, AuditRecord, read_chain, user_identity
 from common.aws import is_missing
-from common.bundle.manifest import Manifest, parse_manifest
+from common.bundle.enclave_crypto import ShardBinding
+from common.bundle.enclave_manifest import EnclaveManifest, attestation_key, parse_either_manifest
+from common.bundle.manifest import Manifest
 from common.bundle.schema import MAX_MANIFEST_BYTES
 from common.bundle.store import INBOX_PREFIX, BundleLayout, bundle_prefix
+from common.model_package import ModelPackageError, describe, enclave_model_digest
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, bundle_of_key, bundle_path
+from infrastructure.package import ENCLAVE_SHARD_MAP_STATE, SHARD_MAP_STATE
 from pipelines.executions import describe_run, iso, model_package_summary, runs_between, seconds_between
 
-STAGES = ("Validate", "InferShards", "Assemble", "Quarantine")  # the top-level states a bundle passes through
+# The top-level states a bundle passes through: its shards are served by one of the two Maps, by its model's kind.
+SERVING_STAGES = (SHARD_MAP_STATE, ENCLAVE_SHARD_MAP_STATE)
+STAGES = ("Validate", *SERVING_STAGES, "Assemble", "Quarantine")
 CHUNK = 8 * 1024 * 1024
 
 
@@ -54,6 +62,8 @@ class Sources:
     pipeline_name: str
     kms: Any = None  # for the audit signing key's public key
     signing_key_arn: str = ""
+    enclave_key_arn: str = ""  # the enclave path's key, whose policy names the measurements it releases keys to
+    attestation_root: x509.Certificate | None = None  # the root enclaves' attestation documents must chain to
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -77,13 +87,13 @@ def sha256_of(s3: Any, uri: S3Uri) -> str | None:
     return digest.hexdigest()
 
 
-def read_manifest_if_any(s3: Any, uri: S3Uri) -> Manifest | None:
-    """The manifest at ``uri`` if it is there and valid; None otherwise. An owner wrote a request manifest, so at
-    most one byte more than a manifest may have is read."""
+def read_manifest_if_any(s3: Any, uri: S3Uri) -> Manifest | EnclaveManifest | None:
+    """The manifest (of either path) at ``uri`` if it is there and valid; None otherwise. An owner wrote a request
+    manifest, so at most one byte more than a manifest may have is read."""
     if (body := _body_if_any(s3, uri)) is None:
         return None
     try:
-        return parse_manifest(body.read(MAX_MANIFEST_BYTES + 1))
+        return parse_either_manifest(body.read(MAX_MANIFEST_BYTES + 1))
     except ValueError:
         return None  # a malformed manifest: the bundle's quarantine record says why
 
@@ -228,7 +238,7 @@ def stage_times(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return stages
 
 
-def object_digests(s3: Any, manifest_uri: S3Uri, manifest: Manifest | None) -> list[dict[str, Any]]:
+def object_digests(s3: Any, manifest_uri: S3Uri, manifest: Manifest | EnclaveManifest | None) -> list[dict[str, Any]]:
     """The manifest and each shard it lists: key, the sha256 the manifest declares, the sha256 of the bytes."""
     objects = [{"uri": str(manifest_uri), "declared_sha256": None, "sha256": sha256_of(s3, manifest_uri)}]
     if manifest is None:
@@ -259,10 +269,12 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
     request = read_manifest_if_any(s3, ref.manifest_uri)
     result = read_manifest_if_any(s3, layout.result_manifest(ref.bundle_id))
     outcome = _outcome(execution)
+    path = "enclave" if plan.get("path") == "enclave" or isinstance(request, EnclaveManifest) else "fhe"
     run: dict[str, Any] = {
         "bundle": ref.path,
         "owner": ref.owner,
         "bundle_id": ref.bundle_id,
+        "path": path,
         "execution": summary["executionArn"],
         "status": execution["status"],
         "outcome": outcome,
@@ -295,6 +307,9 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
     }
     if run["model_package_arn"]:
         run["model_package_version"] = int(str(run["model_package_arn"]).rsplit("/", 1)[-1])
+    if path == "enclave":
+        sealed = result if outcome == "delivered" and isinstance(result, EnclaveManifest) else None
+        run["served_by"] = shards_served(sources, ref, sealed) if sealed is not None else []
     if outcome == "quarantined":
         reason_uri = layout.quarantine_reason(ref.bundle_id)
         reason = read_json_if_any(s3, reason_uri) or {}
@@ -307,6 +322,95 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
     elif execution["status"] == "FAILED":
         run["failure"] = {"error": execution.get("error"), "cause": (execution.get("cause") or "")[:500]}
     return run
+
+
+# ---- the enclave path: what served each shard, and what the key policy and the registry say should have ------------
+
+
+def shards_served(sources: Sources, ref: BundleRef, result: EnclaveManifest) -> list[dict[str, Any]]:
+    """Per shard of a delivered enclave bundle, what the attestation document its enclave presented for the
+    shard's data key proves served it (measurement, model digest), or why the document proves nothing: missing,
+    not verifying against the trusted root, or made for another shard. The parent wrote the document where it
+    wrote the sealed results, but could not have made it: the NSM signed it."""
+    prefix = ref.layout.result_prefix(ref.bundle_id)
+    served = []
+    for entry in result.shards:
+        uri = prefix.join(attestation_key(entry.index))
+        shard: dict[str, Any] = {"shard": entry.index, "document": str(uri), "image_sha384": None,
+                                 "model_digest": None, "attested_at": None, "problem": None}  # fmt: skip
+        body = _body_if_any(sources.s3, uri)
+        if body is None:
+            shard["problem"] = "its attestation document is missing"
+        elif sources.attestation_root is None:
+            shard["problem"] = "no attestation root is trusted"
+        else:
+            try:
+                proof = verify_attestation(body.read(DOCUMENT_LIMIT + 1), sources.attestation_root)
+            except AttestationInvalid as error:
+                shard["problem"] = f"its attestation document does not verify: {error}"
+            else:
+                shard.update(
+                    image_sha384=proof.image_sha384, model_digest=proof.model_digest, attested_at=iso(proof.issued)
+                )
+                if proof.nonce != ShardBinding(ref.owner, ref.bundle_id, entry.index).attestation_nonce():
+                    shard["problem"] = "its attestation document was made for another shard"
+        served.append(shard)
+    return served
+
+
+ATTESTED_MEASUREMENT_KEYS = ("kms:recipientattestation:imagesha384", "kms:recipientattestation:pcr0")
+
+
+def _listed(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _allows_decrypt(statement: dict[str, Any]) -> bool:
+    actions = [a.lower() for a in _listed(statement.get("Action", []))]
+    return statement.get("Effect") == "Allow" and any(a in ("kms:decrypt", "kms:*", "*") for a in actions)
+
+
+def enclave_key_policy(sources: Sources) -> dict[str, Any] | None:
+    """What the enclave key's policy releases data keys to: the enclave measurements its ``kms:Decrypt``
+    statements pin (``kms:RecipientAttestation:ImageSha384`` or ``PCR0``), and the statements that allow
+    ``kms:Decrypt`` without pinning one (which would release keys to something other than a measured enclave).
+    None where the deployment has no enclave path."""
+    if not sources.enclave_key_arn or sources.kms is None:
+        return None
+    try:
+        answer = sources.kms.get_key_policy(KeyId=sources.enclave_key_arn, PolicyName="default")
+        statements = json.loads(answer["Policy"]).get("Statement", [])
+    except (ClientError, ValueError, AttributeError) as error:
+        return {"key_arn": sources.enclave_key_arn, "error": str(error), "measurements": [], "unattested": []}
+    measurements: set[str] = set()
+    unattested = []
+    for number, statement in enumerate(statements if isinstance(statements, list) else [statements]):
+        if not isinstance(statement, dict) or not _allows_decrypt(statement):
+            continue
+        pinned = [
+            value.lower()
+            for condition in (statement.get("Condition") or {}).values()
+            if isinstance(condition, dict)
+            for key, values in condition.items()
+            if key.lower() in ATTESTED_MEASUREMENT_KEYS
+            for value in _listed(values)
+        ]
+        if pinned:
+            measurements.update(pinned)
+        else:
+            unattested.append(str(statement.get("Sid") or f"statement {number}"))
+    return {"key_arn": sources.enclave_key_arn, "measurements": sorted(measurements), "unattested": unattested}
+
+
+def registered_model_digests(sources: Sources, package_arns: set[str]) -> dict[str, str | None]:
+    """Each enclave package's registered model digest (what its attestation must name); None where unreadable."""
+    digests: dict[str, str | None] = {}
+    for arn in sorted(package_arns):
+        try:
+            digests[arn] = enclave_model_digest(describe(sources.sagemaker, arn))
+        except (ClientError, ModelPackageError):
+            digests[arn] = None
+    return digests
 
 
 MAX_ESTIMATE_BYTES = 16 * 1024

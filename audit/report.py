@@ -11,15 +11,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from audit import checks, collect
 from audit.signatures import SigningKey
 from common import aws
+from common.attestation import trusted_root
 from common.audit_log import SIGNING_ALGORITHM, AuditRecord
 from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
 from common.stack_outputs import read_outputs
 
 TEMPLATE = "report.html.j2"
 AUDIT_SIGNING_KEY_OUTPUT = "AuditSigningKeyArn"  # the data stack's output naming the recorder's signing key
+ENCLAVE_KEY_OUTPUT = "EnclaveKeyArn"  # the enclave stack's, where the deployment has the enclave path
 
 
 def _records_settled(sources: collect.Sources, bundles: list[dict[str, Any]], settle: float) -> list[AuditRecord]:
@@ -65,14 +69,21 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
     sources.progress("inbox, outbox and quarantine records")
     manifests = collect.inbox_manifests(sources, window)
     current = collect.current_record_digests(sources, {(b["owner"], b["bundle_id"]) for b in bundles})
+    delivered = [b for b in bundles if b["outcome"] == "delivered"]
     serving = {
         arn: collect.serving_versions_of(sources, arn)
-        for arn in {str(b["model_package_arn"]) for b in bundles if b["outcome"] == "delivered"}
+        for arn in {str(b["model_package_arn"]) for b in delivered if b.get("path") != "enclave"}
     }
+    sources.progress("enclave attestations")
+    key_policy = collect.enclave_key_policy(sources)
+    model_digests = collect.registered_model_digests(
+        sources, {str(b["model_package_arn"]) for b in delivered if b.get("path") == "enclave"}
+    )
     results = [
         checks.inbox_accounted_for(manifests, bundles),
         checks.served_while_approved(bundles, decisions, registry),
         checks.result_versions_match_model(bundles, serving),
+        checks.enclave_served_as_attested(bundles, key_policy, model_digests),
         checks.objects_match_manifests(bundles),
         checks.audit_log_unaltered(records, bundles, current, signing_key),
     ]
@@ -103,6 +114,7 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
         "endpoints": collect.version_endpoints(records),
         "refused_events": [e for e in collect.refused_events(records) if _in_window(window, e["time"])],
         "bundles": bundles,
+        "enclave_key_policy": key_policy,
         "inbox": manifests,
     }
 
@@ -185,7 +197,9 @@ def render_html(report: dict[str, Any]) -> str:
     return str(_environment().get_template(TEMPLATE).render(r=report, chart=chart))
 
 
-def sources_for(deployment: str, pipeline_name: str, progress: Any) -> collect.Sources:
+def sources_for(
+    deployment: str, pipeline_name: str, progress: Any, attestation_root: x509.Certificate | None = None
+) -> collect.Sources:
     stack = read_outputs(deployment)
     missing = [
         k for k in ("StateMachineArn", "BundleBucketName", "AuditTableName", AUDIT_SIGNING_KEY_OUTPUT) if k not in stack
@@ -204,6 +218,8 @@ def sources_for(deployment: str, pipeline_name: str, progress: Any) -> collect.S
         pipeline_name=pipeline_name,
         kms=aws.client("kms"),
         signing_key_arn=stack[AUDIT_SIGNING_KEY_OUTPUT],
+        enclave_key_arn=stack.get(ENCLAVE_KEY_OUTPUT, ""),
+        attestation_root=attestation_root or trusted_root(),  # FHE_ATTESTATION_ROOT's, else AWS's Nitro root
         progress=progress,
     )
 
@@ -225,9 +241,10 @@ def run(
     pipeline_name: str = PIPELINE_NAME,
     settle: float = 30.0,
     progress: Any = None,
+    attestation_root: x509.Certificate | None = None,
 ) -> dict[str, Any]:
     """Build and write the report; returns its data (``data["ok"]`` says whether every check passed)."""
-    sources = sources_for(deployment, pipeline_name, progress or (lambda line: None))
+    sources = sources_for(deployment, pipeline_name, progress or (lambda line: None), attestation_root)
     data = build(sources, window, settle=settle)
     json_path, html_path = write(data, out)
     data["files"] = {"json": str(json_path), "html": str(html_path)}

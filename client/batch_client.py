@@ -68,7 +68,15 @@ from common.bundle.enclave_manifest import EnclaveManifest
 from common.bundle.manifest import KeyRef, Manifest, package_ref
 from common.bundle.schema import BundleError
 from common.bundle.store import ESTIMATE_NAME, BundleLayout
-from common.estimate import Estimate, EstimateError, EstimateTable, estimate, serving_of
+from common.estimate import (
+    Estimate,
+    EstimateError,
+    EstimateTable,
+    FleetSizing,
+    estimate,
+    estimate_enclave,
+    serving_of,
+)
 from common.model_package import approved_packages, served_versions, version_endpoint
 from common.preprocessing import SchemaError
 from common.s3uri import S3Uri
@@ -98,11 +106,13 @@ class ClientSettings:
     # The deployment's enclave key (enclave stack output EnclaveKeyArn): enclave bundles' data keys are made under
     # it. Empty: the deployment has no enclave path.
     enclave_key_arn: str = ""
+    # The enclave fleet's limits (enclave stack output EnclaveFleetSizing, JSON), for the estimate before paying.
+    enclave_fleet: str = ""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
-        """``FHE_OWNER``, ``FHE_BUCKET``, ``FHE_MODEL_PACKAGE_GROUP``, ``FHE_ENDPOINT_NAME``, ``FHE_ENCLAVE_KEY_ARN``
-        (the home stays None:
+        """``FHE_OWNER``, ``FHE_BUCKET``, ``FHE_MODEL_PACKAGE_GROUP``, ``FHE_ENDPOINT_NAME``, ``FHE_ENCLAVE_KEY_ARN``,
+        ``FHE_ENCLAVE_FLEET`` (the home stays None:
         ``FHE_CLIENT_HOME`` is read where the home is used)."""
         env = os.environ if environ is None else environ
         return cls(
@@ -111,6 +121,7 @@ class ClientSettings:
             group=env.get("FHE_MODEL_PACKAGE_GROUP", MODEL_PACKAGE_GROUP),
             endpoint=env.get("FHE_ENDPOINT_NAME", ENDPOINT_NAME),
             enclave_key_arn=env.get("FHE_ENCLAVE_KEY_ARN", ""),
+            enclave_fleet=env.get("FHE_ENCLAVE_FLEET", ""),
         )
 
     @classmethod
@@ -126,6 +137,7 @@ class ClientSettings:
             outputs["EndpointName"],
             home,
             outputs.get("EnclaveKeyArn", ""),
+            outputs.get("EnclaveFleetSizing", ""),
         )
 
     @property
@@ -419,7 +431,18 @@ class BatchClient:
         return read_input(source, names, list(dict.fromkeys(id_columns)), label_column)
 
     def _estimate(self, model: ClientModel, samples: int, shard_size: int) -> Estimate:
-        """The bundle's estimate: the model's measured costs, the serving endpoint's limits, the estimate table."""
+        """The bundle's estimate: the model's measured costs, the limits of what serves it (the version's endpoint,
+        or the enclave fleet), the estimate table."""
+        if model.kind == "enclave":
+            if not self.settings.enclave_fleet:
+                raise EstimateError(
+                    "the enclave fleet's limits are not known (FHE_ENCLAVE_FLEET, the enclave stack's output "
+                    "EnclaveFleetSizing)"
+                )
+            fleet = FleetSizing.parse(self.settings.enclave_fleet)
+            made = estimate_enclave(samples, shard_size, model.costs(), fleet, EstimateTable.load())
+            self._notes(made.line())
+            return made
         endpoint = version_endpoint(self.settings.endpoint, model.ref.package_version)
         try:
             serving = serving_of(self._aws("sagemaker"), self._aws("application-autoscaling"), endpoint)
@@ -458,14 +481,13 @@ class BatchClient:
             self._notes(f"column(s) {', '.join(rows.ignored)} of {name} are not used by the model and are ignored")
         made: Estimate | None = None
         manifest: Manifest | EnclaveManifest
+        try:
+            made = self._estimate(model, len(rows.x), shard_size)
+        except EstimateError as error:  # the estimate informs; encryption goes on without it
+            self._notes(f"no estimate: {error}")
         if model.kind == "enclave":
-            self._notes("no estimate: the enclave path's costs are not measured yet")
             manifest = self._encrypt_for_enclave(model, rows.x, out, shard_size, bundle_id)
         else:
-            try:
-                made = self._estimate(model, len(rows.x), shard_size)
-            except EstimateError as error:  # the estimate informs; encryption goes on without it
-                self._notes(f"no estimate: {error}")
             manifest = encrypt_rows(model, rows.x, out, shard_size=shard_size, bundle_id=bundle_id, progress=self._bars)
         if made is not None:
             (out / ESTIMATE_NAME).write_text(json.dumps(made.to_dict(), indent=2))

@@ -45,7 +45,9 @@ def _note(text: str) -> None:
 
 
 def client_of(args: argparse.Namespace) -> BatchClient:
-    settings = ClientSettings(args.owner, args.bucket, args.group, args.endpoint, args.home, args.enclave_key_arn)
+    settings = ClientSettings(
+        args.owner, args.bucket, args.group, args.endpoint, args.home, args.enclave_key_arn, args.enclave_fleet
+    )
     return BatchClient(settings, notes=_note, progress_bars=not args.quiet)
 
 
@@ -146,6 +148,12 @@ def parser() -> argparse.ArgumentParser:
         "--enclave-key-arn",
         default=defaults.enclave_key_arn,
         help="the deployment's enclave key (FHE_ENCLAVE_KEY_ARN): data keys for bundles of an enclave model",
+    )
+    common.add_argument(
+        "--enclave-fleet",
+        default=defaults.enclave_fleet,
+        help="the enclave fleet's limits (FHE_ENCLAVE_FLEET, the enclave stack's output EnclaveFleetSizing): for the "
+        "estimate of an enclave bundle",
     )
     common.add_argument("--home", type=Path, default=None, help="client home (default FHE_CLIENT_HOME or ~/.fhe-batch)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -90,7 +90,10 @@ class ClientModel:
     def costs(self) -> ModelCosts:
         """What a sample costs with this model, as Evaluate measured it."""
         try:
-            return ModelCosts.from_metrics(json.loads((self.folder / artifacts.COSTS_JSON).read_text()))
+            metrics = json.loads((self.folder / artifacts.COSTS_JSON).read_text())
+            return (
+                ModelCosts.from_enclave_metrics(metrics) if self.kind == "enclave" else ModelCosts.from_metrics(metrics)
+            )
         except FileNotFoundError:
             raise EstimateError(
                 f"model {self.ref.package_arn} carries no measured costs ({artifacts.COSTS_JSON}): it was evaluated "

@@ -23,13 +23,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 TABLE_VARIABLE = "FHE_ESTIMATE_TABLE"
 SHIPPED_TABLE = Path(__file__).with_name("estimates.json")
 SCALING_NAMESPACE = "sagemaker"
+
+
+ENCLAVE_TIMES = ("seconds_per_wave", "instance_start_seconds", "scale_in_seconds")
 
 
 class EstimateError(ValueError):
@@ -46,6 +49,8 @@ class EstimateTable:
     seconds_per_wave: float
     instance_start_seconds: float
     path: str
+    # The enclave fleet's own times (the table's "enclave" section); None in a table without one.
+    enclave: dict[str, float] | None = None
 
     @classmethod
     def load(cls, path: Path | None = None) -> EstimateTable:
@@ -62,11 +67,23 @@ class EstimateTable:
                 seconds_per_wave=float(workflow["seconds_per_wave"]),
                 instance_start_seconds=float(workflow["instance_start_seconds"]),
                 path=str(chosen),
+                enclave={k: float(data["enclave"][k]) for k in ENCLAVE_TIMES} if "enclave" in data else None,
             )
         except FileNotFoundError:
             raise EstimateError(f"no estimate table at {chosen} ({TABLE_VARIABLE})") from None
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise EstimateError(f"the estimate table {chosen} is not usable: {error!r}") from None
+
+    def for_enclave(self, fleet: FleetSizing) -> EstimateTable:
+        """This table with the enclave fleet's times: its round of shards, and an instance's start from zero (the
+        wait for the group's wake alarm, then EC2's launch, the boot and the enclave's start)."""
+        if self.enclave is None:
+            raise EstimateError(f"the estimate table {self.path} has no enclave section ({', '.join(ENCLAVE_TIMES)})")
+        return replace(
+            self,
+            seconds_per_wave=self.enclave["seconds_per_wave"],
+            instance_start_seconds=fleet.wake_after_seconds + self.enclave["instance_start_seconds"],
+        )
 
     def hourly(self, instance_type: str) -> float:
         if instance_type not in self.hourly_prices:
@@ -97,6 +114,15 @@ class ModelCosts:
                 f"the model's evaluation lacks {', '.join(missing)}: it was evaluated by an older pipeline"
             )
         return cls(float(values[cls.METRICS[0]]), float(values[cls.METRICS[1]]), int(values[cls.METRICS[2]]))
+
+    @classmethod
+    def from_enclave_metrics(cls, metrics: dict[str, Any]) -> ModelCosts:
+        """An enclave model's costs (Evaluate's ``enclave_seconds_per_sample``, in clear, and the bytes a sample's
+        encrypted record takes); no evaluation key."""
+        try:
+            return cls(float(metrics["enclave_seconds_per_sample"]), float(metrics["input_bytes_per_sample"]), 0)
+        except (KeyError, TypeError, ValueError):
+            raise EstimateError("the enclave model's evaluation lacks its seconds and bytes per sample") from None
 
     def to_metrics(self) -> dict[str, float]:
         return dict(
@@ -147,6 +173,47 @@ def serving_of(sagemaker: Any, scaling: Any, endpoint: str) -> Serving:
 
 
 @dataclass(frozen=True)
+class FleetSizing:
+    """The enclave fleet's limits, as deployed (the enclave stack's output ``EnclaveFleetSizing``, JSON)."""
+
+    instance_type: str
+    max_instances: int
+    shards_per_instance: int
+    wake_after_seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> FleetSizing:
+        try:
+            data = json.loads(text)
+            sizing = cls(
+                str(data["instance_type"]),
+                int(data["max_instances"]),
+                int(data["shards_per_instance"]),
+                float(data["wake_after_seconds"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise EstimateError(
+                f"the enclave fleet's sizing {text[:200]!r} is not the enclave stack's output EnclaveFleetSizing"
+            ) from None
+        if sizing.max_instances < 1 or sizing.shards_per_instance < 1 or sizing.wake_after_seconds < 0:
+            raise EstimateError(f"the enclave fleet's sizing {text[:200]!r} has no instance or no shard per instance")
+        return sizing
+
+    def serving(self, table: EstimateTable) -> Serving:
+        """The fleet as the estimate sees a server: instances up now are not known to an owner (an instance start
+        is counted), and an idle instance is paid until target tracking's scale-in takes it away."""
+        if table.enclave is None:
+            raise EstimateError(f"the estimate table {table.path} has no enclave section ({', '.join(ENCLAVE_TIMES)})")
+        return Serving(
+            endpoint="enclave fleet",
+            instance_type=self.instance_type,
+            max_instances=self.max_instances,
+            invocations_per_instance=self.shards_per_instance,
+            scale_in_cooldown=table.enclave["scale_in_seconds"],
+        )
+
+
+@dataclass(frozen=True)
 class Estimate:
     samples: int
     shards: int
@@ -161,13 +228,15 @@ class Estimate:
     hourly_price: float
     prices_as_of: str
     instance_start: bool  # whether an instance start from zero is counted
+    path: str = "fhe"  # which path serves the bundle: FHE on the endpoint, or the attested enclave fleet
 
     def line(self) -> str:
         start = ", an instance start included" if self.instance_start else ""
+        work = "FHE" if self.path == "fhe" else "inference in the enclave"
         return (
             f"estimate: {self.samples} samples in {self.shards} shard{'s' if self.shards != 1 else ''}, "
             f"{_size(self.upload_bytes)} to upload, "
-            f"about {_duration(self.seconds)} ({_duration(self.fhe_seconds)} of FHE on {self.instances} "
+            f"about {_duration(self.seconds)} ({_duration(self.fhe_seconds)} of {work} on {self.instances} "
             f"{self.instance_type}{start}), about {self.cost:.4f} {self.currency} at {self.hourly_price} "
             f"{self.currency}/h (prices of {self.prices_as_of})"
         )
@@ -224,6 +293,15 @@ def estimate(
         prices_as_of=table.as_of,
         instance_start=cold,
     )
+
+
+def estimate_enclave(
+    samples: int, shard_size: int, model: ModelCosts, fleet: FleetSizing, table: EstimateTable
+) -> Estimate:
+    """An enclave bundle's estimate: the same model of time and cost as an FHE bundle's, on the enclave fleet (its
+    instances' EC2 price, its wake-up from zero, its scale-in), with the model's pace in clear."""
+    made = estimate(samples, shard_size, model, fleet.serving(table), table.for_enclave(fleet))
+    return replace(made, path="enclave")
 
 
 def _size(count: float) -> str:

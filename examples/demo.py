@@ -3,10 +3,11 @@
     deploy (fhe-deploy up: both stacks, the pipeline; fhe-deploy owner add demo) → train → register → approve →
     deploy the async endpoint → client keys, encrypt, drop → Step Functions workflow → result bundle → decrypt →
     agreement with the clear model → retraining: a new version served beside the first, a bundle for each
-    delivered, the first retired → audit report (audit-report.html and .json) → with an enclave image, the enclave
-    path: a 500-tree XGBoost model (ModelKind=enclave) trained, approved; the same owner's records encrypted under a
-    data key KMS makes on the enclave key, the workflow's shards served by the enclave fleet scaled from zero, the
-    sealed result opened by the owner → agreement with the clear model, time per stage.
+    delivered, the first retired → with an enclave image, the enclave path: a 500-tree XGBoost model
+    (ModelKind=enclave) trained, approved; the same owner's records encrypted under a data key KMS makes on the
+    enclave key, the workflow's shards served by the enclave fleet scaled from zero, the sealed result opened by the
+    owner → audit report (audit-report.html and .json; the enclave shards' attestations checked) → agreement with
+    the clear model, time per stage.
 
     python -m examples.demo [--samples 100] [--shard-size 25] [--report audit-report]
         [--enclave-image EIF --enclave-image-sha384 PCR0 --enclave-ami AMI --enclave-subnets S]
@@ -163,6 +164,18 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
             deployed, stack["StateMachineArn"], package_arn, source, work, owner, timings, people, settings.training
         )
     agreement = float(np.mean([p == e for p, e in zip(predicted, expected, strict=True)]))
+    # The enclave path, before the audit: the report shows what served its shards, as their enclaves attested.
+    enclave = None
+    if settings.enclave:
+        with tempfile.TemporaryDirectory(prefix="fhe-demo-enclave-") as scratch:
+            work = Path(scratch)
+            source = work / "records.csv"
+            x = sample_uci_records(settings.samples, source)  # the same records as above
+            owner = BatchClient(
+                ClientSettings.for_deployment(stack, DEMO_OWNER, home=work / "home"),
+                notes=lambda line: print(f"  {line}", flush=True),
+            )
+            enclave = enclave_path(deployed, source, x, work, owner, timings, people, settings)
     with timings.stage("audit report"), acting_as(people, "auditor"):
         sfn = aws.client("stepfunctions")
         arns = bundle_executions(sfn, stack["StateMachineArn"], bundle.bundle_id, DEMO_OWNER)
@@ -175,18 +188,6 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
             pipeline_name=deployment.pipeline_name,
             progress=lambda line: print(f"  {line}", flush=True),
         )
-    # After the audit report: the report does not cover enclave bundles yet (their audit is the next step).
-    enclave = None
-    if settings.enclave:
-        with tempfile.TemporaryDirectory(prefix="fhe-demo-enclave-") as scratch:
-            work = Path(scratch)
-            source = work / "records.csv"
-            x = sample_uci_records(settings.samples, source)  # the same records as above
-            owner = BatchClient(
-                ClientSettings.for_deployment(stack, DEMO_OWNER, home=work / "home"),
-                notes=lambda line: print(f"  {line}", flush=True),
-            )
-            enclave = enclave_path(deployed, source, x, work, owner, timings, people, settings)
     return {
         "model_package": package_arn,
         "bundle_id": bundle.bundle_id,
@@ -291,6 +292,7 @@ def enclave_path(
         "shards": len(bundle.manifest.shards),
         "agreement_with_clear_model": round(agreement, 4),
         "accuracy_against_the_owners_labels": decrypted.accuracy.to_dict() if decrypted.accuracy else None,
+        "estimate": bundle.estimate.to_dict() if bundle.estimate else None,
         "enclave_measurement": settings.enclave.measurement() if settings.enclave else None,
         "workflow_seconds": timings.stages[ENCLAVE_WORKFLOW_STAGE],
     }

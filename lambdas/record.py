@@ -59,7 +59,8 @@ from common.audit_log import (
     refused_body,
 )
 from common.aws import is_missing
-from common.bundle.manifest import package_ref, parse_manifest
+from common.bundle.enclave_manifest import parse_either_manifest
+from common.bundle.manifest import package_ref
 from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES, BundleError
 from common.bundle.store import BundleLayout, get_bytes
 from common.model_package import version_endpoint
@@ -183,7 +184,7 @@ def bundle_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, An
     kept[sha_field] = sha256
     try:
         if completed:
-            manifest = parse_manifest(data)
+            manifest = parse_either_manifest(data)
             if manifest.kind != "result" or manifest.bundle_id != bundle_id:
                 raise ValueError("not this bundle's result manifest")
             kept.update(

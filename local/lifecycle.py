@@ -49,6 +49,7 @@ from aws_emulators.nitro.authority import AttestationAuthority
 from aws_emulators.nitro.measurement import image_sha384
 from aws_emulators.sagemaker.container_runtime import RUNTIMES
 
+from common.attestation import ROOT_VARIABLE as ATTESTATION_ROOT_VARIABLE
 from common.estimate import TABLE_VARIABLE
 from local.stack_folder import stack_dir as stack_dir  # where the stack keeps its state, for its users too
 from local.tls import TlsMaterial, ensure_tls
@@ -204,6 +205,8 @@ def client_environment() -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
         "AWS_CA_BUNDLE": str(tls().authority),
+        # The root enclaves' attestation documents chain to here (AWS's Nitro root on AWS): for the audit.
+        ATTESTATION_ROOT_VARIABLE: str(attestation_authority().root_path),
         # The estimates' table with the local stack's own workflow times (prices stay AWS's).
         TABLE_VARIABLE: str(LOCAL_ESTIMATE_TABLE),
     }

@@ -31,6 +31,7 @@ PARAMETERS = {
     "BundleBucketName": f"fhe-bundles-{ACCOUNT}-{REGION}",
     "AuditTableName": "fhe-audit",
 }
+NO_VALUE = object()  # AWS::NoValue: the property or list item is left out
 # What the product stack imports from the data stack, by export name.
 IMPORTS = {"fhe-audit-signing-key": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/audit-signing-key"}
 ROOT = f"arn:aws:iam::{ACCOUNT}:root"  # in a resource policy: the account, whose IAM policies then decide
@@ -119,12 +120,35 @@ class Template:
 
         return re.sub(r"\$\{([^}]+)\}", value, text)
 
+    def condition(self, node: Any) -> bool:
+        """A template condition (by name, or a condition function), evaluated with the template's parameters."""
+        if isinstance(node, str):
+            return self.condition(self.raw["Conditions"][node])
+        ((function, arguments),) = node.items()
+        if function == "Condition":
+            return self.condition(arguments)
+        if function == "Fn::Not":
+            return not self.condition(arguments[0])
+        if function == "Fn::And":
+            return all(self.condition(item) for item in arguments)
+        if function == "Fn::Or":
+            return any(self.condition(item) for item in arguments)
+        if function == "Fn::Equals":
+            left, right = (self.resolve(item) for item in arguments)
+            return bool(str(left) == str(right))
+        raise AssertionError(f"condition function {function} is not evaluated here")
+
     def resolve(self, node: Any) -> Any:
         if isinstance(node, list):
-            return [self.resolve(item) for item in node]
+            return [resolved for item in node if (resolved := self.resolve(item)) is not NO_VALUE]
         if not isinstance(node, dict):
             return node
+        if set(node) == {"Fn::If"}:
+            name, when_true, when_false = node["Fn::If"]
+            return self.resolve(when_true if self.condition(name) else when_false)
         if set(node) == {"Ref"}:
+            if node["Ref"] == "AWS::NoValue":
+                return NO_VALUE
             return self.ref(node["Ref"])
         if set(node) == {"Fn::GetAtt"}:
             logical, attribute = node["Fn::GetAtt"]
@@ -140,7 +164,8 @@ class Template:
         if set(node) == {"Fn::Join"}:
             separator, items = node["Fn::Join"]
             return separator.join(str(self.resolve(item)) for item in items)
-        return {key: self.resolve(value) for key, value in node.items()}
+        resolved = {key: self.resolve(value) for key, value in node.items()}
+        return {key: value for key, value in resolved.items() if value is not NO_VALUE}
 
     def identity_policies(self, role: str) -> list[dict[str, Any]]:
         """Every policy document attached to ``role``: inline ones and the template's managed policies."""

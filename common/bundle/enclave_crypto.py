@@ -15,6 +15,7 @@ KMS data key, results sealed to the owner's public key. Bytes in, bytes out; not
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import secrets
@@ -44,6 +45,12 @@ class ShardBinding:
     def encryption_context(self) -> dict[str, str]:
         """The data key's KMS encryption context (the bundle's, not the shard's: one data key per bundle)."""
         return {"owner": self.owner, "bundle": self.bundle_id}
+
+    def attestation_nonce(self) -> bytes:
+        """The nonce the enclave puts in the attestation document it presents for this shard's key: the shard,
+        hashed (a document names no owner), so the document kept as the proof of what served the shard cannot be
+        shown for another one."""
+        return hashlib.sha256(self.associated_data("attestation")).digest()
 
     def associated_data(self, purpose: str) -> bytes:
         return json.dumps(

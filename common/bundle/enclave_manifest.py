@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from common.bundle.manifest import HEADER_FIELDS, ManifestHeader, ModelRef, ShardEntry, read_header
+from common.bundle.manifest import (
+    HEADER_FIELDS,
+    Manifest,
+    ManifestHeader,
+    ModelRef,
+    ShardEntry,
+    parse_manifest,
+    read_header,
+)
 from common.bundle.schema import (
     MAX_MANIFEST_BYTES,
     NONCE_BYTES,
@@ -53,6 +61,13 @@ def records_key(index: int) -> str:
 def sealed_results_key(index: int) -> str:
     """The object key of shard ``index``'s sealed predictions, relative to the result bundle's prefix."""
     return f"{SHARD_FOLDER}/{index:05d}.sealed"
+
+
+def attestation_key(index: int) -> str:
+    """The object key, relative to the result bundle's prefix, of the attestation document the enclave presented
+    for shard ``index``'s data key: the proof of what served it (its measurement, the model's digest), for the
+    audit and the owner."""
+    return f"{SHARD_FOLDER}/{index:05d}.attestation"
 
 
 def _min_object_bytes(samples: int) -> int:
@@ -96,6 +111,10 @@ class EnclaveManifest:
         return self.header.shards
 
     @property
+    def versions(self) -> Mapping[str, str]:
+        return self.header.versions
+
+    @property
     def total_samples(self) -> int:
         return sum(shard.samples for shard in self.header.shards)
 
@@ -135,6 +154,12 @@ def parse_enclave_manifest(data: bytes | str | Mapping[str, Any]) -> EnclaveMani
     if len(owner_key) != OWNER_KEY_BYTES:
         raise BundleError("enclave.owner_public_key", f"must be a {OWNER_KEY_BYTES}-byte X25519 public key")
     return EnclaveManifest(header, EnclaveKeys(key_arn, data_key, owner_key))
+
+
+def parse_either_manifest(data: bytes | str | Mapping[str, Any]) -> Manifest | EnclaveManifest:
+    """A manifest of either path, parsed by its own path's parser (``bundle_path``): for readers of both, such as
+    the audit and its recorder."""
+    return parse_enclave_manifest(data) if bundle_path(data) == "enclave" else parse_manifest(data)
 
 
 def sealed_entries(request: EnclaveManifest, sealed: Mapping[int, bytes]) -> tuple[ShardEntry, ...]:

@@ -68,6 +68,7 @@ class EnclaveApplication:
                 work.encrypted_data_key,
                 encryption_context=work.binding.encryption_context(),
                 model_digest=bytes.fromhex(self.model.digest),
+                nonce=work.binding.attestation_nonce(),
             )
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")

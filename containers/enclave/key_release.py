@@ -94,13 +94,20 @@ class KeyRelease:
         self.nsm = nsm
 
     def data_key(
-        self, encrypted_data_key: bytes, *, encryption_context: dict[str, str], model_digest: bytes
+        self,
+        encrypted_data_key: bytes,
+        *,
+        encryption_context: dict[str, str],
+        model_digest: bytes,
+        nonce: bytes | None = None,
     ) -> ReleasedKey:
+        """The data key, released to this enclave; ``model_digest`` and ``nonce`` (the shard served) go into the
+        attestation document, which is kept as the proof of what served the shard."""
         private_key = rsa.generate_private_key(public_exponent=65537, key_size=EPHEMERAL_KEY_BITS)
         public_key = private_key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        document = self.nsm.attestation(public_key=public_key, user_data=model_digest)
+        document = self.nsm.attestation(public_key=public_key, user_data=model_digest, nonce=nonce)
         answer = self.kms.decrypt(
             CiphertextBlob=encrypted_data_key,
             EncryptionContext=encryption_context,

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from common.archives import UnsafeArchiveError, extract_tar
 from common.bundle.enclave_crypto import ShardBinding
-from common.bundle.enclave_manifest import parse_enclave_manifest, sealed_results_key
+from common.bundle.enclave_manifest import attestation_key, parse_enclave_manifest, sealed_results_key
 from common.bundle.messages import ShardResult
 from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
 from common.bundle.store import BundleLayout, get_bytes, read_shard, write_shard_result
@@ -199,7 +199,10 @@ class ShardWorker:
         if answer.samples != entry.samples:
             raise ShardRefused("invalid_records", f"the shard holds {answer.samples} records, the manifest says "
                                f"{entry.samples}")  # fmt: skip
-        uri = layout.result_prefix(manifest.bundle_id).join(sealed_results_key(entry.index))
+        results = layout.result_prefix(manifest.bundle_id)
+        proof = results.join(attestation_key(entry.index))
+        self.s3.put_object(Bucket=proof.bucket, Key=proof.key, Body=answer.attestation_document)
+        uri = results.join(sealed_results_key(entry.index))
         self.s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=answer.sealed_results)
         result = ShardResult(
             manifest.bundle_id,

@@ -244,6 +244,10 @@ def evaluate_enclave(files: Path, test_dir: Path, output: Path, client_output: P
         client_output.mkdir(parents=True, exist_ok=True)
         for name in artifacts.ENCLAVE_CLIENT_ARTIFACTS:
             shutil.copyfile(files / name, client_output / name)
+        # What the owner's estimate is made of (common/estimate.py): the model's pace in clear, and a record's bytes
+        # as the client encrypts it (its features as float64 under AES-GCM).
+        costs = {"enclave_seconds_per_sample": seconds, "input_bytes_per_sample": 8.0 * model.features}
+        (client_output / artifacts.COSTS_JSON).write_text(json.dumps(costs, indent=2))
     print(json.dumps({"evaluation": values}), flush=True)
     return report
 

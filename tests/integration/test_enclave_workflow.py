@@ -4,7 +4,9 @@ enclave model, approved; an owner encrypts, drops and decrypts with the same cli
 queues the shards, the local fleet scales up from zero as the group's policies would and serves them through
 enclaves started from the image the group names; the predictions agree 100% with the clear model. A second owner
 cannot have the first's bundle served as his; an image replaced in the artifact bucket (changed by one byte) gets
-no key, and its bundle is quarantined as attestation_refused naming its measurement."""
+no key, and its bundle is quarantined as attestation_refused naming its measurement. The audit report, run by the
+auditor's role, shows per shard the measurement and model digest that served it, as attested, and checks them
+against the key policy and the registry; a document moved to another shard fails the check by name."""
 
 from __future__ import annotations
 
@@ -14,19 +16,25 @@ import json
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_emulators.nitro.measurement import image_sha384
 
+from audit import report as audit_report
+from audit.collect import Window
 from client.batch_client import BatchClient, ClientSettings
 from client.enclave_bundle import owner_key, public_bytes
 from client.errors import BundleQuarantined
 from common import aws
+from common.attestation import trusted_root
+from common.bundle.enclave_manifest import attestation_key
 from common.bundle.schema import MANIFEST_NAME
 from common.bundle.store import BundleLayout
+from common.model_package import describe, enclave_model_digest
 from common.settings import from_outputs
 from common.workflow import bundle_executions
 from containers.training.data import sample_uci_records
@@ -34,6 +42,7 @@ from infrastructure import owners
 from infrastructure.deployment import up
 from infrastructure.enclave_fleet import EnclaveFleet
 from local import lifecycle
+from local.people import acting_as, ensure_people
 from pipelines.approval import approve
 from pipelines.clear_predictions import clear_classes
 from pipelines.runs import train_and_register
@@ -52,6 +61,10 @@ class EnclaveDeployment:
     measurement: str
     sessions: dict[str, Any]  # each owner's role
     folder: Path
+    prefix: str
+    pipeline_name: str
+    since: datetime
+    delivered: list[str] = field(default_factory=list)  # the bundles delivered, for the audit
 
     def client(self, owner: str) -> BatchClient:
         settings = ClientSettings.for_deployment(self.outputs, owner, home=self.folder / f"{owner}-home")
@@ -65,6 +78,7 @@ class EnclaveDeployment:
 @pytest.fixture(scope="module")
 def deployed(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> EnclaveDeployment:
     folder = tmp_path_factory.mktemp("enclave-workflow")
+    since = datetime.now(tz=UTC) - timedelta(seconds=1)
     built = lifecycle.enclave_image(folder / "enclave.eif")
     fleet = EnclaveFleet(
         image=built.image,
@@ -85,7 +99,10 @@ def deployed(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     parameters = {"ModelKind": "enclave", "ModelType": "xgboost", "NEstimators": "50"}
     package_arn = train_and_register(pipeline, parameters=parameters)
     approve(package_arn, pipeline.package_group, "Approved", "enclave workflow tests")
-    return EnclaveDeployment(outputs, package_arn, built.image, built.image_sha384, sessions, folder)
+    return EnclaveDeployment(
+        outputs, package_arn, built.image, built.image_sha384, sessions, folder, deployment.prefix,
+        deployment.pipeline_name, since,
+    )  # fmt: skip
 
 
 class CapacityWatch(threading.Thread):
@@ -128,6 +145,24 @@ def _fleet_at_zero(group: str, timeout: float = 180.0) -> None:
         time.sleep(0.5)
 
 
+def shard_messages(sfn: Any, state_machine: str, execution: str) -> list[dict[str, Any]]:
+    """What each shard message an execution queued for the fleet carried, and what its parent answered: the
+    deployed state machine's MessageBody resolved against each Map child execution's input (the local Step
+    Functions records no TaskScheduled parameters to read them from), and each child's output. The task token is
+    the service's own."""
+    definition = json.loads(sfn.describe_state_machine(stateMachineArn=state_machine)["definition"])
+    processor = definition["States"]["InferShardsInEnclave"]["ItemProcessor"]
+    body = processor["States"][processor["StartAt"]]["Parameters"]["MessageBody"]
+    assert sorted(body) == ["bundle.$", "model_package_arn.$", "shard_index.$", "task_token.$"], body
+    messages = []
+    for map_run in sfn.list_map_runs(executionArn=execution)["mapRuns"]:
+        for child in sfn.list_executions(mapRunArn=map_run["mapRunArn"])["executions"]:
+            described = sfn.describe_execution(executionArn=child["executionArn"])
+            message = json.loads(described["input"])
+            messages.append({**message, "answer": json.loads(described.get("output") or "null")})
+    return messages
+
+
 def test_an_owners_enclave_bundle_runs_through_the_workflow_on_a_fleet_scaled_from_zero(
     deployed: EnclaveDeployment,
 ) -> None:
@@ -137,16 +172,26 @@ def test_an_owners_enclave_bundle_runs_through_the_workflow_on_a_fleet_scaled_fr
     ]
     assert group["DesiredCapacity"] == 0  # nothing runs until a shard waits
     source, x = _records(d, "alice", 40)
+    data_keys: list[bytes] = []  # the bundle's data key as KMS answered the owner's client, to scan for below
+
+    def keep_data_key(**call: Any) -> None:
+        data_keys.append(call["parsed"]["Plaintext"])
+
+    d.sessions["alice"].events.register("after-call.kms.GenerateDataKey", keep_data_key)
     alice = d.client("alice")
     keys = alice.keys()
     assert keys.model.kind == "enclave" and keys.evaluation_key is None
     bundle = alice.encrypt(
         source, d.folder / "alice-bundle", shard_size=10, id_columns=["id"], label_column="diagnosis"
     )
+    # The estimate before paying, from the model's measured pace and the fleet's limits (EnclaveFleetSizing).
+    assert bundle.estimate is not None and bundle.estimate.path == "enclave", bundle.estimate
+    assert (bundle.estimate.samples, bundle.estimate.shards, bundle.estimate.instance_type) == (40, 4, "m5.xlarge")
     with CapacityWatch(d.group) as watch:
         alice.submit(bundle.folder)
         alice.wait(bundle.bundle_id, timeout=SETTLE_TIMEOUT)
     decrypted = alice.decrypt(bundle.bundle_id, d.folder / "alice-predictions.csv")
+    d.delivered.append(bundle.bundle_id)
     expected = clear_classes(d.package_arn, x)
     assert decrypted.predicted_classes == expected  # 100% agreement with the clear model
     with decrypted.predictions.open(newline="") as handle:
@@ -163,16 +208,26 @@ def test_an_owners_enclave_bundle_runs_through_the_workflow_on_a_fleet_scaled_fr
     ]
     assert "InferShardsInEnclave" in entered and "InferShards" not in entered, entered
 
-    # No record or prediction in any object of the bundle bucket, nor in any log of the fleet or the stack.
+    # No record, prediction or data key in any object of the bundle bucket, any shard message the workflow queued
+    # (as its executions' histories hold them), nor any log of the fleet (parents and enclaves) or the stack.
     fragments = plaintext_fragments(x, x) + [p.encode() for p in decrypted.predictions.read_text().split() if "." in p]
+    (data_key,) = data_keys
+    key_forms = [data_key, data_key.hex().encode(), base64.b64encode(data_key)]
+
+    def clean(text: bytes) -> bool:
+        return not numbers_in_text(text, fragments) and not any(form in text for form in key_forms)
+
     s3, bucket = aws.client("s3"), d.outputs["BundleBucketName"]
     for listed in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
-        body = s3.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read()
-        assert not numbers_in_text(body, fragments), listed["Key"]
+        assert clean(s3.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read()), listed["Key"]
+    messages = shard_messages(sfn, d.outputs["StateMachineArn"], arn)
+    assert sorted(m["shard_index"] for m in messages) == [0, 1, 2, 3], messages
+    assert {m["answer"]["image_sha384"] for m in messages} == {d.measurement}, messages
+    assert clean(json.dumps(messages).encode())
     logs = [*lifecycle.fleet_state_dir().rglob("*.log"), *lifecycle.stack_dir().glob("*.log")]
     assert any(log.name == "parent.log" for log in logs) and any(log.name == "enclave.log" for log in logs)
     for log in logs:
-        assert not numbers_in_text(log.read_bytes(), fragments), log
+        assert clean(log.read_bytes()), log
 
 
 def test_another_owner_cannot_have_a_copied_bundle_served_as_his(deployed: EnclaveDeployment) -> None:
@@ -226,4 +281,49 @@ def test_an_image_changed_by_one_byte_gets_no_key_and_its_bundle_is_quarantined_
     assert image_sha384(changed) in str(reason["message"]) and d.measurement not in str(reason["message"])
     layout = BundleLayout(d.outputs["BundleBucketName"], "alice")
     inbox = s3.list_objects_v2(Bucket=layout.bucket, Prefix=layout.request_prefix(bundle.bundle_id).key + "/")
-    assert len(inbox.get("Contents", [])) == 2  # its objects stay: the manifest and its shard
+    kept = sorted(listed["Key"].rsplit("/", 1)[-1] for listed in inbox.get("Contents", []))
+    assert kept == ["00000.records", "estimate.json", "manifest.json"], kept  # its objects stay
+
+
+def test_the_audit_shows_what_served_each_enclave_shard_as_attested_and_checks_it(
+    deployed: EnclaveDeployment, tmp_path: Path
+) -> None:
+    d = deployed
+    assert d.delivered, "runs after the end-to-end test, whose bundle it audits"
+    people = ensure_people(d.prefix, d.outputs)
+    root = trusted_root(lifecycle.attestation_authority().root_path)
+
+    def audit(out: Path) -> dict[str, Any]:
+        with acting_as(people, "auditor"):
+            window = Window(d.since, datetime.now(tz=UTC) + timedelta(seconds=1))
+            return audit_report.run(
+                window, out, deployment=d.prefix, pipeline_name=d.pipeline_name, settle=60.0, attestation_root=root
+            )
+
+    report = audit(tmp_path / "report")
+    assert report["ok"], [c for c in report["checks"] if not c["ok"]]
+    (bundle,) = [b for b in report["bundles"] if b["bundle_id"] in d.delivered]
+    assert bundle["path"] == "enclave" and bundle["outcome"] == "delivered"
+    assert [s["shard"] for s in bundle["served_by"]] == [0, 1, 2, 3]
+    digest = enclave_model_digest(describe(aws.client("sagemaker"), d.package_arn))
+    for shard in bundle["served_by"]:
+        assert (shard["image_sha384"], shard["model_digest"], shard["problem"]) == (d.measurement, digest, None)
+    assert report["enclave_key_policy"]["measurements"] == [d.measurement]
+    assert report["enclave_key_policy"]["unattested"] == []
+    html = Path(report["files"]["html"]).read_text()
+    assert d.measurement in html and digest in html
+
+    # Shard 0's document shown as shard 1's proof: the document is genuine, but made for another shard.
+    s3, layout = aws.client("s3"), BundleLayout(d.outputs["BundleBucketName"], "alice")
+    prefix = layout.result_prefix(bundle["bundle_id"])
+    first, second = prefix.join(attestation_key(0)), prefix.join(attestation_key(1))
+    kept = s3.get_object(Bucket=second.bucket, Key=second.key)["Body"].read()
+    s3.copy_object(Bucket=second.bucket, Key=second.key, CopySource={"Bucket": first.bucket, "Key": first.key})
+    try:
+        moved = audit(tmp_path / "moved")
+    finally:
+        s3.put_object(Bucket=second.bucket, Key=second.key, Body=kept)
+    (check,) = [c for c in moved["checks"] if c["name"] == "enclave_served_as_attested"]
+    assert check["failures"] == [
+        f"bundle alice/{bundle['bundle_id']}, shard 1: its attestation document was made for another shard"
+    ]

@@ -236,6 +236,42 @@ def test_an_estimate_is_made_of_measured_costs_the_endpoints_limits_and_a_dated_
         EstimateTable.load(broken)
 
 
+def test_an_enclave_bundles_estimate_is_made_of_the_models_pace_the_fleets_limits_and_ec2_prices(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from common.estimate import EstimateError, EstimateTable, FleetSizing, ModelCosts, estimate_enclave
+
+    table = EstimateTable.load()  # the shipped table, with its enclave section and EC2 prices
+    assert table.enclave is not None
+    costs = ModelCosts.from_enclave_metrics({"enclave_seconds_per_sample": 0.01, "input_bytes_per_sample": 240.0})
+    fleet = FleetSizing.parse(
+        '{"instance_type": "m5.xlarge", "max_instances": 4, "shards_per_instance": 2, "wake_after_seconds": 120}'
+    )
+    made = estimate_enclave(100, 25, costs, fleet, table)
+    # 1 s of work on the one instance woken from zero (no more: the work is shorter than a start), 4 shards two at
+    # a time: two rounds.
+    start = 120 + table.enclave["instance_start_seconds"]
+    assert (made.path, made.shards, made.waves, made.instances, made.instance_start) == ("enclave", 4, 2, 1, True)
+    assert made.seconds == round(table.seconds_per_bundle + 2 * table.enclave["seconds_per_wave"] + start + 1.0, 1)
+    billed = 1.0 + 2 * table.enclave["seconds_per_wave"] + table.enclave["scale_in_seconds"] + start
+    assert made.cost == round(billed / 3600 * table.hourly("m5.xlarge"), 6) and made.upload_bytes == 24_000
+    assert "of inference in the enclave on 1 m5.xlarge" in made.line()
+    for text in ("", "{}", '{"instance_type": "m5.xlarge", "max_instances": 0, "shards_per_instance": 1, '
+                 '"wake_after_seconds": 1}'):  # fmt: skip
+        with pytest.raises(EstimateError, match="enclave fleet's sizing"):
+            FleetSizing.parse(text)
+    with pytest.raises(EstimateError, match="seconds and bytes per sample"):
+        ModelCosts.from_enclave_metrics({"fhe_seconds_per_sample_served": 1.0})
+    older = tmp_path / "table.json"
+    data = json.loads(Path(table.path).read_text())
+    del data["enclave"]
+    older.write_text(json.dumps(data))
+    with pytest.raises(EstimateError, match="has no enclave section"):
+        estimate_enclave(100, 25, costs, fleet, EstimateTable.load(older))
+
+
 def test_the_cli_parses_calls_the_library_and_prints_its_answer(
     s3: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -411,12 +411,26 @@ def test_only_the_recorder_may_sign_the_audit_log_and_the_auditor_reads_the_publ
     assert PRODUCT_T.arn("RecordRole") == f"arn:aws:iam::{ACCOUNT}:role/fhe-audit-recorder"
 
 
+def test_the_auditor_reads_the_enclave_keys_policy_where_the_deployment_has_one_and_never_decrypts_with_it() -> None:
+    enclave_key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/enclave-key"
+    with_enclave = Template(PRODUCT, {**PRODUCT_T.parameters, "EnclaveKeyArn": enclave_key})
+
+    def auditor_may(template: Template, action: str) -> bool:
+        request = Request(template.arn("AuditorRole"), action, enclave_key)
+        return decide(request, template.identity_policies("AuditorRole")) == "Allow"
+
+    assert auditor_may(with_enclave, "kms:GetKeyPolicy")
+    assert not auditor_may(with_enclave, "kms:Decrypt") and not auditor_may(with_enclave, "kms:PutKeyPolicy")
+    assert not auditor_may(PRODUCT_T, "kms:GetKeyPolicy")  # no enclave path: no statement (AWS::NoValue)
+
+
 def test_the_auditor_reads_no_evaluation_key_and_the_recorder_only_what_it_checks() -> None:
     manifest = f"{BUNDLES}/inbox/clinic-a/bundle-1/manifest.json"
     estimate = f"{BUNDLES}/inbox/clinic-a/bundle-1/estimate.json"
     result_manifest = f"{BUNDLES}/outbox/clinic-a/bundle-1/manifest.json"
     reason = f"{BUNDLES}/quarantine/clinic-a/bundle-1/reason.json"
-    for target in (manifest, estimate, SHARD, result_manifest, RESULT, reason):
+    attestation = f"{BUNDLES}/outbox/clinic-a/bundle-1/shards/00000.attestation"
+    for target in (manifest, estimate, SHARD, result_manifest, RESULT, reason, attestation):
         assert can("AuditorRole", "s3:GetObject", target), target
     for target in (
         EVALUATION_KEY,
