@@ -46,6 +46,7 @@ bench: setup
 	$(PY) -m local.lifecycle up
 	eval "$$($(PY) -m local.lifecycle env)" && $(PY) bench/workflow.py
 	eval "$$($(PY) -m local.lifecycle env)" && $(PY) -m bench.scale
+	$(PY) -m bench.enclave
 	$(PY) bench/report.py
 
 lint: setup

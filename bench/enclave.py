@@ -2,7 +2,7 @@
 FHE through the endpoint's inference engine) against the attested enclave (a float logistic regression and a
 500-tree XGBoost model, through the enclave application).
 
-    .venv/bin/python bench/enclave.py [--fhe-samples 20] [--shard-size 100] [--out bench/results]
+    .venv/bin/python -m bench.enclave [--fhe-samples 20] [--shard-size 100] [--out bench/results]
 
 For each model:
 
@@ -251,7 +251,7 @@ def main() -> None:
                 flush=True,
             )
     record = {
-        "command": f"python bench/enclave.py --fhe-samples {args.fhe_samples} --shard-size {args.shard_size}",
+        "command": f"python -m bench.enclave --fhe-samples {args.fhe_samples} --shard-size {args.shard_size}",
         "machine": {"cores": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "dataset": DATASET,
         "results": results,

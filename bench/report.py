@@ -457,6 +457,36 @@ def scale_section(scale: dict[str, Any]) -> list[str]:
     return lines
 
 
+def enclave_section(enclave: dict[str, Any]) -> list[str]:
+    """Breast cancer through both paths: FHE against the attested enclave (bench/enclave.py)."""
+    cores = enclave["machine"]["cores"]
+    lines = [
+        "### Both paths on one data set: FHE against the attested enclave",
+        "",
+        f"`{enclave['command']}` on {cores} cores ({enclave['dataset']}; served accuracy in real FHE on the rows "
+        "shown, the enclave's on the whole test split). Seconds per sample as served on this machine: FHE as a shard "
+        "runs on the endpoint's engine, the enclave as its application serves a shard (attestation, KMS's Recipient "
+        "answer made and opened, records decrypted, model run, predictions sealed; KMS's and S3's round trips not "
+        "included). Costs at the estimate table's prices: the busy instance time of 1,000 samples, and the owner's "
+        "estimate of a 1,000-sample bundle from zero instances (one instance at most: start, rounds of shards, "
+        "scale-in). Cold start on AWS as the table counts it.",
+        "",
+        "| model | path | clear | served | s/sample | per-shard s | instance | $ per 1,000 (busy) "
+        "| $ 1,000-sample bundle from zero | cold start s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in enclave["results"]:
+        cost = row["cost"]
+        per_shard = f"{row['one_record_shard_seconds']:.3f}" if "one_record_shard_seconds" in row else "–"
+        lines.append(
+            f"| {row['model']} | {row['path']} | {row['accuracy_clear']:.3f} | "
+            f"{row['accuracy_served']:.3f} ({row['served_samples']}) | {row['seconds_per_sample']:.5f} | {per_shard} | "
+            f"{cost['instance_type']} | {cost['busy_cost_per_1000']:.6f} | "
+            f"{cost['bundle_of_1000_from_zero']['cost']:.4f} | {cost['cold_start_seconds_on_aws']:.0f} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
@@ -464,7 +494,7 @@ def main() -> None:
     args = parser.parse_args()
     found = {
         name: json.loads((args.results / f"{name}.json").read_text())
-        for name in ("recipe", "variants", "workflow", "scale", "search", "budget")
+        for name in ("recipe", "variants", "workflow", "scale", "search", "budget", "enclave")
         if (args.results / f"{name}.json").exists()
     }
     recipe, variants, workflow = found.get("recipe"), found.get("variants"), found.get("workflow")
@@ -496,6 +526,8 @@ def main() -> None:
         body += [*workflow_section(workflow), ""]
     if found.get("scale"):
         body += [*scale_section(found["scale"]), ""]
+    if found.get("enclave"):
+        body += [*enclave_section(found["enclave"]), ""]
     body.append(END)
     text = args.doc.read_text() if args.doc.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text or END not in text:

@@ -2,7 +2,8 @@
 credentials differ.
 
     fhe-deploy up [--prefix fhe] [--endpoint fhe-inference] [--schedule "rate(7 days)"] [--build-images] [--dry-run]
-                  [--enclave-image EIF --enclave-ami AMI --enclave-subnets S1,S2 [--enclave-image-sha384 PCR0]]
+                  [--enclave-image EIF [--enclave-image-sha384 PCR0] | --enclave-docker-uri URI]
+                  [--enclave-ami AMI --enclave-subnets S1,S2]
                                              with the enclave path: its key, shard queue and fleet of instances
     fhe-deploy images [--prefix fhe] [--engine docker|podman] [--base-image REF] [--no-push]
                                              build (and push) the training and inference images
@@ -33,7 +34,7 @@ from common.settings import SettingsError
 from common.stack_outputs import DeploymentNotFound, read_outputs, stack_outputs
 from infrastructure import images, owners
 from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
-from infrastructure.enclave_fleet import EnclaveFleet, EnclaveFleetError
+from infrastructure.enclave_fleet import EnclaveFleet, EnclaveFleetError, build_eif
 from pipelines.endpoint import EndpointError
 
 # The enclave fleet's defaults (an EnclaveFleet itself needs its image, AMI and subnets).
@@ -145,7 +146,16 @@ def parser() -> argparse.ArgumentParser:
     enclave = parser.add_argument_group(
         "the enclave path (infrastructure/enclave_fleet.py)", "up: deployed with --enclave-image; FHE only without"
     )
-    enclave.add_argument("--enclave-image", type=Path, help="the enclave's EIF (nitro-cli build-enclave)")
+    enclave.add_argument(
+        "--enclave-image", type=Path, help="the enclave's EIF (nitro-cli build-enclave); with --enclave-docker-uri, "
+        "where the EIF built is written (default enclave.eif)",
+    )  # fmt: skip
+    enclave.add_argument(
+        "--enclave-docker-uri",
+        default="",
+        help="build the EIF from this Docker image of containers/enclave/Dockerfile with nitro-cli build-enclave "
+        "(where nitro-cli exists), its measurement as the build reports it",
+    )
     enclave.add_argument(
         "--enclave-image-sha384", default="", help="its measurement (PCR0), where nitro-cli cannot read it here"
     )
@@ -174,11 +184,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def enclave_fleet(args: argparse.Namespace) -> EnclaveFleet | None:
-    if args.enclave_image is None:
+    image, measurement = args.enclave_image, args.enclave_image_sha384
+    if args.enclave_docker_uri:
+        if measurement:
+            raise EnclaveFleetError(
+                "--enclave-docker-uri builds the EIF and reads its measurement: drop --enclave-image-sha384"
+            )
+        image, measurement = build_eif(args.enclave_docker_uri, image or Path("enclave.eif"))
+    if image is None:
         return None
     return EnclaveFleet(
-        image=args.enclave_image,
-        image_sha384=args.enclave_image_sha384,
+        image=image,
+        image_sha384=measurement,
         ami=args.enclave_ami,
         subnets=tuple(s for s in args.enclave_subnets.split(",") if s),
         instance_type=args.enclave_instance_type,

@@ -107,6 +107,32 @@ class EnclaveFleet:
         }
 
 
+def build_eif(docker_uri: str, out: Path) -> tuple[Path, str]:
+    """The EIF of the enclave's Docker image (``containers/enclave/Dockerfile``), built with ``nitro-cli
+    build-enclave`` where nitro-cli exists, and its measurement (PCR0) as the build reports it."""
+    if shutil.which("nitro-cli") is None:
+        raise EnclaveFleetError(
+            f"no nitro-cli here to build the EIF of {docker_uri}: build it where nitro-cli is (nitro-cli build-enclave "
+            "--docker-uri URI --output-file enclave.eif), then give --enclave-image and --enclave-image-sha384"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run(
+        ["nitro-cli", "build-enclave", "--docker-uri", docker_uri, "--output-file", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        raise EnclaveFleetError(f"nitro-cli build-enclave {docker_uri}: {built.stderr.strip()[-500:]}")
+    try:
+        pcr0 = str(json.loads(built.stdout)["Measurements"]["PCR0"]).lower()
+    except (ValueError, KeyError, TypeError):
+        raise EnclaveFleetError(f"nitro-cli build-enclave {docker_uri} reported no measurements") from None
+    if not MEASUREMENT.match(pcr0) or not out.is_file():
+        raise EnclaveFleetError(f"nitro-cli build-enclave {docker_uri}: no EIF with a SHA-384 PCR0 at {out}")
+    return out, pcr0
+
+
 def parent_wheel(folder: Path) -> Path:
     """The product's wheel, which the instances install to run the parent (``containers.enclave.fleet``)."""
     built = subprocess.run(

@@ -91,6 +91,42 @@ def test_the_measurement_is_read_by_nitro_cli_or_must_be_given(
     assert _fleet(tmp_path).measurement() == MEASUREMENT
 
 
+def test_the_eif_is_built_by_nitro_cli_where_it_exists_with_its_measurement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infrastructure.cli import enclave_fleet, parser
+    from infrastructure.enclave_fleet import build_eif
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(
+        EnclaveFleetError, match=r"no nitro-cli here to build the EIF of fhe-enclave:1 .* --enclave-image"
+    ):
+        build_eif("fhe-enclave:1", tmp_path / "enclave.eif")
+    # What `nitro-cli build-enclave --docker-uri URI --output-file OUT` does: writes the EIF, prints its measurements.
+    built = {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": MEASUREMENT.upper(), "PCR1": "00"}}
+    nitro_cli = tmp_path / "nitro-cli"
+    nitro_cli.write_text(
+        '#!/bin/sh\n[ "$1 $2 $3 $4" = "build-enclave --docker-uri fhe-enclave:1 --output-file" ] || exit 3\n'
+        f"echo eif > \"$5\"\necho '{json.dumps(built)}'\n"
+    )
+    nitro_cli.chmod(nitro_cli.stat().st_mode | stat.S_IXUSR)
+    assert build_eif("fhe-enclave:1", tmp_path / "out" / "enclave.eif") == (
+        tmp_path / "out" / "enclave.eif",
+        MEASUREMENT,
+    )
+    with pytest.raises(EnclaveFleetError, match="nitro-cli build-enclave other:2"):
+        build_eif("other:2", tmp_path / "enclave.eif")
+    args = parser().parse_args(
+        ["up", "--enclave-docker-uri", "fhe-enclave:1", "--enclave-image", str(tmp_path / "e.eif"),
+         "--enclave-ami", "ami-1", "--enclave-subnets", "subnet-1"]
+    )  # fmt: skip
+    fleet = enclave_fleet(args)
+    assert fleet is not None and (fleet.image, fleet.measurement()) == (tmp_path / "e.eif", MEASUREMENT)
+    args.enclave_image_sha384 = MEASUREMENT
+    with pytest.raises(EnclaveFleetError, match="drop --enclave-image-sha384"):
+        enclave_fleet(args)
+
+
 def test_owners_roles_are_given_the_enclave_key_where_the_deployment_has_one() -> None:
     outputs = {name: "x" for name in ("KeyArn", "ModelBucketName", "BundleBucketName", "ModelPackageGroup")}
     outputs["EndpointName"] = "e"

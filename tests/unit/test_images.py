@@ -104,6 +104,20 @@ def test_the_image_requirements_are_the_projects_own() -> None:
     assert images_need == (set(extras["containers"]) - {"fhe-batch-inference[fhe]"}) | set(project["dependencies"])
 
 
+def test_the_enclave_image_is_the_enclave_application_on_its_pinned_runtimes() -> None:
+    """containers/enclave/Dockerfile, from which nitro-cli build-enclave makes the EIF: the project's enclave extra
+    pinned by constraints.txt, and the zip application containers/enclave/image.py builds, started listening on
+    vsock as the parent connects to it."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert _requirements(ROOT / "containers/requirements/enclave.txt") == set(extras["enclave"])
+    dockerfile = (ROOT / "containers/enclave/Dockerfile").read_text()
+    assert "-r /opt/requirements/enclave.txt -c /opt/requirements/constraints.txt" in dockerfile
+    assert "COPY build/enclave/enclave.pyz /opt/enclave/enclave.pyz" in dockerfile
+    assert '"--listen", "vsock:4294967295:5000"' in dockerfile  # any CID: the enclave's own
+    user_data = (ROOT / "infrastructure/enclave.yaml").read_text()
+    assert "--enclave-cid 16" in user_data and "--enclave vsock:16:5000" in user_data
+
+
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of what the images and the tag read, as the repository root."""
