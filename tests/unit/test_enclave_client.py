@@ -120,7 +120,8 @@ def test_the_client_runs_an_enclave_bundle_with_the_same_commands(
         source, tmp_path / "bundle", shard_size=3, id_columns=["patient"], label_column="diagnosis"
     )
     assert (encrypted.manifest.total_samples, len(encrypted.manifest.shards)) == (7, 3)
-    assert any(note.startswith("no estimate: the enclave path") for note in notes), notes
+    # No estimate without the fleet's limits (EnclaveFleetSizing), which this client was not given.
+    assert any(note.startswith("no estimate: the enclave fleet's limits are not known") for note in notes), notes
     submitted = client.submit(encrypted.folder)
     request_bytes = s3.get_object(Bucket=UNIT_BUCKET, Key=submitted.manifest.key)["Body"].read()
     assert parse_enclave_manifest(request_bytes).model.package_arn == package_arn

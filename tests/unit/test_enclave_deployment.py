@@ -99,7 +99,7 @@ def test_the_eif_is_built_by_nitro_cli_where_it_exists_with_its_measurement(
 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(
-        EnclaveFleetError, match=r"no nitro-cli here to build the EIF of fhe-enclave:1 .* --enclave-image"
+        EnclaveFleetError, match=r"no nitro-cli here to build the EIF of fhe-enclave:1: .* --enclave-image"
     ):
         build_eif("fhe-enclave:1", tmp_path / "enclave.eif")
     # What `nitro-cli build-enclave --docker-uri URI --output-file OUT` does: writes the EIF, prints its measurements.

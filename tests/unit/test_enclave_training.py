@@ -85,7 +85,11 @@ def test_an_enclave_model_is_trained_saved_as_data_and_evaluated_in_clear(
     assert metrics["accuracy"] == pytest.approx(float((predicted == y_test).mean()))
     # Owners get the record (what serves their data, by digest), never the model.
     published = sorted(path.name for path in (tmp_path / "client").iterdir())
-    assert published == sorted(artifacts.ENCLAVE_CLIENT_ARTIFACTS)
+    assert published == sorted([*artifacts.ENCLAVE_CLIENT_ARTIFACTS, artifacts.COSTS_JSON])
+    # And what the owner's estimate is made of: the model's pace in clear, a record's encrypted bytes.
+    costs = json.loads((tmp_path / "client" / artifacts.COSTS_JSON).read_text())
+    assert costs["enclave_seconds_per_sample"] == metrics["enclave_seconds_per_sample"] > 0
+    assert costs["input_bytes_per_sample"] == 8.0 * x_test.shape[1]
 
 
 def test_the_fhe_levers_are_refused_for_an_enclave_model_by_name() -> None:
