@@ -47,6 +47,7 @@ bench: setup
 	eval "$$($(PY) -m local.lifecycle env)" && $(PY) bench/workflow.py
 	eval "$$($(PY) -m local.lifecycle env)" && $(PY) -m bench.scale
 	$(PY) -m bench.enclave
+	$(PY) -m bench.language_model
 	$(PY) bench/report.py
 
 lint: setup

@@ -23,7 +23,6 @@ from cryptography import x509
 from common.attestation import DOCUMENT_LIMIT, AttestationInvalid, verify_attestation
 from common.audit_log import DECIDED_BY, REFUSED_EVENT, AuditRecord, read_chain, user_identity
 from common.aws import is_missing
-from common.bundle.enclave_crypto import ShardBinding
 from common.bundle.enclave_manifest import EnclaveManifest, attestation_key, parse_either_manifest
 from common.bundle.manifest import Manifest
 from common.bundle.schema import MAX_MANIFEST_BYTES
@@ -307,6 +306,9 @@ def bundle_run(sources: Sources, summary: dict[str, Any]) -> dict[str, Any]:
     }
     if run["model_package_arn"]:
         run["model_package_version"] = int(str(run["model_package_arn"]).rsplit("/", 1)[-1])
+    if isinstance(request, EnclaveManifest) and request.generation is not None:
+        # A text bundle's settings, as its manifest carries them (validated: within their limits).
+        run["generation"] = request.generation.to_dict()
     if path == "enclave":
         sealed = result if outcome == "delivered" and isinstance(result, EnclaveManifest) else None
         run["served_by"] = shards_served(sources, ref, sealed) if sealed is not None else []
@@ -352,7 +354,7 @@ def shards_served(sources: Sources, ref: BundleRef, result: EnclaveManifest) -> 
                 shard.update(
                     image_sha384=proof.image_sha384, model_digest=proof.model_digest, attested_at=iso(proof.issued)
                 )
-                if proof.nonce != ShardBinding(ref.owner, ref.bundle_id, entry.index).attestation_nonce():
+                if proof.nonce != result.binding(ref.owner, entry.index).attestation_nonce():
                     shard["problem"] = "its attestation document was made for another shard"
         served.append(shard)
     return served

@@ -50,7 +50,8 @@ from aws_emulators.nitro.nsm import Nsm as EmulatedNsm
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from bench.recipe import TREE_TUNED, bench_one
-from common.bundle.enclave_crypto import ShardBinding, encrypt_records, open_results, records_to_bytes
+from common.bundle.binding import ShardBinding
+from common.bundle.enclave_crypto import encrypt_records, open_results, records_to_bytes
 from common.enclave_model import EnclaveModelRecord
 from common.estimate import (
     SHIPPED_TABLE,

@@ -487,6 +487,35 @@ def enclave_section(enclave: dict[str, Any]) -> list[str]:
     return lines
 
 
+def language_model_section(measured: dict[str, Any]) -> list[str]:
+    """A language model's pace in the enclave's loader (bench/language_model.py)."""
+    estimate = measured["bloom_560m_estimate"]
+    lines = [
+        "### A language model in the enclave's loader",
+        "",
+        f"`{measured['command']}` on {measured['machine']['cores']} cores: the tests' small Bloom models (random "
+        "weights, a tokenizer trained locally), packed, loaded and run by the enclave's own code.",
+        "",
+        "| model | parameters | packed MB | load s | new tokens/s (greedy) | s per prompt (greedy) "
+        "| new tokens/s (sampled) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in measured["results"]:
+        lines.append(
+            f"| {row['model']} | {row['parameters']:,} | {row['packed_bytes'] / 1e6:.2f} | {row['load_seconds']:.2f} "
+            f"| {row['greedy']['tokens_per_second']:.0f} | {row['greedy']['seconds_per_prompt']:.3f} "
+            f"| {row['sampled']['tokens_per_second']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Bloom-560m, **estimated** ({estimate['basis']}): {estimate['seconds_per_token_here']:.3f} s per new token, "
+        f"{estimate['seconds_per_prompt_here']:.1f} s per prompt; {estimate['cost_per_1000_prompts_busy']:.2f} USD per "
+        f"1,000 prompts of busy {estimate['instance']} time at {estimate['hourly_price']} USD/h (prices of "
+        f"{estimate['prices_as_of']}), an upper bound: the reference instance gives the enclave 30 vCPUs, not 2.",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
@@ -494,7 +523,7 @@ def main() -> None:
     args = parser.parse_args()
     found = {
         name: json.loads((args.results / f"{name}.json").read_text())
-        for name in ("recipe", "variants", "workflow", "scale", "search", "budget", "enclave")
+        for name in ("recipe", "variants", "workflow", "scale", "search", "budget", "enclave", "language_model")
         if (args.results / f"{name}.json").exists()
     }
     recipe, variants, workflow = found.get("recipe"), found.get("variants"), found.get("workflow")
@@ -528,6 +557,8 @@ def main() -> None:
         body += [*scale_section(found["scale"]), ""]
     if found.get("enclave"):
         body += [*enclave_section(found["enclave"]), ""]
+    if found.get("language_model"):
+        body += [*language_model_section(found["language_model"]), ""]
     body.append(END)
     text = args.doc.read_text() if args.doc.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text or END not in text:

@@ -39,7 +39,9 @@ from client.decrypt import decrypt_result, write_predictions
 from client.enclave_bundle import (
     class_probabilities,
     encrypt_enclave_bundle,
+    encrypt_enclave_texts,
     open_enclave_result,
+    open_enclave_texts,
     owner_key,
     public_bytes,
 )
@@ -55,6 +57,7 @@ from client.model import (
     fetch_model,
     upload_evaluation_key,
 )
+from client.texts import read_prompts, write_completions
 from client.transfer import (
     download_enclave_shards,
     download_result,
@@ -63,8 +66,9 @@ from client.transfer import (
     submit,
     wait,
 )
-from common import aws
+from common import artifacts, aws
 from common.bundle.enclave_manifest import EnclaveManifest
+from common.bundle.generation import MAX_PROMPTS_PER_SHARD, GenerationSettings
 from common.bundle.manifest import KeyRef, Manifest, package_ref
 from common.bundle.schema import BundleError
 from common.bundle.store import ESTIMATE_NAME, BundleLayout
@@ -73,6 +77,7 @@ from common.estimate import (
     EstimateError,
     EstimateTable,
     FleetSizing,
+    ModelCosts,
     estimate,
     estimate_enclave,
     serving_of,
@@ -276,10 +281,11 @@ class Decrypted:
     classes: tuple[str, ...]
     probabilities: npt.NDArray[np.float64] = field(repr=False, compare=False)  # a row per input row, a column per class
     accuracy: Accuracy | None  # with the owner's labels kept at encryption
+    completions: tuple[str, ...] = field(default=(), repr=False)  # a text bundle's, one per prompt
 
     @property
     def rows(self) -> int:
-        return len(self.probabilities)
+        return len(self.completions) if self.completions else len(self.probabilities)
 
     @property
     def predicted_classes(self) -> list[str]:
@@ -470,11 +476,22 @@ class BatchClient:
         package_arn: str | None = None,
         id_columns: Sequence[str] | None = None,
         label_column: str | None = None,
+        text_column: str | None = None,
+        generation: GenerationSettings | None = None,
     ) -> Encrypted:
         """``source``'s rows → a bundle folder ``out`` (manifest + ciphertext shards) for ``package_arn``'s model
         (default: the one :meth:`keys` fetched last). Id columns (default: the model's own that a CSV has) and the
-        label column stay on this machine, beside the predictions later; the estimate goes with the bundle."""
+        label column stay on this machine, beside the predictions later; the estimate goes with the bundle. For a
+        language model, ``text_column`` names the prompts' column (CSV) or field (JSONL) and ``generation`` how they
+        are completed (default: greedy, 64 new tokens)."""
         model = self.model(package_arn)
+        if model.takes_text:
+            return self._encrypt_texts(
+                model, source, out, text_column, generation or GenerationSettings(), id_columns or (), bundle_id,
+                shard_size,
+            )  # fmt: skip
+        if text_column is not None or generation is not None:
+            raise InputError(f"{model.ref.package_arn} takes records of numbers, not prompts: drop --text-column")
         rows = self._rows(model, source, id_columns, label_column)
         if rows.ignored:
             name = source.name if isinstance(source, Path) else "the input"
@@ -494,6 +511,74 @@ class BatchClient:
         # Never uploaded: the ids come back next to the predictions, the labels score them.
         keep(self.settings.home, manifest.bundle_id, KeptColumns(rows.ids, label_column, rows.labels))
         return Encrypted(manifest, out, tuple(rows.ids), tuple(rows.ignored), made)
+
+    def _encrypt_texts(
+        self,
+        model: ClientModel,
+        source: Source,
+        out: Path,
+        text_column: str | None,
+        generation: GenerationSettings,
+        id_columns: Sequence[str],
+        bundle_id: str | None,
+        shard_size: int,
+    ) -> Encrypted:
+        """Prompts for a language model in the enclave → a text bundle: ids kept here, the prompts encrypted under a
+        data key KMS makes for this bundle, bound to the generation settings the manifest carries."""
+        if not isinstance(source, Path) or text_column is None:
+            raise InputError(f"{model.ref.package_arn} is a language model: give a CSV or JSONL and its --text-column")
+        if not self.settings.enclave_key_arn:
+            raise FheClientError(
+                f"{model.ref.package_arn} is served in the enclave: name the deployment's enclave key "
+                "(FHE_ENCLAVE_KEY_ARN, the enclave stack's output EnclaveKeyArn)"
+            )
+        texts = read_prompts(source, text_column, id_columns)
+        made: Estimate | None = None
+        try:
+            made = self._estimate_texts(model, texts.prompts, generation, min(shard_size, MAX_PROMPTS_PER_SHARD))
+        except EstimateError as error:  # the estimate informs; encryption goes on without it
+            self._notes(f"no estimate: {error}")
+        manifest = encrypt_enclave_texts(
+            self._aws("kms"),
+            key_arn=self.settings.enclave_key_arn,
+            owner=self.layout.owner,
+            model=model.ref,
+            versions=model.versions.to_dict(),
+            prompts=texts.prompts,
+            generation=generation,
+            owner_public_key=public_bytes(owner_key(self._home)),
+            destination=out,
+            bundle_id=bundle_id or new_bundle_id(),
+            shard_size=min(shard_size, MAX_PROMPTS_PER_SHARD),
+            progress=self._bars,
+        )
+        keep_request(self.settings.home, manifest.bundle_id, manifest.to_json())
+        keep(self.settings.home, manifest.bundle_id, KeptColumns(texts.ids, None, None))
+        if made is not None:
+            (out / ESTIMATE_NAME).write_text(json.dumps(made.to_dict(), indent=2))
+        return Encrypted(manifest, out, tuple(texts.ids), (), made)
+
+    def _estimate_texts(
+        self, model: ClientModel, prompts: Sequence[str], generation: GenerationSettings, shard_size: int
+    ) -> Estimate:
+        """A text bundle's estimate: the model's measured pace for these settings, on the enclave fleet."""
+        if not self.settings.enclave_fleet:
+            raise EstimateError(
+                "the enclave fleet's limits are not known (FHE_ENCLAVE_FLEET, the enclave stack's output "
+                "EnclaveFleetSizing)"
+            )
+        try:
+            metrics = json.loads((model.folder / artifacts.COSTS_JSON).read_text())
+        except FileNotFoundError:
+            raise EstimateError(
+                f"model {model.ref.package_arn} carries no measured pace ({artifacts.COSTS_JSON})"
+            ) from None
+        average = sum(len(p.encode()) for p in prompts) / len(prompts) + 4  # JSON quotes and separators, about
+        costs = ModelCosts.for_prompts(metrics, generation.max_new_tokens, average)
+        fleet = FleetSizing.parse(self.settings.enclave_fleet)
+        made = estimate_enclave(len(prompts), shard_size, costs, fleet, EstimateTable.load())
+        self._notes(made.line())
+        return made
 
     def _encrypt_for_enclave(
         self, model: ClientModel, x: npt.NDArray[np.float64], out: Path, shard_size: int, bundle_id: str | None
@@ -552,6 +637,13 @@ class BatchClient:
         s3 = self._aws("s3")
         found, data = read_either_manifest(s3, manifest_uri)
         model = ClientModel.for_package(found.model.package_arn, self.settings.home)
+        if isinstance(found, EnclaveManifest) and found.generation is not None:
+            shards = download_enclave_shards(s3, manifest_uri, found)
+            request = kept_request(self.settings.home, found.bundle_id)
+            completions = open_enclave_texts(owner_key(self._home), self.layout.owner, request, data, shards)
+            kept = kept_for(self.settings.home, found.bundle_id)
+            write_completions(out, completions, kept.ids)
+            return Decrypted(found.bundle_id, out, (), np.empty((0, 0)), None, tuple(completions))
         if isinstance(found, EnclaveManifest):
             shards = download_enclave_shards(s3, manifest_uri, found)
             request = kept_request(self.settings.home, found.bundle_id)
@@ -591,8 +683,11 @@ class BatchClient:
         id_columns: Sequence[str] | None = None,
         label_column: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        text_column: str | None = None,
+        generation: GenerationSettings | None = None,
     ) -> RunResult:
-        """Keys, encrypt, submit, wait, decrypt: ``source``'s rows → predictions CSV ``out``."""
+        """Keys, encrypt, submit, wait, decrypt: ``source``'s rows → predictions CSV ``out`` (a language model's
+        completions, for prompts in ``text_column``)."""
         keys = self.keys(package_arn)
         with tempfile.TemporaryDirectory(prefix="fhe-bundle-") as scratch:
             encrypted = self.encrypt(
@@ -603,6 +698,8 @@ class BatchClient:
                 package_arn=keys.model_package,
                 id_columns=id_columns,
                 label_column=label_column,
+                text_column=text_column,
+                generation=generation,
             )
             submitted = self.submit(encrypted.folder)
         delivered = self.wait(encrypted.bundle_id, timeout=timeout)

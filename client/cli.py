@@ -19,7 +19,9 @@ FHE_CLIENT_HOME (keys and model files, default ~/.fhe-batch). The private key ne
 A model served in the attested enclave (ModelKind=enclave) takes the same commands: `keys` makes the owner's
 X25519 key pair (results come back sealed to it) instead of FHE keys, `encrypt` encrypts the rows under a data key
 KMS makes for this owner's bundle on the deployment's enclave key (FHE_ENCLAVE_KEY_ARN), `decrypt` opens the
-sealed result.
+sealed result. A language model in the enclave takes prompts (`--text-column`, from a CSV column or a JSONL field,
+with `--max-new-tokens`, `--temperature`, `--top-p`, `--seed`, `--stop`), and `decrypt` writes the completions
+keyed by the id columns.
 
 Each model version is served by its own endpoint, and keys belong to one version: keys for several versions live
 side by side in the client home, `--package-arn` pins one, and `keys` and `run` warn when a newer version than
@@ -37,7 +39,9 @@ from typing import Any
 
 from client.batch_client import DEFAULT_TIMEOUT_S, BatchClient, ClientSettings
 from client.encrypt import DEFAULT_SHARD_SIZE
-from client.errors import ACTIONABLE_ERRORS
+from client.errors import ACTIONABLE_ERRORS, InputError
+from common.bundle.generation import MAX_NEW_TOKENS, MAX_STOP_SEQUENCES, GenerationSettings
+from common.bundle.schema import BundleError
 
 
 def _note(text: str) -> None:
@@ -77,6 +81,7 @@ def cmd_encrypt(client: BatchClient, args: argparse.Namespace) -> dict[str, Any]
         package_arn=args.package_arn,
         id_columns=_id_columns(args),
         label_column=args.label_column,
+        **_text_options(args),
     )
     return encrypted.to_dict()
 
@@ -103,8 +108,23 @@ def cmd_run(client: BatchClient, args: argparse.Namespace) -> dict[str, Any]:
         id_columns=_id_columns(args),
         label_column=args.label_column,
         timeout=args.timeout,
+        **_text_options(args),
     )
     return done.to_dict()
+
+
+def _text_options(args: argparse.Namespace) -> dict[str, Any]:
+    """A language model's prompts and generation settings, as given (none: the model takes records)."""
+    if args.text_column is None:
+        return {}
+    try:
+        generation = GenerationSettings(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+            stop=tuple(args.stop),
+        )  # fmt: skip
+    except BundleError as error:
+        raise InputError(f"--{error.field.removeprefix('generation.').replace('_', '-')}: {error.problem}") from None
+    return {"text_column": args.text_column, "generation": generation}
 
 
 def _client_only_columns(command: argparse.ArgumentParser) -> None:
@@ -121,6 +141,16 @@ def _client_only_columns(command: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the input's own labels: kept on this machine, and the accuracy against them printed after decryption",
     )
+    text = command.add_argument_group("a language model's prompts (a model that takes texts)")
+    text.add_argument("--text-column", metavar="NAME", help="the prompts' CSV column or JSONL field")
+    text.add_argument("--max-new-tokens", type=int, default=64, help=f"(%(default)s; at most {MAX_NEW_TOKENS})")
+    text.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding (%(default)s; at most 2)")
+    text.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling's mass (%(default)s)")
+    text.add_argument("--seed", type=int, default=0, help="the sampler's seed, set before each prompt (%(default)s)")
+    text.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="cut a completion where this text starts "
+        f"(repeatable, at most {MAX_STOP_SEQUENCES})",
+    )  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:

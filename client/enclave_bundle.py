@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from tqdm import tqdm
 
 from client.errors import FheClientError, InputError
+from common.bundle.binding import ShardBinding
 from common.bundle.enclave_crypto import (
     DATA_KEY_BYTES,
-    ShardBinding,
     encrypt_records,
     open_results,
     records_from_bytes,
     records_to_bytes,
+    texts_from_bytes,
+    texts_to_bytes,
 )
 from common.bundle.enclave_manifest import (
     EnclaveKeys,
@@ -37,6 +39,7 @@ from common.bundle.enclave_manifest import (
     parse_enclave_manifest,
     records_key,
 )
+from common.bundle.generation import MAX_PROMPTS_PER_SHARD, GenerationSettings, check_prompts
 from common.bundle.manifest import ManifestHeader, ModelRef, ShardEntry
 from common.bundle.schema import MANIFEST_NAME, MAX_SAMPLES_PER_SHARD, BundleError, check_owner, sha256_hex, utc_now
 from common.bundle.shards import check_object
@@ -77,6 +80,44 @@ def make_data_key(kms: Any, key_arn: str, binding: ShardBinding) -> tuple[bytes,
     return plaintext, encrypted
 
 
+def _write_bundle(
+    kms: Any,
+    *,
+    key_arn: str,
+    owner: str,
+    model: ModelRef,
+    versions: Mapping[str, str],
+    chunks: Sequence[tuple[bytes, int]],
+    owner_public_key: bytes,
+    destination: Path,
+    bundle_id: str,
+    generation: GenerationSettings | None,
+    progress: bool,
+) -> EnclaveManifest:
+    """The shards' plaintexts (each with its sample count) encrypted under a new data key, and the manifest."""
+    check_owner(owner)
+    destination.mkdir(parents=True, exist_ok=True)
+    if (destination / MANIFEST_NAME).exists():
+        raise InputError(f"{destination} already holds a bundle; choose an empty folder")
+    header = ManifestHeader("request", bundle_id, utc_now(), model, dict(versions), (), None)
+    binding_of = EnclaveManifest(header, EnclaveKeys(key_arn, b"", owner_public_key), generation).binding
+    data_key, encrypted_key = make_data_key(kms, key_arn, binding_of(owner, 0))
+    entries = []
+    with tqdm(total=sum(n for _, n in chunks), unit="row", desc="encrypt", disable=not progress) as bar:
+        for index, (plaintext, samples) in enumerate(chunks):
+            data = encrypt_records(data_key, plaintext, binding_of(owner, index))
+            key = records_key(index)
+            (destination / key).parent.mkdir(parents=True, exist_ok=True)
+            (destination / key).write_bytes(data)
+            entries.append(ShardEntry(index, key, samples, sha256_hex(data), len(data)))
+            bar.update(samples)
+    del data_key  # only KMS's encrypted form is kept
+    header = ManifestHeader("request", bundle_id, utc_now(), model, dict(versions), tuple(entries), None)
+    manifest = EnclaveManifest(header, EnclaveKeys(key_arn, encrypted_key, owner_public_key), generation)
+    (destination / MANIFEST_NAME).write_bytes(manifest.to_json())
+    return manifest
+
+
 def encrypt_enclave_bundle(
     kms: Any,
     *,
@@ -92,30 +133,73 @@ def encrypt_enclave_bundle(
     progress: bool = True,
 ) -> EnclaveManifest:
     """Rows (already prepared as the model takes them) → an enclave request bundle in ``destination``."""
-    check_owner(owner)
     if not 1 <= shard_size <= MAX_SAMPLES_PER_SHARD:
         raise InputError(f"the shard size must be between 1 and {MAX_SAMPLES_PER_SHARD}, not {shard_size}")
     if rows.ndim != 2 or len(rows) == 0:
         raise InputError(f"the rows must be a non-empty 2-D array, not of shape {rows.shape}")
-    destination.mkdir(parents=True, exist_ok=True)
-    if (destination / MANIFEST_NAME).exists():
-        raise InputError(f"{destination} already holds a bundle; choose an empty folder")
-    data_key, encrypted_key = make_data_key(kms, key_arn, ShardBinding(owner, bundle_id, 0))
-    entries = []
-    with tqdm(total=len(rows), unit="row", desc="encrypt", disable=not progress) as bar:
-        for index, start in enumerate(range(0, len(rows), shard_size)):
-            chunk = rows[start : start + shard_size]
-            data = encrypt_records(data_key, records_to_bytes(chunk), ShardBinding(owner, bundle_id, index))
-            key = records_key(index)
-            (destination / key).parent.mkdir(parents=True, exist_ok=True)
-            (destination / key).write_bytes(data)
-            entries.append(ShardEntry(index, key, len(chunk), sha256_hex(data), len(data)))
-            bar.update(len(chunk))
-    del data_key  # only KMS's encrypted form is kept
-    header = ManifestHeader("request", bundle_id, utc_now(), model, dict(versions), tuple(entries), None)
-    manifest = EnclaveManifest(header, EnclaveKeys(key_arn, encrypted_key, owner_public_key))
-    (destination / MANIFEST_NAME).write_bytes(manifest.to_json())
-    return manifest
+    chunks = [(records_to_bytes(rows[i : i + shard_size]), len(rows[i : i + shard_size]))
+              for i in range(0, len(rows), shard_size)]  # fmt: skip
+    return _write_bundle(
+        kms, key_arn=key_arn, owner=owner, model=model, versions=versions, chunks=chunks,
+        owner_public_key=owner_public_key, destination=destination, bundle_id=bundle_id, generation=None,
+        progress=progress,
+    )  # fmt: skip
+
+
+def encrypt_enclave_texts(
+    kms: Any,
+    *,
+    key_arn: str,
+    owner: str,
+    model: ModelRef,
+    versions: Mapping[str, str],
+    prompts: Sequence[str],
+    generation: GenerationSettings,
+    owner_public_key: bytes,
+    destination: Path,
+    bundle_id: str,
+    shard_size: int = 20,
+    progress: bool = True,
+) -> EnclaveManifest:
+    """Prompts for a language model → a text bundle in ``destination``: the prompts in shards (a JSON array each)
+    bound to the generation settings, which the manifest carries."""
+    if not 1 <= shard_size <= MAX_PROMPTS_PER_SHARD:
+        raise InputError(f"a text bundle's shard holds 1 to {MAX_PROMPTS_PER_SHARD} prompts, not {shard_size}")
+    if not prompts:
+        raise InputError("a text bundle needs at least one prompt")
+    chunks = [(texts_to_bytes(check_prompts(list(prompts[i : i + shard_size]), f"prompts[{i}:]")),
+               len(prompts[i : i + shard_size])) for i in range(0, len(prompts), shard_size)]  # fmt: skip
+    return _write_bundle(
+        kms, key_arn=key_arn, owner=owner, model=model, versions=versions, chunks=chunks,
+        owner_public_key=owner_public_key, destination=destination, bundle_id=bundle_id, generation=generation,
+        progress=progress,
+    )  # fmt: skip
+
+
+def _opened_shards(
+    private_key: x25519.X25519PrivateKey,
+    owner: str,
+    request_manifest: bytes,
+    result_manifest: bytes,
+    shards: Mapping[int, bytes],
+) -> Iterator[tuple[ShardEntry, bytes]]:
+    """Each result shard opened, in order, once the result is this request's and sealed to this owner's key."""
+    request = parse_enclave_manifest(request_manifest)
+    result = parse_enclave_manifest(result_manifest)
+    if result.kind != "result" or result.bundle_id != request.bundle_id:
+        raise BundleError("manifest", f"is not the result of bundle {request.bundle_id}", "not_this_bundle")
+    if result.header.request_manifest_sha256 != sha256_hex(request_manifest):
+        raise BundleError("request.manifest_sha256", "is not this request's manifest", "not_this_bundle")
+    if result.enclave.owner_public_key != public_bytes(private_key):
+        raise FheClientError("the result is sealed to another owner's key: it cannot be opened with this one")
+    if result.generation != request.generation:
+        raise BundleError("generation", "the result was made with other settings than the request's", "not_this_bundle")
+    for entry in result.shards:
+        field = f"shards[{entry.index}]"
+        if entry.index not in shards:
+            raise BundleError(field, "is missing from the result", "missing_shard")
+        check_object(shards[entry.index], size=entry.size, sha256=entry.sha256, field=field)
+        yield entry, open_results(private_key, shards[entry.index], request.binding(owner, entry.index))
 
 
 def open_enclave_result(
@@ -127,26 +211,33 @@ def open_enclave_result(
 ) -> npt.NDArray[np.float64]:
     """The predictions of a result bundle, one per input row in input order; only the owner's key opens them, and
     only for this owner's bundle."""
-    request = parse_enclave_manifest(request_manifest)
-    result = parse_enclave_manifest(result_manifest)
-    if result.kind != "result" or result.bundle_id != request.bundle_id:
-        raise BundleError("manifest", f"is not the result of bundle {request.bundle_id}", "not_this_bundle")
-    if result.header.request_manifest_sha256 != sha256_hex(request_manifest):
-        raise BundleError("request.manifest_sha256", "is not this request's manifest", "not_this_bundle")
-    if result.enclave.owner_public_key != public_bytes(private_key):
-        raise FheClientError("the result is sealed to another owner's key: it cannot be opened with this one")
     predictions = []
-    for entry in result.shards:
+    for entry, opened in _opened_shards(private_key, owner, request_manifest, result_manifest, shards):
         field = f"shards[{entry.index}]"
-        if entry.index not in shards:
-            raise BundleError(field, "is missing from the result", "missing_shard")
-        check_object(shards[entry.index], size=entry.size, sha256=entry.sha256, field=field)
-        opened = open_results(private_key, shards[entry.index], ShardBinding(owner, result.bundle_id, entry.index))
         values = records_from_bytes(opened, field, max_values=MAX_SAMPLES_PER_SHARD * 1000)
         if len(values) != entry.samples:
             raise BundleError(field, f"holds {len(values)} predictions, the manifest says {entry.samples}")
         predictions.append(values)
     return np.concatenate(predictions, axis=0)
+
+
+def open_enclave_texts(
+    private_key: x25519.X25519PrivateKey,
+    owner: str,
+    request_manifest: bytes,
+    result_manifest: bytes,
+    shards: Mapping[int, bytes],
+) -> list[str]:
+    """A text bundle's completions, one per prompt in input order, opened as :func:`open_enclave_result` opens
+    predictions."""
+    completions: list[str] = []
+    for entry, opened in _opened_shards(private_key, owner, request_manifest, result_manifest, shards):
+        field = f"shards[{entry.index}]"
+        texts = texts_from_bytes(opened, field)
+        if len(texts) != entry.samples or not all(isinstance(text, str) for text in texts):
+            raise BundleError(field, f"holds no {entry.samples} completions", "invalid_records")
+        completions.extend(texts)
+    return completions
 
 
 def class_probabilities(predictions: npt.NDArray[np.float64], classes: int) -> npt.NDArray[np.float64]:

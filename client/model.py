@@ -25,6 +25,7 @@ from common import artifacts
 from common.bundle.manifest import KeyRef, ModelRef, package_ref
 from common.bundle.schema import sha256_hex
 from common.bundle.store import BundleLayout, object_exists
+from common.enclave_model import EnclaveModelError, EnclaveModelRecord
 from common.estimate import EstimateError, ModelCosts
 from common.model_package import (
     ModelPackageError,
@@ -84,6 +85,19 @@ class ClientModel:
         return cls.open(models / name)
 
     @cached_property
+    def takes_text(self) -> bool:
+        """Whether the model completes prompts (a language model in the enclave) rather than scoring records."""
+        if self.kind != "enclave":
+            return False
+        try:
+            record = EnclaveModelRecord.from_dict(json.loads((self.folder / artifacts.ENCLAVE_MODEL_JSON).read_text()))
+        except FileNotFoundError:
+            raise FheClientError(
+                f"{self.folder} lacks {artifacts.ENCLAVE_MODEL_JSON}; run `fhe-client keys` again"
+            ) from None
+        return record.takes_text
+
+    @cached_property
     def preprocessing(self) -> PreprocessingRecord:
         return PreprocessingRecord.load(self.folder / artifacts.PREPROCESSING_JSON)
 
@@ -125,6 +139,16 @@ class ClientModel:
         return KeyRef(data["sha256"], data["uri"], int(data["size"]))
 
 
+def _takes_text(folder: Path) -> bool:
+    path = folder / artifacts.ENCLAVE_MODEL_JSON
+    if not path.exists():
+        return False
+    try:
+        return EnclaveModelRecord.from_dict(json.loads(path.read_text())).takes_text
+    except (ValueError, EnclaveModelError) as error:
+        raise FheClientError(f"{path} is not an enclave model's record: {error}") from None
+
+
 def fetch_model(
     sagemaker: Any, s3: Any, *, group: str, package_arn: str | None = None, home: Path | None = None
 ) -> ClientModel:
@@ -139,7 +163,8 @@ def fetch_model(
     folder = _private_folder((home or client_home()) / "models" / f"{ref.package_group}-v{ref.package_version}")
     # The copy the approval published, the only one a batch owner's role may read (pipelines/approval.py).
     source = published_client_artifacts_uri(package)
-    for name in artifacts.client_artifacts(kind):
+
+    def download(name: str) -> None:
         target = folder / name
         if not target.exists():
             uri = source.join(name)
@@ -150,6 +175,11 @@ def fetch_model(
                     f"the client artifacts of {ref.package_arn} are not published ({name} cannot be read from "
                     f"{source}): ML ops publish them with `fhe-pipeline approve --package-arn {ref.package_arn}`"
                 ) from None
+
+    if kind == "enclave":  # its record first: it says whether the model takes texts (with no preprocessing.json)
+        download(artifacts.ENCLAVE_MODEL_JSON)
+    for name in artifacts.client_artifacts(kind, _takes_text(folder)):
+        download(name)
     costs = source.join(artifacts.COSTS_JSON)
     if not (folder / artifacts.COSTS_JSON).exists():
         # Older models have none: S3 answers 404, or 403 to a role that may not list the bucket.

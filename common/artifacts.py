@@ -23,6 +23,8 @@ CLIENT_ARTIFACTS = (CLIENT_ZIP, PREPROCESSING_JSON, VERSIONS_JSON)
 # digest), never the model.
 ENCLAVE_MODEL_JSON = "enclave_model.json"
 ENCLAVE_CLIENT_ARTIFACTS = (ENCLAVE_MODEL_JSON, PREPROCESSING_JSON, VERSIONS_JSON)
+# A language model in the enclave takes prompts: no schema of features, so no preprocessing.json.
+ENCLAVE_TEXT_CLIENT_ARTIFACTS = (ENCLAVE_MODEL_JSON, VERSIONS_JSON)
 CLIENT_ARTIFACTS_PROPERTY = "client_artifacts"
 # The path that serves a registered model (customer metadata "model_kind"): "fhe" (a compiled circuit, the default
 # of packages registered before there were two) or "enclave" (a float model served in the attested enclave), and an
@@ -39,9 +41,12 @@ PUBLISHED_ARTIFACTS = (*CLIENT_ARTIFACTS, COSTS_JSON)
 ENCLAVE_PUBLISHED_ARTIFACTS = (*ENCLAVE_CLIENT_ARTIFACTS, COSTS_JSON)
 
 
-def client_artifacts(kind: str) -> tuple[str, ...]:
-    """What a batch owner needs of a registered model of ``kind`` (one of MODEL_KINDS)."""
-    return ENCLAVE_CLIENT_ARTIFACTS if kind == "enclave" else CLIENT_ARTIFACTS
+def client_artifacts(kind: str, takes_text: bool = False) -> tuple[str, ...]:
+    """What a batch owner needs of a registered model of ``kind`` (one of MODEL_KINDS); ``takes_text``: a language
+    model's (its ``enclave_model.json`` says so)."""
+    if kind == "enclave":
+        return ENCLAVE_TEXT_CLIENT_ARTIFACTS if takes_text else ENCLAVE_CLIENT_ARTIFACTS
+    return CLIENT_ARTIFACTS
 
 
 def published_artifacts(kind: str) -> tuple[str, ...]:

@@ -15,9 +15,11 @@ from common.artifacts import ENCLAVE_MODEL_JSON
 
 XGBOOST_JSON = "xgboost-json"
 ONNX = "onnx"
-FORMATS = (XGBOOST_JSON, ONNX)
+# A pretrained causal language model: its folder packed as data only (common/language_model.py).
+CAUSAL_LM = "causal-lm"
+FORMATS = (XGBOOST_JSON, ONNX, CAUSAL_LM)
 # The model file of each format in the model folder.
-MODEL_FILES = {XGBOOST_JSON: "model.xgboost.json", ONNX: "model.onnx"}
+MODEL_FILES = {XGBOOST_JSON: "model.xgboost.json", ONNX: "model.onnx", CAUSAL_LM: "model.lm.tar"}
 RECORD_JSON = ENCLAVE_MODEL_JSON
 
 
@@ -29,8 +31,12 @@ class EnclaveModelError(ValueError):
 class EnclaveModelRecord:
     format: str
     sha256: str
-    features: int
+    features: int  # 0 for a language model: it takes texts
     model_type: str
+
+    @property
+    def takes_text(self) -> bool:
+        return self.format == CAUSAL_LM
 
     @property
     def file(self) -> str:

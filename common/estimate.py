@@ -124,6 +124,17 @@ class ModelCosts:
         except (KeyError, TypeError, ValueError):
             raise EstimateError("the enclave model's evaluation lacks its seconds and bytes per sample") from None
 
+    @classmethod
+    def for_prompts(cls, metrics: dict[str, Any], max_new_tokens: int, bytes_per_prompt: float) -> ModelCosts:
+        """A language model's costs per prompt for these settings: a prompt's own work and each new token's (as
+        its registration measured them), and a prompt's encrypted bytes."""
+        try:
+            per_prompt = float(metrics["enclave_seconds_per_prompt"])
+            per_token = float(metrics["enclave_seconds_per_token"])
+        except (KeyError, TypeError, ValueError):
+            raise EstimateError("the language model's registration measured no pace per prompt and token") from None
+        return cls(per_prompt + per_token * max(0, max_new_tokens - 1), bytes_per_prompt, 0)
+
     def to_metrics(self) -> dict[str, float]:
         return dict(
             zip(

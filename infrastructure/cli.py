@@ -180,6 +180,13 @@ def parser() -> argparse.ArgumentParser:
         default=FLEET_DEFAULTS["wake_after_seconds"],
         help="seconds a shard waits with no instance before one starts (%(default)s)",
     )
+    enclave.add_argument(
+        "--enclave-largest-model-mib",
+        type=at_least(0),
+        default=0,
+        help="the largest model the enclave will load (a language model's packed size): the enclave's memory must "
+        "be four times its image and this (%(default)s)",
+    )
     return parser
 
 
@@ -203,6 +210,7 @@ def enclave_fleet(args: argparse.Namespace) -> EnclaveFleet | None:
         shards_per_instance=args.enclave_shards_per_instance,
         memory_mib=args.enclave_memory_mib,
         wake_after_seconds=args.enclave_wake_after,
+        largest_model_bytes=args.enclave_largest_model_mib * 1024**2,
     )
 
 

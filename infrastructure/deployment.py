@@ -207,6 +207,7 @@ def plan(deployment: Deployment) -> dict[str, Any]:
     enclave_stacks = []
     enclave: dict[str, str] = {}
     if deployment.enclave is not None:
+        deployment.enclave.check_sizing()
         measurement = deployment.enclave.image_sha384 or "<nitro-cli describe-eif:PCR0>"
         enclave = {"EnclaveKeyArn": "<enclave:EnclaveKeyArn>", "EnclaveShardQueueUrl": "<enclave:EnclaveShardQueueUrl>"}
         enclave_stacks.append(
@@ -321,6 +322,7 @@ def deploy_enclave_path(
     """The enclave image and the parent's wheel staged in the artifact bucket, then the enclave stack; its outputs."""
     fleet = deployment.enclave
     assert fleet is not None
+    fleet.check_sizing()
     measurement = fleet.measurement()
     s3 = aws.client("s3")
     s3.upload_file(str(fleet.image), bootstrap["ArtifactBucketName"], fleet.image_key(measurement))

@@ -25,6 +25,20 @@ from infrastructure.templates import ROOT
 
 MEASUREMENT = re.compile(r"^[0-9a-f]{96}$")
 IMAGE_PREFIX = "enclave/"
+MIB = 1024**2
+# Enclave-enabled instance types the fleet is sized for: vCPUs and memory (MiB), as EC2 lists them.
+INSTANCE_TYPES = {
+    "m5.xlarge": (4, 16384), "m5.2xlarge": (8, 32768), "m5.4xlarge": (16, 65536), "m5.8xlarge": (32, 131072),
+    "c5.xlarge": (4, 8192), "c5.2xlarge": (8, 16384), "c5.4xlarge": (16, 32768),
+    "c6i.xlarge": (4, 8192), "c6i.2xlarge": (8, 16384), "c6i.4xlarge": (16, 32768),
+    "r5.xlarge": (4, 32768), "r5.2xlarge": (8, 65536), "r5.4xlarge": (16, 131072), "r5.8xlarge": (32, 262144),
+}  # fmt: skip
+# What the parent instance keeps for itself (its worker, the KMS proxy, the OS); the enclave gets the rest.
+PARENT_VCPUS = 2
+PARENT_MEMORY_MIB = 2048
+# The reference design's rule: an enclave's memory at least four times what it loads (its image, and the largest
+# model it is sent: a language model's weights are unpacked, then loaded).
+MEMORY_PER_LOADED_BYTE = 4
 
 
 class EnclaveFleetError(ValueError):
@@ -44,6 +58,7 @@ class EnclaveFleet:
     shards_per_instance: int = 4
     memory_mib: int = 4096
     wake_after_seconds: int = 120
+    largest_model_bytes: int = 0  # the largest model the enclave will load (a language model's packed size)
 
     def __post_init__(self) -> None:
         if self.image_sha384 and not MEASUREMENT.match(self.image_sha384):
@@ -57,6 +72,40 @@ class EnclaveFleet:
             )
         if self.max_instances < 1 or self.shards_per_instance < 1:
             raise EnclaveFleetError("the enclave fleet needs at least one instance and one shard per instance")
+
+    @property
+    def required_memory_mib(self) -> int:
+        """The enclave's memory by the reference's rule: four times its image and the largest model, in whole
+        256 MiB steps (nitro-cli's allocator takes MiB; 256 keeps it aligned)."""
+        image = self.image.stat().st_size if self.image.is_file() else 0
+        needed = -(-MEMORY_PER_LOADED_BYTE * (image + self.largest_model_bytes) // MIB)
+        return max(512, -(-needed // 256) * 256)
+
+    @property
+    def cpu_count(self) -> int:
+        """The enclave's vCPUs: the instance's, less the parent's, in pairs (an enclave takes whole cores)."""
+        vcpus, _ = INSTANCE_TYPES[self.instance_type]
+        return max(2, (vcpus - PARENT_VCPUS) // 2 * 2)
+
+    def check_sizing(self) -> None:
+        """Refuse an instance type or an enclave memory that cannot hold what the enclave loads, naming what would."""
+        if self.instance_type not in INSTANCE_TYPES:
+            raise EnclaveFleetError(
+                f"instance type {self.instance_type!r} is not one the fleet is sized for: {', '.join(INSTANCE_TYPES)}"
+            )
+        required = self.required_memory_mib
+        if self.memory_mib < required:
+            raise EnclaveFleetError(
+                f"the enclave needs at least {required} MiB ({MEMORY_PER_LOADED_BYTE} times its image and its largest "
+                f"model): give --enclave-memory-mib {required}"
+            )
+        _, memory = INSTANCE_TYPES[self.instance_type]
+        if self.memory_mib + PARENT_MEMORY_MIB > memory:
+            fits = [name for name, (_, m) in INSTANCE_TYPES.items() if self.memory_mib + PARENT_MEMORY_MIB <= m]
+            raise EnclaveFleetError(
+                f"{self.instance_type} has {memory} MiB: the enclave's {self.memory_mib} MiB and the parent's "
+                f"{PARENT_MEMORY_MIB} do not fit; " + (f"choose one of {', '.join(fits)}" if fits else "none fits")
+            )
 
     @property
     def map_concurrency(self) -> int:
@@ -103,6 +152,7 @@ class EnclaveFleet:
             "MaxInstances": str(self.max_instances),
             "ShardsPerInstance": str(self.shards_per_instance),
             "EnclaveMemoryMiB": str(self.memory_mib),
+            "EnclaveCpuCount": str(self.cpu_count),
             "WakeAfterSeconds": str(self.wake_after_seconds),
         }
 

@@ -17,9 +17,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common import aws
-from common.artifacts import client_artifacts, published_artifacts
+from common.artifacts import ENCLAVE_MODEL_JSON, client_artifacts, published_artifacts
 from common.audit_log import APPROVAL_DECISION, APPROVAL_FIELDS, REGISTRY_EVENT_SOURCE
-from common.bundle.store import object_exists
+from common.bundle.store import get_bytes, object_exists
+from common.enclave_model import EnclaveModelError, EnclaveModelRecord
 from common.model_package import (
     ModelPackageError,
     client_artifacts_uri,
@@ -91,7 +92,7 @@ def publish_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri:
     source, target = client_artifacts_uri(package), published_client_artifacts_uri(package)
     kind = model_kind(package)
     present = [name for name in published_artifacts(kind) if object_exists(s3, source.join(name))]
-    missing = [name for name in client_artifacts(kind) if name not in present]
+    missing = [name for name in client_artifacts(kind, _takes_text(s3, source, kind)) if name not in present]
     if missing:
         raise ModelPackageError(f"its run has no {', '.join(missing)} under {source}")
     for name in present:
@@ -102,6 +103,17 @@ def publish_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri:
             CopySource={"Bucket": copy_from.bucket, "Key": copy_from.key},
         )
     return target
+
+
+def _takes_text(s3: Any, source: S3Uri, kind: str) -> bool:
+    """Whether the run's enclave model is a language model (its record says so): it has no preprocessing.json."""
+    if kind != "enclave" or not object_exists(s3, source.join(ENCLAVE_MODEL_JSON)):
+        return False
+    record = get_bytes(s3, source.join(ENCLAVE_MODEL_JSON), field=ENCLAVE_MODEL_JSON, limit=64 * 1024)
+    try:
+        return EnclaveModelRecord.from_dict(json.loads(record)).takes_text
+    except (ValueError, EnclaveModelError):
+        return False
 
 
 def withdraw_client_artifacts(s3: Any, package: dict[str, Any]) -> S3Uri | None:

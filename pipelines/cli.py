@@ -20,6 +20,9 @@
                                             --deployment
     fhe-pipeline predict --package-arn ARN --dataset records.csv   a registered version's clear (quantized)
                                             predictions, one class per record: what encrypted inference reproduces
+    fhe-pipeline register-pretrained --model-source FOLDER|s3://bucket/prefix/   register a pretrained causal
+                                            language model (safetensors, config.json, tokenizer.json; no pickle)
+                                            for the enclave path, PendingManualApproval, as a trained model is
 
 Each served version is a CloudFormation stack, <endpoint name>-v<version>, made under the deployment's service
 role (--stack-role-arn): deploy creates or updates it, retire deletes it.
@@ -68,9 +71,10 @@ from pipelines import runs
 from pipelines.approval import ApprovalError, PublicationError, approve
 from pipelines.clear_predictions import PredictionError, clear_classes
 from pipelines.endpoint import EndpointError, deploy_endpoint
+from pipelines.pretrained import PretrainedError, register_pretrained
 from pipelines.retirement import RetirementError, retire, retire_by_rule, revoke
 
-COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy", "retire", "predict")
+COMMANDS = ("definition", "upsert", "start", "run", "approve", "deploy", "retire", "predict", "register-pretrained")
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,9 @@ def parser() -> argparse.ArgumentParser:
         help="retire: wait up to SECONDS for the version's running bundles to end (default: refuse while any runs)",
     )
     parser.add_argument("--note", default="", help="approve: the approval description (who, why)")
+    parser.add_argument(
+        "--model-source", help="register-pretrained: the model's folder, or the S3 prefix that holds its files"
+    )
     return parser
 
 
@@ -330,6 +337,17 @@ def main(argv: list[str] | None = None) -> None:
             classes = clear_classes(args.package_arn, csv_path=Path(args.dataset))
             print(json.dumps({"model_package": args.package_arn, "classes": classes}, indent=2))
             return
+        if args.command == "register-pretrained":
+            if not args.model_source:
+                raise SystemExit("fhe-pipeline register-pretrained: give --model-source FOLDER or s3://bucket/prefix/")
+            pipeline = settings.pipeline
+            registered = register_pretrained(
+                aws.client("sagemaker"), aws.client("s3"), source=args.model_source,
+                package_group=pipeline.package_group, model_bucket=pipeline.artifact_bucket,
+                image_uri=pipeline.inference_image, report=note,
+            )  # fmt: skip
+            print(json.dumps(registered, indent=2))
+            return
         if args.command == "retire":
             rule = args.keep is not None or args.older_than_days is not None
             if outputs is None or (args.version is not None and rule):
@@ -354,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         runs.PipelineRunError,
         PredictionError,
         SchemaError,
+        PretrainedError,
     ) as error:
         raise SystemExit(f"fhe-pipeline {args.command}: {error}") from None
 

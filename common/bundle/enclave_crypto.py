@@ -15,11 +15,11 @@ KMS data key, results sealed to the owner's public key. Bytes in, bytes out; not
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,36 +28,11 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from common.bundle.binding import ShardBinding
 from common.bundle.schema import NONCE_BYTES, OWNER_KEY_BYTES, BundleError
 
 DATA_KEY_BYTES = 32
 SEAL = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-
-
-@dataclass(frozen=True)
-class ShardBinding:
-    """What a shard's ciphertext is bound to: a ciphertext opens only under the same binding."""
-
-    owner: str
-    bundle_id: str
-    shard: int
-
-    def encryption_context(self) -> dict[str, str]:
-        """The data key's KMS encryption context (the bundle's, not the shard's: one data key per bundle)."""
-        return {"owner": self.owner, "bundle": self.bundle_id}
-
-    def attestation_nonce(self) -> bytes:
-        """The nonce the enclave puts in the attestation document it presents for this shard's key: the shard,
-        hashed (a document names no owner), so the document kept as the proof of what served the shard cannot be
-        shown for another one."""
-        return hashlib.sha256(self.associated_data("attestation")).digest()
-
-    def associated_data(self, purpose: str) -> bytes:
-        return json.dumps(
-            {"purpose": purpose, "owner": self.owner, "bundle": self.bundle_id, "shard": self.shard},
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
 
 
 def records_to_bytes(records: npt.ArrayLike) -> bytes:
@@ -79,6 +54,22 @@ def records_from_bytes(data: bytes, field: str, *, max_values: int) -> npt.NDArr
     if not np.isfinite(array).all():
         raise BundleError(field, "holds a value that is not a finite number")
     return array.astype(np.float64, copy=False)
+
+
+def texts_to_bytes(texts: Sequence[str]) -> bytes:
+    """A text bundle's shard (its prompts) or result (its completions): a JSON array of texts, UTF-8."""
+    return json.dumps(list(texts), ensure_ascii=False).encode()
+
+
+def texts_from_bytes(data: bytes, field: str) -> list[Any]:
+    """The JSON array of ``texts_to_bytes``; each item's type is the reader's to check."""
+    try:
+        texts = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BundleError(field, "is not a JSON array of texts", "invalid_records") from None
+    if not isinstance(texts, list):
+        raise BundleError(field, "is not a JSON array of texts", "invalid_records")
+    return texts
 
 
 def encrypt_records(data_key: bytes, plaintext: bytes, binding: ShardBinding) -> bytes:

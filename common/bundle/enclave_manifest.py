@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from common.bundle.binding import ShardBinding
+from common.bundle.generation import GenerationSettings
 from common.bundle.manifest import (
     HEADER_FIELDS,
     Manifest,
@@ -50,7 +52,7 @@ BundlePath = Literal["fhe", "enclave"]
 MAX_DATA_KEY_BYTES = 6144
 _GCM_TAG_BYTES = 16
 _KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]{1,64}$")
-_FIELDS = (*HEADER_FIELDS, "enclave")
+_FIELDS = (*HEADER_FIELDS, "enclave", "generation")
 
 
 def records_key(index: int) -> str:
@@ -71,8 +73,9 @@ def attestation_key(index: int) -> str:
 
 
 def _min_object_bytes(samples: int) -> int:
-    # One AES-GCM ciphertext (nonce, tag) of an .npy array, or an HPKE seal (32-byte encapsulated key, tag) of one.
-    return max(NONCE_BYTES, 32) + _GCM_TAG_BYTES + 1
+    # The smaller of one AES-GCM ciphertext (nonce, tag) of its records (a short text shard's JSON is a few bytes)
+    # and one HPKE seal (a 32-byte encapsulated key, tag) of its results.
+    return min(NONCE_BYTES, 32) + _GCM_TAG_BYTES + 1
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class EnclaveKeys:
 class EnclaveManifest:
     header: ManifestHeader
     enclave: EnclaveKeys
+    # A text bundle's (prompts for a language model): how they are completed. None for records of numbers.
+    generation: GenerationSettings | None = None
 
     @property
     def kind(self) -> str:
@@ -119,7 +124,13 @@ class EnclaveManifest:
         return sum(shard.samples for shard in self.header.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.header.to_dict(), "enclave": self.enclave.to_dict()}
+        generation = {"generation": self.generation.to_dict()} if self.generation is not None else {}
+        return {**self.header.to_dict(), "enclave": self.enclave.to_dict(), **generation}
+
+    def binding(self, owner: str, shard: int) -> ShardBinding:
+        """What shard ``shard`` of this bundle, dropped by ``owner``, is bound to (its generation settings too)."""
+        settings = self.generation.digest() if self.generation is not None else ""
+        return ShardBinding(owner, self.bundle_id, shard, settings)
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()
@@ -153,7 +164,8 @@ def parse_enclave_manifest(data: bytes | str | Mapping[str, Any]) -> EnclaveMani
     owner_key = _base64(fields, "owner_public_key", OWNER_KEY_BYTES)
     if len(owner_key) != OWNER_KEY_BYTES:
         raise BundleError("enclave.owner_public_key", f"must be a {OWNER_KEY_BYTES}-byte X25519 public key")
-    return EnclaveManifest(header, EnclaveKeys(key_arn, data_key, owner_key))
+    generation = GenerationSettings.from_dict(loaded["generation"]) if "generation" in loaded else None
+    return EnclaveManifest(header, EnclaveKeys(key_arn, data_key, owner_key), generation)
 
 
 def parse_either_manifest(data: bytes | str | Mapping[str, Any]) -> Manifest | EnclaveManifest:
@@ -179,4 +191,4 @@ def result_manifest(request: EnclaveManifest, request_sha256: str, shards: tuple
     answered = ManifestHeader(
         "result", header.bundle_id, utc_now(), header.model, dict(header.versions), shards, request_sha256
     )
-    return EnclaveManifest(answered, request.enclave)
+    return EnclaveManifest(answered, request.enclave, request.generation)

@@ -4,7 +4,9 @@ enclave (``key_release``), the records opened under it, the model run, the predi
 Every refusal names its reason (``ShardRefused.reason``), and none carries a record, a prediction or a key:
 ``attestation_refused`` (KMS would not release the key to this enclave's measurement), ``key_refused`` (the key is
 not this owner's and bundle's, or KMS's answer is not one it gives a ``Recipient``), ``tampered`` (records that do
-not open under the key and binding), ``invalid_records`` (not an array of the model's features)."""
+not open under the key and binding), ``invalid_records`` (not an array of the model's features, or not a list of
+prompts), ``empty_prompt`` and ``prompt_too_long`` (a text bundle's prompt, named by its index), ``wrong_records``
+(texts for a model of numbers, or the other way round)."""
 
 from __future__ import annotations
 
@@ -13,15 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 from botocore.exceptions import ClientError
 
+from common.bundle.binding import ShardBinding
 from common.bundle.enclave_crypto import (
-    ShardBinding,
     decrypt_records,
     records_from_bytes,
     records_to_bytes,
     seal_results,
+    texts_from_bytes,
+    texts_to_bytes,
 )
+from common.bundle.generation import GenerationSettings, check_prompts
 from common.bundle.schema import MAX_SAMPLES_PER_SHARD, BundleError
 from containers.enclave.key_release import KeyRelease, KeyReleaseRefused
+from containers.enclave.language_model import PromptRefused
 from containers.enclave.models import EnclaveModel
 from containers.enclave.nsm import NsmError
 
@@ -41,6 +47,9 @@ class ShardWork:
     encrypted_data_key: bytes
     encrypted_records: bytes
     owner_public_key: bytes
+    # A text bundle's generation settings (its binding carries their digest, so they are the owner's or nothing
+    # opens); None for records of numbers.
+    generation: GenerationSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -81,12 +90,18 @@ class EnclaveApplication:
             raise ShardRefused("key_refused", str(error)) from error
         try:
             plaintext = decrypt_records(released.data_key, work.encrypted_records, work.binding)
+        except BundleError as error:
+            raise ShardRefused("tampered", str(error)) from error
+        if self.model.language is not None:
+            return self._complete(work, plaintext, released.attestation_document)
+        if work.generation is not None:
+            raise ShardRefused("wrong_records", "a text bundle for a model that takes records of numbers")
+        try:
             records = records_from_bytes(
                 plaintext, f"shards[{work.binding.shard}]", max_values=MAX_SAMPLES_PER_SHARD * MAX_FEATURES
             )
         except BundleError as error:
-            reason = "tampered" if error.code == "tampered" else "invalid_records"
-            raise ShardRefused(reason, str(error)) from error
+            raise ShardRefused("invalid_records", str(error)) from error
         records = records.reshape(1, -1) if records.ndim == 1 else records
         if records.shape[1] != self.model.features or not 0 < records.shape[0] <= MAX_SAMPLES_PER_SHARD:
             raise ShardRefused(
@@ -100,3 +115,24 @@ class EnclaveApplication:
         except BundleError as error:
             raise ShardRefused("invalid_owner_key", str(error)) from error
         return ShardAnswer(sealed, int(records.shape[0]), released.attestation_document)
+
+    def _complete(self, work: ShardWork, plaintext: bytes, attestation_document: bytes) -> ShardAnswer:
+        """A text bundle's shard: its prompts completed by the language model with the owner's settings, the
+        completions sealed to the owner. Refusals name the prompt's index, never its text."""
+        assert self.model.language is not None
+        if work.generation is None:
+            raise ShardRefused("wrong_records", "records of numbers for a language model: it completes texts")
+        field = f"shards[{work.binding.shard}]"
+        try:
+            prompts = check_prompts(texts_from_bytes(plaintext, field), field)
+        except BundleError as error:
+            raise ShardRefused(error.code, f"{error.field}: {error.problem}") from error
+        try:
+            completions = self.model.language.complete(prompts, work.generation)
+        except PromptRefused as refused:
+            raise ShardRefused(refused.reason, f"{field}[{refused.index}]: {refused.detail}") from refused
+        try:
+            sealed = seal_results(work.owner_public_key, texts_to_bytes(completions), work.binding)
+        except BundleError as error:
+            raise ShardRefused("invalid_owner_key", str(error)) from error
+        return ShardAnswer(sealed, len(prompts), attestation_document)

@@ -1,5 +1,6 @@
-"""The enclave's models, loaded as data and never as code: an XGBoost model in its JSON format, or an ONNX graph
-run by ONNX Runtime on CPU (a scikit-learn pipeline exported with skl2onnx, for example). No pickle is read, so a
+"""The enclave's models, loaded as data and never as code: an XGBoost model in its JSON format, an ONNX graph
+run by ONNX Runtime on CPU (a scikit-learn pipeline exported with skl2onnx, for example), or a pretrained causal
+language model (safetensors and JSON, ``language_model.py``). No pickle is read, so a
 model cannot carry instructions into the enclave. The model's digest (SHA-256 of its bytes) is what the enclave
 attests to in ``user_data`` and what the registry records."""
 
@@ -7,13 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from common.enclave_model import FORMATS, XGBOOST_JSON
+from common.enclave_model import CAUSAL_LM, FORMATS, XGBOOST_JSON
+from common.language_model import MAX_LANGUAGE_MODEL_BYTES
+
+if TYPE_CHECKING:
+    from containers.enclave.language_model import LanguageModel
 
 MAX_MODEL_BYTES = 512 * 1024**2
 
@@ -32,6 +38,7 @@ class EnclaveModel:
     digest: str  # sha256 hex of the model's bytes
     features: int
     predict: Predictor
+    language: LanguageModel | None = None  # a language model completes texts; it has no numeric predict
 
 
 def _xgboost(model: bytes) -> tuple[Predictor, int]:
@@ -86,10 +93,28 @@ def _as_array(answer: Any) -> Any:
     return answer
 
 
+def _takes_no_numbers(records: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    raise ModelError("a language model completes texts; it takes no records of numbers")
+
+
+def _language_model(model: bytes) -> EnclaveModel:
+    from common.language_model import LanguageModelError
+    from containers.enclave.language_model import load_language_model
+
+    try:
+        language = load_language_model(model, threads=os.cpu_count())
+    except LanguageModelError as error:
+        raise ModelError(str(error)) from None
+    return EnclaveModel(CAUSAL_LM, language.digest, 0, _takes_no_numbers, language)
+
+
 def load_model(model_format: str, model: bytes) -> EnclaveModel:
     if model_format not in FORMATS:
         raise ModelError(f"a model's format must be one of {', '.join(FORMATS)}, not {model_format!r}")
-    if not 0 < len(model) <= MAX_MODEL_BYTES:
-        raise ModelError(f"a model is 1 to {MAX_MODEL_BYTES} bytes")
+    limit = MAX_LANGUAGE_MODEL_BYTES if model_format == CAUSAL_LM else MAX_MODEL_BYTES
+    if not 0 < len(model) <= limit:
+        raise ModelError(f"a {model_format} model is 1 to {limit} bytes")
+    if model_format == CAUSAL_LM:
+        return _language_model(model)
     predict, features = (_xgboost if model_format == XGBOOST_JSON else _onnx)(model)
     return EnclaveModel(model_format, hashlib.sha256(model).hexdigest(), features, predict)

@@ -3,12 +3,15 @@ own temporary credentials, and takes back sealed results. It never holds a data 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import boto3
 
 from containers.enclave import channel
 from containers.enclave.application import ShardAnswer, ShardRefused, ShardWork
+
+MODEL_PART_BYTES = 64 * 1024**2  # well under the channel's message limit
 
 
 class EnclaveConnection:
@@ -25,8 +28,18 @@ class EnclaveConnection:
         return answer
 
     def load_model(self, model_format: str, content: bytes) -> str:
-        """The model's digest, as the enclave computed it once it loaded the model."""
-        answer = self._ask({"model": {"format": model_format, "content": content}})
+        """The model's digest, as the enclave computed it once it loaded the model. A model larger than a channel
+        message (a language model's gigabytes) goes in parts, the enclave checking the whole against its size and
+        SHA-256 before it loads it."""
+        if len(content) <= MODEL_PART_BYTES:
+            answer = self._ask({"model": {"format": model_format, "content": content}})
+        else:
+            whole = {"format": model_format, "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+            for offset in range(0, len(content), MODEL_PART_BYTES):
+                part = content[offset : offset + MODEL_PART_BYTES]
+                answer = self._ask({"model_part": {**whole, "offset": offset, "data": part}})
+                if "refused" in answer:
+                    break
         if "refused" in answer:
             raise ShardRefused(str(answer["refused"]), str(answer.get("detail", "")))
         return str(answer["loaded"])
@@ -46,6 +59,7 @@ class EnclaveConnection:
                     "encrypted_data_key": work.encrypted_data_key,
                     "encrypted_records": work.encrypted_records,
                     "owner_public_key": work.owner_public_key,
+                    **({"generation": work.generation.to_dict()} if work.generation is not None else {}),
                 },
                 "credentials": {
                     "AccessKeyId": frozen.access_key,

@@ -3,21 +3,26 @@ a time, and answers each with the sealed results or a named refusal. The parent'
 each shard (an enclave has no instance role of its own); KMS is reached at the endpoint the environment names (on
 AWS the parent's vsock proxy to KMS, locally the local AWS), as every AWS client of the product is.
 
-Requests: ``{"model": {"format", "content"}}`` answered ``{"loaded": <digest>}``; ``{"shard": {"owner",
-"bundle_id", "shard", "encrypted_data_key", "encrypted_records", "owner_public_key"}, "credentials":
+Requests: ``{"model": {"format", "content"}}`` answered ``{"loaded": <digest>}`` (a model too large for one message
+comes as ``{"model_part": {"format", "size", "sha256", "offset", "data"}}`` in order, each answered ``{"received":
+<bytes so far>}`` and the last ``{"loaded": <digest>}``); ``{"shard": {"owner",
+"bundle_id", "shard", "encrypted_data_key", "encrypted_records", "owner_public_key"[, "generation"]}, "credentials":
 {"AccessKeyId", "SecretAccessKey", "SessionToken"}, "region"}`` answered ``{"sealed_results", "samples",
 "attestation_document"}``; a refusal is ``{"refused": <reason>, "detail": <text>}``, and never carries data."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 from typing import Any
 
 import boto3
 
-from common.bundle.enclave_crypto import ShardBinding
-from common.bundle.schema import BUNDLE_ID, OWNER
+from common.bundle.binding import ShardBinding
+from common.bundle.generation import GenerationSettings
+from common.bundle.schema import BUNDLE_ID, OWNER, BundleError
+from common.language_model import MAX_LANGUAGE_MODEL_BYTES
 from containers.enclave import channel
 from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
 from containers.enclave.key_release import KeyRelease
@@ -52,11 +57,19 @@ def parse_shard(request: dict[str, Any]) -> tuple[ShardWork, dict[str, str], str
         raise RequestRefused("shard must be a shard's index")
     if not all(isinstance(credentials.get(name), str) for name in CREDENTIAL_FIELDS):
         raise RequestRefused("credentials must carry the parent's temporary credentials")
+    generation = None
+    if "generation" in shard:
+        try:
+            generation = GenerationSettings.from_dict(shard["generation"])
+        except BundleError as error:
+            raise RequestRefused(str(error)) from None
     work = ShardWork(
-        binding=ShardBinding(owner, bundle_id, index),
+        # A text bundle's settings are bound in: settings other than the owner's open nothing.
+        binding=ShardBinding(owner, bundle_id, index, generation.digest() if generation is not None else ""),
         encrypted_data_key=_bytes(shard, "encrypted_data_key"),
         encrypted_records=_bytes(shard, "encrypted_records"),
         owner_public_key=_bytes(shard, "owner_public_key"),
+        generation=generation,
     )
     return work, {name: credentials[name] for name in CREDENTIAL_FIELDS}, region
 
@@ -65,10 +78,13 @@ class EnclaveServer:
     def __init__(self, nsm: Nsm) -> None:
         self.nsm = nsm
         self.model: EnclaveModel | None = None
+        self._parts: tuple[dict[str, Any], bytearray] | None = None  # a model arriving in parts: what, and so far
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         if "model" in request:
             return self._load(request["model"])
+        if "model_part" in request:
+            return self._load_part(request["model_part"])
         if "shard" in request:
             return self._shard(request)
         return {"refused": "invalid_request", "detail": "a request is a model or a shard"}
@@ -82,6 +98,32 @@ class EnclaveServer:
             return {"refused": "invalid_model", "detail": str(error)}
         LOGGER.info("model loaded: %s, digest %s", self.model.format, self.model.digest)
         return {"loaded": self.model.digest}
+
+    def _load_part(self, part: Any) -> dict[str, Any]:
+        """One part of a model too large for one message: parts come in order; the whole is checked against the
+        size and SHA-256 the first part announced before it is loaded."""
+        fields = ("format", "size", "sha256", "offset", "data")
+        if not isinstance(part, dict) or any(name not in part for name in fields):
+            return {"refused": "invalid_model", "detail": f"a model part carries {', '.join(fields)}"}
+        whole = {name: part[name] for name in ("format", "size", "sha256")}
+        if part["offset"] == 0:
+            if not isinstance(whole["size"], int) or not 0 < whole["size"] <= MAX_LANGUAGE_MODEL_BYTES:
+                return {"refused": "invalid_model", "detail": f"a model is 1 to {MAX_LANGUAGE_MODEL_BYTES} bytes"}
+            self._parts = (whole, bytearray())
+        if self._parts is None or self._parts[0] != whole or part["offset"] != len(self._parts[1]):
+            self._parts = None
+            return {"refused": "invalid_model", "detail": "a model part out of order"}
+        received = self._parts[1]
+        received.extend(part["data"] if isinstance(part["data"], bytes) else b"")
+        if len(received) > whole["size"]:
+            self._parts = None
+            return {"refused": "invalid_model", "detail": "the model's parts exceed its size"}
+        if len(received) < whole["size"]:
+            return {"received": len(received)}
+        self._parts = None
+        if hashlib.sha256(received).hexdigest() != whole["sha256"]:
+            return {"refused": "invalid_model", "detail": "the model's parts are not the model announced"}
+        return self._load({"format": whole["format"], "content": bytes(received)})
 
     def _shard(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.model is None:

@@ -25,7 +25,6 @@ import cbor2
 from botocore.exceptions import ClientError
 
 from common.archives import UnsafeArchiveError, extract_tar
-from common.bundle.enclave_crypto import ShardBinding
 from common.bundle.enclave_manifest import attestation_key, parse_enclave_manifest, sealed_results_key
 from common.bundle.messages import ShardResult
 from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
@@ -187,10 +186,11 @@ class ShardWorker:
             raise BundleError("shard_index", f"bundle {manifest.bundle_id} has no shard {task.shard_index}")
         digest = self.model.ensure(task.model_package_arn) if self.model is not None else None
         work = ShardWork(
-            binding=ShardBinding(layout.owner, manifest.bundle_id, entry.index),
+            binding=manifest.binding(layout.owner, entry.index),
             encrypted_data_key=manifest.enclave.data_key,
             encrypted_records=read_shard(self.s3, manifest_uri, entry),
             owner_public_key=manifest.enclave.owner_public_key,
+            generation=manifest.generation,
         )
         answer = self.enclave.serve_shard(work, session=self.lend())
         served = served_by(answer.attestation_document)

@@ -222,7 +222,8 @@ def test_html_report_renders_in_headless_chromium(scenario: Scenario, tmp_path: 
     dom = subprocess.run([*browser, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120)
     tables = _Tables()
     tables.feed(dom.stdout)
-    assert tables.rows["checks-table"] == 1 + 5
+    assert tables.rows["checks-table"] == 1 + 6
+    assert tables.rows["enclave-table"] == 1  # no enclave bundle: its header only
     assert tables.rows["refused-table"] == 1  # nothing refused: its header only
     assert tables.rows["pipeline-table"] == 1 + 2
     assert tables.rows["approvals-table"] >= 1 + 1

@@ -7,6 +7,7 @@ not open for another owner's bundle."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,14 @@ from sklearn.datasets import load_breast_cancer
 
 from client.enclave_bundle import encrypt_enclave_bundle, open_enclave_result, owner_key, public_bytes
 from common import artifacts, aws, stacks
+from common.bundle.binding import ShardBinding
 from common.bundle.enclave_crypto import (
-    ShardBinding,
     encrypt_records,
     open_results,
     records_from_bytes,
     records_to_bytes,
+    texts_from_bytes,
+    texts_to_bytes,
 )
 from common.bundle.enclave_manifest import (
     parse_enclave_manifest,
@@ -42,13 +46,16 @@ from common.bundle.enclave_manifest import (
     sealed_entries,
     sealed_results_key,
 )
+from common.bundle.generation import GenerationSettings
 from common.bundle.manifest import package_ref
 from common.bundle.schema import MANIFEST_NAME, sha256_hex
-from common.enclave_model import XGBOOST_JSON, EnclaveModelRecord
+from common.enclave_model import CAUSAL_LM, XGBOOST_JSON, EnclaveModelRecord
+from common.language_model import pack_folder
 from common.versions import VersionsRecord
 from containers.enclave.application import EnclaveApplication, ShardRefused, ShardWork
 from containers.enclave.image import build_image
 from containers.enclave.key_release import KeyRelease
+from containers.enclave.language_model import load_language_model
 from containers.enclave.models import load_model
 from containers.enclave.nsm import Nsm, SocketTransport
 from containers.enclave.parent import EnclaveConnection
@@ -56,6 +63,7 @@ from containers.enclave.worker import ServedModel, ShardWorker, poll
 from infrastructure import templates
 from local import lifecycle
 from tests.integration.helpers import image_changed_by_one_byte
+from tests.language_models import tiny_bloom
 from tests.leaks import numbers_in_text, plaintext_fragments
 
 pytestmark = pytest.mark.integration
@@ -684,3 +692,83 @@ def test_the_fleet_launches_enclave_enabled_instances_from_zero(enclave_stack: d
     policies = aws.client("autoscaling").describe_policies(AutoScalingGroupName=group["AutoScalingGroupName"])
     kinds = {policy["PolicyType"] for policy in policies["ScalingPolicies"]}
     assert kinds == {"TargetTrackingScaling", "StepScaling"}
+
+
+# ---- a language model's text shards ------------------------------------------------------------------------------
+
+PROMPTS = ["the patient reports", "the contract renewal", "please summarise the clinical note"]
+SETTINGS = GenerationSettings(max_new_tokens=10, temperature=0.7, top_p=0.9, seed=11)
+
+
+@pytest.fixture(scope="module")
+def language_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A small Bloom with random weights and a locally trained tokenizer, packed as the enclave path carries it."""
+    return pack_folder(tiny_bloom(tmp_path_factory.mktemp("bloom") / "model"))
+
+
+def _text_work(
+    key: dict[str, Any], prompts: list[str], owner: x25519.X25519PrivateKey, settings: GenerationSettings = SETTINGS
+) -> ShardWork:
+    """Alice's text shard: her prompts under her data key, bound to her generation settings."""
+    bound = ShardBinding(ALICE.owner, ALICE.bundle_id, ALICE.shard, settings.digest())
+    return ShardWork(
+        binding=bound,
+        encrypted_data_key=key["made"]["CiphertextBlob"],
+        encrypted_records=encrypt_records(key["made"]["Plaintext"], texts_to_bytes(prompts), bound),
+        owner_public_key=owner.public_key().public_bytes_raw(),
+        generation=settings,
+    )
+
+
+def test_the_enclave_process_completes_a_text_shard_only_its_owner_opens_as_the_model_does_in_clear(
+    key: dict[str, Any], images: tuple[Path, Path], language_model: bytes, running_enclave: Any
+) -> None:
+    runner, parent = running_enclave(images[0])
+    assert parent.load_model(CAUSAL_LM, language_model) == hashlib.sha256(language_model).hexdigest()
+    owner_key = x25519.X25519PrivateKey.generate()
+    answer = parent.serve_shard(_text_work(key, PROMPTS, owner_key), session=key["enclave"])
+    bound = ShardBinding(ALICE.owner, ALICE.bundle_id, ALICE.shard, SETTINGS.digest())
+    completions = texts_from_bytes(open_results(owner_key, answer.sealed_results, bound), "results")
+    assert answer.samples == len(PROMPTS)
+    assert completions == load_language_model(language_model).complete(PROMPTS, SETTINGS)  # as in clear
+    with pytest.raises(ValueError, match="does not open"):  # sealed to the settings the owner chose
+        open_results(owner_key, answer.sealed_results, ALICE)
+    log = runner.log.read_text()
+    assert not any(text in log for text in [*PROMPTS, *(c for c in completions if len(c) > 3)])
+
+
+@pytest.mark.parametrize(
+    ("prompts", "reason"),
+    [
+        (["fine", "   "], "empty_prompt"),
+        (["fine", " ".join(["the patient reports mild pain"] * 400)], "prompt_too_long"),
+    ],
+    ids=["an-empty-prompt", "a-prompt-over-the-token-limit"],
+)
+def test_a_prompt_the_model_will_not_complete_is_refused_by_name_and_index(
+    key: dict[str, Any], images: tuple[Path, Path], nsm_for: Any, language_model: bytes, prompts: list[str],
+    reason: str,
+) -> None:  # fmt: skip
+    enclave = EnclaveApplication(
+        load_model(CAUSAL_LM, language_model), KeyRelease(aws.client("kms", key["enclave"]), nsm_for(images[0]))
+    )
+    with pytest.raises(ShardRefused) as refused:
+        enclave.run(_text_work(key, prompts, x25519.X25519PrivateKey.generate()))
+    assert refused.value.reason == reason and "[1]" in refused.value.detail
+    assert "the patient" not in refused.value.detail  # the prompt's index, never its text
+
+
+def test_settings_other_than_the_owners_open_nothing_and_texts_meet_only_a_language_model(
+    key: dict[str, Any], images: tuple[Path, Path], nsm_for: Any, language_model: bytes, model: tuple[bytes, Any]
+) -> None:
+    release = KeyRelease(aws.client("kms", key["enclave"]), nsm_for(images[0]))
+    owner = x25519.X25519PrivateKey.generate()
+    work = _text_work(key, PROMPTS, owner)
+    other = replace(SETTINGS, max_new_tokens=200)  # a parent that changed the owner's settings
+    changed = replace(work, generation=other, binding=replace(work.binding, settings=other.digest()))
+    with pytest.raises(ShardRefused) as refused:
+        EnclaveApplication(load_model(CAUSAL_LM, language_model), release).run(changed)
+    assert refused.value.reason == "tampered"
+    with pytest.raises(ShardRefused) as refused:  # prompts for a model of numbers
+        EnclaveApplication(load_model(XGBOOST_JSON, model[0]), release).run(work)
+    assert refused.value.reason == "wrong_records"

@@ -27,16 +27,20 @@ from aws_emulators.nitro.measurement import image_sha384
 from audit import report as audit_report
 from audit.collect import Window
 from client.batch_client import BatchClient, ClientSettings
-from client.enclave_bundle import owner_key, public_bytes
+from client.enclave_bundle import _write_bundle, owner_key, public_bytes
 from client.errors import BundleQuarantined
 from common import aws
 from common.attestation import trusted_root
+from common.bundle.enclave_crypto import texts_to_bytes
 from common.bundle.enclave_manifest import attestation_key
+from common.bundle.generation import GenerationSettings
 from common.bundle.schema import MANIFEST_NAME
 from common.bundle.store import BundleLayout
+from common.language_model import pack_folder
 from common.model_package import describe, enclave_model_digest
 from common.settings import from_outputs
 from common.workflow import bundle_executions
+from containers.enclave.language_model import load_language_model
 from containers.training.data import sample_uci_records
 from infrastructure import owners
 from infrastructure.deployment import up
@@ -45,8 +49,10 @@ from local import lifecycle
 from local.people import acting_as, ensure_people
 from pipelines.approval import approve
 from pipelines.clear_predictions import clear_classes
+from pipelines.pretrained import register_pretrained
 from pipelines.runs import train_and_register
 from tests.integration.helpers import deployment_for, image_changed_by_one_byte
+from tests.language_models import CORPUS, tiny_bloom
 from tests.leaks import numbers_in_text, plaintext_fragments
 
 pytestmark = pytest.mark.integration
@@ -285,6 +291,144 @@ def test_an_image_changed_by_one_byte_gets_no_key_and_its_bundle_is_quarantined_
     assert kept == ["00000.records", "estimate.json", "manifest.json"], kept  # its objects stay
 
 
+PROMPT_SETTINGS = GenerationSettings(max_new_tokens=8, temperature=0.7, top_p=0.9, seed=5, stop=("\n",))
+
+
+@pytest.fixture(scope="module")
+def language_model(deployed: EnclaveDeployment) -> dict[str, Any]:
+    """A small Bloom (random weights, a tokenizer trained here) registered by the trainer as a pretrained model
+    and approved by ML ops, each under its role."""
+    d = deployed
+    folder = tiny_bloom(d.folder / "bloom")
+    people = ensure_people(d.prefix, d.outputs)
+    pipeline = from_outputs(d.outputs, region=aws.region()).pipeline
+    with acting_as(people, "trainer"):
+        registered = register_pretrained(
+            aws.client("sagemaker"), aws.client("s3"), source=str(folder), package_group=pipeline.package_group,
+            model_bucket=pipeline.artifact_bucket, image_uri=pipeline.inference_image,
+        )  # fmt: skip
+    with acting_as(people, "ml-ops"):
+        approve(registered["model_package"], pipeline.package_group, "Approved", "enclave workflow tests: text")
+    return {**registered, "folder": folder}
+
+
+def test_fifty_prompts_are_completed_in_the_enclave_as_the_model_does_in_clear_and_only_the_owner_reads_them(
+    deployed: EnclaveDeployment, language_model: dict[str, Any]
+) -> None:
+    d = deployed
+    source = d.folder / "notes.csv"
+    prompts = [f"{CORPUS[i % len(CORPUS)].split(' and ')[0]} {i}" for i in range(50)]
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["note_id", "text"])
+        writer.writerows([f"n-{i:03d}", prompt] for i, prompt in enumerate(prompts))
+    alice = d.client("alice")
+    keys = alice.keys(language_model["model_package"])
+    assert keys.model.takes_text
+    bundle = alice.encrypt(
+        source, d.folder / "notes-bundle", shard_size=20, package_arn=keys.model_package, id_columns=["note_id"],
+        text_column="text", generation=PROMPT_SETTINGS,
+    )  # fmt: skip
+    assert [shard.samples for shard in bundle.manifest.shards] == [20, 20, 10]
+    # Estimated before paying, from the pace the registration measured and the fleet's limits.
+    assert bundle.estimate is not None and (bundle.estimate.path, bundle.estimate.samples) == ("enclave", 50)
+    alice.submit(bundle.folder)
+    alice.wait(bundle.bundle_id, timeout=SETTLE_TIMEOUT)
+    decrypted = alice.decrypt(bundle.bundle_id, d.folder / "completions.csv")
+    d.delivered.append(bundle.bundle_id)
+    clear = load_language_model(pack_folder(language_model["folder"])).complete(prompts, PROMPT_SETTINGS)
+    assert list(decrypted.completions) == clear  # identical to the model run in clear, same seed and settings
+    with decrypted.predictions.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["note_id", "row", "completion"] and [r[0] for r in rows[1:]] == [f"n-{i:03d}" for i in range(50)]
+
+    # No prompt or completion text in any object, shard message or log (parents', enclaves', the stack's).
+    texts = [p.encode() for p in prompts] + [c.encode() for c in clear if len(c.strip()) >= 6]
+    s3, bucket = aws.client("s3"), d.outputs["BundleBucketName"]
+    for listed in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read()
+        assert not any(text in body for text in texts), listed["Key"]
+    sfn = aws.client("stepfunctions")
+    (arn,) = bundle_executions(sfn, d.outputs["StateMachineArn"], bundle.bundle_id, "alice")
+    messages = json.dumps(shard_messages(sfn, d.outputs["StateMachineArn"], arn)).encode()
+    assert b"shard_index" in messages and not any(text in messages for text in texts)
+    for log in [*lifecycle.fleet_state_dir().rglob("*.log"), *lifecycle.stack_dir().glob("*.log")]:
+        assert not any(text in log.read_bytes() for text in texts), log
+
+
+def _hostile_text_bundle(
+    d: EnclaveDeployment, name: str, prompts: list[str], generation: dict[str, Any] | None = None
+) -> tuple[str, Path]:
+    """A text bundle as a hostile client writes one: its prompts unchecked, and its manifest's settings replaced
+    by ``generation`` after encryption; its bundle id and folder."""
+    alice = d.client("alice")
+    model = alice.model(None)
+    folder, bundle_id = d.folder / name, f"{name}-0001"
+    _write_bundle(
+        aws.client("kms", d.sessions["alice"]), key_arn=d.outputs["EnclaveKeyArn"], owner="alice", model=model.ref,
+        versions=model.versions.to_dict(), chunks=[(texts_to_bytes(prompts), len(prompts))],
+        owner_public_key=public_bytes(owner_key(d.folder / "alice-home")), destination=folder, bundle_id=bundle_id,
+        generation=PROMPT_SETTINGS, progress=False,
+    )  # fmt: skip
+    if generation is not None:
+        written = json.loads((folder / MANIFEST_NAME).read_bytes())
+        written["generation"] = generation
+        (folder / MANIFEST_NAME).write_text(json.dumps(written))
+    return bundle_id, folder
+
+
+def _quarantined(d: EnclaveDeployment, bundle_id: str, folder: Path) -> dict[str, Any]:
+    """Drop the bundle as a hostile client would (its shard, then its manifest, straight to S3 under the owner's
+    role: no client-side check) and wait for its quarantine record."""
+    alice = d.client("alice")
+    s3, prefix = aws.client("s3", d.sessions["alice"]), alice.layout.request_prefix(bundle_id)
+    for name in ("shards/00000.records", MANIFEST_NAME):
+        target = prefix.join(name)
+        s3.put_object(Bucket=target.bucket, Key=target.key, Body=(folder / name).read_bytes())
+    with pytest.raises(BundleQuarantined) as quarantined:
+        alice.wait(bundle_id, timeout=SETTLE_TIMEOUT)
+    layout = BundleLayout(d.outputs["BundleBucketName"], "alice")
+    inbox = aws.client("s3").list_objects_v2(Bucket=layout.bucket, Prefix=layout.request_prefix(bundle_id).key + "/")
+    kept = sorted(listed["Key"].rsplit("/", 1)[-1] for listed in inbox.get("Contents", []))
+    assert kept == ["00000.records", "manifest.json"], kept  # nothing of the bundle is lost
+    return dict(quarantined.value.reason)
+
+
+@pytest.mark.parametrize(
+    ("generation", "field", "code"),
+    [
+        ({**PROMPT_SETTINGS.to_dict(), "max_new_tokens": 100_000}, "generation.max_new_tokens", "out_of_range"),
+        ({**PROMPT_SETTINGS.to_dict(), "temperature": -1}, "generation.temperature", "out_of_range"),
+    ],
+    ids=["too-many-new-tokens", "a-negative-temperature"],
+)
+def test_a_manifest_with_out_of_range_generation_settings_is_quarantined_naming_the_field(
+    deployed: EnclaveDeployment, language_model: dict[str, Any], generation: dict[str, Any], field: str, code: str
+) -> None:
+    deployed.client("alice").keys(language_model["model_package"])
+    bundle_id, folder = _hostile_text_bundle(deployed, f"settings-{field.rsplit('.', 1)[-1]}", ["a note"], generation)
+    reason = _quarantined(deployed, bundle_id, folder)
+    assert (reason["field"], reason["code"]) == (field, code), reason
+
+
+@pytest.mark.parametrize(
+    ("prompts", "code"),
+    [
+        (["a note", "   "], "empty_prompt"),
+        (["a note", " ".join(["the patient reports mild pain"] * 400)], "prompt_too_long"),
+    ],
+    ids=["an-empty-prompt", "a-prompt-over-the-token-limit"],
+)
+def test_a_prompt_the_model_will_not_complete_quarantines_its_bundle_by_name(
+    deployed: EnclaveDeployment, language_model: dict[str, Any], prompts: list[str], code: str
+) -> None:
+    deployed.client("alice").keys(language_model["model_package"])
+    bundle_id, folder = _hostile_text_bundle(deployed, code.replace("_", "-"), prompts)
+    reason = _quarantined(deployed, bundle_id, folder)
+    assert reason["code"] == code and "[1]" in str(reason["message"]), reason
+    assert "the patient" not in str(reason["message"])  # the prompt's index, never its text
+
+
 def test_the_audit_shows_what_served_each_enclave_shard_as_attested_and_checks_it(
     deployed: EnclaveDeployment, tmp_path: Path
 ) -> None:
@@ -302,7 +446,8 @@ def test_the_audit_shows_what_served_each_enclave_shard_as_attested_and_checks_i
 
     report = audit(tmp_path / "report")
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
-    (bundle,) = [b for b in report["bundles"] if b["bundle_id"] in d.delivered]
+    by_id = {b["bundle_id"]: b for b in report["bundles"]}
+    bundle = by_id[d.delivered[0]]  # the tabular bundle of the end-to-end test
     assert bundle["path"] == "enclave" and bundle["outcome"] == "delivered"
     assert [s["shard"] for s in bundle["served_by"]] == [0, 1, 2, 3]
     digest = enclave_model_digest(describe(aws.client("sagemaker"), d.package_arn))
@@ -312,6 +457,13 @@ def test_the_audit_shows_what_served_each_enclave_shard_as_attested_and_checks_i
     assert report["enclave_key_policy"]["unattested"] == []
     html = Path(report["files"]["html"]).read_text()
     assert d.measurement in html and digest in html
+    # The text bundle: served by the same measurement and the language model's digest, its settings recorded.
+    for text_bundle in (by_id[bundle_id] for bundle_id in d.delivered[1:]):
+        lm_digest = enclave_model_digest(describe(aws.client("sagemaker"), str(text_bundle["model_package_arn"])))
+        assert [(s["image_sha384"], s["model_digest"], s["problem"]) for s in text_bundle["served_by"]] == [
+            (d.measurement, lm_digest, None)
+        ] * 3
+        assert text_bundle["generation"] == PROMPT_SETTINGS.to_dict()
 
     # Shard 0's document shown as shard 1's proof: the document is genuine, but made for another shard.
     s3, layout = aws.client("s3"), BundleLayout(d.outputs["BundleBucketName"], "alice")

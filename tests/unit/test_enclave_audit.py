@@ -25,7 +25,7 @@ from common.attestation import (
     trusted_root,
     verify_attestation,
 )
-from common.bundle.enclave_crypto import ShardBinding
+from common.bundle.binding import ShardBinding
 from common.bundle.enclave_manifest import attestation_key
 from common.workflow import BundleRef
 
@@ -131,6 +131,9 @@ class _Result:
 
     def __init__(self, count: int) -> None:
         self.shards = [type("Entry", (), {"index": index})() for index in range(count)]
+
+    def binding(self, owner: str, shard: int) -> ShardBinding:
+        return ShardBinding(owner, BUNDLE, shard)
 
 
 def test_each_shard_is_shown_with_what_served_it_or_why_its_document_proves_nothing(

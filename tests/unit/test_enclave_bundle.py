@@ -19,13 +19,8 @@ from moto import mock_aws
 
 from client.enclave_bundle import encrypt_enclave_bundle, open_enclave_result, owner_key, public_bytes
 from client.errors import FheClientError
-from common.bundle.enclave_crypto import (
-    ShardBinding,
-    decrypt_records,
-    records_from_bytes,
-    records_to_bytes,
-    seal_results,
-)
+from common.bundle.binding import ShardBinding
+from common.bundle.enclave_crypto import decrypt_records, records_from_bytes, records_to_bytes, seal_results
 from common.bundle.enclave_manifest import bundle_path, parse_enclave_manifest, result_manifest, sealed_entries
 from common.bundle.manifest import package_ref, parse_manifest
 from common.bundle.schema import MANIFEST_NAME, BundleError, sha256_hex

@@ -14,13 +14,8 @@ from sklearn.datasets import load_breast_cancer
 from client.batch_client import BatchClient, ClientSettings
 from client.errors import FheClientError
 from common import artifacts, aws
-from common.bundle.enclave_crypto import (
-    ShardBinding,
-    decrypt_records,
-    records_from_bytes,
-    records_to_bytes,
-    seal_results,
-)
+from common.bundle.binding import ShardBinding
+from common.bundle.enclave_crypto import decrypt_records, records_from_bytes, records_to_bytes, seal_results
 from common.bundle.enclave_manifest import parse_enclave_manifest, result_manifest, sealed_entries
 from common.bundle.schema import sha256_hex
 from common.bundle.store import BundleLayout, write_result_manifest

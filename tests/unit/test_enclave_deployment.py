@@ -169,3 +169,28 @@ def test_the_local_fleet_tracks_the_backlog_per_instance_up_at_once_and_down_aft
     assert scaler.desired(_group(3), waiting=0, now=32) == 0  # below for scale_in_after seconds
     assert scaler.desired(_group(2), waiting=4, now=40) == 2  # at the target: stays
     assert scaler.desired(_group(2), waiting=4, now=50) == 3  # but shards waited the alarm's threshold: one more
+
+
+def test_the_enclave_is_sized_from_its_image_and_largest_model_and_a_type_that_cannot_hold_it_is_refused(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "enclave.eif"
+    image.write_bytes(b"e" * (300 * 1024**2))  # a 300 MiB image
+    fleet = _fleet(tmp_path, image=image)
+    assert fleet.required_memory_mib == 1280  # 4 x 300 MiB, in 256 MiB steps
+    assert fleet.cpu_count == 2  # an m5.xlarge's 4 vCPUs, less the parent's 2
+    fleet.check_sizing()  # the default 4096 MiB holds it
+    # Bloom-560m class: about 2.2 GB of weights.
+    bloom = 2200 * 1024**2
+    with pytest.raises(EnclaveFleetError, match=r"at least 10240 MiB .* --enclave-memory-mib 10240"):
+        _fleet(tmp_path, image=image, largest_model_bytes=bloom).check_sizing()
+    with pytest.raises(EnclaveFleetError, match=r"m5\.xlarge has 16384 MiB: .* choose one of m5\.2xlarge, m5\.4xlarge"):
+        _fleet(tmp_path, image=image, largest_model_bytes=bloom, memory_mib=16384).check_sizing()
+    sized = _fleet(tmp_path, image=image, largest_model_bytes=bloom, memory_mib=65536, instance_type="r5.8xlarge")
+    sized.check_sizing()
+    assert sized.cpu_count == 30 and sized.parameters(
+        "fhe", MEASUREMENT, "enclave/w.whl", bundle_bucket="b", artifact_bucket="a", model_bucket="m",
+        package_group="g", key_arn="k",
+    )["EnclaveCpuCount"] == "30"  # fmt: skip
+    with pytest.raises(EnclaveFleetError, match="not one the fleet is sized for"):
+        _fleet(tmp_path, image=image, instance_type="t3.micro").check_sizing()

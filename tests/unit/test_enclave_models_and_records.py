@@ -4,6 +4,7 @@ pickle, and results only the owner's key opens."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 from typing import Any
@@ -18,8 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from common.bundle.binding import ShardBinding
 from common.bundle.enclave_crypto import (
-    ShardBinding,
     decrypt_records,
     encrypt_records,
     open_results,
@@ -30,6 +31,8 @@ from common.bundle.enclave_crypto import (
 from common.bundle.schema import BundleError
 from common.enclave_model import ONNX, XGBOOST_JSON
 from containers.enclave.models import ModelError, load_model
+from containers.enclave.nsm import Nsm
+from containers.enclave.server import EnclaveServer
 
 FEATURES, LABELS = load_breast_cancer(return_X_y=True)
 BINDING = ShardBinding(owner="alice", bundle_id="b-0001", shard=3)
@@ -125,3 +128,21 @@ def test_results_open_with_the_owners_key_and_binding_only() -> None:
             open_results(key, sealed, binding)
     with pytest.raises(BundleError, match="X25519"):
         seal_results(b"short", b"predictions", BINDING)
+
+
+def test_a_model_larger_than_a_message_loads_from_its_parts_in_order_and_whole(xgboost_json: bytes) -> None:
+    """The enclave's side of a model sent in parts (a language model's gigabytes): each part in order, the whole
+    checked against the size and SHA-256 the first announced before it is loaded."""
+    server = EnclaveServer(Nsm())  # loading a model asks the NSM nothing
+    whole = {"format": XGBOOST_JSON, "size": len(xgboost_json), "sha256": hashlib.sha256(xgboost_json).hexdigest()}
+    third = len(xgboost_json) // 3 + 1
+    parts = [{**whole, "offset": o, "data": xgboost_json[o : o + third]} for o in range(0, len(xgboost_json), third)]
+    answers = [server.answer({"model_part": part}) for part in parts]
+    assert answers[:-1] == [{"received": third}, {"received": 2 * third}]
+    assert answers[-1] == {"loaded": load_model(XGBOOST_JSON, xgboost_json).digest}
+    assert server.answer({"model_part": parts[1]})["refused"] == "invalid_model"  # out of order
+    lying = {**whole, "sha256": "0" * 64}
+    for part in parts[:-1]:
+        server.answer({"model_part": {**part, **lying}})
+    refused = server.answer({"model_part": {**parts[-1], **lying}})
+    assert refused == {"refused": "invalid_model", "detail": "the model's parts are not the model announced"}

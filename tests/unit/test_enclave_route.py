@@ -13,7 +13,8 @@ import pytest
 
 from client.enclave_bundle import encrypt_enclave_bundle, owner_key, public_bytes
 from common import artifacts, aws
-from common.bundle.enclave_crypto import ShardBinding, records_to_bytes, seal_results
+from common.bundle.binding import ShardBinding
+from common.bundle.enclave_crypto import records_to_bytes, seal_results
 from common.bundle.enclave_manifest import parse_enclave_manifest, sealed_results_key
 from common.bundle.manifest import package_ref
 from common.bundle.messages import ShardResult
