@@ -68,7 +68,7 @@ from client.transfer import (
 )
 from common import artifacts, aws
 from common.bundle.enclave_manifest import EnclaveManifest
-from common.bundle.generation import MAX_PROMPTS_PER_SHARD, GenerationSettings
+from common.bundle.generation import MAX_PROMPTS_PER_SHARD, SHARD_SECONDS_BUDGET, GenerationSettings
 from common.bundle.manifest import KeyRef, Manifest, package_ref
 from common.bundle.schema import BundleError
 from common.bundle.store import ESTIMATE_NAME, BundleLayout
@@ -533,9 +533,10 @@ class BatchClient:
                 "(FHE_ENCLAVE_KEY_ARN, the enclave stack's output EnclaveKeyArn)"
             )
         texts = read_prompts(source, text_column, id_columns)
+        shard_size = self._prompts_per_shard(model, generation, min(shard_size, MAX_PROMPTS_PER_SHARD))
         made: Estimate | None = None
         try:
-            made = self._estimate_texts(model, texts.prompts, generation, min(shard_size, MAX_PROMPTS_PER_SHARD))
+            made = self._estimate_texts(model, texts.prompts, generation, shard_size)
         except EstimateError as error:  # the estimate informs; encryption goes on without it
             self._notes(f"no estimate: {error}")
         manifest = encrypt_enclave_texts(
@@ -549,7 +550,7 @@ class BatchClient:
             owner_public_key=public_bytes(owner_key(self._home)),
             destination=out,
             bundle_id=bundle_id or new_bundle_id(),
-            shard_size=min(shard_size, MAX_PROMPTS_PER_SHARD),
+            shard_size=shard_size,
             progress=self._bars,
         )
         keep_request(self.settings.home, manifest.bundle_id, manifest.to_json())
@@ -557,6 +558,23 @@ class BatchClient:
         if made is not None:
             (out / ESTIMATE_NAME).write_text(json.dumps(made.to_dict(), indent=2))
         return Encrypted(manifest, out, tuple(texts.ids), (), made)
+
+    def _prompts_per_shard(self, model: ClientModel, generation: GenerationSettings, wanted: int) -> int:
+        """``wanted``, or fewer prompts a shard where the model's measured pace says a full shard of the longest
+        completions could outlast half the workflow's wait for a shard."""
+        try:
+            costs = ModelCosts.for_prompts(json.loads((model.folder / artifacts.COSTS_JSON).read_text()),
+                                           generation.max_new_tokens, 0.0)  # fmt: skip
+        except (FileNotFoundError, ValueError):
+            return wanted  # no measured pace: the limits alone bound a shard
+        fitting = max(1, int(SHARD_SECONDS_BUDGET // max(costs.seconds_per_sample, 1e-9)))
+        if fitting < wanted:
+            pace, tokens = costs.seconds_per_sample, generation.max_new_tokens
+            self._notes(
+                f"{fitting} prompts a shard, not {wanted}: at the model's measured pace ({pace:.1f} s a prompt of "
+                f"{tokens} new tokens) a shard stays within {SHARD_SECONDS_BUDGET:.0f} s"
+            )
+        return min(wanted, fitting)
 
     def _estimate_texts(
         self, model: ClientModel, prompts: Sequence[str], generation: GenerationSettings, shard_size: int

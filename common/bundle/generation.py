@@ -27,6 +27,10 @@ MAX_PROMPT_CHARACTERS = 16 * 1024
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARACTERS = 64
 MAX_TEMPERATURE = 2.0
+# The enclave Map's wait for a shard (statemachines/batch_inference.asl.json, ServeInEnclave's TimeoutSeconds); a
+# text bundle's shards are sized to take at most half of it at the model's measured pace (client/batch_client.py).
+SHARD_TIMEOUT_SECONDS = 15000
+SHARD_SECONDS_BUDGET = SHARD_TIMEOUT_SECONDS / 2
 MAX_SEED = 2**32 - 1
 _FIELDS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
 

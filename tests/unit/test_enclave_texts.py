@@ -13,12 +13,15 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from client.batch_client import BatchClient, ClientSettings
 from client.enclave_bundle import encrypt_enclave_texts, open_enclave_texts, owner_key, public_bytes
 from client.errors import InputError
+from client.model import ClientModel
 from client.texts import read_prompts, write_completions
+from common import artifacts
 from common.bundle.enclave_crypto import decrypt_records, seal_results, texts_from_bytes, texts_to_bytes
 from common.bundle.enclave_manifest import parse_enclave_manifest, result_manifest, sealed_entries
-from common.bundle.generation import GenerationSettings
+from common.bundle.generation import SHARD_TIMEOUT_SECONDS, GenerationSettings
 from common.bundle.manifest import package_ref
 from common.bundle.schema import MANIFEST_NAME, BundleError, sha256_hex
 from common.versions import VersionsRecord
@@ -125,3 +128,22 @@ def test_what_the_owner_gets_wrong_is_named_before_anything_is_encrypted(
     path.write_text(content)
     with pytest.raises(InputError, match=problem):
         read_prompts(path, "text", ["id"])
+
+
+def test_a_text_bundles_shards_fit_the_workflows_wait_at_the_models_measured_pace(tmp_path: Path) -> None:
+    asl = json.loads((Path(__file__).parents[2] / "statemachines/batch_inference.asl.json").read_text())
+    serve = asl["States"]["InferShardsInEnclave"]["ItemProcessor"]["States"]["ServeInEnclave"]
+    assert serve["TimeoutSeconds"] == SHARD_TIMEOUT_SECONDS
+    folder = tmp_path / "model"
+    folder.mkdir()
+    pace = {"enclave_seconds_per_prompt": 1.0, "enclave_seconds_per_token": 0.5}
+    (folder / artifacts.COSTS_JSON).write_text(json.dumps(pace))
+    notes: list[str] = []
+    client = BatchClient(ClientSettings(owner="alice"), notes=notes.append)
+    model = ClientModel(folder, package_ref(PACKAGE), "enclave")
+    # 1 + 0.5 x 511 = 256.5 s a prompt of 512 new tokens: 7,500 s hold 29 of them.
+    assert client._prompts_per_shard(model, GenerationSettings(max_new_tokens=512), 64) == 29
+    assert notes[-1].startswith("29 prompts a shard, not 64")
+    assert client._prompts_per_shard(model, GenerationSettings(max_new_tokens=8), 64) == 64
+    (folder / artifacts.COSTS_JSON).unlink()
+    assert client._prompts_per_shard(model, GenerationSettings(max_new_tokens=512), 64) == 64  # no pace measured
