@@ -55,11 +55,13 @@ def check_configuration(name: str, data: bytes) -> None:
 def pack_folder(folder: Path) -> bytes:
     """The model folder as one archive: its allowed files, sorted, with no time, owner or mode of this machine."""
     names = sorted(path.name for path in folder.iterdir())
-    refused = [name for name in names if not allowed(name)]
+    refused = [
+        name for name in names if not allowed(name) or (folder / name).is_symlink() or not (folder / name).is_file()
+    ]
     if refused:
         raise LanguageModelError(
             f"{folder} holds {', '.join(refused)}: a language model is carried as safetensors weights, config.json "
-            "and its tokenizer's JSON files only (no pickle, no code)"
+            "and its tokenizer's JSON files only, each a plain file (no pickle, no code, no link)"
         )
     if not any(WEIGHTS.match(name) for name in names) or "config.json" not in names or "tokenizer.json" not in names:
         raise LanguageModelError(f"{folder} lacks model*.safetensors, config.json or tokenizer.json")

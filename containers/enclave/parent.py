@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 
+from common.bundle.generation import SHARD_TIMEOUT_SECONDS
 from containers.enclave import channel
 from containers.enclave.application import ShardAnswer, ShardRefused, ShardWork
 
@@ -15,7 +16,8 @@ MODEL_PART_BYTES = 64 * 1024**2  # well under the channel's message limit
 
 
 class EnclaveConnection:
-    def __init__(self, address: str, timeout: float = 600.0) -> None:
+    # A shard's answer may take as long as the workflow waits for it (a language model's shard: up to half of it).
+    def __init__(self, address: str, timeout: float = SHARD_TIMEOUT_SECONDS) -> None:
         self.address = address
         self.timeout = timeout
 

@@ -89,6 +89,15 @@ class EnclaveServer:
             return self._shard(request)
         return {"refused": "invalid_request", "detail": "a request is a model or a shard"}
 
+    def answer_safely(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The answer, or a named refusal for anything unforeseen: one request's failure never ends the enclave that
+        serves every owner. Only the error's kind is told (its text could quote a record)."""
+        try:
+            return self.answer(request)
+        except Exception as error:  # the enclave outlives any one request
+            LOGGER.warning("a request failed: %s", type(error).__name__)
+            return {"refused": "internal_error", "detail": f"the enclave could not serve it ({type(error).__name__})"}
+
     def _load(self, model: Any) -> dict[str, Any]:
         if not isinstance(model, dict) or not isinstance(model.get("format"), str):
             return {"refused": "invalid_model", "detail": "a model carries its format and content"}
@@ -123,7 +132,9 @@ class EnclaveServer:
         self._parts = None
         if hashlib.sha256(received).hexdigest() != whole["sha256"]:
             return {"refused": "invalid_model", "detail": "the model's parts are not the model announced"}
-        return self._load({"format": whole["format"], "content": bytes(received)})
+        content = bytes(received)
+        del received  # one copy of the model in memory while it loads, not two
+        return self._load({"format": whole["format"], "content": content})
 
     def _shard(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.model is None:
@@ -158,6 +169,6 @@ class EnclaveServer:
             with stream:
                 try:
                     while (request := channel.receive(stream)) is not None:
-                        channel.send(stream, self.answer(request))
-                except channel.ChannelError as error:
-                    LOGGER.warning("a connection was dropped: %s", error)
+                        channel.send(stream, self.answer_safely(request))
+                except (channel.ChannelError, OSError) as error:  # the parent gave up or went away: the next
+                    LOGGER.warning("a connection was dropped: %s", type(error).__name__)  # connection is served

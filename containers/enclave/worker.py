@@ -12,6 +12,7 @@ from the manifest: the enclave binds the shard to it, so one owner's key never o
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 import tempfile
 import threading
@@ -37,13 +38,14 @@ from containers.enclave.application import ShardRefused, ShardWork
 from containers.enclave.channel import ChannelError
 from containers.enclave.parent import EnclaveConnection
 
+LOG = logging.getLogger("fhe.parent")
 STAGE = "infer"
 HEARTBEAT_SECONDS = 60.0  # the workflow's HeartbeatSeconds is 300: a few beats fit in each window
 # Failures the state machine retries (ShardFailed) and those it does not: a refusal of the bundle or of this
 # enclave will not change on a retry.
 RETRIED = "ShardFailed"
 REFUSED = "ShardRefused"
-_RETRIED_REASONS = {"no_credentials", "enclave_unavailable", "model_unreadable"}
+_RETRIED_REASONS = {"no_credentials", "enclave_unavailable", "model_unreadable", "internal_error"}
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,9 @@ class ShardWorker:
             return self._fail(task, refusal.reason, refusal.detail, None)
         except BundleError as error:
             return self._fail(task, error.code, str(error), error.field)
+        except Exception as error:  # one shard's unforeseen failure never ends the parent's worker
+            LOG.warning("shard %d of a bundle failed: %s", task.shard_index, type(error).__name__)
+            return self._fail(task, "internal_error", f"the shard could not be served ({type(error).__name__})", None)
         output = {"shard_index": result.shard_index, "samples": result.samples, **served}
         self._complete(lambda: self.sfn.send_task_success(taskToken=task.task_token, output=json.dumps(output)))
         return "served"

@@ -146,3 +146,20 @@ def test_a_model_larger_than_a_message_loads_from_its_parts_in_order_and_whole(x
         server.answer({"model_part": {**part, **lying}})
     refused = server.answer({"model_part": {**parts[-1], **lying}})
     assert refused == {"refused": "invalid_model", "detail": "the model's parts are not the model announced"}
+
+
+def test_an_unforeseen_failure_of_one_request_is_refused_by_name_and_the_enclave_serves_on(
+    monkeypatch: pytest.MonkeyPatch, xgboost_json: bytes
+) -> None:
+    server = EnclaveServer(Nsm())
+
+    def fails(request: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("probability tensor contains inf: record 4.2, 17.3")  # text that may quote data
+
+    monkeypatch.setattr(server, "answer", fails)
+    assert server.answer_safely({"shard": {}}) == {
+        "refused": "internal_error",
+        "detail": "the enclave could not serve it (RuntimeError)",
+    }
+    monkeypatch.undo()
+    assert "loaded" in server.answer_safely({"model": {"format": XGBOOST_JSON, "content": xgboost_json}})

@@ -117,7 +117,7 @@ def test_completions_are_reproducible_and_equal_the_model_run_in_clear(folder: P
     for prompt in PROMPTS:
         torch.manual_seed(7)
         tokens = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
-        output = model.generate(**tokens, max_new_tokens=12, do_sample=True, temperature=0.8, top_p=0.9,
+        output = model.generate(**tokens, max_new_tokens=12, do_sample=True, temperature=0.8, top_p=0.9, top_k=0,
                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
         clear.append(tokenizer.decode(output[0][tokens["input_ids"].shape[1] :], skip_special_tokens=True))
     assert completions == clear
@@ -140,16 +140,19 @@ def test_greedy_decoding_stop_sequences_and_the_token_limit(loaded: LanguageMode
 @pytest.mark.parametrize(
     ("change", "field", "code"),
     [
-        ({"max_new_tokens": 0}, "generation.max_new_tokens", "invalid"),
+        ({"max_new_tokens": 0}, "generation.max_new_tokens", "out_of_range"),
         ({"max_new_tokens": MAX_NEW_TOKENS + 1}, "generation.max_new_tokens", "out_of_range"),
         ({"temperature": -0.1}, "generation.temperature", "out_of_range"),
         ({"temperature": 2.5}, "generation.temperature", "out_of_range"),
         ({"temperature": "hot"}, "generation.temperature", "invalid"),
         ({"top_p": 0}, "generation.top_p", "out_of_range"),
         ({"top_p": 1.5}, "generation.top_p", "out_of_range"),
-        ({"seed": -1}, "generation.seed", "invalid"),
+        ({"temperature": 1e-45}, "generation.temperature", "out_of_range"),  # would overflow the logits
+        ({"seed": -1}, "generation.seed", "out_of_range"),
+        ({"seed": 1.5}, "generation.seed", "invalid"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "generation.stop", "out_of_range"),
-        ({"stop": [""]}, "generation.stop[0]", "invalid"),
+        ({"stop": [""]}, "generation.stop[0]", "out_of_range"),
+        ({"stop": ["\ud800"]}, "generation.stop[0]", "invalid"),  # a lone surrogate: no UTF-8, no digest
         ({"beam_search": True}, "generation.beam_search", "invalid"),
     ],
 )
@@ -158,8 +161,14 @@ def test_out_of_range_generation_settings_are_refused_naming_the_field(
 ) -> None:
     settings = {**GenerationSettings().to_dict(), **change}
     with pytest.raises(BundleError) as refused:
-        GenerationSettings.from_dict(json.loads(json.dumps(settings)))
+        GenerationSettings.from_dict(settings)
     assert (refused.value.field, refused.value.code) == (field, code), refused.value
+
+
+def test_settings_made_in_code_hash_as_the_manifests_parser_reads_them() -> None:
+    made = GenerationSettings(max_new_tokens=8, temperature=1, top_p=1, seed=3, stop=["x"])  # type: ignore[arg-type]
+    parsed = GenerationSettings.from_dict(json.loads(json.dumps(made.to_dict())))
+    assert made == parsed and made.digest() == parsed.digest() and isinstance(made.temperature, float)
 
 
 def test_a_shards_prompts_are_checked_with_named_reasons() -> None:
@@ -169,8 +178,42 @@ def test_a_shards_prompts_are_checked_with_named_reasons() -> None:
         (["x"] * (MAX_PROMPTS_PER_SHARD + 1), "invalid_records"),
         (["fine", "   "], "empty_prompt"),
         (["fine", 3], "invalid_records"),
+        (["fine", "\ud800 lone"], "invalid_records"),
         (["x" * 20_000], "prompt_too_long"),
     ):
         with pytest.raises(BundleError) as refused:
             check_prompts(prompts, "prompts")
         assert refused.value.code == code
+
+
+def test_only_the_owners_settings_apply_not_the_models_own_generation_config(
+    folder: Path, tmp_path: Path, loaded: LanguageModel
+) -> None:
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for path in folder.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    config = json.loads((copy / "generation_config.json").read_text())
+    config.update(num_beams=4, repetition_penalty=3.0, min_new_tokens=12, top_k=2)
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    settings = GenerationSettings(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=7)
+    assert load_language_model(pack_folder(copy)).complete(PROMPTS, settings) == loaded.complete(PROMPTS, settings)
+    (copy / "config.json").unlink()
+    (copy / "config.json").symlink_to(folder / "config.json")
+    with pytest.raises(LanguageModelError, match="no link"):
+        pack_folder(copy)
+
+
+def test_a_prompt_the_models_positions_cannot_hold_with_its_new_tokens_is_refused(tmp_path: Path) -> None:
+    """A model with learned positions (GPT-2's kind) holds at most its positions: prompt and new tokens."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tiny_bloom(tmp_path / "model")  # its tokenizer, with a GPT-2 of 32 positions in place of the Bloom
+    (folder / "model.safetensors").unlink()
+    config = GPT2Config(vocab_size=400, n_positions=32, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    model = load_language_model(pack_folder(folder))
+    assert len(model.complete(["the patient"], GenerationSettings(max_new_tokens=8))) == 1
+    with pytest.raises(PromptRefused) as refused:
+        model.complete(["the patient reports mild pain in the left knee"], GenerationSettings(max_new_tokens=30))
+    assert refused.value.reason == "prompt_too_long" and "32 positions" in refused.value.detail
