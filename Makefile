@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup browser container-tools demo test lint bench local-up local-down local-status clean
+.PHONY: setup browser container-tools demo test lint bench local-up local-down local-reset local-status clean
 
 # The container images are built and run with podman, which needs no daemon. As root on a machine without kernel
 # overlay mounts, where crun and the default rlimits are refused (CI's machines), these settings make it work;
@@ -80,6 +80,9 @@ local-up: setup
 
 local-down: setup
 	$(PY) -m local.lifecycle down
+
+local-reset: setup
+	$(PY) -m local.lifecycle reset
 
 local-status: setup
 	$(PY) -m local.lifecycle status

@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import ssl
 import subprocess
@@ -256,10 +257,59 @@ def running_runtime(service: Service) -> str | None:
         return None
 
 
+# The local stack's state format: raised when state an earlier stack left (its AWS resources, deployments, queues,
+# people) would not work with this one, as state from before TLS and IAM enforcement did (a message stuck in a queue
+# hung the demo). The state folder carries it in STATE_STAMP.
+STATE_VERSION = 2
+STATE_STAMP = "STATE_VERSION"
+# What the state folder holds that no version change invalidates: made on first use, the same for every version.
+VERSION_INDEPENDENT = frozenset({STATE_STAMP, "ministack-venv", "tls", "attestation"})
+
+
+class StateFromAnotherVersion(RuntimeError):
+    pass
+
+
+def check_state_version(base: Path) -> None:
+    """Stamp an empty (or version-independent) state folder with this version; refuse one another version left,
+    telling the user how to reset it, rather than start on it and hang."""
+    stamp = base / STATE_STAMP
+    found = stamp.read_text().strip() if stamp.is_file() else None
+    state = [p.name for p in base.iterdir() if p.name not in VERSION_INDEPENDENT] if base.is_dir() else []
+    if found == str(STATE_VERSION):
+        return
+    if state:
+        made_by = f"state version {found}" if found else "an earlier version (no state stamp)"
+        raise StateFromAnotherVersion(
+            f"the local stack's state folder {base} was left by {made_by}, not version {STATE_VERSION}: "
+            "`python -m local.lifecycle reset` (make local-reset) deletes that state, everything deployed on the "
+            "local stack included, then `up` starts afresh"
+        )
+    base.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{STATE_VERSION}\n")
+
+
+def reset() -> list[str]:
+    """Stop the stack and delete its state, keeping what no version change invalidates (the ministack
+    installation, the TLS and attestation authorities); the names removed."""
+    down()
+    base = stack_dir()
+    removed = []
+    for path in sorted(base.iterdir()) if base.is_dir() else []:
+        if path.name in VERSION_INDEPENDENT:
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        removed.append(path.name)
+    (base / STATE_STAMP).unlink(missing_ok=True)
+    return removed
+
+
 def up(runtime: str = "process") -> dict[str, str]:
     """Start whatever is not running yet; idempotent. Returns the client environment. ``runtime`` says how the
-    local SageMaker runs containers (``process``, ``podman`` or ``docker``); a running one must already use it."""
+    local SageMaker runs containers (``process``, ``podman`` or ``docker``); a running one must already use it.
+    State another version of the stack left is refused (``reset`` deletes it)."""
     base = stack_dir()
+    check_state_version(base)
     aws, sagemaker = local_aws(), local_sagemaker()
     if not aws.healthy():
         python = _ministack_python()
@@ -374,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m local.lifecycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("up", "down", "status", "env", "people", "enclave-image"))
+    parser.add_argument("command", choices=("up", "down", "reset", "status", "env", "people", "enclave-image"))
     parser.add_argument("out", nargs="?", type=Path, help="enclave-image: where the image goes")
     parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT", "fhe"), help="people: its prefix")
     parser.add_argument(
@@ -394,6 +444,9 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(f"export {k}={v}" for k, v in environment.items()))
     elif args.command == "down":
         down()
+    elif args.command == "reset":
+        removed = reset()
+        print(f"state removed from {stack_dir()}: {', '.join(removed) or 'nothing'}; `up` starts afresh")
     elif args.command == "enclave-image":
         built = enclave_image(args.out)
         print(f"enclave image {built.image}, measurement (PCR0) {built.image_sha384}", file=sys.stderr)
