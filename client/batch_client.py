@@ -512,6 +512,15 @@ class BatchClient:
         keep(self.settings.home, manifest.bundle_id, KeptColumns(rows.ids, label_column, rows.labels))
         return Encrypted(manifest, out, tuple(rows.ids), tuple(rows.ignored), made)
 
+    def _enclave_key_arn(self, model: ClientModel) -> str:
+        """The deployment's enclave key, which every enclave bundle's data key is made under."""
+        if not self.settings.enclave_key_arn:
+            raise FheClientError(
+                f"{model.ref.package_arn} is served in the enclave: name the deployment's enclave key "
+                "(FHE_ENCLAVE_KEY_ARN, the enclave stack's output EnclaveKeyArn)"
+            )
+        return self.settings.enclave_key_arn
+
     def _encrypt_texts(
         self,
         model: ClientModel,
@@ -527,11 +536,7 @@ class BatchClient:
         data key KMS makes for this bundle, bound to the generation settings the manifest carries."""
         if not isinstance(source, Path) or text_column is None:
             raise InputError(f"{model.ref.package_arn} is a language model: give a CSV or JSONL and its --text-column")
-        if not self.settings.enclave_key_arn:
-            raise FheClientError(
-                f"{model.ref.package_arn} is served in the enclave: name the deployment's enclave key "
-                "(FHE_ENCLAVE_KEY_ARN, the enclave stack's output EnclaveKeyArn)"
-            )
+        key_arn = self._enclave_key_arn(model)
         texts = read_prompts(source, text_column, id_columns)
         shard_size = self._prompts_per_shard(model, generation, min(shard_size, MAX_PROMPTS_PER_SHARD))
         made: Estimate | None = None
@@ -541,7 +546,7 @@ class BatchClient:
             self._notes(f"no estimate: {error}")
         manifest = encrypt_enclave_texts(
             self._aws("kms"),
-            key_arn=self.settings.enclave_key_arn,
+            key_arn=key_arn,
             owner=self.layout.owner,
             model=model.ref,
             versions=model.versions.to_dict(),
@@ -603,18 +608,14 @@ class BatchClient:
     ) -> EnclaveManifest:
         """The rows as the model takes them, encrypted under a data key KMS makes for this owner's bundle on the
         deployment's enclave key (the owner's role may make data keys, never decrypt them)."""
-        if not self.settings.enclave_key_arn:
-            raise FheClientError(
-                f"{model.ref.package_arn} is served in the enclave: name the deployment's enclave key "
-                "(FHE_ENCLAVE_KEY_ARN, the enclave stack's output EnclaveKeyArn)"
-            )
+        key_arn = self._enclave_key_arn(model)
         try:
             prepared = model.preprocessing.transform(x).astype(np.float64)
         except SchemaError as error:
             raise InputError(str(error)) from None
         manifest = encrypt_enclave_bundle(
             self._aws("kms"),
-            key_arn=self.settings.enclave_key_arn,
+            key_arn=key_arn,
             owner=self.layout.owner,
             model=model.ref,
             versions=model.versions.to_dict(),

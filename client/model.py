@@ -89,13 +89,9 @@ class ClientModel:
         """Whether the model completes prompts (a language model in the enclave) rather than scoring records."""
         if self.kind != "enclave":
             return False
-        try:
-            record = EnclaveModelRecord.from_dict(json.loads((self.folder / artifacts.ENCLAVE_MODEL_JSON).read_text()))
-        except FileNotFoundError:
-            raise FheClientError(
-                f"{self.folder} lacks {artifacts.ENCLAVE_MODEL_JSON}; run `fhe-client keys` again"
-            ) from None
-        return record.takes_text
+        if not (self.folder / artifacts.ENCLAVE_MODEL_JSON).exists():
+            raise FheClientError(f"{self.folder} lacks {artifacts.ENCLAVE_MODEL_JSON}; run `fhe-client keys` again")
+        return _takes_text(self.folder)
 
     @cached_property
     def preprocessing(self) -> PreprocessingRecord:
