@@ -37,6 +37,18 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def erased(check: Check, bundle: dict[str, Any]) -> bool:
+    """Whether ``bundle``'s owner had its data erased after it ended (its objects are gone by design); if so the
+    check says so in a note instead of checking the objects."""
+    erasure = bundle.get("erased")
+    if erasure:
+        check.notes.append(
+            f"bundle {bundle['bundle']}: its owner's data was erased on {erasure['time']} (audit record "
+            f"{erasure['seq']}); its objects are gone by design"
+        )
+    return bool(erasure)
+
+
 def inbox_accounted_for(manifests: list[dict[str, Any]], bundles: list[dict[str, Any]]) -> Check:
     check = Check("inbox_accounted_for", "Every manifest dropped in the inbox has a result or a quarantine record.")
     running = {b["bundle"] for b in bundles if b["status"] == "RUNNING"}
@@ -125,7 +137,7 @@ def result_versions_match_model(
         "with (an enclave model's digest is checked against its shards' attestations).",
     )
     for bundle in bundles:
-        if bundle["outcome"] != "delivered":
+        if bundle["outcome"] != "delivered" or erased(check, bundle):
             continue
         if bundle.get("result_model_package_arn") != bundle.get("model_package_arn"):
             check.failures.append(
@@ -165,7 +177,9 @@ def enclave_served_as_attested(
         "policy releases keys to and the registered model's digest; the policy releases keys to measured enclaves "
         "only.",
     )
-    delivered = [b for b in bundles if b.get("path") == "enclave" and b["outcome"] == "delivered"]
+    delivered = [
+        b for b in bundles if b.get("path") == "enclave" and b["outcome"] == "delivered" and not erased(check, b)
+    ]
     if key_policy is None:
         if delivered:
             check.failures.append("enclave bundles were delivered, but the deployment names no enclave key")
@@ -210,6 +224,8 @@ def objects_match_manifests(bundles: list[dict[str, Any]]) -> Check:
         "objects_match_manifests", "Every ciphertext object a manifest lists is there with the sha256 it declares."
     )
     for bundle in bundles:
+        if erased(check, bundle):
+            continue
         for obj in [*bundle["input_objects"], *bundle["output_objects"]]:
             if obj["sha256"] is None and bundle["outcome"] == "delivered":
                 check.failures.append(f"bundle {bundle['bundle']}: {obj['uri']} is missing")
@@ -254,7 +270,7 @@ def audit_log_unaltered(
             continue
         if entry is None:
             check.failures.append(f"bundle {bundle_id} was {bundle['outcome']} but the audit log has no record of it")
-        elif entry.get(digest_field) != now:
+        elif entry.get(digest_field) != now and not erased(check, bundle):
             what = "result manifest" if digest_field.startswith("result") else "quarantine record"
             check.failures.append(
                 f"bundle {bundle_id}: its {what} was altered after it was written (sha256 now {now}, "

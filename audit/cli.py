@@ -2,6 +2,8 @@
 
     fhe-audit [--since 2026-11-22T00:00Z] [--until 2026-11-23T00:00Z] [--out audit-report]
               [--deployment fhe] [--pipeline-name fhe-training] [--attestation-root PEM]
+    fhe-audit usage [--from 2026-11-01T00:00Z] [--to 2026-12-01T00:00Z] [--format json|csv] [--out FILE]
+              usage and cost per batch owner (audit/usage.py), for billing; also a section of the report
 
 Reads SageMaker (pipeline executions, steps, the model registry), Step Functions (executions and histories), the
 bundle bucket's inbox/outbox/quarantine records and the hash-chained audit log, then writes ``<out>.html``
@@ -17,11 +19,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from audit import collect
-from audit.report import run
+from botocore.exceptions import BotoCoreError, ClientError
+
+from audit import collect, usage
+from audit.report import owner_usage, run, sources_for
 from common.attestation import ROOT_VARIABLE, AttestationInvalid, trusted_root
 from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
 
@@ -37,7 +42,62 @@ def moment(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def window(parser: argparse.ArgumentParser, args: argparse.Namespace, default: timedelta) -> collect.Window:
+    """The window the arguments name: ``until`` (default now), ``since`` (default ``default`` before it)."""
+    until = args.until or datetime.now(tz=UTC)
+    since = args.since or until - default
+    if since >= until:
+        parser.error(f"the window's start ({since.isoformat()}) must be before its end ({until.isoformat()})")
+    return collect.Window(since, until)
+
+
+def progress_lines(quiet: bool, name: str) -> Callable[[str], None]:
+    """Progress on stderr, each line named; nothing with ``quiet``."""
+
+    def progress(line: str) -> None:
+        if not quiet:
+            print(f"{name}: {line}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def usage_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fhe-audit usage",
+        description="Usage and cost per batch owner in a time window: bundles, samples, shards, serving and FHE "
+        "seconds, each owner's share of the endpoints' instance time (by its share of their busy time) and its cost "
+        "at the estimate table's prices; the shares add up to the endpoints' instance time (see audit/usage.py).",
+    )
+    parser.add_argument(
+        "--from", "--since", dest="since", type=moment, help="window start (default: 30 days before --to)"
+    )
+    parser.add_argument("--to", "--until", dest="until", type=moment, help="window end (default: now)")
+    parser.add_argument("--format", choices=("json", "csv"), default="json", help="(%(default)s)")
+    parser.add_argument("--out", type=Path, help="write here instead of standard output")
+    parser.add_argument("--deployment", default=os.environ.get("FHE_DEPLOYMENT", DEFAULT_PREFIX))
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    chosen = window(parser, args, timedelta(days=30))
+    progress = progress_lines(args.quiet, "usage")
+    try:
+        sources = sources_for(args.deployment, PIPELINE_NAME, progress)
+        data = owner_usage(sources, chosen)
+    except (RuntimeError, ClientError, BotoCoreError) as error:  # a missing stack, a refusal, no connection
+        print(f"fhe-audit usage: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    text = usage.as_csv(data) if args.format == "csv" else json.dumps(data, indent=2) + "\n"
+    if args.out:
+        args.out.write_text(text)
+        progress(f"written to {args.out}")
+    else:
+        sys.stdout.write(text)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["usage"]:
+        usage_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(
         prog="fhe-audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -61,23 +121,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
-    until = args.until or datetime.now(tz=UTC)
-    since = args.since or until - timedelta(hours=24)
-    if since >= until:
-        parser.error(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
-
+    chosen = window(parser, args, timedelta(hours=24))
     try:
         root = trusted_root(args.attestation_root)
     except AttestationInvalid as error:
         parser.error(str(error))
-
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(f"audit: {line}", file=sys.stderr, flush=True)
-
+    progress = progress_lines(args.quiet, "audit")
     try:
         data = run(
-            collect.Window(since, until),
+            chosen,
             args.out,
             deployment=args.deployment,
             pipeline_name=args.pipeline_name,

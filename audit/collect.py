@@ -63,6 +63,8 @@ class Sources:
     signing_key_arn: str = ""
     enclave_key_arn: str = ""  # the enclave path's key, whose policy names the measurements it releases keys to
     attestation_root: x509.Certificate | None = None  # the root enclaves' attestation documents must chain to
+    scaling: Any = None  # Application Auto Scaling: each endpoint's instance count over time (audit/usage.py)
+    endpoint_family: str = ""  # the deployment's endpoint name; version v's endpoint is <family>-v<v>
     progress: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -200,6 +202,33 @@ def version_endpoints(records: list[AuditRecord]) -> list[dict[str, Any]]:
         else:
             entry.update(retired=record.body.get("time"), retired_by=detail.get("by"), retired_seq=record.seq)
     return sorted(endpoints.values(), key=lambda e: (e["version"] or 0, e["endpoint"]))
+
+
+def offboarding(records: list[AuditRecord], window: Window | None = None) -> list[dict[str, Any]]:
+    """Every owner's data export and erasure on record (in the window, if one is given): who, when, the counts."""
+    found = []
+    for record in records:
+        body = record.body
+        if body.get("kind") not in ("owner_exported", "owner_erased"):
+            continue
+        when = moment(body.get("time"))
+        if window is not None and when is not None and not window.holds(when):
+            continue
+        found.append({"kind": body["kind"], "owner": body.get("subject"), "time": body.get("time"), "seq": record.seq,
+                      **{k: v for k, v in body.get("detail", {}).items() if k != "owner"}})  # fmt: skip
+    return found
+
+
+def erased_owners(records: list[AuditRecord]) -> dict[str, dict[str, Any]]:
+    """Owner → its (latest) erasure on record: its bundles' objects are gone, by design."""
+    return {entry["owner"]: entry for entry in offboarding(records) if entry["kind"] == "owner_erased"}
+
+
+def moment(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
 
 
 def packages(sources: Sources, arns: set[str]) -> dict[str, dict[str, Any]]:

@@ -13,11 +13,12 @@ from typing import Any
 
 from cryptography import x509
 
-from audit import checks, collect
+from audit import checks, collect, usage
 from audit.signatures import SigningKey
 from common import aws
 from common.attestation import trusted_root
 from common.audit_log import SIGNING_ALGORITHM, AuditRecord
+from common.estimate import EstimateError, EstimateTable
 from common.settings import DEFAULT_PREFIX, PIPELINE_NAME
 from common.stack_outputs import read_outputs
 
@@ -60,6 +61,12 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
     bundles = collect.bundle_runs(sources, window)
     sources.progress("audit log")
     records = _records_settled(sources, bundles, settle)
+    erasures = collect.erased_owners(records)
+    for bundle in bundles:  # an owner's erasure after its bundle ended took the bundle's objects, by design
+        erasure = erasures.get(bundle["owner"])
+        erased_at, ended = collect.moment(erasure and erasure["time"]), collect.moment(bundle.get("ended"))
+        if erasure and erased_at and ended and erased_at >= ended:
+            bundle["erased"] = {"time": erasure["time"], "seq": erasure["seq"]}
     signing_key = SigningKey.from_kms(sources.kms, sources.signing_key_arn)
     decisions = collect.approvals(records)
     package_arns = {str(r["model_package"]["arn"]) for r in pipeline_runs if "model_package" in r}
@@ -116,7 +123,24 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
         "bundles": bundles,
         "enclave_key_policy": key_policy,
         "inbox": manifests,
+        "usage": owner_usage(sources, window, records),
+        "offboarding": collect.offboarding(records, window),
     }
+
+
+def owner_usage(
+    sources: collect.Sources, window: collect.Window, records: list[AuditRecord] | None = None
+) -> dict[str, Any]:
+    """Usage and cost per owner in the window (audit/usage.py), at the estimate table's prices."""
+    records = collect.audit_records(sources) if records is None else records
+    sources.progress("endpoints' instance time")
+    endpoints = usage.endpoint_times(records, sources.scaling, sources.progress)
+    try:
+        prices: EstimateTable | None = EstimateTable.load()
+    except EstimateError as error:
+        sources.progress(f"no prices: {error}")
+        prices = None
+    return usage.usage(records, endpoints, sources.endpoint_family, window.since, window.until, prices)
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------
@@ -221,6 +245,8 @@ def sources_for(
         enclave_key_arn=stack.get(ENCLAVE_KEY_OUTPUT, ""),
         attestation_root=attestation_root or trusted_root(),  # FHE_ATTESTATION_ROOT's, else AWS's Nitro root
         progress=progress,
+        scaling=aws.client("application-autoscaling"),
+        endpoint_family=stack.get("EndpointName", ""),
     )
 
 

@@ -44,6 +44,10 @@ SAGEMAKER_EVENT_SOURCE = "aws.sagemaker"  # SageMaker itself (no one can put eve
 VERSION_SERVED = "Model Version Served"  # a version's endpoint deployed (fhe-pipeline deploy)
 VERSION_RETIRED = "Model Version Retired"  # and deleted (fhe-pipeline retire)
 SERVING_KINDS = {VERSION_SERVED: "version_served", VERSION_RETIRED: "version_retired"}
+OWNER_EVENT_SOURCE = "fhe.owners"  # fhe-deploy owner remove: a batch owner's data exported or erased as it leaves
+OWNER_EXPORTED = "Owner Data Exported"
+OWNER_ERASED = "Owner Data Erased"
+OFFBOARDING_KINDS = {OWNER_EXPORTED: "owner_exported", OWNER_ERASED: "owner_erased"}
 BUNDLE_KINDS = {BUNDLE_COMPLETED: "bundle_completed", BUNDLE_QUARANTINED: "bundle_quarantined"}
 REFUSED_EVENT = "refused_event"  # the kind of record that says an event was refused, and why
 
@@ -53,6 +57,7 @@ EVENT_TYPES: dict[str, frozenset[str]] = {
     BUNDLE_EVENT_SOURCE: frozenset({BUNDLE_COMPLETED, BUNDLE_QUARANTINED}),
     REGISTRY_EVENT_SOURCE: frozenset({APPROVAL_DECISION, VERSION_SERVED, VERSION_RETIRED}),
     SAGEMAKER_EVENT_SOURCE: frozenset({SAGEMAKER_PACKAGE_CHANGE}),
+    OWNER_EVENT_SOURCE: frozenset(OFFBOARDING_KINDS),
 }
 APPROVAL_TYPES = frozenset({APPROVAL_DECISION, SAGEMAKER_PACKAGE_CHANGE})
 
@@ -173,17 +178,22 @@ def read_chain(table: Any) -> Iterator[AuditRecord]:
         query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def last_record(table: Any) -> AuditRecord | None:
+def last_records(table: Any, count: int) -> list[AuditRecord]:
+    """The newest ``count`` records of the chain, newest first."""
     page = table.query(
         KeyConditionExpression="#c = :c",
         ExpressionAttributeNames={"#c": "chain"},
         ExpressionAttributeValues={":c": CHAIN},
         ScanIndexForward=False,
-        Limit=1,
+        Limit=count,
         ConsistentRead=True,
     )
-    items = page.get("Items", [])
-    return AuditRecord.from_item(items[0]) if items else None
+    return [AuditRecord.from_item(item) for item in page.get("Items", [])]
+
+
+def last_record(table: Any) -> AuditRecord | None:
+    newest = last_records(table, 1)
+    return newest[0] if newest else None
 
 
 def user_identity(user_context: Any) -> str:

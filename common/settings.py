@@ -79,6 +79,8 @@ class EndpointSettings:
     # The CloudFormation service role each served version's stack is made with (the deployment's); None: the
     # caller's own permissions.
     stack_role_arn: str | None = None
+    # Where a served version's alarm (a backlog no instance serves for long) notifies ML ops; None: no such alarm.
+    alarm_topic_arn: str | None = None
 
     @property
     def output_path(self) -> S3Uri:
@@ -159,5 +161,6 @@ def from_outputs(
         stack_role_arn=outputs.get(VERSION_STACK_ROLE_OUTPUT),
         success_topic_arn=outputs.get("EndpointSuccessTopicArn"),
         error_topic_arn=outputs.get("EndpointErrorTopicArn"),
+        alarm_topic_arn=outputs.get("AlarmTopicArn"),
     )
     return DeployedSettings(pipeline, endpoint)

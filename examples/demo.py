@@ -46,7 +46,7 @@ from common import aws
 from common.settings import DeployedSettings, from_outputs
 from common.workflow import bundle_executions, executed_states
 from containers.training.data import sample_uci_records
-from infrastructure import owners
+from infrastructure import owners, status
 from infrastructure.deployment import Deployment, up
 from infrastructure.enclave_fleet import EnclaveFleet
 from local.people import People, acting_as, ensure_people, owner_actor
@@ -188,6 +188,8 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
             pipeline_name=deployment.pipeline_name,
             progress=lambda line: print(f"  {line}", flush=True),
         )
+    with timings.stage("what ML ops watch (fhe-deploy status)"), acting_as(people, "ml-ops"):
+        print(status.describe(status.status(deployment.prefix, hours=1)), flush=True)
     return {
         "model_package": package_arn,
         "bundle_id": bundle.bundle_id,
@@ -209,6 +211,11 @@ def run(settings: DemoSettings, report: Path) -> dict[str, Any]:
         "versions": versions,
         "audit_report": audit["files"],
         "audit_checks": {c["name"]: "pass" if c["ok"] else c["failures"] for c in audit["checks"]},
+        # What each owner used of the endpoints and what it costs (fhe-audit usage), and its reconciliation.
+        "usage": {
+            "owners": {row["owner"]: row for row in audit["usage"]["owners"]},
+            "reconciliation": audit["usage"]["reconciliation"],
+        },
         "enclave": enclave,
         "seconds_per_stage": timings.stages,
     }

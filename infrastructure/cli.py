@@ -8,9 +8,15 @@ credentials differ.
     fhe-deploy images [--prefix fhe] [--engine docker|podman] [--base-image REF] [--no-push]
                                              build (and push) the training and inference images
     fhe-deploy outputs [--prefix fhe]        buckets, roles, topics, state machine, tables of a deployment
+    fhe-deploy status [--prefix fhe] [--hours 3] [--json]
+                                             the dashboard's figures (bundles, shard latency, backlog, instances
+                                             per version, FHE seconds, errors, dead letters) and the alarms
     fhe-deploy owner add NAME [--prefix fhe] [--trust ARN]
                                              a batch owner's role: inbox/NAME/, outbox/NAME/, its quarantine records
-    fhe-deploy owner remove NAME [--prefix fhe]
+    fhe-deploy owner remove NAME [--prefix fhe] [--export DIR] [--erase]
+                                             its role; with --export its results and quarantine records copied to
+                                             DIR first, with --erase every object version under its folders
+                                             deleted (keys included); each recorded in the audit log
     fhe-deploy owner list [--prefix fhe]     the owners and their roles
     fhe-deploy down [--prefix fhe] [--delete-data]
                                              every served model version's stack, the pipeline, the owners' roles
@@ -32,7 +38,7 @@ from pathlib import Path
 from common import stacks
 from common.settings import SettingsError
 from common.stack_outputs import DeploymentNotFound, read_outputs, stack_outputs
-from infrastructure import images, owners
+from infrastructure import images, owners, status
 from infrastructure.deployment import Deployment, Report, build_images, describe_plan, down, plan, up
 from infrastructure.enclave_fleet import EnclaveFleet, EnclaveFleetError, build_eif
 from pipelines.endpoint import EndpointError
@@ -71,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhe-deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("up", "images", "outputs", "down", "owner"))
+    parser.add_argument("command", choices=("up", "images", "outputs", "status", "down", "owner"))
     parser.add_argument("owner_action", nargs="?", choices=("add", "remove", "list"), help="owner: what to do")
     parser.add_argument("owner_name", nargs="?", help="owner add|remove: the batch owner's name")
     parser.add_argument(
@@ -79,6 +85,20 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="owner add: the IAM principal ARN that may assume the owner's role (default: the account, whose own "
         "IAM policies then say which people may)",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="owner remove: first copy the owner's results and quarantine records into DIR (new or empty), with an "
+        "index of their sha256",
+    )
+    parser.add_argument(
+        "--erase",
+        action="store_true",
+        help="owner remove: delete every object version under the owner's inbox, outbox, quarantine and requests "
+        "folders (its evaluation keys and data keys included); recorded in the audit log once the bucket shows them "
+        "empty",
     )
     defaults = Deployment()
     parser.add_argument(
@@ -132,6 +152,12 @@ def parser() -> argparse.ArgumentParser:
         help="after each deploy, retire the versions deployed more than D days ago, never the newest (default: none)",
     )
     parser.add_argument(
+        "--quarantine-alarm-per-hour",
+        type=positive,
+        default=defaults.quarantine_alarm_per_hour,
+        help="quarantined bundles in an hour that raise the quarantine alarm (%(default)s)",
+    )
+    parser.add_argument(
         "--image-tag", default="", help="images already pushed (default: each image's content tag, from this source)"
     )
     parser.add_argument("--build-images", action="store_true", help="up: build and push the images first")
@@ -141,7 +167,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-image", default="", help="the images' base (default: the official Python image)")
     parser.add_argument("--no-push", action="store_true", help="build the images into local storage only")
     parser.add_argument("--dry-run", action="store_true", help="up: print what it would create, change nothing")
-    parser.add_argument("--json", action="store_true", help="up --dry-run: the plan as JSON")
+    parser.add_argument("--json", action="store_true", help="up --dry-run, status: as JSON")
+    parser.add_argument(
+        "--hours", type=at_least(0, float), default=3.0, help="status: the window the figures cover (%(default)s)"
+    )
     parser.add_argument("--delete-data", action="store_true", help="down: also the buckets, audit table and key")
     enclave = parser.add_argument_group(
         "the enclave path (infrastructure/enclave_fleet.py)", "up: deployed with --enclave-image; FHE only without"
@@ -221,9 +250,13 @@ def owner_command(args: argparse.Namespace, progress: Report) -> object:
         return owners.owners(args.prefix)
     if not args.owner_name:
         raise owners.OwnerError(f"fhe-deploy owner {args.owner_action} takes the owner's name")
+    if args.owner_action != "remove" and (args.export or args.erase):
+        raise owners.OwnerError("--export and --erase go with fhe-deploy owner remove")
     if args.owner_action == "add":
         return owners.add(args.prefix, args.owner_name, trusted_principal=args.trust, report=progress)
-    return {"owner": args.owner_name, "removed": owners.remove(args.prefix, args.owner_name, report=progress)}
+    if args.owner_action == "remove":
+        return owners.offboard(args.prefix, args.owner_name, export_to=args.export, erase=args.erase, report=progress)
+    raise owners.OwnerError(f"fhe-deploy owner {args.owner_action} takes no --export or --erase")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         scale_out_cooldown=args.scale_out_cooldown,
         keep_versions=args.keep_versions,
         retire_after_days=args.retire_after_days,
+        quarantine_alarm_per_hour=args.quarantine_alarm_per_hour,
         enclave=fleet,
     )
     progress: Report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -271,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({i.role: i.uri for i in wanted}, indent=2))
         elif args.command == "outputs":
             print(json.dumps(read_outputs(deployment.prefix), indent=2))
+        elif args.command == "status":
+            report = status.status(deployment.prefix, hours=args.hours)
+            print(json.dumps(report, indent=2) if args.json else status.describe(report))
         elif args.command == "owner":
             print(json.dumps(owner_command(args, progress), indent=2))
         else:

@@ -85,6 +85,8 @@ class Deployment:
     # (0: no such rule).
     keep_versions: int = 0
     retire_after_days: float = 0.0
+    # Quarantined bundles in an hour that put the quarantine alarm in ALARM (infrastructure/product/monitoring.yaml).
+    quarantine_alarm_per_hour: int = 5
     # The enclave path (infrastructure/enclave_fleet.py); None: FHE only, and Validate refuses enclave bundles.
     enclave: EnclaveFleet | None = None
 
@@ -185,6 +187,7 @@ class Deployment:
             "ScaleOutCooldownSeconds": str(self.scale_out_cooldown),
             "KeepVersions": str(self.keep_versions),
             "RetireAfterDays": str(self.retire_after_days),
+            "QuarantineAlarmPerHour": str(self.quarantine_alarm_per_hour),
             "EnclaveKeyArn": enclave.get("EnclaveKeyArn", ""),
             "EnclaveShardQueueUrl": enclave.get("EnclaveShardQueueUrl", ""),
         }

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.enclave_manifest import EnclaveManifest, parse_enclave_manifest
 from common.bundle.enclave_manifest import result_manifest as enclave_result_manifest
-from common.bundle.manifest import Manifest, parse_manifest
+from common.bundle.manifest import Manifest, parse_manifest, served_usage
 from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
 from common.bundle.store import (
     get_bytes,
@@ -40,7 +40,7 @@ def _answer(s3: Any, bundle: BundleRef, plan: dict[str, Any]) -> Manifest | Encl
         indices = [entry.index for entry in sealed.shards]
         results = read_shard_results(s3, layout, bundle.bundle_id, indices)
         shards = result_entries(sealed.shards, sealed.bundle_id, prefix, results)
-        return enclave_result_manifest(sealed, request_sha256, shards)
+        return enclave_result_manifest(sealed, request_sha256, shards, served_usage(results))
     request = parse_manifest(data)
     results = read_shard_results(s3, layout, bundle.bundle_id, [entry.index for entry in request.shards])
     return result_manifest(request, request_sha256, prefix, results)

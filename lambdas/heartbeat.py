@@ -6,17 +6,19 @@ while the endpoint serving the shard is in service; a shard whose endpoint is go
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from common.aws import is_missing
 from common.workflow import FailureReason, WaitingShard, waiting_shards
-from lambdas.runtime import client, ended_waits, logger, metrics, setting, tracer
+from lambdas.runtime import METRICS_NAMESPACE, client, ended_waits, logger, metrics, setting, tracer
 
 _ALIVE = frozenset({"InService", "Updating", "SystemUpdating"})
+VERSION_ENDPOINT = re.compile(r"^-v[0-9]+$")  # what follows the family in a served version's endpoint name
 
 
 def endpoint_status(endpoint: str) -> str | None:
@@ -63,8 +65,37 @@ def beat(table: str) -> dict[str, int]:
     return counts
 
 
+def count_instances(family: str) -> dict[str, int]:
+    """Each served version's endpoint (``<family>-v<version>``) → its instance count now, each published as the
+    dashboard's ``EndpointInstances`` (dimension EndpointName); an endpoint SageMaker does not describe is left out."""
+    sagemaker = client("sagemaker")
+    counts: dict[str, int] = {}
+    pages = sagemaker.get_paginator("list_endpoints").paginate(NameContains=f"{family}-v")
+    for summary in (e for page in pages for e in page.get("Endpoints", [])):
+        name = str(summary["EndpointName"])
+        if not VERSION_ENDPOINT.match(name.removeprefix(family)):
+            continue
+        try:
+            variants = sagemaker.describe_endpoint(EndpointName=name).get("ProductionVariants") or []
+        except ClientError:
+            continue
+        counts[name] = sum(int(v.get("CurrentInstanceCount", 0)) for v in variants)
+        with single_metric(
+            name="EndpointInstances", unit=MetricUnit.Count, value=counts[name], namespace=METRICS_NAMESPACE
+        ) as metric:
+            metric.add_dimension(name="EndpointName", value=name)
+    return counts
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
-    return beat(setting("WORKFLOW_TABLE"))
+    counts = beat(setting("WORKFLOW_TABLE"))
+    try:
+        counts["endpoints"] = len(count_instances(setting("ENDPOINT_NAME")))
+    except ClientError as error:  # the dashboard's figure waits for the next round; the heartbeats went out
+        logger.warning(
+            "instance counts unknown this round", extra={"code": error.response.get("Error", {}).get("Code")}
+        )
+    return counts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -36,6 +37,7 @@ class InferenceResult:
     completed: bool
     output_location: str | None
     failure_reason: str
+    latency_seconds: float | None = None  # from SageMaker's receipt of the request to its answer
 
     @classmethod
     def from_sns_envelope(cls, body: str) -> InferenceResult:
@@ -52,7 +54,17 @@ class InferenceResult:
             completed=status == "Completed",
             output_location=response.get("outputLocation"),
             failure_reason=str(message.get("failureReason") or ""),
+            latency_seconds=_seconds_between(message.get("receivedTime"), message.get("eventTime")),
         )
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    """Seconds from one ISO 8601 time of the notification to another; None where either is missing or unreadable."""
+    try:
+        seconds = (datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def container_error(failure_reason: str) -> dict[str, Any]:
@@ -127,6 +139,15 @@ def record_result(result: InferenceResult, waiting: WaitingShard) -> tuple[str, 
         return "ShardRejected", reason
     with transient_aws_errors():
         write_shard_result(client("s3"), waiting.layout, answer)
+    # The dashboard's shard figures (infrastructure/product/monitoring.yaml): how long a shard took from SageMaker's
+    # receipt to its answer, how long the instance worked on it, and how much of that was FHE.
+    for name, value in (
+        ("ShardLatencySeconds", result.latency_seconds),
+        ("ShardServingSeconds", answer.seconds),
+        ("FheSeconds", answer.fhe_seconds),
+    ):
+        if value is not None:
+            metrics.add_metric(name=name, unit=MetricUnit.Seconds, value=value)
     return "", None
 
 

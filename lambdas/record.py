@@ -11,7 +11,9 @@ when its detail type is one its source sends (``EVENT_TYPES``) and the service t
   claims; what was decided, when and by whom is the registry's (DescribeModelPackage: LastModifiedBy), and an
   event that names a decider of its own is refused;
 - a version served: its endpoint exists, is the deployment's endpoint of that version, and serves the package the
-  event names; a version retired: its endpoint is gone or going.
+  event names; a version retired: its endpoint is gone or going;
+- a batch owner's data erased: no object version is left under any of the owner's folders of the bundle bucket (an
+  export is kept as its exporter's counts and index digest: nothing here can see a copy made elsewhere).
 
 An event that fails a check is not dropped: a ``refused_event`` record names its source, detail type and the reason
 (never its detail), so the audit report lists it. A check that cannot be made now (throttling, a service fault, a
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -50,6 +53,8 @@ from common.audit_log import (
     BUNDLE_KINDS,
     DECIDED_BY,
     EVENT_TYPES,
+    OFFBOARDING_KINDS,
+    OWNER_ERASED,
     SERVING_KINDS,
     SIGNING_ALGORITHM,
     VERSION_SERVED,
@@ -62,7 +67,7 @@ from common.aws import is_missing
 from common.bundle.enclave_manifest import parse_either_manifest
 from common.bundle.manifest import package_ref
 from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES, BundleError
-from common.bundle.store import BundleLayout, get_bytes
+from common.bundle.store import OWNER_FOLDERS, BundleLayout, get_bytes
 from common.model_package import version_endpoint
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, EventError, bundle_path
@@ -191,6 +196,8 @@ def bundle_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, An
                 model_package_arn=manifest.model.package_arn,
                 samples=manifest.total_samples,
                 shards=len(manifest.shards),
+                # How long its servers worked on it, as the result manifest says: what usage per owner bills.
+                **(manifest.usage.to_dict() if manifest.usage is not None else {}),
             )
         else:
             reason = json.loads(data)
@@ -231,9 +238,8 @@ def decision_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, 
 # ---- model versions served and retired -------------------------------------------------------------------------
 
 
-def _served_packages(sagemaker: Any, endpoint: dict[str, Any]) -> set[str]:
-    """The model packages an endpoint's configuration serves, as SageMaker describes its models."""
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+def _served_packages(sagemaker: Any, config: dict[str, Any]) -> set[str]:
+    """The model packages an endpoint configuration serves, as SageMaker describes its models."""
     packages = set()
     for variant in config.get("ProductionVariants", []):
         model = sagemaker.describe_model(ModelName=variant["ModelName"])
@@ -262,11 +268,16 @@ def serving_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, A
         if described is None:
             raise Refused("the endpoint it names does not exist")
         with transient_aws_errors():
-            served = _served_packages(sagemaker, described)
+            config = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+            served = _served_packages(sagemaker, config)
         claimed = detail.get("model_package_arn")
         if claimed not in served:
             raise Refused("the endpoint it names does not serve the model package it names")
         kept.update(model_package_arn=claimed, endpoint_created=described["CreationTime"].isoformat())
+        # What its instance time is priced and counted from (audit/usage.py), as SageMaker describes the endpoint.
+        [variant, *_] = config.get("ProductionVariants") or [{}]
+        if "InstanceType" in variant:
+            kept.update(instance_type=variant["InstanceType"], initial_instances=variant.get("InitialInstanceCount", 1))
     elif described is not None and described.get("EndpointStatus") not in RETIRED_STATES:
         raise Refused(f"the endpoint it names is still there ({described.get('EndpointStatus')})")
     # Who deployed or retired a version: SageMaker keeps no record of it (CloudTrail does), so the record keeps the
@@ -275,6 +286,49 @@ def serving_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, A
         if field in detail:
             kept[field] = detail[field]
     return _event_body(event, SERVING_KINDS[event.detail_type], endpoint, kept)
+
+
+# ---- an owner's offboarding -------------------------------------------------------------------------------------
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+MAX_COUNT = 10**12
+
+
+def _count(detail: dict[str, Any], field: str) -> int:
+    value = detail.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise Refused(f"its {field} is not a count")
+    return value
+
+
+def offboarding_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, Any]:
+    """An owner's data erased: confirmed by the bundle bucket itself, which must hold no object version under any of
+    the owner's folders. An export: what was copied out cannot be seen from here, so the record keeps the
+    exporter's own counts and the digest of its index (from the only identity allowed this source: whoever may run
+    fhe-deploy)."""
+    owner = detail.get("owner")
+    try:
+        layout = BundleLayout(setting("BUNDLE_BUCKET"), str(owner))
+    except ValueError:
+        raise Refused("it names no valid owner") from None
+    kept: dict[str, Any] = {"owner": owner}
+    if event.detail_type == OWNER_ERASED:
+        s3 = client("s3")
+        for top in OWNER_FOLDERS:
+            folder = layout.folder(top)
+            with transient_aws_errors():
+                listed = s3.list_object_versions(Bucket=folder.bucket, Prefix=folder.key, MaxKeys=1)
+            if listed.get("Versions") or listed.get("DeleteMarkers"):
+                raise Refused(f"objects remain in the owner's {top} folder")
+        kept.update(object_versions=_count(detail, "object_versions"), folders=list(OWNER_FOLDERS))
+    else:
+        digest = detail.get("index_sha256")
+        if not isinstance(digest, str) or not SHA256_HEX.match(digest):
+            raise Refused("it names no sha256 of the export's index")
+        kept.update(objects=_count(detail, "objects"), bytes=_count(detail, "bytes"), index_sha256=digest)
+    if isinstance(detail.get("by"), str):
+        kept["by"] = detail["by"][:256]
+    return _event_body(event, OFFBOARDING_KINDS[event.detail_type], str(owner), kept)
 
 
 # ---- the record ------------------------------------------------------------------------------------------------
@@ -291,6 +345,8 @@ def verified_body(event: EventBridgeEvent) -> dict[str, Any]:
         return bundle_body(event, detail)
     if event.detail_type in APPROVAL_TYPES:
         return decision_body(event, detail)
+    if event.detail_type in OFFBOARDING_KINDS:
+        return offboarding_body(event, detail)
     return serving_body(event, detail)
 
 

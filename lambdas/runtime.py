@@ -19,8 +19,11 @@ from common.workflow import FailureReason
 SERVICE = "fhe-batch-workflow"
 EVENT_SOURCE = BUNDLE_EVENT_SOURCE  # the source of the completion and failure events this workflow publishes
 
+# The dashboard and alarms read these (infrastructure/product/monitoring.yaml names both; a unit test holds them
+# to these values).
+METRICS_NAMESPACE = "FheBatchInference"
 logger = Logger(service=SERVICE)
-metrics = Metrics(namespace="FheBatchInference", service=SERVICE)
+metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
 # AWS error codes that say "try again later": the state machine retries these with backoff.

@@ -143,13 +143,13 @@ def publish_decision(package: dict[str, Any]) -> None:
         raise ApprovalError(f"the approval was set but {error}") from None
 
 
-def announce(detail_type: str, detail: dict[str, Any], resource: str) -> None:
-    """An event of the model registry's source on the default bus, for the audit log (approvals, versions
-    served and retired); raises RuntimeError when EventBridge refuses it."""
+def announce(detail_type: str, detail: dict[str, Any], resource: str, source: str = REGISTRY_EVENT_SOURCE) -> str:
+    """An event on the default bus for the audit log (by default the model registry's: approvals, versions served
+    and retired); its event id. Raises RuntimeError when EventBridge refuses it."""
     response = aws.client("events").put_events(
         Entries=[
             {
-                "Source": REGISTRY_EVENT_SOURCE,
+                "Source": source,
                 "DetailType": detail_type,
                 "Detail": json.dumps(detail, default=str, sort_keys=True),
                 "Resources": [resource],
@@ -158,3 +158,4 @@ def announce(detail_type: str, detail: dict[str, Any], resource: str) -> None:
     )
     if response.get("FailedEntryCount"):
         raise RuntimeError(f"its event was refused: {response['Entries']}")
+    return str(response["Entries"][0].get("EventId", ""))

@@ -109,6 +109,7 @@ def stack_parameters(
         "BacklogPerInstance": str(settings.backlog_per_instance),
         "ScaleInCooldown": str(settings.scale_in_cooldown),
         "ScaleOutCooldown": str(settings.scale_out_cooldown),
+        "AlarmTopicArn": settings.alarm_topic_arn or "",
     }
     revised = json.dumps({name: parameters[name] for name in _REVISED_BY}, sort_keys=True)
     return {**parameters, "Revision": hashlib.sha256(revised.encode()).hexdigest()[:12]}

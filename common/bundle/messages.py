@@ -53,7 +53,10 @@ def parse_shard_request(data: bytes | str | Mapping[str, Any]) -> ShardRequest:
 
 @dataclass(frozen=True)
 class ShardResult:
-    """What the endpoint answers for a shard request: where the result shard is, and its checks."""
+    """What the endpoint (or the enclave fleet's parent) answers for a shard request: where the result shard is, its
+    checks, and how long the instance worked on it: ``seconds`` from the request read to the result written,
+    ``fhe_seconds`` of it in FHE evaluation (0 on the enclave path). Usage per owner is billed from these
+    (audit/usage.py); an answer from a server that does not measure them has None."""
 
     bundle_id: str
     shard_index: int
@@ -61,17 +64,25 @@ class ShardResult:
     samples: int
     sha256: str
     size: int
+    seconds: float | None = None
+    fhe_seconds: float | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        body = {k: v for k, v in asdict(self).items() if v is not None}
+        return json.dumps(body, sort_keys=True).encode()
+
+
+MAX_SHARD_SECONDS = 7 * 24 * 3600.0  # longer than any shard may run (the workflow's limit is far shorter)
+_TIMED = ("seconds", "fhe_seconds")
 
 
 def parse_shard_result(data: bytes | str | Mapping[str, Any]) -> ShardResult:
     fields = Fields(
         load_json(data, "shard_result", MAX_MESSAGE_BYTES),
         "",
-        ("bundle_id", "shard_index", "result_uri", "samples", "sha256", "size"),
+        ("bundle_id", "shard_index", "result_uri", "samples", "sha256", "size", *_TIMED),
     )
+    timed = {name: fields.number(name, 0.0, MAX_SHARD_SECONDS) for name in _TIMED if name in fields.data}
     return ShardResult(
         bundle_id=fields.string("bundle_id", BUNDLE_ID, 64),
         shard_index=fields.integer("shard_index", 0, MAX_SHARDS - 1),
@@ -79,4 +90,5 @@ def parse_shard_result(data: bytes | str | Mapping[str, Any]) -> ShardResult:
         samples=fields.integer("samples", 1, MAX_SAMPLES_PER_SHARD),
         sha256=fields.string("sha256", SHA256, 64),
         size=fields.integer("size", 1, MAX_SHARD_BYTES),
+        **timed,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -148,6 +149,17 @@ class Fields:
         if value > maximum:
             raise BundleError(self.name(field), f"must be at most {maximum}, got {value}", "too_large")
         return value
+
+    def number(self, field: str, minimum: float, maximum: float) -> float:
+        """A finite JSON number (an integer or a fraction) within [minimum, maximum]."""
+        value = self.get(field)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise BundleError(self.name(field), f"must be a finite number, not {type(value).__name__}")
+        if value < minimum:
+            raise BundleError(self.name(field), f"must be at least {minimum:g}, got {value:g}")
+        if value > maximum:
+            raise BundleError(self.name(field), f"must be at most {maximum:g}, got {value:g}", "too_large")
+        return float(value)
 
     def s3_uri(self, field: str) -> str:
         return check_s3_uri(self.string(field, max_length=MAX_URI_LENGTH), self.name(field))

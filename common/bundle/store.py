@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from common.aws import is_missing
-from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, shard_key
+from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, served_usage, shard_key
 from common.bundle.messages import ShardRequest, ShardResult, parse_shard_result
 from common.bundle.schema import (
     MANIFEST_NAME,
@@ -52,6 +52,9 @@ RESPONSES_PREFIX = "responses"
 OUTBOX_PREFIX = "outbox"
 QUARANTINE_PREFIX = "quarantine"
 REQUESTS_PREFIX = "requests"
+# Where a batch owner's objects are: each of these folders holds a subfolder per owner (<top>/<owner>/). An owner's
+# erasure (fhe-deploy owner remove --erase) empties all of them; responses/ is per endpoint, never per owner.
+OWNER_FOLDERS = (INBOX_PREFIX, OUTBOX_PREFIX, QUARANTINE_PREFIX, REQUESTS_PREFIX)
 REASON_NAME = "reason.json"
 PLAN_NAME = "plan.json"
 SHARD_RESULTS_FOLDER = "results"
@@ -73,6 +76,11 @@ class BundleLayout:
 
     def _under(self, top: str, *parts: str) -> S3Uri:
         return S3Uri(self.bucket, "/".join((top, self.owner, *parts)))
+
+    def folder(self, top: str) -> S3Uri:
+        """The owner's folder under ``top`` (one of OWNER_FOLDERS), ending with a slash: a prefix that matches no
+        other owner's objects."""
+        return S3Uri(self.bucket, f"{top}/{self.owner}/")
 
     @property
     def keys_prefix(self) -> S3Uri:
@@ -294,6 +302,7 @@ def result_manifest(
         evaluation_key=request.evaluation_key,
         shards=result_entries(request.shards, request.bundle_id, result_prefix, results),
         request_manifest_sha256=request_sha256,
+        usage=served_usage(results),
     )
 
 

@@ -16,6 +16,7 @@ import logging
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -176,6 +177,7 @@ class ShardWorker:
     def serve(self, task: EnclaveShardTask) -> tuple[ShardResult, dict[str, str]]:
         """Shard ``task.shard_index`` through the enclave, its sealed results written to the result bundle; the
         result's record and what served it."""
+        started = time.perf_counter()
         layout = BundleLayout(task.bundle.bucket, task.bundle.owner)
         manifest_uri = S3Uri(task.bundle.bucket, task.bundle.manifest_key)
         manifest = parse_enclave_manifest(get_bytes(self.s3, manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES))
@@ -213,6 +215,8 @@ class ShardWorker:
             entry.samples,
             sha256_hex(answer.sealed_results),
             len(answer.sealed_results),
+            seconds=round(time.perf_counter() - started, 3),
+            fhe_seconds=0.0,
         )
         write_shard_result(self.s3, layout, result)
         return result, served

@@ -88,6 +88,7 @@ class Handlers:
         result = encode_shard(outputs, kind="results")
         result_uri = S3Uri.parse(request.result_uri)
         self.s3.put_object(Bucket=result_uri.bucket, Key=result_uri.key, Body=result)
+        seconds = time.perf_counter() - started
         answer = ShardResult(
             bundle_id=manifest.bundle_id,
             shard_index=entry.index,
@@ -95,13 +96,15 @@ class Handlers:
             samples=len(outputs),
             sha256=sha256_hex(result),
             size=len(result),
+            seconds=round(seconds, 3),
+            fhe_seconds=round(fhe_seconds, 3),
         )
         log.info(
             "shard evaluated: bundle %s shard %d, %d samples in %.3f s (FHE %.3f s) on %d threads",
             manifest.bundle_id,
             entry.index,
             len(outputs),
-            time.perf_counter() - started,
+            seconds,
             fhe_seconds,
             self.engine.threads,
         )

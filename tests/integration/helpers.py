@@ -1,5 +1,11 @@
 """What the integration tests share: a deployment serving a freshly trained model, a bundle dropped and its
-execution awaited, and the local SageMaker's fault injection."""
+execution awaited, and the local SageMaker's fault injection.
+
+The actors work under their roles, as the demo does and as they would on AWS (``local/people.py``): administrator
+credentials deploy (``fhe-deploy up``, ``owner add``), the trainer trains and registers, ML ops approve, deploy and
+retire, each batch owner drops and reads its own bundles, the auditor reports (``Served.acting``). What a test
+observes to assert (executions, internal records, injected faults) is read with the test's own, administrator,
+credentials: no actor of the product does it."""
 
 from __future__ import annotations
 
@@ -28,8 +34,10 @@ from common.settings import DeployedSettings, PipelineSettings, from_outputs
 from common.workflow import bundle_executions
 from containers.enclave.image import ROOT as SOURCE_ROOT
 from containers.enclave.image import SOURCES, build_image
+from infrastructure import owners
 from infrastructure.deployment import Deployment, up
 from local import lifecycle
+from local.people import People, acting_as, ensure_people, owner_actor
 from pipelines.approval import approve
 from pipelines.endpoint import deploy_endpoint
 from pipelines.runs import train_and_register
@@ -80,7 +88,7 @@ def deployment_for(name: str, **choices: Any) -> Deployment:
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class Served:
     """A deployment up, a model trained, registered, approved and on the endpoint."""
 
@@ -89,25 +97,43 @@ class Served:
     settings: DeployedSettings
     package_arn: str
     endpoint: str  # the endpoint serving the package's version
+    people: People
 
     @property
     def layout(self) -> BundleLayout:
         return BundleLayout(self.outputs["BundleBucketName"], OWNER)
+
+    def acting(self, actor: str) -> contextlib.AbstractContextManager[None]:
+        """Within: this process's AWS clients are ``actor``'s ("trainer", "ml-ops", "auditor" or an owner's)."""
+        return acting_as(self.people, actor)
+
+    def as_owner(self, owner: str = OWNER) -> contextlib.AbstractContextManager[None]:
+        return self.acting(owner_actor(owner))
+
+    def add_owner(self, owner: str) -> None:
+        """``fhe-deploy owner add`` (the administrator), and the people's profiles made again to include it."""
+        owners.add(self.deployment.prefix, owner, report=lambda line: None)
+        self.people = ensure_people(self.deployment.prefix, self.outputs)
 
     @property
     def state_machine_arn(self) -> str:
         return self.outputs["StateMachineArn"]
 
 
-def deploy_and_serve(deployment: Deployment, note: str) -> Served:
-    """``fhe-deploy up`` (first: it records the approval that follows), the pipeline run to a registered model,
-    its approval with ``note``, and the endpoint serving it."""
+def deploy_and_serve(deployment: Deployment, note: str, **training: Any) -> Served:
+    """``fhe-deploy up`` and ``owner add`` for the tests' owner (the administrator; first: it records the approval
+    that follows), the pipeline run to a registered model (the trainer), its approval with ``note`` and the
+    endpoint serving it (ML ops)."""
     outputs = up(deployment, report=lambda line: None)
+    owners.add(deployment.prefix, OWNER, report=lambda line: None)
+    people = ensure_people(deployment.prefix, outputs)
     settings = from_outputs(outputs, region=aws.region())
-    package_arn = train_and_register(settings.pipeline)
-    approve(package_arn, settings.pipeline.package_group, "Approved", note)
-    endpoint = deploy_endpoint(settings.endpoint)["endpoint"]
-    return Served(deployment, outputs, settings, package_arn, endpoint)
+    with acting_as(people, "trainer"):
+        package_arn = train_and_register(settings.pipeline, **training)
+    with acting_as(people, "ml-ops"):
+        approve(package_arn, settings.pipeline.package_group, "Approved", note)
+        endpoint = deploy_endpoint(settings.endpoint)["endpoint"]
+    return Served(deployment, outputs, settings, package_arn, endpoint, people)
 
 
 def drop(

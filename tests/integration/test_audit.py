@@ -43,12 +43,13 @@ from common.bundle.store import BundleLayout
 from common.stack_outputs import read_outputs
 from common.workflow import waiting_shards
 from containers.training.data import sample_records
-from local.people import People, acting_as, ensure_people
+from local.people import People, acting_as
 from pipelines import runs
 from pipelines.approval import approve
 from pipelines.executions import runs_between
 from tests.integration.helpers import (
     OWNER,
+    Served,
     bundle_execution,
     deploy_and_serve,
     deployment_for,
@@ -77,11 +78,15 @@ class Scenario:
     folder: Path
     report: dict[str, Any]
     report_prefix: Path
+    served: Served  # its people: each actor acts under its role
 
 
-def _drop(model: ClientModel, x: npt.NDArray[np.float64], folder: Path, bundle_id: str, *, skip_shard: bool) -> None:
-    """A bundle of two shards; with ``skip_shard`` its second shard never reaches the inbox."""
-    drop(_layout(), model, x, folder / bundle_id, shard_size=2, skip_shard=skip_shard)
+def _drop(
+    served: Served, model: ClientModel, x: npt.NDArray[np.float64], folder: Path, bundle_id: str, *, skip_shard: bool
+) -> None:
+    """A bundle of two shards, dropped by its owner; with ``skip_shard`` its second shard never reaches the inbox."""
+    with served.as_owner():
+        drop(_layout(), model, x, folder / bundle_id, shard_size=2, skip_shard=skip_shard)
 
 
 @cache
@@ -89,11 +94,13 @@ def _layout() -> BundleLayout:
     return BundleLayout(read_outputs(DEPLOYMENT.prefix)["BundleBucketName"], OWNER)
 
 
-def _audit(since: datetime, out: Path) -> dict[str, Any]:
+def _audit(served: Served, since: datetime, out: Path) -> dict[str, Any]:
+    """The audit report, made by the auditor."""
     window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))
-    return audit_report.run(
-        window, out, deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name, settle=60.0
-    )
+    with served.acting("auditor"):
+        return audit_report.run(
+            window, out, deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name, settle=60.0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -103,24 +110,28 @@ def scenario(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     outputs, package_arn = served.outputs, served.package_arn
     [succeeded] = runs_between(aws.client("sagemaker"), DEPLOYMENT.pipeline_name, since, datetime.now(tz=UTC))
     # A pipeline execution that fails its quality gate (no model reaches this threshold).
-    failed = runs.start(
-        served.settings.pipeline,
-        [
-            {"Name": "ModelPackageGroupName", "Value": DEPLOYMENT.package_group},
-            {"Name": "AccuracyThreshold", "Value": "1.01"},
-        ],
-    )
-    assert runs.follow(failed, 900.0, out=io.StringIO())["PipelineExecutionStatus"] == "Failed"
+    with served.acting("trainer"):
+        failed = runs.start(
+            served.settings.pipeline,
+            [
+                {"Name": "ModelPackageGroupName", "Value": DEPLOYMENT.package_group},
+                {"Name": "AccuracyThreshold", "Value": "1.01"},
+            ],
+        )
+        assert runs.follow(failed, 900.0, out=io.StringIO())["PipelineExecutionStatus"] == "Failed"
     owner = BatchClient(ClientSettings.for_deployment(served.outputs, OWNER, home=tmp_path_factory.mktemp("home")))
-    model = owner.keys().model
+    with served.as_owner():
+        model = owner.keys().model
     x, folder = sample_records(12), tmp_path_factory.mktemp("bundles")
-    _drop(model, x[:4], folder, "audit-good", skip_shard=False)
-    _drop(model, x[4:8], folder, "audit-missing-shard", skip_shard=True)
+    _drop(served, model, x[:4], folder, "audit-good", skip_shard=False)
+    _drop(served, model, x[4:8], folder, "audit-missing-shard", skip_shard=True)
     for bundle_id in ("audit-good", "audit-missing-shard"):
         settle(outputs["StateMachineArn"], bundle_id, 300.0)
     prefix = tmp_path_factory.mktemp("report") / "audit-report"
-    report = _audit(since, prefix)
-    return Scenario(since, outputs, package_arn, served.endpoint, succeeded, failed, model, x, folder, report, prefix)
+    report = _audit(served, since, prefix)
+    return Scenario(
+        since, outputs, package_arn, served.endpoint, succeeded, failed, model, x, folder, report, prefix, served
+    )
 
 
 def test_report_lists_both_executions_the_approval_and_both_bundles(scenario: Scenario) -> None:
@@ -259,7 +270,7 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
     machine = scenario.stack["StateMachineArn"]
     slow = [{"input_contains": f"requests/{OWNER}/audit-revoked/", "delay_seconds": 6}]  # a slow endpoint
     with injected_faults(scenario.endpoint, slow):
-        _drop(scenario.model, scenario.x[8:12], scenario.folder, "audit-revoked", skip_shard=False)
+        _drop(scenario.served, scenario.model, scenario.x[8:12], scenario.folder, "audit-revoked", skip_shard=False)
         # Both shards sent: the invoke function checks the package after parking a shard and before sending it
         # (a shard not sent yet would be stopped by the rejection, which is not this test's case), so wait for
         # both to be parked, then for the moment between parking and sending to pass.
@@ -269,17 +280,18 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
             time.sleep(0.2)
         time.sleep(2)
         # ML ops reject the model while its shards are on the endpoint: validation had passed, serving goes on.
-        approve(scenario.package_arn, DEPLOYMENT.package_group, "Rejected", "audit tests: revoked during serving")
+        with scenario.served.acting("ml-ops"):
+            approve(scenario.package_arn, DEPLOYMENT.package_group, "Rejected", "audit tests: revoked during serving")
         execution = settle(machine, "audit-revoked", 300.0)
     try:
         assert execution["status"] == "SUCCEEDED", execution
-        report = _audit(since, tmp_path / "revoked")
+        report = _audit(scenario.served, since, tmp_path / "revoked")
         [check] = [c for c in report["checks"] if c["name"] == "served_while_approved"]
         assert not report["ok"] and not check["ok"]
         [failure] = check["failures"]
         assert f"bundle {OWNER}/audit-revoked" in failure and scenario.package_arn in failure and "Rejected" in failure
         # The command line fails loudly too.
-        with pytest.raises(SystemExit) as exited:
+        with pytest.raises(SystemExit) as exited, scenario.served.acting("auditor"):
             audit_cli.main(
                 [
                     "--since",
@@ -295,13 +307,14 @@ def test_a_bundle_served_while_its_model_was_not_approved_fails_the_check_naming
             )
         assert exited.value.code == audit_cli.CHECKS_FAILED
     finally:
-        approve(scenario.package_arn, DEPLOYMENT.package_group, "Approved", "audit tests: reinstated")
+        with scenario.served.acting("ml-ops"):
+            approve(scenario.package_arn, DEPLOYMENT.package_group, "Approved", "audit tests: reinstated")
 
 
 @pytest.fixture(scope="module")
 def people(scenario: Scenario) -> People:
     """The deployment's actors (ML ops, the auditor…), each acting through its own role."""
-    return ensure_people(DEPLOYMENT.prefix, scenario.stack)
+    return scenario.served.people
 
 
 def _audit_table(scenario: Scenario) -> Any:
@@ -403,8 +416,7 @@ def test_ml_ops_cannot_forge_a_bundle_outcome_or_an_approval(
     for record in read_chain(_audit_table(scenario)):
         assert "chief-medical-officer" not in record.body_json, record.seq
 
-    with acting_as(people, "auditor"):
-        report = _audit(since, tmp_path / "forged")
+    report = _audit(scenario.served, since, tmp_path / "forged")
     listed = {e["event_id"]: e for e in report["refused_events"]}
     for name, event_id in through.items():
         assert listed[event_id]["reason"] == reasons[name] and listed[event_id]["seq"] == refused[event_id].seq
@@ -461,7 +473,7 @@ def test_a_tail_rewritten_by_someone_who_cannot_sign_fails_the_chain_check_namin
     table = _audit_table(scenario)
     for record in rewritten[start:]:
         table.put_item(Item=record.to_item())
-    report = _audit(scenario.since, tmp_path / "rewritten")
+    report = _audit(scenario.served, scenario.since, tmp_path / "rewritten")
     [check] = [c for c in report["checks"] if c["name"] == "audit_log_unaltered"]
     assert not report["ok"] and not check["ok"]
     first = records[start].seq
@@ -479,7 +491,7 @@ def test_an_altered_record_or_audit_log_entry_fails_the_check_naming_it(scenario
     table = aws.session().resource("dynamodb").Table(scenario.stack["AuditTableName"])
     first = table.get_item(Key={"chain": CHAIN, "seq": 1}, ConsistentRead=True)["Item"]
     table.put_item(Item={**first, "body": str(first["body"]).replace('"Approved"', '"Rejected"')})
-    report = _audit(scenario.since, tmp_path / "altered")
+    report = _audit(scenario.served, scenario.since, tmp_path / "altered")
     [check] = [c for c in report["checks"] if c["name"] == "audit_log_unaltered"]
     assert not check["ok"]
     assert any("record 1 was altered" in f for f in check["failures"]), check["failures"]

@@ -74,7 +74,8 @@ def image_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageStack
     with running_stack(tmp_path_factory.mktemp("image-stack"), runtime=engine.name):
         served = deploy_and_serve(deployment, "image tests")
         owner = BatchClient(ClientSettings.for_deployment(served.outputs, OWNER, home=tmp_path_factory.mktemp("home")))
-        model = owner.keys().model
+        with served.as_owner():
+            model = owner.keys().model
         executions = aws.client("sagemaker").list_pipeline_executions(PipelineName=deployment.pipeline_name)
         latest = executions["PipelineExecutionSummaries"][0]["PipelineExecutionArn"]
         yield ImageStack(served, engine, latest, model)
@@ -119,13 +120,15 @@ def test_pipeline_on_the_training_image_succeeds_with_model_and_evaluation(
 def test_bundle_through_the_workflow_on_the_inference_image_matches_the_clear_model(
     image_stack: ImageStack, tmp_path: Path
 ) -> None:
-    s3, layout = aws.client("s3"), image_stack.served.layout
+    layout = image_stack.served.layout
     x = sample_records(SAMPLES)
     manifest = encrypt_rows(image_stack.model, x, tmp_path / "bundle", shard_size=SAMPLES // 2, progress=False)
-    submit(s3, layout, tmp_path / "bundle", progress=False)
+    with image_stack.served.as_owner():
+        submit(aws.client("s3"), layout, tmp_path / "bundle", progress=False)
     execution = settle(image_stack.served.state_machine_arn, manifest.bundle_id, SETTLE_TIMEOUT)
     assert execution["status"] == "SUCCEEDED", execution
-    downloaded, shards = download_result(s3, layout.result_manifest(manifest.bundle_id))
+    with image_stack.served.as_owner():
+        downloaded, shards = download_result(aws.client("s3"), layout.result_manifest(manifest.bundle_id))
     probabilities = decrypt_result(image_stack.model, downloaded, shards, progress=False)
     classes = image_stack.model.preprocessing.classes
     predicted = [classes[int(i)] for i in probabilities.argmax(axis=1)]

@@ -101,10 +101,13 @@ def deployed(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     for owner in ("alice", "bob"):
         role = owners.add(deployment.prefix, owner, report=lambda line: None)["OwnerRoleArn"]
         sessions[owner] = aws.role_session(role, owner)
+    people = ensure_people(deployment.prefix, outputs)  # the last administrator call: the actors' roles from here
     pipeline = from_outputs(outputs, region=aws.region()).pipeline
     parameters = {"ModelKind": "enclave", "ModelType": "xgboost", "NEstimators": "50"}
-    package_arn = train_and_register(pipeline, parameters=parameters)
-    approve(package_arn, pipeline.package_group, "Approved", "enclave workflow tests")
+    with acting_as(people, "trainer"):
+        package_arn = train_and_register(pipeline, parameters=parameters)
+    with acting_as(people, "ml-ops"):
+        approve(package_arn, pipeline.package_group, "Approved", "enclave workflow tests")
     return EnclaveDeployment(
         outputs, package_arn, built.image, built.image_sha384, sessions, folder, deployment.prefix,
         deployment.pipeline_name, since,

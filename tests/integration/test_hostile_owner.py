@@ -75,14 +75,16 @@ def _instance_logs(endpoint: str) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def scene(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Scene:
-    outputs = up(DEPLOYMENT, report=lambda line: None)
-    settings = from_outputs(outputs, region=aws.region())
-    package_arn = train_and_register(settings.pipeline, parameters=TREE)
-    approve(package_arn, settings.pipeline.package_group, "Approved", "hostile owner tests")
-    endpoint = deploy_endpoint(settings.endpoint)["endpoint"]
+    outputs = up(DEPLOYMENT, report=lambda line: None)  # the administrator: deploy, and add the owners
     for name in (GOOD, HOSTILE):
         owners.add(DEPLOYMENT.prefix, name, report=lambda line: None)
     people = ensure_people(DEPLOYMENT.prefix, outputs)
+    settings = from_outputs(outputs, region=aws.region())
+    with acting_as(people, "trainer"):
+        package_arn = train_and_register(settings.pipeline, parameters=TREE)
+    with acting_as(people, "ml-ops"):
+        approve(package_arn, settings.pipeline.package_group, "Approved", "hostile owner tests")
+        endpoint = deploy_endpoint(settings.endpoint)["endpoint"]
     known = {}
     for name in (GOOD, HOSTILE):
         client = BatchClient(ClientSettings.for_deployment(outputs, name, home=tmp_path_factory.mktemp(name)))

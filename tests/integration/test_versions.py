@@ -47,8 +47,15 @@ def _client(served: Served, home: Path, notes: list[str] | None = None) -> Batch
 
 
 def _owner(served: Served, home: Path, package_arn: str) -> ClientModel:
-    """A batch owner with keys for ``package_arn``'s version, its evaluation key uploaded."""
-    return _client(served, home).keys(package_arn).model
+    """A batch owner with keys for ``package_arn``'s version, its evaluation key uploaded (under its role)."""
+    with served.as_owner():
+        return _client(served, home).keys(package_arn).model
+
+
+def _drop(served: Served, model: ClientModel, x: Any, folder: Path) -> None:
+    """The owner drops a bundle of one-sample shards, under its role."""
+    with served.as_owner():
+        drop(served.layout, model, x, folder, shard_size=1)
 
 
 def _instances(endpoint: str) -> int:
@@ -68,10 +75,12 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     owner_1 = _owner(served, tmp_path / "home-1", first)
 
     # Version 2 trained and approved, not deployed yet: its bundles are refused, naming what is served.
-    second = train_and_register(served.settings.pipeline)
-    approve(second, DEPLOYMENT.package_group, "Approved", "versions tests: version 2")
+    with served.acting("trainer"):
+        second = train_and_register(served.settings.pipeline)
+    with served.acting("ml-ops"):
+        approve(second, DEPLOYMENT.package_group, "Approved", "versions tests: version 2")
     owner_2 = _owner(served, tmp_path / "home-2", second)
-    drop(served.layout, owner_2, x[:2], tmp_path / "early-v2", shard_size=1)
+    _drop(served, owner_2, x[:2], tmp_path / "early-v2")
     execution = settle(served.state_machine_arn, "early-v2", 300.0)
     assert execution["status"] == "FAILED", execution
     uri = served.layout.quarantine_reason("early-v2")
@@ -86,14 +95,15 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     # Deploying version 2 creates its endpoint and leaves version 1's as it was.
     sagemaker = aws.client("sagemaker")
     before = sagemaker.describe_endpoint(EndpointName=served.endpoint)["EndpointConfigName"]
-    deployed = deploy_endpoint(served.settings.endpoint, package_arn=second)
+    with served.acting("ml-ops"):
+        deployed = deploy_endpoint(served.settings.endpoint, package_arn=second)
     assert deployed["endpoint"] == version_endpoint(DEPLOYMENT.endpoint_name, 2) and deployed["version"] == 2
     assert sagemaker.describe_endpoint(EndpointName=served.endpoint)["EndpointConfigName"] == before
     assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {1: served.endpoint, 2: deployed["endpoint"]}
 
     # A version-1 bundle and a version-2 bundle both complete, each on its own version's endpoint.
-    drop(served.layout, owner_1, x[2:5], tmp_path / "bundle-v1", shard_size=1)
-    drop(served.layout, owner_2, x[5:8], tmp_path / "bundle-v2", shard_size=1)
+    _drop(served, owner_1, x[2:5], tmp_path / "bundle-v1")
+    _drop(served, owner_2, x[5:8], tmp_path / "bundle-v2")
     for bundle_id, endpoint in (("bundle-v1", served.endpoint), ("bundle-v2", deployed["endpoint"])):
         execution = settle(served.state_machine_arn, bundle_id, 600.0)
         assert execution["status"] == "SUCCEEDED", execution
@@ -109,31 +119,34 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     # The batch owner sees both versions served and which its keys are for, and is told a newer one is served.
     notes: list[str] = []
     client = _client(served, tmp_path / "home-1", notes)
-    listed = client.versions()
+    with served.as_owner():
+        listed = client.versions()
+        keys = client.keys(first)
     assert [(v.version, v.local_keys) for v in listed.served] == [(1, True), (2, False)], listed
     assert listed.local_keys == (1,) and listed.newest_served == 2
-    keys = client.keys(first)
     assert keys.newer_version_served == 2 and any("model version 2 is served" in note for note in notes), notes
 
     # Retiring version 1 while one of its bundles runs: refused naming it, then waited for; the bundle completes.
     with injected_faults(served.endpoint, [{"input_contains": f"requests/{OWNER}/running-v1/", "delay_seconds": 8}]):
-        drop(served.layout, owner_1, x[:2], tmp_path / "running-v1", shard_size=1)
+        _drop(served, owner_1, x[:2], tmp_path / "running-v1")
         sfn, deadline = aws.client("stepfunctions"), time.monotonic() + 120
         while "running-v1" not in running_bundles(sfn, served.state_machine_arn, served.endpoint):
             assert time.monotonic() < deadline, "the version-1 bundle never reached its endpoint"
             time.sleep(1)
-        with pytest.raises(RetirementError, match="running-v1"):
-            retire(served.settings.endpoint, 1, served.state_machine_arn, report=lambda line: None)
-        retired = retire(
-            served.settings.endpoint, 1, served.state_machine_arn, wait_seconds=300, poll=2, report=lambda line: None
-        )
+        with served.acting("ml-ops"):
+            with pytest.raises(RetirementError, match="running-v1"):
+                retire(served.settings.endpoint, 1, served.state_machine_arn, report=lambda line: None)
+            retired = retire(
+                served.settings.endpoint, 1, served.state_machine_arn, wait_seconds=300, poll=2,
+                report=lambda line: None,
+            )  # fmt: skip
     assert retired["retired"] == served.endpoint and retired["waited_for"] == ["running-v1"], retired
     assert describe_stack(version_stack(DEPLOYMENT.endpoint_name, 1)) is None, "retiring deletes the version's stack"
     assert settle(served.state_machine_arn, "running-v1", 60.0)["status"] == "SUCCEEDED"
     assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {2: deployed["endpoint"]}
 
     # A version-1 bundle dropped after the retirement is quarantined, naming what is still served.
-    drop(served.layout, owner_1, x[2:4], tmp_path / "after-retirement", shard_size=1)
+    _drop(served, owner_1, x[2:4], tmp_path / "after-retirement")
     assert settle(served.state_machine_arn, "after-retirement", 300.0)["status"] == "FAILED"
     uri = served.layout.quarantine_reason("after-retirement")
     reason = json.loads(aws.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
@@ -143,9 +156,10 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     deadline = time.monotonic() + 120
     while True:
         window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))
-        report = audit_report.run(
-            window, tmp_path / "audit", deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name
-        )
+        with served.acting("auditor"):
+            report = audit_report.run(
+                window, tmp_path / "audit", deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name
+            )
         endpoints = {e["endpoint"]: e for e in report["endpoints"]}
         if endpoints.get(served.endpoint, {}).get("retired") or time.monotonic() > deadline:
             break
@@ -169,14 +183,14 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     with injected_faults(
         deployed["endpoint"], [{"input_contains": f"requests/{OWNER}/revoked-v2/", "delay_seconds": 60}]
     ):
-        drop(served.layout, owner_2, x[:1], tmp_path / "revoked-v2", shard_size=1)
+        _drop(served, owner_2, x[:1], tmp_path / "revoked-v2")
         deadline = time.monotonic() + 120
         while not waiting_shards(dynamodb, table, deployed["endpoint"]):
             assert time.monotonic() < deadline, "the version-2 bundle never reached its endpoint"
             time.sleep(1)
         lambdas.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
         try:
-            drop(served.layout, owner_2, x[1:2], tmp_path / "queued-v2", shard_size=1)
+            _drop(served, owner_2, x[1:2], tmp_path / "queued-v2")
             deadline = time.monotonic() + 120
             while not int(
                 sqs.get_queue_attributes(QueueUrl=shard_queue, AttributeNames=["ApproximateNumberOfMessages"])[
@@ -185,8 +199,9 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
             ):
                 assert time.monotonic() < deadline, "the queued version-2 bundle never reached the shard queue"
                 time.sleep(1)
-            approve(second, DEPLOYMENT.package_group, "Rejected", "versions tests: a defect found")
-            revoked = revoke(served.settings.endpoint, second, "a defect found", table, report=lambda line: None)
+            with served.acting("ml-ops"):
+                approve(second, DEPLOYMENT.package_group, "Rejected", "versions tests: a defect found")
+                revoked = revoke(served.settings.endpoint, second, "a defect found", table, report=lambda line: None)
         finally:
             lambdas.update_event_source_mapping(UUID=mapping["UUID"], Enabled=True)
     assert revoked["revoked"] == deployed["endpoint"] and revoked["quarantined"] == ["revoked-v2"], revoked
@@ -199,9 +214,10 @@ def test_two_versions_are_served_side_by_side_and_bundles_go_to_their_own(
     assert served_versions(sagemaker, DEPLOYMENT.endpoint_name) == {}
     # The audit report still passes every check: the revoked bundle was served only while its package was Approved.
     window = Window(since, datetime.now(tz=UTC) + timedelta(seconds=1))
-    after = audit_report.run(
-        window, tmp_path / "audit-after", deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name
-    )
+    with served.acting("auditor"):
+        after = audit_report.run(
+            window, tmp_path / "audit-after", deployment=DEPLOYMENT.prefix, pipeline_name=DEPLOYMENT.pipeline_name
+        )
     assert after["ok"], [c for c in after["checks"] if not c["ok"]]
 
 
@@ -234,6 +250,7 @@ def test_a_served_version_is_a_stack_and_teardown_deletes_it(local_stack: dict[s
         "BacklogPerInstancePolicy": "AWS::ApplicationAutoScaling::ScalingPolicy",
         "FromZeroPolicy": "AWS::ApplicationAutoScaling::ScalingPolicy",
         "BacklogWithoutCapacityAlarm": "AWS::CloudWatch::Alarm",
+        "NoCapacityAlarm": "AWS::CloudWatch::Alarm",  # ML ops' page: no instance could start
     }
     assert all(r["ResourceStatus"].endswith("_COMPLETE") for r in live.values()), live
 
@@ -251,7 +268,11 @@ def test_a_served_version_is_a_stack_and_teardown_deletes_it(local_stack: dict[s
     model = sagemaker.describe_model(ModelName=named("Model"))
     assert model["PrimaryContainer"]["ModelPackageName"] == served.package_arn
     assert model["ExecutionRoleArn"] == served.outputs["EndpointRoleArn"]
-    [target], policies, [alarm] = _scaling_of(stack)
+    [target], policies, alarms = _scaling_of(stack)
+    named_alarms = {a["AlarmName"]: a for a in alarms}
+    alarm = named_alarms[live["BacklogWithoutCapacityAlarm"]["PhysicalResourceId"]]
+    paging = named_alarms[f"{stack}-no-capacity"]
+    assert paging["AlarmActions"] == [served.outputs["AlarmTopicArn"]] and paging["Statistic"] == "Minimum"
     assert (target["MinCapacity"], target["MaxCapacity"]) == (0, 3)
     by_type = {p["PolicyType"]: p for p in policies}
     assert set(by_type) == {"TargetTrackingScaling", "StepScaling"}
@@ -263,9 +284,10 @@ def test_a_served_version_is_a_stack_and_teardown_deletes_it(local_stack: dict[s
     assert alarm["AlarmActions"] == [by_type["StepScaling"]["PolicyARN"]]
 
     # A redeploy with new settings updates the same stack: a new configuration, the endpoint updated in place.
-    again = deploy_endpoint(
-        replace(served.settings.endpoint, max_concurrent_invocations=3), package_arn=served.package_arn
-    )
+    with served.acting("ml-ops"):
+        again = deploy_endpoint(
+            replace(served.settings.endpoint, max_concurrent_invocations=3), package_arn=served.package_arn
+        )
     assert again["stack"] == stack and again["endpoint_config"] != named("EndpointConfig")
     updated = sagemaker.describe_endpoint(EndpointName=stack)
     assert (

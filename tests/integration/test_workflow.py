@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from pipelines.clear_predictions import clear_classes
 from tests import limits
 from tests.integration.helpers import (
     OWNER,
+    Served,
     bundle_execution,
     deploy_and_serve,
     deployment_for,
@@ -55,6 +57,7 @@ DEPLOYMENT = deployment_for(
     invocations_per_instance=2,
     scale_in_cooldown=SCALE_IN_COOLDOWN,
     scale_out_cooldown=5,
+    quarantine_alarm_per_hour=1,
 )
 
 
@@ -75,6 +78,7 @@ class Workflow:
     s3_events_queue: str
     events: list[dict[str, Any]]
     folder: Path
+    served: Served  # its people: the owner acts under its role (Served.as_owner)
 
 
 def _queue(name: str, pattern: dict[str, Any]) -> str:
@@ -94,7 +98,8 @@ def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     events_queue = _queue("fhe-workflow-test-events", {"source": ["fhe.batch-inference"]})
     s3_pattern = {"source": ["aws.s3"], "detail": {"bucket": {"name": [_layout().bucket]}}}
     s3_events_queue = _queue("fhe-workflow-test-s3-events", s3_pattern)
-    model = _client(outputs, tmp_path_factory.mktemp("home")).keys().model
+    with served.as_owner():
+        model = _client(outputs, tmp_path_factory.mktemp("home")).keys().model
     x = sample_records(64)
     return Workflow(
         package_arn,
@@ -107,6 +112,7 @@ def workflow(local_stack: dict[str, str], tmp_path_factory: pytest.TempPathFacto
         s3_events_queue,
         [],
         tmp_path_factory.mktemp("bundles"),
+        served,
     )
 
 
@@ -119,8 +125,12 @@ def _drop(w: Workflow, bundle_id: str, rows: slice, shard_size: int) -> Manifest
     return _drop_rows(w, bundle_id, w.x[rows], shard_size)
 
 
-def _drop_rows(w: Workflow, bundle_id: str, x: npt.NDArray[np.float64], shard_size: int) -> Manifest:
-    return drop(_layout(), w.model, x, w.folder / bundle_id, shard_size=shard_size)
+def _drop_rows(
+    w: Workflow, bundle_id: str, x: npt.NDArray[np.float64], shard_size: int, *, skip_shard: bool = False
+) -> Manifest:
+    """The owner's drop, under its role."""
+    with w.served.as_owner():
+        return drop(_layout(), w.model, x, w.folder / bundle_id, shard_size=shard_size, skip_shard=skip_shard)
 
 
 def _settle(w: Workflow, bundle_id: str, timeout: float = SETTLE_TIMEOUT) -> dict[str, Any]:
@@ -268,18 +278,18 @@ def test_bundle_runs_through_the_workflow_and_decrypts_to_the_clear_predictions(
     assert len(children) == len(manifest.shards), "one child execution per shard"
     assert all("waitForTaskToken" in child for child in children), "each shard waits on its task token"
 
-    s3 = aws.client("s3")
     result_uri = _layout().result_manifest("first-bundle")
-    result, shards = download_result(s3, result_uri)
+    with workflow.served.as_owner():  # what only the owner can read and open
+        result, shards = download_result(aws.client("s3"), result_uri)
+        probabilities = decrypt_result(workflow.model, result, shards, progress=False)
     assert result.kind == "result" and len(result.shards) == 3 and result.total_samples == 48
-    probabilities = decrypt_result(workflow.model, result, shards, progress=False)
     classes = [workflow.model.preprocessing.classes[i] for i in probabilities.argmax(axis=1)]
     agreement = float(np.mean([a == b for a, b in zip(classes, workflow.expected[:48], strict=True)]))
     assert agreement >= 0.99, agreement
 
     [event] = _events(workflow, "first-bundle", "Bundle Completed")
     assert event["detail"]["result_manifest"] == str(result_uri) and event["detail"]["samples"] == 48
-    assert not object_exists(s3, _layout().quarantine_reason("first-bundle"))
+    assert not object_exists(aws.client("s3"), _layout().quarantine_reason("first-bundle"))
 
 
 def test_client_run_from_csv_to_predictions_through_the_workflow(workflow: Workflow, tmp_path: Path) -> None:
@@ -293,7 +303,8 @@ def test_client_run_from_csv_to_predictions_through_the_workflow(workflow: Workf
     ]
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "predictions.csv"
-    done = _client(workflow.stack, workflow.model.folder.parents[1]).run(source, out, shard_size=4, timeout=300)
+    with workflow.served.as_owner():
+        done = _client(workflow.stack, workflow.model.folder.parents[1]).run(source, out, shard_size=4, timeout=300)
     assert done.encrypted.manifest.total_samples == rows and len(done.encrypted.manifest.shards) == 3
     assert done.keys.uploaded is False and done.encrypted.ignored_columns == ("label",)
     predicted = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
@@ -311,10 +322,13 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
             (e for e in _receive(workflow.s3_events_queue) if e["detail"]["object"]["key"] == manifest_key), None
         )
     assert created is not None, "S3 published no Object Created event for the manifest"
-    # The same manifest dropped again (same bytes, same ETag), and the original event delivered twice more.
+    # The same manifest dropped again by its owner (same bytes, same ETag), and the original event delivered twice
+    # more (the test's own doing: no actor of the product sends to the queue).
     s3, sqs = aws.client("s3"), aws.client("sqs")
-    body = s3.get_object(Bucket=_layout().bucket, Key=manifest_key)["Body"].read()
-    s3.put_object(Bucket=_layout().bucket, Key=manifest_key, Body=body, ContentType="application/json")
+    with workflow.served.as_owner():
+        owners_s3 = aws.client("s3")
+        body = owners_s3.get_object(Bucket=_layout().bucket, Key=manifest_key)["Body"].read()
+        owners_s3.put_object(Bucket=_layout().bucket, Key=manifest_key, Body=body, ContentType="application/json")
     for _ in range(2):
         sqs.send_message(QueueUrl=workflow.stack["ManifestQueueUrl"], MessageBody=json.dumps(created))
     execution = _settle(workflow, "dropped-twice")
@@ -388,9 +402,10 @@ def test_a_bundle_over_the_workflows_limits_is_quarantined_at_validate_naming_th
     )
     [entry] = manifest.shards
     shards = tuple(replace(entry, index=i, key=shard_key(i)) for i in range(MAX_SHARDS + 1))
-    s3, layout = aws.client("s3"), _layout()
+    layout = _layout()
     body = replace(manifest, shards=shards).to_json()
-    s3.put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", Body=body)
+    with workflow.served.as_owner():
+        aws.client("s3").put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", Body=body)
     execution = _settle(workflow, bundle_id)
     reason = _assert_quarantined(workflow, bundle_id, execution, [f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}"])
     assert (reason["stage"], reason["field"], reason["code"]) == ("validate", "shards", "too_large"), reason
@@ -405,7 +420,7 @@ def _shard_requests(bundle_id: str) -> list[str]:
 @pytest.mark.parametrize("case", ["malformed_manifest", "wrong_model_version", "missing_shard"])
 def test_a_bad_bundle_is_quarantined_before_any_endpoint_invocation(workflow: Workflow, case: str) -> None:
     bundle_id = f"bad-{case.replace('_', '-')}"
-    s3, layout = aws.client("s3"), _layout()
+    layout = _layout()
     folder = workflow.folder / bundle_id
     manifest = encrypt_rows(
         workflow.model, workflow.x[24:28], folder, shard_size=2, bundle_id=bundle_id, progress=False
@@ -413,8 +428,6 @@ def test_a_bad_bundle_is_quarantined_before_any_endpoint_invocation(workflow: Wo
     shards = [entry.key for entry in manifest.shards]
     if case == "missing_shard":
         shards = shards[:1]
-    for key in shards:
-        s3.put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{key}", Body=(folder / key).read_bytes())
     if case == "malformed_manifest":
         body = b'{"format": "fhe-batch-bundle", "format_version": 1, "kind": "request", "bundle_id": '
     elif case == "wrong_model_version":
@@ -422,7 +435,13 @@ def test_a_bad_bundle_is_quarantined_before_any_endpoint_invocation(workflow: Wo
         body = replace(manifest, model=ModelRef(other, manifest.model.package_group, 99)).to_json()
     else:
         body = manifest.to_json()
-    s3.put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", Body=body)
+    with workflow.served.as_owner():  # a hostile or broken client of the owner's own
+        s3 = aws.client("s3")
+        for key in shards:
+            s3.put_object(
+                Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{key}", Body=(folder / key).read_bytes()
+            )
+        s3.put_object(Bucket=layout.bucket, Key=f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", Body=body)
     execution = _settle(workflow, bundle_id)
     inbox = sorted([f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", *(f"inbox/{OWNER}/{bundle_id}/{k}" for k in shards)])
     reason = _assert_quarantined(workflow, bundle_id, execution, inbox)
@@ -476,10 +495,11 @@ def test_ten_bundles_at_once_complete_within_the_lambda_reservation(workflow: Wo
         )
         folders[bundle_id] = folder
     layout = _layout()
-    threads = [
-        threading.Thread(target=submit, args=(aws.client("s3"), layout, folder), kwargs={"progress": False})
-        for folder in folders.values()
-    ]
+    with workflow.served.as_owner():  # the owner's clients, made under its role
+        threads = [
+            threading.Thread(target=submit, args=(aws.client("s3"), layout, folder), kwargs={"progress": False})
+            for folder in folders.values()
+        ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -545,14 +565,9 @@ def _record_for_owner(
 ) -> dict[str, Any]:
     """The bundle's quarantine record, once it says ``expected``, read under the owner's own role: what the owner's
     ``fhe-client wait`` finds."""
-    from infrastructure import owners
-    from local.people import acting_as, ensure_people, owner_actor
-
-    owners.add(DEPLOYMENT.prefix, OWNER, report=lambda line: None)
-    people = ensure_people(DEPLOYMENT.prefix, w.stack)
     uri = _layout().quarantine_reason(bundle_id)
     deadline, record = time.monotonic() + timeout, None
-    with acting_as(people, owner_actor(OWNER)):
+    with w.served.as_owner():
         s3 = aws.client("s3")
         while time.monotonic() < deadline:
             if object_exists(s3, uri):
@@ -592,8 +607,7 @@ def test_a_bundle_whose_quarantine_step_is_denied_its_bucket_still_ends_with_its
         PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [deny]}),
     )
     try:
-        manifest = drop(_layout(), workflow.model, workflow.x[:8], workflow.folder / "quarantine-denied", shard_size=4,
-                        skip_shard=True)  # fmt: skip
+        manifest = _drop_rows(workflow, "quarantine-denied", workflow.x[:8], shard_size=4, skip_shard=True)
         execution = _settle(workflow, "quarantine-denied")
     finally:
         iam.delete_role_policy(RoleName=role, PolicyName="injected-deny")
@@ -715,16 +729,14 @@ def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path
     B's result is untouched by it all."""
     from containers.training.data import write_records_csv
     from infrastructure import owners
-    from local.people import acting_as, ensure_people, owner_actor
 
     for owner in ("clinic-a", "clinic-b"):
-        owners.add(DEPLOYMENT.prefix, owner, report=lambda line: None)  # administrator: fhe-deploy owner add
+        workflow.served.add_owner(owner)  # administrator: fhe-deploy owner add
     assert set(owners.owners(DEPLOYMENT.prefix)) >= {"clinic-a", "clinic-b"}
     admin = aws.client("s3")
     models, data = workflow.stack["ModelBucketName"], workflow.stack["DataBucketName"]
     # server.zip reaches S3 only inside the model artifact (model.tar.gz); the client artifacts leave it out.
     server_zip, training_data = _first_key(admin, models, "/model.tar.gz"), _first_key(admin, data, ".csv")
-    people = ensure_people(DEPLOYMENT.prefix, workflow.stack)  # the last administrator call of this test
     rows = {"clinic-a": slice(40, 43), "clinic-b": slice(43, 47)}
     delivered = {}
     for owner, picked in rows.items():
@@ -732,17 +744,17 @@ def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path
             tmp_path / f"{owner}.csv", workflow.model.preprocessing.feature_names, workflow.x[picked]
         )
         client = _client(workflow.stack, tmp_path / f"home-{owner}", owner)
-        with acting_as(people, owner_actor(owner)):  # the client's AWS clients are made under the owner's role
+        with workflow.served.as_owner(owner):  # the client's AWS clients are made under the owner's role
             delivered[owner] = client.run(source, tmp_path / f"{owner}.out.csv", bundle_id="same-id", timeout=300)
         predicted = [line.split(",")[1] for line in (tmp_path / f"{owner}.out.csv").read_text().splitlines()[1:]]
         assert predicted == workflow.expected[picked], owner
         manifest = delivered[owner].submitted.manifest
         assert str(manifest) == f"s3://{_layout().bucket}/inbox/{owner}/same-id/{MANIFEST_NAME}"
     b_result = BundleLayout(_layout().bucket, "clinic-b").result_manifest("same-id")
-    with acting_as(people, owner_actor("clinic-b")):
+    with workflow.served.as_owner("clinic-b"):
         before = aws.client("s3").get_object(Bucket=b_result.bucket, Key=b_result.key)["Body"].read()
     bucket = _layout().bucket
-    with acting_as(people, owner_actor("clinic-a")):
+    with workflow.served.as_owner("clinic-a"):
         s3 = aws.client("s3")
         assert s3.list_objects_v2(Bucket=bucket, Prefix="outbox/clinic-a/")["KeyCount"] > 0  # its own: granted
         refused = {
@@ -756,7 +768,7 @@ def test_batch_owners_are_isolated_from_one_another(workflow: Workflow, tmp_path
             "read training data": _denied(s3.get_object, Bucket=data, Key=training_data),
         }
     assert set(refused.values()) == {"AccessDenied"}, refused
-    with acting_as(people, owner_actor("clinic-b")):
+    with workflow.served.as_owner("clinic-b"):
         after = aws.client("s3").get_object(Bucket=b_result.bucket, Key=b_result.key)["Body"].read()
     assert after == before, "B's result is untouched"
     # Each execution ran its own owner's bundle; asked for one owner's, only that one's is found.
@@ -809,7 +821,8 @@ def test_the_owners_ids_stay_on_its_machine_and_key_its_predictions(workflow: Wo
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "predictions.csv"
     client = _client(workflow.stack, workflow.model.folder.parents[1])
-    done = client.run(source, out, id_columns=["id"], label_column="label", timeout=300)
+    with workflow.served.as_owner():
+        done = client.run(source, out, id_columns=["id"], label_column="label", timeout=300)
     written = out.read_text().splitlines()
     assert written[0].startswith("id,row,predicted_class,")
     assert [line.split(",")[0] for line in written[1:]] == ids
@@ -828,3 +841,166 @@ def test_the_owners_ids_stay_on_its_machine_and_key_its_predictions(workflow: Wo
     assert done.bundle_id.encode() in logs, "the scan sees this bundle's logs"
     leaked = [patient for patient in ids if patient.encode() in objects or patient.encode() in logs]
     assert not leaked, leaked
+
+
+# ---- operating it: what ML ops watch, what each owner used, how an owner leaves ---------------------------------
+
+ALARM_TIMEOUT = 120.0
+HEARTBEAT_WAIT = 150.0  # more than two rounds of the heartbeat's schedule
+
+
+def _alarm_state(name: str) -> str:
+    [alarm] = aws.client("cloudwatch").describe_alarms(AlarmNames=[name])["MetricAlarms"]
+    return str(alarm["StateValue"])
+
+
+def test_the_dashboard_and_alarms_are_deployed_and_a_quarantine_puts_its_alarms_in_alarm(workflow: Workflow) -> None:
+    """Read back after fhe-deploy up: the dashboard and every alarm. Both alarms a quarantined bundle trips (a failed
+    execution, the quarantine rate: 1 an hour in these tests) are set to OK, a bad bundle is dropped, and each goes
+    to ALARM as the local CloudWatch evaluates it on the metric the service published; fhe-deploy status, run by ML
+    ops, shows the same."""
+    from infrastructure import status
+
+    cloudwatch, prefix = aws.client("cloudwatch"), DEPLOYMENT.prefix
+    body = json.loads(cloudwatch.get_dashboard(DashboardName=workflow.stack["DashboardName"])["DashboardBody"])
+    titles = [w["properties"]["title"] for w in body["widgets"]]
+    assert titles == [
+        "Bundles per hour",
+        "Shard latency (seconds)",
+        "Backlog",
+        "Endpoint instances per version",
+        "FHE seconds per hour",
+        "Errors per function",
+        "Executions",
+        "Dead letters waiting",
+    ]
+    deployed = {
+        a["AlarmName"]: a
+        for a in cloudwatch.describe_alarms(AlarmNamePrefix=f"{prefix}-")["MetricAlarms"]
+        if not a["AlarmName"].startswith(f"{DEPLOYMENT.endpoint_name}-v")  # a served version's, of its own stack
+    }
+    tripped = [f"{prefix}-executions-failed", f"{prefix}-quarantine-rate"]
+    assert {*tripped, f"{prefix}-executions-timed-out", f"{prefix}-executions-stopped"} <= set(deployed)
+    assert all(a["AlarmActions"] == [workflow.stack["AlarmTopicArn"]] for a in deployed.values())
+    assert f"{workflow.endpoint}-no-capacity" in {
+        a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNamePrefix=workflow.endpoint)["MetricAlarms"]
+    }, "each served version's alarm for a backlog no instance serves"
+    for name in tripped:
+        cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="the integration test resets it")
+        assert _alarm_state(name) == "OK"
+    bundle_id = "alarmed"
+    manifest = encrypt_rows(workflow.model, workflow.x[:2], workflow.folder / bundle_id, shard_size=2,
+                            bundle_id=bundle_id, progress=False)  # fmt: skip
+    with workflow.served.as_owner():  # a manifest whose shard never came: quarantined at Validate
+        aws.client("s3").put_object(
+            Bucket=_layout().bucket, Key=f"inbox/{OWNER}/{bundle_id}/{MANIFEST_NAME}", Body=manifest.to_json()
+        )
+    assert _settle(workflow, bundle_id)["status"] == "FAILED"
+    deadline = time.monotonic() + ALARM_TIMEOUT
+    while {_alarm_state(name) for name in tripped} != {"ALARM"}:
+        assert time.monotonic() < deadline, {name: _alarm_state(name) for name in tripped}
+        time.sleep(1.0)
+    deadline = time.monotonic() + HEARTBEAT_WAIT
+    while True:  # the heartbeat publishes each version's instance count once a minute
+        with workflow.served.acting("ml-ops"):
+            shown = status.status(prefix, hours=1)
+        figures = {(f["widget"], f["label"]): f for f in shown["figures"]}
+        if any(key[0] == "Endpoint instances per version" for key in figures) or time.monotonic() > deadline:
+            break
+        time.sleep(5.0)
+    assert (figures["Bundles per hour", "quarantined"]["window"] or 0) >= 1
+    assert (figures["Executions", "failed (quarantines included)"]["window"] or 0) >= 1
+    assert (figures["Bundles per hour", "started"]["window"] or 0) >= 1
+    assert any(key[0] == "Endpoint instances per version" for key in figures), "the heartbeat's per-version count"
+    assert {a["name"] for a in shown["alarms"] if a["state"] == "ALARM"} >= set(tripped)
+    assert "quarantine-rate" in status.describe(shown)
+
+
+def test_usage_per_owner_attributes_the_endpoints_instance_time_by_busy_share(
+    workflow: Workflow, tmp_path: Path
+) -> None:
+    """Two owners with different workloads (6 shards against 1) on the same endpoint: fhe-audit usage, run by the
+    auditor, charges each its share, and the shares add up to the endpoint's instance time within 1%."""
+    from audit import cli as audit_cli
+    from audit import usage
+
+    workflow.served.add_owner("clinic-u")
+    _wait_for_instances(workflow.endpoint, 0, timeout=180)  # earlier bundles' instances gone: the window is these'
+    since = datetime.now(tz=UTC)
+    _drop(workflow, "usage-heavy", slice(0, 12), shard_size=2)
+    other = BundleLayout(_layout().bucket, "clinic-u")
+    with workflow.served.as_owner("clinic-u"):  # its own keys, its own bundle
+        model = _client(workflow.stack, tmp_path / "home-u", "clinic-u").keys().model
+        drop(other, model, workflow.x[12:14], workflow.folder / "usage-light", shard_size=2)
+    for bundle_id in ("usage-heavy", "usage-light"):
+        assert _settle(workflow, bundle_id)["status"] == "SUCCEEDED"
+    _wait_for_instances(workflow.endpoint, 0, timeout=180)  # its scale-in: the window holds every instance second
+    until = datetime.now(tz=UTC)
+    window = ["--from", since.isoformat(), "--to", until.isoformat(), "--deployment", DEPLOYMENT.prefix, "--quiet"]
+    with workflow.served.acting("auditor"):
+        deadline = time.monotonic() + 60
+        while True:  # the recorder appends each delivery a moment after it
+            audit_cli.main(["usage", *window, "--out", str(tmp_path / "usage.json")])
+            report = json.loads((tmp_path / "usage.json").read_text())
+            rows = {row["owner"]: row for row in report["owners"]}
+            if {OWNER, "clinic-u"} <= set(rows) or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
+        audit_cli.main(["usage", *window, "--format", "csv", "--out", str(tmp_path / "usage.csv")])
+    heavy, light = rows[OWNER], rows["clinic-u"]
+    assert (heavy["bundles"], heavy["shards"], heavy["samples"]) == (1, 6, 12)
+    assert (light["bundles"], light["shards"], light["samples"]) == (1, 1, 2)
+    assert heavy["serving_seconds"] > light["serving_seconds"] > 0 and heavy["fhe_seconds"] > 0
+    assert heavy["instance_seconds"] > light["instance_seconds"] > 0
+    total = report["reconciliation"]["endpoint_instance_seconds"]
+    assert total > 0 and usage.UNATTRIBUTED not in rows, report
+    assert abs(heavy["instance_seconds"] + light["instance_seconds"] - total) <= 0.01 * total
+    assert heavy["cost"] > light["cost"] > 0 and report["currency"] == "USD"
+    lines = (tmp_path / "usage.csv").read_text().splitlines()
+    assert lines[0].startswith("owner,bundles,samples,shards,") and len(lines) == 3
+
+
+def test_an_owner_removed_with_export_and_erase_leaves_nothing_and_the_audit_log_says_so(
+    workflow: Workflow, tmp_path: Path
+) -> None:
+    """fhe-deploy owner remove clinic-x --export DIR --erase (the administrator): its results copied out with their
+    sha256, then no object version left under any of its folders, each step recorded in the audit log, the other
+    owner's bundles untouched; the audit report (the auditor) notes the erased bundle instead of failing on it."""
+    from audit import collect
+    from audit.report import build, sources_for
+    from common.bundle.store import OWNER_FOLDERS
+    from infrastructure import owners
+
+    started = datetime.now(tz=UTC)
+    workflow.served.add_owner("clinic-x")
+    leaving = BundleLayout(_layout().bucket, "clinic-x")
+    with workflow.served.as_owner("clinic-x"):
+        model = _client(workflow.stack, tmp_path / "home-x", "clinic-x").keys().model
+        drop(leaving, model, workflow.x[:4], workflow.folder / "leaving", shard_size=2)
+    _drop(workflow, "staying", slice(4, 6), shard_size=2)  # the other owner's, at the same time
+    for bundle_id in ("leaving", "staying"):
+        assert _settle(workflow, bundle_id)["status"] == "SUCCEEDED"
+    staying = _layout().result_manifest("staying")
+    s3 = aws.client("s3")
+    kept = s3.get_object(Bucket=staying.bucket, Key=staying.key)["Body"].read()
+    done = owners.offboard(DEPLOYMENT.prefix, "clinic-x", export_to=tmp_path / "export", erase=True,
+                           report=lambda line: None)  # fmt: skip
+    index = json.loads((tmp_path / "export" / owners.INDEX_NAME).read_text())
+    assert any(e["key"] == "outbox/clinic-x/leaving/manifest.json" for e in index["objects"])
+    assert done["exported"]["objects"] == len(index["objects"]) and done["removed"] is True
+    for top in OWNER_FOLDERS:
+        listed = s3.list_object_versions(Bucket=leaving.bucket, Prefix=f"{top}/clinic-x/")
+        assert not listed.get("Versions") and not listed.get("DeleteMarkers"), top
+    assert done["erased"]["object_versions"] > 0 and "clinic-x" not in owners.owners(DEPLOYMENT.prefix)
+    assert done["exported"]["audit_record"] and done["erased"]["audit_record"], "both on record"
+    assert s3.get_object(Bucket=staying.bucket, Key=staying.key)["Body"].read() == kept, "the other owner's stays"
+    with workflow.served.acting("auditor"):
+        sources = sources_for(DEPLOYMENT.prefix, DEPLOYMENT.pipeline_name, lambda line: None)
+        report = build(sources, collect.Window(started, datetime.now(tz=UTC)), settle=60)
+    assert report["ok"], [c for c in report["checks"] if not c["ok"]]
+    [bundle] = [b for b in report["bundles"] if b["bundle"] == "clinic-x/leaving"]
+    assert bundle["erased"]["seq"] == done["erased"]["audit_record"]
+    notes = [n for c in report["checks"] for n in c["notes"]]
+    assert any("clinic-x/leaving" in n and "erased" in n for n in notes)
+    offboarded = {(o["kind"], o["owner"]) for o in report["offboarding"]}
+    assert offboarded == {("owner_exported", "clinic-x"), ("owner_erased", "clinic-x")}

@@ -397,10 +397,11 @@ def test_every_dead_letter_queue_has_an_alarm_that_notifies_the_operators() -> N
     }
     watched = {}
     for name, alarm in _of_type("AWS::CloudWatch::Alarm").items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], name  # every alarm of the stack notifies ML ops
         (dimension,) = alarm["Dimensions"]
-        queue = dimension["Value"]["Fn::GetAtt"][0] if isinstance(dimension["Value"], dict) else None
-        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
-        watched[queue] = (alarm["MetricName"], alarm["ComparisonOperator"], alarm["Threshold"])
+        if isinstance(dimension["Value"], dict) and "Fn::GetAtt" in dimension["Value"]:
+            queue = dimension["Value"]["Fn::GetAtt"][0]
+            watched[queue] = (alarm["MetricName"], alarm["ComparisonOperator"], alarm["Threshold"])
     for queue in dead_letters:
         assert watched.get(queue) == ("NumberOfMessagesReceived", "GreaterThanOrEqualToThreshold", 1), queue
 

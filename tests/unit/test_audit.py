@@ -30,7 +30,8 @@ from common.audit_log import (
     read_chain,
     user_identity,
 )
-from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
+from common.bundle.manifest import KeyRef, Manifest, ServedUsage, ShardEntry, package_ref, parse_manifest, shard_key
+from common.bundle.schema import sha256_hex
 from common.bundle.shards import min_shard_bytes
 from common.bundle.store import BundleLayout
 from tests.unit.conftest import UNIT_BUCKET
@@ -219,6 +220,14 @@ def test_ciphertext_objects_must_match_their_manifests() -> None:
     swapped = {**good, "sha256": "c" * 64}
     [failure] = checks.objects_match_manifests([_bundle(input_objects=[swapped])]).failures
     assert "00000.fhe" in failure and "c" * 64 in failure
+
+
+def test_an_erased_owners_bundles_are_noted_not_failed_for_their_missing_objects() -> None:
+    missing = {"uri": "s3://b/outbox/clinic-a/b-1/shards/00000.out", "declared_sha256": "a" * 64, "sha256": None}
+    erasure = {"time": (T0 + timedelta(hours=1)).isoformat(), "seq": 9}
+    check = checks.objects_match_manifests([_bundle(output_objects=[missing], erased=erasure)])
+    assert check.ok and "erased" in check.notes[0] and "record 9" in check.notes[0]
+    assert not checks.objects_match_manifests([_bundle(output_objects=[missing])]).ok
 
 
 # ---- the recorder ----------------------------------------------------------------------------------------------
@@ -567,6 +576,41 @@ def test_a_version_served_or_retired_is_recorded_as_sagemaker_has_it(recorder: R
     sagemaker.delete_endpoint(EndpointName=endpoint)
     body = recorder.record(_event("Model Version Retired", retired, registry, event_id="retired-after-delete"))
     assert body["kind"] == "version_retired" and body["subject"] == endpoint
+
+
+def test_a_deliverys_serving_time_is_recorded_from_its_result_manifest(recorder: Recorded) -> None:
+    detail = _delivered(recorder)
+    uri = recorder.layout.result_manifest(BUNDLE)
+    manifest = parse_manifest(recorder.s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+    data = replace(manifest, usage=ServedUsage(7.5, 6.0)).to_json()
+    recorder.s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)
+    body = recorder.record(_event("Bundle Completed", {**detail, "result_manifest_sha256": sha256_hex(data)}))
+    assert (body["detail"]["serving_seconds"], body["detail"]["fhe_seconds"]) == (7.5, 6.0)
+
+
+def test_an_owners_erasure_is_recorded_only_once_its_folders_hold_no_version(recorder: Recorded) -> None:
+    s3, owners = recorder.s3, "fhe.owners"
+    s3.put_bucket_versioning(Bucket=UNIT_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    key = f"requests/{OWNER}/{BUNDLE}/plan.json"
+    s3.put_object(Bucket=UNIT_BUCKET, Key=key, Body=b"{}")
+    erased = {"owner": OWNER, "object_versions": 12}
+    refused = recorder.record(_event("Owner Data Erased", erased, owners, event_id="erase-1"))
+    assert refused["kind"] == REFUSED_EVENT and "requests folder" in refused["detail"]["reason"]
+    s3.delete_object(Bucket=UNIT_BUCKET, Key=key)  # a delete marker is a version still
+    refused = recorder.record(_event("Owner Data Erased", erased, owners, event_id="erase-2"))
+    assert refused["kind"] == REFUSED_EVENT
+    for version in s3.list_object_versions(Bucket=UNIT_BUCKET)["Versions"] + s3.list_object_versions(
+        Bucket=UNIT_BUCKET
+    ).get("DeleteMarkers", []):
+        s3.delete_object(Bucket=UNIT_BUCKET, Key=version["Key"], VersionId=version["VersionId"])
+    body = recorder.record(_event("Owner Data Erased", erased, owners, event_id="erase-3"))
+    assert body["kind"] == "owner_erased" and body["subject"] == OWNER and body["detail"]["object_versions"] == 12
+    exported = {"owner": OWNER, "objects": 3, "bytes": 40, "index_sha256": "e" * 64}
+    assert recorder.record(_event("Owner Data Exported", exported, owners))["kind"] == "owner_exported"
+    forged = {**exported, "index_sha256": "not a digest"}
+    assert recorder.record(_event("Owner Data Exported", forged, owners, event_id="x"))["kind"] == REFUSED_EVENT
+    stranger = recorder.record(_event("Owner Data Erased", erased, "fhe.batch-inference", event_id="y"))
+    assert stranger["kind"] == REFUSED_EVENT, "only the owners' source sends an erasure"
 
 
 def test_the_handler_records_a_queued_event_and_keeps_the_owner_out_of_its_logs(

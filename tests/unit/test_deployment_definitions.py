@@ -52,7 +52,7 @@ def test_template_passes_cfn_lint_as_its_stack_is_given_it(template: Path, tmp_p
 
 def test_the_product_template_is_its_head_and_every_concern_gathered() -> None:
     concerns = {part.stem for part in templates.parts(templates.PRODUCT)}
-    assert concerns == {"messaging", "functions", "workflow", "audit", "retraining", "sagemaker"}
+    assert concerns == {"messaging", "functions", "workflow", "audit", "retraining", "sagemaker", "monitoring"}
     assembled = templates.source(templates.PRODUCT)
     by_file = [set(templates.source(part)["Resources"]) for part in templates.parts(templates.PRODUCT)]
     assert set(assembled["Resources"]) == set().union(*by_file) and sum(map(len, by_file)) == len(

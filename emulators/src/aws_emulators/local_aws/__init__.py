@@ -42,6 +42,10 @@ Rules of AWS that ministack does not apply:
   ``iam:PassRole`` on it, and its trust policy must name ``cloudformation.amazonaws.com``); ministack ignored it.
 - CloudFormation applies ``AWS::Lambda::Function`` ``ReservedConcurrentExecutions`` and ``AWS::S3::Bucket``
   ``BucketEncryption`` and ``LifecycleConfiguration`` on create and update; ministack ignored them.
+- CloudWatch metrics the services publish on AWS (``metrics``): Step Functions' ``AWS/States`` execution counts
+  per state machine, and the embedded metric format of Lambda functions' log lines (Powertools' metrics); ministack
+  published neither. An alarm is evaluated on its own metric, dimensions included; ministack evaluated it over every
+  datum of the metric's name, whatever its dimensions.
 - CloudFormation expands ``Transform: AWS::Serverless-2016-10-31`` (SAM): ministack does when ``samtranslator`` is
   importable, so ``launch`` installs it beside ministack.
 """

@@ -7,7 +7,7 @@ import sys
 
 from ministack import app as ministack
 
-from aws_emulators.local_aws import cloudformation, corrections, kms_recipient
+from aws_emulators.local_aws import cloudformation, corrections, kms_recipient, metrics
 from aws_emulators.local_aws.authorize import with_authorize_route
 
 
@@ -15,6 +15,7 @@ def main() -> None:
     corrections.install()
     cloudformation.install()
     kms_recipient.install()
+    metrics.install()
     ministack.app = with_authorize_route(ministack.app)  # what ministack's main() serves
     sys.argv[1:] = []
     ministack.main()
