@@ -251,6 +251,17 @@ def _history(sfn: Any, execution_arn: str) -> Iterator[dict[str, Any]]:
         yield from page["events"]
 
 
+def validated_plan(sources: Sources, execution_arn: str) -> dict[str, Any]:
+    """The plan Validate made for an execution's bundle (its model package, endpoint, shards), from the execution's
+    history; empty when Validate did not pass or the execution cannot be read."""
+    try:
+        stages = stage_times(list(_history(sources.stepfunctions, execution_arn)))
+        plan = json.loads(stages.get("Validate", {}).get("output") or "{}").get("plan", {})
+    except (ClientError, ValueError, AttributeError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
 def stage_times(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """When each top-level state was entered and left (the Map's iterations have other names)."""
     stages: dict[str, dict[str, Any]] = {}

@@ -64,9 +64,11 @@ def build(sources: collect.Sources, window: collect.Window, *, settle: float = 3
     erasures = collect.erased_owners(records)
     for bundle in bundles:  # an owner's erasure after its bundle ended took the bundle's objects, by design
         erasure = erasures.get(bundle["owner"])
-        erased_at, ended = collect.moment(erasure and erasure["time"]), collect.moment(bundle.get("ended"))
+        # When the recorder saw the owner's folders empty (not the announcement's own, settable, time).
+        when = erasure and (erasure.get("confirmed_at") or erasure["time"])
+        erased_at, ended = collect.moment(when), collect.moment(bundle.get("ended"))
         if erasure and erased_at and ended and erased_at >= ended:
-            bundle["erased"] = {"time": erasure["time"], "seq": erasure["seq"]}
+            bundle["erased"] = {"time": when, "seq": erasure["seq"]}
     signing_key = SigningKey.from_kms(sources.kms, sources.signing_key_arn)
     decisions = collect.approvals(records)
     package_arns = {str(r["model_package"]["arn"]) for r in pipeline_runs if "model_package" in r}
@@ -140,7 +142,13 @@ def owner_usage(
     except EstimateError as error:
         sources.progress(f"no prices: {error}")
         prices = None
-    return usage.usage(records, endpoints, sources.endpoint_family, window.since, window.until, prices)
+    endpoint_of = {
+        execution: collect.validated_plan(sources, execution).get("endpoint")
+        for execution in usage.quarantined_executions(records, window.since, window.until)
+    }
+    return usage.usage(
+        records, endpoints, sources.endpoint_family, window.since, window.until, prices, endpoint_of=endpoint_of
+    )
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------

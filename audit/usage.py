@@ -1,22 +1,26 @@
 """Usage and cost per batch owner over a time window: what each owner used of the shared endpoints, and what it costs.
 
 Read from records the services made, never from what an owner or an operator says:
-- the audit log: each delivered bundle's owner, samples, shards and serving time (its result manifest's ``usage``,
-  the sum of the seconds each shard's serving instance reported: ``common.bundle.messages.ShardResult``), and each
-  served version's endpoint, its instance type and initial instance count (from SageMaker, when it was served) and
-  when it was retired;
+- the audit log: each delivered bundle's owner, samples, shards and serving time (its usage record, the sum of the
+  seconds each shard's serving instance reported: ``common.bundle.usage``), each quarantined bundle's owner and the
+  serving time of the shards that ran before it was quarantined (its quarantine record), and each served version's
+  endpoint, its instance type and initial instance count (from SageMaker, when it was served) and when it was
+  retired;
+- the workflow's own history, for the version a quarantined bundle's shards ran on (Validate's plan);
 - Application Auto Scaling's record of each endpoint's instance count (``DescribeScalingActivities``).
 
 An endpoint's instance time in the window is the integral of its instance count over the window. It is split among
-the owners whose bundles the endpoint served in the window, each owner's share being its part of the time the
-endpoint's instances were busy on those bundles' shards; the time between shards (an instance starting, waiting out
-its scale-in cooldown) is shared in the same proportions, so the owners' instance seconds add up to the endpoints'
-total. Instance time of an endpoint that delivered no bundle in the window is shown as unattributed.
+the owners whose bundles the endpoint served in the window (delivered or quarantined), each owner's share being its
+part of the time the endpoint's instances were busy on those bundles' shards; the time between shards (an instance
+starting, waiting out its scale-in cooldown) is shared in the same proportions, so the owners' instance seconds add
+up to the endpoints' total. Instance time of an endpoint that served no bundle in the window is shown as
+unattributed.
 
-What this does not see: the shards of a bundle that was quarantined after some of them ran (their time is shared by
-the owners whose bundles were delivered), and the enclave fleet's instance time (enclave bundles are counted, and
-their serving seconds shown, but the fleet's EC2 time is not split here). A bundle counts in the window its
-delivery record falls in. Application Auto Scaling keeps six weeks of activities: older windows cannot be counted.
+What this does not see: a shard that failed on its instance (it reported no time), and the enclave fleet's
+instance time (enclave bundles are counted, and their serving seconds shown, but the fleet's EC2 time is not split
+here: such an owner's cost is unknown, not zero). A bundle counts in the window its outcome's record falls in.
+Application Auto Scaling keeps six weeks of activities: older windows cannot be counted. A version served before
+usage was recorded has no instance type on record: its time is counted and attributed, but not priced.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import csv
 import io
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,7 +56,7 @@ class EndpointTime:
     """One served version's endpoint: when it existed and its instance count over time."""
 
     endpoint: str
-    instance_type: str
+    instance_type: str | None  # None: served before the audit log recorded it (then its time is not priced)
     created: datetime
     retired: datetime | None
     initial_instances: int
@@ -87,11 +91,16 @@ def endpoint_times(records: Iterable[AuditRecord], scaling: Any, progress: Any =
         kind, name = body.get("kind"), str(detail.get("endpoint"))
         if kind == "version_retired" and (moment := _time(body.get("time"))):
             retired[name] = moment
-        elif kind == "version_served" and "instance_type" in detail and name not in endpoints:
+        elif kind == "version_served" and name not in endpoints:
             created = _time(detail.get("endpoint_created")) or _time(body.get("time"))
+            instance_type = detail.get("instance_type")
             if created is not None:
                 endpoints[name] = EndpointTime(
-                    name, str(detail["instance_type"]), created, None, int(detail.get("initial_instances", 1))
+                    name,
+                    str(instance_type) if instance_type else None,
+                    created,
+                    None,
+                    int(detail.get("initial_instances", 1)),
                 )
     for name, endpoint in endpoints.items():
         endpoint.retired = retired.get(name)
@@ -111,7 +120,8 @@ def endpoint_times(records: Iterable[AuditRecord], scaling: Any, progress: Any =
 @dataclass
 class OwnerUsage:
     owner: str
-    bundles: int = 0
+    bundles: int = 0  # delivered
+    quarantined: int = 0  # quarantined (their shards that ran are counted too)
     samples: int = 0
     shards: int = 0
     serving_seconds: float = 0.0  # the time instances spent on the owner's shards, as they reported it
@@ -120,13 +130,27 @@ class OwnerUsage:
     cost: float | None = 0.0
 
 
-def _bundle(record: AuditRecord, since: datetime, until: datetime) -> dict[str, Any] | None:
+def _outcome(record: AuditRecord, since: datetime, until: datetime) -> dict[str, Any] | None:
+    """A bundle outcome's record in the window: its detail, with its kind."""
     body = record.body
     moment = _time(body.get("time"))
-    if body.get("kind") != "bundle_completed" or moment is None or not since <= moment < until:
+    if body.get("kind") not in OUTCOMES or moment is None or not since <= moment < until:
         return None
-    detail: dict[str, Any] = body.get("detail") or {}
-    return detail
+    return {**(body.get("detail") or {}), "kind": body["kind"]}
+
+
+OUTCOMES = ("bundle_completed", "bundle_quarantined")
+
+
+def quarantined_executions(records: Iterable[AuditRecord], since: datetime, until: datetime) -> list[str]:
+    """The executions of the window's quarantined bundles whose shards had run: the version they ran on is in the
+    workflow's history (``usage``'s ``endpoint_of``)."""
+    found = []
+    for record in records:
+        detail = _outcome(record, since, until)
+        if detail and detail["kind"] == "bundle_quarantined" and detail.get("usage") and detail.get("execution"):
+            found.append(str(detail["execution"]))
+    return found
 
 
 def usage(
@@ -136,32 +160,45 @@ def usage(
     since: datetime,
     until: datetime,
     prices: EstimateTable | None = None,
+    endpoint_of: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Usage per owner in [since, until), its instance time attributed, and the reconciliation against the
-    endpoints' total instance time. ``family`` is the deployment's endpoint family (``<family>-v<version>``)."""
+    endpoints' total instance time. ``family`` is the deployment's endpoint family (``<family>-v<version>``);
+    ``endpoint_of`` names the endpoint a quarantined bundle's execution ran its shards on."""
     owners: dict[str, OwnerUsage] = {}
     busy: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))  # endpoint → owner → seconds
     for record in records:
-        detail = _bundle(record, since, until)
+        detail = _outcome(record, since, until)
         if detail is None:
             continue
         owner = str(detail.get("owner"))
         row = owners.setdefault(owner, OwnerUsage(owner))
-        row.bundles += 1
-        row.samples += int(detail.get("samples") or 0)
-        row.shards += int(detail.get("shards") or 0)
-        row.serving_seconds += float(detail.get("serving_seconds") or 0.0)
-        row.fhe_seconds += float(detail.get("fhe_seconds") or 0.0)
-        version = str(detail.get("model_package_arn", "")).rsplit("/", 1)[-1]
-        served_by = version_endpoint(family, int(version)) if version.isdigit() else ""
-        busy[served_by if served_by in endpoints else ENCLAVE_FLEET][owner] += float(detail.get("serving_seconds") or 0)
+        served = detail.get("usage") or {}
+        serving = float(served.get("serving_seconds") or 0.0)
+        row.serving_seconds += serving
+        row.fhe_seconds += float(served.get("fhe_seconds") or 0.0)
+        if detail["kind"] == "bundle_completed":
+            row.bundles += 1
+            row.samples += int(detail.get("samples") or 0)
+            row.shards += int(detail.get("shards") or 0)
+            version = str(detail.get("model_package_arn", "")).rsplit("/", 1)[-1]
+            served_by = version_endpoint(family, int(version)) if version.isdigit() else ""
+        else:
+            row.quarantined += 1
+            row.shards += int(served.get("shards") or 0)
+            served_by = (endpoint_of or {}).get(str(detail.get("execution"))) or ""
+        if served_by not in endpoints:  # the enclave fleet's, whose EC2 time is not split here: its cost unknown
+            served_by = ENCLAVE_FLEET
+            if serving > 0:
+                row.cost = None
+        busy[served_by][owner] += serving
     rows_by_endpoint: list[dict[str, Any]] = []
     unattributed = OwnerUsage(UNATTRIBUTED)
     for name, timeline in sorted(endpoints.items()):
         seconds = timeline.instance_seconds(since, until)
         if seconds <= 0:
             continue
-        price = _hourly(prices, timeline.instance_type)
+        price = _hourly(prices, timeline.instance_type) if timeline.instance_type else None
         cost = None if price is None else seconds / 3600 * price
         shares = busy.get(name, {})
         total_busy = sum(shares.values())

@@ -35,6 +35,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from common import stacks
 from common.settings import SettingsError
 from common.stack_outputs import DeploymentNotFound, read_outputs, stack_outputs
@@ -71,6 +73,14 @@ def at_least(low: int, kind: type[int] | type[float] = int) -> Callable[[str], i
 
 
 positive = at_least(1)
+
+
+def hours(text: str) -> float:
+    """status --hours: more than none, and no more than CloudWatch keeps minute data for (15 days)."""
+    value = float(text)
+    if not 0 < value <= status.MAX_HOURS:
+        raise argparse.ArgumentTypeError(f"{text}: give more than 0 and at most {status.MAX_HOURS:g} hours")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -169,7 +179,13 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="up: print what it would create, change nothing")
     parser.add_argument("--json", action="store_true", help="up --dry-run, status: as JSON")
     parser.add_argument(
-        "--hours", type=at_least(0, float), default=3.0, help="status: the window the figures cover (%(default)s)"
+        "--hours", type=hours, default=3.0, help="status: the window the figures cover, up to 15 days (%(default)s)"
+    )
+    parser.add_argument(
+        "--wait",
+        type=at_least(0, float),
+        default=900.0,
+        help="owner remove --export/--erase: seconds to wait for the owner's bundles to end (%(default)s)",
     )
     parser.add_argument("--delete-data", action="store_true", help="down: also the buckets, audit table and key")
     enclave = parser.add_argument_group(
@@ -255,7 +271,10 @@ def owner_command(args: argparse.Namespace, progress: Report) -> object:
     if args.owner_action == "add":
         return owners.add(args.prefix, args.owner_name, trusted_principal=args.trust, report=progress)
     if args.owner_action == "remove":
-        return owners.offboard(args.prefix, args.owner_name, export_to=args.export, erase=args.erase, report=progress)
+        return owners.offboard(
+            args.prefix, args.owner_name, export_to=args.export, erase=args.erase, wait_seconds=args.wait,
+            report=progress,
+        )  # fmt: skip
     raise owners.OwnerError(f"fhe-deploy owner {args.owner_action} takes no --export or --erase")
 
 
@@ -320,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         owners.OwnerError,
         EndpointError,
         EnclaveFleetError,
+        ClientError,  # AWS refused a call (a missing permission, a throttle): said, not a traceback
+        BotoCoreError,
     ) as error:
         raise SystemExit(f"fhe-deploy {args.command}: {error}") from None
 

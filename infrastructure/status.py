@@ -11,15 +11,21 @@ dimensions are the expression's and whose values hold its search terms. Alarms: 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from common import aws
 from common.stack_outputs import DeploymentNotFound, read_outputs
+from infrastructure.templates import PRODUCT, SERVED_VERSION, source
 
+MAX_HOURS = 15 * 24.0  # CloudWatch keeps one-minute data for 15 days
+MAX_DATAPOINTS = 1440  # GetMetricStatistics answers at most this many per call
+ALARM = "AWS::CloudWatch::Alarm"
 SEARCH = re.compile(r"^SEARCH\('\{(?P<schema>[^}]*)\}\s*(?P<terms>.*)',\s*'(?P<stat>\w+)',\s*(?P<period>\d+)\)$")
 
 
@@ -91,13 +97,16 @@ def _searched(title: str, options: dict[str, Any], cloudwatch: Any) -> list[Seri
 def figure(cloudwatch: Any, series: Series, since: datetime, until: datetime) -> dict[str, Any]:
     """The series over [since, until): its newest value (the widget's statistic over one period), and for a Sum the
     total of the whole window; None where CloudWatch has no data."""
+    window = (until - since).total_seconds()
+    # The widget's period, or a multiple of 60 s long enough that the window fits one call's datapoints.
+    period = max(series.period, math.ceil(window / MAX_DATAPOINTS / 60) * 60)
     answer = cloudwatch.get_metric_statistics(
         Namespace=series.namespace,
         MetricName=series.metric,
         Dimensions=[{"Name": name, "Value": value} for name, value in series.dimensions],
         StartTime=since,
         EndTime=until,
-        Period=series.period,
+        Period=period,
         Statistics=[series.stat],
     )
     points = sorted(answer.get("Datapoints", []), key=lambda p: p["Timestamp"])
@@ -111,12 +120,32 @@ def figure(cloudwatch: Any, series: Series, since: datetime, until: datetime) ->
             "window": total}  # fmt: skip
 
 
-def alarms(cloudwatch: Any, prefixes: list[str]) -> list[dict[str, Any]]:
-    """The alarms whose names start with one of ``prefixes``: name, state, reason, metric; those in ALARM first."""
+def alarm_names(prefix: str, family: str) -> re.Pattern[str]:
+    """The names of the deployment's alarms, as its templates name them: the product stack's ``<prefix>-…`` and
+    each served version's ``<family>-v<version>-…`` (and no other deployment's, whose prefix may start the same)."""
+
+    def suffixes(template: Path, variable: str) -> list[str]:
+        found = []
+        for spec in source(template)["Resources"].values():
+            name = spec.get("Properties", {}).get("AlarmName") if spec.get("Type") == ALARM else None
+            if isinstance(name, dict) and str(name.get("Fn::Sub", "")).startswith(f"${{{variable}}}-"):
+                found.append(re.escape(str(name["Fn::Sub"]).removeprefix(f"${{{variable}}}-")))
+        return found
+
+    product = "|".join(suffixes(PRODUCT, "Prefix"))
+    version = "|".join(suffixes(SERVED_VERSION, "EndpointName"))
+    return re.compile(rf"^(?:{re.escape(prefix)}-(?:{product})|{re.escape(family)}-v[0-9]+-(?:{version}))$")
+
+
+def alarms(cloudwatch: Any, prefixes: list[str], names: re.Pattern[str]) -> list[dict[str, Any]]:
+    """The alarms whose names start with one of ``prefixes`` and match ``names``: name, state, reason, metric;
+    those in ALARM first."""
     found: dict[str, dict[str, Any]] = {}
     for prefix in prefixes:
         for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix):
             for alarm in page.get("MetricAlarms", []):
+                if not names.match(alarm["AlarmName"]):
+                    continue
                 found[alarm["AlarmName"]] = {
                     "name": alarm["AlarmName"],
                     "state": alarm["StateValue"],
@@ -140,7 +169,11 @@ def status(prefix: str, hours: float = 3.0, now: datetime | None = None) -> dict
         "dashboard": outputs["DashboardName"],
         "window": {"since": since.isoformat(), "until": until.isoformat()},
         "figures": figures,
-        "alarms": alarms(cloudwatch, [f"{prefix}-", f"{outputs['EndpointName']}-v"]),
+        "alarms": alarms(
+            cloudwatch,
+            [f"{prefix}-", f"{outputs['EndpointName']}-v"],
+            alarm_names(prefix, outputs["EndpointName"]),
+        ),
     }
 
 

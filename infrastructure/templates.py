@@ -26,6 +26,7 @@ DATA = ROOT / "infrastructure" / "data.yaml"
 PRODUCT = ROOT / "infrastructure" / "product.yaml"
 OWNER = ROOT / "infrastructure" / "owner.yaml"
 ENCLAVE = ROOT / "infrastructure" / "enclave.yaml"
+SERVED_VERSION = ROOT / "infrastructure" / "served_version.yaml"
 STATE_MACHINE = ROOT / "statemachines" / "batch_inference.asl.json"
 
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from common.bundle.enclave_manifest import EnclaveManifest, parse_enclave_manifest
 from common.bundle.enclave_manifest import result_manifest as enclave_result_manifest
-from common.bundle.manifest import Manifest, parse_manifest, served_usage
+from common.bundle.manifest import Manifest, parse_manifest
 from common.bundle.schema import MAX_MANIFEST_BYTES, BundleError, sha256_hex
 from common.bundle.store import (
     get_bytes,
@@ -21,14 +21,16 @@ from common.bundle.store import (
     result_manifest,
     write_result_manifest,
 )
+from common.bundle.usage import ServedUsage, served_usage, write_usage_record
 from common.workflow import BundleRef, EventError
 from lambdas.runtime import BundleRejected, client, logger, metrics, publish, tracer, transient_aws_errors
 
 STAGE = "assemble"
 
 
-def _answer(s3: Any, bundle: BundleRef, plan: dict[str, Any]) -> Manifest | EnclaveManifest:
-    """The result manifest of the bundle's path: its shards' results checked against the request's shards."""
+def _answer(s3: Any, bundle: BundleRef, plan: dict[str, Any]) -> tuple[Manifest | EnclaveManifest, ServedUsage]:
+    """The result manifest of the bundle's path (its shards' results checked against the request's shards), and the
+    time its servers reported."""
     layout = bundle.layout
     data = get_bytes(s3, bundle.manifest_uri, field="manifest", limit=MAX_MANIFEST_BYTES)
     request_sha256 = sha256_hex(data)
@@ -40,17 +42,19 @@ def _answer(s3: Any, bundle: BundleRef, plan: dict[str, Any]) -> Manifest | Encl
         indices = [entry.index for entry in sealed.shards]
         results = read_shard_results(s3, layout, bundle.bundle_id, indices)
         shards = result_entries(sealed.shards, sealed.bundle_id, prefix, results)
-        return enclave_result_manifest(sealed, request_sha256, shards, served_usage(results))
+        return enclave_result_manifest(sealed, request_sha256, shards), served_usage(results)
     request = parse_manifest(data)
     results = read_shard_results(s3, layout, bundle.bundle_id, [entry.index for entry in request.shards])
-    return result_manifest(request, request_sha256, prefix, results)
+    return result_manifest(request, request_sha256, prefix, results), served_usage(results)
 
 
 def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[str, Any]:
     s3, layout = client("s3"), bundle.layout
     try:
         with transient_aws_errors():
-            answer = _answer(s3, bundle, plan)
+            answer, usage = _answer(s3, bundle, plan)
+            # The usage record first: the result manifest is the owner's commit point.
+            usage_record = write_usage_record(s3, layout, bundle.bundle_id, usage)
             written = write_result_manifest(s3, layout, answer)
     except BundleError as error:
         raise BundleRejected(STAGE, error.code, str(error), field=error.field) from None
@@ -65,6 +69,8 @@ def assemble(bundle: BundleRef, plan: dict[str, Any], execution: str) -> dict[st
         "shards": len(answer.shards),
         "result_manifest": str(written.uri),
         "result_manifest_sha256": written.sha256,
+        "usage_record": str(usage_record.uri),
+        "usage_sha256": usage_record.sha256,
     }
     publish("Bundle Completed", detail)
     # The log names no owner (nor its folders): the bundle id and execution say which bundle.

@@ -16,8 +16,9 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from common.bundle.schema import sha256_hex
-from common.bundle.store import listed_objects, write_quarantine_reason
+from common.bundle.schema import MAX_SHARDS, BundleError, sha256_hex
+from common.bundle.store import listed_objects, read_shard_results, write_quarantine_reason
+from common.bundle.usage import served_usage
 from common.workflow import MAX_MESSAGE, BundleRef, FailureReason
 from lambdas.events import Failure
 from lambdas.runtime import client, logger, metrics, publish, tracer, transient_aws_errors
@@ -130,10 +131,23 @@ def announce_quarantine(bundle: BundleRef, record: dict[str, Any], body: bytes) 
     publish("Bundle Quarantined", detail)
 
 
+def served_before(bundle: BundleRef) -> dict[str, Any]:
+    """The time the servers reported for the bundle's shards that had run (their results recorded), as the
+    quarantine record keeps it: the owner is billed for them (audit/usage.py). Nothing when none had run, or when a
+    record cannot be read: the quarantine itself never waits on it."""
+    try:
+        with transient_aws_errors():
+            results = read_shard_results(client("s3"), bundle.layout, bundle.bundle_id, range(MAX_SHARDS))
+    except BundleError as error:
+        logger.warning("the served shards' time is unreadable", extra={"field": error.field})
+        return {}
+    return {"usage": served_usage(results).to_dict()} if results else {}
+
+
 def quarantine(failure: Failure) -> dict[str, Any]:
     with transient_aws_errors():
         reason = reason_of(failed_shard(failure))
-    return record_quarantine(failure.bundle, reason, failure.execution)
+    return record_quarantine(failure.bundle, reason, failure.execution, **served_before(failure.bundle))
 
 
 @logger.inject_lambda_context(correlation_id_path="bundle.bundle_id")

@@ -42,7 +42,7 @@ from common.workflow import (
 )
 from lambdas.events import Failure, ShardTask
 from lambdas.notify import InferenceResult
-from lambdas.quarantine import announce_quarantine, failed_shard, reason_of, record_quarantine
+from lambdas.quarantine import announce_quarantine, failed_shard, reason_of, record_quarantine, served_before
 from lambdas.runtime import client, fail_wait, logger, metrics, setting, tracer, transient_aws_errors
 from lambdas.start import bundle_of
 
@@ -165,7 +165,9 @@ def account_for(ended: EndedExecution) -> str:
         return "superseded"
     with transient_aws_errors():
         reason = reason_for(ended)
-    record_quarantine(bundle, reason, ended.arn, execution_status=ended.status, recorded_by="reconcile")
+    record_quarantine(
+        bundle, reason, ended.arn, execution_status=ended.status, recorded_by="reconcile", **served_before(bundle)
+    )
     metrics.add_metric(name="BundlesReconciled", unit=MetricUnit.Count, value=1)
     return "quarantined"
 

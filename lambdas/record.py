@@ -66,8 +66,9 @@ from common.audit_log import (
 from common.aws import is_missing
 from common.bundle.enclave_manifest import parse_either_manifest
 from common.bundle.manifest import package_ref
-from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES, BundleError
-from common.bundle.store import OWNER_FOLDERS, BundleLayout, get_bytes
+from common.bundle.schema import BUNDLE_ID, MAX_MANIFEST_BYTES, BundleError, utc_now
+from common.bundle.store import EXPORTED_FOLDERS, OWNER_FOLDERS, BundleLayout, get_bytes, listed_objects
+from common.bundle.usage import ServedUsage, parse_usage_record
 from common.model_package import version_endpoint
 from common.s3uri import S3Uri
 from common.workflow import BundleRef, EventError, bundle_path
@@ -196,17 +197,34 @@ def bundle_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, An
                 model_package_arn=manifest.model.package_arn,
                 samples=manifest.total_samples,
                 shards=len(manifest.shards),
-                # How long its servers worked on it, as the result manifest says: what usage per owner bills.
-                **(manifest.usage.to_dict() if manifest.usage is not None else {}),
             )
         else:
             reason = json.loads(data)
             if reason.get("owner") != owner or reason.get("bundle_id") != bundle_id:
                 raise ValueError("not this bundle's quarantine record")
             kept.update({k: reason.get(k) for k in ("stage", "shard", "code")})
+            if "usage" in reason:  # the time of the shards that ran before it was quarantined
+                kept["usage"] = ServedUsage.from_dict(reason["usage"]).to_dict()
     except (ValueError, AttributeError, RecursionError):
         raise Refused(f"the {what} it names is not one the workflow writes") from None
+    if completed and "usage_record" in detail:
+        kept["usage"] = _usage(layout, bundle_id, detail).to_dict()
     return _event_body(event, BUNDLE_KINDS[event.detail_type], bundle_path(owner, bundle_id), kept)
+
+
+def _usage(layout: BundleLayout, bundle_id: str, detail: dict[str, Any]) -> ServedUsage:
+    """A delivery's usage record, read from where Assemble writes it and checked against the sha256 the event names:
+    how long its servers worked on it, what usage per owner bills."""
+    uri = layout.usage_record(bundle_id)
+    if detail.get("usage_record") != str(uri):
+        raise Refused("the usage record it names is not the bundle's own")
+    data = _record_bytes(uri, "usage record")
+    if detail.get("usage_sha256") != hashlib.sha256(data).hexdigest():
+        raise Refused("the usage record's sha256 is not the one it names")
+    try:
+        return parse_usage_record(data, bundle_id)
+    except (ValueError, RecursionError):
+        raise Refused("the usage record it names is not one the workflow writes") from None
 
 
 # ---- approval decisions ----------------------------------------------------------------------------------------
@@ -303,31 +321,38 @@ def _count(detail: dict[str, Any], field: str) -> int:
 
 def offboarding_body(event: EventBridgeEvent, detail: dict[str, Any]) -> dict[str, Any]:
     """An owner's data erased: confirmed by the bundle bucket itself, which must hold no object version under any of
-    the owner's folders. An export: what was copied out cannot be seen from here, so the record keeps the
-    exporter's own counts and the digest of its index (from the only identity allowed this source: whoever may run
-    fhe-deploy)."""
+    the owner's folders; the record says when the recorder saw them empty (not the event's own time). An export:
+    the bucket must hold, in the owner's outbox and quarantine folders, as many objects and bytes as the export
+    says it copied; the digest of its index is the exporter's (nothing here sees the copy)."""
     owner = detail.get("owner")
     try:
         layout = BundleLayout(setting("BUNDLE_BUCKET"), str(owner))
     except ValueError:
         raise Refused("it names no valid owner") from None
-    kept: dict[str, Any] = {"owner": owner}
+    s3, kept = client("s3"), {"owner": owner}
     if event.detail_type == OWNER_ERASED:
-        s3 = client("s3")
         for top in OWNER_FOLDERS:
             folder = layout.folder(top)
             with transient_aws_errors():
-                listed = s3.list_object_versions(Bucket=folder.bucket, Prefix=folder.key, MaxKeys=1)
+                listed = s3.list_object_versions(Bucket=folder.bucket, Prefix=folder.key + "/", MaxKeys=1)
             if listed.get("Versions") or listed.get("DeleteMarkers"):
                 raise Refused(f"objects remain in the owner's {top} folder")
-        kept.update(object_versions=_count(detail, "object_versions"), folders=list(OWNER_FOLDERS))
+        kept.update(
+            object_versions=_count(detail, "object_versions"),
+            responses=_count(detail, "responses"),
+            folders=list(OWNER_FOLDERS),
+            confirmed_at=utc_now(),
+        )
     else:
         digest = detail.get("index_sha256")
         if not isinstance(digest, str) or not SHA256_HEX.match(digest):
             raise Refused("it names no sha256 of the export's index")
-        kept.update(objects=_count(detail, "objects"), bytes=_count(detail, "bytes"), index_sha256=digest)
-    if isinstance(detail.get("by"), str):
-        kept["by"] = detail["by"][:256]
+        objects, size = _count(detail, "objects"), _count(detail, "bytes")
+        with transient_aws_errors():
+            listed = [o for top in EXPORTED_FOLDERS for o in listed_objects(s3, layout.folder(top))]
+        if (objects, size) != (len(listed), sum(int(o["Size"]) for o in listed)):
+            raise Refused("the objects and bytes it says it exported are not what the owner's folders hold")
+        kept.update(objects=objects, bytes=size, index_sha256=digest)
     return _event_body(event, OFFBOARDING_KINDS[event.detail_type], str(owner), kept)
 
 

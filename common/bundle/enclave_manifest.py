@@ -30,7 +30,6 @@ from common.bundle.manifest import (
     Manifest,
     ManifestHeader,
     ModelRef,
-    ServedUsage,
     ShardEntry,
     parse_manifest,
     read_header,
@@ -124,10 +123,6 @@ class EnclaveManifest:
     def total_samples(self) -> int:
         return sum(shard.samples for shard in self.header.shards)
 
-    @property
-    def usage(self) -> ServedUsage | None:
-        return self.header.usage
-
     def to_dict(self) -> dict[str, Any]:
         generation = {"generation": self.generation.to_dict()} if self.generation is not None else {}
         return {**self.header.to_dict(), "enclave": self.enclave.to_dict(), **generation}
@@ -190,13 +185,10 @@ def sealed_entries(request: EnclaveManifest, sealed: Mapping[int, bytes]) -> tup
     return tuple(entries)
 
 
-def result_manifest(
-    request: EnclaveManifest, request_sha256: str, shards: tuple[ShardEntry, ...], usage: ServedUsage | None = None
-) -> EnclaveManifest:
-    """The result bundle's manifest answering ``request`` with its result ``shards`` (the sealed predictions), and
-    how long the fleet's instances served it."""
+def result_manifest(request: EnclaveManifest, request_sha256: str, shards: tuple[ShardEntry, ...]) -> EnclaveManifest:
+    """The result bundle's manifest answering ``request`` with its result ``shards`` (the sealed predictions)."""
     header = request.header
     answered = ManifestHeader(
-        "result", header.bundle_id, utc_now(), header.model, dict(header.versions), shards, request_sha256, usage
+        "result", header.bundle_id, utc_now(), header.model, dict(header.versions), shards, request_sha256
     )
     return EnclaveManifest(answered, request.enclave, request.generation)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from common.bundle.messages import ShardResult
 from common.bundle.schema import (
     BUNDLE_ID,
     FORMAT,
@@ -52,7 +51,6 @@ HEADER_FIELDS = (  # every bundle's manifest, whichever path serves it
     "shards",
     "total_samples",
     "request",
-    "usage",
 )
 _MANIFEST_FIELDS = (*HEADER_FIELDS, "evaluation_key")
 
@@ -81,35 +79,6 @@ class ShardEntry:
 
 
 @dataclass(frozen=True)
-class ServedUsage:
-    """A result bundle's serving time as the instances that served it reported it, summed over its shards (each
-    shard result's ``seconds`` and ``fhe_seconds``): what the bundle's owner is billed for (audit/usage.py)."""
-
-    serving_seconds: float
-    fhe_seconds: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"serving_seconds": round(self.serving_seconds, 3), "fhe_seconds": round(self.fhe_seconds, 3)}
-
-    @classmethod
-    def from_fields(cls, fields: Fields) -> ServedUsage:
-        return cls(
-            serving_seconds=fields.number("serving_seconds", 0.0, MAX_SERVED_SECONDS),
-            fhe_seconds=fields.number("fhe_seconds", 0.0, MAX_SERVED_SECONDS),
-        )
-
-
-MAX_SERVED_SECONDS = 1e9  # a bundle's summed shard seconds; far beyond any real one
-
-
-def served_usage(results: Sequence[ShardResult]) -> ServedUsage | None:
-    """The bundle's serving time, summed over its shard results; None if any server did not report its time."""
-    if any(r.seconds is None or r.fhe_seconds is None for r in results):
-        return None
-    return ServedUsage(sum(r.seconds or 0.0 for r in results), sum(r.fhe_seconds or 0.0 for r in results))
-
-
-@dataclass(frozen=True)
 class Manifest:
     kind: Kind
     bundle_id: str
@@ -119,7 +88,6 @@ class Manifest:
     evaluation_key: KeyRef
     shards: tuple[ShardEntry, ...]
     request_manifest_sha256: str | None = None  # result bundles only: the request manifest they answer
-    usage: ServedUsage | None = None  # result bundles only, where every shard's server reported its time
 
     @property
     def total_samples(self) -> int:
@@ -128,7 +96,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         header = ManifestHeader(
             self.kind, self.bundle_id, self.created_at, self.model, self.versions, self.shards,
-            self.request_manifest_sha256, self.usage,
+            self.request_manifest_sha256,
         )  # fmt: skip
         key = self.evaluation_key
         return {**header.to_dict(), "evaluation_key": {"sha256": key.sha256, "uri": key.uri, "size": key.size}}
@@ -205,7 +173,6 @@ class ManifestHeader:
     versions: dict[str, str]
     shards: tuple[ShardEntry, ...]
     request_manifest_sha256: str | None
-    usage: ServedUsage | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The common part's JSON form; each path adds its own section."""
@@ -229,8 +196,6 @@ class ManifestHeader:
         }
         if self.kind == "result":
             data["request"] = {"bundle_id": self.bundle_id, "manifest_sha256": self.request_manifest_sha256}
-            if self.usage is not None:
-                data["usage"] = self.usage.to_dict()
         return data
 
 
@@ -266,12 +231,7 @@ def read_header(
         request_sha = request.string("manifest_sha256", SHA256, 64)
     elif "request" in top.data:
         raise BundleError("request", "only a result manifest names a request")
-    usage = None
-    if "usage" in top.data:
-        if kind != "result":
-            raise BundleError("usage", "only a result manifest says how long its bundle was served")
-        usage = ServedUsage.from_fields(Fields(top.get("usage"), "usage", ("serving_seconds", "fhe_seconds")))
-    header = ManifestHeader(kind, bundle_id, created_at, model, versions, shards, request_sha, usage)  # type: ignore[arg-type]
+    header = ManifestHeader(kind, bundle_id, created_at, model, versions, shards, request_sha)  # type: ignore[arg-type]
     return top, header
 
 
@@ -296,5 +256,4 @@ def parse_manifest(data: bytes | str | Mapping[str, Any]) -> Manifest:
         key,
         header.shards,
         header.request_manifest_sha256,
-        header.usage,
     )

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from common.aws import is_missing
-from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, served_usage, shard_key
+from common.bundle.manifest import Manifest, ShardEntry, parse_manifest, shard_key
 from common.bundle.messages import ShardRequest, ShardResult, parse_shard_result
 from common.bundle.schema import (
     MANIFEST_NAME,
@@ -52,15 +52,15 @@ RESPONSES_PREFIX = "responses"
 OUTBOX_PREFIX = "outbox"
 QUARANTINE_PREFIX = "quarantine"
 REQUESTS_PREFIX = "requests"
-# Where a batch owner's objects are: each of these folders holds a subfolder per owner (<top>/<owner>/). An owner's
-# erasure (fhe-deploy owner remove --erase) empties all of them; responses/ is per endpoint, never per owner.
+# A batch owner's objects: <top>/<owner>/ under each; fhe-deploy owner remove --erase empties them all.
 OWNER_FOLDERS = (INBOX_PREFIX, OUTBOX_PREFIX, QUARANTINE_PREFIX, REQUESTS_PREFIX)
+EXPORTED_FOLDERS = (OUTBOX_PREFIX, QUARANTINE_PREFIX)  # an owner's export: its results and its quarantine records
 REASON_NAME = "reason.json"
+USAGE_NAME = "usage.json"  # beside a result manifest: how long the instances worked on the bundle (Assemble)
 PLAN_NAME = "plan.json"
 SHARD_RESULTS_FOLDER = "results"
 EVALUATION_KEY_SUFFIX = ".ekey"
-# Beside a request manifest: the owner's estimate before paying (common/estimate.py), no part of the bundle's
-# format; the audit report sets it next to the time the bundle took.
+# Beside a request manifest: the owner's estimate before paying (common/estimate.py, shown by the audit report).
 ESTIMATE_NAME = "estimate.json"
 
 
@@ -78,9 +78,8 @@ class BundleLayout:
         return S3Uri(self.bucket, "/".join((top, self.owner, *parts)))
 
     def folder(self, top: str) -> S3Uri:
-        """The owner's folder under ``top`` (one of OWNER_FOLDERS), ending with a slash: a prefix that matches no
-        other owner's objects."""
-        return S3Uri(self.bucket, f"{top}/{self.owner}/")
+        """The owner's folder under ``top`` (OWNER_FOLDERS); listed with a trailing slash, as no other owner's."""
+        return self._under(top)
 
     @property
     def keys_prefix(self) -> S3Uri:
@@ -103,6 +102,9 @@ class BundleLayout:
 
     def request_manifest(self, bundle_id: str) -> S3Uri:
         return self.request_prefix(bundle_id).join(MANIFEST_NAME)
+
+    def usage_record(self, bundle_id: str) -> S3Uri:
+        return self._under(OUTBOX_PREFIX, bundle_id, USAGE_NAME)
 
     def result_manifest(self, bundle_id: str) -> S3Uri:
         return self.result_prefix(bundle_id).join(MANIFEST_NAME)
@@ -302,7 +304,6 @@ def result_manifest(
         evaluation_key=request.evaluation_key,
         shards=result_entries(request.shards, request.bundle_id, result_prefix, results),
         request_manifest_sha256=request_sha256,
-        usage=served_usage(results),
     )
 
 
@@ -314,7 +315,7 @@ class WrittenRecord:
     sha256: str
 
 
-def _put_record(s3: Any, uri: S3Uri, body: bytes) -> WrittenRecord:
+def put_record(s3: Any, uri: S3Uri, body: bytes) -> WrittenRecord:
     s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType="application/json")
     return WrittenRecord(uri, hashlib.sha256(body).hexdigest())
 
@@ -340,10 +341,10 @@ def write_result_manifest(s3: Any, layout: BundleLayout, manifest: EitherPathMan
             raise BundleError(
                 f"shards[{entry.index}]", f"result object is {head['ContentLength']} bytes, not {entry.size}"
             )
-    return _put_record(s3, layout.result_manifest(manifest.bundle_id), manifest.to_json())
+    return put_record(s3, layout.result_manifest(manifest.bundle_id), manifest.to_json())
 
 
 def write_quarantine_reason(s3: Any, layout: BundleLayout, bundle_id: str, reason: dict[str, Any]) -> WrittenRecord:
     record = {"owner": layout.owner, "bundle_id": bundle_id, "quarantined_at": utc_now(), **reason}
     body = json.dumps(record, indent=2, sort_keys=True)
-    return _put_record(s3, layout.quarantine_reason(bundle_id), body.encode())
+    return put_record(s3, layout.quarantine_reason(bundle_id), body.encode())

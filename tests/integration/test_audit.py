@@ -85,8 +85,9 @@ def _drop(
     served: Served, model: ClientModel, x: npt.NDArray[np.float64], folder: Path, bundle_id: str, *, skip_shard: bool
 ) -> None:
     """A bundle of two shards, dropped by its owner; with ``skip_shard`` its second shard never reaches the inbox."""
+    layout = served.layout  # named before acting: the owner's role reads no stack
     with served.as_owner():
-        drop(_layout(), model, x, folder / bundle_id, shard_size=2, skip_shard=skip_shard)
+        drop(layout, model, x, folder / bundle_id, shard_size=2, skip_shard=skip_shard)
 
 
 @cache

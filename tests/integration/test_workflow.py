@@ -4,6 +4,7 @@ and every way a bundle can fail."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -324,11 +325,11 @@ def test_dropped_twice_or_replayed_gives_one_execution_and_one_result(workflow: 
     assert created is not None, "S3 published no Object Created event for the manifest"
     # The same manifest dropped again by its owner (same bytes, same ETag), and the original event delivered twice
     # more (the test's own doing: no actor of the product sends to the queue).
-    s3, sqs = aws.client("s3"), aws.client("sqs")
+    s3, sqs, bucket = aws.client("s3"), aws.client("sqs"), _layout().bucket
+    body = (workflow.folder / "dropped-twice" / MANIFEST_NAME).read_bytes()  # the owner's own copy
+    assert body == s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
     with workflow.served.as_owner():
-        owners_s3 = aws.client("s3")
-        body = owners_s3.get_object(Bucket=_layout().bucket, Key=manifest_key)["Body"].read()
-        owners_s3.put_object(Bucket=_layout().bucket, Key=manifest_key, Body=body, ContentType="application/json")
+        aws.client("s3").put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json")
     for _ in range(2):
         sqs.send_message(QueueUrl=workflow.stack["ManifestQueueUrl"], MessageBody=json.dumps(created))
     execution = _settle(workflow, "dropped-twice")
@@ -374,6 +375,8 @@ def test_a_shard_failing_every_attempt_quarantines_the_bundle_naming_it(workflow
     reason = _assert_quarantined(workflow, "always-fails", execution, inbox)
     assert reason["stage"] == "infer" and reason["shard"] == 1 and reason["code"] == "endpoint_failed", reason
     assert "injected fault" in reason["message"]
+    # The shard that ran is billed to its owner: its instance's time is in the record.
+    assert reason["usage"]["shards"] == 1 and reason["usage"]["serving_seconds"] > 0, reason
 
 
 def test_the_bundles_own_state_and_history_do_not_grow_with_its_shards(workflow: Workflow) -> None:
@@ -872,7 +875,7 @@ def test_the_dashboard_and_alarms_are_deployed_and_a_quarantine_puts_its_alarms_
         "FHE seconds per hour",
         "Errors per function",
         "Executions",
-        "Dead letters waiting",
+        "Dead letters received",
     ]
     deployed = {
         a["AlarmName"]: a
@@ -955,9 +958,24 @@ def test_usage_per_owner_attributes_the_endpoints_instance_time_by_busy_share(
     total = report["reconciliation"]["endpoint_instance_seconds"]
     assert total > 0 and usage.UNATTRIBUTED not in rows, report
     assert abs(heavy["instance_seconds"] + light["instance_seconds"] - total) <= 0.01 * total
+    # The total is the endpoint's instance time as Application Auto Scaling recorded it, read here on its own: each
+    # desired count held from its activity to the next, over the window (the endpoint was at zero at its start).
+    scaling = aws.client("application-autoscaling")
+    activities = scaling.describe_scaling_activities(
+        ServiceNamespace="sagemaker", ResourceId=f"endpoint/{workflow.endpoint}/variant/AllTraffic"
+    )["ScalingActivities"]
+    changes = sorted(
+        (a["EndTime"], int(a["Description"].rsplit(" ", 1)[1].rstrip(".")))
+        for a in activities
+        if since <= a["EndTime"] < until
+    )
+    held = sum(count * ((later[0] if later else until) - at).total_seconds()
+               for (at, count), later in zip(changes, [*changes[1:], None], strict=True))  # fmt: skip
+    assert held > 0 and abs(total - held) <= 0.01 * held, (total, held, changes)
+    assert total >= heavy["serving_seconds"] / (DEPLOYMENT.max_instances * DEPLOYMENT.invocations_per_instance)
     assert heavy["cost"] > light["cost"] > 0 and report["currency"] == "USD"
     lines = (tmp_path / "usage.csv").read_text().splitlines()
-    assert lines[0].startswith("owner,bundles,samples,shards,") and len(lines) == 3
+    assert lines[0].startswith("owner,bundles,quarantined,samples,shards,") and len(lines) == 3
 
 
 def test_an_owner_removed_with_export_and_erase_leaves_nothing_and_the_audit_log_says_so(
@@ -983,17 +1001,29 @@ def test_an_owner_removed_with_export_and_erase_leaves_nothing_and_the_audit_log
     staying = _layout().result_manifest("staying")
     s3 = aws.client("s3")
     kept = s3.get_object(Bucket=staying.bucket, Key=staying.key)["Body"].read()
+    exported_before = sum(
+        len(s3.list_objects_v2(Bucket=leaving.bucket, Prefix=f"{top}/clinic-x/").get("Contents", []))
+        for top in ("outbox", "quarantine")
+    )
     done = owners.offboard(DEPLOYMENT.prefix, "clinic-x", export_to=tmp_path / "export", erase=True,
                            report=lambda line: None)  # fmt: skip
     index = json.loads((tmp_path / "export" / owners.INDEX_NAME).read_text())
-    assert any(e["key"] == "outbox/clinic-x/leaving/manifest.json" for e in index["objects"])
-    assert done["exported"]["objects"] == len(index["objects"]) and done["removed"] is True
+    assert {"outbox/clinic-x/leaving/manifest.json", "outbox/clinic-x/leaving/usage.json"} <= {
+        e["key"] for e in index["objects"]
+    }
+    for entry in index["objects"]:  # each exported file is what the bucket held
+        data = (tmp_path / "export" / entry["key"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]
+    assert done["exported"]["objects"] == len(index["objects"]) == exported_before and done["removed"] is True
     for top in OWNER_FOLDERS:
         listed = s3.list_object_versions(Bucket=leaving.bucket, Prefix=f"{top}/clinic-x/")
         assert not listed.get("Versions") and not listed.get("DeleteMarkers"), top
     assert done["erased"]["object_versions"] > 0 and "clinic-x" not in owners.owners(DEPLOYMENT.prefix)
     assert done["exported"]["audit_record"] and done["erased"]["audit_record"], "both on record"
     assert s3.get_object(Bucket=staying.bucket, Key=staying.key)["Body"].read() == kept, "the other owner's stays"
+    responses = [o["Key"] for o in s3.list_objects_v2(Bucket=leaving.bucket, Prefix="responses/").get("Contents", [])]
+    named = [k for k in responses if b"/clinic-x/" in s3.get_object(Bucket=leaving.bucket, Key=k)["Body"].read()]
+    assert done["erased"]["responses"] >= 2 and not named, "no endpoint answer names the erased owner any more"
     with workflow.served.acting("auditor"):
         sources = sources_for(DEPLOYMENT.prefix, DEPLOYMENT.pipeline_name, lambda line: None)
         report = build(sources, collect.Window(started, datetime.now(tz=UTC)), settle=60)
@@ -1002,5 +1032,7 @@ def test_an_owner_removed_with_export_and_erase_leaves_nothing_and_the_audit_log
     assert bundle["erased"]["seq"] == done["erased"]["audit_record"]
     notes = [n for c in report["checks"] for n in c["notes"]]
     assert any("clinic-x/leaving" in n and "erased" in n for n in notes)
-    offboarded = {(o["kind"], o["owner"]) for o in report["offboarding"]}
-    assert offboarded == {("owner_exported", "clinic-x"), ("owner_erased", "clinic-x")}
+    offboarded = {o["kind"]: o for o in report["offboarding"] if o["owner"] == "clinic-x"}
+    assert set(offboarded) == {"owner_exported", "owner_erased"}
+    assert offboarded["owner_exported"]["objects"] == exported_before
+    assert offboarded["owner_erased"]["object_versions"] == done["erased"]["object_versions"]

@@ -30,10 +30,10 @@ from common.audit_log import (
     read_chain,
     user_identity,
 )
-from common.bundle.manifest import KeyRef, Manifest, ServedUsage, ShardEntry, package_ref, parse_manifest, shard_key
-from common.bundle.schema import sha256_hex
+from common.bundle.manifest import KeyRef, Manifest, ShardEntry, package_ref, shard_key
 from common.bundle.shards import min_shard_bytes
 from common.bundle.store import BundleLayout
+from common.bundle.usage import ServedUsage, write_usage_record
 from tests.unit.conftest import UNIT_BUCKET
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -578,14 +578,18 @@ def test_a_version_served_or_retired_is_recorded_as_sagemaker_has_it(recorder: R
     assert body["kind"] == "version_retired" and body["subject"] == endpoint
 
 
-def test_a_deliverys_serving_time_is_recorded_from_its_result_manifest(recorder: Recorded) -> None:
+def test_a_deliverys_serving_time_is_recorded_from_its_usage_record(recorder: Recorded) -> None:
     detail = _delivered(recorder)
-    uri = recorder.layout.result_manifest(BUNDLE)
-    manifest = parse_manifest(recorder.s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
-    data = replace(manifest, usage=ServedUsage(7.5, 6.0)).to_json()
-    recorder.s3.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)
-    body = recorder.record(_event("Bundle Completed", {**detail, "result_manifest_sha256": sha256_hex(data)}))
-    assert (body["detail"]["serving_seconds"], body["detail"]["fhe_seconds"]) == (7.5, 6.0)
+    written = write_usage_record(recorder.s3, recorder.layout, BUNDLE, ServedUsage(2, 7.5, 6.0))
+    named = {**detail, "usage_record": str(written.uri), "usage_sha256": written.sha256}
+    body = recorder.record(_event("Bundle Completed", named, event_id="with-usage"))
+    assert body["detail"]["usage"] == {"shards": 2, "serving_seconds": 7.5, "fhe_seconds": 6.0}
+    forged = {**named, "usage_sha256": "0" * 64}
+    refused = recorder.record(_event("Bundle Completed", forged, event_id="forged-usage"))
+    assert refused["kind"] == REFUSED_EVENT and "usage record's sha256" in refused["detail"]["reason"]
+    elsewhere = {**named, "usage_record": str(written.uri).replace(OWNER, "clinic-b")}
+    refused = recorder.record(_event("Bundle Completed", elsewhere, event_id="moved-usage"))
+    assert refused["kind"] == REFUSED_EVENT and "not the bundle's own" in refused["detail"]["reason"]
 
 
 def test_an_owners_erasure_is_recorded_only_once_its_folders_hold_no_version(recorder: Recorded) -> None:
@@ -599,14 +603,20 @@ def test_an_owners_erasure_is_recorded_only_once_its_folders_hold_no_version(rec
     s3.delete_object(Bucket=UNIT_BUCKET, Key=key)  # a delete marker is a version still
     refused = recorder.record(_event("Owner Data Erased", erased, owners, event_id="erase-2"))
     assert refused["kind"] == REFUSED_EVENT
-    for version in s3.list_object_versions(Bucket=UNIT_BUCKET)["Versions"] + s3.list_object_versions(
-        Bucket=UNIT_BUCKET
-    ).get("DeleteMarkers", []):
+    listed = s3.list_object_versions(Bucket=UNIT_BUCKET)
+    for version in listed.get("Versions", []) + listed.get("DeleteMarkers", []):
         s3.delete_object(Bucket=UNIT_BUCKET, Key=version["Key"], VersionId=version["VersionId"])
-    body = recorder.record(_event("Owner Data Erased", erased, owners, event_id="erase-3"))
+    body = recorder.record(_event("Owner Data Erased", {**erased, "responses": 2}, owners, event_id="erase-3"))
     assert body["kind"] == "owner_erased" and body["subject"] == OWNER and body["detail"]["object_versions"] == 12
-    exported = {"owner": OWNER, "objects": 3, "bytes": 40, "index_sha256": "e" * 64}
+    assert body["detail"]["confirmed_at"] and body["detail"]["responses"] == 2
+    # An export: the counts it claims must be what the owner's outbox and quarantine folders hold.
+    s3.put_object(Bucket=UNIT_BUCKET, Key=f"outbox/{OWNER}/{BUNDLE}/manifest.json", Body=b"x" * 30)
+    s3.put_object(Bucket=UNIT_BUCKET, Key=f"quarantine/{OWNER}/b-2/reason.json", Body=b"y" * 10)
+    exported = {"owner": OWNER, "objects": 2, "bytes": 40, "index_sha256": "e" * 64}
     assert recorder.record(_event("Owner Data Exported", exported, owners))["kind"] == "owner_exported"
+    short = {**exported, "objects": 1, "bytes": 30}
+    refused = recorder.record(_event("Owner Data Exported", short, owners, event_id="short"))
+    assert refused["kind"] == REFUSED_EVENT and "not what the owner's folders hold" in refused["detail"]["reason"]
     forged = {**exported, "index_sha256": "not a digest"}
     assert recorder.record(_event("Owner Data Exported", forged, owners, event_id="x"))["kind"] == REFUSED_EVENT
     stranger = recorder.record(_event("Owner Data Erased", erased, "fhe.batch-inference", event_id="y"))

@@ -18,20 +18,10 @@ from moto import mock_aws
 from audit import usage
 from common import aws
 from common.audit_log import AuditRecord
-from common.bundle.manifest import (
-    KeyRef,
-    Manifest,
-    ServedUsage,
-    ShardEntry,
-    package_ref,
-    parse_manifest,
-    served_usage,
-    shard_key,
-)
 from common.bundle.messages import ShardResult, parse_shard_result
 from common.bundle.schema import BundleError
-from common.bundle.shards import min_shard_bytes
 from common.bundle.store import OWNER_FOLDERS, BundleLayout
+from common.bundle.usage import ServedUsage, parse_usage_record, served_usage, write_usage_record
 from common.estimate import EstimateTable
 from infrastructure import owners, status
 from infrastructure.templates import PRODUCT, source
@@ -54,27 +44,22 @@ def test_a_shard_result_carries_its_instances_time_and_refuses_a_time_that_is_no
     for bad in ("1.5", -1, float("inf"), True, 10**9):
         with pytest.raises(BundleError):
             parse_shard_result({**json.loads(result.to_json()), "seconds": bad})
-    assert served_usage([result, result]) == ServedUsage(3.0, 2.5)
-    assert served_usage([result, untimed]) is None, "a bundle with an unmeasured shard has no usage"
+    assert served_usage([result, result]) == ServedUsage(2, 3.0, 2.5)
+    assert served_usage([result, untimed]) == ServedUsage(2, 1.5, 1.25), "an unmeasured shard counts no time"
 
 
-def _manifest(kind: str, usage_: ServedUsage | None) -> Manifest:
-    shards = (ShardEntry(0, shard_key(0, "results"), 2, "c" * 64, min_shard_bytes(2)),)
-    versions = {"python": "3.11.7", "concrete_python": "2.10.0", "concrete_ml": "1.9.0"}
-    key = KeyRef("a" * 64, f"s3://{UNIT_BUCKET}/inbox/a/keys/{'a' * 64}.ekey", 4)
-    request = "d" * 64 if kind == "result" else None
-    return Manifest(kind, "b-1", "2026-12-01T10:00:00Z", package_ref(PACKAGE.format(3)), versions, key, shards,  # type: ignore[arg-type]
-                    request, usage_)  # fmt: skip
-
-
-def test_a_result_manifest_carries_its_serving_time_and_a_request_manifest_cannot() -> None:
-    result = _manifest("result", ServedUsage(12.3456, 10.0))
-    parsed = parse_manifest(result.to_json())
-    assert parsed.usage == ServedUsage(12.346, 10.0)
-    assert parse_manifest(_manifest("result", None).to_json()).usage is None
-    claimed = {**json.loads(_manifest("request", None).to_json()), "usage": {"serving_seconds": 1, "fhe_seconds": 1}}
-    with pytest.raises(BundleError, match="only a result manifest"):
-        parse_manifest(claimed)
+def test_a_usage_record_is_written_beside_the_result_and_read_back_only_for_its_bundle(s3: Any) -> None:
+    layout = BundleLayout(UNIT_BUCKET, "clinic-a")
+    written = write_usage_record(s3, layout, "b-1", ServedUsage(3, 12.3456, 10.0))
+    assert written.uri == layout.usage_record("b-1") and str(written.uri).endswith("outbox/clinic-a/b-1/usage.json")
+    data = s3.get_object(Bucket=UNIT_BUCKET, Key=written.uri.key)["Body"].read()
+    assert parse_usage_record(data, "b-1") == ServedUsage(3, 12.346, 10.0)
+    with pytest.raises(BundleError):
+        parse_usage_record(data, "b-2")
+    with pytest.raises(BundleError):
+        parse_usage_record(
+            json.dumps({"bundle_id": "b-1", "shards": 1, "serving_seconds": "x", "fhe_seconds": 0}).encode(), "b-1"
+        )
 
 
 # ---- usage per owner ------------------------------------------------------------------------------------------------
@@ -87,12 +72,19 @@ def _record(seq: int, kind: str, at: datetime, subject: str, **detail: Any) -> A
 
 def _delivered(seq: int, at: datetime, owner: str, version: int, serving: float, samples: int = 10) -> AuditRecord:
     return _record(seq, "bundle_completed", at, f"{owner}/b-{seq}", owner=owner, bundle_id=f"b-{seq}",
-                   model_package_arn=PACKAGE.format(version), samples=samples, shards=2, serving_seconds=serving,
-                   fhe_seconds=serving / 2)  # fmt: skip
+                   model_package_arn=PACKAGE.format(version), samples=samples, shards=2,
+                   usage=ServedUsage(2, serving, serving / 2).to_dict(), execution=f"arn:exec-{seq}")  # fmt: skip
+
+
+def _quarantined(seq: int, at: datetime, owner: str, serving: float) -> AuditRecord:
+    return _record(seq, "bundle_quarantined", at, f"{owner}/q-{seq}", owner=owner, bundle_id=f"q-{seq}",
+                   stage="infer", code="endpoint_failed", usage=ServedUsage(3, serving, serving).to_dict(),
+                   execution=f"arn:exec-{seq}")  # fmt: skip
 
 
 def test_an_endpoints_instance_time_is_the_integral_of_its_count_within_its_life() -> None:
     endpoint = usage.EndpointTime(f"{FAMILY}-v1", "ml.c7i.4xlarge", T0, T0 + timedelta(hours=2), 1)
+    assert usage.EndpointTime(f"{FAMILY}-v0", None, T0, None, 1).instance_seconds(T0, T0 + timedelta(seconds=9)) == 9
     endpoint.changes = [(T0 + timedelta(minutes=10), 0), (T0 + timedelta(minutes=30), 2), (T0 + timedelta(hours=1), 0)]
     assert endpoint.instance_seconds(T0, T0 + timedelta(hours=3)) == 600 + 2 * 1800
     assert endpoint.instance_seconds(T0 + timedelta(minutes=40), T0 + timedelta(minutes=50)) == 2 * 600
@@ -110,22 +102,30 @@ def test_each_owner_is_charged_its_share_of_busy_time_and_the_shares_add_up_to_t
         _delivered(3, T0 + timedelta(minutes=9), "clinic-b", 2, 5.0),
         _delivered(4, T0 - timedelta(minutes=9), "clinic-a", 2, 500.0),  # before the window
         _delivered(5, T0 + timedelta(minutes=3), "clinic-c", 7, 1.0),  # a version with no endpoint: the enclave path
+        _quarantined(6, T0 + timedelta(minutes=4), "clinic-d", 40.0),  # its shards ran on v1, then it was quarantined
     ]
     endpoints = {e.endpoint: e for e in (one, two, idle)}
-    report = usage.usage(records, endpoints, FAMILY, T0, T0 + timedelta(hours=1), EstimateTable.load())
+    report = usage.usage(
+        records, endpoints, FAMILY, T0, T0 + timedelta(hours=1), EstimateTable.load(),
+        endpoint_of={"arn:exec-6": f"{FAMILY}-v1"},
+    )  # fmt: skip
+    assert usage.quarantined_executions(records, T0, T0 + timedelta(hours=1)) == ["arn:exec-6"]
     rows = {row["owner"]: row for row in report["owners"]}
     assert rows["clinic-a"]["bundles"] == 1 and rows["clinic-b"]["bundles"] == 2 and rows["clinic-b"]["samples"] == 20
-    assert rows["clinic-a"]["instance_seconds"] == pytest.approx(3600 * 30 / 40)
-    assert rows["clinic-b"]["instance_seconds"] == pytest.approx(3600 * 10 / 40 + 3300)
+    assert (rows["clinic-d"]["bundles"], rows["clinic-d"]["quarantined"], rows["clinic-d"]["shards"]) == (0, 1, 3)
+    assert rows["clinic-a"]["instance_seconds"] == pytest.approx(3600 * 30 / 80)
+    assert rows["clinic-d"]["instance_seconds"] == pytest.approx(3600 * 40 / 80), "a quarantine pays its shards"
+    assert rows["clinic-b"]["instance_seconds"] == pytest.approx(3600 * 10 / 80 + 3300)
     assert rows["clinic-c"]["instance_seconds"] == 0 and report["enclave_fleet_serving_seconds"] == 1.0
+    assert rows["clinic-c"]["cost"] is None, "the enclave fleet's time is not priced: unknown, not free"
     assert rows[usage.UNATTRIBUTED]["instance_seconds"] == 3600 and rows[usage.UNATTRIBUTED]["cost"] is None
     total = report["reconciliation"]["endpoint_instance_seconds"]
     assert total == 3600 + 3300 + 3600
     assert sum(row["instance_seconds"] for row in report["owners"]) == pytest.approx(total, rel=0.01)
     price = EstimateTable.load().hourly("ml.c7i.4xlarge")
-    assert rows["clinic-a"]["cost"] == pytest.approx(0.75 * price, abs=1e-6)
+    assert rows["clinic-a"]["cost"] == pytest.approx(3 / 8 * price, abs=1e-6)
     lines = list(csv.DictReader(io.StringIO(usage.as_csv(report))))
-    assert [line["owner"] for line in lines] == ["clinic-a", "clinic-b", "clinic-c", usage.UNATTRIBUTED]
+    assert [line["owner"] for line in lines] == ["clinic-a", "clinic-b", "clinic-c", "clinic-d", usage.UNATTRIBUTED]
     assert float(lines[0]["instance_seconds"]) == rows["clinic-a"]["instance_seconds"]
 
 
@@ -172,6 +172,12 @@ def test_an_erasure_deletes_every_version_under_the_owners_folders_and_nothing_o
         assert _versions(versioned, f"{top}/clinic-a/") == 0
         assert _versions(versioned, f"{top}/clinic-b/") > 0
     assert _versions(versioned, "") == before - erased["object_versions"]
+    for owner in ("clinic-a", "clinic-b"):  # an endpoint's answers name where each result lies
+        answer = {"bundle_id": "b-1", "result_uri": f"s3://{UNIT_BUCKET}/outbox/{owner}/b-1/shards/00000.out"}
+        versioned.put_object(Bucket=UNIT_BUCKET, Key=f"responses/e-v1/output/{owner}.out", Body=json.dumps(answer))
+    assert owners.erase_responses(BundleLayout(UNIT_BUCKET, "clinic-a"), lambda line: None) == 1
+    assert _versions(versioned, "responses/e-v1/output/clinic-a") == 0
+    assert _versions(versioned, "responses/e-v1/output/clinic-b") == 1
 
 
 # ---- the dashboard and fhe-deploy status --------------------------------------------------------------------------
@@ -226,7 +232,7 @@ def test_status_reads_every_series_of_the_dashboard_searches_included(monkeypatc
         assert len(by_widget) == 8 and all(by_widget.values())
         instances = by_widget["Endpoint instances per version"]
         assert sorted(dict(s.dimensions)["EndpointName"] for s in instances) == [f"{FAMILY}-v1", f"{FAMILY}-v2"]
-        assert len(by_widget["Errors per function"]) == 10 and len(by_widget["Dead letters waiting"]) == 5
+        assert len(by_widget["Errors per function"]) == 10 and len(by_widget["Dead letters received"]) == 5
         quarantined = next(s for s in by_widget["Bundles per hour"] if s.metric == "BundlesQuarantined")
         shown = status.figure(cloudwatch, quarantined, now - timedelta(hours=1), now + timedelta(minutes=1))
         assert shown["window"] == 3 and shown["dimensions"] == {"service": runtime.SERVICE}
@@ -262,3 +268,12 @@ def test_the_heartbeat_publishes_each_served_versions_instance_count(
     }
     [directive] = published[0]["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == runtime.METRICS_NAMESPACE and directive["Dimensions"] == [["EndpointName"]]
+
+
+def test_status_names_the_deployments_own_alarms_and_not_another_deployments() -> None:
+    names = status.alarm_names("fhe", "fhe-inference")
+    for own in ("fhe-executions-failed", "fhe-quarantine-rate", "fhe-shard-dead-letters",
+                "fhe-inference-v3-no-capacity", "fhe-inference-v12-backlog-without-capacity"):  # fmt: skip
+        assert names.match(own), own
+    for other in ("fhe-staging-quarantine-rate", "fhe-inference-vx-no-capacity", "fhe-quarantine-rate-2"):
+        assert not names.match(other), other

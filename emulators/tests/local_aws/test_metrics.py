@@ -132,3 +132,18 @@ def test_a_functions_embedded_metrics_become_metric_data_that_alarms_read(local_
     functions.invoke(FunctionName="metrics-emf", Payload=b"{}")
     _wait_state(local_aws, "done", "ALARM")
     assert _state(local_aws, "done-elsewhere") == "INSUFFICIENT_DATA"
+
+
+@pytest.mark.integration
+def test_an_alarm_over_several_periods_needs_each_to_breach(local_aws: LocalAws) -> None:
+    """Fifteen one-minute periods, Minimum ≥ 1: one breaching datum is not enough (CloudWatch needs every period to
+    breach); ministack's single statistic over the whole window would have fired."""
+    cloudwatch = local_aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="long-backlog", Namespace="Product", MetricName="Waiting", Dimensions=[{"Name": "e", "Value": "1"}],
+        Statistic="Minimum", Period=60, EvaluationPeriods=15, Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching",
+    )  # fmt: skip
+    datum = {"MetricName": "Waiting", "Dimensions": [{"Name": "e", "Value": "1"}], "Value": 1.0}
+    cloudwatch.put_metric_data(Namespace="Product", MetricData=[datum])
+    assert _state(local_aws, "long-backlog") == "OK"

@@ -7,8 +7,10 @@
   key holds ``CloudWatchMetrics``: namespace, dimension sets, metric names) into metric data, as AWS does for every
   log line a function writes; ministack only stored the line.
 - Alarms: ministack evaluated an alarm over every datum of its namespace and metric name, whatever their dimensions,
-  so an alarm on one queue or one state machine saw every other's data; AWS evaluates an alarm on its metric, the
-  dimensions included. Data recorded here evaluates the alarms at once, as PutMetricData does in ministack.
+  and as one statistic over all its evaluation periods, so an alarm on one queue or one state machine saw every
+  other's data, and an alarm needing fifteen breaching minutes fired on one. Here an alarm is evaluated on its own
+  metric, period by period, with ``DatapointsToAlarm`` and ``TreatMissingData``, as CloudWatch documents; data
+  recorded here evaluates the alarms at once, as PutMetricData does in ministack.
 """
 
 from __future__ import annotations
@@ -108,28 +110,42 @@ COMPARISONS = {
 
 
 def evaluate_alarm(alarm: dict[str, Any]) -> None:
-    """``alarm`` evaluated over the data of its own metric (namespace, name and dimensions) in its last ``Period``
-    times ``EvaluationPeriods`` seconds: ALARM when the statistic breaches the threshold, OK when not, unchanged
-    without data; a change is recorded and its actions run as ministack does."""
+    """``alarm`` evaluated as CloudWatch does, on the data of its own metric (namespace, name and dimensions): its
+    last ``EvaluationPeriods`` periods of ``Period`` seconds each give one value each (the statistic over the period's
+    data); ALARM when at least ``DatapointsToAlarm`` of them (default: all) breach the threshold, OK otherwise. A
+    period without data is left out (``missing``, ``ignore``), breaches (``breaching``) or does not
+    (``notBreaching``); with no value at all the state stays. A change is recorded and its actions run as ministack
+    does."""
     if not alarm.get("Namespace") or not alarm.get("MetricName"):
+        return
+    compare = COMPARISONS.get(str(alarm.get("ComparisonOperator")))
+    if compare is None:
         return
     dimensions = cloudwatch._dims_key({d["Name"]: d.get("Value", "") for d in alarm.get("Dimensions") or []})
     points = list(cloudwatch._metrics.get((alarm["Namespace"], alarm["MetricName"], dimensions)) or [])
-    since = time.time() - int(alarm.get("Period", 60)) * int(alarm.get("EvaluationPeriods", 1))
-    recent = [point for point in points if point["Timestamp"] >= since]
-    compare = COMPARISONS.get(str(alarm.get("ComparisonOperator")))
-    if not recent or compare is None:
-        return
+    period, periods = int(alarm.get("Period", 60)), int(alarm.get("EvaluationPeriods", 1))
+    needed = int(alarm.get("DatapointsToAlarm") or periods)
     statistic = alarm.get("ExtendedStatistic") or alarm.get("Statistic") or "Average"
-    value = cloudwatch._stat_value(cloudwatch._calc_stats(recent), statistic, recent)
-    if value is None:
+    threshold, now = float(alarm.get("Threshold", 0)), time.time()
+    verdicts: list[bool] = []
+    for back in range(periods):
+        start, end = now - (back + 1) * period, now - back * period
+        data = [point for point in points if start <= point["Timestamp"] < end]
+        value = cloudwatch._stat_value(cloudwatch._calc_stats(data), statistic, data) if data else None
+        if value is not None:
+            verdicts.append(compare(value, threshold))
+        elif alarm.get("TreatMissingData") in ("breaching", "notBreaching"):
+            verdicts.append(alarm["TreatMissingData"] == "breaching")
+    if not verdicts:
         return
-    threshold = float(alarm.get("Threshold", 0))
-    state = "ALARM" if compare(value, threshold) else "OK"
+    state = "ALARM" if sum(verdicts) >= min(needed, periods) else "OK"
     before = alarm["StateValue"]
     if state == before:
         return
-    reason = f"Threshold Crossed: {statistic} {value:g} {alarm['ComparisonOperator']} {threshold:g}"
+    reason = (
+        f"Threshold Crossed: {sum(verdicts)} of the last {periods} periods of {period} s breached "
+        f"({statistic} {alarm['ComparisonOperator']} {threshold:g})"
+    )
     alarm.update(StateValue=state, StateReason=reason, StateUpdatedTimestamp=int(time.time()))
     cloudwatch._record_history(alarm["AlarmName"], before, state, reason)
     cloudwatch._dispatch_alarm_actions(alarm, before, state, reason)
